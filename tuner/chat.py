@@ -1,0 +1,75 @@
+"""Turning chat messages into tokens with the model's own chat template."""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE = -100
+
+# For models that ship without a chat template (older base models): ChatML,
+# the format SmolLM2 itself uses.
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def ensure_chat_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = CHATML
+
+
+def encode_example(messages: list[dict], tokenizer, max_length: int) -> dict | None:
+    """input_ids and labels for one conversation, loss on assistant tokens only.
+
+    Each assistant span is found by rendering the conversation up to that turn
+    with and without it, and mapping character spans to tokens through the
+    fast tokenizer's offsets: this works for any template whose rendering of a
+    prefix is a prefix of the whole. Returns None when truncation leaves no
+    assistant token to learn from.
+    """
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        start = len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
+        end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
+        spans.append((start, end))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                    truncation=True, max_length=max_length)
+    labels = []
+    for token_id, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
+        inside = any(s <= a and b <= e and b > a for s, e in spans)
+        labels.append(token_id if inside else IGNORE)
+    if all(label == IGNORE for label in labels):
+        return None
+    return {"input_ids": enc["input_ids"], "labels": labels}
+
+
+def encode_prompt(messages: list[dict], tokenizer) -> list[int]:
+    """Token ids of a conversation ready for the assistant's next reply."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+class PadCollator:
+    """Pads a batch to its longest example (not to max_length): no wasted compute."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        width = max(len(f["input_ids"]) for f in features)
+        ids, labels, mask = [], [], []
+        for f in features:
+            n = len(f["input_ids"])
+            ids.append(list(f["input_ids"]) + [self.pad_token_id] * (width - n))
+            labels.append(list(f["labels"]) + [IGNORE] * (width - n))
+            mask.append([1] * n + [0] * (width - n))
+        return {
+            "input_ids": torch.tensor(ids),
+            "labels": torch.tensor(labels),
+            "attention_mask": torch.tensor(mask),
+        }
