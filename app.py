@@ -1,0 +1,68 @@
+"""Tuner: fine-tune a small chat model in the browser, then prove it got better.
+
+    python app.py            # serves on http://localhost:7860 (GRADIO_SERVER_PORT honoured)
+
+Environment: TUNER_HOME (data root), TUNER_MODEL (the model picked at start).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from ratings import ui as ratings_ui
+from ratings.store import Store
+from tuner import models
+from tuner import ui as tuner_ui
+from tuner.generate import Generator
+from tuner.paths import Layout, data_root
+from tuner.train import Trainer
+
+
+def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Random | None = None) -> gr.Blocks:
+    """Compose the tabs over one data root; tests call this with a tmp folder."""
+    layout = Layout(home)
+    trainer = Trainer(layout.runs, layout.models)
+    generator = Generator(layout.models)
+    store = Store(layout.ratings_db)
+    rng = rng or random.Random()
+
+    with gr.Blocks(title="Tuner") as demo:
+        gr.Markdown("# Tuner\nBuild a dataset, fine-tune with LoRA, then rate base and fine-tuned replies blind.")
+        picker, _status = tuner_ui.model_picker(layout.models, default_model)
+        with gr.Tabs():
+            with gr.Tab("Dataset", id="dataset"):
+                chooser, (show_dataset, dataset_outputs) = tuner_ui.dataset_tab(layout.datasets)
+            with gr.Tab("Train", id="train"):
+                tuner_ui.train_tab(trainer, layout.datasets, picker, chooser)
+            with gr.Tab("Compare", id="compare") as compare:
+                run_pick, _ = ratings_ui.compare_tab(trainer, generator, store, rng)
+            with gr.Tab("Results", id="results") as results:
+                show_results, results_eval, results_outputs = ratings_ui.results_tab(store)
+        demo.load(show_dataset, chooser, dataset_outputs)
+        compare.select(lambda: gr.update(choices=tuner_ui.finished_runs(trainer)), None, run_pick)
+        results.select(show_results, results_eval, results_outputs)
+    return demo
+
+
+def main() -> None:
+    home = data_root()
+    model = os.environ.get("TUNER_MODEL", models.BUNDLED)
+    start = time.perf_counter()
+    if model == models.BUNDLED:
+        print("Preparing the bundled model (converted once, then loaded from the cache)…", flush=True)
+        try:
+            models.resolve(model, Layout(home).models)
+        except models.ModelUnavailable as exc:
+            print(f"Warning: {exc}", flush=True)
+    demo = build_app(home, model)
+    print(f"Data root: {home}. Ready in {time.perf_counter() - start:.1f} s.", flush=True)
+    demo.queue(default_concurrency_limit=4).launch(server_name=os.environ.get("GRADIO_SERVER_NAME"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The whole loop in a real browser: Playwright driving Debian's Chromium.
+
+Dataset → Train (the loss chart gains points) → Compare (generate, rate blind,
+reveal) → Results (the success table changes), on the tiny random Llama.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app_url(tiny_llama, tmp_path):
+    from app import build_app
+
+    demo = build_app(tmp_path / "home", default_model=str(tiny_llama), rng=random.Random(3))
+    port = _free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                        quiet=True)
+    yield f"http://127.0.0.1:{port}"
+    demo.close()
+
+
+@pytest.fixture
+def page():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: apt-get install -y chromium (the README's test command does this)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        pg = browser.new_page(viewport={"width": 1280, "height": 1400})
+        pg.set_default_timeout(60_000)
+        yield pg
+        browser.close()
+
+
+def _pick(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
+
+
+def _step(page) -> int:
+    text = page.locator("#train-progress").inner_text()
+    match = re.search(r"step (\d+)/(\d+)", text)
+    return int(match.group(1)) if match else 0
+
+
+def test_whole_loop_in_the_browser(app_url, page):
+    from playwright.sync_api import expect
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.goto(app_url)
+
+    # Dataset: the starter set is listed with its rows and count
+    expect(page.locator("#dataset-message")).to_contain_text("26 rows")
+    expect(page.locator("#dataset-table")).to_contain_text("capital")
+
+    # Train: start, watch the chart gain points, wait for the end
+    page.get_by_role("tab", name="Train").click()
+    # six epochs over 21 training rows: 36 steps, long enough to watch the chart grow
+    page.get_by_label("number input for Epochs").fill("6")
+    page.get_by_label("number input for Epochs").press("Enter")
+    page.locator("#train-start").click()
+    expect(page.locator("#train-message")).to_contain_text("Started run")
+    expect(page.locator("#train-progress")).to_contain_text(re.compile(r"step \d+/\d+"), timeout=60_000)
+    first = _step(page)
+    page.wait_for_function(
+        f"() => /step (\\d+)\\//.exec(document.querySelector('#train-progress').innerText)?.[1] > {first}")
+    assert _step(page) > first
+    points = page.locator('#loss-chart [aria-roledescription="point"]')
+    expect(points.first).to_be_attached()
+    seen = points.count()
+    page.wait_for_function(
+        f"() => document.querySelectorAll('#loss-chart [aria-roledescription=\"point\"]').length > {seen}")
+    # a second Start while one runs is refused with a message
+    page.locator("#train-start").click()
+    expect(page.locator("#train-message")).to_contain_text("still running")
+    page.screenshot(path=str(ARTIFACTS / "training.png"), full_page=True)
+    expect(page.locator("#train-progress")).to_contain_text("completed", timeout=180_000)
+    expect(page.locator("#train-progress")).to_contain_text("step 36/36")
+    expect(page.locator("#runs-table")).to_contain_text("completed")
+    page.screenshot(path=str(ARTIFACTS / "train.png"), full_page=True)
+
+    # Compare: the run's held-out prompts, generate, rate blind, reveal
+    page.get_by_role("tab", name="Compare").click()
+    _pick(page, "compare-run", "completed")
+    page.locator("#use-held-out").click()
+    expect(page.locator("#generate-message")).to_contain_text("held-out prompts")
+    page.get_by_label("Max new tokens").first.fill("16")
+    page.locator("#generate").click()
+    expect(page.locator("#generate-message")).to_contain_text("Generated 5 × 2 replies", timeout=120_000)
+    page.locator("#rater-name textarea, #rater-name input").first.fill("Ana")
+    page.locator("#rate-start").click()
+    expect(page.locator("#rate-progress")).to_contain_text("Pair 1 of 5")
+    body = page.content()
+    assert "base model" not in body and "fine-tuned model (run" not in body
+    page.locator("#score-a").get_by_label("5").check()
+    page.locator("#score-b").get_by_label("2").check()
+    page.locator("#rate-submit").click()
+    expect(page.locator("#rate-reveal")).to_contain_text("Reply A")
+    expect(page.locator("#rate-reveal")).to_contain_text(re.compile("base model"))
+    page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
+    page.locator("#rate-next").click()
+    expect(page.locator("#rate-progress")).to_contain_text("Pair 2 of 5")
+
+    # Results: the success table shows the rating just made
+    page.get_by_role("tab", name="Results").click()
+    table = page.locator("#success-table")
+    expect(table).to_contain_text("tuned")
+    expect(table).to_contain_text("1/1")
+    expect(table).to_contain_text("0/1")
+    page.screenshot(path=str(ARTIFACTS / "results.png"), full_page=True)
