@@ -74,6 +74,18 @@ def test_whole_loop_in_the_browser(app_url, page):
     expect(page.locator("#dataset-message")).to_contain_text("26 rows")
     expect(page.locator("#dataset-table")).to_contain_text("capital")
 
+    # a bad upload: each bad line named, the valid rows kept and saved
+    bad = ARTIFACTS / "mixed.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}\n'
+                   '{oops\n{"messages": [{"role": "user", "content": "No reply"}]}\n', encoding="utf-8")
+    page.locator("#dataset-upload input[type=file]").set_input_files(str(bad))
+    message = page.locator("#dataset-message")
+    expect(message).to_contain_text("1 rows imported from mixed.jsonl")
+    expect(message).to_contain_text("line 2: not valid JSON")
+    expect(message).to_contain_text("line 3: the conversation does not end with an assistant reply")
+    _pick(page, "dataset-chooser", "starter: polite_assistant")
+    expect(message).to_contain_text("26 rows")
+
     # Train: start, watch the chart gain points, wait for the end
     page.get_by_role("tab", name="Train").click()
     # six epochs over 21 training rows: 36 steps, long enough to watch the chart grow

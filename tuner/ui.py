@@ -77,7 +77,7 @@ def dataset_tab(datasets_dir: Path):
         text = f"**{len(result.rows)} rows** imported from `{path.name}` and saved as `{saved.name}`." + _problems(result)
         return gr.update(choices=list(tdata.available(datasets_dir)), value=label), text, _table(result.rows)
 
-    chooser.change(show, chooser, [message, table])
+    chooser.input(show, chooser, [message, table])  # user picks only: an upload sets its own message
     upload.upload(receive, upload, [chooser, message, table])
     return chooser, (show, [message, table])
 

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from tuner.generate import BASE, GenSettings, Generator
+from tuner.train import TrainConfig, Trainer
+from conftest import chat, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_llama, tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen-home")
+    rows = [chat(f"Say hi {i}", "Hello there, friend!") for i in range(8)]
+    dataset = write_jsonl(root / "d.jsonl", rows)
+    trainer = Trainer(root / "runs", root / "models")
+    trainer.start(TrainConfig(base_model=str(tiny_llama), dataset=str(dataset), learning_rate=3e-2,
+                              num_train_epochs=10, test_fraction=0.0, lora_dropout=0.0))
+    state = trainer.wait(300)
+    assert state.status == "completed", state.message
+    return root / "runs" / state.run_id / "adapter"
+
+
+def test_base_reply_comes_from_the_same_model_with_adapter_disabled(tiny_llama, trained_run, tmp_path):
+    prompts = [[{"role": "user", "content": "Say hi 1"}], [{"role": "user", "content": "What is two plus two?"}]]
+    settings = GenSettings(max_new_tokens=8, batch_size=2)
+    plain = Generator(tmp_path)
+    before = plain.generate(str(tiny_llama), prompts, settings)
+
+    shared = Generator(tmp_path)
+    tuned = shared.generate(str(tiny_llama), prompts, settings, adapter=("run-1", trained_run))
+    model_after_adapter = shared.model
+    base = shared.generate(str(tiny_llama), prompts, settings)
+    assert shared.model is model_after_adapter  # no second copy was loaded
+    assert [r.text for r in base] == [r.text for r in before]  # disable_adapter() == the plain model
+    assert [r.text for r in tuned] != [r.text for r in base]
+    assert tuned[0].variant == "run-1" and base[0].variant == BASE
+    assert all(r.new_tokens <= 8 and r.latency_s > 0 for r in tuned + base)
+    assert tuned[0].settings["max_new_tokens"] == 8
+
+
+def test_batched_and_single_generation_agree(tiny_llama, tmp_path):
+    prompts = [[{"role": "user", "content": "Hello"}], [{"role": "user", "content": "A longer question here?"}]]
+    gen = Generator(tmp_path)
+    batched = gen.generate(str(tiny_llama), prompts, GenSettings(max_new_tokens=6, batch_size=2))
+    single = gen.generate(str(tiny_llama), prompts, GenSettings(max_new_tokens=6, batch_size=1))
+    assert [r.text for r in batched] == [r.text for r in single]
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="temperature"):
+        GenSettings(temperature=5)
