@@ -120,6 +120,10 @@ def test_whole_loop_in_the_browser(app_url, page):
     page.get_by_label("Max new tokens").first.fill("16")
     page.locator("#generate").click()
     expect(page.locator("#generate-message")).to_contain_text("Generated 5 × 2 replies", timeout=120_000)
+    # Results before any rating: the table has no rows yet
+    page.get_by_role("tab", name="Results").click()
+    expect(page.locator("#success-table")).not_to_contain_text("tuned")
+    page.get_by_role("tab", name="Compare").click()
     page.locator("#rater-name textarea, #rater-name input").first.fill("Ana")
     page.locator("#rate-start").click()
     expect(page.locator("#rate-progress")).to_contain_text("Pair 1 of 5")
@@ -134,7 +138,7 @@ def test_whole_loop_in_the_browser(app_url, page):
     page.locator("#rate-next").click()
     expect(page.locator("#rate-progress")).to_contain_text("Pair 2 of 5")
 
-    # Results: the success table shows the rating just made
+    # Results: the success table now shows the ratings just made
     page.get_by_role("tab", name="Results").click()
     table = page.locator("#success-table")
     expect(table).to_contain_text("tuned")
