@@ -18,33 +18,40 @@ from ratings import ui as ratings_ui
 from ratings.store import Store
 from tuner import models
 from tuner import ui as tuner_ui
+from tuner import ui_train
 from tuner.generate import Generator
 from tuner.paths import Layout, data_root
-from tuner.train import Trainer
+from tuner.runs import RunManager
 
 
 def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Random | None = None) -> gr.Blocks:
     """Compose the tabs over one data root; tests call this with a tmp folder."""
     layout = Layout(home)
-    trainer = Trainer(layout.runs, layout.models)
+    trainer = RunManager(layout.runs, layout.models)
     generator = Generator(layout.models)
     store = Store(layout.ratings_db)
     rng = rng or random.Random()
 
-    with gr.Blocks(title="Tuner") as demo:
+    with gr.Blocks(title="Tuner", analytics_enabled=False) as demo:
         gr.Markdown("# Tuner\nBuild a dataset, fine-tune with LoRA, then rate base and fine-tuned replies blind.")
         picker, _status = tuner_ui.model_picker(layout.models, default_model)
         with gr.Tabs():
             with gr.Tab("Dataset", id="dataset"):
                 chooser, (show_dataset, dataset_outputs) = tuner_ui.dataset_tab(layout.datasets)
             with gr.Tab("Train", id="train"):
-                tuner_ui.train_tab(trainer, layout.datasets, picker, chooser)
+                modules, estimate = ui_train.train_tab(trainer, layout.datasets, picker, chooser)
             with gr.Tab("Compare", id="compare") as compare:
-                run_pick, _ = ratings_ui.compare_tab(trainer, generator, store, rng)
+                refresh_compare, compare_outputs = ratings_ui.compare_tab(trainer, generator, store, rng)
             with gr.Tab("Results", id="results") as results:
                 show_results, results_eval, results_outputs = ratings_ui.results_tab(store)
+        # a page load (or reload, or a second browser) sees what exists now, not
+        # what existed when the app was built
+        demo.load(tuner_ui.refresh_datasets_fn(layout.datasets), chooser, chooser)
         demo.load(show_dataset, chooser, dataset_outputs)
-        compare.select(lambda: gr.update(choices=tuner_ui.finished_runs(trainer)), None, run_pick)
+        demo.load(*modules)
+        demo.load(*estimate)
+        demo.load(refresh_compare, None, compare_outputs)
+        compare.select(refresh_compare, None, compare_outputs)
         results.select(show_results, results_eval, results_outputs)
     return demo
 

@@ -97,7 +97,7 @@ class RatingError(ValueError):
 
 
 def clean_rater(name) -> str:
-    name = (name or "").strip()
+    name = " ".join(str(name or "").split())
     if not name:
         raise RatingError("Enter your name before rating.")
     if len(name) > 60:
@@ -108,7 +108,7 @@ def clean_rater(name) -> str:
 def check_score(score, label: str) -> int:
     try:
         value = int(score)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise RatingError(f"{label}: choose a score from 1 to 5 (got {score!r}).") from None
     if not 1 <= value <= 5 or str(score).strip() not in {str(value), f"{value}.0"}:
         raise RatingError(f"{label}: the score must be a whole number from 1 to 5 (got {score!r}).")

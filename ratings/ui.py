@@ -19,8 +19,8 @@ from ratings import stats
 from ratings.store import RatingError, Store
 from tuner import data as tdata
 from tuner.generate import GenSettings, Generator
-from tuner.train import Trainer
-from tuner.ui import finished_runs
+from tuner.runs import RunManager
+from tuner.ui_train import finished_runs
 
 RUBRIC = ("**Helpfulness, 1–5:** 5 = usable as is · 4 = small edits · 3 = needs work · "
           "2 = mostly unhelpful · 1 = wrong or harmful. A score of 4 or more counts as a success.")
@@ -35,12 +35,15 @@ def held_out_prompts(run: dict) -> list[dict]:
     """The test split of the run's dataset: the prompts it never trained on."""
     config = run["config"]
     loaded = tdata.load_jsonl(Path(config["dataset"]))
-    _train, test = tdata.split(loaded.rows, config["test_fraction"], config["seed"])
-    return [{"text": tdata.last_user_text(r), "messages": tdata.prompt_of(r),
+    test = tdata.splits(loaded.rows, config.get("validation_fraction", 0.0), config["test_fraction"],
+                        config["seed"])["test"]
+    # one line per prompt in the textbox: a multi-line prompt is shown on one
+    # line and mapped back to its full conversation when generating
+    return [{"text": " ".join(tdata.last_user_text(r).split()), "messages": tdata.prompt_of(r),
              "reference": r["messages"][-1]["content"]} for r in test]
 
 
-def compare_tab(trainer: Trainer, generator: Generator, store: Store, rng: random.Random):
+def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: random.Random):
     with gr.Row():
         run_pick = gr.Dropdown(choices=finished_runs(trainer), label="Fine-tuned run", scale=3,
                                elem_id="compare-run")
@@ -80,7 +83,10 @@ def compare_tab(trainer: Trainer, generator: Generator, store: Store, rng: rando
         run = _run(trainer, run_id)
         if run is None:
             return gr.update(), {}, "⚠️ Pick a finished run first."
-        prompts = held_out_prompts(run)
+        try:
+            prompts = held_out_prompts(run)
+        except (OSError, ValueError) as exc:
+            return gr.update(), {}, f"⚠️ Cannot read the run's dataset: {exc}"
         if not prompts:
             return gr.update(), {}, "⚠️ This run held out no prompts (test fraction 0); type some instead."
         return ("\n".join(p["text"] for p in prompts), {p["text"]: p for p in prompts},
@@ -111,13 +117,14 @@ def compare_tab(trainer: Trainer, generator: Generator, store: Store, rng: rando
             tuned = generator.generate(base_model, conversations, settings,
                                        adapter=(run["run_id"], Path(run["path"]) / "adapter"),
                                        progress=lambda n, t: tick(n, t, "fine-tuned"))
-        except Exception as exc:  # a bad model or adapter must not take the app down
+            eval_id = store.create_evaluation(f"{run['run_id']} vs base", base_model, run["run_id"],
+                                              prompts, settings=json.loads(json.dumps(settings.__dict__)))
+            for prompt, b, t in zip(store.prompts(eval_id), base, tuned):
+                store.add_reply(prompt["id"], "base", base_model, b.text, b.settings, b.latency_s, b.new_tokens)
+                store.add_reply(prompt["id"], "tuned", run["run_id"], t.text, t.settings, t.latency_s,
+                                t.new_tokens)
+        except Exception as exc:  # a bad model, adapter or disk must not take the app down
             return f"⚠️ Generation failed: {type(exc).__name__}: {exc}", gr.update()
-        eval_id = store.create_evaluation(f"{run['run_id']} vs base", base_model, run["run_id"],
-                                          prompts, settings=json.loads(json.dumps(settings.__dict__)))
-        for prompt, b, t in zip(store.prompts(eval_id), base, tuned):
-            store.add_reply(prompt["id"], "base", base_model, b.text, b.settings, b.latency_s, b.new_tokens)
-            store.add_reply(prompt["id"], "tuned", run["run_id"], t.text, t.settings, t.latency_s, t.new_tokens)
         seconds = sum(r.latency_s for r in base + tuned)
         return (f"Generated {len(prompts)} × 2 replies in {seconds:.1f} s. Enter your name and press "
                 "**Start rating**.", gr.update(choices=_eval_choices(store), value=eval_id))
@@ -155,14 +162,17 @@ def compare_tab(trainer: Trainer, generator: Generator, store: Store, rng: rando
     next_pair = gr.Button("Next pair", elem_id="rate-next")
     submit.click(on_submit, [assignment, rater, score_a, score_b], [reveal, assignment])
     next_pair.click(serve, [eval_pick, rater], outputs)
-    return run_pick, eval_pick
+    def refresh():
+        return gr.update(choices=finished_runs(trainer)), gr.update(choices=_eval_choices(store))
+
+    return refresh, [run_pick, eval_pick]
 
 
 def _label(variant: str, model: str) -> str:
     return f"the base model ({model})" if variant == "base" else f"the fine-tuned model (run {model})"
 
 
-def _run(trainer: Trainer, run_id) -> dict | None:
+def _run(trainer: RunManager, run_id) -> dict | None:
     return next((r for r in trainer.runs() if r["run_id"] == run_id), None) if run_id else None
 
 

@@ -1,6 +1,7 @@
 """The whole loop in a real browser: Playwright driving Debian's Chromium.
 
-Dataset → Train (the loss chart gains points) → Compare (generate, rate blind,
+Dataset (a bad upload) → Train (the loss chart gains points on both curves,
+a reload shows the live run, Stop keeps it) → Compare (generate, rate blind,
 reveal) → Results (the success table changes), on the tiny random Llama.
 """
 
@@ -65,7 +66,14 @@ def _step(page) -> int:
 
 
 def test_whole_loop_in_the_browser(app_url, page):
+    import time
+
     from playwright.sync_api import expect
+
+    t0 = time.time()
+
+    def mark(label):
+        print(f"[{time.time() - t0:6.1f}s] {label}", flush=True)
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.goto(app_url)
@@ -86,40 +94,63 @@ def test_whole_loop_in_the_browser(app_url, page):
     _pick(page, "dataset-chooser", "starter: polite_assistant")
     expect(message).to_contain_text("26 rows")
 
-    # Train: start, watch the chart gain points, wait for the end
+    mark("dataset done")
+    # Train: the estimate, then start; the chart gains points on both curves
     page.get_by_role("tab", name="Train").click()
-    # six epochs over 21 training rows: 36 steps, long enough to watch the chart grow
-    page.get_by_label("number input for Epochs").fill("6")
+    expect(page.locator("#train-estimate")).to_contain_text("Trainable:")
+    # twenty epochs: far more steps than the test waits for, so it never races the run
+    page.get_by_label("number input for Epochs").fill("20")
     page.get_by_label("number input for Epochs").press("Enter")
+    page.get_by_text("More settings").click()
+    page.get_by_label("Eval every N steps").fill("2")
+    page.get_by_label("Eval every N steps").press("Tab")
     page.locator("#train-start").click()
     expect(page.locator("#train-message")).to_contain_text("Started run")
-    expect(page.locator("#train-progress")).to_contain_text(re.compile(r"step \d+/\d+"), timeout=60_000)
+    expect(page.locator("#train-progress")).to_contain_text(re.compile(r"step \d+/100"), timeout=60_000)
+    mark("training started")
     first = _step(page)
     page.wait_for_function(
-        f"() => /step (\\d+)\\//.exec(document.querySelector('#train-progress').innerText)?.[1] > {first}")
+        r"() => /step (\d+)\//.exec(document.querySelector('#train-progress').innerText)?.[1] > " + str(first))
     assert _step(page) > first
     points = page.locator('#loss-chart [aria-roledescription="point"]')
     expect(points.first).to_be_attached()
     seen = points.count()
     page.wait_for_function(
-        f"() => document.querySelectorAll('#loss-chart [aria-roledescription=\"point\"]').length > {seen}")
+        "() => document.querySelectorAll('#loss-chart [aria-roledescription=point]').length > " + str(seen))
+    expect(page.locator("#loss-chart")).to_contain_text("validation loss", timeout=60_000)
+    expect(page.locator("#loss-chart")).to_contain_text("training loss")
+    expect(page.locator("#lr-chart [aria-roledescription='point']").first).to_be_attached()
+    assert int(page.locator("#train-bar").get_attribute("data-step")) > 0
+    expect(page.locator("#train-progress")).to_contain_text("tokens/s")
     # a second Start while one runs is refused with a message
     page.locator("#train-start").click()
     expect(page.locator("#train-message")).to_contain_text("still running")
+    mark("reload")
+    # a reload shows the same live run
+    run_id = re.search(r"Run (\S+):", page.locator("#train-progress").inner_text()).group(1)
+    page.reload()
+    page.get_by_role("tab", name="Train").click()
+    expect(page.locator("#train-progress")).to_contain_text(f"Run {run_id}: running")
     page.screenshot(path=str(ARTIFACTS / "training.png"), full_page=True)
-    expect(page.locator("#train-progress")).to_contain_text("completed", timeout=180_000)
-    expect(page.locator("#train-progress")).to_contain_text("step 36/36")
-    expect(page.locator("#runs-table")).to_contain_text("completed")
+    mark("stop")
+    # Stop keeps what was trained, says so, and lists the run
+    page.locator("#train-stop").click()
+    expect(page.locator("#train-progress")).to_contain_text("stopped", timeout=60_000)
+    expect(page.locator("#train-summary")).to_contain_text(f"Run {run_id} stopped")
+    expect(page.locator("#train-summary")).to_contain_text("best validation loss")
+    expect(page.locator("#runs-table")).to_contain_text("stopped")
     page.screenshot(path=str(ARTIFACTS / "train.png"), full_page=True)
 
+    mark("compare")
     # Compare: the run's held-out prompts, generate, rate blind, reveal
     page.get_by_role("tab", name="Compare").click()
-    _pick(page, "compare-run", "completed")
+    _pick(page, "compare-run", "stopped")
     page.locator("#use-held-out").click()
     expect(page.locator("#generate-message")).to_contain_text("held-out prompts")
     page.get_by_label("Max new tokens").first.fill("16")
     page.locator("#generate").click()
     expect(page.locator("#generate-message")).to_contain_text("Generated 5 × 2 replies", timeout=120_000)
+    mark("generated")
     # Results before any rating: the table has no rows yet
     page.get_by_role("tab", name="Results").click()
     expect(page.locator("#success-table")).not_to_contain_text("tuned")
@@ -127,8 +158,10 @@ def test_whole_loop_in_the_browser(app_url, page):
     page.locator("#rater-name textarea, #rater-name input").first.fill("Ana")
     page.locator("#rate-start").click()
     expect(page.locator("#rate-progress")).to_contain_text("Pair 1 of 5")
+    # blind: nothing on the page says which reply is which before the commit
+    expect(page.locator("#rate-reveal")).to_have_text("")
     body = page.content()
-    assert "base model" not in body and "fine-tuned model (run" not in body
+    assert "the base model (" not in body and "the fine-tuned model (run" not in body
     page.locator("#score-a").get_by_label("5").check()
     page.locator("#score-b").get_by_label("2").check()
     page.locator("#rate-submit").click()
@@ -138,6 +171,7 @@ def test_whole_loop_in_the_browser(app_url, page):
     page.locator("#rate-next").click()
     expect(page.locator("#rate-progress")).to_contain_text("Pair 2 of 5")
 
+    mark("results")
     # Results: the success table now shows the ratings just made
     page.get_by_role("tab", name="Results").click()
     table = page.locator("#success-table")
@@ -145,3 +179,13 @@ def test_whole_loop_in_the_browser(app_url, page):
     expect(table).to_contain_text("1/1")
     expect(table).to_contain_text("0/1")
     page.screenshot(path=str(ARTIFACTS / "results.png"), full_page=True)
+
+    # a reload (or a friend's browser) sees the new evaluation and dataset in the lists
+    page.reload()
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#rate-eval input").click()
+    expect(page.get_by_role("option", name=re.compile("vs base"))).to_be_visible()
+    page.keyboard.press("Escape")
+    page.get_by_role("tab", name="Dataset").click()
+    page.locator("#dataset-chooser input").click()
+    expect(page.get_by_role("option", name="saved: mixed")).to_be_visible()

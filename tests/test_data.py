@@ -71,8 +71,13 @@ def test_save_never_overwrites(tmp_path):
 
 def test_split_is_seeded_disjoint_and_keeps_a_training_row():
     rows = [chat(f"q{i}", f"a{i}") for i in range(26)]
-    train, test = tdata.split(rows, 0.2, seed=42)
-    assert len(test) == 5 and len(train) == 21
-    assert tdata.split(rows, 0.2, seed=42) == (train, test)
-    assert not {tdata.last_user_text(r) for r in train} & {tdata.last_user_text(r) for r in test}
-    assert tdata.split(rows[:2], 0.9, seed=0)[0]  # never all held out
+    parts = tdata.splits(rows, 0.1, 0.2, seed=42)
+    assert [len(parts[k]) for k in ("train", "validation", "test")] == [18, 3, 5]
+    assert tdata.splits(rows, 0.1, 0.2, seed=42) == parts
+    assert tdata.splits(rows, 0.0, 0.2, seed=42)["test"] == parts["test"]  # test rows don't move
+    users = {k: {tdata.last_user_text(r) for r in v} for k, v in parts.items()}
+    assert not users["train"] & users["test"] and not users["train"] & users["validation"]
+    assert not users["validation"] & users["test"]
+    assert sum(len(v) for v in parts.values()) == 26
+    tiny = tdata.splits(rows[:2], 0.4, 0.4, seed=0)
+    assert len(tiny["train"]) == 1  # never all held out

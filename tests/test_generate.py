@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from tuner.generate import BASE, GenSettings, Generator
-from tuner.train import TrainConfig, Trainer
+from tuner.config import TrainConfig
+from tuner.runs import RunManager as Trainer
 from conftest import chat, write_jsonl
 
 
@@ -13,7 +14,7 @@ def trained_run(tiny_llama, tmp_path_factory):
     dataset = write_jsonl(root / "d.jsonl", rows)
     trainer = Trainer(root / "runs", root / "models")
     trainer.start(TrainConfig(base_model=str(tiny_llama), dataset=str(dataset), learning_rate=3e-2,
-                              num_train_epochs=10, test_fraction=0.0, lora_dropout=0.0))
+                              num_train_epochs=10, test_fraction=0.0, validation_fraction=0.0, lora_dropout=0.0))
     state = trainer.wait(300)
     assert state.status == "completed", state.message
     return root / "runs" / state.run_id / "adapter"
@@ -26,13 +27,14 @@ def test_base_reply_comes_from_the_same_model_with_adapter_disabled(tiny_llama, 
     before = plain.generate(str(tiny_llama), prompts, settings)
 
     shared = Generator(tmp_path)
-    tuned = shared.generate(str(tiny_llama), prompts, settings, adapter=("run-1", trained_run))
+    # a run id with dots: peft adapter names may not contain them
+    tuned = shared.generate(str(tiny_llama), prompts, settings, adapter=("run.v2-1", trained_run))
     model_after_adapter = shared.model
     base = shared.generate(str(tiny_llama), prompts, settings)
     assert shared.model is model_after_adapter  # no second copy was loaded
     assert [r.text for r in base] == [r.text for r in before]  # disable_adapter() == the plain model
     assert [r.text for r in tuned] != [r.text for r in base]
-    assert tuned[0].variant == "run-1" and base[0].variant == BASE
+    assert tuned[0].variant == "run.v2-1" and base[0].variant == BASE
     assert all(r.new_tokens <= 8 and r.latency_s > 0 for r in tuned + base)
     assert tuned[0].settings["max_new_tokens"] == 8
 
@@ -48,3 +50,29 @@ def test_batched_and_single_generation_agree(tiny_llama, tmp_path):
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="temperature"):
         GenSettings(temperature=5)
+
+
+def test_prompt_tuning_trains_and_generates_beside_a_lora_adapter(tiny_llama, trained_run, tmp_path):
+    rows = [chat(f"Say hi {i}", "Hello there, friend!") for i in range(8)]
+    dataset = write_jsonl(tmp_path / "d.jsonl", rows)
+    manager = Trainer(tmp_path / "runs", tmp_path / "models")
+    manager.start(TrainConfig(base_model=str(tiny_llama), dataset=str(dataset), method="prompt_tuning",
+                              num_virtual_tokens=8, prompt_tuning_init_text="Answer kindly.",
+                              learning_rate=3e-2, max_steps=12, test_fraction=0.0, validation_fraction=0.0))
+    state = manager.wait(300)
+    assert state.status == "completed", state.message
+    losses = [r["loss"] for r in state.rows if "loss" in r]
+    assert losses[-1] < losses[0]
+    assert state.summary["trainable_params"] == 8 * 64  # virtual tokens × hidden size
+    adapter = tmp_path / "runs" / state.run_id / "adapter"
+
+    prompts = [[{"role": "user", "content": "Say hi 3"}]]
+    settings = GenSettings(max_new_tokens=6)
+    gen = Generator(tmp_path)
+    base_before = gen.generate(str(tiny_llama), prompts, settings)
+    lora = gen.generate(str(tiny_llama), prompts, settings, adapter=("lora-run", trained_run))
+    prompted = gen.generate(str(tiny_llama), prompts, settings, adapter=("pt-run", adapter))
+    base_after = gen.generate(str(tiny_llama), prompts, settings)
+    assert base_after[0].text == base_before[0].text
+    assert prompted[0].text != base_before[0].text and prompted[0].new_tokens <= 6
+    assert lora[0].text != prompted[0].text

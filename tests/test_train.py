@@ -1,5 +1,10 @@
 import json
-import threading
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,11 +12,19 @@ from safetensors.torch import load_file
 
 from conftest import POLITE, chat, write_jsonl
 from tuner import train as ttrain
-from tuner.train import TrainConfig, Trainer
+from tuner.config import TrainConfig
+from tuner.runs import RunBusy, RunManager
+
+ROOT = Path(__file__).resolve().parent.parent
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def _lora_weights(adapter_dir):
-    return load_file(str(adapter_dir / "adapter_model.safetensors"))
+def _weights(run_dir):
+    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+
+
+def _overfit_rows(n=12):
+    return [chat(f"Say the word number {i}.", f"Certainly! The word is apple{i % 3}.") for i in range(n)]
 
 
 def test_config_rejects_bad_combinations_with_a_message():
@@ -19,80 +32,216 @@ def test_config_rejects_bad_combinations_with_a_message():
         TrainConfig(learning_rate=0.5)  # far past any rate that trains
     with pytest.raises(ValueError, match="num_train_epochs > 0 or max_steps"):
         TrainConfig(num_train_epochs=0, max_steps=-1)
+    with pytest.raises(ValueError, match="use_dora and use_rslora apply to LoRA only"):
+        TrainConfig(method="prompt_tuning", use_dora=True)
+    with pytest.raises(ValueError, match="lr_scheduler_type"):
+        TrainConfig(lr_scheduler_type="exponential")
+    with pytest.raises(ValueError, match="at least 10% of the rows"):
+        TrainConfig(validation_fraction=0.5, test_fraction=0.45)
     with pytest.raises(ValueError, match="Unknown training setting"):
         TrainConfig.from_dict({"lora_rank": 4})
 
 
-def test_detects_attention_and_linear_modules(tiny_llama):
-    from transformers import AutoModelForCausalLM
+def test_qlora_is_refused_on_a_machine_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="needs a CUDA GPU.*Choose method 'lora'"):
+        ttrain.check_machine(TrainConfig(method="qlora"))
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
-    attention, linear = ttrain.detect_target_modules(model)
+
+def test_detects_llama_falcon_and_gpt2_module_names(tiny_llama):
+    from transformers import (AutoModelForCausalLM, FalconConfig, FalconForCausalLM, GPT2Config,
+                              GPT2LMHeadModel)
+
+    attention, linear = ttrain.detect_target_modules(AutoModelForCausalLM.from_pretrained(tiny_llama))
     assert attention == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert {"gate_proj", "up_proj", "down_proj"} <= set(linear)
-    assert "lm_head" not in linear
+    assert {"gate_proj", "up_proj", "down_proj"} <= set(linear) and "lm_head" not in linear
+    falcon = FalconForCausalLM(FalconConfig(vocab_size=128, hidden_size=32, num_hidden_layers=1,
+                                            num_attention_heads=4))
+    attention, linear = ttrain.detect_target_modules(falcon)
+    assert attention == ["query_key_value", "dense"]
+    assert {"dense_h_to_4h", "dense_4h_to_h"} <= set(linear)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=128, n_embd=32, n_layer=1, n_head=4))
+    attention, linear = ttrain.detect_target_modules(gpt2)
+    assert attention == ["c_attn"] and {"c_attn", "c_proj", "c_fc"} <= set(linear)
 
 
-def test_detects_falcon_module_names():
-    from transformers import FalconConfig, FalconForCausalLM
+def test_lora_trains_a_falcon_model_built_from_config(tmp_path, smollm2_tokenizer):
+    """A non-Llama architecture whose modules have other names."""
+    from transformers import AutoTokenizer, FalconConfig, FalconForCausalLM
 
-    model = FalconForCausalLM(FalconConfig(vocab_size=128, hidden_size=32, num_hidden_layers=1,
-                                           num_attention_heads=4))
-    attention, linear = ttrain.detect_target_modules(model)
-    assert "query_key_value" in attention
-    assert "dense_h_to_4h" in linear
+    tok = AutoTokenizer.from_pretrained(smollm2_tokenizer)
+    model = FalconForCausalLM(FalconConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, initializer_range=0.2))
+    folder = tmp_path / "tiny-falcon"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    dataset = write_jsonl(tmp_path / "d.jsonl", _overfit_rows(8))
+    manager = RunManager(tmp_path / "runs", tmp_path / "models")
+    manager.start(TrainConfig(base_model=str(folder), dataset=str(dataset), max_steps=4, test_fraction=0,
+                              validation_fraction=0, lr_scheduler_type="cosine", learning_rate=1e-2))
+    state = manager.wait(120)
+    assert state.status == "completed", state.message
+    assert state.summary["target_modules"] == ["query_key_value", "dense"]
+    weights = _weights(tmp_path / "runs" / state.run_id)
+    assert any("query_key_value.lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
 
 
-def test_training_run_writes_folder_loss_falls_and_weights_change(tiny_llama, home, tmp_path):
-    rows = [chat(f"Say the word number {i}.", f"Certainly! The word is apple{i % 3}.") for i in range(12)]
-    dataset = write_jsonl(tmp_path / "overfit.jsonl", rows)
+def test_packed_batches_give_the_same_loss_as_padded_ones(tiny_llama):
+    """Padding-free packing must not let examples attend to each other."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuner.chat import PackCollator, PadCollator, encode_example
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    model.config.use_cache = False  # as train() sets it
+    rows = [json.loads(line) for line in POLITE.read_text().splitlines()[:4]]
+    features = [encode_example(r["messages"], tok, 256) for r in rows]
+    model.train()
+    with torch.no_grad():
+        packed = model(**PackCollator()(features)).loss
+        padded = model(**PadCollator(tok.pad_token_id)(features)).loss
+    assert torch.allclose(packed, padded, atol=1e-5)
+
+
+def test_lora_run_loss_falls_weights_change_and_folder_is_complete(tiny_llama, home, tmp_path):
+    dataset = write_jsonl(tmp_path / "overfit.jsonl", _overfit_rows(12) + _overfit_rows(4))
     config = TrainConfig(base_model=str(tiny_llama), dataset=str(dataset), learning_rate=3e-2,
-                         num_train_epochs=10, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], per_device_train_batch_size=4, r=8, lora_alpha=16,
-                         lora_dropout=0.0, test_fraction=0.0, precision="fp32")
-    trainer = Trainer(home.runs, home.models)
-    run_id = trainer.start(config)
-    state = trainer.wait(timeout=300)
+                         num_train_epochs=8, per_device_train_batch_size=4, target_modules=ALL_LINEAR,
+                         lora_dropout=0.0, test_fraction=0.0, validation_fraction=0.25, eval_steps=4,
+                         save_steps=5, save_total_limit=2, precision="fp32")
+    manager = RunManager(home.runs, home.models)
+    run_id = manager.start(config)
+    state = manager.wait(timeout=300)
     assert state.status == "completed", state.message
     run_dir = home.runs / run_id
     record = json.loads((run_dir / "run.json").read_text())
-    assert record["status"] == "completed"
-    assert record["config"]["learning_rate"] == 3e-2
-    assert record["summary"]["trainable_params"] > 0
+    assert record["status"] == "completed" and record["config"]["learning_rate"] == 3e-2
+    summary = record["summary"]
+    for key in ("status", "train_runtime", "final_loss", "best_eval_loss", "trainable_params",
+                "trainable_percent"):
+        assert summary[key] is not None, key
     metrics = ttrain.read_metrics(run_dir)
     losses = [m["loss"] for m in metrics if "loss" in m]
     assert len(losses) == state.max_steps
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses
-    weights = _lora_weights(run_dir / "adapter")
-    lora_b = [v for k, v in weights.items() if "lora_B" in k]
-    # peft starts lora_B at zero: any non-zero entry was learned
-    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
+    assert all("step" in m and "epoch" in m for m in metrics)
+    assert [m["step"] for m in metrics if "eval_loss" in m][:2] == [4, 8]
+    assert any("tokens_per_second" in m and "learning_rate" in m for m in metrics)
+    assert len(list((run_dir / "checkpoints").glob("checkpoint-*"))) <= 2  # save_total_limit
+    lora_b = [v for k, v in _weights(run_dir).items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # peft starts lora_B at zero
 
 
-def test_second_start_while_running_is_refused(tiny_llama, home, tmp_path):
-    rows = [chat(f"Question {i}?", f"Answer {i}.") for i in range(8)]
-    dataset = write_jsonl(tmp_path / "d.jsonl", rows)
-    trainer = Trainer(home.runs, home.models)
-    trainer.start(TrainConfig(base_model=str(tiny_llama), dataset=str(dataset), max_steps=200,
-                              per_device_train_batch_size=1))
-    try:
-        with pytest.raises(ttrain.RunBusy, match="still"):
-            trainer.start(TrainConfig(base_model=str(tiny_llama), dataset=str(dataset)))
-    finally:
-        trainer.stop()
-    state = trainer.wait(timeout=120)
+def test_stop_ends_the_run_within_two_steps_and_keeps_a_checkpoint(tiny_llama, home, tmp_path):
+    dataset = write_jsonl(tmp_path / "d.jsonl", [chat(f"Question {i}?", f"Answer {i}.") for i in range(8)])
+    manager = RunManager(home.runs, home.models)
+    manager.start(TrainConfig(base_model=str(tiny_llama), dataset=str(dataset), max_steps=500,
+                              per_device_train_batch_size=1, save_steps=1000))
+    while manager.snapshot().step < 3:
+        time.sleep(0.05)
+    with pytest.raises(RunBusy, match="still running"):
+        manager.start(TrainConfig(base_model=str(tiny_llama), dataset=str(dataset)))
+    asked_at = manager.snapshot().step
+    assert manager.stop()
+    state = manager.wait(timeout=120)
     assert state.status == "stopped"
-    assert state.step < 200
-    assert (home.runs / state.run_id / "adapter" / "adapter_config.json").is_file()
+    assert state.summary["global_step"] - asked_at <= 2
+    run_dir = home.runs / state.run_id
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    assert ttrain.last_complete_checkpoint(run_dir) is not None  # resumable
+
+
+def test_forced_nan_marks_the_run_diverged(tiny_llama, home, tmp_path):
+    from safetensors.torch import save_file
+
+    broken = tmp_path / "nan-model"
+    broken.mkdir()
+    for f in Path(tiny_llama).iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    weights = load_file(str(broken / "model.safetensors"))
+    key = next(k for k in weights if k.endswith("norm.weight"))
+    weights[key][:] = float("nan")
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    dataset = write_jsonl(tmp_path / "d.jsonl", _overfit_rows(8))
+    manager = RunManager(home.runs, home.models)
+    manager.start(TrainConfig(base_model=str(broken), dataset=str(dataset), max_steps=20, test_fraction=0,
+                              validation_fraction=0))
+    state = manager.wait(timeout=120)
+    assert state.status == "diverged"
+    assert "NaN" in state.message
+    assert state.summary["global_step"] < 20
+    assert manager.runs()[0]["status"] == "diverged"
 
 
 def test_failure_in_training_thread_is_reported_not_raised(home, tmp_path):
     dataset = write_jsonl(tmp_path / "d.jsonl", [chat("hi", "hello")] * 3)
-    trainer = Trainer(home.runs, home.models)
-    trainer.start(TrainConfig(base_model=str(tmp_path / "no-such-model-folder"), dataset=str(dataset)))
-    state = trainer.wait(timeout=60)
+    manager = RunManager(home.runs, home.models)
+    manager.start(TrainConfig(base_model=str(tmp_path / "no-such-model-folder"), dataset=str(dataset)))
+    state = manager.wait(timeout=60)
     assert state.status == "failed"
     assert "no-such-model-folder" in state.message
-    assert [r["status"] for r in trainer.runs()] == ["failed"]
+    assert [r["status"] for r in manager.runs()] == ["failed"]
+
+
+def test_cli_run_killed_mid_way_resumes_and_continues_its_step_count(tiny_llama, tmp_path):
+    dataset = write_jsonl(tmp_path / "d.jsonl", [chat(f"Q{i}?", f"A{i}.") for i in range(10)])
+    out = tmp_path / "runs"
+    config = {"base_model": str(tiny_llama), "dataset": "d.jsonl", "method": "lora", "output_dir": str(out),
+              "max_steps": 400, "per_device_train_batch_size": 1, "save_steps": 3, "save_total_limit": 2,
+              "test_fraction": 0, "validation_fraction": 0}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    env = dict(os.environ, TUNER_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", "train", str(tmp_path / "config.json"),
+                             "--run-id", "killed"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run_dir = out / "killed"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (run_dir / "checkpoints" / "checkpoint-6" / "trainer_state.json").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["config"]["max_steps"] == 400 and record["status"] == "running"  # as the kill left it
+
+    manager = RunManager(out, tmp_path / "home" / "models")
+    assert manager.get("killed")["status"] == "interrupted"
+    checkpoint = ttrain.last_complete_checkpoint(run_dir)
+    resumed_from = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+    assert resumed_from >= 6
+    # shorten the rest of the run: resume reads the config from run.json
+    record["config"]["max_steps"] = resumed_from + 4
+    (run_dir / "run.json").write_text(json.dumps(record))
+    manager.resume("killed")
+    state = manager.wait(timeout=180)
+    assert state.status == "completed", state.message
+    steps = [m["step"] for m in ttrain.read_metrics(run_dir) if "loss" in m]
+    assert steps == list(range(1, resumed_from + 5))  # continued, no step twice, none missing
+    assert state.summary["global_step"] == resumed_from + 4
+
+
+def test_cli_writes_the_run_folder(tiny_llama, tmp_path):
+    dataset = write_jsonl(tmp_path / "d.jsonl", _overfit_rows(6))
+    config = {"base_model": str(tiny_llama), "dataset": str(dataset), "max_steps": 2,
+              "output_dir": str(tmp_path / "out"), "lr_scheduler_type": "cosine"}
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    env = dict(os.environ, TUNER_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "tuner", "train", str(tmp_path / "c.json")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run_dir,) = (tmp_path / "out").iterdir()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "completed" and record["summary"]["global_step"] == 2
+    assert record["config"]["lr_scheduler_type"] == "cosine"
+    assert len(ttrain.read_metrics(run_dir)) >= 2
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"dataset": str(dataset), "lora_rank": 3}))
+    done = subprocess.run([sys.executable, "-m", "tuner", "train", str(bad)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Unknown training setting(s): lora_rank" in done.stderr
 
 
 def test_bundled_smollm2_trains_a_few_steps(bundled_models_dir, tmp_path):
@@ -100,15 +249,14 @@ def test_bundled_smollm2_trains_a_few_steps(bundled_models_dir, tmp_path):
     rows = [json.loads(line) for line in POLITE.read_text().splitlines()[:4]]
     dataset = write_jsonl(tmp_path / "four.jsonl", rows)
     config = TrainConfig(dataset=str(dataset), max_steps=6, per_device_train_batch_size=4,
-                         learning_rate=1e-3, test_fraction=0.0, lora_dropout=0.0)
+                         learning_rate=1e-3, test_fraction=0.0, validation_fraction=0.0, lora_dropout=0.0)
     runs = tmp_path / "runs"
-    runs.mkdir()
-    trainer = Trainer(runs, bundled_models_dir)
-    trainer.start(config)
-    state = trainer.wait(timeout=600)
+    manager = RunManager(runs, bundled_models_dir)
+    manager.start(config)
+    state = manager.wait(timeout=600)
     assert state.status == "completed", state.message
     losses = [r["loss"] for r in state.rows if "loss" in r]
     assert len(losses) == 6
     assert losses[-1] < losses[0]
-    weights = _lora_weights(runs / state.run_id / "adapter")
+    weights = _weights(runs / state.run_id)
     assert any("q_proj.lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())

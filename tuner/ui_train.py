@@ -1,0 +1,327 @@
+"""The Train tab: settings, Start/Stop/Resume, live charts, runs list. Only UI code imports gradio."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from tuner import data as tdata
+from tuner import models
+from tuner.config import METHODS, PRECISIONS, SCHEDULERS, TrainConfig
+from tuner.estimate import describe, estimate, module_choices
+from tuner.runs import FINISHED, RunBusy, RunManager, clock
+from tuner.train import check_machine, read_metrics
+
+# The config fields the tab edits, in the order of its inputs.
+FIELDS = ["method", "r", "lora_alpha", "lora_dropout", "use_dora", "use_rslora", "target_modules",
+          "num_virtual_tokens", "prompt_tuning_init_text", "learning_rate", "num_train_epochs", "max_steps",
+          "per_device_train_batch_size", "gradient_accumulation_steps", "warmup_steps", "weight_decay",
+          "lr_scheduler_type", "max_seq_length", "seed", "precision", "packing", "validation_fraction",
+          "eval_steps", "save_steps", "save_total_limit"]
+INTS = {"r", "lora_alpha", "num_virtual_tokens", "max_steps", "per_device_train_batch_size",
+        "gradient_accumulation_steps", "warmup_steps", "max_seq_length", "seed", "eval_steps", "save_steps",
+        "save_total_limit"}
+PRESETS = ("attention only", "all linear layers", "custom")
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def config_from(model_name: str, dataset: str, values) -> TrainConfig:
+    settings = dict(zip(FIELDS, values))
+    for key in INTS:
+        settings[key] = int(settings[key]) if settings[key] is not None else None
+    for key in ("lora_dropout", "learning_rate", "num_train_epochs", "weight_decay", "validation_fraction"):
+        settings[key] = float(settings[key] or 0)
+    settings["target_modules"] = list(settings["target_modules"] or []) or None
+    return TrainConfig(base_model=model_name, dataset=dataset, **settings)
+
+
+def values_of(config: dict) -> list:
+    defaults = TrainConfig().to_dict()
+    return [config.get(name, defaults[name]) for name in FIELDS]
+
+
+def curve_frame(rows: list[dict], label: str | None = None) -> pd.DataFrame | None:
+    """Training and validation loss as one long frame (None when empty: see loss chart note)."""
+    points = []
+    for r in rows:
+        for key, series in (("loss", "training loss"), ("eval_loss", "validation loss")):
+            if key in r:
+                points.append({"step": r["step"], "loss": r[key],
+                               "series": f"{label}: {series}" if label else series})
+    return pd.DataFrame(points) if points else None
+
+
+def lr_frame(rows: list[dict]) -> pd.DataFrame | None:
+    points = [{"step": r["step"], "learning rate": r["learning_rate"]} for r in rows if "learning_rate" in r]
+    return pd.DataFrame(points) if points else None
+
+
+def runs_frame(manager: RunManager) -> pd.DataFrame:
+    rows = []
+    for run in manager.runs():
+        s = run.get("summary") or {}
+        c = run.get("config", {})
+        rows.append([run["run_id"], run.get("status", ""), c.get("method", "lora"), Path(c.get("dataset", "")).name,
+                     s.get("global_step", ""), _round(s.get("final_loss")), _round(s.get("best_eval_loss")),
+                     f"{s['trainable_percent']:.2f}%" if s.get("trainable_percent") is not None else "",
+                     clock(s["train_runtime"]) if s.get("train_runtime") else "", run.get("message", "")])
+    return pd.DataFrame(rows, columns=["run", "status", "method", "dataset", "steps", "final loss",
+                                       "best val loss", "trainable", "time", "message"])
+
+
+def _round(value, digits: int = 4):
+    return "" if value is None else round(value, digits)
+
+
+def summary_text(run: dict) -> str:
+    s = run.get("summary") or {}
+    status = run.get("status", "")
+    if status in ("failed", "interrupted"):
+        return f"**Run {run['run_id']} {status}.** {run.get('message', '')}"
+    parts = [f"**Run {run['run_id']} {status}**"]
+    if s.get("train_runtime") is not None:
+        parts.append(f"training time {clock(s['train_runtime'])}")
+    if s.get("final_loss") is not None:
+        parts.append(f"final training loss {s['final_loss']:.4f}")
+    if s.get("best_eval_loss") is not None:
+        parts.append(f"best validation loss {s['best_eval_loss']:.4f}")
+    if s.get("trainable_percent") is not None:
+        parts.append(f"trained {s['trainable_params']:,} of {s['total_params']:,} parameters "
+                     f"({s['trainable_percent']:.2f}%)")
+    text = " · ".join(parts) + "."
+    if run.get("message"):
+        text += f" {run['message']}"
+    return text
+
+
+def progress_html(state) -> str:
+    share = state.step / state.max_steps if state.max_steps else 0.0
+    return (f'<div id="train-bar" data-step="{state.step}" data-total="{state.max_steps}" '
+            f'style="height:10px;background:#eee;border-radius:5px;overflow:hidden">'
+            f'<div style="width:{100 * share:.1f}%;height:100%;background:#e8590c"></div></div>')
+
+
+def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown, dataset_chooser: gr.Dropdown):
+    d = TrainConfig()
+    methods = [m for m in METHODS if m != "qlora" or cuda_available()]
+    with gr.Row():
+        method = gr.Radio(methods, value=d.method, label="Method", elem_id="train-method", scale=2,
+                          info="LoRA trains small low-rank updates; prompt tuning trains only a soft prompt.")
+        if not cuda_available():
+            gr.Markdown("QLoRA (4-bit base model through bitsandbytes) is not offered: it needs a CUDA GPU, "
+                        "and this machine has none. LoRA trains the same adapters in full precision here.")
+    with gr.Group(visible=True) as lora_box:
+        with gr.Row():
+            r = gr.Slider(1, 64, value=d.r, step=1, label="LoRA rank (r)")
+            alpha = gr.Slider(1, 128, value=d.lora_alpha, step=1, label="LoRA alpha (lora_alpha)")
+            dropout = gr.Slider(0.0, 0.5, value=d.lora_dropout, step=0.01, label="LoRA dropout")
+            with gr.Column():
+                dora = gr.Checkbox(value=d.use_dora, label="DoRA (use_dora)")
+                rslora = gr.Checkbox(value=d.use_rslora, label="rsLoRA (use_rslora)")
+        with gr.Row():
+            preset = gr.Radio(list(PRESETS), value="attention only", label="Target modules", scale=1)
+            targets = gr.CheckboxGroup([], value=[], label="Modules", elem_id="train-targets", scale=3)
+    with gr.Group(visible=False) as prompt_box:
+        with gr.Row():
+            virtual = gr.Slider(1, 100, value=d.num_virtual_tokens, step=1, label="Virtual tokens (num_virtual_tokens)")
+            init_text = gr.Textbox(value="", label="Initial text (prompt_tuning_init_text, optional)",
+                                   placeholder="e.g. Answer politely and briefly.")
+    with gr.Row():
+        lr = gr.Number(value=d.learning_rate, label="Learning rate", minimum=0)
+        epochs = gr.Slider(1, 20, value=d.num_train_epochs, step=1, label="Epochs")
+        max_steps = gr.Number(value=d.max_steps, label="Max steps (-1: use epochs)", precision=0)
+        batch = gr.Slider(1, 32, value=d.per_device_train_batch_size, step=1, label="Batch size")
+        accum = gr.Slider(1, 16, value=d.gradient_accumulation_steps, step=1, label="Gradient accumulation")
+        seq = gr.Slider(32, 2048, value=d.max_seq_length, step=32, label="Max sequence length")
+    with gr.Accordion("More settings", open=False):
+        with gr.Row():
+            warmup = gr.Number(value=d.warmup_steps, label="Warmup steps", precision=0, minimum=0)
+            decay = gr.Number(value=d.weight_decay, label="Weight decay", minimum=0)
+            scheduler = gr.Dropdown(list(SCHEDULERS), value=d.lr_scheduler_type, label="LR schedule")
+            seed = gr.Number(value=d.seed, label="Seed", precision=0)
+            precision = gr.Dropdown(list(PRECISIONS), value=d.precision, label="Precision")
+            packing = gr.Checkbox(value=d.packing, label="Padding-free packing")
+        with gr.Row():
+            val_frac = gr.Slider(0.0, 0.4, value=d.validation_fraction, step=0.05, label="Validation share")
+            eval_steps = gr.Number(value=d.eval_steps, label="Eval every N steps", precision=0, minimum=1)
+            save_steps = gr.Number(value=d.save_steps, label="Checkpoint every N steps", precision=0, minimum=1)
+            keep = gr.Number(value=d.save_total_limit, label="Checkpoints kept (save_total_limit)", precision=0,
+                             minimum=1)
+    inputs = [method, r, alpha, dropout, dora, rslora, targets, virtual, init_text, lr, epochs, max_steps, batch,
+              accum, warmup, decay, scheduler, seq, seed, precision, packing, val_frac, eval_steps, save_steps, keep]
+    assert len(inputs) == len(FIELDS)
+    estimate_md = gr.Markdown(elem_id="train-estimate")
+    with gr.Row():
+        start = gr.Button("Start training", variant="primary", elem_id="train-start")
+        stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+    message = gr.Markdown(elem_id="train-message")
+    snapshot = manager.snapshot()
+    bar = gr.HTML(progress_html(snapshot), elem_id="train-progress-bar")
+    progress = gr.Markdown(snapshot.progress_line(), elem_id="train-progress")
+    with gr.Row():
+        chart = gr.LinePlot(curve_frame(snapshot.rows), x="step", y="loss", color="series", title="Loss",
+                            height=280, elem_id="loss-chart", scale=3)
+        lr_chart = gr.LinePlot(lr_frame(snapshot.rows), x="step", y="learning rate", title="Learning rate",
+                               height=280, elem_id="lr-chart", scale=2)
+    summary = gr.Markdown(elem_id="train-summary")
+
+    gr.Markdown("### Runs")
+    runs = gr.Dataframe(runs_frame(manager), interactive=False, elem_id="runs-table")
+    with gr.Row():
+        picked = gr.Dropdown([r["run_id"] for r in manager.runs()], multiselect=True, label="Runs to overlay / act on",
+                             elem_id="runs-picked", scale=3)
+        resume = gr.Button("Resume", elem_id="run-resume", scale=1)
+        load_settings = gr.Button("Load settings", elem_id="run-load", scale=1)
+        export = gr.Button("Export config", elem_id="run-export", scale=1)
+    with gr.Row():
+        exported = gr.File(label="Exported config", interactive=False, elem_id="run-config-file", scale=1)
+        imported = gr.File(label="Load a config JSON into the settings", file_types=[".json"],
+                           elem_id="run-config-upload", scale=1)
+    overlay = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss curves of the chosen runs",
+                          height=300, elem_id="runs-overlay")
+    timer = gr.Timer(1.0)
+
+    # --- handlers --------------------------------------------------------------------------
+    def on_model(model_name, preset_name):
+        try:
+            source = models.resolve(model_name, manager.models_dir)
+            attention, linear = module_choices(source.location)
+        except Exception:  # the picker itself explains a bad model
+            return gr.update(choices=[], value=[])
+        chosen = list(attention) if preset_name != "all linear layers" else list(linear)
+        return gr.update(choices=list(linear), value=chosen)
+
+    def on_preset(model_name, preset_name, current):
+        if preset_name == "custom":
+            return gr.update()
+        return on_model(model_name, preset_name)
+
+    def on_method(name):
+        return gr.update(visible=name != "prompt_tuning"), gr.update(visible=name == "prompt_tuning")
+
+    def build(model_name, dataset_label, values) -> TrainConfig:
+        path = tdata.available(datasets_dir).get(dataset_label)
+        if path is None:
+            raise ValueError("Pick a dataset in the Dataset tab first.")
+        return config_from(model_name, str(path), values)
+
+    def on_estimate(model_name, dataset_label, *values):
+        try:
+            return describe(estimate(build(model_name, dataset_label, values), manager.models_dir, manager.runs()))
+        except (ValueError, TypeError, models.ModelUnavailable) as exc:
+            return f"⚠️ {exc}"
+        except Exception as exc:  # an estimate must never break the tab
+            return f"⚠️ No estimate: {type(exc).__name__}: {exc}"
+
+    def on_start(model_name, dataset_label, *values):
+        try:
+            config = build(model_name, dataset_label, values)
+            check_machine(config)
+            models.resolve(model_name, manager.models_dir)  # fail here, not in the thread
+            run_id = manager.start(config)
+        except (ValueError, TypeError, RunBusy, models.ModelUnavailable) as exc:
+            return f"⚠️ {exc}"
+        return f"Started run `{run_id}` on `{Path(config.dataset).name}`."
+
+    def on_stop():
+        return "Stopping after the current step…" if manager.stop() else "No run is in progress."
+
+    def on_resume(chosen):
+        if not chosen or len(chosen) != 1:
+            return "⚠️ Choose exactly one run to resume."
+        try:
+            manager.resume(chosen[0])
+        except (ValueError, RunBusy) as exc:
+            return f"⚠️ {exc}"
+        return f"Resuming run `{chosen[0]}` from its last checkpoint."
+
+    def on_load(chosen):
+        if not chosen or len(chosen) != 1:
+            return ["⚠️ Choose exactly one run to load its settings."] + [gr.update()] * len(FIELDS)
+        run = manager.get(chosen[0])
+        return [f"Loaded the settings of `{chosen[0]}`."] + values_of(run["config"])
+
+    def on_import(file):
+        if file is None:
+            return [gr.update()] * (len(FIELDS) + 1)
+        path = Path(file if isinstance(file, str) else file.name)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+            config = values.get("config", values) if isinstance(values, dict) else None
+            if not isinstance(config, dict):
+                raise ValueError("expected a JSON object of settings")
+            known = {k: v for k, v in config.items() if k not in ("base_model", "dataset", "output_dir")}
+            TrainConfig.from_dict(known)
+        except (OSError, ValueError, TypeError, json.JSONDecodeError) as exc:
+            return [f"⚠️ {path.name}: {exc}"] + [gr.update()] * len(FIELDS)
+        return [f"Loaded the settings from `{path.name}`."] + values_of(config)
+
+    def on_export(chosen):
+        if not chosen or len(chosen) != 1:
+            return "⚠️ Choose exactly one run to export its config.", None
+        run = manager.get(chosen[0])
+        out = Path(tempfile.mkdtemp(prefix="tuner-config-")) / f"{chosen[0]}.json"
+        out.write_text(json.dumps(run["config"], indent=2) + "\n", encoding="utf-8")
+        return f"Exported the config of `{chosen[0]}`.", str(out)
+
+    def on_overlay(chosen):
+        frames = [curve_frame(read_metrics(Path(run["path"])), run["run_id"])
+                  for run in manager.runs() if run["run_id"] in (chosen or [])]
+        frames = [f for f in frames if f is not None]
+        return pd.concat(frames) if frames else None
+
+    def on_tick(seen_status, seen_rows):
+        state = manager.snapshot()
+        changed = state.status != seen_status
+        grew = len(state.rows) != seen_rows
+        outputs = [progress_html(state), state.progress_line(time.time()),
+                   curve_frame(state.rows) if grew else gr.skip(), lr_frame(state.rows) if grew else gr.skip()]
+        if changed:
+            run = manager.get(state.run_id) if state.run_id else None
+            ended = run is not None and state.status not in ("starting", "running")
+            outputs += [runs_frame(manager), gr.update(choices=[r["run_id"] for r in manager.runs()]),
+                        summary_text(run) if ended else ""]
+        else:
+            outputs += [gr.skip(), gr.skip(), gr.skip()]
+        return outputs + [state.status, len(state.rows)]
+
+    seen_status = gr.State(None)
+    seen_rows = gr.State(-1)
+    model_picker.change(on_model, [model_picker, preset], targets)
+    preset.input(on_preset, [model_picker, preset, targets], targets)
+    targets.input(lambda: "custom", None, preset)
+    method.change(on_method, method, [lora_box, prompt_box])
+    for component in [model_picker, dataset_chooser] + inputs:
+        component.change(on_estimate, [model_picker, dataset_chooser] + inputs, estimate_md)
+    start.click(on_start, [model_picker, dataset_chooser] + inputs, message)
+    stop.click(on_stop, None, message)
+    resume.click(on_resume, picked, message)
+    load_settings.click(on_load, picked, [message] + inputs)
+    imported.upload(on_import, imported, [message] + inputs)
+    export.click(on_export, picked, [message, exported])
+    picked.change(on_overlay, picked, overlay)
+    timer.tick(on_tick, [seen_status, seen_rows],
+               [bar, progress, chart, lr_chart, runs, picked, summary, seen_status, seen_rows])
+    return (on_model, [model_picker, preset], targets), (on_estimate, [model_picker, dataset_chooser] + inputs,
+                                                          estimate_md)
+
+
+def finished_runs(manager: RunManager) -> list[tuple[str, str]]:
+    """(label, run_id) of runs whose adapter can be compared."""
+    out = []
+    for run in manager.runs():
+        if run.get("status") in FINISHED and (Path(run["path"]) / "adapter").is_dir():
+            loss = (run.get("summary") or {}).get("final_loss")
+            label = f"{run['run_id']} ({run['status']}, loss {loss:.3f})" if loss is not None else run["run_id"]
+            out.append((label, run["run_id"]))
+    return out
