@@ -61,15 +61,11 @@ def _train(args) -> int:
         start_record(run_dir, run_id, config)
     state.wait_for_everyone()
 
-    def progress(**changes):
-        if "step" in changes and state.is_main_process:
-            print(f"step {changes['step']}", end="\r", flush=True)
-
     def row(r):
         if state.is_main_process:
             print(json.dumps(r), flush=True)
 
-    record = run_to_end(config, run_dir, RunControl(update=progress, append=row), layout.models)
+    record = run_to_end(config, run_dir, RunControl(append=row), layout.models)
     if state.is_main_process:
         print(f"{record['status']}: {run_dir}")
         if record.get("message"):

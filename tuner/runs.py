@@ -111,7 +111,9 @@ def run_to_end(config: TrainConfig, run_dir: Path, control: RunControl, models_d
 
 def explain(exc: Exception) -> str:
     text = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+    lowered = str(exc).lower()
+    # CUDA says "out of memory"; the CPU allocator says "can't allocate memory"
+    if isinstance(exc, MemoryError) or "out of memory" in lowered or "allocate memory" in lowered:
         if "smaller batch" not in text:
             text += " — try a smaller batch size or max sequence length."
     return text

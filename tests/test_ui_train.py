@@ -1,0 +1,49 @@
+"""The Train tab's plain functions: settings round trip, estimate, summaries."""
+
+import json
+
+from conftest import POLITE
+from tuner.config import TrainConfig
+from tuner.estimate import describe, estimate
+from tuner.runs import RunState, explain
+from tuner.ui_train import FIELDS, config_from, curve_frame, summary_text, values_of
+
+
+def test_settings_round_trip_through_the_sliders():
+    config = TrainConfig(dataset=str(POLITE), r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"],
+                         lr_scheduler_type="cosine", use_rslora=True, max_steps=30)
+    values = values_of(json.loads(json.dumps(config.to_dict())))  # as exported to JSON and back
+    assert len(values) == len(FIELDS)
+    again = config_from(config.base_model, config.dataset, values)
+    assert again == config
+
+
+def test_estimate_counts_trainable_parameters_like_peft(tiny_llama, tmp_path):
+    config = TrainConfig(base_model=str(tiny_llama), dataset=str(POLITE), r=4, target_modules=["q_proj"])
+    est = estimate(config, tmp_path, past_runs=[])
+    # q_proj is 64×64 in 2 layers: LoRA adds r × (64 + 64) per layer
+    assert est["trainable"] == 2 * 4 * (64 + 64)
+    assert 0 < est["percent"] < 1 and est["steps"] > 0 and est["seconds"] > 0
+    assert "Trainable:" in describe(est) and "rough guess" in describe(est)
+    measured = [{"config": {"base_model": str(tiny_llama)}, "summary": {"tokens_per_second": 1000.0}}]
+    assert estimate(config, tmp_path, past_runs=measured)["tokens_per_second"] == 1000.0
+
+
+def test_curves_and_summary_read_plainly():
+    rows = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 2, "eval_loss": 1.7}]
+    frame = curve_frame(rows)
+    assert sorted(set(frame["series"])) == ["training loss", "validation loss"]
+    assert curve_frame([]) is None
+    run = {"run_id": "r1", "status": "completed", "summary": {
+        "train_runtime": 83.0, "final_loss": 0.9, "best_eval_loss": 1.1, "trainable_params": 10,
+        "total_params": 1000, "trainable_percent": 1.0}}
+    text = summary_text(run)
+    assert "r1 completed" in text and "1:23" in text and "best validation loss 1.1000" in text
+
+
+def test_progress_line_and_memory_errors_are_explained():
+    state = RunState(run_id="r", status="running", step=5, max_steps=10, started=100.0,
+                     rows=[{"step": 5, "loss": 1.0, "tokens_per_second": 200.0}])
+    line = state.progress_line(now=110.0)
+    assert "step 5/10" in line and "elapsed 0:10" in line and "remaining ~0:10" in line and "200 tokens/s" in line
+    assert "smaller batch size" in explain(RuntimeError("DefaultCPUAllocator: can't allocate memory"))
