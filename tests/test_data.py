@@ -81,3 +81,10 @@ def test_split_is_seeded_disjoint_and_keeps_a_training_row():
     assert sum(len(v) for v in parts.values()) == 26
     tiny = tdata.splits(rows[:2], 0.4, 0.4, seed=0)
     assert len(tiny["train"]) == 1  # never all held out
+
+
+def test_a_stored_split_column_is_used_as_is():
+    rows = [chat(f"q{i}", f"a{i}", split=("test" if i < 2 else "validation" if i < 3 else "train"))
+            for i in range(6)]
+    parts = tdata.splits(rows, 0.5, 0.3, seed=1)
+    assert [len(parts[k]) for k in ("train", "validation", "test")] == [3, 1, 2]

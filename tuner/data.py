@@ -19,6 +19,8 @@ from pathlib import Path
 from tuner.paths import STARTER_DATASETS, atomic_write_text
 
 ROLES = ("system", "user", "assistant")
+SPLITS = ("train", "validation", "test")
+SPLIT_FIELD = "split"  # a row's stored split, when its dataset version has one
 MAX_FILE_BYTES = 50 * 1024 * 1024
 
 
@@ -155,8 +157,14 @@ def splits(rows: list[dict], validation_fraction: float = 0.1, test_fraction: fl
 
     The test rows are the held-out prompts for Compare; the validation rows give
     the validation-loss curve. Each non-zero fraction gets at least one row while
-    at least one row is left to train on.
+    at least one row is left to train on. When every row carries a stored
+    `split` field ("train", "validation" or "test"), that split is used as is.
     """
+    stored = {row.get(SPLIT_FIELD) for row in rows}
+    if rows and stored <= set(SPLITS):
+        # a dataset version saved with its split keeps it: reproducible, and
+        # whatever the split was (e.g. stratified), training and Compare agree
+        return {name: [r for r in rows if r[SPLIT_FIELD] == name] for name in SPLITS}
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     sizes = {}
