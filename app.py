@@ -32,7 +32,7 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
     store = Store(layout.ratings_db)
     rng = rng or random.Random()
 
-    with gr.Blocks(title="Tuner", analytics_enabled=False) as demo:
+    with gr.Blocks(title="Tuner", analytics_enabled=False, head=ratings_ui.KEYS_JS) as demo:
         gr.Markdown("# Tuner\nBuild a dataset, fine-tune with LoRA, then rate base and fine-tuned replies blind.")
         picker, _status = tuner_ui.model_picker(layout.models, default_model)
         with gr.Tabs():
@@ -42,6 +42,8 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
                 modules, estimate = ui_train.train_tab(trainer, layout.datasets, picker, chooser)
             with gr.Tab("Compare", id="compare") as compare:
                 refresh_compare, compare_outputs = ratings_ui.compare_tab(trainer, generator, store, rng)
+            with gr.Tab("Playground", id="playground") as playground:
+                refresh_playground, playground_outputs = ratings_ui.playground_tab(trainer, generator)
             with gr.Tab("Results", id="results") as results:
                 show_results, results_eval, results_outputs = ratings_ui.results_tab(store)
         # a page load (or reload, or a second browser) sees what exists now, not
@@ -52,7 +54,13 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
         demo.load(*estimate)
         demo.load(refresh_compare, None, compare_outputs)
         compare.select(refresh_compare, None, compare_outputs)
+        playground.select(refresh_playground, None, playground_outputs)
         results.select(show_results, results_eval, results_outputs)
+    # The raters' page: a second page on the same server with only the rating
+    # view. (A route is not access control: owner-only checks live in handlers.)
+    with demo.route("Rate", "/rate", show_in_navbar=False):
+        refresh_rater, rater_eval = ratings_ui.raters_page(store, rng)
+        demo.load(refresh_rater, None, rater_eval)
     return demo
 
 

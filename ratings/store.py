@@ -6,10 +6,16 @@ never block the writer, a busy timeout so concurrent writers queue instead of
 failing, `BEGIN IMMEDIATE` for writes, `synchronous=FULL` so an acknowledged
 rating survives a power cut, UNIQUE constraints so a double click is harmless,
 and an append-only audit table.
+
+An evaluation is a fixed list of prompts and two or more variants (the base
+model and runs' adapters). Every reply is generated before rating; every
+unordered pair of variants on a prompt is a comparison; each rater sees each
+comparison once, with sides drawn for that rater and kept here.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import sqlite3
@@ -22,6 +28,8 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 migrations = Migrations("tuner.ratings")
+ASPECTS = ("adherence", "tone", "clarity")  # optional 1-5 scores beside helpfulness
+PREFERENCES = ("A", "B", "tie")
 
 
 @migrations(name="0001_initial")
@@ -31,46 +39,72 @@ def _initial(db: sqlite_utils.Database) -> None:
         id INTEGER PRIMARY KEY,
         name TEXT NOT NULL,
         base_model TEXT NOT NULL,
-        run_id TEXT,
-        settings TEXT NOT NULL DEFAULT '{}',
+        settings TEXT NOT NULL DEFAULT '{}',   -- generation settings, fixed and recorded
+        rules TEXT NOT NULL DEFAULT '[]',      -- keyword rules that flag prompts
+        invite_code TEXT,                      -- raters must give it when set
         created_at TEXT NOT NULL
+    );
+    CREATE TABLE variants (
+        id INTEGER PRIMARY KEY,
+        evaluation_id INTEGER NOT NULL REFERENCES evaluations(id),
+        name TEXT NOT NULL,                    -- 'base' or a run id
+        label TEXT NOT NULL,                   -- what tables show
+        kind TEXT NOT NULL,                    -- base, lora, prompt_tuning, ...
+        UNIQUE (evaluation_id, name)
     );
     CREATE TABLE prompts (
         id INTEGER PRIMARY KEY,
         evaluation_id INTEGER NOT NULL REFERENCES evaluations(id),
         position INTEGER NOT NULL,
-        text TEXT NOT NULL,
-        messages TEXT NOT NULL,
+        external_id TEXT,
+        task TEXT,
+        text TEXT NOT NULL,                    -- what raters read
+        messages TEXT NOT NULL,                -- what the models saw (with any rule tag)
         reference TEXT,
+        category TEXT,
+        flags TEXT NOT NULL DEFAULT '[]',
         UNIQUE (evaluation_id, position)
     );
     CREATE TABLE replies (
         id INTEGER PRIMARY KEY,
         prompt_id INTEGER NOT NULL REFERENCES prompts(id),
-        variant TEXT NOT NULL,          -- 'base' or 'tuned'
-        model TEXT NOT NULL,            -- what produced it: model name, run id
+        variant_id INTEGER NOT NULL REFERENCES variants(id),
         text TEXT NOT NULL,
         settings TEXT NOT NULL,
         latency_s REAL,
         new_tokens INTEGER,
+        flags TEXT NOT NULL DEFAULT '[]',
         created_at TEXT NOT NULL,
-        UNIQUE (prompt_id, variant)
+        UNIQUE (prompt_id, variant_id)
     );
-    -- which reply this rater sees on the left: drawn per prompt and per rater
-    CREATE TABLE assignments (
+    CREATE TABLE comparisons (
         id INTEGER PRIMARY KEY,
         prompt_id INTEGER NOT NULL REFERENCES prompts(id),
+        reply1_id INTEGER NOT NULL REFERENCES replies(id),
+        reply2_id INTEGER NOT NULL REFERENCES replies(id),
+        UNIQUE (reply1_id, reply2_id)
+    );
+    -- which reply this rater sees on the left: drawn per comparison and per rater
+    CREATE TABLE assignments (
+        id INTEGER PRIMARY KEY,
+        comparison_id INTEGER NOT NULL REFERENCES comparisons(id),
         rater TEXT NOT NULL,
         left_reply_id INTEGER NOT NULL REFERENCES replies(id),
         right_reply_id INTEGER NOT NULL REFERENCES replies(id),
         created_at TEXT NOT NULL,
-        UNIQUE (prompt_id, rater)
+        rated_at TEXT,
+        preference TEXT CHECK (preference IN ('A', 'B', 'tie')),
+        comment TEXT,
+        UNIQUE (comparison_id, rater)
     );
     CREATE TABLE ratings (
         id INTEGER PRIMARY KEY,
         reply_id INTEGER NOT NULL REFERENCES replies(id),
         rater TEXT NOT NULL,
         score INTEGER NOT NULL CHECK (score BETWEEN 1 AND 5),
+        adherence INTEGER CHECK (adherence BETWEEN 1 AND 5),
+        tone INTEGER CHECK (tone BETWEEN 1 AND 5),
+        clarity INTEGER CHECK (clarity BETWEEN 1 AND 5),
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL,
         UNIQUE (reply_id, rater)
@@ -85,6 +119,7 @@ def _initial(db: sqlite_utils.Database) -> None:
     );
     CREATE INDEX replies_prompt ON replies(prompt_id);
     CREATE INDEX ratings_reply ON ratings(reply_id);
+    CREATE INDEX assignments_rater ON assignments(rater);
     """)
 
 
@@ -105,12 +140,16 @@ def clean_rater(name) -> str:
     return name
 
 
-def check_score(score, label: str) -> int:
+def check_score(score, label: str, required: bool = True) -> int | None:
+    if score is None or score == "":
+        if required:
+            raise RatingError(f"{label}: choose a score from 1 to 5.")
+        return None
     try:
         value = int(score)
     except (TypeError, ValueError, OverflowError):
         raise RatingError(f"{label}: choose a score from 1 to 5 (got {score!r}).") from None
-    if not 1 <= value <= 5 or str(score).strip() not in {str(value), f"{value}.0"}:
+    if isinstance(score, bool) or not 1 <= value <= 5 or str(score).strip() not in {str(value), f"{value}.0"}:
         raise RatingError(f"{label}: the score must be a whole number from 1 to 5 (got {score!r}).")
     return value
 
@@ -146,134 +185,239 @@ class Store:
                 raise
             db.execute("COMMIT")
 
-    # --- evaluations, prompts, replies -----------------------------------------
-    def create_evaluation(self, name: str, base_model: str, run_id: str | None,
-                          prompts: list[dict], settings: dict | None = None) -> int:
-        """prompts: dicts with `text`, `messages` (the conversation) and optional `reference`."""
+    # --- evaluations, variants, prompts, replies -------------------------------------
+    def create_evaluation(self, name: str, base_model: str, prompts: list[dict], variants: list[dict],
+                          settings: dict | None = None, rules: list | None = None,
+                          invite_code: str | None = None) -> int:
+        """prompts: dicts with `text` and optional `messages`, `task`, `reference`,
+        `category`, `external_id`, `flags`. variants: dicts with `name`, `label`, `kind`."""
+        if len(variants) < 2:
+            raise ValueError("An evaluation needs at least two variants to compare.")
+        if not prompts:
+            raise ValueError("An evaluation needs at least one prompt.")
         with self.write() as db:
             eval_id = db["evaluations"].insert({
-                "name": name, "base_model": base_model, "run_id": run_id,
-                "settings": json.dumps(settings or {}), "created_at": _now()}).last_pk
+                "name": name, "base_model": base_model, "settings": json.dumps(settings or {}),
+                "rules": json.dumps(rules or []), "invite_code": invite_code or None,
+                "created_at": _now()}).last_pk
+            for v in variants:
+                db["variants"].insert({"evaluation_id": eval_id, "name": v["name"],
+                                       "label": v.get("label") or v["name"], "kind": v.get("kind", "")})
             for position, p in enumerate(prompts, start=1):
                 db["prompts"].insert({
                     "evaluation_id": eval_id, "position": position, "text": p["text"],
+                    "external_id": p.get("external_id") or str(position), "task": p.get("task"),
                     "messages": json.dumps(p.get("messages") or [{"role": "user", "content": p["text"]}]),
-                    "reference": p.get("reference")})
+                    "reference": p.get("reference"), "category": p.get("category"),
+                    "flags": json.dumps(p.get("flags") or [])})
         return eval_id
+
+    def evaluation(self, evaluation_id: int) -> dict | None:
+        with self.db() as db:
+            rows = list(db.query("SELECT * FROM evaluations WHERE id = ?", [evaluation_id]))
+        if not rows:
+            return None
+        row = rows[0]
+        row["settings"], row["rules"] = json.loads(row["settings"]), json.loads(row["rules"])
+        return row
+
+    def evaluations(self) -> list[dict]:
+        with self.db() as db:
+            return list(db.query("""
+                SELECT e.id, e.name, e.base_model, e.created_at, e.invite_code IS NOT NULL AS has_code,
+                       (SELECT COUNT(*) FROM prompts p WHERE p.evaluation_id = e.id) AS n_prompts,
+                       (SELECT COUNT(*) FROM variants v WHERE v.evaluation_id = e.id) AS n_variants
+                FROM evaluations e ORDER BY e.id DESC"""))
+
+    def variants(self, evaluation_id: int) -> list[dict]:
+        with self.db() as db:
+            return list(db.query("SELECT * FROM variants WHERE evaluation_id = ? ORDER BY id", [evaluation_id]))
 
     def prompts(self, evaluation_id: int) -> list[dict]:
         with self.db() as db:
             rows = list(db.query("SELECT * FROM prompts WHERE evaluation_id = ? ORDER BY position",
                                  [evaluation_id]))
         for row in rows:
-            row["messages"] = json.loads(row["messages"])
+            row["messages"], row["flags"] = json.loads(row["messages"]), json.loads(row["flags"])
         return rows
 
-    def add_reply(self, prompt_id: int, variant: str, model: str, text: str, settings: dict,
-                  latency_s: float | None = None, new_tokens: int | None = None) -> int:
+    def add_reply(self, prompt_id: int, variant_id: int, text: str, settings: dict,
+                  latency_s: float | None = None, new_tokens: int | None = None,
+                  flags: list | None = None) -> int:
         with self.write() as db:
             db.execute(
-                "INSERT INTO replies (prompt_id, variant, model, text, settings, latency_s, new_tokens, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (prompt_id, variant) DO UPDATE SET model=excluded.model, text=excluded.text,"
-                " settings=excluded.settings, latency_s=excluded.latency_s, new_tokens=excluded.new_tokens",
-                [prompt_id, variant, model, text, json.dumps(settings), latency_s, new_tokens, _now()])
-            return db.execute("SELECT id FROM replies WHERE prompt_id=? AND variant=?",
-                              [prompt_id, variant]).fetchone()[0]
+                "INSERT INTO replies (prompt_id, variant_id, text, settings, latency_s, new_tokens, flags, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (prompt_id, variant_id) DO UPDATE SET"
+                " text=excluded.text, settings=excluded.settings, latency_s=excluded.latency_s,"
+                " new_tokens=excluded.new_tokens, flags=excluded.flags",
+                [prompt_id, variant_id, text, json.dumps(settings), latency_s, new_tokens,
+                 json.dumps(flags or []), _now()])
+            return db.execute("SELECT id FROM replies WHERE prompt_id=? AND variant_id=?",
+                              [prompt_id, variant_id]).fetchone()[0]
 
-    def evaluations(self) -> list[dict]:
-        with self.db() as db:
-            return list(db.query("""
-                SELECT e.*, COUNT(DISTINCT p.id) AS n_prompts
-                FROM evaluations e LEFT JOIN prompts p ON p.evaluation_id = e.id
-                GROUP BY e.id ORDER BY e.id DESC"""))
+    def open_for_rating(self, evaluation_id: int) -> int:
+        """Create the comparisons (every pair of variants on every prompt, once both
+        replies exist). Returns how many comparisons the evaluation has."""
+        with self.write() as db:
+            replies = list(db.query("""
+                SELECT r.id, r.prompt_id FROM replies r JOIN prompts p ON p.id = r.prompt_id
+                WHERE p.evaluation_id = ? ORDER BY r.prompt_id, r.variant_id""", [evaluation_id]))
+            by_prompt: dict[int, list[int]] = {}
+            for r in replies:
+                by_prompt.setdefault(r["prompt_id"], []).append(r["id"])
+            for prompt_id, ids in by_prompt.items():
+                for first, second in itertools.combinations(ids, 2):
+                    db.execute("INSERT OR IGNORE INTO comparisons (prompt_id, reply1_id, reply2_id) VALUES (?, ?, ?)",
+                               [prompt_id, first, second])
+            return db.execute("""SELECT COUNT(*) FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
+                                 WHERE p.evaluation_id = ?""", [evaluation_id]).fetchone()[0]
 
-    # --- blind pairs -------------------------------------------------------------
-    def next_pair(self, evaluation_id: int, rater: str, rng: random.Random) -> dict | None:
-        """The next prompt this rater has not rated, with its two replies in this
-        rater's own random order. Returns only what the rater may see plus the
-        assignment id; which variant is which stays here."""
-        rater = clean_rater(rater)
+    def replies(self, evaluation_id: int) -> pd.DataFrame:
+        """Every reply with its prompt and variant: for the owner's views and exports."""
         with self.db() as db:
             rows = list(db.query("""
-                SELECT p.id, p.position, p.text FROM prompts p
-                WHERE p.evaluation_id = ?
-                  AND (SELECT COUNT(*) FROM replies r WHERE r.prompt_id = p.id) = 2
-                  AND NOT EXISTS (SELECT 1 FROM ratings t JOIN replies r ON r.id = t.reply_id
-                                  WHERE r.prompt_id = p.id AND t.rater = ?)
-                ORDER BY p.position""", [evaluation_id, rater]))
-            total = db.execute("SELECT COUNT(*) FROM prompts WHERE evaluation_id = ?",
-                               [evaluation_id]).fetchone()[0]
-        if not rows:
+                SELECT p.position, p.external_id, p.task, p.text AS prompt, p.reference, p.category,
+                       v.name AS variant, v.label, r.id AS reply_id, r.text AS reply, r.latency_s,
+                       r.new_tokens, r.flags
+                FROM replies r JOIN prompts p ON p.id = r.prompt_id JOIN variants v ON v.id = r.variant_id
+                WHERE p.evaluation_id = ? ORDER BY p.position, v.id""", [evaluation_id]))
+        return pd.DataFrame(rows)
+
+    # --- raters --------------------------------------------------------------------------
+    def check_invite(self, evaluation_id: int, code: str | None) -> None:
+        evaluation = self.evaluation(evaluation_id)
+        if evaluation is None:
+            raise RatingError("This evaluation does not exist (any more).")
+        expected = evaluation["invite_code"]
+        if expected and (code or "").strip() != expected:
+            raise RatingError("That invite code is not right for this evaluation; ask the owner for the link's code.")
+
+    def progress(self, evaluation_id: int, rater: str) -> tuple[int, int]:
+        """(comparisons this rater has rated, comparisons in the evaluation)."""
+        rater = clean_rater(rater)
+        with self.db() as db:
+            total = db.execute("""SELECT COUNT(*) FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
+                                  WHERE p.evaluation_id = ?""", [evaluation_id]).fetchone()[0]
+            done = db.execute("""SELECT COUNT(*) FROM assignments a JOIN comparisons c ON c.id = a.comparison_id
+                                 JOIN prompts p ON p.id = c.prompt_id
+                                 WHERE p.evaluation_id = ? AND a.rater = ? AND a.rated_at IS NOT NULL""",
+                              [evaluation_id, rater]).fetchone()[0]
+        return done, total
+
+    def next_pair(self, evaluation_id: int, rater: str, rng: random.Random) -> dict | None:
+        """The next comparison this rater has not rated, with its two replies in
+        this rater's own random order. Returns only what the rater may see plus
+        the assignment id; which variant is which stays here."""
+        rater = clean_rater(rater)
+        with self.db() as db:
+            pending = list(db.query("""
+                SELECT c.id, p.position, p.text, p.task, p.flags FROM comparisons c
+                JOIN prompts p ON p.id = c.prompt_id
+                WHERE p.evaluation_id = ? AND NOT EXISTS (
+                    SELECT 1 FROM assignments a WHERE a.comparison_id = c.id AND a.rater = ?
+                    AND a.rated_at IS NOT NULL)
+                ORDER BY p.position, c.id LIMIT 1""", [evaluation_id, rater]))
+        if not pending:
             return None
-        prompt = rows[0]
-        assignment = self._assign(prompt["id"], rater, rng)
+        comparison = pending[0]
+        assignment = self._assign(comparison["id"], rater, rng)
         with self.db() as db:
             texts = {r["id"]: r["text"] for r in db.query(
                 "SELECT id, text FROM replies WHERE id IN (?, ?)",
                 [assignment["left_reply_id"], assignment["right_reply_id"]])}
+        done, total = self.progress(evaluation_id, rater)
         return {
             "assignment_id": assignment["id"],
-            "prompt": prompt["text"],
+            "prompt": comparison["text"],
+            "task": comparison["task"],
+            "flags": json.loads(comparison["flags"]),
             "reply_a": texts[assignment["left_reply_id"]],
             "reply_b": texts[assignment["right_reply_id"]],
-            "done": total - len(rows),
+            "done": done,
             "total": total,
         }
 
-    def _assign(self, prompt_id: int, rater: str, rng: random.Random) -> dict:
+    def _assign(self, comparison_id: int, rater: str, rng: random.Random) -> dict:
         with self.write() as db:
-            found = list(db.query("SELECT * FROM assignments WHERE prompt_id=? AND rater=?",
-                                  [prompt_id, rater]))
+            found = list(db.query("SELECT * FROM assignments WHERE comparison_id=? AND rater=?",
+                                  [comparison_id, rater]))
             if found:
                 return found[0]
-            ids = [r[0] for r in db.execute(
-                "SELECT id FROM replies WHERE prompt_id=? ORDER BY variant", [prompt_id])]
+            ids = list(db.execute("SELECT reply1_id, reply2_id FROM comparisons WHERE id=?",
+                                  [comparison_id]).fetchone())
             rng.shuffle(ids)
-            db["assignments"].insert({"prompt_id": prompt_id, "rater": rater, "left_reply_id": ids[0],
+            db["assignments"].insert({"comparison_id": comparison_id, "rater": rater, "left_reply_id": ids[0],
                                       "right_reply_id": ids[1], "created_at": _now()})
-            return list(db.query("SELECT * FROM assignments WHERE prompt_id=? AND rater=?",
-                                 [prompt_id, rater]))[0]
+            return list(db.query("SELECT * FROM assignments WHERE comparison_id=? AND rater=?",
+                                 [comparison_id, rater]))[0]
 
-    def rate_pair(self, assignment_id: int, rater: str, score_a, score_b) -> dict:
-        """Commit both scores in one transaction, then (and only then) return
-        which variant each side was."""
+    def rate_pair(self, assignment_id: int, rater: str, score_a, score_b, aspects_a: dict | None = None,
+                  aspects_b: dict | None = None, preference: str | None = None, comment: str | None = None) -> dict:
+        """Commit a rater's judgement of one pair in one transaction, then (and only
+        then) return which variant each side was."""
         rater = clean_rater(rater)
         a, b = check_score(score_a, "Reply A"), check_score(score_b, "Reply B")
+        extra_a = {k: check_score((aspects_a or {}).get(k), f"Reply A {k}", required=False) for k in ASPECTS}
+        extra_b = {k: check_score((aspects_b or {}).get(k), f"Reply B {k}", required=False) for k in ASPECTS}
+        if preference not in (None, "", *PREFERENCES):
+            raise RatingError(f"Preference must be A, B or tie (got {preference!r}).")
+        comment = (comment or "").strip()[:2000] or None
         with self.write() as db:
             found = list(db.query("SELECT * FROM assignments WHERE id=?", [assignment_id]))
             if not found or found[0]["rater"] != rater:
                 raise RatingError("This pair was not served to you; load the next pair again.")
             assignment = found[0]
-            for reply_id, score in ((assignment["left_reply_id"], a), (assignment["right_reply_id"], b)):
-                self._upsert_rating(db, reply_id, rater, score)
+            for reply_id, score, extra in ((assignment["left_reply_id"], a, extra_a),
+                                           (assignment["right_reply_id"], b, extra_b)):
+                self._upsert_rating(db, reply_id, rater, score, extra)
+            db.execute("UPDATE assignments SET rated_at=?, preference=?, comment=? WHERE id=?",
+                       [_now(), preference or None, comment, assignment_id])
             sides = {r["id"]: r for r in db.query(
-                "SELECT id, variant, model FROM replies WHERE id IN (?, ?)",
-                [assignment["left_reply_id"], assignment["right_reply_id"]])}
+                "SELECT r.id, v.name, v.label FROM replies r JOIN variants v ON v.id = r.variant_id"
+                " WHERE r.id IN (?, ?)", [assignment["left_reply_id"], assignment["right_reply_id"]])}
         left, right = sides[assignment["left_reply_id"]], sides[assignment["right_reply_id"]]
-        return {"a": left["variant"], "a_model": left["model"], "b": right["variant"],
-                "b_model": right["model"], "score_a": a, "score_b": b}
+        return {"a": left["name"], "a_label": left["label"], "b": right["name"], "b_label": right["label"],
+                "score_a": a, "score_b": b}
 
     @staticmethod
-    def _upsert_rating(db, reply_id: int, rater: str, score: int) -> None:
-        old = db.execute("SELECT score FROM ratings WHERE reply_id=? AND rater=?",
-                         [reply_id, rater]).fetchone()
+    def _upsert_rating(db, reply_id: int, rater: str, score: int, extra: dict) -> None:
+        old = db.execute("SELECT score FROM ratings WHERE reply_id=? AND rater=?", [reply_id, rater]).fetchone()
         now = _now()
-        db.execute("INSERT INTO ratings (reply_id, rater, score, created_at, updated_at)"
-                   " VALUES (?, ?, ?, ?, ?) ON CONFLICT (reply_id, rater)"
-                   " DO UPDATE SET score=excluded.score, updated_at=excluded.updated_at",
-                   [reply_id, rater, score, now, now])
+        db.execute("INSERT INTO ratings (reply_id, rater, score, adherence, tone, clarity, created_at, updated_at)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (reply_id, rater) DO UPDATE SET"
+                   " score=excluded.score, adherence=excluded.adherence, tone=excluded.tone,"
+                   " clarity=excluded.clarity, updated_at=excluded.updated_at",
+                   [reply_id, rater, score, extra["adherence"], extra["tone"], extra["clarity"], now, now])
         db.execute("INSERT INTO audit (at, rater, reply_id, old_score, new_score) VALUES (?, ?, ?, ?, ?)",
                    [now, rater, reply_id, old[0] if old else None, score])
 
-    # --- raw scores for the statistics ---------------------------------------------
+    # --- raw scores for the statistics ---------------------------------------------------
     def ratings_frame(self, evaluation_id: int) -> pd.DataFrame:
-        """One row per rating: prompt, variant, model, rater, score."""
+        """One row per rating: prompt, variant, rater, score, the aspects, reply length."""
         with self.db() as db:
             rows = list(db.query("""
-                SELECT p.id AS prompt_id, p.position, p.text AS prompt, r.variant, r.model,
-                       t.rater, t.score
+                SELECT p.id AS prompt_id, p.position, p.external_id, p.task, p.category, p.text AS prompt,
+                       v.name AS variant, v.label, t.rater, t.score, t.adherence, t.tone, t.clarity,
+                       length(r.text) AS reply_chars
                 FROM ratings t JOIN replies r ON r.id = t.reply_id JOIN prompts p ON p.id = r.prompt_id
-                WHERE p.evaluation_id = ? ORDER BY p.position, r.variant, t.rater""", [evaluation_id]))
-        columns = ["prompt_id", "position", "prompt", "variant", "model", "rater", "score"]
+                JOIN variants v ON v.id = r.variant_id
+                WHERE p.evaluation_id = ? ORDER BY p.position, v.id, t.rater""", [evaluation_id]))
+        columns = ["prompt_id", "position", "external_id", "task", "category", "prompt", "variant", "label",
+                   "rater", "score", "adherence", "tone", "clarity", "reply_chars"]
         return pd.DataFrame(rows, columns=columns)
+
+    def judgements_frame(self, evaluation_id: int) -> pd.DataFrame:
+        """One row per rated pair: who was left and right, the preference, the comment."""
+        with self.db() as db:
+            rows = list(db.query("""
+                SELECT a.comparison_id, p.position, a.rater, vl.name AS left_variant, vr.name AS right_variant,
+                       a.preference, a.comment, a.rated_at
+                FROM assignments a JOIN comparisons c ON c.id = a.comparison_id JOIN prompts p ON p.id = c.prompt_id
+                JOIN replies rl ON rl.id = a.left_reply_id JOIN variants vl ON vl.id = rl.variant_id
+                JOIN replies rr ON rr.id = a.right_reply_id JOIN variants vr ON vr.id = rr.variant_id
+                WHERE p.evaluation_id = ? AND a.rated_at IS NOT NULL ORDER BY p.position, a.rater""",
+                                 [evaluation_id]))
+        columns = ["comparison_id", "position", "rater", "left_variant", "right_variant", "preference", "comment",
+                   "rated_at"]
+        return pd.DataFrame(rows, columns=columns)
+

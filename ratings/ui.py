@@ -1,184 +1,340 @@
-"""The Compare and Results tabs. Only UI code imports gradio.
+"""The rating views (Compare tab, raters' page), the Playground and the Results tab.
 
-Blindness: the browser receives the prompt and the two reply texts; which
-variant is on which side lives in SQLite (assignments) and the session's
-server-side gr.State holds only the assignment id. The names are sent only
-in the reveal, after `Store.rate_pair` has committed.
+Only UI code imports gradio. Blindness: the browser receives the prompt and the
+two reply texts; which variant is on which side lives in SQLite (assignments),
+and the session's server-side gr.State holds only the assignment id and the
+rater's name. Variant names are sent only in the reveal, after
+`Store.rate_pair` has committed.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from ratings import stats
-from ratings.store import RatingError, Store
-from tuner import data as tdata
+from ratings import evalsets, stats
+from ratings.generation import generate_evaluation, variants_for
+from ratings.store import ASPECTS, RatingError, Store, clean_rater
 from tuner.generate import GenSettings, Generator
 from tuner.runs import RunManager
 from tuner.ui_train import finished_runs
 
 RUBRIC = ("**Helpfulness, 1–5:** 5 = usable as is · 4 = small edits · 3 = needs work · "
-          "2 = mostly unhelpful · 1 = wrong or harmful. A score of 4 or more counts as a success.")
+          "2 = mostly unhelpful · 1 = wrong or harmful. A score of 4 or more counts as a success. "
+          "Keys: 1–5 score reply A then reply B, Enter submits.")
 SCORES = [1, 2, 3, 4, 5]
 
+# Keys 1-5 fill the first unset score (A, then B) of the visible rating panel;
+# Enter submits it. Only when focus is not in a text field.
+KEYS_JS = """
+<script>
+document.addEventListener('keydown', (e) => {
+  const t = e.target; if (t && (t.tagName === 'TEXTAREA' || (t.tagName === 'INPUT' && t.type === 'text'))) return;
+  const panels = [...document.querySelectorAll('.rating-panel')].filter(p => p.offsetParent !== null);
+  if (!panels.length) return;
+  const panel = panels[0];
+  if (e.key >= '1' && e.key <= '5') {
+    for (const side of ['a', 'b']) {
+      const group = panel.querySelector(`.score-${side}`);
+      if (group && !group.querySelector('input:checked')) {
+        const input = group.querySelector(`input[value="${e.key}"]`); if (input) input.click(); return;
+      }
+    }
+  } else if (e.key === 'Enter') {
+    const button = panel.querySelector('.rate-submit'); if (button) button.click();
+  }
+});
+</script>
+"""
 
-def _eval_choices(store: Store) -> list[tuple[str, int]]:
-    return [(f"#{e['id']} {e['name']} ({e['n_prompts']} prompts)", e["id"]) for e in store.evaluations()]
+
+def eval_choices(store: Store) -> list[tuple[str, int]]:
+    return [(f"#{e['id']} {e['name']} ({e['n_prompts']} prompts × {e['n_variants']} variants)", e["id"])
+            for e in store.evaluations()]
 
 
-def held_out_prompts(run: dict) -> list[dict]:
-    """The test split of the run's dataset: the prompts it never trained on."""
-    config = run["config"]
-    loaded = tdata.load_jsonl(Path(config["dataset"]))
-    test = tdata.splits(loaded.rows, config.get("validation_fraction", 0.0), config["test_fraction"],
-                        config["seed"])["test"]
-    # one line per prompt in the textbox: a multi-line prompt is shown on one
-    # line and mapped back to its full conversation when generating
-    return [{"text": " ".join(tdata.last_user_text(r).split()), "messages": tdata.prompt_of(r),
-             "reference": r["messages"][-1]["content"]} for r in test]
+def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool):
+    """Join (name, invite code) → pairs one at a time → scores → commit → reveal.
+
+    The same panel serves the owner's Compare tab and the raters' page. Its
+    handlers only read this rater's next pair and write this rater's ratings.
+    Returns the evaluation dropdown, so the page can refresh its choices.
+    """
+    with gr.Column(elem_classes=["rating-panel"]):
+        with gr.Row():
+            evaluation = gr.Dropdown(eval_choices(store), label="Evaluation", elem_id=f"{prefix}-eval", scale=2)
+            name = gr.Textbox(label="Your name", elem_id=f"{prefix}-name", scale=2,
+                              info="On a Space you can sign in with Hugging Face instead." if public else None)
+            code = gr.Textbox(label="Invite code (if the owner set one)", elem_id=f"{prefix}-code", scale=1,
+                              type="password")
+            join = gr.Button("Start rating", elem_id=f"{prefix}-start", scale=1)
+        gr.Markdown(RUBRIC)
+        progress = gr.Markdown(elem_id=f"{prefix}-progress")
+        prompt = gr.Markdown(elem_id=f"{prefix}-prompt")
+        with gr.Row():
+            sides = []
+            for side in ("a", "b"):
+                with gr.Column():
+                    reply = gr.Textbox(label=f"Reply {side.upper()}", lines=8, interactive=False,
+                                       elem_id=f"{prefix}-reply-{side}")
+                    score = gr.Radio(SCORES, label=f"Helpfulness of reply {side.upper()}",
+                                     elem_id=f"{prefix}-score-{side}", elem_classes=[f"score-{side}"])
+                    with gr.Accordion("More (optional): adherence, tone, clarity", open=False):
+                        aspects = [gr.Radio(SCORES, label=f"{aspect.capitalize()} ({side.upper()})")
+                                   for aspect in ASPECTS]
+                    sides.append((reply, score, aspects))
+        with gr.Row():
+            preference = gr.Radio(["A", "B", "tie"], label="Which reply is better? (optional)",
+                                  elem_id=f"{prefix}-preference", scale=1)
+            comment = gr.Textbox(label="Comment (optional)", elem_id=f"{prefix}-comment", scale=2)
+        submit = gr.Button("Submit ratings", variant="primary", elem_id=f"{prefix}-submit",
+                           elem_classes=["rate-submit"])
+        reveal = gr.Markdown(elem_id=f"{prefix}-reveal")
+        next_pair = gr.Button("Next pair", elem_id=f"{prefix}-next")
+    rater = gr.State(None)  # server-side: set by join, never taken from the browser afterwards
+    eval_state = gr.State(None)
+    assignment = gr.State(None)  # server-side: the browser never sees the mapping
+    (reply_a, score_a, aspects_a), (reply_b, score_b, aspects_b) = sides
+    clearable = [score_a, score_b, *aspects_a, *aspects_b, preference, comment]
+
+    def serve(eval_id, who):
+        blank = [None, "", "", ""] + [None] * len(clearable) + [""]
+        if eval_id is None or who is None:
+            return ["⚠️ Choose an evaluation, enter your name and press Start rating.", *blank]
+        try:
+            pair = store.next_pair(int(eval_id), who, rng)
+        except RatingError as exc:
+            return [f"⚠️ {exc}", *blank]
+        if pair is None:
+            done, total = store.progress(int(eval_id), who)
+            return [f"✅ {who}, you have rated all {total} pairs of this evaluation. Thank you!", *blank]
+        flags = f" · flagged: **{', '.join(pair['flags'])}**" if pair["flags"] else ""
+        heading = f"**Task:** {pair['task']}{flags}\n\n**Prompt:** {pair['prompt']}" if pair["task"] else \
+            f"**Prompt:** {pair['prompt']}{flags}"
+        return [f"{who} · pair {pair['done'] + 1} of {pair['total']}", pair["assignment_id"], heading,
+                pair["reply_a"], pair["reply_b"]] + [None] * len(clearable) + [""]
+
+    def on_join(eval_id, typed_name, invite, request: gr.Request):
+        # a Hugging Face sign-in (on a Space with hf_oauth) names the rater; else the typed name
+        who = getattr(request, "username", None) or typed_name
+        try:
+            if eval_id is None:
+                raise RatingError("Choose an evaluation first.")
+            store.check_invite(int(eval_id), invite)
+            who = clean_rater(who)
+        except RatingError as exc:
+            return [None, None, f"⚠️ {exc}", None, "", "", ""] + [None] * len(clearable) + [""]
+        return [who, eval_id] + serve(eval_id, who)
+
+    def on_submit(assignment_id, who, eval_id, a, b, pref, text, *aspect_values):
+        if assignment_id is None or who is None:
+            return "⚠️ Press Start rating to get a pair first.", gr.update()
+        n = len(ASPECTS)
+        try:
+            result = store.rate_pair(assignment_id, who, a, b, dict(zip(ASPECTS, aspect_values[:n])),
+                                     dict(zip(ASPECTS, aspect_values[n:])), pref or None, text)
+        except RatingError as exc:
+            return f"⚠️ {exc}", gr.update()
+        done, total = store.progress(int(eval_id), who)
+        # committed: now, and only now, say which reply was which
+        return (f"Saved ({done} of {total} done). **Reply A** was **{result['a_label']}** (you gave "
+                f"{result['score_a']}); **Reply B** was **{result['b_label']}** (you gave {result['score_b']}). "
+                "Press **Next pair** to go on.", None)
+
+    serve_outputs = [progress, assignment, prompt, reply_a, reply_b, *clearable, reveal]
+    join.click(on_join, [evaluation, name, code], [rater, eval_state, *serve_outputs], api_name=f"{prefix}_join")
+    submit.click(on_submit, [assignment, rater, eval_state, score_a, score_b, preference, comment,
+                             *aspects_a, *aspects_b], [reveal, assignment], api_name=f"{prefix}_submit")
+    next_pair.click(serve, [eval_state, rater], serve_outputs, api_name=f"{prefix}_next")
+    return evaluation
 
 
 def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: random.Random):
+    gr.Markdown("### 1. Build an evaluation\nGenerate every reply now, with fixed settings, so raters never wait.")
     with gr.Row():
-        run_pick = gr.Dropdown(choices=finished_runs(trainer), label="Fine-tuned run", scale=3,
-                               elem_id="compare-run")
-        refresh_runs = gr.Button("↻ Runs", scale=0)
+        name = gr.Textbox(label="Evaluation name", placeholder="e.g. polite assistant, 5 held-out prompts",
+                          elem_id="eval-name", scale=2)
+        runs = gr.Dropdown(finished_runs(trainer), multiselect=True, label="Fine-tuned runs to compare with the base",
+                           elem_id="compare-run", scale=3)
+        refresh = gr.Button("↻ Runs", scale=0)
     with gr.Row():
-        prompts_box = gr.Textbox(lines=5, label="Prompts, one per line", elem_id="compare-prompts", scale=3)
-        with gr.Column(scale=1):
-            use_held_out = gr.Button("Use the run's held-out prompts", elem_id="use-held-out")
-            max_new = gr.Slider(16, 512, value=GenSettings().max_new_tokens, step=16, label="Max new tokens")
-            generate = gr.Button("Generate replies", variant="primary", elem_id="generate")
-    gen_message = gr.Markdown(elem_id="generate-message")
-    held_out = gr.State({})  # prompt text → its conversation and reference answer
+        source = gr.Radio(["held-out prompts of the first run's dataset", "typed prompts", "uploaded file"],
+                          value="held-out prompts of the first run's dataset", label="Prompts from",
+                          elem_id="eval-source")
+    typed = gr.Textbox(lines=5, label="Prompts, one per line (optionally 'task | prompt')", elem_id="compare-prompts",
+                       visible=False,
+                       placeholder="Email a professor | Ask a professor for feedback on a draft\n"
+                                   "Decline a social invitation politely")
+    upload = gr.File(label="CSV (prompt, and optional id, task, reference, category) or JSONL",
+                     file_types=[".csv", ".jsonl"], elem_id="eval-upload", visible=False)
+    with gr.Accordion("Generation settings, keyword rules, invite code", open=False):
+        with gr.Row():
+            defaults = GenSettings()
+            max_new = gr.Slider(16, 512, value=defaults.max_new_tokens, step=16, label="Max new tokens")
+            temperature = gr.Slider(0, 1.5, value=defaults.temperature, step=0.05, label="Temperature (0: greedy)")
+            top_p = gr.Slider(0.05, 1, value=defaults.top_p, step=0.05, label="Top p")
+            penalty = gr.Slider(1.0, 2.0, value=defaults.repetition_penalty, step=0.05, label="Repetition penalty")
+            seed = gr.Number(value=defaults.seed, label="Seed", precision=0)
+            batch = gr.Slider(1, 16, value=defaults.batch_size, step=1, label="Batch size")
+        with gr.Row():
+            rules = gr.Textbox(lines=3, label="Keyword rules, one per line: 'flag: keyword, keyword priority N'",
+                               placeholder="escalate: cancel, angry, lawsuit priority 1", elem_id="eval-rules")
+            tag = gr.Checkbox(value=False, label="Add the flags as a tag to the prompt the model sees")
+            invite = gr.Textbox(label="Invite code for raters (optional)", elem_id="eval-invite")
+    generate = gr.Button("Generate replies", variant="primary", elem_id="generate")
+    message = gr.Markdown(elem_id="generate-message")
+    preview = gr.Dataframe(interactive=False, wrap=True, elem_id="eval-replies", max_height=360, visible=False)
 
-    gr.Markdown("### Rate blind")
-    with gr.Row():
-        eval_pick = gr.Dropdown(choices=_eval_choices(store), label="Evaluation", elem_id="rate-eval", scale=2)
-        rater = gr.Textbox(label="Your name", elem_id="rater-name", scale=2)
-        begin = gr.Button("Start rating", elem_id="rate-start", scale=1)
-    gr.Markdown(RUBRIC)
-    progress = gr.Markdown(elem_id="rate-progress")
-    prompt_view = gr.Markdown(elem_id="rate-prompt")
-    with gr.Row():
-        with gr.Column():
-            reply_a = gr.Textbox(label="Reply A", lines=8, interactive=False, elem_id="reply-a")
-            score_a = gr.Radio(SCORES, label="Score for reply A", elem_id="score-a")
-        with gr.Column():
-            reply_b = gr.Textbox(label="Reply B", lines=8, interactive=False, elem_id="reply-b")
-            score_b = gr.Radio(SCORES, label="Score for reply B", elem_id="score-b")
-    submit = gr.Button("Submit ratings", variant="primary", elem_id="rate-submit")
-    reveal = gr.Markdown(elem_id="rate-reveal")
-    assignment = gr.State(None)  # server-side: the browser never sees the mapping
+    gr.Markdown("### 2. Rate blind\nShare the raters' page (**/rate** on this app's address) with friends, "
+                "or rate here yourself.")
+    rate_eval = rating_panel(store, rng, "rate", public=False)
 
-    def on_refresh_runs():
+    def on_refresh():
         return gr.update(choices=finished_runs(trainer))
 
-    def on_held_out(run_id):
-        run = _run(trainer, run_id)
-        if run is None:
-            return gr.update(), {}, "⚠️ Pick a finished run first."
+    def items_for(kind, chosen_runs, text, file):
+        if kind.startswith("held-out"):
+            run = trainer.get(chosen_runs[0])
+            c = run["config"]
+            return evalsets.from_dataset(Path(c["dataset"]), c.get("validation_fraction", 0.0), c["test_fraction"],
+                                         c["seed"])
+        if kind == "typed prompts":
+            return evalsets.from_lines(text)
+        if file is None:
+            raise ValueError("Upload a CSV or JSONL file of prompts first.")
+        return evalsets.from_file(Path(file if isinstance(file, str) else file.name))
+
+    def on_generate(title, chosen_runs, kind, text, file, max_new_tokens, temp, p, rep, seed_, batch_size,
+                    rules_text, tag_, code, progress_bar=gr.Progress()):
         try:
-            prompts = held_out_prompts(run)
-        except (OSError, ValueError) as exc:
-            return gr.update(), {}, f"⚠️ Cannot read the run's dataset: {exc}"
-        if not prompts:
-            return gr.update(), {}, "⚠️ This run held out no prompts (test fraction 0); type some instead."
-        return ("\n".join(p["text"] for p in prompts), {p["text"]: p for p in prompts},
-                f"{len(prompts)} held-out prompts from `{Path(run['config']['dataset']).name}`.")
+            picked = [trainer.get(r) for r in (chosen_runs or [])]
+            base_model, variants = variants_for([r for r in picked if r])
+            items = items_for(kind, chosen_runs, text, file)
+            settings = GenSettings(max_new_tokens=int(max_new_tokens), temperature=float(temp), top_p=float(p),
+                                   repetition_penalty=float(rep), seed=int(seed_ or 0), batch_size=int(batch_size))
+            parsed_rules = evalsets.parse_rules(rules_text)
+        except (ValueError, OSError) as exc:
+            return f"⚠️ {exc}", gr.update(), gr.update()
+        progress_bar(0, desc="loading the model")
 
-    def on_generate(run_id, text, held, max_new_tokens, progress_bar=gr.Progress()):
-        run = _run(trainer, run_id)
-        if run is None:
-            return "⚠️ Pick a finished run to compare with its base model.", gr.update()
-        lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-        if not lines:
-            return "⚠️ Enter at least one prompt (one per line).", gr.update()
-        prompts = [held.get(line) or {"text": line, "messages": [{"role": "user", "content": line}]}
-                   for line in lines]
-        settings = GenSettings(max_new_tokens=int(max_new_tokens))
-        base_model = run["config"]["base_model"]
-        conversations = [p["messages"] for p in prompts]
-        done = {"n": 0}
-
-        def tick(n, total, stage):
-            progress_bar((done["n"] + n) / (2 * len(prompts)), desc=f"{stage}: {n}/{total}")
+        def tick(done, total):
+            progress_bar(done / total, desc=f"{done} of {total} replies")
 
         try:
-            progress_bar(0, desc="loading model")
-            base = generator.generate(base_model, conversations, settings,
-                                      progress=lambda n, t: tick(n, t, "base"))
-            done["n"] = len(prompts)
-            tuned = generator.generate(base_model, conversations, settings,
-                                       adapter=(run["run_id"], Path(run["path"]) / "adapter"),
-                                       progress=lambda n, t: tick(n, t, "fine-tuned"))
-            eval_id = store.create_evaluation(f"{run['run_id']} vs base", base_model, run["run_id"],
-                                              prompts, settings=json.loads(json.dumps(settings.__dict__)))
-            for prompt, b, t in zip(store.prompts(eval_id), base, tuned):
-                store.add_reply(prompt["id"], "base", base_model, b.text, b.settings, b.latency_s, b.new_tokens)
-                store.add_reply(prompt["id"], "tuned", run["run_id"], t.text, t.settings, t.latency_s,
-                                t.new_tokens)
+            eval_id = generate_evaluation(
+                store, generator, (title or "").strip() or f"{len(items)} prompts, {len(variants)} variants",
+                base_model, items, variants, settings, parsed_rules, bool(tag_), (code or "").strip() or None,
+                progress=tick)
         except Exception as exc:  # a bad model, adapter or disk must not take the app down
-            return f"⚠️ Generation failed: {type(exc).__name__}: {exc}", gr.update()
-        seconds = sum(r.latency_s for r in base + tuned)
-        return (f"Generated {len(prompts)} × 2 replies in {seconds:.1f} s. Enter your name and press "
-                "**Start rating**.", gr.update(choices=_eval_choices(store), value=eval_id))
+            return f"⚠️ Generation failed: {type(exc).__name__}: {exc}", gr.update(), gr.update()
+        replies = store.replies(eval_id)
+        seconds = replies["latency_s"].sum()
+        table = gr.update(value=replies[["position", "task", "prompt", "label", "reply", "flags"]], visible=True)
+        return (f"Generated {len(items)} × {len(variants)} replies in {seconds:.1f} s (evaluation #{eval_id}). "
+                "Raters can start now.", table, gr.update(choices=eval_choices(store), value=eval_id))
 
-    def serve(eval_id, name):
-        empty = (None, "", "", None, None)
-        if eval_id is None:
-            return ("⚠️ Generate replies or pick an evaluation first.", *empty, "")
-        try:
-            pair = store.next_pair(int(eval_id), name, rng)
-        except RatingError as exc:
-            return (f"⚠️ {exc}", *empty, "")
-        if pair is None:
-            return ("✅ You have rated every pair in this evaluation. See the Results tab.", *empty, "")
-        return (f"Pair {pair['done'] + 1} of {pair['total']}", pair["assignment_id"],
-                f"**Prompt:** {pair['prompt']}", pair["reply_a"], pair["reply_b"], None, None, "")
+    refresh.click(on_refresh, None, runs)
+    source.change(lambda kind: (gr.update(visible=kind == "typed prompts"), gr.update(visible=kind == "uploaded file")),
+                  source, [typed, upload])
+    generate.click(on_generate, [name, runs, source, typed, upload, max_new, temperature, top_p, penalty, seed,
+                                 batch, rules, tag, invite], [message, preview, rate_eval])
 
-    def on_submit(assignment_id, name, a, b):
-        if assignment_id is None:
-            return "⚠️ Press Start rating to get a pair first.", gr.update()
-        try:
-            result = store.rate_pair(assignment_id, name, a, b)
-        except RatingError as exc:
-            return f"⚠️ {exc}", gr.update()
-        # committed: now, and only now, say which reply was which
-        text = (f"Saved. **Reply A** was **{_label(result['a'], result['a_model'])}** (you gave {result['score_a']}); "
-                f"**Reply B** was **{_label(result['b'], result['b_model'])}** (you gave {result['score_b']}).")
-        return text, None
+    def refresh_all():
+        return gr.update(choices=finished_runs(trainer)), gr.update(choices=eval_choices(store))
 
-    refresh_runs.click(on_refresh_runs, None, run_pick)
-    use_held_out.click(on_held_out, run_pick, [prompts_box, held_out, gen_message])
-    generate.click(on_generate, [run_pick, prompts_box, held_out, max_new], [gen_message, eval_pick])
-    outputs = [progress, assignment, prompt_view, reply_a, reply_b, score_a, score_b, reveal]
-    begin.click(serve, [eval_pick, rater], outputs)
-    next_pair = gr.Button("Next pair", elem_id="rate-next")
-    submit.click(on_submit, [assignment, rater, score_a, score_b], [reveal, assignment])
-    next_pair.click(serve, [eval_pick, rater], outputs)
+    return refresh_all, [runs, rate_eval]
+
+
+def raters_page(store: Store, rng: random.Random):
+    """The page friends get: rating only."""
+    gr.Markdown("# Rate replies\nTwo assistants answered the same prompt. Rate each reply; "
+                "you will see which model wrote which after you submit.")
+    if _sign_in_available():
+        gr.LoginButton()
+    evaluation = rating_panel(store, rng, "rater", public=True)
+    return lambda: gr.update(choices=eval_choices(store)), evaluation
+
+
+def _sign_in_available() -> bool:
+    """Hugging Face sign-in: on a Space with `hf_oauth: true` and gradio's oauth extras."""
+    import importlib.util
+    import os
+
+    return bool(os.environ.get("OAUTH_CLIENT_ID")) and importlib.util.find_spec("authlib") is not None
+
+
+def playground_tab(trainer: RunManager, generator: Generator):
+    """Chat with two variants side by side, same settings: quick checks before an evaluation."""
+    with gr.Row():
+        left = gr.Dropdown(label="Left", elem_id="play-left", scale=1)
+        right = gr.Dropdown(label="Right", elem_id="play-right", scale=1)
+        max_new = gr.Slider(16, 512, value=GenSettings().max_new_tokens, step=16, label="Max new tokens", scale=1)
+    with gr.Row():
+        chat_left = gr.Chatbot(label="Left", elem_id="play-chat-left", height=360)
+        chat_right = gr.Chatbot(label="Right", elem_id="play-chat-right", height=360)
+    with gr.Row():
+        box = gr.Textbox(label="Message", elem_id="play-message", scale=4)
+        send = gr.Button("Send", variant="primary", elem_id="play-send", scale=1)
+        clear = gr.Button("Clear", scale=1)
+    note = gr.Markdown(elem_id="play-note")
+
+    def choices():
+        options = [("base model of the chosen runs", "base")]
+        options += finished_runs(trainer)
+        return options
+
     def refresh():
-        return gr.update(choices=finished_runs(trainer)), gr.update(choices=_eval_choices(store))
+        options = choices()
+        return gr.update(choices=options, value="base"), gr.update(
+            choices=options, value=options[1][1] if len(options) > 1 else "base")
 
-    return refresh, [run_pick, eval_pick]
+    def reply(history, variant, text, settings, base_model):
+        conversation = [{"role": m["role"], "content": _text(m["content"])} for m in history]
+        conversation.append({"role": "user", "content": text})
+        run = trainer.get(variant) if variant != "base" else None
+        adapter = (run["run_id"], Path(run["path"]) / "adapter") if run else None
+        answer = generator.generate(base_model, [conversation], settings, adapter=adapter)[0].text
+        return history + [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
+
+    def on_send(text, l_variant, r_variant, tokens, h_left, h_right):
+        text = (text or "").strip()
+        if not text:
+            return gr.update(), h_left, h_right, "⚠️ Type a message."
+        runs = [trainer.get(v) for v in (l_variant, r_variant) if v and v != "base"]
+        bases = {r["config"]["base_model"] for r in runs if r}
+        if len(bases) > 1:
+            return gr.update(), h_left, h_right, "⚠️ The two runs have different base models."
+        from tuner.models import BUNDLED
+
+        base_model = bases.pop() if bases else BUNDLED
+        settings = GenSettings(max_new_tokens=int(tokens))
+        try:
+            h_left = reply(h_left or [], l_variant or "base", text, settings, base_model)
+            h_right = reply(h_right or [], r_variant or "base", text, settings, base_model)
+        except Exception as exc:
+            return gr.update(), h_left, h_right, f"⚠️ {type(exc).__name__}: {exc}"
+        return "", h_left, h_right, f"Both replies use greedy decoding, at most {int(tokens)} new tokens, base `{base_model}`."
+
+    send.click(on_send, [box, left, right, max_new, chat_left, chat_right], [box, chat_left, chat_right, note])
+    box.submit(on_send, [box, left, right, max_new, chat_left, chat_right], [box, chat_left, chat_right, note])
+    clear.click(lambda: ([], [], ""), None, [chat_left, chat_right, note])
+    return refresh, [left, right]
 
 
-def _label(variant: str, model: str) -> str:
-    return f"the base model ({model})" if variant == "base" else f"the fine-tuned model (run {model})"
-
-
-def _run(trainer: RunManager, run_id) -> dict | None:
-    return next((r for r in trainer.runs() if r["run_id"] == run_id), None) if run_id else None
+def _text(content) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # gradio 6 message content can be a list of parts
+        return " ".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
+    return str(content)
 
 
 def results_tab(store: Store):
     with gr.Row():
-        eval_pick = gr.Dropdown(choices=_eval_choices(store), label="Evaluation", elem_id="results-eval", scale=3)
+        eval_pick = gr.Dropdown(choices=eval_choices(store), label="Evaluation", elem_id="results-eval", scale=3)
         refresh = gr.Button("↻ Refresh", elem_id="results-refresh", scale=0)
     gr.Markdown(f"A reply succeeds when it is rated **{stats.SUCCESS} or more**.")
     gr.Markdown("### Success rate per model")
@@ -187,7 +343,7 @@ def results_tab(store: Store):
     per_prompt = gr.Dataframe(interactive=False, wrap=True, elem_id="per-prompt-table")
 
     def show(eval_id):
-        evals = _eval_choices(store)
+        evals = eval_choices(store)
         if eval_id is None and evals:
             eval_id = evals[0][1]
         if eval_id is None:

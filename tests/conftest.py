@@ -63,6 +63,23 @@ def bundled_models_dir(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def trained_run(tiny_llama, tmp_path_factory):
+    """A LoRA run of the tiny Llama, trained to say "Hello there, friend!"; its adapter folder."""
+    root = tmp_path_factory.mktemp("gen-home")
+    rows = [chat(f"Say hi {i}", "Hello there, friend!") for i in range(8)]
+    dataset = write_jsonl(root / "d.jsonl", rows)
+    from tuner.config import TrainConfig
+    from tuner.runs import RunManager
+
+    trainer = RunManager(root / "runs", root / "models")
+    trainer.start(TrainConfig(base_model=str(tiny_llama), dataset=str(dataset), learning_rate=3e-2,
+                              num_train_epochs=10, test_fraction=0.0, validation_fraction=0.0, lora_dropout=0.0))
+    state = trainer.wait(300)
+    assert state.status == "completed", state.message
+    return root / "runs" / state.run_id / "adapter"
+
+
 @pytest.fixture
 def home(tmp_path):
     """A fresh data root."""

@@ -79,6 +79,7 @@ def test_whole_loop_in_the_browser(app_url, page):
     page.goto(app_url)
 
     # Dataset: the starter set is listed with its rows and count
+    _pick(page, "dataset-chooser", "starter: polite_assistant")
     expect(page.locator("#dataset-message")).to_contain_text("26 rows")
     expect(page.locator("#dataset-table")).to_contain_text("capital")
 
@@ -142,40 +143,43 @@ def test_whole_loop_in_the_browser(app_url, page):
     page.screenshot(path=str(ARTIFACTS / "train.png"), full_page=True)
 
     mark("compare")
-    # Compare: the run's held-out prompts, generate, rate blind, reveal
+    # Compare: an evaluation from the run's held-out prompts, rated blind, then revealed
     page.get_by_role("tab", name="Compare").click()
+    page.locator("#eval-name input, #eval-name textarea").first.fill("polite, held out")
     _pick(page, "compare-run", "stopped")
-    page.locator("#use-held-out").click()
-    expect(page.locator("#generate-message")).to_contain_text("held-out prompts")
-    page.get_by_label("Max new tokens").first.fill("16")
+    page.keyboard.press("Escape")
+    page.get_by_text("Generation settings, keyword rules, invite code").click()
+    page.get_by_label("number input for Max new tokens").fill("16")
+    page.get_by_label("number input for Max new tokens").press("Enter")
     page.locator("#generate").click()
     expect(page.locator("#generate-message")).to_contain_text("Generated 5 × 2 replies", timeout=120_000)
+    expect(page.locator("#eval-replies")).to_contain_text("base (")
     mark("generated")
     # Results before any rating: the table has no rows yet
     page.get_by_role("tab", name="Results").click()
-    expect(page.locator("#success-table")).not_to_contain_text("tuned")
+    expect(page.locator("#success-table")).not_to_contain_text("lora")
     page.get_by_role("tab", name="Compare").click()
-    page.locator("#rater-name textarea, #rater-name input").first.fill("Ana")
+    page.locator("#rate-name input, #rate-name textarea").first.fill("Ana")
     page.locator("#rate-start").click()
-    expect(page.locator("#rate-progress")).to_contain_text("Pair 1 of 5")
-    # blind: nothing on the page says which reply is which before the commit
+    expect(page.locator("#rate-progress")).to_contain_text("pair 1 of 5")
+    # blind: nothing in the rating view says which reply is which before the commit
     expect(page.locator("#rate-reveal")).to_have_text("")
-    body = page.content()
-    assert "the base model (" not in body and "the fine-tuned model (run" not in body
-    page.locator("#score-a").get_by_label("5").check()
-    page.locator("#score-b").get_by_label("2").check()
+    rating_view = " ".join(page.locator(f"#rate-{part}").inner_text() for part in ("prompt", "progress"))
+    assert "base" not in rating_view and run_id not in rating_view
+    page.locator("#rate-score-a").get_by_label("5").check()
+    page.locator("#rate-score-b").get_by_label("2").check()
     page.locator("#rate-submit").click()
     expect(page.locator("#rate-reveal")).to_contain_text("Reply A")
-    expect(page.locator("#rate-reveal")).to_contain_text(re.compile("base model"))
+    expect(page.locator("#rate-reveal")).to_contain_text("base (")
     page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
     page.locator("#rate-next").click()
-    expect(page.locator("#rate-progress")).to_contain_text("Pair 2 of 5")
+    expect(page.locator("#rate-progress")).to_contain_text("pair 2 of 5")
 
     mark("results")
     # Results: the success table now shows the ratings just made
     page.get_by_role("tab", name="Results").click()
     table = page.locator("#success-table")
-    expect(table).to_contain_text("tuned")
+    expect(table).to_contain_text("lora")
     expect(table).to_contain_text("1/1")
     expect(table).to_contain_text("0/1")
     page.screenshot(path=str(ARTIFACTS / "results.png"), full_page=True)
@@ -184,7 +188,7 @@ def test_whole_loop_in_the_browser(app_url, page):
     page.reload()
     page.get_by_role("tab", name="Compare").click()
     page.locator("#rate-eval input").click()
-    expect(page.get_by_role("option", name=re.compile("vs base"))).to_be_visible()
+    expect(page.get_by_role("option", name=re.compile("polite, held out"))).to_be_visible()
     page.keyboard.press("Escape")
     page.get_by_role("tab", name="Dataset").click()
     page.locator("#dataset-chooser input").click()

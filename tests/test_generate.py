@@ -7,19 +7,6 @@ from tuner.runs import RunManager as Trainer
 from conftest import chat, write_jsonl
 
 
-@pytest.fixture(scope="module")
-def trained_run(tiny_llama, tmp_path_factory):
-    root = tmp_path_factory.mktemp("gen-home")
-    rows = [chat(f"Say hi {i}", "Hello there, friend!") for i in range(8)]
-    dataset = write_jsonl(root / "d.jsonl", rows)
-    trainer = Trainer(root / "runs", root / "models")
-    trainer.start(TrainConfig(base_model=str(tiny_llama), dataset=str(dataset), learning_rate=3e-2,
-                              num_train_epochs=10, test_fraction=0.0, validation_fraction=0.0, lora_dropout=0.0))
-    state = trainer.wait(300)
-    assert state.status == "completed", state.message
-    return root / "runs" / state.run_id / "adapter"
-
-
 def test_base_reply_comes_from_the_same_model_with_adapter_disabled(tiny_llama, trained_run, tmp_path):
     prompts = [[{"role": "user", "content": "Say hi 1"}], [{"role": "user", "content": "What is two plus two?"}]]
     settings = GenSettings(max_new_tokens=8, batch_size=2)
@@ -76,3 +63,30 @@ def test_prompt_tuning_trains_and_generates_beside_a_lora_adapter(tiny_llama, tr
     assert base_after[0].text == base_before[0].text
     assert prompted[0].text != base_before[0].text and prompted[0].new_tokens <= 6
     assert lora[0].text != prompted[0].text
+
+
+def test_cli_generate_writes_base_and_tuned_replies(tiny_llama, trained_run, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text('prompt\nSay hi 2\n"Hello, who are you?"\n')
+    out = tmp_path / "replies.jsonl"
+    env = dict(os.environ, TUNER_HOME=str(tmp_path / "home"), PYTHONPATH=str(root))
+    done = subprocess.run([sys.executable, "-m", "tuner", "generate", "--run", str(trained_run.parent), "--prompts",
+                           str(prompts), "--out", str(out), "--max-new-tokens", "6"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["prompt"], r["variant"]) for r in rows] == [
+        ("Say hi 2", "base"), ("Hello, who are you?", "base"), ("Say hi 2", "tuned"), ("Hello, who are you?", "tuned")]
+    assert all(r["settings"]["max_new_tokens"] == 6 and r["latency_s"] > 0 for r in rows)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("question\nhi\n")
+    done = subprocess.run([sys.executable, "-m", "tuner", "generate", "--run", str(trained_run.parent), "--prompts",
+                           str(bad)], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "needs a 'prompt' column" in done.stderr

@@ -1,3 +1,4 @@
+import json
 import random
 import sqlite3
 import threading
@@ -6,13 +7,18 @@ import pytest
 
 from ratings.store import RatingError, Store
 
+VARIANTS = [{"name": "base", "label": "base (m)", "kind": "base"},
+            {"name": "run-1", "label": "lora: run-1", "kind": "lora"}]
 
-def _evaluation(store, n=3):
-    eval_id = store.create_evaluation("e", "base-model", "run-1",
-                                      [{"text": f"Prompt {i}"} for i in range(n)])
+
+def _evaluation(store, n=3, variants=VARIANTS, code=None):
+    eval_id = store.create_evaluation("e", "base-model", [{"text": f"Prompt {i}"} for i in range(n)],
+                                      variants, invite_code=code)
+    ids = {v["name"]: v["id"] for v in store.variants(eval_id)}
     for p in store.prompts(eval_id):
-        store.add_reply(p["id"], "base", "base-model", f"base reply {p['position']}", {"t": 0})
-        store.add_reply(p["id"], "tuned", "run-1", f"tuned reply {p['position']}", {"t": 0})
+        for k, vid in enumerate(ids.values()):
+            store.add_reply(p["id"], vid, f"reply {k} to prompt {p['position']}", {"t": 0}, 0.5, 7)
+    store.open_for_rating(eval_id)
     return eval_id
 
 
@@ -21,8 +27,7 @@ def test_schema_is_named_migrations_in_wal_mode(tmp_path):
     Store(tmp_path / "r.db")  # reopening applies nothing twice
     conn = sqlite3.connect(tmp_path / "r.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    names = [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")]
-    assert names == ["0001_initial"]
+    assert [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")] == ["0001_initial"]
     assert store.evaluations() == []
 
 
@@ -30,15 +35,26 @@ def test_pair_hides_variants_until_rating_is_committed(tmp_path):
     store = Store(tmp_path / "r.db")
     eval_id = _evaluation(store, 1)
     pair = store.next_pair(eval_id, "ana", random.Random(1))
-    assert set(pair) == {"assignment_id", "prompt", "reply_a", "reply_b", "done", "total"}
-    assert "base-model" not in str(pair) and "run-1" not in str(pair)
-    reveal = store.rate_pair(pair["assignment_id"], "ana", 5, 2)
-    # the file on disk has both ratings before we look at the reveal
+    assert set(pair) == {"assignment_id", "prompt", "task", "flags", "reply_a", "reply_b", "done", "total"}
+    served = json.dumps(pair)
+    assert not any(word in served for word in ("base", "run-1", "lora", "base-model"))
+    reveal = store.rate_pair(pair["assignment_id"], "ana", 5, 2, preference="A", comment="A is clearer")
+    # the file on disk holds both ratings before the reveal is returned
     rows = sqlite3.connect(tmp_path / "r.db").execute(
-        "SELECT r.variant, t.score FROM ratings t JOIN replies r ON r.id = t.reply_id").fetchall()
+        "SELECT v.name, t.score FROM ratings t JOIN replies r ON r.id = t.reply_id "
+        "JOIN variants v ON v.id = r.variant_id").fetchall()
     assert sorted(rows) == sorted([(reveal["a"], 5), (reveal["b"], 2)])
-    assert {reveal["a"], reveal["b"]} == {"base", "tuned"}
+    assert {reveal["a"], reveal["b"]} == {"base", "run-1"}
+    judged = store.judgements_frame(eval_id)
+    assert judged.loc[0, "preference"] == "A" and judged.loc[0, "comment"] == "A is clearer"
     assert store.next_pair(eval_id, "ana", random.Random(1)) is None
+
+
+def test_three_variants_give_three_pairs_per_prompt(tmp_path):
+    store = Store(tmp_path / "r.db")
+    three = VARIANTS + [{"name": "run-2", "label": "prompt_tuning: run-2", "kind": "prompt_tuning"}]
+    eval_id = _evaluation(store, 2, three)
+    assert store.progress(eval_id, "ana") == (0, 6)
 
 
 def test_each_rater_has_own_queue_and_progress(tmp_path):
@@ -48,6 +64,7 @@ def test_each_rater_has_own_queue_and_progress(tmp_path):
     store.rate_pair(first["assignment_id"], "ana", 4, 4)
     assert store.next_pair(eval_id, "ana", random.Random(0))["done"] == 1
     assert store.next_pair(eval_id, "ben", random.Random(0))["done"] == 0
+    assert store.progress(eval_id, "ana") == (1, 3)
 
 
 def test_sides_are_balanced_over_many_pairs(tmp_path):
@@ -59,7 +76,15 @@ def test_sides_are_balanced_over_many_pairs(tmp_path):
         while (pair := store.next_pair(eval_id, rater, rng)) is not None:
             reveal = store.rate_pair(pair["assignment_id"], rater, 3, 3)
             left_base += reveal["a"] == "base"
-    assert 0.35 < left_base / 120 < 0.65
+    assert 0.4 < left_base / 120 < 0.6
+
+
+def test_a_served_pair_keeps_its_sides_on_reload(tmp_path):
+    store = Store(tmp_path / "r.db")
+    eval_id = _evaluation(store, 1)
+    first = store.next_pair(eval_id, "ana", random.Random(0))
+    again = store.next_pair(eval_id, "ana", random.Random(99))
+    assert (again["assignment_id"], again["reply_a"]) == (first["assignment_id"], first["reply_a"])
 
 
 def test_rerating_replaces_score_and_is_audited(tmp_path):
@@ -69,20 +94,33 @@ def test_rerating_replaces_score_and_is_audited(tmp_path):
     store.rate_pair(pair["assignment_id"], "ana", 2, 3)
     store.rate_pair(pair["assignment_id"], "ana", 5, 3)  # a double click or a change of mind
     frame = store.ratings_frame(eval_id)
-    assert len(frame) == 2
-    assert sorted(frame["score"]) == [3, 5]
+    assert len(frame) == 2 and sorted(frame["score"]) == [3, 5]
     audit = sqlite3.connect(tmp_path / "r.db").execute(
         "SELECT old_score, new_score FROM audit ORDER BY id").fetchall()
     assert (2, 5) in audit and len(audit) == 4
 
 
-@pytest.mark.parametrize("score", [0, 6, "x", None, 2.5])
+@pytest.mark.parametrize("score", [0, 6, "x", None, 2.5, float("inf"), True])
 def test_bad_scores_are_refused_with_the_field_named(tmp_path, score):
     store = Store(tmp_path / "r.db")
-    pair = store.next_pair(_evaluation(store, 1), "ana", random.Random(0))
+    eval_id = _evaluation(store, 1)
+    pair = store.next_pair(eval_id, "ana", random.Random(0))
     with pytest.raises(RatingError, match="Reply A"):
         store.rate_pair(pair["assignment_id"], "ana", score, 3)
-    assert store.ratings_frame(1).empty
+    assert store.ratings_frame(eval_id).empty
+
+
+def test_optional_aspects_and_preference_are_checked(tmp_path):
+    store = Store(tmp_path / "r.db")
+    eval_id = _evaluation(store, 1)
+    pair = store.next_pair(eval_id, "ana", random.Random(0))
+    with pytest.raises(RatingError, match="Reply B tone"):
+        store.rate_pair(pair["assignment_id"], "ana", 3, 3, aspects_b={"tone": 9})
+    with pytest.raises(RatingError, match="Preference"):
+        store.rate_pair(pair["assignment_id"], "ana", 3, 3, preference="C")
+    store.rate_pair(pair["assignment_id"], "ana", 3, 4, aspects_a={"adherence": 2, "clarity": "5"})
+    frame = store.ratings_frame(eval_id).set_index("score")
+    assert frame.loc[3, "adherence"] == 2 and frame.loc[3, "clarity"] == 5
 
 
 def test_rater_cannot_rate_someone_elses_pair_and_needs_a_name(tmp_path):
@@ -95,9 +133,18 @@ def test_rater_cannot_rate_someone_elses_pair_and_needs_a_name(tmp_path):
         store.next_pair(eval_id, "  ", random.Random(0))
 
 
-def test_concurrent_raters_lose_nothing_and_count_nothing_twice(tmp_path):
+def test_invite_code_is_checked(tmp_path):
     store = Store(tmp_path / "r.db")
-    eval_id = _evaluation(store, 4)
+    eval_id = _evaluation(store, 1, code="tea-time")
+    with pytest.raises(RatingError, match="invite code"):
+        store.check_invite(eval_id, "coffee")
+    store.check_invite(eval_id, " tea-time ")
+    store.check_invite(_evaluation(store, 1), None)  # no code set: anyone
+
+
+def test_fifty_concurrent_raters_lose_nothing_and_count_nothing_twice(tmp_path):
+    store = Store(tmp_path / "r.db")
+    eval_id = _evaluation(store, 3)
     errors = []
 
     def rater(i):
@@ -106,15 +153,19 @@ def test_concurrent_raters_lose_nothing_and_count_nothing_twice(tmp_path):
             while (pair := store.next_pair(eval_id, f"r{i}", rng)) is not None:
                 store.rate_pair(pair["assignment_id"], f"r{i}", 1 + i % 5, 5)
                 store.rate_pair(pair["assignment_id"], f"r{i}", 1 + i % 5, 5)  # double click
-        except Exception as exc:  # pragma: no cover - reported below
+        except Exception as exc:  # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=rater, args=(i,)) for i in range(20)]
+    threads = [threading.Thread(target=rater, args=(i,)) for i in range(50)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors
     frame = store.ratings_frame(eval_id)
-    assert len(frame) == 20 * 4 * 2
+    assert len(frame) == 50 * 3 * 2
     assert not frame.duplicated(["prompt_id", "variant", "rater"]).any()
+    assert all(store.progress(eval_id, f"r{i}") == (3, 3) for i in range(50))
+    for i in range(50):  # each rater's own score landed on each of their replies
+        mine = frame[frame["rater"] == f"r{i}"]
+        assert sorted(mine["score"]) == sorted([1 + i % 5] * 3 + [5] * 3)

@@ -1,7 +1,7 @@
 """`python -m tuner generate --run RUN_DIR --prompts FILE`: replies without the UI.
 
-Reads prompts from JSONL (a `prompt` or `text` field, or `messages` ending with
-a user turn) or CSV (a `prompt` or `text` column), generates the base model's
+Reads prompts from JSONL (a `prompt` field, or `messages`) or CSV (a `prompt`
+column) as tuner.prompts describes, generates the base model's
 and the run's fine-tuned replies from one loaded copy, and writes one JSON line
 per prompt and variant: prompt, variant, model, reply, latency_s, new_tokens,
 settings.
@@ -9,55 +9,11 @@ settings.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from pathlib import Path
 
-
-def read_prompts(path: Path) -> list[dict]:
-    """[{'text': ..., 'messages': [...]}]; a bad row is an error naming its line."""
-    raw = Path(path).read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path.name}: not UTF-8 text (bad byte at offset {exc.start})") from None
-    prompts = []
-    if Path(path).suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(text))
-        column = next((c for c in ("prompt", "text") if c in (reader.fieldnames or [])), None)
-        if column is None:
-            raise ValueError(f"{path.name}: needs a 'prompt' or 'text' column (has {reader.fieldnames})")
-        for number, row in enumerate(reader, start=2):
-            value = (row.get(column) or "").strip()
-            if not value:
-                raise ValueError(f"{path.name}: line {number}: empty {column!r}")
-            prompts.append({"text": value, "messages": [{"role": "user", "content": value}]})
-    else:
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path.name}: line {number}: not valid JSON ({exc.msg})") from None
-            if isinstance(obj, dict) and isinstance(obj.get("messages"), list) and obj["messages"]:
-                messages = obj["messages"]
-                if messages[-1].get("role") == "assistant":
-                    messages = messages[:-1]
-                users = [m["content"] for m in messages if m.get("role") == "user"]
-                if not users:
-                    raise ValueError(f"{path.name}: line {number}: no user turn in 'messages'")
-                prompts.append({"text": users[-1], "messages": messages})
-            elif isinstance(obj, dict) and isinstance(obj.get("prompt") or obj.get("text"), str):
-                value = (obj.get("prompt") or obj.get("text")).strip()
-                prompts.append({"text": value, "messages": [{"role": "user", "content": value}]})
-            else:
-                raise ValueError(f"{path.name}: line {number}: needs 'prompt', 'text' or 'messages'")
-    if not prompts:
-        raise ValueError(f"{path.name}: no prompts found")
-    return prompts
+from tuner.prompts import read_prompts
 
 
 def _generate(args) -> int:

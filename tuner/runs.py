@@ -43,6 +43,7 @@ class RunState:
     ended: float = 0.0
     rows: list[dict] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    validation: bool = False  # whether a validation-loss curve is coming
 
     def tokens_per_second(self) -> float | None:
         speeds = [r["tokens_per_second"] for r in self.rows[-5:] if "tokens_per_second" in r]
@@ -217,7 +218,7 @@ class RunManager:
     def _launch(self, config: TrainConfig, run_id: str, resume: bool, rows: list[dict]) -> None:
         self._state = RunState(run_id=run_id, status="starting", started=time.time(),
                                message="resuming from checkpoint" if resume else "loading model and data",
-                               rows=rows)
+                               rows=rows, validation=config.validation_fraction > 0)
         self._stop.clear()
         control = RunControl(stop=self._stop, update=self._update, append=self._append)
         self._thread = threading.Thread(target=self._run, args=(config, run_id, control, resume),

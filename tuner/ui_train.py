@@ -50,15 +50,27 @@ def values_of(config: dict) -> list:
     return [config.get(name, defaults[name]) for name in FIELDS]
 
 
-def curve_frame(rows: list[dict], label: str | None = None) -> pd.DataFrame | None:
-    """Training and validation loss as one long frame (None when empty: see loss chart note)."""
+def curve_frame(rows: list[dict], label: str | None = None, validation: bool = False) -> pd.DataFrame | None:
+    """Training and validation loss as one long frame.
+
+    Two quirks of Gradio 6's LinePlot shape this: a plot first given an empty
+    frame never draws, so an empty run gives None; and a color series that
+    first appears in a later update is never drawn, so while a validation
+    curve is still to come (`validation`) the frame carries one NaN point for
+    it (Vega skips NaN; the series is known from the start).
+    """
     points = []
     for r in rows:
         for key, series in (("loss", "training loss"), ("eval_loss", "validation loss")):
             if key in r:
                 points.append({"step": r["step"], "loss": r[key],
                                "series": f"{label}: {series}" if label else series})
-    return pd.DataFrame(points) if points else None
+    if not points:
+        return None
+    if validation and not any(p["series"].endswith("validation loss") for p in points):
+        points.append({"step": points[0]["step"], "loss": float("nan"),
+                       "series": f"{label}: validation loss" if label else "validation loss"})
+    return pd.DataFrame(points)
 
 
 def lr_frame(rows: list[dict]) -> pd.DataFrame | None:
@@ -169,7 +181,7 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
     bar = gr.HTML(progress_html(snapshot), elem_id="train-progress-bar")
     progress = gr.Markdown(snapshot.progress_line(), elem_id="train-progress")
     with gr.Row():
-        chart = gr.LinePlot(curve_frame(snapshot.rows), x="step", y="loss", color="series", title="Loss",
+        chart = gr.LinePlot(curve_frame(snapshot.rows, validation=snapshot.validation), x="step", y="loss", color="series", title="Loss",
                             height=280, elem_id="loss-chart", scale=3)
         lr_chart = gr.LinePlot(lr_frame(snapshot.rows), x="step", y="learning rate", title="Learning rate",
                                height=280, elem_id="lr-chart", scale=2)
@@ -187,8 +199,17 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
         exported = gr.File(label="Exported config", interactive=False, elem_id="run-config-file", scale=1)
         imported = gr.File(label="Load a config JSON into the settings", file_types=[".json"],
                            elem_id="run-config-upload", scale=1)
-    overlay = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss curves of the chosen runs",
-                          height=300, elem_id="runs-overlay")
+
+    # Rendered anew for each choice of runs: a LinePlot never draws color series
+    # that appear after its first render (see curve_frame)
+    @gr.render(inputs=picked)
+    def overlay(chosen):
+        frames = [curve_frame(read_metrics(Path(run["path"])), run["run_id"])
+                  for run in manager.runs() if run["run_id"] in (chosen or [])]
+        frames = [f for f in frames if f is not None]
+        if frames:
+            gr.LinePlot(pd.concat(frames, ignore_index=True), x="step", y="loss", color="series",
+                        title="Loss curves of the chosen runs", height=300, elem_id="runs-overlay")
     timer = gr.Timer(1.0)
 
     # --- handlers --------------------------------------------------------------------------
@@ -274,18 +295,12 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
         out.write_text(json.dumps(run["config"], indent=2) + "\n", encoding="utf-8")
         return f"Exported the config of `{chosen[0]}`.", str(out)
 
-    def on_overlay(chosen):
-        frames = [curve_frame(read_metrics(Path(run["path"])), run["run_id"])
-                  for run in manager.runs() if run["run_id"] in (chosen or [])]
-        frames = [f for f in frames if f is not None]
-        return pd.concat(frames) if frames else None
-
     def on_tick(seen_status, seen_rows):
         state = manager.snapshot()
         changed = state.status != seen_status
         grew = len(state.rows) != seen_rows
         outputs = [progress_html(state), state.progress_line(time.time()),
-                   curve_frame(state.rows) if grew else gr.skip(), lr_frame(state.rows) if grew else gr.skip()]
+                   curve_frame(state.rows, validation=state.validation) if grew else gr.skip(), lr_frame(state.rows) if grew else gr.skip()]
         if changed:
             run = manager.get(state.run_id) if state.run_id else None
             ended = run is not None and state.status not in ("starting", "running")
@@ -309,7 +324,6 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
     load_settings.click(on_load, picked, [message] + inputs)
     imported.upload(on_import, imported, [message] + inputs)
     export.click(on_export, picked, [message, exported])
-    picked.change(on_overlay, picked, overlay)
     timer.tick(on_tick, [seen_status, seen_rows],
                [bar, progress, chart, lr_chart, runs, picked, summary, seen_status, seen_rows])
     return (on_model, [model_picker, preset], targets), (on_estimate, [model_picker, dataset_chooser] + inputs,

@@ -1,0 +1,116 @@
+"""Evaluation sets and keyword rules: plain functions, no database, no UI.
+
+An evaluation set is a list of prompts, each with an id, a short task name,
+the prompt, and optionally a reference answer and a category. It comes from a
+dataset's test split, from typed lines, or from an uploaded CSV/JSONL file.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuner import data as tdata
+from tuner.prompts import prompt_item, read_prompts
+
+FIELDS = ("id", "task", "prompt", "reference", "category")
+MAX_PROMPTS = 500
+
+
+def from_dataset(path: Path, validation_fraction: float, test_fraction: float, seed: int) -> list[dict]:
+    """The test split of a dataset, with the last assistant reply as reference."""
+    rows = tdata.load_jsonl(Path(path)).rows
+    test = tdata.splits(rows, validation_fraction, test_fraction, seed)["test"]
+    return [prompt_item(tdata.last_user_text(r), i, task=r.get("task"), category=r.get("category") or r.get("difficulty"),
+                  reference=r["messages"][-1]["content"], messages=tdata.prompt_of(r))
+            for i, r in enumerate(test, start=1)]
+
+
+def from_lines(text: str) -> list[dict]:
+    """One prompt per line; `task | prompt` names the task."""
+    items = []
+    for line in (text or "").splitlines():
+        if not line.strip():
+            continue
+        task, sep, prompt = line.partition("|")
+        if not sep:
+            task, prompt = "", line
+        if not prompt.strip():
+            raise ValueError(f"line {len(items) + 1}: '{line.strip()}' has a task but no prompt after '|'")
+        items.append(prompt_item(prompt, len(items) + 1, task=task))
+    return _checked(items, "the typed prompts")
+
+
+def from_file(path: Path) -> list[dict]:
+    """An uploaded CSV or JSONL file of prompts (see tuner.prompts)."""
+    return _checked(read_prompts(Path(path)), Path(path).name)
+
+
+def _checked(items: list[dict], source: str) -> list[dict]:
+    if not items:
+        raise ValueError(f"{source}: no prompts")
+    if len(items) > MAX_PROMPTS:
+        raise ValueError(f"{source}: {len(items)} prompts; an evaluation takes at most {MAX_PROMPTS}")
+    seen = set()
+    for item in items:
+        if item["external_id"] in seen:
+            raise ValueError(f"{source}: the id '{item['external_id']}' appears twice")
+        seen.add(item["external_id"])
+    return items
+
+
+# --- keyword rules -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    flag: str  # e.g. "escalate"
+    keywords: tuple[str, ...]  # matched as whole words, case-insensitive
+    priority: int  # 1 is the most urgent
+
+    def matches(self, text: str) -> bool:
+        return any(re.search(rf"\b{re.escape(k)}\b", text, re.IGNORECASE) for k in self.keywords)
+
+
+def parse_rules(text: str) -> list[Rule]:
+    """One rule a line: `flag: keyword, keyword, … [priority N]`.
+
+    e.g. `escalate: cancel, angry, lawsuit priority 1`. Without a priority, the
+    line's position is its priority.
+    """
+    rules = []
+    for number, line in enumerate((text or "").splitlines(), start=1):
+        if not line.strip():
+            continue
+        flag, sep, rest = line.partition(":")
+        if not sep or not flag.strip():
+            raise ValueError(f"rule line {number}: write it as 'flag: keyword, keyword' (got '{line.strip()}')")
+        priority = len(rules) + 1
+        found = re.search(r"\bpriority\s+(\d+)\s*$", rest, re.IGNORECASE)
+        if found:
+            priority = int(found.group(1))
+            rest = rest[:found.start()]
+        keywords = tuple(k.strip() for k in rest.split(",") if k.strip())
+        if not keywords:
+            raise ValueError(f"rule line {number}: '{flag.strip()}' has no keywords")
+        rules.append(Rule(flag.strip().lower(), keywords, priority))
+    return rules
+
+
+def apply_rules(item: dict, rules: list[Rule], tag: bool) -> dict:
+    """The item with its flags (most urgent first) and, when `tag`, the flags
+    prefixed to the last user turn the model sees (raters still read the
+    untagged prompt)."""
+    hits = sorted((r for r in rules if r.matches(item["text"])), key=lambda r: r.priority)
+    flags = list(dict.fromkeys(r.flag for r in hits))
+    out = dict(item, flags=flags)
+    if tag and flags:
+        messages = [dict(m) for m in item["messages"]]
+        last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        prefix = " ".join(f"[{f.upper()}]" for f in flags)
+        messages[last_user]["content"] = f"{prefix} {messages[last_user]['content']}"
+        out["messages"] = messages
+    return out
+
+
+def rules_to_json(rules: list[Rule]) -> list[dict]:
+    return [{"flag": r.flag, "keywords": list(r.keywords), "priority": r.priority} for r in rules]

@@ -1,0 +1,130 @@
+"""The raters' page (/rate) in a real browser, and its handlers called directly.
+
+Two raters rate the same evaluation: each sees their own queue and progress,
+the reveal comes after the commit, keys 1-5 and Enter work, and a rater can
+leave and continue later.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from test_browser import ARTIFACTS, CHROMIUM, _free_port
+
+VARIANTS = [{"name": "base", "label": "base (tiny)", "kind": "base"},
+            {"name": "run-xyz", "label": "lora: run-xyz", "kind": "lora"}]
+
+
+@pytest.fixture
+def served(tiny_llama, tmp_path):
+    from app import build_app
+    from ratings.store import Store
+    from tuner.paths import Layout
+
+    home = tmp_path / "home"
+    store = Store(Layout(home).ratings_db)
+    prompts = [{"text": f"Write a short note number {i}.", "task": f"note {i}"} for i in range(1, 4)]
+    eval_id = store.create_evaluation("friends' round", str(tiny_llama), prompts, VARIANTS)
+    coded = store.create_evaluation("coded round", str(tiny_llama), prompts[:1], VARIANTS, invite_code="tea")
+    for evaluation in (eval_id, coded):
+        ids = [v["id"] for v in store.variants(evaluation)]
+        for p in store.prompts(evaluation):
+            for k, vid in enumerate(ids):
+                store.add_reply(p["id"], vid, f"Reply {'xy'[k]} to note {p['position']}.", {"max_new_tokens": 16})
+        store.open_for_rating(evaluation)
+    demo = build_app(home, default_model=str(tiny_llama), rng=random.Random(5))
+    port = _free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}", store, eval_id
+    demo.close()
+
+
+def _join(page, url, name, evaluation="friends' round", code=""):
+    page.goto(f"{url}/rate")
+    page.locator("#rater-eval input").click()
+    page.get_by_role("option", name=re.compile(re.escape(evaluation))).click()
+    page.locator("#rater-name input, #rater-name textarea").first.fill(name)
+    if code:
+        page.locator("#rater-code input, #rater-code textarea").first.fill(code)
+    page.locator("#rater-start").click()
+
+
+def test_two_raters_each_get_their_own_queue(served):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, store, eval_id = served
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        ana = browser.new_context(viewport={"width": 1280, "height": 1300}).new_page()
+        ben = browser.new_context(viewport={"width": 1280, "height": 1300}).new_page()
+        for page in (ana, ben):
+            page.set_default_timeout(30_000)
+
+        _join(ana, url, "Ana")
+        expect(ana.locator("#rater-progress")).to_contain_text("Ana · pair 1 of 3")
+        # the rating page has no owner controls
+        assert ana.get_by_text("Start training").count() == 0 and ana.get_by_text("Generate replies").count() == 0
+        expect(ana.locator("#rater-reveal")).to_have_text("")
+        ana.locator("#rater-score-a").get_by_label("4").check()
+        ana.locator("#rater-score-b").get_by_label("2").check()
+        ana.locator("#rater-preference").get_by_label("A").check()
+        ana.locator("#rater-submit").click()
+        expect(ana.locator("#rater-reveal")).to_contain_text(re.compile(r"Reply A\*\* was|Reply A was"))
+        expect(ana.locator("#rater-reveal")).to_contain_text("lora: run-xyz")
+        expect(ana.locator("#rater-reveal")).to_contain_text("1 of 3 done")
+        ana.screenshot(path=str(ARTIFACTS / "rater.png"), full_page=True)
+
+        # keys: 5 then 3 fill A then B, Enter submits
+        ana.locator("#rater-next").click()
+        expect(ana.locator("#rater-progress")).to_contain_text("pair 2 of 3")
+        ana.locator("body").click(position={"x": 5, "y": 5})
+        for key in ("5", "3", "Enter"):
+            ana.keyboard.press(key)
+        expect(ana.locator("#rater-reveal")).to_contain_text("2 of 3 done")
+
+        # Ben starts from his own first pair
+        _join(ben, url, "Ben")
+        expect(ben.locator("#rater-progress")).to_contain_text("Ben · pair 1 of 3")
+
+        # Ana leaves and comes back later: she continues where she stopped
+        _join(ana, url, "Ana")
+        expect(ana.locator("#rater-progress")).to_contain_text("Ana · pair 3 of 3")
+
+        # a wrong invite code is refused
+        _join(ben, url, "Ben", evaluation="coded round", code="coffee")
+        expect(ben.locator("#rater-progress")).to_contain_text("invite code")
+        browser.close()
+
+    frame = store.ratings_frame(eval_id)
+    assert sorted(frame[frame["rater"] == "Ana"]["score"]) == [2, 3, 4, 5]
+    assert frame[frame["rater"] == "Ben"].empty
+
+
+def test_raters_page_handlers_send_no_variant_name_before_the_commit(served):
+    """Called directly, as a script would: what the server returns before the commit."""
+    from gradio_client import Client
+
+    url, store, eval_id = served
+    client = Client(url, verbose=False)
+    served_pair = client.predict(eval_id, "Eve", "", api_name="/rater_join")
+    text = json.dumps(served_pair, ensure_ascii=False)
+    assert "Eve · pair 1 of 3" in text
+    for secret in ("base (tiny)", "lora", "run-xyz"):
+        assert secret not in text
+    # a score outside 1-5 is refused on the server, whatever a script sends
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="not in the list of choices"):
+        client.predict(7, 3, None, "", None, None, None, None, None, None, api_name="/rater_submit")
+    missing = client.predict(None, 3, None, "", None, None, None, None, None, None, api_name="/rater_submit")
+    assert "Reply A: choose a score" in json.dumps(missing)
+    assert store.ratings_frame(eval_id).empty
+    reveal = client.predict(4, 3, "tie", "", None, None, None, None, None, None, api_name="/rater_submit")
+    assert "lora: run-xyz" in json.dumps(reveal)
+    assert len(store.ratings_frame(eval_id)) == 2

@@ -1,0 +1,46 @@
+import json
+import random
+
+import pytest
+
+from ratings.evalsets import from_lines, parse_rules
+from ratings.generation import generate_evaluation, variants_for
+from ratings.store import Store
+from tuner.generate import GenSettings, Generator
+
+
+def test_evaluation_replies_are_generated_stored_and_opened(tiny_llama, trained_run, tmp_path):
+    run = {"run_id": "run.1", "path": str(trained_run.parent),
+           "config": {"base_model": str(tiny_llama), "method": "lora"}}
+    base_model, variants = variants_for([run])
+    assert [v.name for v in variants] == ["base", "run.1"]
+    items = from_lines("Refund | I am angry, cancel my order\nGreeting | Say hi 1\nHow are you?")
+    store = Store(tmp_path / "r.db")
+    seen = []
+    settings = GenSettings(max_new_tokens=5, batch_size=2, repetition_penalty=1.2)
+    eval_id = generate_evaluation(store, Generator(tmp_path / "models"), "e1", base_model, items, variants, settings,
+                                  parse_rules("escalate: cancel, angry, lawsuit"), tag=True,
+                                  progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (6, 6) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    replies = store.replies(eval_id)
+    assert len(replies) == 6
+    assert set(replies["variant"]) == {"base", "run.1"}
+    assert (replies["new_tokens"] <= 5).all() and (replies["latency_s"] > 0).all()
+    flagged = replies[replies["position"] == 1]
+    assert all(json.loads(f) == ["escalate"] for f in flagged["flags"])
+    prompts = store.prompts(eval_id)
+    assert prompts[0]["messages"][-1]["content"].startswith("[ESCALATE] ")  # what the models saw
+    assert prompts[0]["text"] == "I am angry, cancel my order"  # what raters read
+    evaluation = store.evaluation(eval_id)
+    assert evaluation["settings"]["repetition_penalty"] == 1.2
+    assert evaluation["rules"] == [{"flag": "escalate", "keywords": ["cancel", "angry", "lawsuit"], "priority": 1}]
+    assert store.progress(eval_id, "ana") == (0, 3)
+    pair = store.next_pair(eval_id, "ana", random.Random(0))
+    assert pair["flags"] == ["escalate"] and pair["task"] == "Refund"
+
+
+def test_runs_on_different_base_models_are_refused():
+    runs = [{"run_id": "a", "path": "/x", "config": {"base_model": "m1"}},
+            {"run_id": "b", "path": "/y", "config": {"base_model": "m2"}}]
+    with pytest.raises(ValueError, match="different base models"):
+        variants_for(runs)
