@@ -37,7 +37,7 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
         picker, _status = tuner_ui.model_picker(layout.models, default_model)
         with gr.Tabs():
             with gr.Tab("Dataset", id="dataset"):
-                chooser, (show_dataset, dataset_outputs) = tuner_ui.dataset_tab(layout.datasets)
+                chooser, (show_dataset, dataset_outputs) = tuner_ui.dataset_tab(layout.datasets, picker, layout.models, generator)
             with gr.Tab("Train", id="train"):
                 modules, estimate = ui_train.train_tab(trainer, layout.datasets, picker, chooser)
             with gr.Tab("Compare", id="compare") as compare:

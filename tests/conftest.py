@@ -97,3 +97,12 @@ def write_jsonl(path: Path, rows) -> Path:
 def chat(user: str, assistant: str, **meta) -> dict:
     return {"messages": [{"role": "user", "content": user},
                          {"role": "assistant", "content": assistant}], **meta}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _patient_browser_assertions():
+    """Playwright's expect() waits 5 s by default; on two shared cores a page
+    update after a model call can take longer, so browser tests wait up to 30 s."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=30_000)

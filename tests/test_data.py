@@ -88,3 +88,92 @@ def test_a_stored_split_column_is_used_as_is():
             for i in range(6)]
     parts = tdata.splits(rows, 0.5, 0.3, seed=1)
     assert [len(parts[k]) for k in ("train", "validation", "test")] == [3, 1, 2]
+
+
+# --- versions ----------------------------------------------------------------------
+def test_an_edit_makes_a_new_version_and_keeps_the_old(tmp_path):
+    from tuner import editing
+
+    first = tdata.save_version([chat("a", "b"), chat("c", "d")], "faq", tmp_path, note="imported")
+    rows = tdata.load_jsonl(first).rows
+    edited = editing.replace_row(rows, 0, chat("a", "better b"))
+    second = tdata.save_version(editing.delete_row(edited, 1), tdata.label_of(first).split(": ")[1], tmp_path,
+                                note="edited")
+    assert (first.name, second.name) == ("faq.jsonl", "faq-v2.jsonl")
+    assert tdata.load_jsonl(first).rows == [chat("a", "b"), chat("c", "d")]  # untouched
+    assert tdata.load_jsonl(second).rows == [chat("a", "better b")]
+    assert tdata.versions(second) == [first, second] and tdata.note_of(second) == "edited"
+    for n in range(3, 11):
+        tdata.save_version([chat("x", str(n))], "faq-v2", tmp_path)
+    labels = [k for k in tdata.available(tmp_path) if k.startswith("saved: ")]
+    assert labels == ["saved: faq"] + [f"saved: faq-v{n}" for n in range(2, 11)]  # v10 after v9
+    assert tdata.label_of(tmp_path / "faq-v10.jsonl") == "saved: faq-v10"
+    assert tdata.label_of(POLITE) == "starter: polite_assistant"
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
+
+
+def test_export_any_version_or_split_as_jsonl_or_csv():
+    import csv
+    import io
+
+    rows = [chat("Hi, you", "Hello", split="train", category="greet"),
+            chat("Bye", "Goodbye", split="test", category="farewell")]
+    assert tdata.export_text(rows, "jsonl") == tdata.to_jsonl(rows)
+    assert tdata.export_text(rows, "jsonl", "test") == tdata.to_jsonl(rows[1:])
+    table = list(csv.DictReader(io.StringIO(tdata.export_text(rows, "csv", "train"))))
+    assert table == [{"system": "", "user": "Hi, you", "assistant": "Hello",
+                      "messages": json.dumps(rows[0]["messages"]), "split": "train", "category": "greet"}]
+    with pytest.raises(ValueError, match="no stored split"):
+        tdata.export_text([chat("a", "b")], "csv", "test")
+    with pytest.raises(ValueError, match="unknown format"):
+        tdata.export_text(rows, "xlsx")
+
+
+# --- the row editor ----------------------------------------------------------------
+def test_the_editor_builds_system_prompts_and_multi_turn_rows():
+    from tuner import editing
+
+    row, problems = editing.build_row("Be brief.", [["Hi", "Hello"], ["How are you?", "Fine."], ["", ""]],
+                                      '{"category": "smalltalk"}')
+    assert problems == []
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert row["category"] == "smalltalk"
+    assert editing.editor_fields(row) == ("Be brief.", [["Hi", "Hello"], ["How are you?", "Fine."]],
+                                          '{"category": "smalltalk"}')
+    assert editing.build_row("", [["Hi", "Hello"]])[0] == chat("Hi", "Hello")
+
+
+def test_the_editor_names_every_problem_before_saving():
+    import pandas as pd
+
+    from tuner import editing
+
+    def problems(system, turns, meta=""):
+        return editing.build_row(system, turns, meta)[1]
+
+    assert problems("", [["Hi", "  "]]) == [
+        "turn 1: the assistant reply is empty, so the conversation does not end with an assistant reply"]
+    assert problems("", [["Hi", ""], ["More?", "Yes"]]) == ["turn 1: the assistant reply is empty"]
+    assert problems("", [["", "An answer"]]) == ["turn 1: the user message is empty (each reply answers a user turn)"]
+    assert problems("Sys", []) == ["add a turn: a user message and the assistant's reply"]
+    assert problems("", [["q", "a"]], "{oops")[0].startswith("metadata: not valid JSON")
+    assert problems("", [["q", "a"]], "[1]") == [
+        'metadata: expected a JSON object such as {"category": "fact"}, got list']
+    assert problems("", [["q", "a"]], '{"messages": 1}')[0].startswith('metadata: "messages"')
+    # the grid arrives as a DataFrame with NaN in new cells
+    frame = pd.DataFrame([["q", "a"], [None, float("nan")]], columns=editing.TURN_COLUMNS)
+    assert editing.build_row("", frame.values.tolist())[0] == chat("q", "a")
+
+
+def test_add_replace_delete_keep_a_stored_split_whole():
+    from tuner import editing
+
+    rows = [chat("a", "b", split="train"), chat("c", "d", split="test")]
+    added = editing.add_row(rows, chat("e", "f"))
+    assert added[-1]["split"] == "train" and tdata.has_stored_split(added) and len(rows) == 2
+    assert editing.add_row([chat("a", "b")], chat("e", "f"))[-1] == chat("e", "f")
+    replaced = editing.replace_row(rows, 1, chat("c", "better", split="test"))
+    assert replaced[1]["messages"][1]["content"] == "better" and rows[1]["messages"][1]["content"] == "d"
+    assert editing.delete_row(rows, 0) == rows[1:]
+    with pytest.raises(ValueError, match="no row 3: the dataset has 2 rows"):
+        editing.delete_row(rows, 2)

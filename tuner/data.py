@@ -8,15 +8,18 @@ bad line: the line is skipped and reported by number, the valid rows are kept.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import random
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuner.paths import STARTER_DATASETS, atomic_write_text
+from tuner.paths import STARTER_DATASETS, atomic_write_json, atomic_write_text
 
 ROLES = ("system", "user", "assistant")
 SPLITS = ("train", "validation", "test")
@@ -68,8 +71,8 @@ def validate_row(obj) -> str | None:
     return None
 
 
-def parse_jsonl(text: str, source: str = "") -> LoadResult:
-    result = LoadResult(rows=[], source=source)
+def json_lines(text: str):
+    """(line number, parsed object or None, problem or None) per non-blank line."""
     # split on "\n" only: str.splitlines() also breaks on U+2028, \x85, \x1c…,
     # which JSON strings may hold raw, and would shift the line numbers
     for number, line in enumerate(text.split("\n"), start=1):
@@ -77,14 +80,17 @@ def parse_jsonl(text: str, source: str = "") -> LoadResult:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            yield number, json.loads(line), None
         except json.JSONDecodeError as exc:
-            result.problems.append(f"line {number}: not valid JSON ({exc.msg})")
-            continue
+            yield number, None, f"not valid JSON ({exc.msg})"
         except RecursionError:
-            result.problems.append(f"line {number}: JSON nested too deeply")
-            continue
-        reason = validate_row(obj)
+            yield number, None, "JSON nested too deeply"
+
+
+def parse_jsonl(text: str, source: str = "") -> LoadResult:
+    result = LoadResult(rows=[], source=source)
+    for number, obj, problem in json_lines(text):
+        reason = problem or validate_row(obj)
         if reason:
             result.problems.append(f"line {number}: {reason}")
         else:
@@ -92,18 +98,54 @@ def parse_jsonl(text: str, source: str = "") -> LoadResult:
     return result
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} KB" if n >= 2**10 else f"{n} bytes"
+
+
+def check_size(path: Path, max_bytes: int = MAX_FILE_BYTES) -> None:
+    size = Path(path).stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{Path(path).name}: {_size(size)} is over the {_size(max_bytes)} limit; "
+                         "split it or cut it down first")
+    if size == 0:
+        raise ValueError(f"{Path(path).name}: the file is empty")
+
+
+@dataclass
+class Text:
+    text: str
+    notes: list[str] = field(default_factory=list)  # e.g. a byte-order mark removed
+
+
+def read_text(path: Path, max_bytes: int = MAX_FILE_BYTES) -> Text:
+    """A text file's content, or a ValueError naming the file and what is wrong."""
+    path = Path(path)
+    check_size(path, max_bytes)
+    raw = path.read_bytes()
+    for bom, encoding in ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+                          (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16")):
+        if raw.startswith(bom):
+            raise ValueError(f"{path.name}: the file is {encoding} (byte-order mark {bom.hex(' ').upper()}), "
+                             "not UTF-8; save it as UTF-8 and upload it again")
+    notes = []
+    if raw.startswith(b"\xef\xbb\xbf"):
+        # a UTF-8 byte-order mark (Excel writes one) would otherwise break line 1
+        raw = raw[3:]
+        notes.append("a UTF-8 byte-order mark at the start of the file was ignored")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ValueError(f"{path.name}: not UTF-8 text (byte 0x{raw[exc.start]:02X} at offset {exc.start}, "
+                         f"line {line}); save it as UTF-8 and upload it again") from None
+    if not text.strip():
+        raise ValueError(f"{path.name}: the file is empty")
+    return Text(text, notes)
+
+
 def load_jsonl(path: Path) -> LoadResult:
     path = Path(path)
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ValueError(f"{path.name}: {size / 1e6:.0f} MB is over the {MAX_FILE_BYTES // 2**20} MB limit")
-    raw = path.read_bytes()
-    try:
-        # utf-8-sig drops a byte-order mark that would otherwise break line 1
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path.name}: not UTF-8 text (bad byte at offset {exc.start})") from None
-    result = parse_jsonl(text, source=path.name)
+    result = parse_jsonl(read_text(path).text, source=path.name)
     if not result.rows and not result.problems:
         raise ValueError(f"{path.name}: the file is empty")
     return result
@@ -141,14 +183,63 @@ def save_dataset(rows: list[dict], name: str, folder: Path) -> Path:
         tmp.unlink(missing_ok=True)
 
 
+_VERSIONED = re.compile(r"^(?P<name>.+?)-v(?P<n>[0-9]+)$")
+
+
+def version_of(stem: str) -> tuple[str, int]:
+    """("faq", 3) for "faq-v3"; ("faq", 1) for "faq" (save_dataset's naming)."""
+    match = _VERSIONED.match(stem)
+    return (match["name"], int(match["n"])) if match else (stem, 1)
+
+
 def available(user_folder: Path) -> dict[str, Path]:
-    """Label → path for the starter datasets and the user's saved ones."""
+    """Label → path for the starter datasets and the user's saved ones, each
+    dataset's versions in order (v2 before v10)."""
     found = {}
     for path in sorted(STARTER_DATASETS.glob("*.jsonl")):
         found[f"starter: {path.stem}"] = path
-    for path in sorted(Path(user_folder).glob("*.jsonl")):
+    for path in sorted(Path(user_folder).glob("*.jsonl"), key=lambda p: (version_of(p.stem), p.stem)):
         found[f"saved: {path.stem}"] = path
     return found
+
+
+def label_of(path: Path) -> str:
+    """The label `available` lists a dataset file under."""
+    path = Path(path)
+    return f"{'starter' if path.parent.resolve() == STARTER_DATASETS.resolve() else 'saved'}: {path.stem}"
+
+
+def note_path(path: Path) -> Path:
+    return Path(path).with_suffix(".note.json")
+
+
+def save_version(rows: list[dict], name: str, folder: Path, note: str = "") -> Path:
+    """A new version of the dataset `name`: "faq" or "faq-v2" both save the
+    next free "faq-vN", beside the earlier versions, which stay as they are.
+    `note` (how this version was made) is kept in a small side file."""
+    path = save_dataset(rows, version_of(slug(name))[0], folder)
+    atomic_write_json(note_path(path), {"note": note, "rows": len(rows),
+                                        "saved": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return path
+
+
+def note_of(path: Path) -> str:
+    try:
+        return json.loads(note_path(path).read_text(encoding="utf-8")).get("note", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def versions(path: Path) -> list[Path]:
+    """Every saved version of the dataset `path` is a version of, oldest first."""
+    path = Path(path)
+    name = version_of(path.stem)[0]
+    same = [p for p in path.parent.glob("*.jsonl") if version_of(p.stem)[0] == name]
+    return sorted(same, key=lambda p: version_of(p.stem)[1])
+
+
+def has_stored_split(rows: list[dict]) -> bool:
+    return bool(rows) and all(row.get(SPLIT_FIELD) in SPLITS for row in rows)
 
 
 def splits(rows: list[dict], validation_fraction: float = 0.1, test_fraction: float = 0.2,
@@ -160,8 +251,7 @@ def splits(rows: list[dict], validation_fraction: float = 0.1, test_fraction: fl
     at least one row is left to train on. When every row carries a stored
     `split` field ("train", "validation" or "test"), that split is used as is.
     """
-    stored = {row.get(SPLIT_FIELD) for row in rows}
-    if rows and stored <= set(SPLITS):
+    if has_stored_split(rows):
         # a dataset version saved with its split keeps it: reproducible, and
         # whatever the split was (e.g. stratified), training and Compare agree
         return {name: [r for r in rows if r[SPLIT_FIELD] == name] for name in SPLITS}
@@ -195,12 +285,59 @@ def preview(rows: list[dict]) -> list[list[str]]:
     """Rows for a table: user turn, assistant reply, turns, metadata."""
     table = []
     for row in rows:
-        msgs = row["messages"]
+        parts = conversation_parts(row)
         meta = {k: v for k, v in row.items() if k != "messages"}
-        table.append([
-            last_user_text(row),
-            msgs[-1]["content"],
-            str(len([m for m in msgs if m["role"] != "system"])),
-            json.dumps(meta, ensure_ascii=False) if meta else "",
-        ])
+        table.append([parts["user"], parts["assistant"], str(parts["turns"]),
+                      json.dumps(meta, ensure_ascii=False) if meta else ""])
     return table
+
+
+def conversation_parts(row: dict) -> dict:
+    """The flat view of a row that a table or CSV shows: system, last user
+    turn, last reply, turns, and the whole conversation as JSON."""
+    msgs = row["messages"]
+    return {
+        "system": msgs[0]["content"] if msgs[0]["role"] == "system" else "",
+        "user": last_user_text(row),
+        "assistant": msgs[-1]["content"],
+        "turns": len([m for m in msgs if m["role"] != "system"]),
+        "messages": json.dumps(msgs, ensure_ascii=False),
+    }
+
+
+CSV_VIEW = ("system", "user", "assistant", "messages")  # the columns a CSV export derives from messages
+
+
+def to_csv(rows: list[dict]) -> str:
+    """One CSV row per example: the conversation's flat view, then its metadata.
+    The `messages` column holds the whole conversation, so the CSV imports back."""
+    meta = list(dict.fromkeys(k for row in rows for k in row if k != "messages"))
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([*CSV_VIEW, *meta])
+    for row in rows:
+        parts = conversation_parts(row)
+        writer.writerow([parts[c] for c in CSV_VIEW]
+                        + [_cell(row.get(k)) for k in meta])
+    return out.getvalue()
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def export_text(rows: list[dict], fmt: str = "jsonl", part: str = "all") -> str:
+    """A dataset version, or one split of it ("train", "validation", "test"), as JSONL or CSV."""
+    if part != "all":
+        if part not in SPLITS:
+            raise ValueError(f"unknown part {part!r}; expected all, {', '.join(SPLITS)}")
+        if not has_stored_split(rows):
+            raise ValueError("this version has no stored split: make one in the Split step first")
+        rows = [r for r in rows if r[SPLIT_FIELD] == part]
+    if fmt == "jsonl":
+        return to_jsonl(rows)
+    if fmt == "csv":
+        return to_csv(rows)
+    raise ValueError(f"unknown format {fmt!r}; expected jsonl or csv")

@@ -1,0 +1,621 @@
+"""The Dataset tab: import, edit, filter, split, expand, inspect and export.
+
+The tab works on a draft: the chosen version's rows, held per browser session
+in a gr.State. The row editor and accepted paraphrases change the draft; every
+Save writes a new version (tdata.save_version), so nothing saved before is
+ever changed. The work itself is done by the engine modules (importers,
+editing, shaping); the handlers here translate between widgets and them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from tuner import data as tdata
+from tuner import editing, models
+from tuner import importers as imp
+from tuner import shaping as sh
+from tuner.config import TrainConfig
+from tuner.generate import GenSettings, Generator
+
+TABLE_COLUMNS = ["#", "user", "assistant", "turns", "metadata"]
+TABLE_WIDTHS = ["5%", "35%", "40%", "6%", "14%"]
+TABLE_LIMIT = 500  # rows sent to the browser; the counts always cover them all
+SHAPES = {"auto-detect": None, "messages": "messages", "ShareGPT": "sharegpt", "Alpaca": "alpaca",
+          "Dolly": "dolly", "prompt/completion": "prompt_completion", "question/answer": "question_answer",
+          "custom mapping": "mapping"}
+NO_COLUMN = "(none)"
+DEFAULT_DATASET = "starter: polite_assistant"  # the small set the quick start trains on
+PROPOSAL_COLUMNS = ["add", "row", "original", "paraphrase"]
+NEW_NAME = "my-dataset"  # the name a dataset started from scratch is saved under, unless changed
+
+
+def starter_files() -> list[str]:
+    """datasets/ files the chooser cannot list (it lists chat JSONL): e.g. a CSV to map."""
+    return sorted(p.name for p in tdata.STARTER_DATASETS.iterdir()
+                  if p.suffix.lower() in imp.SUFFIXES and p.suffix.lower() != ".jsonl")
+
+
+@dataclass
+class Draft:
+    """The rows the tab works on, and how far they are from the saved version."""
+
+    label: str | None = None
+    rows: list[dict] = field(default_factory=list)
+    changes: int = 0  # unsaved edits
+    rev: int = 0  # bumped on every change: the key of the cached token lengths
+
+    def changed(self, rows: list[dict]) -> Draft:
+        return replace(self, rows=rows, changes=self.changes + 1, rev=self.rev + 1)
+
+
+def table_frame(rows: list[dict]) -> pd.DataFrame:
+    shown = tdata.preview(rows[:TABLE_LIMIT])
+    return pd.DataFrame([[i + 1, *r] for i, r in enumerate(shown)], columns=TABLE_COLUMNS)
+
+
+def problems_text(problems: list[str], limit: int = 20) -> str:
+    if not problems:
+        return ""
+    lines = "\n".join(f"- {p}" for p in problems[:limit])
+    more = f"\n- … and {len(problems) - limit} more" if len(problems) > limit else ""
+    return f"\n\n⚠️ {len(problems)} skipped:\n{lines}{more}"
+
+
+def versions_text(datasets_dir: Path, draft: Draft) -> str:
+    path = tdata.available(datasets_dir).get(draft.label)
+    if path is None:
+        return f"**{draft.changes} unsaved change(s)**: press *Save as a new version* to keep them." \
+            if draft.changes else ""
+    if draft.label.startswith("starter: "):
+        text = "A starter dataset: it stays as it is; what you save becomes `saved:` versions of it."
+    else:
+        parts = []
+        for p in tdata.versions(path):
+            note = tdata.note_of(p)
+            note = note if len(note) <= 160 else note[:159] + "…"
+            this = " ← this one" if p == path else ""
+            parts.append(f"`{p.stem}`" + (f": {note}" if note else "") + this)
+        text = "**Versions:** " + " · ".join(parts)
+    if draft.changes:
+        text += (f"\n\n**{draft.changes} unsaved change(s)** in the draft: press *Save as a new version* "
+                 "to keep them.")
+    return text
+
+
+def filter_spec(words, mode, match, whole, fields, column, values, min_tok, max_tok, dedupe, sample, seed):
+    kw = sh.Keywords(tuple(sh.parse_words(words)), exclude=mode == "exclude", require_all=match == "all",
+                     whole_word=bool(whole), fields=tuple(fields or ()))
+    column = column if column and column != NO_COLUMN else None
+    return sh.FilterSpec(keywords=kw, column=column, values=tuple(values or ()) if column else (),
+                         min_tokens=int(min_tok or 0), max_tokens=int(max_tok or 0), dedupe=bool(dedupe),
+                         sample=int(sample or 0), seed=int(seed or 0))
+
+
+def split_spec(train, validation, test, seed, stratify) -> sh.SplitSpec:
+    return sh.SplitSpec(int(train or 0), int(validation or 0), int(test or 0), int(seed or 0),
+                        stratify if stratify and stratify != NO_COLUMN else None)
+
+
+def proposals_frame(proposals: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([[bool(p["paraphrase"]), p["row"] + 1, p["original"], p["paraphrase"]] for p in proposals],
+                        columns=PROPOSAL_COLUMNS)
+
+
+def accepted(frame: pd.DataFrame | None) -> list[tuple[int, str]]:
+    """(row index, text) of each checked proposal with a paraphrase."""
+    if frame is None or len(frame) == 0:
+        return []
+    out = []
+    for add, row, _original, text in frame[PROPOSAL_COLUMNS].itertuples(index=False):
+        if str(add).lower() in ("true", "1") and str(text or "").strip() and str(row).strip():
+            out.append((int(float(row)) - 1, str(text)))
+    return out
+
+
+def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None = None,
+                generator: Generator | None = None):
+    """Returns the dataset dropdown (its value names the chosen version) and the
+    (handler, outputs) that fill the tab, for the page's load event."""
+    datasets_dir = Path(datasets_dir)
+    models_dir = Path(models_dir) if models_dir else datasets_dir.parent / "models"
+    tokenizers: dict[str, object] = {}  # model location → tokenizer, loaded once
+    gen = {"it": generator}
+
+    names = list(tdata.available(datasets_dir))
+    first = DEFAULT_DATASET if DEFAULT_DATASET in names else names[0] if names else None
+    with gr.Row():
+        chooser = gr.Dropdown(choices=names, value=first, label="Dataset (version)",
+                              elem_id="dataset-chooser", scale=3)
+        name_box = gr.Textbox(label="Save new versions as", elem_id="dataset-name", scale=2,
+                              info="A new version never overwrites: faq → faq-v2 → faq-v3 …")
+        upload = gr.File(label="Import a file: JSONL, JSON, CSV or Parquet", elem_id="dataset-upload", scale=2,
+                         file_types=[".jsonl", ".json", ".csv", ".tsv", ".parquet", ".ndjson"])
+    with gr.Accordion("Import settings: shape, column mapping, Hugging Face Hub", open=False) as import_box:
+        gr.Markdown("A file is converted by its columns: `messages` (chat), `conversations` (ShareGPT), "
+                    "`instruction`/`input`/`output` (Alpaca), `instruction`/`context`/`response` (Dolly), "
+                    "`prompt`/`completion`, `question`/`answer`. For other columns, choose *custom mapping*.")
+        with gr.Row():
+            shape = gr.Dropdown(list(SHAPES), value="auto-detect", label="Shape", elem_id="import-shape")
+            map_user = gr.Dropdown([], label="User turn column", elem_id="map-user", allow_custom_value=True)
+            map_assistant = gr.Dropdown([], label="Assistant reply column", elem_id="map-assistant",
+                                        allow_custom_value=True)
+            map_system = gr.Dropdown([NO_COLUMN], value=NO_COLUMN, label="System prompt column",
+                                     elem_id="map-system", allow_custom_value=True)
+            map_meta = gr.Dropdown([], value=[], multiselect=True, label="Keep as metadata (empty: all others)",
+                                   elem_id="map-meta", allow_custom_value=True)
+        with gr.Row():
+            reimport = gr.Button("Import the uploaded file with these settings", elem_id="import-again", scale=2)
+            starter_file = gr.Dropdown(starter_files(), label="Or a starter file that is not chat JSONL",
+                                       elem_id="starter-file", scale=2)
+            starter_button = gr.Button("Import the starter file", elem_id="import-starter", scale=1)
+        with gr.Row():
+            hub_id = gr.Textbox(label="Hugging Face Hub dataset id", placeholder="databricks/databricks-dolly-15k",
+                                elem_id="hub-id", scale=3)
+            hub_config = gr.Textbox(label="Config (optional)", scale=1)
+            hub_split = gr.Textbox(value="train", label="Split", scale=1)
+            hub_button = gr.Button("Import from the Hub", elem_id="hub-import", scale=1)
+    message = gr.Markdown(elem_id="dataset-message")
+    versions_md = gr.Markdown(elem_id="dataset-versions")
+    table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True, elem_id="dataset-table",
+                         max_height=420, max_chars=300, column_widths=TABLE_WIDTHS)
+    draft_state = gr.State(Draft())
+    lengths_state = gr.State(None)  # {"key": [...], "lengths": [...]}: token lengths of the draft
+    upload_state = gr.State(None)  # the last uploaded file, for importing it again with other settings
+
+    with gr.Tabs():
+        with gr.Tab("Edit rows", id="edit"):
+            gr.Markdown("Click a row in the table to edit it, or fill the fields to add one. Each line of "
+                        "*Turns* is a user message and the assistant's reply; several lines make a multi-turn "
+                        "conversation.")
+            with gr.Row():
+                row_no = gr.Number(value=0, precision=0, minimum=0, label="Row # (0: a new row)",
+                                   elem_id="edit-row", scale=1)
+                system = gr.Textbox(label="System prompt (optional)", elem_id="edit-system", scale=4)
+            turns = gr.Dataframe(pd.DataFrame([["", ""]], columns=editing.TURN_COLUMNS),
+                                 headers=editing.TURN_COLUMNS, interactive=True, wrap=True, elem_id="edit-turns",
+                                 datatype=["str", "str"])
+            meta = gr.Textbox(label='Metadata, a JSON object (e.g. {"category": "fact"})', elem_id="edit-meta")
+            check = gr.Markdown(elem_id="edit-check")
+            with gr.Row():
+                add_turn = gr.Button("+ Turn", elem_id="edit-add-turn")
+                add_btn = gr.Button("Add as a new row", variant="primary", elem_id="edit-add")
+                replace_btn = gr.Button("Replace row #", elem_id="edit-replace")
+                delete_btn = gr.Button("Delete row #", variant="stop", elem_id="edit-delete")
+                clear_btn = gr.Button("Clear", elem_id="edit-clear")
+                new_btn = gr.Button("Start a new, empty dataset", elem_id="dataset-new")
+            save_btn = gr.Button("Save as a new version", variant="primary", elem_id="dataset-save")
+        with gr.Tab("Filter", id="filter") as filter_tab:
+            with gr.Row():
+                words = gr.Textbox(label="Keywords or phrases, comma-separated", elem_id="filter-words", scale=3)
+                kw_mode = gr.Radio(["keep", "exclude"], value="keep", label="Rows with them", elem_id="filter-mode")
+                kw_match = gr.Radio(["any", "all"], value="any", label="Match", elem_id="filter-match")
+                whole = gr.Checkbox(value=True, label="Whole words", elem_id="filter-whole")
+            kw_fields = gr.CheckboxGroup(list(sh.TEXT_FIELDS), value=["user", "assistant"], label="Search in",
+                                         elem_id="filter-fields")
+            with gr.Row():
+                column = gr.Dropdown([NO_COLUMN], value=NO_COLUMN, label="Metadata column", elem_id="filter-column")
+                top_n = gr.Number(value=5, precision=0, minimum=1, label="N", elem_id="filter-top-n")
+                top_btn = gr.Button("Keep the N most frequent values", elem_id="filter-top")
+                values = gr.Dropdown([], value=[], multiselect=True, label="Values to keep", elem_id="filter-values",
+                                     scale=3)
+            with gr.Row():
+                min_tok = gr.Number(value=0, precision=0, minimum=0, label="Min tokens (0: none)",
+                                    elem_id="filter-min-tokens")
+                max_tok = gr.Number(value=0, precision=0, minimum=0, label="Max tokens (0: none)",
+                                    elem_id="filter-max-tokens")
+                dedupe = gr.Checkbox(value=False, label="Remove exact duplicates", elem_id="filter-dedupe")
+                sample = gr.Number(value=0, precision=0, minimum=0, label="Downsample to N rows (0: all)",
+                                   elem_id="filter-sample")
+                filter_seed = gr.Number(value=0, precision=0, label="Seed", elem_id="filter-seed")
+            filter_msg = gr.Markdown(elem_id="filter-message")
+            funnel = gr.Dataframe(interactive=False, elem_id="filter-counts")
+            kept_preview = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True, max_height=300,
+                                        max_chars=200, column_widths=TABLE_WIDTHS, elem_id="filter-preview",
+                                        label="First kept rows")
+            save_filtered = gr.Button("Save the kept rows as a new version", variant="primary",
+                                      elem_id="filter-save")
+        with gr.Tab("Split", id="split") as split_tab:
+            with gr.Row():
+                train_pct = gr.Number(value=80, precision=0, minimum=0, maximum=100, label="Train %",
+                                      elem_id="split-train")
+                val_pct = gr.Number(value=10, precision=0, minimum=0, maximum=100, label="Validation %",
+                                    elem_id="split-validation")
+                test_pct = gr.Number(value=10, precision=0, minimum=0, maximum=100, label="Test %",
+                                     elem_id="split-test")
+                split_seed = gr.Number(value=0, precision=0, label="Seed", elem_id="split-seed")
+                stratify = gr.Dropdown([NO_COLUMN], value=NO_COLUMN, label="Stratify by", elem_id="split-stratify")
+            split_msg = gr.Markdown(elem_id="split-message")
+            split_counts = gr.Dataframe(interactive=False, elem_id="split-counts")
+            gr.Markdown("The split is stored in each row (`split`): training trains on *train*, draws the "
+                        "validation curve from *validation*, and Compare offers the *test* prompts, with their "
+                        "reference answers.")
+            save_split = gr.Button("Save with this split as a new version", variant="primary", elem_id="split-save")
+        with gr.Tab("Expand", id="expand"):
+            gr.Markdown("The base model (picked above) proposes a rewording of the user turn of random rows. "
+                        "Tick the ones to keep (you can edit them), then add them to the draft.")
+            with gr.Row():
+                n_prompts = gr.Number(value=5, precision=0, minimum=1, maximum=100, label="Rows to paraphrase",
+                                      elem_id="expand-n")
+                expand_seed = gr.Number(value=0, precision=0, label="Seed", elem_id="expand-seed")
+                temperature = gr.Slider(0.0, 1.5, value=0.7, step=0.1, label="Temperature")
+                max_new = gr.Slider(16, 256, value=64, step=16, label="Max new tokens", elem_id="expand-max-new")
+            propose = gr.Button("Propose paraphrases", elem_id="expand-propose")
+            expand_msg = gr.Markdown(elem_id="expand-message")
+            proposals = gr.Dataframe(pd.DataFrame(columns=PROPOSAL_COLUMNS), headers=PROPOSAL_COLUMNS,
+                                     datatype=["bool", "number", "str", "str"], interactive=True, wrap=True,
+                                     static_columns=[1, 2], column_widths=["7%", "7%", "36%", "50%"],
+                                     elem_id="expand-proposals")
+            add_proposals = gr.Button("Add the ticked paraphrases to the draft", elem_id="expand-add")
+        with gr.Tab("Inspect & export", id="inspect"):
+            with gr.Row():
+                max_len = gr.Number(value=TrainConfig().max_seq_length, precision=0, minimum=1,
+                                    label="Max sequence length (tokens)", elem_id="inspect-max-length")
+                measure = gr.Button("Measure token lengths with the base model's tokenizer",
+                                    elem_id="inspect-measure")
+            length_md = gr.Markdown(elem_id="inspect-summary")
+            histogram = gr.BarPlot(None, x="tokens", y="rows", title="Rows per token length", height=260,
+                                   elem_id="inspect-histogram")
+            with gr.Row():
+                part = gr.Radio(["all", *tdata.SPLITS], value="all", label="Part of the chosen version",
+                                elem_id="export-part")
+                fmt = gr.Radio(["JSONL", "CSV"], value="JSONL", label="Format", elem_id="export-format")
+                export_btn = gr.Button("Download", elem_id="export-button")
+            export_msg = gr.Markdown(elem_id="export-message")
+            export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
+
+    view_outputs = [message, table, draft_state, versions_md, name_box, kw_fields, column, values, stratify]
+    filter_inputs = [words, kw_mode, kw_match, whole, kw_fields, column, values, min_tok, max_tok, dedupe,
+                     sample, filter_seed]
+    split_inputs = [train_pct, val_pct, test_pct, split_seed, stratify]
+    model_input = [model_picker] if model_picker is not None else []
+
+    # --- views -----------------------------------------------------------------------
+    def view(draft: Draft, text: str, reset: bool, rename: bool = False):
+        """The view outputs for a draft; `reset` (another version chosen) also
+        resets the pickers; `rename` (a new version saved) the name to save as."""
+        columns = sh.metadata_columns(draft.rows)
+        strata = [c for c in columns if c != tdata.SPLIT_FIELD]
+        shown = f" (the first {TABLE_LIMIT} are shown)" if len(draft.rows) > TABLE_LIMIT else ""
+        name = tdata.version_of(draft.label.split(": ", 1)[1])[0] if draft.label else ""
+        fields = gr.update(choices=[*sh.TEXT_FIELDS, *columns])
+        if reset:
+            fields = gr.update(choices=[*sh.TEXT_FIELDS, *columns], value=["user", "assistant"])
+            return (text + shown, table_frame(draft.rows), draft, versions_text(datasets_dir, draft), name,
+                    fields, gr.update(choices=[NO_COLUMN, *columns], value=NO_COLUMN),
+                    gr.update(choices=[], value=[]), gr.update(choices=[NO_COLUMN, *strata], value=NO_COLUMN))
+        return (text + shown, table_frame(draft.rows), draft, versions_text(datasets_dir, draft),
+                name if rename else gr.update(), fields, gr.update(choices=[NO_COLUMN, *columns]), gr.update(),
+                gr.update(choices=[NO_COLUMN, *strata]))
+
+    def show(label):
+        path = tdata.available(datasets_dir).get(label)
+        if path is None:
+            return view(Draft(), "Pick a dataset or import one.", reset=True)
+        result = tdata.load_jsonl(path)
+        text = f"**{len(result.rows)} rows** in `{path.name}` ({label})." + problems_text(result.problems)
+        return view(Draft(label, result.rows), text, reset=True)
+
+    def saved(path: Path, text: str):
+        """Outputs after a save: the new version chosen and shown."""
+        label = tdata.label_of(path)
+        rows = tdata.load_jsonl(path).rows
+        return (gr.update(choices=list(tdata.available(datasets_dir)), value=label),
+                *view(Draft(label, rows), text, reset=False, rename=True))
+
+    def refused(text: str, chooser: bool = True):
+        """Outputs that only say why nothing changed (`chooser`: with the dropdown first)."""
+        out = (f"⚠️ {text}", *[gr.update()] * (len(view_outputs) - 1))
+        return (gr.update(), *out) if chooser else out
+
+    def save_rows(draft: Draft, name: str, rows: list[dict], note: str, what: str):
+        if not rows:
+            return refused(f"No rows to save: {what} keeps none.")
+        path = tdata.save_version(rows, name or "dataset", datasets_dir, note=note)
+        return saved(path, f"**{len(rows)} rows** {what}, saved as `{path.name}` ({tdata.label_of(path)}).")
+
+    # --- import ----------------------------------------------------------------------
+    def import_table(read, name: str, shape_name="auto-detect", mapping=None):
+        """(outputs, the source's columns, whether rows were saved)."""
+        columns = []
+        try:
+            table_ = read()
+            columns = table_.columns
+            result = imp.convert(table_, SHAPES.get(shape_name) if mapping is None else None, mapping)
+            path = imp.save_import(result, name, datasets_dir)
+        except imp.ImportProblem as exc:
+            return refused(f"{exc}. Nothing was saved."), columns, False
+        except OSError as exc:
+            return refused(f"{name}: cannot be read ({exc}). Nothing was saved."), columns, False
+        text = (f"**{len(result.rows)} rows imported** from `{result.source}` "
+                f"({imp.SHAPE_LABELS[result.shape]}) and saved as `{path.name}`.")
+        notes = "".join(f"\n\nNote: {n}." for n in result.notes)
+        return saved(path, text + notes + problems_text(result.problems)), columns, True
+
+    def mapping_choices(columns):
+        """Fill the mapping pickers with the file's columns and a first guess."""
+        if not columns:
+            return [gr.update()] * 4
+        guess = imp.suggest_mapping(columns)
+        return (gr.update(choices=columns, value=guess.user if guess else None),
+                gr.update(choices=columns, value=guess.assistant if guess else None),
+                gr.update(choices=[NO_COLUMN, *columns], value=guess.system if guess and guess.system else NO_COLUMN),
+                gr.update(choices=columns, value=[]))
+
+    def on_upload(file):
+        """Import a file as it comes (its shape detected); one that no shape fits
+        opens the settings with *custom mapping* and a guessed mapping."""
+        if file is None:
+            return (*[gr.update()] * (len(view_outputs) + 1), None, *[gr.update()] * 6)
+        path = Path(file if isinstance(file, str) else file.name)
+        out, columns, ok = import_table(lambda: imp.read_file(path), path.stem)
+        unknown = bool(columns) and not ok and imp.detect_shape(columns) is None
+        return (*out, str(path), gr.update() if ok else gr.update(open=True),
+                gr.update(value="custom mapping") if unknown else gr.update(), *mapping_choices(columns))
+
+    def on_starter_file(name):
+        if not name:
+            return (*refused("Choose a starter file first."), *[gr.update()] * 7)
+        return on_upload(str(tdata.STARTER_DATASETS / name))
+
+    def on_reimport(path, shape_name, user, assistant, system_col, meta_cols):
+        if not path:
+            return refused("Upload a file first; then choose its shape or columns here.")
+        mapping = None
+        if shape_name == "custom mapping":
+            if not user or not assistant:
+                return refused("Choose the user turn column and the assistant reply column.")
+            mapping = imp.Mapping(user, assistant, None if system_col in (None, NO_COLUMN) else system_col,
+                                  tuple(meta_cols) if meta_cols else None)
+        return import_table(lambda: imp.read_file(Path(path)), Path(path).stem, shape_name, mapping)[0]
+
+    def on_hub(dataset_id, config, split):
+        name = (dataset_id or "hub").split("/")[-1]
+        return import_table(lambda: imp.read_hub(dataset_id, split or "train", config or None), name)[0]
+
+    # --- edit ------------------------------------------------------------------------
+    def editor_for(draft: Draft, number):
+        n = int(number or 0)
+        if not 1 <= n <= len(draft.rows):
+            return 0, "", pd.DataFrame([["", ""]], columns=editing.TURN_COLUMNS), "", ""
+        system_, turns_, meta_ = editing.editor_fields(draft.rows[n - 1])
+        return n, system_, pd.DataFrame(turns_, columns=editing.TURN_COLUMNS), meta_, f"Editing row {n}."
+
+    def on_select(draft: Draft, evt: gr.SelectData):
+        number = evt.row_value[0] if evt.row_value else evt.index[0] + 1
+        return editor_for(draft, number)
+
+    def on_check(system_, turns_, meta_):
+        _row, problems = editing.build_row(system_, _turn_list(turns_), meta_)
+        return "✓ Ready to add or replace." if not problems else "⚠️ " + "; ".join(problems)
+
+    def edit(action: str):
+        def handler(draft: Draft, number, system_, turns_, meta_):
+            n = int(number or 0)
+            if action != "add" and not 1 <= n <= len(draft.rows):
+                return (*refused(f"Pick the row to {action}: click it in the table or type its number.",
+                                 chooser=False), gr.update())
+            try:
+                if action == "delete":
+                    rows = editing.delete_row(draft.rows, n - 1)
+                    text = f"Row {n} deleted."
+                else:
+                    row, problems = editing.build_row(system_, _turn_list(turns_), meta_)
+                    if problems:
+                        return (*refused("Not saved: " + "; ".join(problems), chooser=False), gr.update())
+                    if action == "add":
+                        rows = editing.add_row(draft.rows, row)
+                        text, n = f"Row {len(rows)} added.", len(rows)
+                    else:
+                        rows = editing.replace_row(draft.rows, n - 1, row)
+                        text = f"Row {n} replaced."
+            except ValueError as exc:
+                return (*refused(str(exc), chooser=False), gr.update())
+            new = draft.changed(rows)
+            return (*view(new, text + " Save as a new version to keep it.", reset=False), n)
+        return handler
+
+    def on_add_turn(turns_):
+        return pd.DataFrame(_turn_list(turns_) + [["", ""]], columns=editing.TURN_COLUMNS)
+
+    def on_save(draft: Draft, name):
+        if not draft.label:
+            note = f"written in the editor ({len(draft.rows)} rows)"
+        elif draft.changes:
+            note = f"edited ({draft.changes} change(s)) from {draft.label}"
+        else:
+            note = f"copy of {draft.label}"
+        return save_rows(draft, name or NEW_NAME, draft.rows, note, "in the draft")
+
+    def on_new():
+        out = view(Draft(), "A new, empty dataset: add rows with the editor, then save it.", reset=True)
+        return (out[0], *out[1:4], NEW_NAME, *out[5:])
+
+    # --- filter ----------------------------------------------------------------------
+    def lengths_for(draft: Draft, cache, model_name):
+        key = [draft.label, draft.rev, model_name]
+        if cache and cache.get("key") == key:
+            return cache["lengths"], cache
+        source = models.resolve(model_name or models.BUNDLED, models_dir)
+        if source.location not in tokenizers:
+            from transformers import AutoTokenizer
+
+            tokenizers[source.location] = AutoTokenizer.from_pretrained(source.location)
+        lengths = sh.token_lengths(draft.rows, tokenizers[source.location])
+        return lengths, {"key": key, "lengths": lengths}
+
+    def run_filters(draft: Draft, cache, model_name, controls):
+        spec = filter_spec(*controls)
+        lengths = None
+        if spec.needs_lengths():
+            lengths, cache = lengths_for(draft, cache, model_name)
+        return sh.apply_filters(draft.rows, spec, lengths), cache
+
+    def on_filter(draft: Draft, cache, *rest):
+        model_name, controls = (rest[0], rest[1:]) if model_picker is not None else (None, rest)
+        try:
+            out, cache = run_filters(draft, cache, model_name, controls)
+        except (ValueError, models.ModelUnavailable) as exc:
+            return f"⚠️ {exc}", None, None, cache
+        if not out.steps:
+            text = f"No filter is on: all **{len(draft.rows)} rows** are kept."
+        else:
+            text = f"Keeps **{len(out.rows)} of {len(draft.rows)} rows**."
+        return text, out.table(), table_frame(out.rows[:50]), cache
+
+    def on_column(draft: Draft, name):
+        if not name or name == NO_COLUMN:
+            return gr.update(choices=[], value=[])
+        counts = sh.value_counts(draft.rows, name)
+        return gr.update(choices=[(f"{v} ({n})", v) for v, n in counts], value=[])
+
+    def on_top(draft: Draft, name, n):
+        if not name or name == NO_COLUMN:
+            return gr.update()
+        return gr.update(value=sh.top_values(draft.rows, name, int(n or 0)))
+
+    def on_save_filtered(draft: Draft, cache, name, *rest):
+        model_name, controls = (rest[0], rest[1:]) if model_picker is not None else (None, rest)
+        try:
+            out, _cache = run_filters(draft, cache, model_name, controls)
+        except (ValueError, models.ModelUnavailable) as exc:
+            return refused(str(exc))
+        if not out.steps:
+            return refused("No filter is on: set one first.")
+        return save_rows(draft, name, out.rows, f"filtered from {draft.label}: {out.describe()}",
+                         f"kept of {len(draft.rows)}")
+
+    # --- split -----------------------------------------------------------------------
+    def on_split(draft: Draft, *controls):
+        try:
+            spec = split_spec(*controls)
+        except ValueError as exc:
+            return f"⚠️ {exc}", None
+        labels = sh.assign_splits(draft.rows, spec)
+        stored = " This version already has a stored split; saving makes a new one." \
+            if tdata.has_stored_split(draft.rows) else ""
+        return f"{spec.describe().capitalize()}: counts per part below.{stored}", \
+            sh.split_table(draft.rows, labels, spec.stratify)
+
+    def on_save_split(draft: Draft, name, *controls):
+        try:
+            spec = split_spec(*controls)
+        except ValueError as exc:
+            return refused(str(exc))
+        return save_rows(draft, name, sh.apply_split(draft.rows, spec), f"{spec.describe()}, of {draft.label}",
+                         f"with a {spec.describe()}")
+
+    # --- expand ----------------------------------------------------------------------
+    def on_propose(draft: Draft, *rest):
+        model_name, (n, seed, temp, max_new_) = (rest[0], rest[1:]) if model_picker is not None \
+            else (models.BUNDLED, rest)
+        if not draft.rows:
+            return "⚠️ Pick a dataset first.", gr.update()
+        if gen["it"] is None:
+            gen["it"] = Generator(models_dir)
+        try:
+            settings = GenSettings(max_new_tokens=int(max_new_), temperature=float(temp), seed=int(seed or 0))
+            found = sh.propose_paraphrases(gen["it"], model_name, draft.rows, int(n or 1), int(seed or 0), settings)
+        except (ValueError, models.ModelUnavailable) as exc:
+            return f"⚠️ {exc}", gr.update()
+        usable = sum(bool(p["paraphrase"]) for p in found)
+        return (f"{len(found)} proposals from `{model_name}`, {usable} usable. Review them, then add the ticked ones.",
+                proposals_frame(found))
+
+    def on_add_proposals(draft: Draft, frame):
+        chosen = accepted(frame)
+        if not chosen:
+            return refused("Tick at least one proposal with a paraphrase.", chooser=False)
+        if any(not 0 <= i < len(draft.rows) for i, _ in chosen):
+            return refused("These proposals belong to another version: propose again.", chooser=False)
+        rows = sh.with_paraphrases(draft.rows, chosen)
+        return view(draft.changed(rows), f"{len(chosen)} paraphrase(s) added to the draft. "
+                    "Save as a new version to keep them.", reset=False)
+
+    # --- inspect and export ------------------------------------------------------------
+    def on_measure(draft: Draft, cache, *rest):
+        model_name, max_length = (rest[0], rest[1]) if model_picker is not None else (None, rest[0])
+        if not draft.rows:
+            return None, "Pick a dataset first.", cache
+        try:
+            lengths, cache = lengths_for(draft, cache, model_name)
+        except (ValueError, OSError, models.ModelUnavailable) as exc:
+            return None, f"⚠️ {exc}", cache
+        hist = sh.length_histogram(lengths)
+        plot = gr.BarPlot(hist, x="tokens", y="rows", sort=list(hist["tokens"]))
+        return plot, sh.length_summary(lengths, int(max_length or 1)), cache
+
+    def on_export(label, which, kind):
+        path = tdata.available(datasets_dir).get(label)
+        if path is None:
+            return None, "⚠️ Pick a dataset version first."
+        try:
+            text = tdata.export_text(tdata.load_jsonl(path).rows, kind.lower(), which)
+        except ValueError as exc:
+            return None, f"⚠️ {path.stem}: {exc}."
+        out = Path(tempfile.mkdtemp(prefix="tuner-export-")) / \
+            f"{path.stem}{'' if which == 'all' else '-' + which}.{kind.lower()}"
+        out.write_text(text, encoding="utf-8")
+        return str(out), f"`{out.name}` is ready ({len(text.encode()) / 1024:.1f} KB)."
+
+    # --- wiring ------------------------------------------------------------------------
+    counts = dict(fn=on_filter, inputs=[draft_state, lengths_state, *model_input, *filter_inputs],
+                  outputs=[filter_msg, funnel, kept_preview, lengths_state], show_progress="hidden")
+    split_counts_event = dict(fn=on_split, inputs=[draft_state, *split_inputs], outputs=[split_msg, split_counts],
+                              show_progress="hidden")
+    with_chooser = [chooser, *view_outputs]
+
+    def then_recount(event):
+        event.then(**counts).then(**split_counts_event)
+
+    then_recount(chooser.input(show, chooser, view_outputs))
+    upload_outputs = [*with_chooser, upload_state, import_box, shape, map_user, map_assistant, map_system, map_meta]
+    then_recount(upload.upload(on_upload, upload, upload_outputs))
+    then_recount(starter_button.click(on_starter_file, starter_file, upload_outputs))
+    then_recount(reimport.click(on_reimport, [upload_state, shape, map_user, map_assistant, map_system, map_meta],
+                                with_chooser))
+    then_recount(hub_button.click(on_hub, [hub_id, hub_config, hub_split], with_chooser))
+
+    table.select(on_select, draft_state, [row_no, system, turns, meta, check])
+    row_no.submit(editor_for, [draft_state, row_no], [row_no, system, turns, meta, check])
+    gr.on([system.change, turns.change, meta.change], on_check, [system, turns, meta], check,
+          show_progress="hidden", trigger_mode="always_last")
+    editor_inputs = [draft_state, row_no, system, turns, meta]
+    for button, action in ((add_btn, "add"), (replace_btn, "replace"), (delete_btn, "delete")):
+        then_recount(button.click(edit(action), editor_inputs, [*view_outputs, row_no]))
+    add_turn.click(on_add_turn, turns, turns)
+    clear_btn.click(lambda: editor_for(Draft(), 0), None, [row_no, system, turns, meta, check])
+    then_recount(save_btn.click(on_save, [draft_state, name_box], with_chooser))
+    then_recount(new_btn.click(on_new, None, view_outputs))
+
+    gr.on([c.change for c in filter_inputs if c is not column] + [filter_tab.select], trigger_mode="always_last",
+          **counts)
+    column.input(on_column, [draft_state, column], values)
+    top_btn.click(on_top, [draft_state, column, top_n], values)
+    then_recount(save_filtered.click(on_save_filtered, [draft_state, lengths_state, name_box, *model_input,
+                                                        *filter_inputs], with_chooser))
+
+    gr.on([c.change for c in split_inputs] + [split_tab.select], trigger_mode="always_last", **split_counts_event)
+    then_recount(save_split.click(on_save_split, [draft_state, name_box, *split_inputs], with_chooser))
+
+    propose.click(on_propose, [draft_state, *model_input, n_prompts, expand_seed, temperature, max_new],
+                  [expand_msg, proposals])
+    then_recount(add_proposals.click(on_add_proposals, [draft_state, proposals], view_outputs))
+
+    measure.click(on_measure, [draft_state, lengths_state, *model_input, max_len],
+                  [histogram, length_md, lengths_state])
+    export_btn.click(on_export, [chooser, part, fmt], [export_file, export_msg])
+    return chooser, (show, view_outputs)
+
+
+def _turn_list(turns) -> list[list]:
+    if turns is None:
+        return []
+    if isinstance(turns, pd.DataFrame):
+        return turns.values.tolist()
+    return [list(t) for t in turns]
