@@ -45,7 +45,7 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
             with gr.Tab("Playground", id="playground") as playground:
                 refresh_playground, playground_outputs = ratings_ui.playground_tab(trainer, generator)
             with gr.Tab("Results", id="results") as results:
-                show_results, results_eval, results_outputs = ratings_ui.results_tab(store)
+                show_results, results_eval, results_outputs = ratings_ui.results_tab(store, trainer)
         # a page load (or reload, or a second browser) sees what exists now, not
         # what existed when the app was built
         demo.load(tuner_ui.refresh_datasets_fn(layout.datasets), chooser, chooser)

@@ -9,18 +9,22 @@ rater's name. Variant names are sent only in the reveal, after
 
 from __future__ import annotations
 
+import json
 import random
+import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from ratings import evalsets, stats
+from ratings import evalsets, exports, stats
 from ratings.generation import generate_evaluation, variants_for
 from ratings.store import ASPECTS, RatingError, Store, clean_rater
 from tuner.generate import GenSettings, Generator
 from tuner.runs import RunManager
-from tuner.ui_train import finished_runs
+from tuner.train import read_metrics
+from tuner.ui_train import curve_frame, finished_runs
 
 RUBRIC = ("**Helpfulness, 1–5:** 5 = usable as is · 4 = small edits · 3 = needs work · "
           "2 = mostly unhelpful · 1 = wrong or harmful. A score of 4 or more counts as a success. "
@@ -332,27 +336,170 @@ def _text(content) -> str:
     return str(content)
 
 
-def results_tab(store: Store):
+def results_tab(store: Store, trainer: RunManager | None = None):
+    """Every table of `ratings.exports.gather` for one evaluation, the plots and the exports.
+
+    Returns (show, its inputs, its outputs) so the page can refresh the tab when it is opened.
+    """
     with gr.Row():
         eval_pick = gr.Dropdown(choices=eval_choices(store), label="Evaluation", elem_id="results-eval", scale=3)
+        threshold = gr.Radio(SCORES, value=stats.SUCCESS, label="A reply succeeds when scored at least",
+                             elem_id="results-threshold", scale=2)
         refresh = gr.Button("↻ Refresh", elem_id="results-refresh", scale=0)
-    gr.Markdown(f"A reply succeeds when it is rated **{stats.SUCCESS} or more**.")
-    gr.Markdown("### Success rate per model")
+    summary = gr.Markdown(elem_id="results-summary")
+    gr.Markdown("### Success rate per model\nReplies scored at or above the threshold / replies rated, with 95% "
+                "Wilson intervals; the mean score with its 95% t interval.")
     success = gr.Dataframe(interactive=False, elem_id="success-table")
-    gr.Markdown("### Per prompt (mean score)")
-    per_prompt = gr.Dataframe(interactive=False, wrap=True, elem_id="per-prompt-table")
+    plots_key = gr.State(None)  # a new value re-renders the plots (see _results_plots)
+    _results_plots(store, trainer, plots_key)
+    gr.Markdown("### Per prompt\nEach model's mean score over the raters, and the model with the highest mean.")
+    raters = gr.Checkbox(False, label="Show each rater's scores", elem_id="results-raters")
+    per_prompt = gr.Dataframe(interactive=False, wrap=True, max_height=420, elem_id="per-prompt-table")
+    gr.Markdown("### Breakdown")
+    by = gr.Radio([], label="Success rate by", elem_id="results-by")
+    breakdown = gr.Dataframe(interactive=False, elem_id="breakdown-table")
+    gr.Markdown("### Head to head\nA paired test of the per-prompt mean scores (Wilcoxon signed-rank; sign test "
+                "beside it), then the raters' stated preferences (win rate = won / pairs with a preference).")
+    paired = gr.Dataframe(interactive=False, wrap=True, elem_id="paired-table")
+    preferences = gr.Dataframe(interactive=False, elem_id="preference-table")
+    gr.Markdown("### Agreement and bias checks")
+    agreement = gr.Markdown(elem_id="results-agreement")
+    position = gr.Dataframe(interactive=False, elem_id="bias-table")
+    lengths = gr.Dataframe(interactive=False, elem_id="length-table")
+    gr.Markdown("### Automatic metrics and the runs behind each model\nExact match and answer contained compare "
+                "the normalised reply with the reference answer; BLEU (sacrebleu) and ROUGE-L (F1) are 0–100. "
+                "Only replies with a reference count for them.")
+    automatic = gr.Dataframe(interactive=False, elem_id="metrics-table")
+    automatic_by = gr.Dataframe(interactive=False, elem_id="metrics-by-table", visible=False)
+    runs = gr.Dataframe(interactive=False, wrap=True, elem_id="results-runs")
+    gr.Markdown("### Exports\nThe Markdown report, the raw ratings (CSV), preference pairs for the next run "
+                "(JSONL prompt/chosen/rejected), the low-rated replies to rewrite (CSV: fill `completion`, then "
+                "import it on the Dataset tab) and a copy of the whole ratings database.")
+    export = gr.Button("Build the export files", elem_id="results-export")
+    export_note = gr.Markdown(elem_id="results-export-note")
+    files = gr.File(label="Exports", file_count="multiple", interactive=False, elem_id="results-files")
 
-    def show(eval_id):
+    def gathered(eval_id, cutoff):
+        return exports.gather(store, int(eval_id), int(cutoff or stats.SUCCESS), _runs_of(store, trainer, eval_id))
+
+    def show(eval_id, cutoff, with_raters, by_value):
         evals = eval_choices(store)
         if eval_id is None and evals:
             eval_id = evals[0][1]
-        if eval_id is None:
+        if eval_id is None or store.evaluation(int(eval_id)) is None:
             empty = pd.DataFrame()
-            return gr.update(choices=evals), empty, empty
-        scores = store.ratings_frame(int(eval_id))
-        return (gr.update(choices=evals, value=eval_id), stats.success_table(scores),
-                stats.per_prompt_table(scores))
+            return [gr.update(choices=evals, value=None), "No evaluation yet: build one on the Compare tab.",
+                    empty, None, empty, gr.update(choices=[], value=None), empty, empty, empty, "", empty, empty,
+                    empty, gr.update(value=empty, visible=False), empty]
+        r = gathered(eval_id, cutoff)
+        choices = list(r.breakdowns)
+        by_value = by_value if by_value in choices else (choices[0] if choices else None)
+        prompts = r.replies.drop_duplicates("position") if not r.replies.empty else None
+        table = stats.per_prompt_table(r.scores, prompts, raters=bool(with_raters)) if with_raters else r.per_prompt
+        return [gr.update(choices=evals, value=eval_id), "\n".join(f"- {line}" for line in r.summary()),
+                exports.display(r.success), (int(eval_id), int(cutoff or stats.SUCCESS), time.time()),
+                exports.display(table), gr.update(choices=choices, value=by_value),
+                exports.display(r.breakdowns[by_value]) if by_value else pd.DataFrame(),
+                exports.display(r.paired.drop(columns=["in words"])), exports.display(r.preferences), r.agreement["note"],
+                exports.display(r.position_bias), exports.display(r.lengths), exports.display(r.automatic),
+                gr.update(value=exports.display(r.automatic_by) if r.automatic_by is not None else None,
+                          visible=r.automatic_by is not None),
+                exports.display(r.runs)]
 
-    refresh.click(show, eval_pick, [eval_pick, success, per_prompt])
-    eval_pick.input(show, eval_pick, [eval_pick, success, per_prompt])
-    return show, eval_pick, [eval_pick, success, per_prompt]
+    def on_export(eval_id, cutoff):
+        if eval_id is None:
+            return "⚠️ Choose an evaluation first.", None
+        r = gathered(eval_id, cutoff)
+        paths = exports.write_exports(r, Path(tempfile.mkdtemp(prefix="tuner-results-")), store.path)
+        return (f"Built {len(paths)} files for evaluation #{eval_id} (success at {r.threshold} or more).",
+                [str(p) for p in paths])
+
+    inputs = [eval_pick, threshold, raters, by]
+    outputs = [eval_pick, summary, success, plots_key, per_prompt, by, breakdown, paired, preferences, agreement,
+               position, lengths, automatic, automatic_by, runs]
+    refresh.click(show, inputs, outputs)
+    for control in inputs:
+        control.input(show, inputs, outputs)
+    export.click(on_export, [eval_pick, threshold], [export_note, files])
+    return show, inputs, outputs
+
+
+def _runs_of(store: Store, trainer: RunManager | None, eval_id) -> dict[str, dict | None]:
+    """The run record behind each fine-tuned variant of an evaluation (None once deleted)."""
+    if trainer is None or eval_id is None:
+        return {}
+    records = {r["run_id"]: r for r in trainer.runs()}
+    return {v["name"]: records.get(v["name"]) for v in store.variants(int(eval_id)) if v["kind"] != "base"}
+
+
+def _results_plots(store: Store, trainer: RunManager | None, key: gr.State) -> None:
+    """Score distribution, success rate with interval bars, and the runs' loss curves.
+
+    Rebuilt whenever `key` changes (evaluation, threshold or a refresh), never
+    updated in place: a Gradio 6 LinePlot first given an empty frame never
+    draws, and a color series that first appears in an update is never drawn.
+    The first two are Vega-Lite specs drawn by gr.Plot (BarPlot has neither
+    grouped bars nor error bars).
+    """
+
+    @gr.render(inputs=key)
+    def plots(current):
+        if not current:
+            return
+        eval_id, cutoff, _ = current
+        scores = store.ratings_frame(eval_id)
+        if scores.empty:
+            gr.Markdown("The plots appear once there are ratings.", elem_id="results-no-plots")
+        else:
+            with gr.Row():
+                gr.Plot(_vega(_distribution_spec(stats.score_distribution(scores))), show_label=False,
+                        elem_id="results-distribution")
+                gr.Plot(_vega(_interval_spec(stats.success_table(scores, cutoff), cutoff)), show_label=False,
+                        elem_id="results-success-plot")
+        curves = [curve_frame(read_metrics(Path(run["path"])), run_id)
+                  for run_id, run in _runs_of(store, trainer, eval_id).items() if run]
+        curves = [c for c in curves if c is not None]
+        if curves:
+            gr.LinePlot(pd.concat(curves, ignore_index=True), x="step", y="loss", color="series", height=280,
+                        title="Loss curves of the evaluation's runs", elem_id="results-loss")
+
+
+def _vega(spec: dict):
+    from gradio.components.plot import PlotData
+
+    # vega-embed reads usermeta.embedOptions: svg keeps the titles and labels in the page's text
+    spec = spec | {"usermeta": {"embedOptions": {"renderer": "svg", "actions": False}}}
+    return PlotData(type="altair", plot=json.dumps(spec))  # what gr.Plot sends for an Altair chart
+
+
+VEGA_LITE = "https://vega.github.io/schema/vega-lite/v5.json"  # names the version; never fetched
+
+
+def _distribution_spec(distribution: pd.DataFrame) -> dict:
+    order = list(dict.fromkeys(distribution["model"]))
+    return {"$schema": VEGA_LITE, "title": "Score distribution per model", "width": 380, "height": 220,
+            "data": {"values": distribution.to_dict("records")},
+            "mark": {"type": "bar", "tooltip": True},
+            "encoding": {"x": {"field": "score", "type": "ordinal", "title": "score"},
+                         "xOffset": {"field": "model", "sort": order},
+                         "y": {"field": "share", "type": "quantitative", "title": "share of the model's ratings",
+                               "axis": {"format": "%"}},
+                         "color": {"field": "model", "type": "nominal", "sort": order}}}
+
+
+def _interval_spec(success: pd.DataFrame, cutoff: int) -> dict:
+    order = list(success["model"])
+    rows = success[["model", "rate", "rate low", "rate high", "success"]].rename(
+        columns={"rate low": "low", "rate high": "high"}).to_dict("records")
+    y = {"field": "model", "type": "nominal", "sort": order, "title": None}
+    scale = {"domain": [0, 1]}
+    return {"$schema": VEGA_LITE, "title": f"Success rate (scored {cutoff}+) with 95% intervals",
+            "width": 380, "height": 40 + 40 * len(rows), "data": {"values": rows},
+            "layer": [
+                {"mark": {"type": "rule", "strokeWidth": 2},
+                 "encoding": {"y": y, "x": {"field": "low", "type": "quantitative", "scale": scale,
+                                            "axis": {"format": "%"}, "title": "success rate"},
+                              "x2": {"field": "high"}, "color": {"field": "model", "sort": order, "legend": None}}},
+                {"mark": {"type": "point", "filled": True, "size": 90, "tooltip": True},
+                 "encoding": {"y": y, "x": {"field": "rate", "type": "quantitative", "scale": scale},
+                              "color": {"field": "model", "sort": order, "legend": None}}}]}

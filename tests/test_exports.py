@@ -1,0 +1,207 @@
+"""Exports and the gathered results, over a real SQLite store filled through its own API.
+
+`filled_store` is shared with the browser test of the Results tab.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ratings import exports
+from ratings.store import Store
+
+VARIANTS = [{"name": "base", "label": "base (tiny)", "kind": "base"},
+            {"name": "run-xyz", "label": "lora: run-xyz", "kind": "lora"}]
+PROMPTS = [
+    {"text": "When was Brightwave founded?", "external_id": "q1", "task": "founding", "category": "easy",
+     "reference": "It was founded in 2014."},
+    {"text": "Where is Brightwave based?", "external_id": "q2", "task": "place", "category": "easy",
+     "reference": "Tampere, Finland."},
+    {"text": "Who runs Brightwave?", "external_id": "q3", "task": "people", "category": "hard",
+     "reference": "The CEO is Liisa Kortelainen."},
+    {"text": "Decline an invitation politely.", "external_id": "q4", "task": "etiquette"},
+]
+REPLIES = {  # (base, fine-tuned) per prompt
+    1: ("I think it was 1999.", "It was founded in 2014."),
+    2: ("Somewhere in Europe.", "Brightwave is based in Tampere, Finland."),
+    3: ("I do not know.", "The CEO is Liisa Kortelainen.\nShe | founded it"),
+    4: ("No.", "Thank you so much for the invitation; sadly I cannot come."),
+}
+# (rater, position) -> (base score, fine-tuned score, preference for the fine-tuned side or None, comment)
+SCORES = {("Ana", 1): (2, 4, "ft", "base guessed"), ("Ana", 2): (3, 5, "ft", None), ("Ana", 3): (3, 3, "tie", None),
+          ("Ana", 4): (4, 5, None, None),
+          ("Ben", 1): (3, 5, "ft", None), ("Ben", 2): (3, 4, "ft", None), ("Ben", 3): (2, 4, "base", "odd\nline"),
+          ("Ben", 4): (4, 5, "ft", None)}
+
+
+def filled_store(path: Path, rated: bool = True) -> tuple[Store, int]:
+    """An evaluation of 4 prompts × 2 variants, rated by Ana and Ben through the
+    store's own rating flow (sides drawn by the store, scores given per variant)."""
+    store = Store(path)
+    settings = {"max_new_tokens": 16, "temperature": 0.0, "variants": ["base", "run-xyz"]}
+    eval_id = store.create_evaluation("friends' round", "tiny", PROMPTS, VARIANTS, settings=settings)
+    ids = [v["id"] for v in store.variants(eval_id)]
+    for p in store.prompts(eval_id):
+        for k, vid in enumerate(ids):
+            store.add_reply(p["id"], vid, REPLIES[p["position"]][k], {"max_new_tokens": 16}, 0.5 + k, 8 + k)
+    store.open_for_rating(eval_id)
+    if rated:
+        rng = random.Random(7)
+        for rater in ("Ana", "Ben"):
+            while (pair := store.next_pair(eval_id, rater, rng)) is not None:
+                rate_as_planned(store, pair["assignment_id"], rater)
+    return store, eval_id
+
+
+def rate_as_planned(store: Store, assignment_id: int, rater: str) -> None:
+    with store.db() as db:
+        position, left = db.execute(
+            "SELECT p.position, v.name FROM assignments a JOIN replies r ON r.id = a.left_reply_id "
+            "JOIN prompts p ON p.id = r.prompt_id JOIN variants v ON v.id = r.variant_id WHERE a.id = ?",
+            [assignment_id]).fetchone()
+    base, tuned, preferred, comment = SCORES[(rater, position)]
+    left_is_base = left == "base"
+    pref = {None: None, "tie": "tie", "ft": "B" if left_is_base else "A", "base": "A" if left_is_base else "B"}
+    store.rate_pair(assignment_id, rater, base if left_is_base else tuned, tuned if left_is_base else base,
+                    preference=pref[preferred], comment=comment)
+
+
+@pytest.fixture
+def results(tmp_path):
+    store, eval_id = filled_store(tmp_path / "ratings.db")
+    return store, exports.gather(store, eval_id, 4)
+
+
+def test_gather_computes_every_table_from_the_store(results):
+    _, r = results
+    success = r.success.set_index("model")
+    assert success.loc["base (tiny)", "success"] == "2/8"  # the two 4s on q4
+    assert success.loc["lora: run-xyz", "success"] == "7/8"
+    assert list(r.per_prompt["winner"]) == ["lora: run-xyz"] * 4  # q3: 2.5 vs 3.5
+    assert r.paired.loc[0, "better"] == 4 and r.paired.loc[0, "prompts"] == 4
+    assert r.agreement["raters"] == 2 and r.agreement["items"] == 8
+    assert set(r.breakdowns) == {"category", "rater"}  # every task is its own prompt: no task breakdown
+    assert r.automatic_by is not None and set(r.automatic_by["category"]) == {"easy", "hard", "(none)"}
+    prefs = r.preferences.set_index("model")
+    assert prefs.loc["lora: run-xyz", ["won", "lost", "tie", "no preference"]].tolist() == [5, 1, 1, 1]
+
+
+def test_threshold_changes_the_success_table(tmp_path):
+    store, eval_id = filled_store(tmp_path / "ratings.db")
+    low = exports.gather(store, eval_id, 3).success.set_index("model")
+    assert low.loc["base (tiny)", "success"] == "6/8"
+    assert low.loc["lora: run-xyz", "success"] == "8/8"
+
+
+def test_markdown_report_reads_on_its_own(results):
+    _, r = results
+    text = exports.report_markdown(r)
+    for heading in ("# friends' round", "## Summary", "## Settings", "## Success rate per model", "### By category",
+                    "## Per prompt (mean score over the raters)", "## Head to head", "## Agreement between raters",
+                    "## Bias checks", "## Automatic metrics", "## Prompts and replies"):
+        assert f"\n{heading}\n" in f"\n{text}", heading
+    assert "| max_new_tokens | 16 |" in text
+    assert "a reply succeeds at **4 or more**" in text
+    assert "| base (tiny) | 8 | 2 | 2/8 | 25% |" in text
+    # each prompt with its replies side by side, a pipe and a line break kept inside the cell
+    assert "| base (tiny) | lora: run-xyz |" in text
+    assert "| I do not know. | The CEO is Liisa Kortelainen.<br>She \\| founded it |" in text
+    assert "**mean 2.50**: 3 (Ana), 2 (Ben)" in text
+    assert "Ben (base (tiny) vs lora: run-xyz): “odd line”" in text or \
+        "Ben (lora: run-xyz vs base (tiny)): “odd line”" in text
+    assert "**Reference:** Tampere, Finland." in text
+
+
+def test_report_of_an_evaluation_nobody_rated(tmp_path):
+    store, eval_id = filled_store(tmp_path / "ratings.db", rated=False)
+    text = exports.report_markdown(exports.gather(store, eval_id))
+    assert "No ratings yet" in text
+    assert text.count("_not rated_") == 8  # every reply still shown, side by side
+
+
+def test_preference_pairs_take_the_higher_mean_as_chosen(results):
+    _, r = results
+    pairs = exports.preference_pairs(r)
+    assert len(pairs) == 4  # every prompt's means differ
+    q3 = next(p for p in pairs if p["id"] == "q3")  # base 2.5 vs fine-tuned 3.5
+    assert q3["chosen"] == REPLIES[3][1] and q3["rejected"] == REPLIES[3][0]
+    assert (q3["chosen_score"], q3["rejected_score"]) == (3.5, 2.5)
+    assert q3["prompt"] == "Who runs Brightwave?"
+
+
+def test_equal_means_give_no_preference_pair(tmp_path):
+    store, eval_id = filled_store(tmp_path / "ratings.db", rated=False)
+    rng = random.Random(1)
+    pair = store.next_pair(eval_id, "Cy", rng)
+    store.rate_pair(pair["assignment_id"], "Cy", 3, 3)
+    assert exports.preference_pairs(exports.gather(store, eval_id)) == []
+
+
+def test_low_rated_list_imports_as_chat_examples_once_rewritten(results, tmp_path):
+    from tuner.importers import import_file
+
+    _, r = results
+    low = exports.low_rated(r)
+    # mean below 4: base on q1 (2.5), q2 (3), q3 (2.5) and the fine-tuned q3 (3.5); worst first
+    assert list(zip(low["id"], low["model"])) == [("q1", "base (tiny)"), ("q3", "base (tiny)"),
+                                                  ("q2", "base (tiny)"), ("q3", "lora: run-xyz")]
+    assert low.loc[0, "comments"] == "Ana: base guessed"
+    assert (low["completion"] == "").all()
+    low["completion"] = "A better reply."
+    path = tmp_path / "rewritten.csv"
+    low.to_csv(path, index=False)
+    imported = import_file(path)
+    assert imported.shape == "prompt_completion" and not imported.problems
+    assert imported.rows[0]["messages"] == [{"role": "user", "content": "When was Brightwave founded?"},
+                                            {"role": "assistant", "content": "A better reply."}]
+
+
+def test_write_exports_writes_five_files(results, tmp_path):
+    store, r = results
+    paths = exports.write_exports(r, tmp_path / "out", store.path)
+    names = [p.name for p in paths]
+    assert names == ["evaluation-1-report.md", "evaluation-1-ratings.csv", "evaluation-1-preference-pairs.jsonl",
+                     "evaluation-1-low-rated.csv", "tuner-ratings.db"]
+    ratings = pd.read_csv(paths[1])
+    assert len(ratings) == 16 and {"rater", "score", "reply", "variant"} <= set(ratings.columns)
+    lines = paths[2].read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 4 and set(json.loads(lines[0])) >= {"prompt", "chosen", "rejected"}
+
+
+def test_sqlite_backup_is_a_complete_self_contained_copy(results, tmp_path):
+    store, _ = results
+    # the live database is in WAL mode: recent writes may sit in the -wal file
+    copy = exports.backup_sqlite(store.path, tmp_path / "copy.db")
+    conn = sqlite3.connect(copy)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM ratings").fetchone()[0] == 16
+        assert conn.execute("SELECT COUNT(*) FROM audit").fetchone()[0] == 16
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+    assert not Path(f"{copy}-wal").exists()
+    # a backup over an older file replaces it
+    assert exports.backup_sqlite(store.path, copy) == copy
+
+
+def test_display_merges_intervals_and_formats_numbers():
+    nan = float("nan")
+    table = pd.DataFrame({"model": ["a", "b"], "rate": [0.25, nan], "rate low": [0.071, nan], "rate high": [0.591, nan],
+                          "mean score": [2.625, 4.0], "wilcoxon p": [0.0390625, 0.0004]})
+    shown = exports.display(table)
+    assert list(shown.columns) == ["model", "rate", "rate 95% CI", "mean score", "wilcoxon p"]
+    assert shown.iloc[0].tolist() == ["a", "25%", "7%–59%", "2.62", "0.039"]
+    assert shown.iloc[1].tolist() == ["b", "", "", "4", "< 0.001"]
+
+
+def test_markdown_table_escapes_cells():
+    text = exports.markdown_table(pd.DataFrame({"a": ["x|y"], "b": ["one\ntwo"]}))
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| x\\|y | one<br>two |"]
+    assert exports.markdown_table(pd.DataFrame()) == "_(no rows yet)_"
