@@ -354,7 +354,7 @@ def results_tab(store: Store, trainer: RunManager | None = None):
     _results_plots(store, trainer, plots_key)
     gr.Markdown("### Per prompt\nEach model's mean score over the raters, and the model with the highest mean.")
     raters = gr.Checkbox(False, label="Show each rater's scores", elem_id="results-raters")
-    per_prompt = gr.Dataframe(interactive=False, wrap=True, max_height=420, elem_id="per-prompt-table")
+    per_prompt = gr.Dataframe(interactive=False, wrap=True, max_height=900, elem_id="per-prompt-table")
     gr.Markdown("### Breakdown")
     by = gr.Radio([], label="Success rate by", elem_id="results-by")
     breakdown = gr.Dataframe(interactive=False, elem_id="breakdown-table")
