@@ -12,18 +12,24 @@ category, task, variant, label, reply, latency_s, new_tokens.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
 from pathlib import Path
 
 import pandas as pd
-import sacrebleu
-from rouge_score import rouge_scorer
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 # Porter stemming is pure Python in nltk: no data files to download
-_ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+@functools.cache
+def _rouge():
+    """ROUGE-L scorer, built on first use: rouge-score imports nltk (~1 s), off the start-up path."""
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
 def normalize(text: str | None) -> str:
@@ -53,12 +59,14 @@ def bleu(replies: list[str], references: list[str]) -> float:
     """Corpus BLEU (sacrebleu's defaults: 13a tokenisation, 0–100)."""
     if not replies:
         return math.nan
+    import sacrebleu
+
     return float(sacrebleu.corpus_bleu(list(replies), [list(references)]).score)
 
 
 def rouge_l(reply: str, reference: str) -> float:
     """ROUGE-L F1 of one reply against its reference, 0–100."""
-    return 100 * _ROUGE.score(reference, reply)["rougeL"].fmeasure
+    return 100 * _rouge().score(reference, reply)["rougeL"].fmeasure
 
 
 METRIC_COLUMNS = ["model", "replies", "with reference", "exact match", "answer contained", "BLEU", "ROUGE-L",

@@ -15,12 +15,20 @@ may move together, so with few prompts they are, if anything, too narrow.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
+
+
+@functools.cache
+def _scipy_stats():
+    """scipy.stats, imported on first use: it costs ~1 s, off the app's start-up path."""
+    from scipy import stats
+
+    return stats
 
 SUCCESS = 4  # a reply "succeeds" when rated this or more (adjustable in the tab)
 Z95 = 1.959963984540054  # the normal quantile for a two-sided 95% interval
@@ -54,7 +62,7 @@ def mean_interval(values, bounds: tuple[float, float] = (1, 5)) -> tuple[float, 
     mean = float(values.mean())
     if n == 1:
         return mean, math.nan, math.nan
-    half = float(sps.t.ppf(0.975, n - 1)) * float(values.std(ddof=1)) / math.sqrt(n)
+    half = float(_scipy_stats().t.ppf(0.975, n - 1)) * float(values.std(ddof=1)) / math.sqrt(n)
     return mean, max(bounds[0], mean - half), min(bounds[1], mean + half)
 
 
@@ -163,8 +171,8 @@ def paired_tests(scores: pd.DataFrame) -> pd.DataFrame:
         diff = both[model] - both[reference]
         n, better, worse = len(diff), int((diff > 0).sum()), int((diff < 0).sum())
         tied = n - better - worse
-        wilcoxon = float(sps.wilcoxon(diff[diff != 0]).pvalue) if better + worse else math.nan
-        sign = float(sps.binomtest(better, better + worse).pvalue) if better + worse else math.nan
+        wilcoxon = float(_scipy_stats().wilcoxon(diff[diff != 0]).pvalue) if better + worse else math.nan
+        sign = float(_scipy_stats().binomtest(better, better + worse).pvalue) if better + worse else math.nan
         rows.append([model, reference, n, better, worse, tied, round(float(diff.mean()), 3) if n else math.nan,
                      wilcoxon, sign, paired_sentence(model, reference, n, better, worse, wilcoxon)])
     return pd.DataFrame(rows, columns=columns)
@@ -296,7 +304,7 @@ def _lookup(score_of: pd.Series, judgements: pd.DataFrame, side: str) -> np.ndar
 def _bias_row(by: str, pairs: int, left: int, right: int, tie: int) -> list:
     decided = left + right
     low, high = wilson_interval(left, decided)
-    p = float(sps.binomtest(left, decided).pvalue) if decided else math.nan
+    p = float(_scipy_stats().binomtest(left, decided).pvalue) if decided else math.nan
     return [by, pairs, left, right, tie, left / decided if decided else math.nan, low, high, p]
 
 
@@ -308,7 +316,7 @@ def length_correlation(scores: pd.DataFrame) -> pd.DataFrame:
     for label, part in [("all models", scores)] + [(m, scores[scores["label"] == m]) for m in models(scores)]:
         rho, p = math.nan, math.nan
         if len(part) >= 3 and part["score"].nunique() > 1 and part["reply_chars"].nunique() > 1:
-            result = sps.spearmanr(part["score"], part["reply_chars"])
+            result = _scipy_stats().spearmanr(part["score"], part["reply_chars"])
             rho, p = float(result.statistic), float(result.pvalue)
         rows.append([label, len(part), rho, p])
     return _rounded(pd.DataFrame(rows, columns=columns), 3)
