@@ -2,7 +2,8 @@
 
     python app.py            # serves on http://localhost:7860 (GRADIO_SERVER_PORT honoured)
 
-Environment: TUNER_HOME (data root), TUNER_MODEL (the model picked at start).
+Environment: TUNER_HOME (data root), TUNER_MODEL (the model picked at start),
+TUNER_OWNER_PASSWORD and/or TUNER_OWNER (owner-only mode; see tuner/access.py).
 """
 
 from __future__ import annotations
@@ -18,22 +19,30 @@ from ratings import ui as ratings_ui
 from ratings.store import Store
 from tuner import models
 from tuner import ui as tuner_ui
-from tuner import ui_train
+from tuner import ui_access, ui_export, ui_train
+from tuner.access import Access, app_secret
 from tuner.generate import Generator
-from tuner.paths import Layout, data_root
+from tuner.paths import Layout, data_root, max_upload
 from tuner.runs import RunManager
 
 
-def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Random | None = None) -> gr.Blocks:
-    """Compose the tabs over one data root; tests call this with a tmp folder."""
+def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Random | None = None,
+              access: Access | None = None) -> gr.Blocks:
+    """Compose the tabs over one data root; tests call this with a tmp folder.
+
+    `access` defaults to the environment's (TUNER_OWNER_PASSWORD, TUNER_OWNER)."""
     layout = Layout(home)
     trainer = RunManager(layout.runs, layout.models)
     generator = Generator(layout.models)
     store = Store(layout.ratings_db)
     rng = rng or random.Random()
+    access = access or Access.from_env()
+    secret = app_secret(layout.root)
+    limits = ratings_ui.RaterLimits()
 
     with gr.Blocks(title="Tuner", analytics_enabled=False, head=ratings_ui.KEYS_JS) as demo:
         gr.Markdown("# Tuner\nBuild a dataset, fine-tune with LoRA, then rate base and fine-tuned replies blind.")
+        owner_status = ui_access.owner_bar(access)
         picker, _status = tuner_ui.model_picker(layout.models, default_model)
         with gr.Tabs():
             with gr.Tab("Dataset", id="dataset"):
@@ -41,13 +50,17 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
             with gr.Tab("Train", id="train"):
                 modules, estimate = ui_train.train_tab(trainer, layout.datasets, picker, chooser)
             with gr.Tab("Compare", id="compare") as compare:
-                refresh_compare, compare_outputs = ratings_ui.compare_tab(trainer, generator, store, rng)
+                refresh_compare, compare_outputs = ratings_ui.compare_tab(trainer, generator, store, rng, secret, limits)
             with gr.Tab("Playground", id="playground") as playground:
                 refresh_playground, playground_outputs = ratings_ui.playground_tab(trainer, generator)
             with gr.Tab("Results", id="results") as results:
                 show_results, results_eval, results_outputs = ratings_ui.results_tab(store, trainer)
+            with gr.Tab("Export", id="export"):
+                ui_export.export_panel(trainer, layout)
         # a page load (or reload, or a second browser) sees what exists now, not
         # what existed when the app was built
+        if owner_status:
+            demo.load(owner_status[0], None, owner_status[1], api_name="owner_status")
         demo.load(tuner_ui.refresh_datasets_fn(layout.datasets), chooser, chooser)
         demo.load(show_dataset, chooser, dataset_outputs)
         demo.load(*modules)
@@ -57,10 +70,13 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
         playground.select(refresh_playground, None, playground_outputs)
         results.select(show_results, results_eval, results_outputs)
     # The raters' page: a second page on the same server with only the rating
-    # view. (A route is not access control: owner-only checks live in handlers.)
+    # view. (A route is not access control: the guard below is.)
     with demo.route("Rate", "/rate", show_in_navbar=False):
-        refresh_rater, rater_eval = ratings_ui.raters_page(store, rng)
-        demo.load(refresh_rater, None, rater_eval)
+        refresh_rater, rater_eval = ratings_ui.raters_page(store, rng, secret, limits)
+        demo.load(refresh_rater, None, rater_eval, api_name="rater_refresh")
+    # Owner-only by default: every handler outside the raters' page checks the
+    # request on the server (see tuner/ui_access.py).
+    ui_access.guard(demo, access)
     return demo
 
 
@@ -76,7 +92,8 @@ def main() -> None:
             print(f"Warning: {exc}", flush=True)
     demo = build_app(home, model)
     print(f"Data root: {home}. Ready in {time.perf_counter() - start:.1f} s.", flush=True)
-    demo.queue(default_concurrency_limit=4).launch(server_name=os.environ.get("GRADIO_SERVER_NAME"))
+    demo.queue(default_concurrency_limit=4).launch(server_name=os.environ.get("GRADIO_SERVER_NAME"),
+                                                   max_file_size=max_upload())
 
 
 if __name__ == "__main__":

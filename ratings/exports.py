@@ -18,7 +18,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import sqlite3
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +28,8 @@ from pathlib import Path
 import pandas as pd
 
 from ratings import metrics, stats
-from ratings.store import Store
+from ratings.store import Store, sqlite_disk_problem
+from tuner.paths import StorageError, fsync_dir, inside, storage_error
 
 BREAKDOWNS = ("category", "task", "rater")  # what the success rate can be broken down by
 PERCENT = {"rate", "win rate", "left share", "exact match", "answer contained"}
@@ -280,16 +283,48 @@ def low_rated(r: Results) -> pd.DataFrame:
 # --- files ---------------------------------------------------------------------------------
 def backup_sqlite(source: Path, target: Path) -> Path:
     """A consistent copy of the whole database (sqlite3's online backup reads a
-    snapshot, WAL included, while raters keep writing), as one self-contained file."""
+    snapshot, WAL included, while raters keep writing), as one self-contained file.
+
+    Never a file copy (that can catch the database between a write and its WAL):
+    the backup goes into a temp file beside `target`, which replaces `target`
+    only once complete; a full disk raises StorageError and leaves no file.
+    """
     target = Path(target)
-    target.unlink(missing_ok=True)
-    src, dst = sqlite3.connect(source), sqlite3.connect(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        src.backup(dst)
-        dst.execute("PRAGMA journal_mode=DELETE")  # no -wal file beside the copy
-    finally:
-        dst.close()
-        src.close()
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise storage_error(exc, "the database backup", target.parent) from exc
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        # mode=rw: a missing source is an error, not a new empty database
+        src = sqlite3.connect(Path(source).resolve().as_uri() + "?mode=rw", uri=True, timeout=30)
+        try:
+            dst = sqlite3.connect(tmp)
+            try:
+                src.backup(dst)  # one step (pages=-1): one read transaction, so one point in time
+                dst.execute("PRAGMA journal_mode=DELETE")  # no -wal file beside the copy
+                check = dst.execute("PRAGMA quick_check").fetchone()[0]
+                if check != "ok":
+                    raise sqlite3.DatabaseError(f"the copy failed its check: {check}")
+            finally:
+                dst.close()
+        finally:
+            src.close()
+        os.replace(tmp, target)
+    except (sqlite3.Error, OSError) as exc:
+        for leftover in (tmp, Path(f"{tmp}-journal"), Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+            leftover.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise storage_error(exc, "the database backup", target.parent) from exc
+        problem = sqlite_disk_problem(exc) or str(exc)
+        raise StorageError(f"Could not back up {source} to {target}: {problem}. No backup file was left; "
+                           "free some disk space or fix the disk, then try again.") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
     return target
 
 
@@ -300,18 +335,29 @@ def ratings_csv(r: Results) -> pd.DataFrame:
 
 
 def write_exports(r: Results, folder: Path, database: Path) -> list[Path]:
-    """Write the five export files into `folder`; returns their paths."""
+    """Write the five export files into `folder`; returns their paths. A full or
+    failing disk raises StorageError naming the file."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     stem = f"evaluation-{r.evaluation['id']}"
     report = folder / f"{stem}-report.md"
-    report.write_text(report_markdown(r), encoding="utf-8")
     ratings = folder / f"{stem}-ratings.csv"
-    ratings_csv(r).to_csv(ratings, index=False)
     pairs = folder / f"{stem}-preference-pairs.jsonl"
-    pairs.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preference_pairs(r)),
-                     encoding="utf-8")
     low = folder / f"{stem}-low-rated.csv"
-    low_rated(r).to_csv(low, index=False)
+    current = folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        current = report
+        report.write_text(report_markdown(r), encoding="utf-8")
+        current = ratings
+        ratings_csv(r).to_csv(ratings, index=False)
+        current = pairs
+        pairs.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preference_pairs(r)),
+                         encoding="utf-8")
+        current = low
+        low_rated(r).to_csv(low, index=False)
+    except OSError as exc:
+        if current != folder:
+            current.unlink(missing_ok=True)  # no half-written file to download
+        raise storage_error(exc, f"the export file {current.name}", folder) from exc
     backup = backup_sqlite(database, folder / "tuner-ratings.db")
     return [report, ratings, pairs, low, backup]

@@ -15,8 +15,11 @@ comparison once, with sides drawn for that rater and kept here.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import json
+import secrets
 import random
 import sqlite3
 from contextlib import contextmanager
@@ -26,6 +29,8 @@ from pathlib import Path
 import pandas as pd
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
+
+from tuner.paths import StorageError
 
 migrations = Migrations("tuner.ratings")
 ASPECTS = ("adherence", "tone", "clarity")  # optional 1-5 scores beside helpfulness
@@ -123,8 +128,26 @@ def _initial(db: sqlite_utils.Database) -> None:
     """)
 
 
+@migrations(name="0002_rater_keys")
+def _rater_keys(db: sqlite_utils.Database) -> None:
+    # a typed-in rater name belongs to the browser that first used it (it holds
+    # the key); a Hugging Face sign-in proves the name by itself (kind 'hf')
+    db.executescript("""
+    CREATE TABLE rater_keys (
+        rater TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('key', 'hf')),
+        key_hash TEXT,
+        created_at TEXT NOT NULL
+    );
+    """)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 class RatingError(ValueError):
@@ -154,36 +177,74 @@ def check_score(score, label: str, required: bool = True) -> int | None:
     return value
 
 
+# SQLite's result codes for a disk that fails under it, in a person's words
+SQLITE_DISK_PROBLEMS = {
+    "SQLITE_FULL": "the disk is full",
+    "SQLITE_IOERR": "the disk failed to read or write (it may be full, over a size limit, or failing)",
+    "SQLITE_READONLY": "the file or its disk is read-only",
+    "SQLITE_CANTOPEN": "the file cannot be opened (missing folder, permissions or no space)",
+    "SQLITE_CORRUPT": "the file is damaged",
+    "SQLITE_NOTADB": "the file is not a SQLite database",
+}
+
+
+def sqlite_disk_problem(exc: BaseException) -> str | None:
+    """What went wrong with the disk under SQLite, or None for other errors."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    for code, problem in SQLITE_DISK_PROBLEMS.items():
+        if name == code or name.startswith(code + "_"):
+            return f"{problem} (SQLite: {exc})"
+    return None
+
+
 class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.db() as db:
+        with self.db("open") as db:
             db.execute("PRAGMA journal_mode=WAL")
             migrations.apply(db)
 
     @contextmanager
-    def db(self):
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+    def db(self, _action: str = "read"):
+        """A short-lived connection. A disk failure under it becomes StorageError."""
+        conn = None
         try:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA busy_timeout=30000")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             yield sqlite_utils.Database(conn)
+        except sqlite3.Error as exc:
+            problem = sqlite_disk_problem(exc)
+            if problem is None:
+                raise
+            done = "Nothing from this action was saved" if _action == "save" else "Nothing was changed"
+            verb = "save to" if _action == "save" else _action
+            raise StorageError(f"Could not {verb} the ratings database {self.path}: {problem}. {done}; "
+                               "free some disk space or fix the disk, then try again.") from exc
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
 
     @contextmanager
     def write(self):
-        """A write transaction that takes the lock up front (no upgrade deadlocks)."""
-        with self.db() as db:
+        """A write transaction that takes the lock up front (no upgrade deadlocks).
+        On any error it is rolled back whole: a rating is in the file with all its
+        rows, or not at all."""
+        with self.db("save") as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # a full disk or an I/O error may already have rolled SQLite back
+                if db.conn.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # closing the connection rolls back what is left
                 raise
-            db.execute("COMMIT")
 
     # --- evaluations, variants, prompts, replies -------------------------------------
     def create_evaluation(self, name: str, base_model: str, prompts: list[dict], variants: list[dict],
@@ -291,6 +352,31 @@ class Store:
         expected = evaluation["invite_code"]
         if expected and (code or "").strip() != expected:
             raise RatingError("That invite code is not right for this evaluation; ask the owner for the link's code.")
+
+    def claim_rater(self, name: str, key: str | None = None, signed_in: bool = False) -> tuple[str, str | None]:
+        """Tie a rater name to its proof; returns (name, key to keep in the browser).
+
+        A typed name is claimed by the first browser that uses it: it gets a
+        random key, and later joins under that name must show it. A Hugging
+        Face sign-in (`signed_in`) is its own proof. Nobody can rate as, or
+        overwrite the ratings of, a rater whose proof they lack."""
+        name = clean_rater(name)
+        with self.write() as db:
+            row = db.execute("SELECT kind, key_hash FROM rater_keys WHERE rater = ?", [name]).fetchone()
+            if row is None:
+                new_key = None if signed_in else secrets.token_urlsafe(24)
+                db.execute("INSERT INTO rater_keys (rater, kind, key_hash, created_at) VALUES (?, ?, ?, ?)",
+                           [name, "hf" if signed_in else "key", _hash_key(new_key) if new_key else None, _now()])
+                return name, new_key
+        kind, key_hash = row
+        if signed_in and kind == "hf":
+            return name, None
+        if not signed_in and kind == "key" and key and hmac.compare_digest(_hash_key(key), key_hash):
+            return name, key
+        if kind == "hf":
+            raise RatingError(f"{name!r} rates with a Hugging Face sign-in; sign in as {name} or pick another name.")
+        raise RatingError(f"Someone already rates as {name!r} from another browser. Go on in that browser, "
+                          "or pick another name.")
 
     def progress(self, evaluation_id: int, rater: str) -> tuple[int, int]:
         """(comparisons this rater has rated, comparisons in the evaluation)."""

@@ -21,9 +21,12 @@ import pandas as pd
 from ratings import evalsets, exports, stats
 from ratings.generation import generate_evaluation, variants_for
 from ratings.store import ASPECTS, RatingError, Store, clean_rater
+from tuner.access import RateLimiter
 from tuner.generate import GenSettings, Generator
+from tuner.paths import StorageError
 from tuner.runs import RunManager
 from tuner.train import read_metrics
+from tuner.ui_access import hf_username
 from tuner.ui_train import curve_frame, finished_runs
 
 RUBRIC = ("**Helpfulness, 1–5:** 5 = usable as is · 4 = small edits · 3 = needs work · "
@@ -55,18 +58,32 @@ document.addEventListener('keydown', (e) => {
 """
 
 
+class RaterLimits:
+    """Per-rater submissions (a person needs seconds a pair; a script floods) and
+    sign-ins per client address. One instance per app, shared by its panels."""
+
+    def __init__(self, submits: tuple[int, float] = (10, 30.0), joins: tuple[int, float] = (30, 600.0)):
+        self.submits = RateLimiter(*submits)
+        self.joins = RateLimiter(*joins)
+
+
 def eval_choices(store: Store) -> list[tuple[str, int]]:
     return [(f"#{e['id']} {e['name']} ({e['n_prompts']} prompts × {e['n_variants']} variants)", e["id"])
             for e in store.evaluations()]
 
 
-def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool):
+def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool, secret: str | None = None,
+                 limits: RaterLimits | None = None):
     """Join (name, invite code) → pairs one at a time → scores → commit → reveal.
 
     The same panel serves the owner's Compare tab and the raters' page. Its
     handlers only read this rater's next pair and write this rater's ratings.
+    Identity: a Hugging Face sign-in, else the typed name, which belongs to the
+    browser that first used it (its key is kept in that browser's storage);
+    the name then lives in server-side state, never taken from the browser.
     Returns the evaluation dropdown, so the page can refresh its choices.
     """
+    limits = limits or RaterLimits()
     with gr.Column(elem_classes=["rating-panel"]):
         with gr.Row():
             evaluation = gr.Dropdown(eval_choices(store), label="Evaluation", elem_id=f"{prefix}-eval", scale=2)
@@ -99,6 +116,8 @@ def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool):
         reveal = gr.Markdown(elem_id=f"{prefix}-reveal")
         next_pair = gr.Button("Next pair", elem_id=f"{prefix}-next")
     rater = gr.State(None)  # server-side: set by join, never taken from the browser afterwards
+    # this browser's proof of the names it has used; encrypted with the app's secret
+    keys = gr.BrowserState({}, storage_key="tuner-rater-keys", secret=secret)
     eval_state = gr.State(None)
     assignment = gr.State(None)  # server-side: the browser never sees the mapping
     (reply_a, score_a, aspects_a), (reply_b, score_b, aspects_b) = sides
@@ -110,7 +129,7 @@ def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool):
             return ["⚠️ Choose an evaluation, enter your name and press Start rating.", *blank]
         try:
             pair = store.next_pair(int(eval_id), who, rng)
-        except RatingError as exc:
+        except (RatingError, StorageError) as exc:
             return [f"⚠️ {exc}", *blank]
         if pair is None:
             done, total = store.progress(int(eval_id), who)
@@ -121,26 +140,37 @@ def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool):
         return [f"{who} · pair {pair['done'] + 1} of {pair['total']}", pair["assignment_id"], heading,
                 pair["reply_a"], pair["reply_b"]] + [None] * len(clearable) + [""]
 
-    def on_join(eval_id, typed_name, invite, request: gr.Request):
+    def on_join(eval_id, typed_name, invite, known_keys, request: gr.Request):
         # a Hugging Face sign-in (on a Space with hf_oauth) names the rater; else the typed name
-        who = getattr(request, "username", None) or typed_name
+        signed_in = hf_username(request)
+        known_keys = known_keys if isinstance(known_keys, dict) else {}
+        client = getattr(getattr(request, "client", None), "host", None) or "unknown"
         try:
+            allowed, wait = limits.joins.allow(client)
+            if not allowed:
+                raise RatingError(f"Too many sign-ins from this address; try again in {wait:.0f} s.")
             if eval_id is None:
                 raise RatingError("Choose an evaluation first.")
             store.check_invite(int(eval_id), invite)
-            who = clean_rater(who)
+            name = clean_rater(signed_in or typed_name)
+            who, key = store.claim_rater(name, known_keys.get(name), signed_in=bool(signed_in))
         except RatingError as exc:
-            return [None, None, f"⚠️ {exc}", None, "", "", ""] + [None] * len(clearable) + [""]
-        return [who, eval_id] + serve(eval_id, who)
+            return [None, None, gr.skip(), f"⚠️ {exc}", None, "", "", ""] + [None] * len(clearable) + [""]
+        if key:
+            known_keys = {**known_keys, who: key}
+        return [who, eval_id, known_keys] + serve(eval_id, who)
 
     def on_submit(assignment_id, who, eval_id, a, b, pref, text, *aspect_values):
         if assignment_id is None or who is None:
             return "⚠️ Press Start rating to get a pair first.", gr.update()
+        allowed, wait = limits.submits.allow(who)
+        if not allowed:
+            return f"⚠️ Too many ratings too fast; wait {wait:.0f} s and submit again.", gr.update()
         n = len(ASPECTS)
         try:
             result = store.rate_pair(assignment_id, who, a, b, dict(zip(ASPECTS, aspect_values[:n])),
                                      dict(zip(ASPECTS, aspect_values[n:])), pref or None, text)
-        except RatingError as exc:
+        except (RatingError, StorageError) as exc:  # nothing was saved: the pair stays to submit again
             return f"⚠️ {exc}", gr.update()
         done, total = store.progress(int(eval_id), who)
         # committed: now, and only now, say which reply was which
@@ -149,14 +179,16 @@ def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool):
                 "Press **Next pair** to go on.", None)
 
     serve_outputs = [progress, assignment, prompt, reply_a, reply_b, *clearable, reveal]
-    join.click(on_join, [evaluation, name, code], [rater, eval_state, *serve_outputs], api_name=f"{prefix}_join")
+    join.click(on_join, [evaluation, name, code, keys], [rater, eval_state, keys, *serve_outputs],
+               api_name=f"{prefix}_join")
     submit.click(on_submit, [assignment, rater, eval_state, score_a, score_b, preference, comment,
                              *aspects_a, *aspects_b], [reveal, assignment], api_name=f"{prefix}_submit")
     next_pair.click(serve, [eval_state, rater], serve_outputs, api_name=f"{prefix}_next")
     return evaluation
 
 
-def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: random.Random):
+def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: random.Random,
+                secret: str | None = None, limits: RaterLimits | None = None):
     gr.Markdown("### 1. Build an evaluation\nGenerate every reply now, with fixed settings, so raters never wait.")
     with gr.Row():
         name = gr.Textbox(label="Evaluation name", placeholder="e.g. polite assistant, 5 held-out prompts",
@@ -194,7 +226,7 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
 
     gr.Markdown("### 2. Rate blind\nShare the raters' page (**/rate** on this app's address) with friends, "
                 "or rate here yourself.")
-    rate_eval = rating_panel(store, rng, "rate", public=False)
+    rate_eval = rating_panel(store, rng, "rate", public=False, secret=secret, limits=limits)
 
     def on_refresh():
         return gr.update(choices=finished_runs(trainer))
@@ -252,13 +284,13 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
     return refresh_all, [runs, rate_eval]
 
 
-def raters_page(store: Store, rng: random.Random):
+def raters_page(store: Store, rng: random.Random, secret: str | None = None, limits: RaterLimits | None = None):
     """The page friends get: rating only."""
     gr.Markdown("# Rate replies\nTwo assistants answered the same prompt. Rate each reply; "
                 "you will see which model wrote which after you submit.")
     if _sign_in_available():
         gr.LoginButton()
-    evaluation = rating_panel(store, rng, "rater", public=True)
+    evaluation = rating_panel(store, rng, "rater", public=True, secret=secret, limits=limits)
     return lambda: gr.update(choices=eval_choices(store)), evaluation
 
 
@@ -411,7 +443,10 @@ def results_tab(store: Store, trainer: RunManager | None = None):
         if eval_id is None:
             return "⚠️ Choose an evaluation first.", None
         r = gathered(eval_id, cutoff)
-        paths = exports.write_exports(r, Path(tempfile.mkdtemp(prefix="tuner-results-")), store.path)
+        try:
+            paths = exports.write_exports(r, Path(tempfile.mkdtemp(prefix="tuner-results-")), store.path)
+        except OSError as exc:  # StorageError: names the file and the problem
+            return f"⚠️ {exc}", None
         return (f"Built {len(paths)} files for evaluation #{eval_id} (success at {r.threshold} or more).",
                 [str(p) for p in paths])
 

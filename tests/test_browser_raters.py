@@ -112,7 +112,7 @@ def test_raters_page_handlers_send_no_variant_name_before_the_commit(served):
 
     url, store, eval_id = served
     client = Client(url, verbose=False)
-    served_pair = client.predict(eval_id, "Eve", "", api_name="/rater_join")
+    served_pair = client.predict(eval_id, "Eve", "", {}, api_name="/rater_join")
     text = json.dumps(served_pair, ensure_ascii=False)
     assert "Eve · pair 1 of 3" in text
     for secret in ("base (tiny)", "lora", "run-xyz"):

@@ -27,7 +27,7 @@ def test_schema_is_named_migrations_in_wal_mode(tmp_path):
     Store(tmp_path / "r.db")  # reopening applies nothing twice
     conn = sqlite3.connect(tmp_path / "r.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")] == ["0001_initial"]
+    assert [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")] == ["0001_initial", "0002_rater_keys"]
     assert store.evaluations() == []
 
 

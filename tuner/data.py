@@ -19,12 +19,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuner.paths import STARTER_DATASETS, atomic_write_json, atomic_write_text
+from tuner.paths import (STARTER_DATASETS, atomic_write_json, atomic_write_text, fsync_dir, inside, max_upload,
+                         safe_name, storage_error, upload_bytes)
 
 ROLES = ("system", "user", "assistant")
 SPLITS = ("train", "validation", "test")
 SPLIT_FIELD = "split"  # a row's stored split, when its dataset version has one
-MAX_FILE_BYTES = 50 * 1024 * 1024
+MAX_FILE_BYTES = upload_bytes(max_upload())  # the upload limit (tuner.paths.MAX_UPLOAD, TUNER_MAX_UPLOAD)
 
 
 @dataclass
@@ -127,6 +128,14 @@ def read_text(path: Path, max_bytes: int = MAX_FILE_BYTES) -> Text:
         if raw.startswith(bom):
             raise ValueError(f"{path.name}: the file is {encoding} (byte-order mark {bom.hex(' ').upper()}), "
                              "not UTF-8; save it as UTF-8 and upload it again")
+    if b"\x00" in raw[:65536]:
+        # UTF-8 text never holds a NUL byte; a Parquet, zip, image… file (or UTF-16
+        # without a byte-order mark) does
+        at = raw.index(b"\x00")
+        line = raw[:at].count(b"\n") + 1
+        raise ValueError(f"{path.name}: a binary file, not text (a NUL byte at offset {at}, line {line}); "
+                         "upload JSONL, JSON or CSV saved as UTF-8 "
+                         "(or a Parquet file named .parquet)")
     notes = []
     if raw.startswith(b"\xef\xbb\xbf"):
         # a UTF-8 byte-order mark (Excel writes one) would otherwise break line 1
@@ -160,25 +169,46 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", Path(name).stem).strip("-")[:60] or "dataset"
 
 
+_DATA_SUFFIX = re.compile(r"\.(jsonl|ndjson|json|csv|tsv|parquet)$", re.IGNORECASE)
+
+
+def dataset_name(name: str) -> str:
+    """The file stem a dataset is saved under ("my set.jsonl" → "my-set"), or a
+    ValueError for a name that is a path or empty (tuner.paths.safe_name)."""
+    return safe_name(_DATA_SUFFIX.sub("", str(name or "").strip()), "dataset name")
+
+
+def saved_path(folder: Path, name: str) -> Path:
+    """The file of the saved dataset version `name` ("faq-v2") in `folder`; a
+    ValueError for a name that is a path, or a file that is a symlink out of it."""
+    return inside(folder, f"{dataset_name(name)}.jsonl")
+
+
 def save_dataset(rows: list[dict], name: str, folder: Path) -> Path:
     """Save rows as a new file; never overwrites (a clash gets a version suffix).
 
     The file is written aside and then hard-linked into place: the link fails if
     the name was taken meanwhile, so two saves at once cannot overwrite each other.
+    A full or failing disk raises StorageError and leaves no file behind.
     """
     folder = Path(folder)
-    base = slug(name)
+    base = dataset_name(name)  # refuses "../x", "/etc/x", "a\\b", NUL…: never a path out of `folder`
+    what = f'the dataset "{base}"'
     tmp = folder / f".{base}.{os.getpid()}.{threading.get_ident()}.tmp"
-    atomic_write_text(tmp, to_jsonl(rows))
+    atomic_write_text(tmp, to_jsonl(rows), what)
     try:
         version = 1
         while True:
-            path = folder / (f"{base}.jsonl" if version == 1 else f"{base}-v{version}.jsonl")
+            path = inside(folder, f"{base}.jsonl" if version == 1 else f"{base}-v{version}.jsonl")
             try:
                 os.link(tmp, path)
-                return path
             except FileExistsError:
                 version += 1
+                continue
+            except OSError as exc:  # the directory itself may be out of space
+                raise storage_error(exc, what, folder) from exc
+            fsync_dir(folder)
+            return path
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -198,9 +228,22 @@ def available(user_folder: Path) -> dict[str, Path]:
     found = {}
     for path in sorted(STARTER_DATASETS.glob("*.jsonl")):
         found[f"starter: {path.stem}"] = path
-    for path in sorted(Path(user_folder).glob("*.jsonl"), key=lambda p: (version_of(p.stem), p.stem)):
+    for path in sorted(_own_files(user_folder), key=lambda p: (version_of(p.stem), p.stem)):
         found[f"saved: {path.stem}"] = path
     return found
+
+
+def _own_files(folder: Path) -> list[Path]:
+    """The dataset files of `folder`, less any that are symlinks to somewhere else
+    (one planted in the data root must not make the app read /etc/passwd)."""
+    own = []
+    for path in Path(folder).glob("*.jsonl"):
+        try:
+            inside(folder, path.name)
+        except ValueError:
+            continue
+        own.append(path)
+    return own
 
 
 def label_of(path: Path) -> str:
@@ -217,9 +260,14 @@ def save_version(rows: list[dict], name: str, folder: Path, note: str = "") -> P
     """A new version of the dataset `name`: "faq" or "faq-v2" both save the
     next free "faq-vN", beside the earlier versions, which stay as they are.
     `note` (how this version was made) is kept in a small side file."""
-    path = save_dataset(rows, version_of(slug(name))[0], folder)
-    atomic_write_json(note_path(path), {"note": note, "rows": len(rows),
-                                        "saved": time.strftime("%Y-%m-%d %H:%M:%S")})
+    path = save_dataset(rows, version_of(dataset_name(name))[0], folder)
+    try:
+        atomic_write_json(note_path(path), {"note": note, "rows": len(rows),
+                                            "saved": time.strftime("%Y-%m-%d %H:%M:%S")},
+                          f'the note of dataset "{path.stem}"')
+    except BaseException:
+        path.unlink(missing_ok=True)  # a version is its rows and its note, or nothing
+        raise
     return path
 
 
@@ -234,7 +282,7 @@ def versions(path: Path) -> list[Path]:
     """Every saved version of the dataset `path` is a version of, oldest first."""
     path = Path(path)
     name = version_of(path.stem)[0]
-    same = [p for p in path.parent.glob("*.jsonl") if version_of(p.stem)[0] == name]
+    same = [p for p in _own_files(path.parent) if version_of(p.stem)[0] == name]
     return sorted(same, key=lambda p: version_of(p.stem)[1])
 
 

@@ -102,6 +102,13 @@ def _read_jsonl(text: str, path: Path) -> Table:
         else:
             table.records.append(obj)
             table.numbers.append(number)
+    if not table.records and table.problems:
+        first = text.lstrip("\ufeff \t\r\n").split("\n", 1)[0].strip()
+        if first[:1] not in ("{", "["):
+            # not one line is JSON: most likely another format under a .jsonl name
+            kind = "CSV" if "," in first or ";" in first or "\t" in first else "text"
+            raise ImportProblem(f"{path.name}: line 1 is not JSON (it starts {first[:40]!r}): this looks like "
+                                f"{kind}, not JSONL; give the file the extension of its format (.csv for CSV)")
     table.columns = _columns(table.records)
     return table
 
@@ -134,6 +141,9 @@ def _read_json(text: str, path: Path) -> Table:
 
 def _read_csv(text: str, path: Path) -> Table:
     lines = text.split("\n", 1)
+    if lines[0].lstrip()[:1] in ("{", "["):
+        raise ImportProblem(f"{path.name}: line 1 starts with {lines[0].lstrip()[:1]!r}: this looks like JSON, "
+                            "not CSV; give the file the extension of its format (.jsonl or .json)")
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     if delimiter not in lines[0]:
         delimiter = next((d for d in (";", "\t", "|") if d in lines[0]), delimiter)
@@ -471,4 +481,8 @@ def save_import(result: ImportResult, name: str, folder: Path) -> Path:
     """Save an import's valid rows as a new dataset version (never over an old one)."""
     if not result.rows:
         raise ImportProblem(f"{result.source}: no valid rows, so nothing was saved")
+    try:
+        tdata.dataset_name(name)
+    except ValueError as exc:  # a name that is a path, empty or too long: said, nothing saved
+        raise ImportProblem(f"{result.source}: {exc}") from None
     return tdata.save_version(result.rows, name, folder, note=f"imported: {result.summary()}")

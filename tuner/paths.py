@@ -2,13 +2,107 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
+import unicodedata
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STARTER_DATASETS = REPO_ROOT / "datasets"
+
+# --- inputs: upload size, names, paths ----------------------------------------------
+# The one upload limit: Gradio refuses a bigger upload (launch(max_file_size=max_upload()))
+# and the importers refuse a bigger file (tuner.data.MAX_FILE_BYTES). TUNER_MAX_UPLOAD
+# ("20mb", "500kb", "1gb") overrides it.
+MAX_UPLOAD = "50mb"
+_SIZE = re.compile(r"([0-9]+)(b|kb|mb|gb)")
+_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}  # Gradio's units (FileSize): powers of 1024
+
+
+def upload_bytes(size: str) -> int:
+    """ "50mb" → 52428800; a ValueError says what a size looks like."""
+    text = str(size).strip().lower().replace(" ", "")
+    match = _SIZE.fullmatch(text)
+    if not match or int(match[1]) == 0:
+        raise ValueError(f"upload limit {size!r} is not a size like 50mb, 500kb or 1gb")
+    return int(match[1]) * _UNITS[match[2]]
+
+
+def max_upload(env: dict | None = None) -> str:
+    """The upload limit as Gradio's launch(max_file_size=...) takes it, e.g. "50mb"."""
+    env = os.environ if env is None else env
+    text = str(env.get("TUNER_MAX_UPLOAD") or MAX_UPLOAD).strip().lower().replace(" ", "")
+    try:
+        upload_bytes(text)
+    except ValueError as exc:
+        raise ValueError(f"TUNER_MAX_UPLOAD: {exc}") from None
+    return text
+
+
+NAME_MAX = 80  # characters in a dataset, run or export name (file systems allow 255 bytes)
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    return repr(text[:limit]) + ("…" if len(text) > limit else "")
+
+
+def safe_name(text, what: str = "name", max_length: int = NAME_MAX) -> str:
+    """A name that is one plain file name inside its folder, or a ValueError saying why not.
+
+    Letters, digits, '-', '_' and '.' (other characters become '-'; accents are
+    dropped: "Café FAQ" → "Cafe-FAQ"); never a leading '.' or '-', never "..".
+    Anything that could make it a path is refused, not cleaned, so an attempt is
+    seen rather than silently renamed: a '/' or '\\' (also fullwidth, or
+    %-encoded as in %2e%2e%2f), a NUL or other control character.
+    """
+    raw = "" if text is None else str(text)
+    shown = _shown(raw)
+    normal = unicodedata.normalize("NFKC", raw)  # fullwidth "．．／" is "../" to some tools
+    if "\x00" in normal:
+        raise ValueError(f"{what} {shown}: a NUL byte is not allowed in a name")
+    if any(ord(c) < 32 or ord(c) == 127 for c in normal):
+        raise ValueError(f"{what} {shown}: control characters (tabs, line breaks…) are not allowed in a name")
+    if "/" in normal or "\\" in normal:
+        raise ValueError(f"{what} {shown} is a path, not a name (it has a '/' or '\\'): "
+                         "give a plain name such as support-faq")
+    if _PERCENT_ESCAPE.search(raw):
+        raise ValueError(f"{what} {shown}: %-encoded characters (such as %2e or %2f) are not allowed in a name")
+    if normal.strip() in (".", ".."):
+        raise ValueError(f"{what} {shown}: '.' and '..' are not names")
+    ascii_text = "".join(c for c in unicodedata.normalize("NFKD", normal) if not unicodedata.combining(c))
+    cleaned = _NAME_UNSAFE.sub("-", ascii_text)
+    cleaned = re.sub(r"\.{2,}", ".", re.sub(r"-{2,}", "-", cleaned)).lstrip(".-").rstrip(".-")
+    if not cleaned:
+        raise ValueError(f"{what} {shown} has no letters or digits to make a file name of: "
+                         "use letters, digits, '-', '_' or '.'")
+    if len(cleaned) > max_length:
+        raise ValueError(f"{what} {_shown(cleaned, 40)} is {len(cleaned)} characters long; "
+                         f"at most {max_length}")
+    return cleaned
+
+
+def inside(root: Path, *parts) -> Path:
+    """`root` joined with `parts`, resolved (symlinks followed), or a ValueError
+    when the result is not within `root` ('..', an absolute part, or a symlink
+    that points elsewhere). `root` itself may be a symlink: it is the owner's choice."""
+    texts = [os.fspath(part) for part in parts]
+    shown = _shown(os.path.join(*texts)) if texts else "''"
+    if any("\x00" in t for t in texts):
+        raise ValueError(f"{shown}: a NUL byte is not allowed in a path")
+    try:
+        base = Path(root).resolve()
+        target = base.joinpath(*texts).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long
+        raise ValueError(f"{shown}: not a usable path ({exc})") from None
+    if not target.is_relative_to(base):
+        raise ValueError(f"{shown} leads outside the folder {base.name}/ (through '..', an absolute path "
+                         "or a symbolic link); refused")
+    return target
 
 
 def data_root(env: dict | None = None, space_volume: Path = Path("/data")) -> Path:
@@ -57,21 +151,80 @@ class Layout:
         return self.root / "ratings.db"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` so a reader sees the old file or the new one, never half."""
+class StorageError(OSError):
+    """A save the disk refused (full, over a size limit, read-only, failing).
+
+    The message names what was being saved, where, and the problem, so a UI can
+    show it as is; the writer has left nothing half-written behind.
+    """
+
+    def __str__(self) -> str:
+        return self.args[0] if self.args else "storage error"
+
+
+# the failures a person can act on, in their words (errno's own text follows in brackets)
+DISK_PROBLEMS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "the file would be larger than this disk or process allows",
+    errno.EIO: "the disk reported an input/output error",
+    errno.EROFS: "the disk is mounted read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+def storage_error(exc: OSError, what: str, where) -> StorageError:
+    """`exc` (a failed write) as a StorageError saying what was lost and why."""
+    if isinstance(exc, StorageError):
+        return exc
+    problem = DISK_PROBLEMS.get(exc.errno) or "the write failed"
+    detail = exc.strerror or str(exc)
+    error = StorageError(f"Could not save {what} in {where}: {problem} ({detail}). Nothing was half-written; "
+                         "free some disk space or fix the disk, then try again.")
+    error.errno, error.filename = exc.errno, str(where)
+    return error
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or link in `folder` survive a power cut (where the OS allows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename itself is still atomic
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str, what: str | None = None) -> None:
+    """Write `text` so a reader sees the old file or the new one, never half.
+
+    A failed write (disk full, size limit, I/O error) removes the temp file and
+    raises StorageError naming `what` (default: the file's name) and the folder.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise storage_error(exc, what or path.name, path.parent) from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise storage_error(exc, what or path.name, path.parent) from exc
         raise
+    fsync_dir(path.parent)
 
 
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def atomic_write_json(path: Path, obj, what: str | None = None) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", what)

@@ -12,6 +12,10 @@ import io
 import json
 from pathlib import Path
 
+from tuner import data as tdata
+
+SUFFIXES = (".csv", ".jsonl", ".ndjson")
+
 
 def prompt_item(prompt: str, position: int, task=None, reference=None, category=None, external_id=None,
           messages=None) -> dict:
@@ -31,13 +35,11 @@ def read_prompts(path: Path) -> list[dict]:
     """CSV with a `prompt` column (and optional id, task, reference, category),
     or JSONL with the same keys (or `messages` ending with a user turn)."""
     path = Path(path)
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path.name}: not UTF-8 text (bad byte at offset {exc.start})") from None
-    if not text.strip():
-        raise ValueError(f"{path.name}: the file is empty")
+    if path.suffix.lower() not in SUFFIXES:
+        raise ValueError(f"{path.name}: prompt files of type '{path.suffix or 'none'}' cannot be read; "
+                         "use CSV (a 'prompt' column) or JSONL")
+    # the upload limit, empty, binary, UTF-16, not UTF-8: each said with the file's name
+    text = tdata.read_text(path).text
     items = []
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tuner import data as tdata
 from tuner.config import TrainConfig
-from tuner.paths import atomic_write_json
+from tuner.paths import atomic_write_json, inside, safe_name
 from tuner.train import RunControl, last_complete_checkpoint, read_metrics, train
 
 FINISHED = ("completed", "stopped")  # runs whose adapter can be compared
@@ -84,9 +84,29 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def process_started(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, from /proc), or None
+    if it is gone, a zombie, or there is no /proc. With the pid it names one
+    process, however often pids are reused."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]  # state; starttime (field 22)
+
+
+def still_running(record: dict) -> bool:
+    """Whether the process that wrote `record` as running is alive (a CLI run
+    beside the app, say); False once it died, whatever pid took its place."""
+    started, pid = record.get("pid_started"), record.get("pid")
+    if not started or not isinstance(pid, int) or pid == os.getpid():  # this process: its manager knows
+        return False
+    return process_started(pid) == started
+
+
 def start_record(run_dir: Path, run_id: str, config: TrainConfig) -> dict:
     record = {"run_id": run_id, "config": config.to_dict(), "status": "running", "started_at": _now(),
-              "pid": os.getpid()}
+              "pid": os.getpid(), "pid_started": process_started(os.getpid())}
     atomic_write_json(run_dir / "run.json", record)
     return record
 
@@ -95,7 +115,7 @@ def run_to_end(config: TrainConfig, run_dir: Path, control: RunControl, models_d
                resume: bool = False) -> dict:
     """Run the recipe and write the final run.json, whatever happens; returns the record."""
     record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    record.update(status="running", pid=os.getpid())
+    record.update(status="running", pid=os.getpid(), pid_started=process_started(os.getpid()))
     atomic_write_json(run_dir / "run.json", record)
     try:
         summary = train(config, run_dir, control, models_dir=models_dir, resume=resume)
@@ -106,7 +126,10 @@ def run_to_end(config: TrainConfig, run_dir: Path, control: RunControl, models_d
     finally:
         gc.collect()
     record.update(status=status, summary=summary, message=message, ended_at=_now())
-    atomic_write_json(run_dir / "run.json", record)
+    try:
+        atomic_write_json(run_dir / "run.json", record)
+    except OSError as exc:  # a full disk: the UI still hears how the run ended
+        record["message"] = " ".join(filter(None, [message, str(exc)]))
     return record
 
 
@@ -120,15 +143,30 @@ def explain(exc: Exception) -> str:
     return text
 
 
+def check_run_id(run_id) -> str:
+    """`run_id` if it can name a run folder (runs/<id>/), else a ValueError: a run
+    id picked in the UI or sent by a script is never a path ("../x", "/etc", "a\\b")."""
+    if not isinstance(run_id, str) or safe_name(run_id, "run id") != run_id:
+        raise ValueError(f"{str(run_id)[:80]!r} is not a run id (runs are named like 20260101-120000-faq-1a2b)")
+    return run_id
+
+
 def list_runs(runs_dir: Path) -> list[dict]:
-    """Every run's run.json, newest first."""
+    """Every run's run.json, newest first. A run's id is its folder's name; a
+    folder that is a symlink out of `runs_dir`, or whose name could not be a run
+    id, is not a run."""
     runs = []
     for path in sorted(Path(runs_dir).glob("*/run.json"), reverse=True):
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            check_run_id(path.parent.name)
+            folder = inside(runs_dir, path.parent.name)
+            record = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # json.JSONDecodeError is a ValueError
             continue
-        record["path"] = str(path.parent)
+        if not isinstance(record, dict):
+            continue
+        record["run_id"] = path.parent.name  # a copied folder is its own run, not a second "orig"
+        record["path"] = str(folder)
         runs.append(record)
     return runs
 
@@ -158,7 +196,7 @@ class RunManager:
         with self._lock:
             self._refuse_if_busy()
             run_id = new_run_id(config)
-            run_dir = self.runs_dir / run_id
+            run_dir = inside(self.runs_dir, check_run_id(run_id))
             run_dir.mkdir(parents=True)
             start_record(run_dir, run_id, config)
             self._launch(config, run_id, resume=False, rows=[])
@@ -198,15 +236,21 @@ class RunManager:
 
     def runs(self) -> list[dict]:
         """Every run on disk, newest first; one left 'running' by a process that
-        died is reported as interrupted."""
+        died is reported as interrupted (one another live process is training,
+        such as `python -m tuner train`, stays running: resuming it would put two
+        trainers on one folder)."""
         live = self.snapshot().run_id if self.busy() else None
         records = list_runs(self.runs_dir)
         for record in records:
-            if record.get("status") in ("running", "starting") and record["run_id"] != live:
+            if record.get("status") in ("running", "starting") and record["run_id"] != live \
+                    and not still_running(record):
                 record["status"] = "interrupted"
         return records
 
     def get(self, run_id: str) -> dict | None:
+        """The run named `run_id`, None if there is none; a ValueError for an id
+        that could not be one (a path, a NUL byte…)."""
+        check_run_id(run_id)
         return next((r for r in self.runs() if r["run_id"] == run_id), None)
 
     # --- the training thread's side -----------------------------------------------------
@@ -235,6 +279,6 @@ class RunManager:
             self._state.rows.append(row)
 
     def _run(self, config: TrainConfig, run_id: str, control: RunControl, resume: bool) -> None:
-        record = run_to_end(config, self.runs_dir / run_id, control, self.models_dir, resume=resume)
+        record = run_to_end(config, inside(self.runs_dir, run_id), control, self.models_dir, resume=resume)
         self._update(status=record["status"], message=record.get("message", ""),
                      summary=record.get("summary", {}), ended=time.time())

@@ -22,6 +22,7 @@ from tuner import importers as imp
 from tuner import shaping as sh
 from tuner.config import TrainConfig
 from tuner.generate import GenSettings, Generator
+from tuner.paths import StorageError
 
 TABLE_COLUMNS = ["#", "user", "assistant", "turns", "metadata"]
 TABLE_WIDTHS = ["5%", "35%", "40%", "6%", "14%"]
@@ -316,7 +317,12 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
     def save_rows(draft: Draft, name: str, rows: list[dict], note: str, what: str):
         if not rows:
             return refused(f"No rows to save: {what} keeps none.")
-        path = tdata.save_version(rows, name or "dataset", datasets_dir, note=note)
+        try:
+            path = tdata.save_version(rows, name or "dataset", datasets_dir, note=note)
+        except StorageError as exc:  # disk full or failing: the message says which and where
+            return refused(str(exc))
+        except ValueError as exc:  # a name that is a path, or otherwise unusable
+            return refused(f"{exc} Nothing was saved.")
         return saved(path, f"**{len(rows)} rows** {what}, saved as `{path.name}` ({tdata.label_of(path)}).")
 
     # --- import ----------------------------------------------------------------------
@@ -330,6 +336,8 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
             path = imp.save_import(result, name, datasets_dir)
         except imp.ImportProblem as exc:
             return refused(f"{exc}. Nothing was saved."), columns, False
+        except StorageError as exc:
+            return refused(str(exc)), columns, False
         except OSError as exc:
             return refused(f"{name}: cannot be read ({exc}). Nothing was saved."), columns, False
         text = (f"**{len(result.rows)} rows imported** from `{result.source}` "

@@ -269,7 +269,12 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
     def on_load(chosen):
         if not chosen or len(chosen) != 1:
             return ["⚠️ Choose exactly one run to load its settings."] + [gr.update()] * len(FIELDS)
-        run = manager.get(chosen[0])
+        try:
+            run = manager.get(chosen[0])
+        except ValueError as exc:
+            return [f"⚠️ {exc}"] + [gr.update()] * len(FIELDS)
+        if run is None:
+            return [f"⚠️ There is no run `{chosen[0]}`."] + [gr.update()] * len(FIELDS)
         return [f"Loaded the settings of `{chosen[0]}`."] + values_of(run["config"])
 
     def on_import(file):
@@ -290,7 +295,12 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
     def on_export(chosen):
         if not chosen or len(chosen) != 1:
             return "⚠️ Choose exactly one run to export its config.", None
-        run = manager.get(chosen[0])
+        try:
+            run = manager.get(chosen[0])
+        except ValueError as exc:
+            return f"⚠️ {exc}", None
+        if run is None:
+            return f"⚠️ There is no run `{chosen[0]}`.", None
         out = Path(tempfile.mkdtemp(prefix="tuner-config-")) / f"{chosen[0]}.json"
         out.write_text(json.dumps(run["config"], indent=2) + "\n", encoding="utf-8")
         return f"Exported the config of `{chosen[0]}`.", str(out)

@@ -1,0 +1,60 @@
+"""Call a running Gradio app's event handlers over HTTP, as any script could:
+no browser, no gradio_client conveniences, any fn_index, any cookie."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import httpx
+
+
+def call(url: str, fn_index: int, data: list, cookies: dict | None = None, session_hash: str | None = None,
+         timeout: float = 60.0, event_data: dict | None = None) -> dict:
+    """Join the queue for one event and wait for its end.
+
+    Returns {"success": bool, "data": [...] or None, "error": str or None}."""
+    session_hash = session_hash or uuid.uuid4().hex[:11]
+    with httpx.Client(base_url=url, cookies=cookies or {}, timeout=timeout) as client:
+        joined = client.post("/gradio_api/queue/join", json={
+            "data": data, "fn_index": fn_index, "session_hash": session_hash,
+            "event_data": event_data, "trigger_id": None})
+        if joined.status_code != 200:
+            return {"success": False, "data": None, "error": f"HTTP {joined.status_code}: {joined.text[:300]}"}
+        with client.stream("GET", "/gradio_api/queue/data", params={"session_hash": session_hash}) as stream:
+            for line in stream.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed":
+                    output = message.get("output") or {}
+                    return {"success": bool(message.get("success")), "data": output.get("data"),
+                            "error": output.get("error")}
+    return {"success": False, "data": None, "error": "the stream ended without a result"}
+
+
+def config(url: str) -> dict:
+    return httpx.get(f"{url}/config", timeout=30).json()
+
+
+def default_inputs(cfg: dict, fn_index: int) -> list:
+    """The values the page itself would send: each input component's initial value."""
+    values = {c["id"]: c.get("props", {}).get("value") for c in cfg["components"]}
+    dependency = cfg["dependencies"][fn_index]
+    return [values.get(i) for i in dependency["inputs"]]
+
+
+def is_skip(data: list | None, cfg: dict | None = None, fn_index: int | None = None) -> bool:
+    """True when every output is a no-op update (gr.skip()). Server-side state
+    outputs (None in the answer) are left out when `cfg` names the event."""
+    if data is None:
+        return False
+    if cfg is not None:
+        kinds = {c["id"]: c.get("type") for c in cfg["components"]}
+        outputs = next(d for d in cfg["dependencies"] if d["id"] == fn_index)["outputs"]
+        data = [d for d, o in zip(data, outputs) if kinds.get(o) != "state"]
+    return all(_noop(d) for d in data)
+
+
+def _noop(update) -> bool:
+    return isinstance(update, dict) and all(k == "__type__" or _noop(v) for k, v in update.items())

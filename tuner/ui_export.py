@@ -1,0 +1,128 @@
+"""The Export area: a finished run's adapter as a zip, merged into its base, ready for
+Ollama, or pushed to the Hugging Face Hub. Only UI code imports gradio; the work is
+in tuner.export."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import gradio as gr
+
+from tuner import export, models
+
+KINDS = {  # button label → what it makes
+    "adapter": "Download adapter (.zip)",
+    "merged": "Merge into base model",
+    "ollama": "Export for Ollama",
+}
+
+
+def _download(archive: Path | None, root: Path) -> str | None:
+    """Only files inside the data root's exports folder are handed to gr.File,
+    and only as a link (or copy) in a fresh temporary folder: gradio may serve
+    files from the temp folder, so the data root never has to be an allowed path
+    (which would let anyone fetch any export, or the ratings database, by name)."""
+    if archive is None:
+        return None
+    out = export.exports_dir(root).resolve()
+    path = Path(archive).resolve()
+    if path.parent != out or not path.is_file():
+        raise gr.Error(f"Refusing to serve {path.name}: it is not in the exports folder.")
+    handed = Path(tempfile.mkdtemp(prefix="tuner-export-")) / path.name
+    try:
+        os.link(path, handed)
+    except OSError:  # another file system (a Space's /data): copy
+        shutil.copyfile(path, handed)
+    return str(handed)
+
+
+def _explained(fn):
+    """Every failure becomes a gr.Error saying what went wrong."""
+    try:
+        return fn()
+    except export.ExportError as exc:
+        raise gr.Error(str(exc)) from None
+    except models.ModelUnavailable as exc:
+        raise gr.Error(str(exc)) from None
+    except OSError as exc:  # disk full, permissions: the export was not kept (built aside, never renamed in)
+        raise gr.Error(f"Export failed writing to disk, nothing was kept: {exc.strerror or exc} "
+                       f"({exc.filename or ''}).") from None
+
+
+def make_export(kind: str, run_id: str | None, runs_dir: Path, models_dir: Path, root: Path,
+                progress=None) -> tuple[str, str | None]:
+    """The zip / merge / Ollama buttons' one handler: (status Markdown, file for gr.File)."""
+    if progress is not None:
+        progress(0, desc={"adapter": "Packing the adapter…", "merged": "Merging (loads the base model)…",
+                          "ollama": "Merging and writing the Ollama export…"}[kind])
+
+    def work():
+        if kind == "adapter":
+            result = export.export_adapter(runs_dir, root, run_id)
+            text = f"Adapter of **{run_id}** packed: `{result.zip.name}` (folder `{result.folder}`)."
+        elif kind == "merged":
+            result = export.merge(runs_dir, models_dir, root, run_id)
+            text = f"Merged model written to `{result.folder}`. {result.note}"
+        else:
+            result = export.export_ollama(runs_dir, models_dir, root, run_id)
+            text = f"Ollama export written to `{result.folder}`: {result.note}"
+        return text, _download(result.zip, root)
+
+    return _explained(work)
+
+
+def push_export(run_id: str | None, what: str, repo_id: str, token: str, private: bool, runs_dir: Path,
+                models_dir: Path, root: Path, uploader=export.hf_upload) -> str:
+    what = "merged" if str(what).startswith("merged") else "adapter"
+    url = _explained(lambda: export.push(runs_dir, models_dir, root, run_id, what, repo_id, token,
+                                         private=bool(private), uploader=uploader))
+    return f"Pushed the {'merged model' if what == 'merged' else 'adapter'} of **{run_id}** to {url}" + \
+        (" (private)." if private else ".")
+
+
+def export_panel(trainer, layout) -> None:
+    """Build the Export area inside the current Blocks context.
+    `trainer` is the app's tuner.runs.RunManager, `layout` its tuner.paths.Layout."""
+    runs_dir, models_dir, root = Path(trainer.runs_dir), Path(trainer.models_dir), Path(layout.root)
+    gr.Markdown("Export a finished run: its adapter as a zip, the adapter merged into the base model, "
+                "a folder ready for `ollama create`, or a push to the Hugging Face Hub. Files are written "
+                f"to `{root / export.EXPORTS}`.")
+    with gr.Row():
+        run = gr.Dropdown(choices=export.finished_run_ids(runs_dir), value=None, label="Finished run",
+                          elem_id="export-run", scale=4)
+        refresh = gr.Button("Refresh runs", elem_id="export-refresh", scale=1)
+    with gr.Row():
+        buttons = {kind: gr.Button(label, elem_id=f"export-{kind}") for kind, label in KINDS.items()}
+    with gr.Group():
+        with gr.Row():
+            repo = gr.Textbox(label="Hub repo id", placeholder="your-name/my-tuned-model", elem_id="export-repo")
+            token = gr.Textbox(label="Hugging Face token (write access; not stored)", type="password",
+                               elem_id="export-token")
+        with gr.Row():
+            what = gr.Radio(["adapter", "merged model"], value="adapter", label="Push", elem_id="export-what")
+            private = gr.Checkbox(value=True, label="Private repository", elem_id="export-private")
+            push_button = gr.Button("Push to Hub", elem_id="export-push")
+    status = gr.Markdown(elem_id="export-status")
+    download = gr.File(label="Download", interactive=False, elem_id="export-file")
+
+    def choices(current):
+        ids = export.finished_run_ids(runs_dir)
+        return gr.update(choices=ids, value=current if current in ids else None)
+
+    refresh.click(choices, run, run, api_name=False)
+    run.focus(choices, run, run, api_name=False)
+    def handler_for(kind):
+        def handler(run_id, progress=gr.Progress()):
+            return make_export(kind, run_id, runs_dir, models_dir, root, progress)
+        return handler
+
+    for kind, button in buttons.items():
+        button.click(handler_for(kind), run, [status, download], api_name=f"export_{kind}",
+                     concurrency_limit=1, concurrency_id="export")
+    push_button.click(partial(push_export, runs_dir=runs_dir, models_dir=models_dir, root=root),
+                      [run, what, repo, token, private], status, api_name="push_to_hub",
+                      concurrency_limit=1, concurrency_id="export")
