@@ -7,8 +7,9 @@ root, with the tiny test model (random weights, SmolLM2 tokenizer) and an owner
 password, as on a public Space. The owner signs in and starts a training run
 through the Train tab's own handler, so training runs inside the server process,
 as it does for a user. Then the raters (one thread and one session each) join an
-evaluation and each submit their pairs as fast as the server answers. Reports
-the p50/p95/max latency of a rating submission (HTTP round trip: queue join to
+evaluation and submit their pairs at a person's pace: all submit their first
+rating at the same instant, then read for about --think seconds between
+submissions. Reports the p50/p95/max latency of a rating submission (HTTP round trip: queue join to
 result), the ratings acknowledged, and what the SQLite file holds afterwards.
 Loopback only, bounded: raters × pairs submissions. Ends with one JSON line.
 """
@@ -22,7 +23,6 @@ import platform
 import random
 import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,6 +80,13 @@ def wait_for(url: str, proc: subprocess.Popen, limit: float = 120.0) -> None:
     raise SystemExit(f"the app did not answer on {url} within {limit:.0f} s")
 
 
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, max(0, int(round(q * len(values) + 0.5)) - 1))]
+
+
 def logged_steps(home: Path) -> int:
     """Optimizer steps the run has logged so far (one metrics row a step)."""
     files = list((home / "runs").glob("*/metrics.jsonl"))
@@ -117,7 +124,7 @@ def stop_training(url: str, cfg: dict) -> None:
     call(url, by_api(cfg, "on_stop"), [], cookies={"tuner_owner": sign_in["data"][0]})
 
 
-def rater(url: str, cfg: dict, eval_id: int, name: str, pairs: int, latencies: list, acks: list,
+def rater(url: str, cfg: dict, eval_id: int, name: str, pairs: int, think: float, latencies: list, acks: list,
           errors: list, barrier: threading.Barrier) -> None:
     session = f"rater-{name}"
     call(url, by_api(cfg, "rater_refresh"), [], session_hash=session)
@@ -128,13 +135,15 @@ def rater(url: str, cfg: dict, eval_id: int, name: str, pairs: int, latencies: l
         return
     submit, next_pair = by_api(cfg, "rater_submit"), by_api(cfg, "rater_next")
     rng = random.Random(name)
-    barrier.wait()  # everyone submits at once
-    for _ in range(pairs):
+    barrier.wait()  # everyone submits their first rating at the same instant
+    for k in range(pairs):
+        if k:  # then reads the next pair for a while, as a person would
+            time.sleep(rng.uniform(0.5, 1.5) * think)
         a, b = rng.randint(1, 5), rng.randint(1, 5)
         began = time.perf_counter()
         result = call(url, submit, [None, None, None, a, b, None, "", None, None, None, None, None, None],
                       session_hash=session)
-        latencies.append(time.perf_counter() - began)
+        latencies.append((k, time.perf_counter() - began))
         if result["success"] and str(result["data"][0]).startswith("Saved"):
             acks.append((name, a, b))
         else:
@@ -146,6 +155,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--raters", type=int, default=25)
     parser.add_argument("--pairs", type=int, default=8, help="submissions per rater (within the rate limit)")
+    parser.add_argument("--think", type=float, default=2.0,
+                        help="mean seconds a rater reads between submissions (the first ones are simultaneous)")
     parser.add_argument("--no-training", action="store_true", help="measure without a run in the background")
     args = parser.parse_args()
 
@@ -177,7 +188,7 @@ def main() -> None:
             latencies, acks, errors = [], [], []
             barrier = threading.Barrier(args.raters)
             threads = [threading.Thread(target=rater, args=(url, cfg, eval_id, f"rater{i:02d}", args.pairs,
-                                                            latencies, acks, errors, barrier))
+                                                            args.think, latencies, acks, errors, barrier))
                        for i in range(args.raters)]
             began = time.perf_counter()
             for t in threads:
@@ -202,13 +213,15 @@ def main() -> None:
             rows = conn.execute("SELECT COUNT(*) FROM ratings WHERE rater LIKE 'rater%'").fetchone()[0]
             check = conn.execute("PRAGMA integrity_check").fetchone()[0]
 
-    ms = sorted(x * 1000 for x in latencies)
-    p50 = statistics.median(ms) if ms else float("nan")
-    p95 = ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))] if ms else float("nan")
+    ms = sorted(x * 1000 for _k, x in latencies)
+    burst = sorted(x * 1000 for k, x in latencies if k == 0)
+    p50, p95 = percentile(ms, 0.5), percentile(ms, 0.95)
     print(f"{args.raters} raters × {args.pairs} submissions, training in the server: {training}"
           + (f" ({steps} optimizer steps logged meanwhile)" if steps is not None else ""))
     print(f"submission latency: p50 {p50:.0f} ms · p95 {p95:.0f} ms · max {ms[-1] if ms else float('nan'):.0f} ms"
           f" · wall {wall:.1f} s")
+    print(f"the first, simultaneous submissions of all {len(burst)} raters: p50 {percentile(burst, 0.5):.0f} ms"
+          f" · p95 {percentile(burst, 0.95):.0f} ms")
     print(f"acknowledged {len(acks)} · stored {stored} (ratings rows {rows}, 2 a pair) · integrity {check}"
           f" · errors {len(errors)}")
     for line in errors[:5]:
@@ -216,7 +229,8 @@ def main() -> None:
     print(json.dumps({
         "bench": "rating_load", "date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "raters": args.raters, "pairs_each": args.pairs, "training": training == "yes",
-        "train_steps_during": steps, "p50_ms": round(p50, 1), "p95_ms": round(p95, 1),
+        "train_steps_during": steps, "think_s": args.think, "p50_ms": round(p50, 1), "p95_ms": round(p95, 1),
+        "burst_p50_ms": round(percentile(burst, 0.5), 1), "burst_p95_ms": round(percentile(burst, 0.95), 1),
         "max_ms": round(ms[-1], 1) if ms else None, "acknowledged": len(acks), "stored": stored,
         "ratings_rows": rows, "integrity": check, "errors": len(errors), "wall_s": round(wall, 1)}))
 

@@ -69,6 +69,20 @@ class RunState:
         return text
 
 
+TRAIN_NICENESS = 10
+
+
+def yield_to_server() -> None:
+    """Lower this thread's CPU priority (Linux: niceness is per thread, and the
+    thread pool torch starts from it inherits it). Training inside the web
+    server then takes the cores only while requests do not need them: raters
+    keep quick answers on two cores, and training loses little when idle."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), TRAIN_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not permitted: train at normal priority
+        pass
+
+
 def clock(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
@@ -279,6 +293,7 @@ class RunManager:
             self._state.rows.append(row)
 
     def _run(self, config: TrainConfig, run_id: str, control: RunControl, resume: bool) -> None:
+        yield_to_server()
         record = run_to_end(config, inside(self.runs_dir, run_id), control, self.models_dir, resume=resume)
         self._update(status=record["status"], message=record.get("message", ""),
                      summary=record.get("summary", {}), ended=time.time())
