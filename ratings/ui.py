@@ -26,7 +26,7 @@ from tuner.generate import GenSettings, Generator
 from tuner.paths import StorageError
 from tuner.runs import RunManager
 from tuner.train import read_metrics
-from tuner.ui_access import hf_username
+from tuner.ui_access import hf_username, sign_in_available
 from tuner.ui_train import curve_frame, finished_runs
 
 RUBRIC = ("**Helpfulness, 1–5:** 5 = usable as is · 4 = small edits · 3 = needs work · "
@@ -288,18 +288,10 @@ def raters_page(store: Store, rng: random.Random, secret: str | None = None, lim
     """The page friends get: rating only."""
     gr.Markdown("# Rate replies\nTwo assistants answered the same prompt. Rate each reply; "
                 "you will see which model wrote which after you submit.")
-    if _sign_in_available():
+    if sign_in_available():
         gr.LoginButton()
     evaluation = rating_panel(store, rng, "rater", public=True, secret=secret, limits=limits)
     return lambda: gr.update(choices=eval_choices(store)), evaluation
-
-
-def _sign_in_available() -> bool:
-    """Hugging Face sign-in: on a Space with `hf_oauth: true` and gradio's oauth extras."""
-    import importlib.util
-    import os
-
-    return bool(os.environ.get("OAUTH_CLIENT_ID")) and importlib.util.find_spec("authlib") is not None
 
 
 def playground_tab(trainer: RunManager, generator: Generator):

@@ -62,6 +62,14 @@ def hf_username(request) -> str | None:
         return None
 
 
+def sign_in_available() -> bool:
+    """Hugging Face sign-in: on a Space with `hf_oauth: true` and gradio's oauth extras."""
+    import importlib.util
+    import os
+
+    return bool(os.environ.get("OAUTH_CLIENT_ID")) and importlib.util.find_spec("authlib") is not None
+
+
 def request_is_owner(access: Access, request) -> bool:
     return access.is_owner(_cookies(request), hf_username(request))
 
@@ -173,7 +181,7 @@ def owner_bar(access: Access):
             password = gr.Textbox(label="Owner password", type="password", scale=3, elem_id="owner-password")
             sign_in = gr.Button("Sign in as owner", scale=1, elem_id="owner-sign-in")
             token = gr.Textbox(visible="hidden", elem_id="owner-token")
-        if access.owner:
+        if access.owner and sign_in_available():
             gr.LoginButton(scale=1)
         sign_out = gr.Button("Sign out", scale=1, elem_id="owner-sign-out", size="sm")
 
@@ -181,8 +189,12 @@ def owner_bar(access: Access):
     def whoami(request: gr.Request):
         if request_is_owner(access, request):
             return "✅ Signed in as the owner."
-        how = " or ".join(filter(None, ["enter the owner password" if access.password else "",
-                                        f"sign in with Hugging Face as {access.owner}" if access.owner else ""]))
+        hf = ""
+        if access.owner:
+            hf = (f"sign in with Hugging Face as {access.owner}" if sign_in_available() else
+                  f"sign in with Hugging Face as {access.owner} (not available here: it needs `hf_oauth: true` "
+                  "on a Space)")
+        how = " or ".join(filter(None, ["enter the owner password" if access.password else "", hf]))
         return (f"🔒 **Owner only.** This page changes data and training; {how} to use it. "
                 "Raters: use the link the owner sent you (it ends in `/rate`).")
 

@@ -1,0 +1,62 @@
+"""The owner's sign-in in a real browser: a stranger sees an empty, locked page;
+the password sets the cookie; after the reload the page is the owner's."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from test_browser import ARTIFACTS, _free_port, page  # noqa: F401  (page is a fixture)
+
+PASSWORD = "s3cret owner words"
+
+
+@pytest.fixture
+def locked_url(tiny_llama, tmp_path):
+    from app import build_app
+    from tuner.access import Access
+
+    home = tmp_path / "home"
+    (home / "datasets").mkdir(parents=True)
+    (home / "datasets" / "mine.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}\n')
+    demo = build_app(home, default_model=str(tiny_llama), rng=random.Random(3), access=Access(password=PASSWORD))
+    port = _free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}"
+    demo.close()
+
+
+def test_owner_signs_in_with_the_password(locked_url, page):  # noqa: F811
+    from playwright.sync_api import expect
+
+    page.goto(locked_url)
+    status = page.locator("#owner-status")
+    expect(status).to_contain_text("Owner only")
+    expect(page.locator("#open-banner")).to_have_count(0)
+    # a stranger pressing a button is told why nothing happens
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#train-stop").click()
+    expect(page.get_by_text("Owner only: sign in as the owner").first).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "owner-locked.png"))
+
+    password = page.locator("#owner-password input")
+    password.fill("wrong guess")
+    page.locator("#owner-sign-in").click()
+    expect(status).to_contain_text("not the owner password")
+
+    password.fill(PASSWORD)
+    page.locator("#owner-sign-in").click()
+    expect(status).to_contain_text("Signed in as the owner", timeout=30_000)  # after the reload
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    assert len(cookies.get("tuner_owner", "")) == 64
+    # the same button now reaches the handler: it answers about the run, not about rights
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#train-stop").click()
+    expect(page.locator("#train-message")).to_contain_text("No run is in progress", timeout=30_000)
+    expect(page.get_by_text("Owner only: sign in as the owner")).to_have_count(0)
+    page.screenshot(path=str(ARTIFACTS / "owner-signed-in.png"))
+
+    page.locator("#owner-sign-out").click()
+    expect(status).to_contain_text("Owner only", timeout=30_000)
