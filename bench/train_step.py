@@ -6,7 +6,8 @@ Trains the polite-assistant starter set with TrainConfig's defaults (only
 max_steps, precision and packing are set) and prints for each combination: the
 time to the first step (model and data setup), the mean seconds per optimizer
 step (first step excluded: it pays one-time costs), and useful (non-padding)
-tokens per second. Ends with one JSON line.
+tokens per second. Ends with one JSON line. For a whole epoch against the usual
+tutorial recipe, with peak memory and FLOP/s, see bench/train_speed.py.
 """
 
 from __future__ import annotations

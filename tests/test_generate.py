@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tuner.generate import BASE, GenSettings, Generator
+from tuner.generate import BASE, GenSettings, Generator, balanced_batches
 from tuner.config import TrainConfig
 from tuner.runs import RunManager as Trainer
 from conftest import chat, write_jsonl
@@ -32,6 +32,28 @@ def test_batched_and_single_generation_agree(tiny_llama, tmp_path):
     batched = gen.generate(str(tiny_llama), prompts, GenSettings(max_new_tokens=6, batch_size=2))
     single = gen.generate(str(tiny_llama), prompts, GenSettings(max_new_tokens=6, batch_size=1))
     assert [r.text for r in batched] == [r.text for r in single]
+
+
+def test_batches_are_balanced_and_cover_every_prompt():
+    assert [len(b) for b in balanced_batches(10, 8)] == [5, 5]  # not 8 + 2
+    assert [len(b) for b in balanced_batches(10, 4)] == [3, 4, 3]
+    assert [list(b) for b in balanced_batches(3, 10)] == [[0, 1, 2]]
+    assert balanced_batches(0, 4) == []
+    for n in range(1, 40):
+        for size in (1, 3, 10, 16):
+            batches = balanced_batches(n, size)
+            assert [i for b in batches for i in b] == list(range(n))
+            assert max(map(len, batches)) <= size and len(batches) == -(-n // size)
+
+
+def test_loading_ahead_keeps_one_model(tiny_llama, trained_run, tmp_path):
+    gen = Generator(tmp_path)
+    gen.load(str(tiny_llama), [("run-1", trained_run)])
+    loaded = gen.model
+    prompts = [[{"role": "user", "content": "Hello"}]]
+    gen.generate(str(tiny_llama), prompts, GenSettings(max_new_tokens=4), adapter=("run-1", trained_run))
+    gen.generate(str(tiny_llama), prompts, GenSettings(max_new_tokens=4))
+    assert gen.model is loaded
 
 
 def test_settings_are_checked():

@@ -102,7 +102,49 @@ def test_packed_batches_give_the_same_loss_as_padded_ones(tiny_llama):
     with torch.no_grad():
         packed = model(**PackCollator()(features)).loss
         padded = model(**PadCollator(tok.pad_token_id)(features)).loss
+        # the logits of the labelled positions only, as train() asks of models that allow it
+        batch = PackCollator(labelled_logits_only=True)(features)
+        sliced = model(**batch)
     assert torch.allclose(packed, padded, atol=1e-5)
+    assert torch.allclose(sliced.loss, packed, atol=1e-5)
+    assert sliced.logits.shape[-2] == int(batch["logits_to_keep"].sum()) == len(batch["shift_labels"])
+    assert ttrain.accepts_logits_to_keep(model)
+
+
+def test_auto_precision_is_fp32_or_bf16_by_this_machine(monkeypatch):
+    """auto on a CPU: bf16 only where bf16 matmuls measure at least twice fp32's speed."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert ttrain.resolve_precision("fp32") == "fp32" and ttrain.resolve_precision("bf16") == "bf16"
+    monkeypatch.setattr(ttrain, "cpu_bf16_speedup", lambda: 0.5)
+    assert ttrain.resolve_precision("auto") == "fp32"
+    monkeypatch.setattr(ttrain, "cpu_bf16_speedup", lambda: 2.9)
+    assert ttrain.resolve_precision("auto") == "bf16"
+
+
+def test_bf16_run_keeps_a_bf16_base_and_fp32_adapters(tiny_llama, tmp_path, monkeypatch):
+    """precision bf16 on a CPU: frozen base weights in bf16, trainable weights in fp32."""
+    from peft import PeftModel
+
+    seen = {}
+    real = PeftModel.save_pretrained
+
+    def spy(self, *args, **kwargs):
+        params = dict(self.named_parameters())
+        seen["frozen"] = {p.dtype for p in params.values() if not p.requires_grad}
+        seen["trainable"] = {p.dtype for p in params.values() if p.requires_grad}
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(PeftModel, "save_pretrained", spy)
+    dataset = write_jsonl(tmp_path / "d.jsonl", _overfit_rows(8))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    summary = ttrain.train(TrainConfig(base_model=str(tiny_llama), dataset=str(dataset), max_steps=3,
+                                       precision="bf16", test_fraction=0, validation_fraction=0),
+                           run_dir, models_dir=tmp_path / "models")
+    assert summary["status"] == "completed" and summary["precision"] == "bf16"
+    assert seen == {"frozen": {torch.bfloat16}, "trainable": {torch.float32}}
+    assert all(v.dtype == torch.float32 for v in _weights(run_dir).values())
 
 
 def test_lora_run_loss_falls_weights_change_and_folder_is_complete(tiny_llama, home, tmp_path):

@@ -83,11 +83,19 @@ class PackCollator:
     transformers builds a block-diagonal causal mask from the position_ids, so
     examples never attend to each other and no compute goes to pad tokens.
 
+    With `labelled_logits_only`, the batch also says which positions predict a
+    labelled (assistant) token: `logits_to_keep`, a boolean mask the model
+    applies before its output head, and `shift_labels`, those positions'
+    targets. The vocabulary projection and the loss then run on the assistant's
+    tokens only (the prompt's logits would be ignored by the loss anyway); the
+    loss is the same. Needs a model whose forward takes `logits_to_keep`.
+
     `tokens` counts the useful tokens served, for tokens-per-second figures.
     """
 
-    def __init__(self):
+    def __init__(self, labelled_logits_only: bool = False):
         self.tokens = 0
+        self.labelled_logits_only = labelled_logits_only
 
     def __call__(self, features: list[dict]) -> dict:
         ids, labels, positions = [], [], []
@@ -98,8 +106,15 @@ class PackCollator:
             labels += [IGNORE] + list(f["labels"])[1:]
             positions += list(range(n))
         self.tokens += len(ids)
-        return {
+        batch = {
             "input_ids": torch.tensor([ids]),
             "labels": torch.tensor([labels]),
             "position_ids": torch.tensor([positions]),
         }
+        if self.labelled_logits_only:
+            # position p predicts token p + 1: keep p where label p + 1 is learned
+            targets = torch.tensor([labels[1:] + [IGNORE]])
+            keep = targets.ne(IGNORE)
+            batch["logits_to_keep"] = keep
+            batch["shift_labels"] = targets[keep]
+        return batch

@@ -42,7 +42,9 @@ class TrainConfig:
     lr_scheduler_type: str = "linear"  # linear, cosine or constant
     max_seq_length: int = 256  # longer examples are truncated; chat replies here are short
     seed: int = 42
-    precision: str = "auto"  # auto: bf16 on a GPU that supports it, fp16 on older GPUs, fp32 on a CPU
+    # auto: bf16 on a GPU that supports it, fp16 on older GPUs; on a CPU bf16 only where its bf16
+    # matmuls measure ≥2× fp32's (else fp32). bf16: frozen base in bf16, adapters and loss in fp32
+    precision: str = "auto"
     packing: bool = True  # padding-free batches: no compute spent on pad tokens
     # evaluation and checkpoints
     validation_fraction: float = 0.1  # held out for the validation-loss curve

@@ -14,6 +14,7 @@ the foreground. A run folder (`<data root>/runs/<id>/`) holds:
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import math
@@ -82,12 +83,49 @@ def meta_model(location: str):
         return AutoModelForCausalLM.from_config(config)
 
 
-def resolve_precision(precision: str) -> str:
-    """auto: bf16 on a GPU that supports it, fp16 on an older GPU, fp32 on a CPU.
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_speedup() -> float:
+    """How many times faster this CPU multiplies bf16 matrices than fp32 ones,
+    measured once per process (~0.2 s) on a matmul of a small model's shape.
 
-    On the 2-core AVX-512-BF16 machines this project runs on, Trainer's CPU bf16
-    autocast measured slower than fp32 for SmolLM2-135M LoRA (bench/train_step.py),
-    so auto keeps fp32 on a CPU; bf16 stays available by name.
+    CPU flags do not answer it: on a 2-core AVX-512-BF16 Xeon (no AMX) oneDNN's
+    bf16 matmuls ran at ~0.5× MKL's fp32 ones and SmolLM2 LoRA steps with a bf16
+    base at ~0.25× fp32's speed, while the AMD EPYC of the design notes measured bf16
+    matmuls at ~2.9× fp32. Without native bf16 instructions torch emulates bf16:
+    no faster than fp32."""
+    import torch
+
+    try:
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    except AttributeError:  # an older torch
+        native = False
+    if not native:
+        return 0.0
+    best = {}
+    for _ in range(3):  # interleaved, best of three: a busy machine slows both alike
+        for dtype in (torch.float32, torch.bfloat16):
+            a = torch.randn(1024, 1024, dtype=dtype)
+            b = torch.randn(1024, 1536, dtype=dtype)
+            torch.matmul(a, b)
+            start = time.perf_counter()
+            for _ in range(4):
+                torch.matmul(a, b)
+            best[dtype] = min(best.get(dtype, math.inf), time.perf_counter() - start)
+    return best[torch.float32] / best[torch.bfloat16]
+
+
+def resolve_precision(precision: str) -> str:
+    """auto: bf16 on a GPU that supports it, fp16 on an older GPU; on a CPU, bf16
+    only where its bf16 matmuls measure at least twice as fast as fp32
+    (`cpu_bf16_speedup`), else fp32.
+
+    bf16 means: the frozen base weights are loaded in bf16 (half the memory, bf16
+    matmuls), the trainable adapter weights stay fp32 (peft's
+    autocast_adapter_dtype) and the loss is computed in fp32; on a GPU, autocast
+    also runs the adapters in bf16. On a CPU there is no autocast: it would re-cast
+    every weight at every step (measured slower than fp32 under Trainer,
+    bench/train_step.py). Compare on your machine with bench/train_speed.py
+    --tuner-set precision=fp32 / precision=bf16.
     """
     import torch
 
@@ -95,7 +133,7 @@ def resolve_precision(precision: str) -> str:
         return precision
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    return "bf16" if cpu_bf16_speedup() >= 2.0 else "fp32"
 
 
 def check_machine(config: TrainConfig) -> None:
@@ -127,6 +165,20 @@ def peft_config(config: TrainConfig, targets: list[str], tokenizer_location: str
     return LoraConfig(r=config.r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=targets, use_dora=config.use_dora, use_rslora=config.use_rslora,
                       task_type="CAUSAL_LM")
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the (peft-wrapped) causal LM slices hidden states before its head
+    (`logits_to_keep`) and its loss takes pre-shifted targets (`shift_labels`)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        accepts = "logits_to_keep" in inspect.signature(base.forward).parameters
+        loss_params = inspect.signature(base.loss_function).parameters
+    except (AttributeError, ValueError, TypeError):
+        return False
+    return accepts and "shift_labels" in loss_params
 
 
 def count_parameters(config: TrainConfig, location: str) -> tuple[int, int]:
@@ -224,6 +276,9 @@ def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
     source = models.resolve(config.base_model, models_dir or run_dir.parent.parent / "models")
     precision = resolve_precision(config.precision)
     load_kwargs = {}
+    if precision == "bf16" and config.method != "qlora":
+        # frozen base weights in bf16; get_peft_model keeps the adapters in fp32
+        load_kwargs["dtype"] = torch.bfloat16
     if config.method == "qlora":
         from transformers import BitsAndBytesConfig
 
@@ -244,7 +299,8 @@ def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
         raise ValueError("every example lost its assistant reply to truncation: raise max_seq_length")
     eval_set, _ = encode_rows(parts["validation"], tokenizer, config.max_seq_length)
     targets = config.target_modules or detect_target_modules(model)[0]
-    model = get_peft_model(model, peft_config(config, targets, source.location))
+    # autocast_adapter_dtype: the adapters are fp32 even over a bf16 base, so their updates are not rounded away
+    model = get_peft_model(model, peft_config(config, targets, source.location), autocast_adapter_dtype=True)
     trainable, total = model.get_nb_trainable_parameters()
     control.update(message=f"training {trainable:,} of {total:,} parameters")
 
@@ -252,7 +308,9 @@ def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
     # prompt tuning prepends virtual tokens to each row and ignores position_ids,
     # so packed examples would see each other: it trains on padded batches
     packing = config.packing and config.method != "prompt_tuning"
-    collator = PackCollator() if packing else PadCollator(tokenizer.pad_token_id)
+    # logits and loss on the assistant's tokens only, where the model can slice before its head
+    collator = (PackCollator(labelled_logits_only=accepts_logits_to_keep(model)) if packing
+                else PadCollator(tokenizer.pad_token_id))
     has_eval = len(eval_set) > 0
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
@@ -268,12 +326,15 @@ def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
         logging_steps=config.logging_steps,
         logging_nan_inf_filter=False,  # a NaN must reach the callback, not be averaged away
         eval_strategy="steps" if has_eval else "no",
+        prediction_loss_only=True,  # evaluation needs the loss, not every logit kept in memory
         eval_steps=config.eval_steps if has_eval else None,
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
         seed=config.seed,
-        bf16=precision == "bf16",
+        # on a GPU, autocast runs the adapters' matmuls in bf16/fp16 too; on a CPU the
+        # base weights already are bf16 and autocast only adds casts (measured slower)
+        bf16=precision == "bf16" and torch.cuda.is_available(),
         fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
         report_to=[],
