@@ -399,7 +399,10 @@ def test_export_panel_builds_and_its_handlers_explain_bad_input(trained_run, tmp
     with pytest.raises(gr.Error, match="No run named"):
         ui_export.make_export("merged", "../../etc", runs_dir, models_dir, root)
     text, path = ui_export.make_export("adapter", run_id, runs_dir, models_dir, root)
-    assert Path(path).parent == (root / "exports").resolve() and Path(path).name == f"{run_id}-adapter.zip"
+    # handed over from a fresh temp folder, never from the data root (which gradio must not serve)
+    assert Path(path).name == f"{run_id}-adapter.zip" and (root / "exports" / Path(path).name).is_file()
+    assert not Path(path).resolve().is_relative_to(root.resolve())
+    assert Path(path).read_bytes() == (root / "exports" / Path(path).name).read_bytes()
     assert run_id in text
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     with pytest.raises(gr.Error, match="cannot be reached"):
