@@ -3,28 +3,20 @@ the password sets the cookie; after the reload the page is the owner's."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
-from test_browser import ARTIFACTS, _free_port, page  # noqa: F401  (page is a fixture)
+from test_access import _serve
+from test_browser import ARTIFACTS, page  # noqa: F401  (page is a fixture)
 
 PASSWORD = "s3cret owner words"
 
 
 @pytest.fixture
 def locked_url(tiny_llama, tmp_path):
-    from app import build_app
     from tuner.access import Access
 
-    home = tmp_path / "home"
-    (home / "datasets").mkdir(parents=True)
-    (home / "datasets" / "mine.jsonl").write_text(
-        '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}\n')
-    demo = build_app(home, default_model=str(tiny_llama), rng=random.Random(3), access=Access(password=PASSWORD))
-    port = _free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}"
+    demo, url = _serve(tmp_path / "home", tiny_llama, Access(password=PASSWORD))
+    yield url
     demo.close()
 
 

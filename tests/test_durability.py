@@ -332,3 +332,31 @@ def test_double_submit_of_one_pair_makes_one_rating_per_reply(tmp_path):
         trail = [(old, new) for r, old, new in audit if r == reply_id]
         assert trail[0][0] is None and trail[1][0] == trail[0][1]  # the second saw the first
         assert trail[1][1] == last[reply_id]  # and the last one written is the one kept
+
+
+def test_a_process_exiting_mid_run_stops_the_run_cleanly(tiny_llama, tmp_path):
+    """Ctrl-C or a script's end while a run trains: the run stops at a step
+    boundary and is saved as stopped (resumable), and the process exits 0
+    instead of aborting inside torch."""
+    import json as _json
+    import subprocess
+    import sys as _sys
+
+    rows = [{"messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "Hello!"}]}
+            for i in range(8)]
+    (tmp_path / "d.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    script = f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+from tuner.config import TrainConfig
+from tuner.runs import RunManager
+m = RunManager({str(tmp_path / 'runs')!r}, {str(tmp_path / 'models')!r})
+m.start(TrainConfig(base_model={str(tiny_llama)!r}, dataset={str(tmp_path / 'd.jsonl')!r},
+                    max_steps=100000, save_steps=100000))
+while m.snapshot().step < 2:
+    time.sleep(0.1)
+"""
+    done = subprocess.run([_sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (record,) = [_json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/run.json")]
+    assert record["status"] == "stopped"

@@ -6,6 +6,7 @@ itself lives on the server, so a page reload, or another browser, shows it.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import gc
 import json
@@ -195,6 +196,16 @@ class RunManager:
         self._state = RunState()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # a run still training when the process exits (Ctrl-C, a test's end) would be
+        # killed inside torch, which aborts the process: stop it at a step boundary
+        # instead, so it is saved as stopped and can be resumed
+        atexit.register(self._stop_at_exit)
+
+    def _stop_at_exit(self, timeout: float = 120.0) -> None:
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._stop.set()
+            thread.join(timeout)
 
     # --- the UI's side -------------------------------------------------------------
     def snapshot(self) -> RunState:
