@@ -126,29 +126,33 @@ def stop_training(url: str, cfg: dict) -> None:
 
 def rater(url: str, cfg: dict, eval_id: int, name: str, pairs: int, think: float, latencies: list, acks: list,
           errors: list, barrier: threading.Barrier) -> None:
+    import httpx
+
     session = f"rater-{name}"
-    call(url, by_api(cfg, "rater_refresh"), [], session_hash=session)
-    joined = call(url, by_api(cfg, "rater_join"), [eval_id, name, "", {}], session_hash=session)
-    if not joined["success"] or "pair 1 of" not in str(joined["data"]):
-        errors.append(f"{name}: join: {joined}")
-        barrier.abort()
-        return
-    submit, next_pair = by_api(cfg, "rater_submit"), by_api(cfg, "rater_next")
-    rng = random.Random(name)
-    barrier.wait()  # everyone submits their first rating at the same instant
-    for k in range(pairs):
-        if k:  # then reads the next pair for a while, as a person would
-            time.sleep(rng.uniform(0.5, 1.5) * think)
-        a, b = rng.randint(1, 5), rng.randint(1, 5)
-        began = time.perf_counter()
-        result = call(url, submit, [None, None, None, a, b, None, "", None, None, None, None, None, None],
-                      session_hash=session)
-        latencies.append((k, time.perf_counter() - began))
-        if result["success"] and str(result["data"][0]).startswith("Saved"):
-            acks.append((name, a, b))
-        else:
-            errors.append(f"{name}: submit: {result}")
-        call(url, next_pair, [None, None], session_hash=session)
+    # one connection kept open for the whole visit, as a browser keeps its own
+    with httpx.Client(base_url=url, timeout=60) as client:
+        call(url, by_api(cfg, "rater_refresh"), [], session_hash=session, client=client)
+        joined = call(url, by_api(cfg, "rater_join"), [eval_id, name, "", {}], session_hash=session, client=client)
+        if not joined["success"] or "pair 1 of" not in str(joined["data"]):
+            errors.append(f"{name}: join: {joined}")
+            barrier.abort()
+            return
+        submit, next_pair = by_api(cfg, "rater_submit"), by_api(cfg, "rater_next")
+        rng = random.Random(name)
+        barrier.wait()  # everyone submits their first rating at the same instant
+        for k in range(pairs):
+            if k:  # then reads the next pair for a while, as a person would
+                time.sleep(rng.uniform(0.5, 1.5) * think)
+            a, b = rng.randint(1, 5), rng.randint(1, 5)
+            began = time.perf_counter()
+            result = call(url, submit, [None, None, None, a, b, None, "", None, None, None, None, None, None],
+                          session_hash=session, client=client)
+            latencies.append((k, time.perf_counter() - began))
+            if result["success"] and str(result["data"][0]).startswith("Saved"):
+                acks.append((name, a, b))
+            else:
+                errors.append(f"{name}: submit: {result}")
+            call(url, next_pair, [None, None], session_hash=session, client=client)
 
 
 def main() -> None:
