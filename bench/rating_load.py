@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from gradio_http import call, config, default_inputs  # noqa: E402  (tests/gradio_http.py)
+from gradio_http import call, call_as_page, config, default_inputs  # noqa: E402  (tests/gradio_http.py)
 
 from ratings.store import Store  # noqa: E402
 from tuner import tiny  # noqa: E402
@@ -131,8 +131,9 @@ def rater(url: str, cfg: dict, eval_id: int, name: str, pairs: int, think: float
     session = f"rater-{name}"
     # one connection kept open for the whole visit, as a browser keeps its own
     with httpx.Client(base_url=url, timeout=60) as client:
-        call(url, by_api(cfg, "rater_refresh"), [], session_hash=session, client=client)
-        joined = call(url, by_api(cfg, "rater_join"), [eval_id, name, "", {}], session_hash=session, client=client)
+        call_as_page(cfg, url, by_api(cfg, "rater_refresh"), [], session_hash=session, client=client)
+        joined = call_as_page(cfg, url, by_api(cfg, "rater_join"), [eval_id, name, "", {}], session_hash=session,
+                              client=client)
         if not joined["success"] or "pair 1 of" not in str(joined["data"]):
             errors.append(f"{name}: join: {joined}")
             barrier.abort()
@@ -145,14 +146,14 @@ def rater(url: str, cfg: dict, eval_id: int, name: str, pairs: int, think: float
                 time.sleep(rng.uniform(0.5, 1.5) * think)
             a, b = rng.randint(1, 5), rng.randint(1, 5)
             began = time.perf_counter()
-            result = call(url, submit, [None, None, None, a, b, None, "", None, None, None, None, None, None],
-                          session_hash=session, client=client)
+            result = call_as_page(cfg, url, submit, [None, None, None, a, b, None, "", None, None, None, None, None,
+                                                     None], session_hash=session, client=client)
             latencies.append((k, time.perf_counter() - began))
             if result["success"] and str(result["data"][0]).startswith("Saved"):
                 acks.append((name, a, b))
             else:
                 errors.append(f"{name}: submit: {result}")
-            call(url, next_pair, [None, None], session_hash=session, client=client)
+            call_as_page(cfg, url, next_pair, [None, None], session_hash=session, client=client)
 
 
 def main() -> None:

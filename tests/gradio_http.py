@@ -41,6 +41,27 @@ def _call(client: httpx.Client, fn_index: int, data: list, session_hash: str, ev
     return {"success": False, "data": None, "error": "the stream ended without a result"}
 
 
+def call_as_page(cfg: dict, url: str, fn_index: int, data: list, cookies: dict | None = None,
+                 session_hash: str | None = None, timeout: float = 60.0,
+                 client: httpx.Client | None = None) -> dict:
+    """Send an event the way the page itself does: through the queue, or, for an
+    event made with queue=False, as one POST to /gradio_api/run/<api_name>."""
+    dependency = next(d for d in cfg["dependencies"] if d["id"] == fn_index)
+    if dependency.get("queue") is not False:
+        return call(url, fn_index, data, cookies, session_hash, timeout, client=client)
+    body = {"data": data, "fn_index": fn_index, "session_hash": session_hash or uuid.uuid4().hex[:11],
+            "event_data": None, "trigger_id": None}
+    path = f"/gradio_api/run/{dependency['api_name']}"
+    if client is None:
+        with httpx.Client(base_url=url, cookies=cookies or {}, timeout=timeout) as own:
+            answer = own.post(path, json=body)
+    else:
+        answer = client.post(path, json=body)
+    if answer.status_code != 200:
+        return {"success": False, "data": None, "error": f"HTTP {answer.status_code}: {answer.text[:300]}"}
+    return {"success": True, "data": answer.json().get("data"), "error": None}
+
+
 def config(url: str) -> dict:
     return httpx.get(f"{url}/config", timeout=30).json()
 
