@@ -1,3 +1,4 @@
+import itertools
 import json
 import os
 import signal
@@ -109,6 +110,46 @@ def test_packed_batches_give_the_same_loss_as_padded_ones(tiny_llama):
     assert torch.allclose(sliced.loss, packed, atol=1e-5)
     assert sliced.logits.shape[-2] == int(batch["logits_to_keep"].sum()) == len(batch["shift_labels"])
     assert ttrain.accepts_logits_to_keep(model)
+
+
+def test_per_example_attention_and_rounded_rows_give_the_same_loss_and_gradients(tiny_llama):
+    """train()'s packed batches: attention per example (tuner.packed_attention) and the
+    row and the head's positions rounded up to a multiple of 64 change nothing learned."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuner import packed_attention
+    from tuner.chat import PackCollator, PadCollator, encode_example
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    rows = [json.loads(line) for line in POLITE.read_text().splitlines()[:4]]
+    features = [encode_example(r["messages"], tok, 256) for r in rows]
+    useful = sum(len(f["input_ids"]) for f in features)
+
+    def loss_and_grads(per_example: bool, collator):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+        model.config.use_cache = False
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False, task_type="CAUSAL_LM"))
+        if per_example:
+            assert packed_attention.use_for_packed_training(model)
+        model.train()
+        loss = model(**collator(features)).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    padded, padded_grads = loss_and_grads(False, PadCollator(tok.pad_token_id))
+    rounded = PackCollator(labelled_logits_only=True, boundaries=True, multiple_of=64, pad_token_id=tok.pad_token_id)
+    batch = rounded(features)
+    assert batch["input_ids"].shape[1] % 64 == 0 and batch["input_ids"].shape[1] - useful < 64
+    assert int(batch["logits_to_keep"].sum()) % 64 == 0
+    assert batch["cu_seq_lens_q"].tolist()[:5] == [0, *itertools.accumulate(len(f["input_ids"]) for f in features)]
+    assert rounded.tokens == useful  # the pad tail is not counted as trained tokens
+    packed, packed_grads = loss_and_grads(True, rounded)
+    assert torch.allclose(packed, padded, atol=1e-5)
+    for name, grad in padded_grads.items():
+        assert torch.allclose(packed_grads[name], grad, atol=1e-5, rtol=1e-4), name
 
 
 def test_auto_precision_is_fp32_or_bf16_by_this_machine(monkeypatch):

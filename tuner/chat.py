@@ -90,31 +90,60 @@ class PackCollator:
     tokens only (the prompt's logits would be ignored by the loss anyway); the
     loss is the same. Needs a model whose forward takes `logits_to_keep`.
 
+    With `boundaries`, the batch also carries where each example starts and ends
+    (`cu_seq_lens_q`/`_k`, `max_length_q`/`_k`, flash-attention's names), which
+    `tuner.packed_attention` uses to attend to each example on its own.
+
+    With `multiple_of` > 1, the row is padded up to a multiple of it (a tail of
+    pad tokens that is its own sequence, learns nothing and is not counted), and
+    the positions kept for the output head are rounded up the same way (the extra
+    ones have no target). Matrix shapes then repeat from batch to batch, and the
+    CPU's matmul kernels (oneDNN builds one per shape) are reused instead of being
+    built anew at every step: measured ~11% of a bf16 step on SmolLM2-135M.
+
     `tokens` counts the useful tokens served, for tokens-per-second figures.
     """
 
-    def __init__(self, labelled_logits_only: bool = False):
+    def __init__(self, labelled_logits_only: bool = False, boundaries: bool = False, multiple_of: int = 1,
+                 pad_token_id: int = 0):
         self.tokens = 0
         self.labelled_logits_only = labelled_logits_only
+        self.boundaries = boundaries
+        self.multiple_of = max(1, int(multiple_of))
+        self.pad_token_id = pad_token_id
 
     def __call__(self, features: list[dict]) -> dict:
-        ids, labels, positions = [], [], []
+        ids, labels, positions, edges = [], [], [], [0]
         for f in features:
             n = len(f["input_ids"])
             ids += list(f["input_ids"])
             # the first token of an example is never predicted from the previous example
             labels += [IGNORE] + list(f["labels"])[1:]
             positions += list(range(n))
+            edges.append(edges[-1] + n)
         self.tokens += len(ids)
+        tail = -len(ids) % self.multiple_of
+        if tail:  # positions restart at 0: a sequence of its own, attended to by nothing else
+            ids += [self.pad_token_id] * tail
+            labels += [IGNORE] * tail
+            positions += list(range(tail))
+            edges.append(edges[-1] + tail)
         batch = {
             "input_ids": torch.tensor([ids]),
             "labels": torch.tensor([labels]),
             "position_ids": torch.tensor([positions]),
         }
+        if self.boundaries:
+            longest = max(b - a for a, b in zip(edges[:-1], edges[1:]))
+            batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = torch.tensor(edges, dtype=torch.int32)
+            batch["max_length_q"] = batch["max_length_k"] = longest
         if self.labelled_logits_only:
             # position p predicts token p + 1: keep p where label p + 1 is learned
             targets = torch.tensor([labels[1:] + [IGNORE]])
             keep = targets.ne(IGNORE)
+            extra = -int(keep.sum()) % self.multiple_of
+            if extra:  # round the head's rows up with positions that have no target
+                keep[0, keep[0].logical_not().nonzero()[:extra, 0]] = True
             batch["logits_to_keep"] = keep
             batch["shift_labels"] = targets[keep]
         return batch

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuner import data as tdata
-from tuner import models
+from tuner import models, packed_attention
 from tuner.config import TrainConfig
 
 # Module names of attention projections, by architecture; anything else falls
@@ -43,6 +43,11 @@ ATTENTION_MODULES = {
     "gpt_neox": ["query_key_value", "dense"],
     "gpt2": ["c_attn"],
 }
+
+
+# Packed rows and the head's kept positions are rounded up to a multiple of this, so
+# matmul shapes repeat across steps (see PackCollator); at most 63 pad tokens a row.
+PACK_MULTIPLE = 64
 
 
 class Diverged(RuntimeError):
@@ -120,11 +125,12 @@ def resolve_precision(precision: str) -> str:
     (`cpu_bf16_speedup`), else fp32.
 
     bf16 means: the frozen base weights are loaded in bf16 (half the memory, bf16
-    matmuls), the trainable adapter weights stay fp32 (peft's
-    autocast_adapter_dtype) and the loss is computed in fp32; on a GPU, autocast
-    also runs the adapters in bf16. On a CPU there is no autocast: it would re-cast
-    every weight at every step (measured slower than fp32 under Trainer,
-    bench/train_step.py). Compare on your machine with bench/train_speed.py
+    matmuls), the trainable adapter weights and their optimizer state stay fp32
+    (peft's autocast_adapter_dtype), and the step runs under autocast, so the
+    adapters' matmuls are bf16 too and the loss is fp32. (Autocast over an fp32
+    base re-casts every weight at every step: measured slower than fp32 under
+    Trainer, bench/train_step.py; over a bf16 base it casts only the small
+    adapters.) Compare on your machine with bench/train_speed.py
     --tuner-set precision=fp32 / precision=bf16.
     """
     import torch
@@ -263,6 +269,7 @@ def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
     """The recipe. Returns the run's summary; raises on setup errors."""
     import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft.tuners.tuners_utils import BaseTunerLayer
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     from tuner.chat import PackCollator, PadCollator, ensure_chat_template
@@ -308,9 +315,20 @@ def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
     # prompt tuning prepends virtual tokens to each row and ignores position_ids,
     # so packed examples would see each other: it trains on padded batches
     packing = config.packing and config.method != "prompt_tuning"
+    # packed rows: attention per example (no total × total mask), see tuner.packed_attention
+    per_example = packing and packed_attention.use_for_packed_training(model)
     # logits and loss on the assistant's tokens only, where the model can slice before its head
-    collator = (PackCollator(labelled_logits_only=accepts_logits_to_keep(model)) if packing
-                else PadCollator(tokenizer.pad_token_id))
+    collator = (PackCollator(labelled_logits_only=accepts_logits_to_keep(model), boundaries=per_example,
+                             multiple_of=PACK_MULTIPLE, pad_token_id=tokenizer.pad_token_id)
+                if packing else PadCollator(tokenizer.pad_token_id))
+    autocast = precision in ("bf16", "fp16")
+    if autocast and config.method != "qlora":
+        # autocast already gives each matmul its dtype; peft's own cast of every LoRA input to
+        # the fp32 adapter weights' dtype would only add copies, undone by autocast (measured:
+        # ~20% of a CPU step). The adapters' weights and their optimizer state stay fp32.
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.cast_input_dtype_enabled = False
     has_eval = len(eval_set) > 0
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
@@ -332,9 +350,10 @@ def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
         seed=config.seed,
-        # on a GPU, autocast runs the adapters' matmuls in bf16/fp16 too; on a CPU the
-        # base weights already are bf16 and autocast only adds casts (measured slower)
-        bf16=precision == "bf16" and torch.cuda.is_available(),
+        # autocast: the adapters' matmuls in bf16/fp16 too (the base weights already are), the
+        # loss in fp32. On a CPU with AMX (oneDNN bf16 matmuls ~6x fp32's) this is the fast path;
+        # where bf16 is not faster, auto precision picks fp32 and there is no autocast
+        bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
         report_to=[],

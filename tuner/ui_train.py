@@ -136,7 +136,8 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
         with gr.Row():
             r = gr.Slider(1, 64, value=d.r, step=1, label="LoRA rank (r)")
             alpha = gr.Slider(1, 128, value=d.lora_alpha, step=1, label="LoRA alpha (lora_alpha)")
-            dropout = gr.Slider(0.0, 0.5, value=d.lora_dropout, step=0.01, label="LoRA dropout")
+            dropout = gr.Slider(0.0, 0.5, value=d.lora_dropout, step=0.01, label="LoRA dropout",
+                                info="above 0 regularises, but on a CPU costs ~40% more time a step")
             with gr.Column():
                 dora = gr.Checkbox(value=d.use_dora, label="DoRA (use_dora)")
                 rslora = gr.Checkbox(value=d.use_rslora, label="rsLoRA (use_rslora)")
