@@ -7,11 +7,13 @@ Each way runs in its own fresh process (so its peak resident memory is its own),
 one after the other, on the bundled model, greedy, with GenSettings' defaults
 otherwise (repetition penalty 1.1):
 
-- one:   the reference for memory — transformers loads the base model once and
-         replies to one prompt. Nothing else.
+- one:   the reference for memory — transformers loads the base model once, the
+         usual way (its checkpoint's fp32), and replies to one prompt. Nothing else.
 - tuner: tuner.generate.Generator — one base copy; the adapter sits on a PeftModel
-         over it and is switched off (disable_adapter) for the base replies; the
-         prompts of each variant go through in batches.
+         over it; base and tuned rows share batches (peft's mixed-adapter
+         batches, the base rows with no adapter), 20 rows a batch by default; the weights in bf16 where
+         this machine's bf16 matmuls are fast (as the app does; --precision fp32
+         to compare like for like).
 - naive: two model copies — the base, and a second one with the adapter loaded
          by PeftModel.from_pretrained (merged into it with --naive-merged) — one
          prompt at a time.
@@ -143,7 +145,7 @@ def work_naive(args) -> dict:
 def work_tuner(args) -> dict:
     from tuner.generate import GenSettings, Generator
 
-    generator = Generator(Path(args.models_dir))
+    generator = Generator(Path(args.models_dir), precision=args.precision)
     adapter = ("tuned", Path(args.adapter))
     start = time.perf_counter()
     generator.load(args.model, [adapter])
@@ -151,11 +153,10 @@ def work_tuner(args) -> dict:
     settings = GenSettings(max_new_tokens=args.max_new_tokens,
                            **({"batch_size": args.batch_size} if args.batch_size else {}))
     start = time.perf_counter()
-    base = generator.generate(args.model, conversations(), settings)
-    tuned = generator.generate(args.model, conversations(), settings, adapter=adapter)
+    base, tuned = generator.generate_all(args.model, conversations(), settings, [None, adapter])
     gen_s = time.perf_counter() - start
     return {"load_s": load_s, "gen_s": gen_s, "new_tokens": sum(r.new_tokens for r in base + tuned),
-            "batch_size": settings.batch_size,
+            "batch_size": settings.batch_size, "dtype": generator.dtype,
             "replies": {"base": [r.text for r in base], "tuned": [r.text for r in tuned]}}
 
 
@@ -177,6 +178,7 @@ def spawn(way: str, args, **extra) -> dict:
         command += ["--batch-size", str(args.batch_size)]
     if args.naive_merged:
         command.append("--naive-merged")
+    command += ["--precision", args.precision]
     for key, value in extra.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
     start = time.perf_counter()
@@ -207,6 +209,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=0, help="Tuner's batch size (default: GenSettings')")
     parser.add_argument("--naive-merged", action="store_true", help="merge the adapter into the naive second copy")
     parser.add_argument("--ways", default="one,tuner,naive")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="Tuner's generation dtype (auto: bf16 where bf16 matmuls are fast, as the app does)")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--models-dir", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -246,6 +250,7 @@ def main() -> None:
         summary[f"{way}_new_tokens"] = r["new_tokens"]
     if "tuner" in results:
         summary["tuner_batch_size"] = results["tuner"]["batch_size"]
+        summary["tuner_dtype"] = results["tuner"]["dtype"]
     if {"tuner", "naive"} <= results.keys():
         tuner, naive = results["tuner"], results["naive"]
         summary["speedup"] = round(naive["gen_s"] / tuner["gen_s"], 2)

@@ -52,13 +52,11 @@ def generate_evaluation(store: Store, generator: Generator, name: str, base_mode
     items = [apply_rules(item, rules, tag) for item in items]
     conversations = [item["messages"] for item in items]
     total = len(items) * len(variants)
-    replies = {}
-    for index, variant in enumerate(variants):
-        offset = index * len(items)
-        adapter = (variant.name, variant.adapter) if variant.adapter else None
-        replies[variant.name] = generator.generate(
-            base_model, conversations, settings, adapter=adapter,
-            progress=(lambda n, _t, o=offset: progress(o + n, total)) if progress else None)
+    # the base and the LoRA variants share batches (Generator.generate_all)
+    adapters = [(v.name, v.adapter) if v.adapter else None for v in variants]
+    answers = generator.generate_all(base_model, conversations, settings, adapters,
+                                     progress=(lambda n, _t: progress(n, total)) if progress else None)
+    replies = {variant.name: answer for variant, answer in zip(variants, answers)}
     eval_id = store.create_evaluation(
         name, base_model, items, [{"name": v.name, "label": v.label, "kind": v.kind} for v in variants],
         settings=settings.__dict__ | {"variants": [v.name for v in variants]},

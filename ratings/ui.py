@@ -219,7 +219,7 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
             top_p = gr.Slider(0.05, 1, value=defaults.top_p, step=0.05, label="Top p")
             penalty = gr.Slider(1.0, 2.0, value=defaults.repetition_penalty, step=0.05, label="Repetition penalty")
             seed = gr.Number(value=defaults.seed, label="Seed", precision=0)
-            batch = gr.Slider(1, 16, value=defaults.batch_size, step=1, label="Batch size")
+            batch = gr.Slider(1, 32, value=defaults.batch_size, step=1, label="Batch size (rows)")
         with gr.Row():
             rules = gr.Textbox(lines=3, label="Keyword rules, one per line: 'flag: keyword, keyword priority N'",
                                placeholder="escalate: cancel, angry, lawsuit priority 1", elem_id="eval-rules")

@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from gradio_http import call, config, default_inputs, is_skip
+from gradio_http import call, call_as_page, config, default_inputs, is_skip
 from test_browser import _free_port
 
 PASSWORD = "correct horse battery staple"
@@ -127,13 +127,16 @@ def test_sign_in_gives_the_cookie_only_for_the_password_and_limits_guesses(locke
 def test_raters_page_works_without_owner_rights(locked):
     demo, url, home, store, eval_id, access = locked
     cfg = config(url)
+    # the raters' events skip Gradio's queue: the page POSTs each to /gradio_api/run/<name>
+    for name in ("rater_join", "rater_submit", "rater_next"):
+        assert next(d for d in cfg["dependencies"] if d.get("api_name") == name)["queue"] is False, name
     session = "rater-ann-01"
-    joined = call(url, _by_api(cfg, "rater_join"), [eval_id, "Ann", "", {}], session_hash=session)
+    joined = call_as_page(cfg, url, _by_api(cfg, "rater_join"), [eval_id, "Ann", "", {}], session_hash=session)
     assert joined["success"], joined
     progress = joined["data"][3]
     assert "pair 1 of 3" in progress
     data = [5, 4, "A", "", None, None, None, None, None, None]
-    saved = call(url, _by_api(cfg, "rater_submit"), [None, None, None, *data], session_hash=session)
+    saved = call_as_page(cfg, url, _by_api(cfg, "rater_submit"), [None, None, None, *data], session_hash=session)
     assert saved["success"] and "Saved (1 of 3 done)" in saved["data"][0]
     assert len(store.ratings_frame(eval_id)) == 2
 
@@ -152,9 +155,11 @@ def test_a_rater_cannot_rate_as_someone_else(locked):
     assert "already rates as 'Ann'" in wrong_key["data"][3]
     # nor can she send Ann's name and assignment straight to submit: the rater is server-side state
     assignment = store.next_pair(eval_id, "Ann", random.Random(0))["assignment_id"]
-    direct = call(url, submit, [assignment, "Ann", eval_id, 1, 1, None, "", None, None, None, None, None, None],
-                  session_hash="mallory")
+    forged_values = [assignment, "Ann", eval_id, 1, 1, None, "", None, None, None, None, None, None]
+    direct = call(url, submit, forged_values, session_hash="mallory")
     assert "Press Start rating" in direct["data"][0]
+    posted = call_as_page(cfg, url, submit, forged_values, session_hash="mallory")  # the page's own path
+    assert "Press Start rating" in posted["data"][0]
     scores = store.ratings_frame(eval_id)
     assert sorted(scores["score"]) == [2, 2] and set(scores["rater"]) == {"Ann"}
     # Ann's own browser (her key) gets back in

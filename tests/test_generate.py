@@ -112,3 +112,42 @@ def test_cli_generate_writes_base_and_tuned_replies(tiny_llama, trained_run, tmp
     done = subprocess.run([sys.executable, "-m", "tuner", "generate", "--run", str(trained_run.parent), "--prompts",
                            str(bad)], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "needs a 'prompt' column" in done.stderr
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_base_and_lora_rows_sharing_a_batch_give_each_variant_its_own_replies(tiny_llama, trained_run, tmp_path,
+                                                                               precision):
+    """generate_all mixes base and LoRA rows in one batch (peft's adapter_names): the
+    replies are those of each variant generated on its own, in the same batch shape."""
+    prompts = [[{"role": "user", "content": "Say hi 1"}], [{"role": "user", "content": "What is two plus two?"}]]
+    adapter = ("run-1", trained_run)
+    gen = Generator(tmp_path, precision=precision)
+    mixed_base, mixed_tuned = gen.generate_all(str(tiny_llama), prompts, GenSettings(max_new_tokens=8, batch_size=4),
+                                               [None, adapter])
+    apart = GenSettings(max_new_tokens=8, batch_size=2)
+    base = gen.generate(str(tiny_llama), prompts, apart)
+    tuned = gen.generate(str(tiny_llama), prompts, apart, adapter=adapter)
+    assert [r.text for r in mixed_base] == [r.text for r in base]
+    assert [r.text for r in mixed_tuned] == [r.text for r in tuned] != [r.text for r in base]
+    assert {r.variant for r in mixed_base} == {BASE} and {r.variant for r in mixed_tuned} == {"run-1"}
+    assert {r.settings["dtype"] for r in mixed_base + mixed_tuned} == {precision}
+    base_weights = {p.dtype for n, p in gen.base.named_parameters() if "lora_" not in n}
+    assert base_weights == {torch.float32 if precision == "fp32" else torch.bfloat16}
+
+
+def test_a_lean_bf16_load_has_the_same_weights_as_from_pretrained(tiny_llama):
+    """models.load_as reads the checkpoint a tensor at a time (lower peak memory) and
+    must give exactly what from_pretrained(dtype=bf16) gives, tied weights included."""
+    from transformers import AutoModelForCausalLM
+
+    from tuner import models
+
+    lean, tokenizer = models.load_as(models.ModelSource("tiny", str(tiny_llama), "local"), torch.bfloat16)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16)
+    lean_state, ref_state = lean.state_dict(), reference.state_dict()
+    assert lean_state.keys() == ref_state.keys()
+    for name, tensor in ref_state.items():
+        assert lean_state[name].dtype == torch.bfloat16 and torch.equal(lean_state[name], tensor), name
+    assert (lean.lm_head.weight.data_ptr() == lean.model.embed_tokens.weight.data_ptr()) == \
+        (reference.lm_head.weight.data_ptr() == reference.model.embed_tokens.weight.data_ptr())
+    assert tokenizer.pad_token is not None and not lean.training

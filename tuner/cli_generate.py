@@ -39,8 +39,8 @@ def _generate(args) -> int:
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     try:
         variants = [("base", base_model, None), ("tuned", record["run_id"], (record["run_id"], run_dir / "adapter"))]
-        for variant, model_label, adapter in variants:
-            replies = generator.generate(base_model, conversations, settings, adapter=adapter)
+        answers = generator.generate_all(base_model, conversations, settings, [a for _v, _m, a in variants])
+        for (variant, model_label, _adapter), replies in zip(variants, answers):
             for prompt, reply in zip(prompts, replies):
                 out.write(json.dumps({"prompt": prompt["text"], "variant": variant, "model": model_label,
                                       "reply": reply.text, "latency_s": round(reply.latency_s, 3),

@@ -27,11 +27,12 @@ class GenSettings:
     top_p: float = 1.0
     repetition_penalty: float = 1.1  # small models loop without it
     seed: int = 0
-    # On an idle 2-core CPU a decoding step of SmolLM2-135M took 93 ms for 10 rows
-    # against 51 ms for one (reading the weights dominates): ~5× the throughput.
-    # Its KV cache is ~80 MB at 128 new tokens. Under CPU contention from other
-    # processes the gain shrinks or vanishes (see bench/generate_speed.py).
-    batch_size: int = 10
+    # Rows per batch (the base and LoRA variants share batches, see generate_all). On an
+    # idle 2-core AMX Xeon a decoding step of SmolLM2-135M took 60 ms for one row, 76 ms
+    # for 10 and 92 ms for 20 in bf16 (fp32: 55, 137, 174 ms): reading the weights
+    # dominates, so 20 rows give ~12× one row's throughput. KV cache at 128 new tokens:
+    # ~75 MB for 20 rows in bf16. Under contention from other processes the gain shrinks.
+    batch_size: int = 20
 
     def __post_init__(self):
         if not 1 <= self.max_new_tokens <= 2048:
@@ -76,7 +77,17 @@ class Generator:
     reply always runs with every LoRA adapter disabled.
     """
 
-    def __init__(self, models_dir: Path):
+    def __init__(self, models_dir: Path, precision: str = "auto"):
+        """precision: the base weights' dtype for generation. auto: bf16 where this
+        machine's bf16 matmuls measure ≥2× fp32's (a CPU with AMX, a GPU), else fp32.
+        On a 2-core AMX Xeon a 10-row decoding step of SmolLM2-135M took 76 ms in bf16
+        against 137 ms in fp32 (one row: 60 vs 55 ms), and the weights take half the
+        memory. Replies can differ from fp32's in a few tokens; each reply records
+        the dtype it was generated in."""
+        if precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"generation precision must be auto, bf16 or fp32 (got {precision!r})")
+        self.precision = precision
+        self.dtype: str | None = None  # resolved when the base model is loaded
         self.models_dir = Path(models_dir)
         self._lock = threading.Lock()  # one generate at a time on the shared model
         self.model_name: str | None = None
@@ -95,8 +106,19 @@ class Generator:
             return
         from tuner.chat import ensure_chat_template  # imports torch: not at the app's start
 
+        import torch
+
+        from tuner.train import resolve_precision
+
         source = models.resolve(model_name, self.models_dir)
-        model, tokenizer = models.load(source)
+        dtype = "bf16" if self.precision == "bf16" or (
+            self.precision == "auto" and not torch.cuda.is_available()
+            and resolve_precision("auto") == "bf16") else "fp32"
+        if dtype == "bf16":
+            model, tokenizer = models.load_as(source, torch.bfloat16)
+        else:
+            model, tokenizer = models.load(source)
+        self.dtype = dtype
         ensure_chat_template(tokenizer)
         tokenizer.padding_side = "left"  # decoder-only batches pad on the left
         model.eval()
@@ -154,16 +176,65 @@ class Generator:
                         progress(len(replies), len(conversations))
             return replies
 
-    def _batch(self, model, batch, settings: GenSettings, variant: str) -> list[Reply]:
+    def generate_all(self, model_name: str, conversations: list[list[dict]], settings: GenSettings,
+                     adapters: list[tuple[str, Path] | None], progress=None) -> list[list[Reply]]:
+        """Every variant's replies to every conversation: one list per entry of
+        `adapters` (None: the base model).
+
+        The base and the LoRA adapters share batches: each row names its adapter
+        (peft's mixed-adapter batches, "__base__" for the base), so 10 prompts × 2
+        variants go through as one batch of 20 rows instead of two of 10 (a decoding
+        step of 20 rows costs little more than one of 10: the weights are read once).
+        Prompt-tuning and DoRA adapters, which peft cannot mix, go variant by variant."""
+        with self._lock:
+            self._ensure_base(model_name)
+            for adapter in adapters:
+                if adapter is not None:
+                    self._adapter_model(*adapter)
+            mixable = [i for i, a in enumerate(adapters) if a is None or self._mixable(a[0])]
+            if self.lora is None:  # no LoRA adapter: only base rows can share a batch
+                mixable = [i for i in mixable if adapters[i] is None]
+            results: list[list[Reply] | None] = [None] * len(adapters)
+            rows = [(i, c) for i in mixable for c in range(len(conversations))]
+            done_rows, total_rows = 0, len(adapters) * len(conversations)
+            replies: dict[tuple[int, int], Reply] = {}
+            for batch in balanced_batches(len(rows), settings.batch_size):
+                picked = [rows[k] for k in batch]
+                names = ["__base__" if adapters[i] is None else adapter_name(adapters[i][0]) for i, _c in picked]
+                labels = [BASE if adapters[i] is None else adapters[i][0] for i, _c in picked]
+                extra = {"adapter_names": names} if self.lora is not None else {}
+                out = self._batch(self.model, [conversations[c] for _i, c in picked], settings, labels, **extra)
+                replies.update(zip(picked, out))
+                done_rows += len(picked)
+                if progress:
+                    progress(done_rows, total_rows)
+            for i in mixable:
+                results[i] = [replies[(i, c)] for c in range(len(conversations))]
+        for i, adapter in enumerate(adapters):  # the ones peft cannot mix, each on its own
+            if results[i] is None:
+                offset = done_rows
+                results[i] = self.generate(model_name, conversations, settings, adapter=adapter, progress=(
+                    (lambda n, _t, o=offset: progress(o + n, total_rows)) if progress else None))
+                done_rows += len(conversations)
+        return results
+
+    def _mixable(self, name: str) -> bool:
+        """Whether this loaded adapter is a LoRA one that peft can mix in a batch (not DoRA)."""
+        key = adapter_name(name)
+        config = self.lora.peft_config.get(key) if self.lora is not None else None
+        return config is not None and not getattr(config, "use_dora", False)
+
+    def _batch(self, model, batch, settings: GenSettings, variant: str | list[str], **extra) -> list[Reply]:
         import torch
 
         from tuner.chat import encode_prompt
 
         ids = [encode_prompt(conv, self.tokenizer) for conv in batch]
         enc = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+        variants = variant if isinstance(variant, list) else [variant] * len(batch)
         kwargs = dict(max_new_tokens=settings.max_new_tokens,
                       repetition_penalty=settings.repetition_penalty,
-                      pad_token_id=self.tokenizer.pad_token_id)
+                      pad_token_id=self.tokenizer.pad_token_id, **extra)
         if settings.temperature > 0:
             kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
             torch.manual_seed(settings.seed)
@@ -175,9 +246,9 @@ class Generator:
         elapsed = time.perf_counter() - start
         width = enc["input_ids"].shape[1]
         replies = []
-        for row in out[:, width:]:
+        for row, name in zip(out[:, width:], variants):
             tokens = [t for t in row.tolist() if t != self.tokenizer.pad_token_id]
             text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
-            replies.append(Reply(text=text, variant=variant, latency_s=elapsed / len(batch),
-                                 new_tokens=len(tokens), settings=asdict(settings)))
+            replies.append(Reply(text=text, variant=name, latency_s=elapsed / len(batch),
+                                 new_tokens=len(tokens), settings=asdict(settings) | {"dtype": self.dtype}))
         return replies
