@@ -185,8 +185,14 @@ def test_write_a_multi_turn_dataset_from_scratch_and_expand_it(app_url, page, tm
     expect(message).to_contain_text("A new, empty dataset")
 
     def cell(row, col, text):
-        page.locator(f"#edit-turns [data-testid='cell-{row}-{col}']").dblclick()
+        # type only once the cell's editor is open and focused: keys sent earlier (a busy
+        # machine) were lost, e.g. "Tell me a joke" saved as "ell me a joke"
+        target = page.locator(f"#edit-turns [data-testid='cell-{row}-{col}']")
+        target.dblclick()
+        editor = target.locator("textarea, input").first
+        expect(editor).to_be_focused()
         page.keyboard.type(text)
+        expect(editor).to_have_value(text)
         page.keyboard.press("Enter")
 
     page.locator("#edit-system textarea, #edit-system input").first.fill("Be brief.")
@@ -201,8 +207,9 @@ def test_write_a_multi_turn_dataset_from_scratch_and_expand_it(app_url, page, tm
     expect(message).to_contain_text("Row 1 added")
     page.locator("#dataset-save").click()
     expect(message).to_contain_text("saved as my-dataset.jsonl")
-    assert [m["role"] for m in tdata.load_jsonl(saved / "my-dataset.jsonl").rows[0]["messages"]] == \
-        ["system", "user", "assistant", "user", "assistant"]
+    assert [(m["role"], m["content"]) for m in tdata.load_jsonl(saved / "my-dataset.jsonl").rows[0]["messages"]] == [
+        ("system", "Be brief."), ("user", "Hello there"), ("assistant", "Hi! How can I help?"),
+        ("user", "Tell me a joke"), ("assistant", "Why did the chicken cross the road?")]
 
     # the loaded model proposes a paraphrase; the ticked one is added to the draft
     page.get_by_role("tab", name="Expand").click()
