@@ -28,7 +28,7 @@ def test_base_reply_comes_from_the_same_model_with_adapter_disabled(tiny_llama, 
 
 def test_batched_and_single_generation_agree(tiny_llama, tmp_path):
     prompts = [[{"role": "user", "content": "Hello"}], [{"role": "user", "content": "A longer question here?"}]]
-    gen = Generator(tmp_path)
+    gen = Generator(tmp_path, precision="fp32")  # exact: bf16 may round a batch of 2 rows differently
     batched = gen.generate(str(tiny_llama), prompts, GenSettings(max_new_tokens=6, batch_size=2))
     single = gen.generate(str(tiny_llama), prompts, GenSettings(max_new_tokens=6, batch_size=1))
     assert [r.text for r in batched] == [r.text for r in single]
@@ -118,7 +118,7 @@ def test_cli_generate_writes_base_and_tuned_replies(tiny_llama, trained_run, tmp
 def test_base_and_lora_rows_sharing_a_batch_give_each_variant_its_own_replies(tiny_llama, trained_run, tmp_path,
                                                                                precision):
     """generate_all mixes base and LoRA rows in one batch (peft's adapter_names): the
-    replies are those of each variant generated on its own, in the same batch shape."""
+    replies are those of each variant generated on its own (exactly so in fp32)."""
     prompts = [[{"role": "user", "content": "Say hi 1"}], [{"role": "user", "content": "What is two plus two?"}]]
     adapter = ("run-1", trained_run)
     gen = Generator(tmp_path, precision=precision)
@@ -127,23 +127,34 @@ def test_base_and_lora_rows_sharing_a_batch_give_each_variant_its_own_replies(ti
     apart = GenSettings(max_new_tokens=8, batch_size=2)
     base = gen.generate(str(tiny_llama), prompts, apart)
     tuned = gen.generate(str(tiny_llama), prompts, apart, adapter=adapter)
-    assert [r.text for r in mixed_base] == [r.text for r in base]
-    assert [r.text for r in mixed_tuned] == [r.text for r in tuned] != [r.text for r in base]
+    assert [r.text for r in mixed_tuned] != [r.text for r in mixed_base]
+    if precision == "fp32":  # in bf16 a batch of 4 rows may round differently from one of 2
+        assert [r.text for r in mixed_base] == [r.text for r in base]
+        assert [r.text for r in mixed_tuned] == [r.text for r in tuned]
     assert {r.variant for r in mixed_base} == {BASE} and {r.variant for r in mixed_tuned} == {"run-1"}
     assert {r.settings["dtype"] for r in mixed_base + mixed_tuned} == {precision}
     base_weights = {p.dtype for n, p in gen.base.named_parameters() if "lora_" not in n}
     assert base_weights == {torch.float32 if precision == "fp32" else torch.bfloat16}
 
 
-def test_a_lean_bf16_load_has_the_same_weights_as_from_pretrained(tiny_llama):
+def test_a_lean_bf16_load_has_the_same_weights_as_from_pretrained(tiny_llama, monkeypatch):
     """models.load_as reads the checkpoint a tensor at a time (lower peak memory) and
     must give exactly what from_pretrained(dtype=bf16) gives, tied weights included."""
     from transformers import AutoModelForCausalLM
 
     from tuner import models
 
-    lean, tokenizer = models.load_as(models.ModelSource("tiny", str(tiny_llama), "local"), torch.bfloat16)
+    def no_fallback(*_a, **_k):
+        raise AssertionError("load_as fell back to from_pretrained")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(models, "load", no_fallback)
+        lean, tokenizer = models.load_as(models.ModelSource("tiny", str(tiny_llama), "local"), torch.bfloat16)
     reference = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16)
+    lean_buffers, ref_buffers = dict(lean.named_buffers()), dict(reference.named_buffers())
+    assert lean_buffers.keys() == ref_buffers.keys()
+    for name, buffer in ref_buffers.items():  # the rotary frequencies are not in the checkpoint
+        assert torch.equal(lean_buffers[name], buffer), name
     lean_state, ref_state = lean.state_dict(), reference.state_dict()
     assert lean_state.keys() == ref_state.keys()
     for name, tensor in ref_state.items():

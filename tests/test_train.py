@@ -134,16 +134,22 @@ def test_per_example_attention_and_rounded_rows_give_the_same_loss_and_gradients
                                                  init_lora_weights=False, task_type="CAUSAL_LM"))
         if per_example:
             assert packed_attention.use_for_packed_training(model)
+            with pytest.raises(ValueError, match="packed rows"):  # it never attends across padding
+                model(**PadCollator(tok.pad_token_id)(features))
         model.train()
         loss = model(**collator(features)).loss
         loss.backward()
+        if per_example:
+            packed_attention.restore_sdpa(model)
+            assert model.get_base_model().config._attn_implementation == "sdpa"
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
     padded, padded_grads = loss_and_grads(False, PadCollator(tok.pad_token_id))
     rounded = PackCollator(labelled_logits_only=True, boundaries=True, multiple_of=64, pad_token_id=tok.pad_token_id)
     batch = rounded(features)
-    assert batch["input_ids"].shape[1] % 64 == 0 and batch["input_ids"].shape[1] - useful < 64
-    assert int(batch["logits_to_keep"].sum()) % 64 == 0
+    assert batch["input_ids"].shape[1] % 64 == 0 and 0 < batch["input_ids"].shape[1] - useful < 64  # a pad tail
+    learned = int((batch["shift_labels"] != -100).sum())
+    assert int(batch["logits_to_keep"].sum()) % 64 == 0 and int(batch["logits_to_keep"].sum()) > learned
     assert batch["cu_seq_lens_q"].tolist()[:5] == [0, *itertools.accumulate(len(f["input_ids"]) for f in features)]
     assert rounded.tokens == useful  # the pad tail is not counted as trained tokens
     packed, packed_grads = loss_and_grads(True, rounded)
@@ -166,6 +172,7 @@ def test_auto_precision_is_fp32_or_bf16_by_this_machine(monkeypatch):
 def test_bf16_run_keeps_a_bf16_base_and_fp32_adapters(tiny_llama, tmp_path, monkeypatch):
     """precision bf16 on a CPU: frozen base weights in bf16, trainable weights in fp32."""
     from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     seen = {}
     real = PeftModel.save_pretrained
@@ -174,6 +181,7 @@ def test_bf16_run_keeps_a_bf16_base_and_fp32_adapters(tiny_llama, tmp_path, monk
         params = dict(self.named_parameters())
         seen["frozen"] = {p.dtype for p in params.values() if not p.requires_grad}
         seen["trainable"] = {p.dtype for p in params.values() if p.requires_grad}
+        seen["peft_casts"] = {m.cast_input_dtype_enabled for m in self.modules() if isinstance(m, BaseTunerLayer)}
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(PeftModel, "save_pretrained", spy)
@@ -184,7 +192,8 @@ def test_bf16_run_keeps_a_bf16_base_and_fp32_adapters(tiny_llama, tmp_path, monk
                                        precision="bf16", test_fraction=0, validation_fraction=0),
                            run_dir, models_dir=tmp_path / "models")
     assert summary["status"] == "completed" and summary["precision"] == "bf16"
-    assert seen == {"frozen": {torch.bfloat16}, "trainable": {torch.float32}}
+    # under autocast peft's own casts of LoRA inputs to fp32 are off (autocast picks the dtype)
+    assert seen == {"frozen": {torch.bfloat16}, "trainable": {torch.float32}, "peft_casts": {False}}
     assert all(v.dtype == torch.float32 for v in _weights(run_dir).values())
 
 
@@ -205,6 +214,7 @@ def test_lora_run_loss_falls_weights_change_and_folder_is_complete(tiny_llama, h
     for key in ("status", "train_runtime", "final_loss", "best_eval_loss", "trainable_params",
                 "trainable_percent"):
         assert summary[key] is not None, key
+    assert summary["packing"] and summary["attention"] == "per example"  # tuner.packed_attention in use
     metrics = ttrain.read_metrics(run_dir)
     losses = [m["loss"] for m in metrics if "loss" in m]
     assert len(losses) == state.max_steps

@@ -46,7 +46,8 @@ class TrainConfig:
     max_seq_length: int = 256  # longer examples are truncated; chat replies here are short
     seed: int = 42
     # auto: bf16 on a GPU that supports it, fp16 on older GPUs; on a CPU bf16 only where its bf16
-    # matmuls measure ≥2× fp32's (else fp32). bf16: frozen base in bf16, adapters and loss in fp32
+    # matmuls measure ≥2× fp32's (else fp32). bf16: frozen base in bf16 under autocast, adapter
+    # weights, optimizer state and loss in fp32
     precision: str = "auto"
     packing: bool = True  # padding-free batches: no compute spent on pad tokens
     # evaluation and checkpoints

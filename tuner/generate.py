@@ -1,7 +1,8 @@
 """Replies from a base model and its fine-tuned adapters, from one loaded copy.
 
-The base reply comes from the same PeftModel with its adapter disabled
-(`disable_adapter()`), not from a second copy of the weights.
+The base reply comes from the same weights, never from a second copy: as a
+"__base__" row of a mixed batch (`generate_all`), or with the adapters disabled
+(`disable_adapter()`, `generate`).
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ class Generator:
     """
 
     def __init__(self, models_dir: Path, precision: str = "auto"):
-        """precision: the base weights' dtype for generation. auto: bf16 where this
-        machine's bf16 matmuls measure ≥2× fp32's (a CPU with AMX, a GPU), else fp32.
+        """precision: the base weights' dtype for generation. auto: bf16 on a CPU whose
+        bf16 matmuls measure ≥2× fp32's (AMX), else fp32 (on a GPU machine too: this
+        generator runs on the CPU).
         On a 2-core AMX Xeon a 10-row decoding step of SmolLM2-135M took 76 ms in bf16
         against 137 ms in fp32 (one row: 60 vs 55 ms), and the weights take half the
         memory. Replies can differ from fp32's in a few tokens; each reply records
@@ -170,22 +172,26 @@ class Generator:
                  adapter: tuple[str, Path] | None = None, progress=None) -> list[Reply]:
         """Replies to each conversation; `adapter` is (name, folder) or None for the base."""
         with self._lock:
-            self._ensure_base(model_name)
-            if adapter is None:
-                target, variant = self.model, BASE
-            else:
-                target, variant = self._adapter_model(*adapter), adapter[0]
-            # LoRA layers sit inside the shared base: off for the base reply and
-            # for a prompt-tuning reply, on (the chosen one) for a LoRA reply
-            lora_off = self.lora is not None and (adapter is None or target is not self.lora)
-            context = self.lora.disable_adapter() if lora_off else contextlib.nullcontext()
-            replies = []
-            with context:
-                for batch in balanced_batches(len(conversations), settings.batch_size):
-                    replies += self._batch(target, [conversations[i] for i in batch], settings, variant)
-                    if progress:
-                        progress(len(replies), len(conversations))
-            return replies
+            return self._generate_one(model_name, conversations, settings, adapter, progress)
+
+    def _generate_one(self, model_name, conversations, settings, adapter, progress) -> list[Reply]:
+        """One variant's replies; the caller holds the lock."""
+        self._ensure_base(model_name)
+        if adapter is None:
+            target, variant = self.model, BASE
+        else:
+            target, variant = self._adapter_model(*adapter), adapter[0]
+        # LoRA layers sit inside the shared base: off for the base reply and
+        # for a prompt-tuning reply, on (the chosen one) for a LoRA reply
+        lora_off = self.lora is not None and (adapter is None or target is not self.lora)
+        context = self.lora.disable_adapter() if lora_off else contextlib.nullcontext()
+        replies = []
+        with context:
+            for batch in balanced_batches(len(conversations), settings.batch_size):
+                replies += self._batch(target, [conversations[i] for i in batch], settings, variant)
+                if progress:
+                    progress(len(replies), len(conversations))
+        return replies
 
     def generate_all(self, model_name: str, conversations: list[list[dict]], settings: GenSettings,
                      adapters: list[tuple[str, Path] | None], progress=None) -> list[list[Reply]]:
@@ -221,12 +227,12 @@ class Generator:
                     progress(done_rows, total_rows)
             for i in mixable:
                 results[i] = [replies[(i, c)] for c in range(len(conversations))]
-        for i, adapter in enumerate(adapters):  # the ones peft cannot mix, each on its own
-            if results[i] is None:
-                offset = done_rows
-                results[i] = self.generate(model_name, conversations, settings, adapter=adapter, progress=(
-                    (lambda n, _t, o=offset: progress(o + n, total_rows)) if progress else None))
-                done_rows += len(conversations)
+            for i, adapter in enumerate(adapters):  # the ones peft cannot mix, each on its own
+                if results[i] is None:
+                    offset = done_rows
+                    results[i] = self._generate_one(model_name, conversations, settings, adapter, (
+                        (lambda n, _t, o=offset: progress(o + n, total_rows)) if progress else None))
+                    done_rows += len(conversations)
         return results
 
     def _mixable(self, name: str) -> bool:

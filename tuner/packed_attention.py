@@ -10,8 +10,13 @@ flash-attention's variable-length kernels use, so the same batches also suit
 `flash_attention_2` on a GPU). Profiled on SmolLM2-135M (2 CPU cores, bf16):
 attention went from ~28% of a training step to a few percent, with the same loss.
 
-Rows without boundaries (padded batches, generation, evaluation elsewhere) go to
-transformers' own SDPA unchanged.
+It is registered without a mask function, so transformers builds no mask for it
+(a total × total mask per forward cost ~5% of a step): it therefore only serves
+packed rows with boundaries and refuses anything else (padded batches, generation)
+rather than attend across padding; train() switches the model back to SDPA at the
+end. Models whose attention is more than plain causal SDPA (sliding windows, logit
+soft-capping, attention sinks, position biases) stay on SDPA:
+`use_for_packed_training` says no.
 """
 
 from __future__ import annotations
@@ -23,12 +28,17 @@ NAME = "tuner_packed_sdpa"
 
 def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                         is_causal=None, **kwargs):
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import repeat_kv
 
     bounds = kwargs.get("cu_seq_lens_q")
-    if bounds is None or query.shape[0] != 1 or query.shape[2] == 1:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    special = [k for k in ("sliding_window", "softcap", "s_aux", "position_bias") if kwargs.get(k) is not None]
+    if special:
+        raise ValueError(f"attention {NAME!r} is plain causal attention; this model also needs "
+                         f"{', '.join(special)}: keep it on 'sdpa'")
+    if bounds is None or query.shape[0] != 1:
+        raise ValueError(f"attention {NAME!r} serves packed rows with example boundaries (cu_seq_lens_q, "
+                         "from PackCollator(boundaries=True)) only; for other batches switch the model "
+                         "back with set_attn_implementation('sdpa')")
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
@@ -43,8 +53,7 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
 def register() -> str:
     """Make the implementation known to transformers (idempotent) and return its name.
 
-    It is deliberately not registered as a mask function: transformers then builds
-    no (total × total) mask for it at all."""
+    No mask function is registered with it: transformers then builds no mask."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(NAME, packed_sdpa_forward)
@@ -55,10 +64,22 @@ def use_for_packed_training(model) -> bool:
     """Switch a model on SDPA to per-example attention; False (and unchanged) where
     its attention is something else (eager, flash-attention, a custom kernel)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(base.config, "_attn_implementation", None) != "sdpa":
+    config = base.config
+    if getattr(config, "_attn_implementation", None) != "sdpa":
         return False
+    layer_types = getattr(config, "layer_types", None) or []
+    if (getattr(config, "sliding_window", None) or getattr(config, "attn_logit_softcapping", None)
+            or any(kind != "full_attention" for kind in layer_types)):
+        return False  # attention beyond plain causal SDPA: keep transformers' own
     try:
         base.set_attn_implementation(register())
     except (ValueError, AttributeError):  # an architecture that cannot switch at run time
         return False
     return base.config._attn_implementation == NAME
+
+
+def restore_sdpa(model) -> None:
+    """Back to transformers' SDPA (after training), so the model serves any batch again."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "_attn_implementation", None) == NAME:
+        base.set_attn_implementation("sdpa")

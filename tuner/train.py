@@ -322,10 +322,12 @@ def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
                              multiple_of=PACK_MULTIPLE, pad_token_id=tokenizer.pad_token_id)
                 if packing else PadCollator(tokenizer.pad_token_id))
     autocast = precision in ("bf16", "fp16")
-    if autocast and config.method != "qlora":
+    if autocast and config.method != "qlora" and not config.use_dora:
         # autocast already gives each matmul its dtype; peft's own cast of every LoRA input to
         # the fp32 adapter weights' dtype would only add copies, undone by autocast (measured:
-        # ~20% of a CPU step). The adapters' weights and their optimizer state stay fp32.
+        # ~25% of a CPU step). The adapters' weights and their optimizer state stay fp32.
+        # Not for DoRA (its weight norm would be taken in bf16 and stop matching the fp32
+        # magnitude it started from) nor QLoRA (4-bit layers need their casts).
         for module in model.modules():
             if isinstance(module, BaseTunerLayer):
                 module.cast_input_dtype_enabled = False
@@ -383,6 +385,8 @@ def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
             torch.cuda.empty_cache()
         raise MemoryError(f"out of memory ({exc}); try a smaller batch size or max sequence length") from None
 
+    if per_example:
+        packed_attention.restore_sdpa(model)
     # --- save: built aside, then renamed, so adapter/ is whole or absent --------------------
     if trainer.is_world_process_zero():
         tmp = run_dir / ".adapter.tmp"
@@ -410,6 +414,9 @@ def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
         "tokens_per_second": round(sum(speeds) / len(speeds), 1) if speeds else None,
         "precision": precision,
         "packing": packing,
+        # attention of packed rows: per example (tuner.packed_attention), or the model's own
+        "attention": "per example" if per_example else getattr(model.get_base_model().config,
+                                                                "_attn_implementation", None),
         "method": config.method,
         "target_modules": list(targets) if config.method != "prompt_tuning" else [],
         "train_examples": len(train_set),
