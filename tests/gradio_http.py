@@ -3,6 +3,7 @@ no browser, no gradio_client conveniences, any fn_index, any cookie."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 
@@ -16,11 +17,15 @@ def call(url: str, fn_index: int, data: list, cookies: dict | None = None, sessi
     `client`: a connection kept open across calls, as a browser keeps one (a new
     httpx.Client costs ~30 ms of CPU for its TLS context, even for plain http).
     Returns {"success": bool, "data": [...] or None, "error": str or None}."""
-    session_hash = session_hash or uuid.uuid4().hex[:11]
-    if client is None:
-        with httpx.Client(base_url=url, cookies=cookies or {}, timeout=timeout) as own:
-            return _call(own, fn_index, data, session_hash, event_data)
-    return _call(client, fn_index, data, session_hash, event_data)
+    with _client(url, cookies, timeout, client) as http:
+        return _call(http, fn_index, data, session_hash or uuid.uuid4().hex[:11], event_data)
+
+
+def _client(url: str, cookies: dict | None, timeout: float, client: httpx.Client | None):
+    """The caller's open connection, or a new one for this call only."""
+    if client is not None:
+        return contextlib.nullcontext(client)
+    return httpx.Client(base_url=url, cookies=cookies or {}, timeout=timeout)
 
 
 def _call(client: httpx.Client, fn_index: int, data: list, session_hash: str, event_data: dict | None) -> dict:
@@ -51,12 +56,8 @@ def call_as_page(cfg: dict, url: str, fn_index: int, data: list, cookies: dict |
         return call(url, fn_index, data, cookies, session_hash, timeout, client=client)
     body = {"data": data, "fn_index": fn_index, "session_hash": session_hash or uuid.uuid4().hex[:11],
             "event_data": None, "trigger_id": None}
-    path = f"/gradio_api/run/{dependency['api_name']}"
-    if client is None:
-        with httpx.Client(base_url=url, cookies=cookies or {}, timeout=timeout) as own:
-            answer = own.post(path, json=body)
-    else:
-        answer = client.post(path, json=body)
+    with _client(url, cookies, timeout, client) as http:
+        answer = http.post(f"/gradio_api/run/{dependency['api_name']}", json=body)
     if answer.status_code != 200:
         return {"success": False, "data": None, "error": f"HTTP {answer.status_code}: {answer.text[:300]}"}
     return {"success": True, "data": answer.json().get("data"), "error": None}

@@ -179,6 +179,11 @@ def load(source: ModelSource, **kwargs):
         model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
     except OSError as exc:
         raise ModelUnavailable(f"Model '{source.name}' could not be loaded: {exc}") from exc
+    return _with_pad_token(model, tokenizer)
+
+
+def _with_pad_token(model, tokenizer):
+    """A tokenizer without a pad token pads with its end-of-text token, and generation knows it."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.generation_config.pad_token_id is None:
@@ -247,9 +252,4 @@ def load_as(source: ModelSource, dtype):
     if (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(folder)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+    return _with_pad_token(model, AutoTokenizer.from_pretrained(folder))
