@@ -12,22 +12,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuner import data as tdata
-from tuner.prompts import prompt_item, read_prompts
+from tuner.prompts import from_row, prompt_item, read_prompts
 
 FIELDS = ("id", "task", "prompt", "reference", "category")
 MAX_PROMPTS = 500
 
 
-def from_dataset(path: Path, validation_fraction: float, test_fraction: float, seed: int) -> list[dict]:
-    """The test split of a dataset, with the last assistant reply as reference."""
+def from_dataset(path: Path, validation_fraction: float, test_fraction: float, seed: int,
+                 stratify: str | None = None) -> list[dict]:
+    """The test split of a dataset, with the last assistant reply (or the row's
+    short `answer`) as reference."""
     rows = tdata.load_jsonl(Path(path)).rows
-    test = tdata.splits(rows, validation_fraction, test_fraction, seed)["test"]
-    # difficulty first: per-difficulty accuracy is what QA sets are judged by; a
-    # short `answer` field is a better reference than the full reply
-    return [prompt_item(tdata.last_user_text(r), i, task=r.get("task"),
-                        category=r.get("difficulty") or r.get("category"),
-                        reference=r.get("answer") or r["messages"][-1]["content"], messages=tdata.prompt_of(r))
-            for i, r in enumerate(test, start=1)]
+    test = tdata.splits(rows, validation_fraction, test_fraction, seed, stratify)["test"]
+    return [from_row(r, i) for i, r in enumerate(test, start=1)]
+
+
+def from_run(run: dict) -> list[dict]:
+    """A run's held-out prompts: its own test.jsonl (the exact rows it never trained
+    on), or, for a run from before test.jsonl was kept, its dataset split again."""
+    held_out = Path(run["path"]) / "test.jsonl"
+    if held_out.is_file():
+        rows = tdata.load_jsonl(held_out).rows
+        if not rows:
+            raise ValueError(f"run {run['run_id']} held out no test rows (its test fraction is 0)")
+        return _checked([from_row(r, i) for i, r in enumerate(rows, start=1)], f"{run['run_id']}/test.jsonl")
+    c = run["config"]
+    return from_dataset(Path(c["dataset"]), c.get("validation_fraction", 0.0), c["test_fraction"], c["seed"],
+                        c.get("stratify_by"))
 
 
 def from_lines(text: str) -> list[dict]:

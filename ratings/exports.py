@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ratings import checks as rchecks
 from ratings import metrics, stats
 from ratings.store import Store, sqlite_disk_problem
 from tuner.paths import StorageError, fsync_dir, inside, storage_error
@@ -54,6 +55,14 @@ class Results:
     runs: pd.DataFrame
     breakdowns: dict[str, pd.DataFrame] = field(default_factory=dict)
     automatic_by: pd.DataFrame | None = None  # per category, when the prompts have categories
+    checks: rchecks.CheckReport | None = None  # the automatic check made right after generation
+    check_agreement: dict = field(default_factory=dict)  # the check's headline against the human scores
+
+    def check_lines(self) -> list[str]:
+        """The automatic check's verdict and its agreement with the raters, in words."""
+        if self.checks is None or self.checks.replies.empty:
+            return []
+        return [rchecks.verdict(self.checks), rchecks.agreement_sentence(self.check_agreement)]
 
     def summary(self) -> list[str]:
         """The plain sentences that head the tab and the report."""
@@ -90,8 +99,11 @@ def gather(store: Store, eval_id: int, threshold: int = stats.SUCCESS,
     replies, variants = store.replies(eval_id), store.variants(eval_id)
     prompts = replies.drop_duplicates("position") if not replies.empty else None
     by_category = not replies.empty and replies["category"].fillna("").astype(str).str.strip().ne("").any()
+    evaluation = store.evaluation(eval_id)
+    check = rchecks.of_evaluation(evaluation, replies) if evaluation and not replies.empty else None
     return Results(
-        evaluation=store.evaluation(eval_id), variants=variants, threshold=threshold, scores=scores,
+        evaluation=evaluation,
+        checks=check, check_agreement=rchecks.agreement(check, scores) if check else {}, variants=variants, threshold=threshold, scores=scores,
         judgements=judgements, replies=replies,
         success=stats.success_table(scores, threshold),
         per_prompt=stats.per_prompt_table(scores, prompts),
@@ -190,6 +202,13 @@ def report_markdown(results: Results, now: datetime | None = None) -> str:
               markdown_table(display(r.automatic))]
     if r.automatic_by is not None:
         parts += ["### By category", markdown_table(display(r.automatic_by))]
+    if r.checks is not None and not r.checks.replies.empty:
+        parts += ["## Automatic check (made right after generation, before anyone rated)",
+                  *r.check_lines(), markdown_table(rchecks.display(r.checks.table))]
+        if not r.checks.paired.empty:
+            parts.append(markdown_table(rchecks.display_paired(r.checks.paired)))
+        if e.get("checks"):
+            parts.append("Checks: " + "; ".join(f"`{c}`" for c in e["checks"]))
     parts += ["## Prompts and replies", *_prompt_sections(r)]
     return "\n\n".join(parts) + "\n"
 

@@ -144,6 +144,12 @@ def _rater_keys(db: sqlite_utils.Database) -> None:
     """)
 
 
+@migrations(name="0003_checks")
+def _checks(db: sqlite_utils.Database) -> None:
+    # the automatic checks of an evaluation (ratings.checks lines), run right after generation
+    db.execute("ALTER TABLE evaluations ADD COLUMN checks TEXT NOT NULL DEFAULT '[]'")
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -308,7 +314,7 @@ class Store:
     # --- evaluations, variants, prompts, replies -------------------------------------
     def create_evaluation(self, name: str, base_model: str, prompts: list[dict], variants: list[dict],
                           settings: dict | None = None, rules: list | None = None,
-                          invite_code: str | None = None) -> int:
+                          invite_code: str | None = None, checks: list[str] | None = None) -> int:
         """prompts: dicts with `text` and optional `messages`, `task`, `reference`,
         `category`, `external_id`, `flags`. variants: dicts with `name`, `label`, `kind`."""
         if len(variants) < 2:
@@ -319,6 +325,7 @@ class Store:
             eval_id = db["evaluations"].insert({
                 "name": name, "base_model": base_model, "settings": json.dumps(settings or {}),
                 "rules": json.dumps(rules or []), "invite_code": invite_code or None,
+                "checks": json.dumps(list(checks or [])),
                 "created_at": _now()}).last_pk
             for v in variants:
                 db["variants"].insert({"evaluation_id": eval_id, "name": v["name"],
@@ -339,6 +346,7 @@ class Store:
             return None
         row = rows[0]
         row["settings"], row["rules"] = json.loads(row["settings"]), json.loads(row["rules"])
+        row["checks"] = json.loads(row.get("checks") or "[]")
         return row
 
     def evaluations(self) -> list[dict]:

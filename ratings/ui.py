@@ -18,10 +18,13 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from ratings import checks as rchecks
 from ratings import evalsets, exports, stats
 from ratings.generation import generate_evaluation, variants_for
 from ratings.store import ASPECTS, RatingError, Store, clean_rater
 from tuner.access import RateLimiter
+from tuner import data as tdata
+from tuner import recipes
 from tuner.generate import GenSettings, Generator
 from tuner.paths import StorageError
 from tuner.runs import RunManager
@@ -214,7 +217,8 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
     with gr.Accordion("Generation settings, keyword rules, invite code", open=False):
         with gr.Row():
             defaults = GenSettings()
-            max_new = gr.Slider(16, 512, value=defaults.max_new_tokens, step=16, label="Max new tokens")
+            max_new = gr.Slider(0, 512, value=0, step=16, elem_id="eval-max-new",
+                                label="Max new tokens (0: from the references' lengths, else the training replies')")
             temperature = gr.Slider(0, 1.5, value=defaults.temperature, step=0.05, label="Temperature (0: greedy)")
             top_p = gr.Slider(0.05, 1, value=defaults.top_p, step=0.05, label="Top p")
             penalty = gr.Slider(1.0, 2.0, value=defaults.repetition_penalty, step=0.05, label="Repetition penalty")
@@ -225,8 +229,19 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
                                placeholder="escalate: cancel, angry, lawsuit priority 1", elem_id="eval-rules")
             tag = gr.Checkbox(value=False, label="Add the flags as a tag to the prompt the model sees")
             invite = gr.Textbox(label="Invite code for raters (optional)", elem_id="eval-invite")
+    checks_box = gr.Textbox(
+        lines=3, elem_id="eval-checks",
+        label="Automatic checks, one per line, run right after generation (filled from the dataset's recipe)",
+        placeholder="starts with: Subject:\ncontains any: sorry, cannot\nnot contains: As an AI\n"
+                    "[refusal] max words: 80\nregex: ^Dear \\w+")
     generate = gr.Button("Generate replies", variant="primary", elem_id="generate")
     message = gr.Markdown(elem_id="generate-message")
+    with gr.Group(visible=False) as check_group:
+        gr.Markdown("#### Automatic check, before anyone rates\nPass rates with 95% Wilson intervals (means "
+                    "with t intervals for F1, ROUGE-L and words), then each fine-tuned model against the base on "
+                    "the same prompts (McNemar's exact test for pass/fail, the sign test for F1 and ROUGE-L).")
+        check_table = gr.Dataframe(interactive=False, elem_id="check-table")
+        check_paired = gr.Dataframe(interactive=False, elem_id="check-paired")
     preview = gr.Dataframe(interactive=False, wrap=True, elem_id="eval-replies", max_height=360, visible=False)
 
     gr.Markdown("### 2. Rate blind\nShare the raters' page (**/rate** on this app's address) with friends, "
@@ -238,27 +253,38 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
 
     def items_for(kind, chosen_runs, text, file):
         if kind.startswith("held-out"):
-            run = trainer.get(chosen_runs[0])
-            c = run["config"]
-            return evalsets.from_dataset(Path(c["dataset"]), c.get("validation_fraction", 0.0), c["test_fraction"],
-                                         c["seed"])
+            return evalsets.from_run(trainer.get(chosen_runs[0]))
         if kind == "typed prompts":
             return evalsets.from_lines(text)
         if file is None:
             raise ValueError("Upload a CSV or JSONL file of prompts first.")
         return evalsets.from_file(Path(file if isinstance(file, str) else file.name))
 
+    def on_runs(chosen_runs, current_checks):
+        """The first run's dataset recipe fills an empty checks box; what the owner typed stays."""
+        if (current_checks or "").strip() or not chosen_runs:
+            return gr.update()
+        run = trainer.get(chosen_runs[0])
+        try:
+            recipe = recipes.for_dataset((run or {}).get("config", {}).get("dataset"))
+        except ValueError:
+            recipe = None
+        return gr.update(value="\n".join(recipe.checks)) if recipe and recipe.checks else gr.update()
+
     def on_generate(title, chosen_runs, kind, text, file, max_new_tokens, temp, p, rep, seed_, batch_size,
-                    rules_text, tag_, code, progress_bar=gr.Progress()):
+                    rules_text, tag_, code, checks_text, progress_bar=gr.Progress()):
+        keep = gr.update()
         try:
             picked = [trainer.get(r) for r in (chosen_runs or [])]
             base_model, variants = variants_for([r for r in picked if r])
             items = items_for(kind, chosen_runs, text, file)
-            settings = GenSettings(max_new_tokens=int(max_new_tokens), temperature=float(temp), top_p=float(p),
+            checks = [c.text for c in rchecks.parse_checks(checks_text)]
+            tokens = int(max_new_tokens or 0) or default_max_new_tokens(items, [r for r in picked if r])
+            settings = GenSettings(max_new_tokens=tokens, temperature=float(temp), top_p=float(p),
                                    repetition_penalty=float(rep), seed=int(seed_ or 0), batch_size=int(batch_size))
             parsed_rules = evalsets.parse_rules(rules_text)
         except (ValueError, OSError) as exc:
-            return f"⚠️ {exc}", gr.update(), gr.update()
+            return f"⚠️ {exc}", keep, keep, keep, keep, keep
         progress_bar(0, desc="loading the model")
 
         def tick(done, total):
@@ -268,25 +294,45 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
             eval_id = generate_evaluation(
                 store, generator, (title or "").strip() or f"{len(items)} prompts, {len(variants)} variants",
                 base_model, items, variants, settings, parsed_rules, bool(tag_), (code or "").strip() or None,
-                progress=tick)
+                progress=tick, checks=checks)
         except Exception as exc:  # a bad model, adapter or disk must not take the app down
-            return f"⚠️ Generation failed: {type(exc).__name__}: {exc}", gr.update(), gr.update()
+            return f"⚠️ Generation failed: {type(exc).__name__}: {exc}", keep, keep, keep, keep, keep
         replies = store.replies(eval_id)
         seconds = replies["latency_s"].sum()
-        table = gr.update(value=replies[["position", "task", "prompt", "label", "reply", "flags"]], visible=True)
-        return (f"Generated {len(items)} × {len(variants)} replies in {seconds:.1f} s (evaluation #{eval_id}). "
-                "Raters can start now.", table, gr.update(choices=eval_choices(store), value=eval_id))
+        check = rchecks.of_evaluation(store.evaluation(eval_id), replies)
+        # the owner sees which replies hit the cap; raters never do
+        shown = replies.assign(cut=["✂ cut" if c else "" for c in check.replies["cut at the token cap"]])
+        table = gr.update(value=shown[["position", "task", "prompt", "label", "reply", "cut", "flags"]], visible=True)
+        text = (f"Generated {len(items)} × {len(variants)} replies in {seconds:.1f} s (evaluation #{eval_id}, "
+                f"up to {tokens} new tokens). Raters can start now.\n\n" + rchecks.verdict(check))
+        return (text, table, gr.update(choices=eval_choices(store), value=eval_id), gr.update(visible=True),
+                rchecks.display(check.table), rchecks.display_paired(check.paired))
 
     refresh.click(on_refresh, None, runs)
     source.change(lambda kind: (gr.update(visible=kind == "typed prompts"), gr.update(visible=kind == "uploaded file")),
                   source, [typed, upload])
+    runs.change(on_runs, [runs, checks_box], checks_box)
     generate.click(on_generate, [name, runs, source, typed, upload, max_new, temperature, top_p, penalty, seed,
-                                 batch, rules, tag, invite], [message, preview, rate_eval])
+                                 batch, rules, tag, invite, checks_box],
+                   [message, preview, rate_eval, check_group, check_table, check_paired])
 
     def refresh_all():
         return gr.update(choices=finished_runs(trainer)), gr.update(choices=eval_choices(store))
 
     return refresh_all, [runs, rate_eval]
+
+
+def default_max_new_tokens(items: list[dict], runs: list[dict]) -> int:
+    """Room for the evaluation's reference answers or, without references, for the
+    first run's training replies (tuner.recipes.max_new_tokens_for)."""
+    references = [i["reference"] for i in items if i.get("reference")]
+    if not references and runs:
+        try:
+            rows = tdata.load_jsonl(Path(runs[0]["config"]["dataset"])).rows
+            references = [r["messages"][-1]["content"] for r in rows]
+        except (OSError, KeyError, ValueError):
+            references = []
+    return recipes.max_new_tokens_for(references) if references else GenSettings().max_new_tokens
 
 
 def raters_page(store: Store, rng: random.Random, secret: str | None = None, limits: RaterLimits | None = None):
@@ -399,6 +445,11 @@ def results_tab(store: Store, trainer: RunManager | None = None):
                 "the normalised reply with the reference answer; BLEU (sacrebleu) and ROUGE-L (F1) are 0–100. "
                 "Only replies with a reference count for them.")
     automatic = gr.Dataframe(interactive=False, elem_id="metrics-table")
+    gr.Markdown("### Automatic check beside the human scores\nThe check made right after generation (the "
+                "evaluation's own checks, answer accuracy, replies cut at the token cap), and how well its "
+                "headline figure agrees with the raters' mean scores (Spearman).")
+    check_note = gr.Markdown(elem_id="results-checks-note")
+    check_table = gr.Dataframe(interactive=False, elem_id="results-checks")
     automatic_by = gr.Dataframe(interactive=False, elem_id="metrics-by-table", visible=False)
     runs = gr.Dataframe(interactive=False, wrap=True, elem_id="results-runs")
     gr.Markdown("### Exports\nThe Markdown report, the raw ratings (CSV), preference pairs for the next run "
@@ -419,7 +470,7 @@ def results_tab(store: Store, trainer: RunManager | None = None):
             empty = pd.DataFrame()
             return [gr.update(choices=evals, value=None), "No evaluation yet: build one on the Compare tab.",
                     empty, None, empty, gr.update(choices=[], value=None), empty, empty, empty, "", empty, empty,
-                    empty, gr.update(value=empty, visible=False), empty]
+                    empty, gr.update(value=empty, visible=False), empty, "", empty]
         r = gathered(eval_id, cutoff)
         choices = list(r.breakdowns)
         by_value = by_value if by_value in choices else (choices[0] if choices else None)
@@ -434,7 +485,8 @@ def results_tab(store: Store, trainer: RunManager | None = None):
                 exports.display(r.position_bias), exports.display(r.lengths), exports.display(r.automatic),
                 gr.update(value=exports.display(r.automatic_by) if r.automatic_by is not None else None,
                           visible=r.automatic_by is not None),
-                exports.display(r.runs)]
+                exports.display(r.runs), "\n\n".join(r.check_lines()),
+                rchecks.display(r.checks.table) if r.checks is not None else pd.DataFrame()]
 
     def on_export(eval_id, cutoff):
         if eval_id is None:
@@ -449,7 +501,7 @@ def results_tab(store: Store, trainer: RunManager | None = None):
 
     inputs = [eval_pick, threshold, raters, by]
     outputs = [eval_pick, summary, success, plots_key, per_prompt, by, breakdown, paired, preferences, agreement,
-               position, lengths, automatic, automatic_by, runs]
+               position, lengths, automatic, automatic_by, runs, check_note, check_table]
     refresh.click(show, inputs, outputs)
     for control in inputs:
         control.input(show, inputs, outputs)

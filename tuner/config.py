@@ -50,9 +50,15 @@ class TrainConfig:
     # weights, optimizer state and loss in fp32
     precision: str = "auto"
     packing: bool = True  # padding-free batches: no compute spent on pad tokens
+    # NEFTune: uniform noise of this scale added to the input embeddings while training (0: off);
+    # 5 is the paper's usual value, a regulariser for small sets learnt for many epochs
+    neftune_noise_alpha: float = 0.0
     # evaluation and checkpoints
     validation_fraction: float = 0.1  # held out for the validation-loss curve
     test_fraction: float = 0.2  # held out for Compare, never trained on
+    # a metadata column (e.g. difficulty, brand): each of its values is split by the fractions on
+    # its own, so the held-out rows keep the dataset's mix; None: one seeded shuffle
+    stratify_by: str | None = None
     eval_steps: int = 5  # validation loss every this many optimizer steps
     save_steps: int = 10  # a checkpoint every this many steps (and at a stop)
     save_total_limit: int = 2  # checkpoints kept; older ones are deleted
@@ -86,6 +92,10 @@ class TrainConfig:
         need(0 <= self.validation_fraction < 1 and 0 <= self.test_fraction < 1
              and self.validation_fraction + self.test_fraction < 0.9,
              "validation_fraction + test_fraction must leave at least 10% of the rows to train on")
+        need(0 <= self.neftune_noise_alpha <= 50,
+             f"neftune_noise_alpha must be in [0, 50] (got {self.neftune_noise_alpha})")
+        need(self.stratify_by is None or (isinstance(self.stratify_by, str) and self.stratify_by.strip() != ""),
+             "stratify_by must be a metadata column name, or null for an unstratified split")
         need(self.eval_steps >= 1, f"eval_steps must be at least 1 (got {self.eval_steps})")
         need(self.save_steps >= 1, f"save_steps must be at least 1 (got {self.save_steps})")
         need(self.save_total_limit >= 1, f"save_total_limit must be at least 1 (got {self.save_total_limit})")

@@ -227,6 +227,8 @@ def available(user_folder: Path) -> dict[str, Path]:
     dataset's versions in order (v2 before v10)."""
     found = {}
     for path in sorted(STARTER_DATASETS.glob("*.jsonl")):
+        if "." in path.stem:  # NAME.eval.jsonl: a starter set's extra held-out prompts, not a dataset
+            continue
         found[f"starter: {path.stem}"] = path
     for path in sorted(_own_files(user_folder), key=lambda p: (version_of(p.stem), p.stem)):
         found[f"saved: {path.stem}"] = path
@@ -291,18 +293,27 @@ def has_stored_split(rows: list[dict]) -> bool:
 
 
 def splits(rows: list[dict], validation_fraction: float = 0.1, test_fraction: float = 0.2,
-           seed: int = 0) -> dict[str, list[dict]]:
+           seed: int = 0, stratify: str | None = None) -> dict[str, list[dict]]:
     """A seeded train/validation/test split, in the rows' original order.
 
     The test rows are the held-out prompts for Compare; the validation rows give
     the validation-loss curve. Each non-zero fraction gets at least one row while
-    at least one row is left to train on. When every row carries a stored
+    at least one row is left to train on. With `stratify` (a metadata column),
+    each of its values is split by the fractions on its own, as the Dataset
+    tab's stratified split does. When every row carries a stored
     `split` field ("train", "validation" or "test"), that split is used as is.
     """
     if has_stored_split(rows):
         # a dataset version saved with its split keeps it: reproducible, and
         # whatever the split was (e.g. stratified), training and Compare agree
         return {name: [r for r in rows if r[SPLIT_FIELD] == name] for name in SPLITS}
+    if stratify:
+        # each value of the column divided by the fractions on its own (tuner.shaping's split)
+        from tuner.shaping import SplitSpec, assign_splits
+
+        test, validation = round(100 * test_fraction), round(100 * validation_fraction)
+        labels = assign_splits(rows, SplitSpec(100 - test - validation, validation, test, seed, stratify))
+        return {name: [r for r, label in zip(rows, labels) if label == name] for name in SPLITS}
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     sizes = {}

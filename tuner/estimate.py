@@ -25,7 +25,7 @@ def module_choices(location: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 @functools.lru_cache(maxsize=16)
 def _dataset_tokens(dataset: str, mtime: float, location: str, validation_fraction: float,
-                    test_fraction: float, seed: int, max_length: int) -> tuple[int, int]:
+                    test_fraction: float, seed: int, max_length: int, stratify: str | None = None) -> tuple[int, int]:
     from transformers import AutoTokenizer
 
     from tuner.chat import encode_example, ensure_chat_template
@@ -33,7 +33,7 @@ def _dataset_tokens(dataset: str, mtime: float, location: str, validation_fracti
     tokenizer = AutoTokenizer.from_pretrained(location)
     ensure_chat_template(tokenizer)
     rows = tdata.load_jsonl(Path(dataset)).rows
-    train = tdata.splits(rows, validation_fraction, test_fraction, seed)["train"]
+    train = tdata.splits(rows, validation_fraction, test_fraction, seed, stratify)["train"]
     encoded = [encode_example(r["messages"], tokenizer, max_length) for r in train]
     kept = [e for e in encoded if e is not None]
     return len(kept), sum(len(e["input_ids"]) for e in kept)
@@ -51,7 +51,7 @@ def estimate(config: TrainConfig, models_dir: Path, past_runs: list[dict]) -> di
     trainable, total = count_parameters(config, source.location)
     rows, tokens = _dataset_tokens(config.dataset, Path(config.dataset).stat().st_mtime, source.location,
                                    config.validation_fraction, config.test_fraction, config.seed,
-                                   config.max_seq_length)
+                                   config.max_seq_length, config.stratify_by)
     per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps
     steps_per_epoch = max(1, math.ceil(rows / per_step))
     if config.max_steps > 0:

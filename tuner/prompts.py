@@ -25,6 +25,22 @@ def prompt_item(prompt: str, position: int, task=None, reference=None, category=
             "reference": (reference or "").strip() or None, "category": (category or "").strip() or None}
 
 
+def from_row(row: dict, position: int) -> dict:
+    """A dataset row (messages ending with the reply) as a prompt item: the
+    conversation up to the last user turn, the short `answer` (or a `reference`,
+    else the reply) as the reference, and the difficulty, else the category:
+    per-difficulty accuracy is what QA sets are judged by."""
+    return prompt_item(tdata.last_user_text(row), position, task=row.get("task"),
+                       category=_str(row.get("difficulty")) or _str(row.get("category")),
+                       reference=_str(row.get("answer")) or _str(row.get("reference"))
+                       or row["messages"][-1]["content"],
+                       external_id=row.get("id"), messages=tdata.prompt_of(row))
+
+
+def _str(value) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
 def _task_of(prompt: str) -> str:
     """A short task name from the prompt's first words."""
     words = prompt.split()
@@ -64,9 +80,14 @@ def read_prompts(path: Path) -> list[dict]:
                 raise ValueError(f"{path.name}: line {number}: expected a JSON object")
             messages = obj.get("messages")
             if isinstance(messages, list) and messages:
+                if not all(isinstance(m, dict) for m in messages):
+                    raise ValueError(f"{path.name}: line {number}: each turn in 'messages' must be an object")
                 if messages[-1].get("role") == "assistant":
-                    obj.setdefault("reference", messages[-1].get("content"))
-                    messages = messages[:-1]
+                    # a dataset row (a run's test.jsonl): its reply, or its short answer, is the reference
+                    if not isinstance(messages[-1].get("content"), str):
+                        raise ValueError(f"{path.name}: line {number}: the last assistant turn has no text")
+                    items.append(from_row(obj, len(items) + 1))
+                    continue
                 users = [m.get("content") for m in messages if m.get("role") == "user"]
                 if not users or not isinstance(users[-1], str):
                     raise ValueError(f"{path.name}: line {number}: 'messages' has no user turn")

@@ -10,6 +10,7 @@ the foreground. A run folder (`<data root>/runs/<id>/`) holds:
                    learning_rate, tokens_per_second
     checkpoints/   Trainer checkpoints (at most save_total_limit), for resume
     adapter/       the peft adapter, written atomically
+    test.jsonl, validation.jsonl   the held-out rows, exactly as split
 """
 
 from __future__ import annotations
@@ -298,9 +299,10 @@ def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
     if config.method == "qlora":
         model = prepare_model_for_kbit_training(model)
     rows = tdata.load_jsonl(Path(config.dataset)).rows
-    parts = tdata.splits(rows, config.validation_fraction, config.test_fraction, config.seed)
+    parts = tdata.splits(rows, config.validation_fraction, config.test_fraction, config.seed, config.stratify_by)
     if not parts["train"]:
         raise ValueError(f"{Path(config.dataset).name}: no training rows left after the split")
+    write_held_out(run_dir, parts)
     train_set, dropped = encode_rows(parts["train"], tokenizer, config.max_seq_length)
     if len(train_set) == 0:
         raise ValueError("every example lost its assistant reply to truncation: raise max_seq_length")
@@ -352,6 +354,7 @@ def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
         seed=config.seed,
+        neftune_noise_alpha=config.neftune_noise_alpha or None,
         # autocast: the adapters' matmuls in bf16/fp16 too (the base weights already are), the
         # loss in fp32. On a CPU with AMX (oneDNN bf16 matmuls ~6x fp32's) this is the fast path;
         # where bf16 is not faster, auto precision picks fp32 and there is no autocast
@@ -431,6 +434,21 @@ def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
     del trainer, model
     gc.collect()
     return summary
+
+
+HELD_OUT = ("validation", "test")  # run folder files <name>.jsonl: the exact rows this run never trained on
+
+
+def write_held_out(run_dir: Path, parts: dict[str, list[dict]]) -> None:
+    """The run's validation and test rows as `validation.jsonl` and `test.jsonl`, so
+    any tool (Compare, `python -m tuner generate --prompts RUN/test.jsonl`, another
+    evaluator) sees exactly the rows this run held out. Main process only."""
+    from tuner.paths import atomic_write_text
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    for name in HELD_OUT:
+        atomic_write_text(Path(run_dir) / f"{name}.jsonl", tdata.to_jsonl(parts[name]))
 
 
 def _checkpoint_step(checkpoint: Path) -> int:

@@ -11,7 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from tuner import data as tdata
-from tuner import models
+from tuner import models, recipes
 from tuner.config import METHODS, PRECISIONS, SCHEDULERS, TrainConfig
 from tuner.estimate import describe, estimate, module_choices
 from tuner.runs import FINISHED, RunBusy, RunManager, clock
@@ -22,7 +22,7 @@ FIELDS = ["method", "r", "lora_alpha", "lora_dropout", "use_dora", "use_rslora",
           "num_virtual_tokens", "prompt_tuning_init_text", "learning_rate", "num_train_epochs", "max_steps",
           "per_device_train_batch_size", "gradient_accumulation_steps", "warmup_steps", "weight_decay",
           "lr_scheduler_type", "max_seq_length", "seed", "precision", "packing", "validation_fraction",
-          "eval_steps", "save_steps", "save_total_limit"]
+          "eval_steps", "save_steps", "save_total_limit", "test_fraction", "stratify_by", "neftune_noise_alpha"]
 INTS = {"r", "lora_alpha", "num_virtual_tokens", "max_steps", "per_device_train_batch_size",
         "gradient_accumulation_steps", "warmup_steps", "max_seq_length", "seed", "eval_steps", "save_steps",
         "save_total_limit"}
@@ -39,15 +39,28 @@ def config_from(model_name: str, dataset: str, values) -> TrainConfig:
     settings = dict(zip(FIELDS, values))
     for key in INTS:
         settings[key] = int(settings[key]) if settings[key] is not None else None
-    for key in ("lora_dropout", "learning_rate", "num_train_epochs", "weight_decay", "validation_fraction"):
+    for key in ("lora_dropout", "learning_rate", "num_train_epochs", "weight_decay", "validation_fraction",
+                "test_fraction", "neftune_noise_alpha"):
         settings[key] = float(settings[key] or 0)
     settings["target_modules"] = list(settings["target_modules"] or []) or None
+    settings["stratify_by"] = (settings["stratify_by"] or "").strip() or None
     return TrainConfig(base_model=model_name, dataset=dataset, **settings)
 
 
 def values_of(config: dict) -> list:
     defaults = TrainConfig().to_dict()
-    return [config.get(name, defaults[name]) for name in FIELDS]
+    values = {name: config.get(name, defaults[name]) for name in FIELDS}
+    values["stratify_by"] = values["stratify_by"] or ""
+    return [values[name] for name in FIELDS]
+
+
+def recipe_line(recipe: recipes.Recipe | None, minutes: float | None) -> str:
+    if recipe is None:
+        return ("No recommended recipe for this dataset: **Suggest settings** derives them from its size, "
+                "reply lengths and kind.")
+    expected = f" — expected ~{max(1, round(minutes))} min here" if minutes else ""
+    return (f"**Recommended for this dataset:** {recipe.describe()}{expected}. {recipe.about} "
+            "Nothing changes until you click **Use recommended settings**.")
 
 
 def curve_frame(rows: list[dict], label: str | None = None, validation: bool = False) -> pd.DataFrame | None:
@@ -170,9 +183,19 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
             save_steps = gr.Number(value=d.save_steps, label="Checkpoint every N steps", precision=0, minimum=1)
             keep = gr.Number(value=d.save_total_limit, label="Checkpoints kept (save_total_limit)", precision=0,
                              minimum=1)
+        with gr.Row():
+            test_frac = gr.Slider(0.0, 0.4, value=d.test_fraction, step=0.05, label="Test share (held out for Compare)")
+            stratify = gr.Textbox(value="", label="Stratify the split by (a metadata column, optional)",
+                                  placeholder="e.g. difficulty", elem_id="train-stratify")
+            neftune = gr.Number(value=d.neftune_noise_alpha, label="NEFTune noise (0: off, 5: usual)", minimum=0)
     inputs = [method, r, alpha, dropout, dora, rslora, targets, virtual, init_text, lr, epochs, max_steps, batch,
-              accum, warmup, decay, scheduler, seq, seed, precision, packing, val_frac, eval_steps, save_steps, keep]
+              accum, warmup, decay, scheduler, seq, seed, precision, packing, val_frac, eval_steps, save_steps, keep,
+              test_frac, stratify, neftune]
     assert len(inputs) == len(FIELDS)
+    with gr.Row():
+        recipe_md = gr.Markdown(elem_id="train-recipe")
+        use_recipe = gr.Button("Use recommended settings", elem_id="train-recipe-use", scale=0)
+        suggest = gr.Button("Suggest settings", elem_id="train-suggest", scale=0)
     estimate_md = gr.Markdown(elem_id="train-estimate")
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
@@ -244,6 +267,54 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
             return f"⚠️ {exc}"
         except Exception as exc:  # an estimate must never break the tab
             return f"⚠️ No estimate: {type(exc).__name__}: {exc}"
+
+    def recipe_of(dataset_label):
+        path = tdata.available(datasets_dir).get(dataset_label)
+        return recipes.for_dataset(path) if path else None
+
+    def on_recipe(model_name, dataset_label):
+        """What the dataset's recipe recommends, and how long it would take here: shown, not applied."""
+        try:
+            recipe = recipe_of(dataset_label)
+        except ValueError as exc:
+            return f"⚠️ {exc}"
+        if recipe is None:
+            return recipe_line(None, None) if dataset_label else ""
+        try:
+            path = tdata.available(datasets_dir)[dataset_label]
+            est = estimate(recipe.config(str(path), model_name), manager.models_dir, manager.runs())
+            minutes = est["seconds"] / 60
+        except Exception:  # an estimate must never break the tab
+            minutes = None
+        return recipe_line(recipe, minutes)
+
+    def settings_out(message_text: str, values: dict):
+        merged = dict(TrainConfig().to_dict(), **values)
+        return [message_text, "custom" if values.get("target_modules") else gr.update()] + values_of(merged)
+
+    def on_use_recipe(dataset_label):
+        try:
+            recipe = recipe_of(dataset_label)
+        except ValueError as exc:
+            return [f"⚠️ {exc}", gr.update()] + [gr.update()] * len(FIELDS)
+        if recipe is None:
+            return [recipe_line(None, None), gr.update()] + [gr.update()] * len(FIELDS)
+        return settings_out(f"Using the recommended settings: {recipe.describe()}.", recipe.train)
+
+    def on_suggest(model_name, dataset_label):
+        path = tdata.available(datasets_dir).get(dataset_label)
+        if path is None:
+            return ["⚠️ Pick a dataset in the Dataset tab first.", gr.update()] + [gr.update()] * len(FIELDS)
+        try:
+            rows = tdata.load_jsonl(path).rows
+            try:
+                linear = list(module_choices(models.resolve(model_name, manager.models_dir).location)[1])
+            except Exception:  # an unknown model: the usual Llama-style names
+                linear = None
+            suggestion = recipes.suggest(rows, linear)
+        except ValueError as exc:
+            return [f"⚠️ {exc}", gr.update()] + [gr.update()] * len(FIELDS)
+        return settings_out(f"**Suggested:** {suggestion.why}", suggestion.train)
 
     def on_start(model_name, dataset_label, *values):
         try:
@@ -329,6 +400,10 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
     method.change(on_method, method, [lora_box, prompt_box])
     for component in [model_picker, dataset_chooser] + inputs:
         component.change(on_estimate, [model_picker, dataset_chooser] + inputs, estimate_md)
+    for component in (model_picker, dataset_chooser):
+        component.change(on_recipe, [model_picker, dataset_chooser], recipe_md)
+    use_recipe.click(on_use_recipe, dataset_chooser, [message, preset] + inputs)
+    suggest.click(on_suggest, [model_picker, dataset_chooser], [message, preset] + inputs)
     start.click(on_start, [model_picker, dataset_chooser] + inputs, message)
     stop.click(on_stop, None, message)
     resume.click(on_resume, picked, message)

@@ -1,0 +1,399 @@
+"""The automatic check, before anyone rates: pure functions, no database, no UI.
+
+Right after generation, every variant of an evaluation is measured on the same
+prompts: on prompts with a reference, answer accuracy (exact, contained, token
+F1) and ROUGE-L; on every prompt, the share of replies cut at the token cap and
+the reply length; and the evaluation's own checks, one per line, like assertions:
+
+    starts with: Subject:
+    contains any: sorry, cannot, can't
+    contains all: Dear, Regards
+    not contains: As an AI
+    regex: ^Subject: .+
+    min words: 60
+    max words: 150
+    [refusal] contains any: sorry, cannot     (only prompts of category "refusal")
+    [short_answer, fact] max words: 40
+
+Each is a pass rate per variant with a 95% Wilson interval, and every
+fine-tuned variant is tested against the base on the same prompts: McNemar's
+exact test for pass/fail measures (a binomial test on the prompts where exactly
+one of the two passed), a sign test for the per-prompt differences of F1 and
+ROUGE-L. `verdict` says in words whether the difference is worth rating.
+
+`replies` is Store.replies' shape: one row per reply with position, prompt,
+reference, category, variant, label, reply and new_tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ratings import metrics
+from ratings.stats import _scipy_stats, format_p, wilson_interval
+
+KINDS = ("starts with", "contains", "contains any", "contains all", "not contains", "regex", "min words",
+         "max words")
+MAX_CHECKS = 50
+MAX_LINE = 500
+ALPHA = 0.05  # a paired p below this is "a clear difference"
+_LINE = re.compile(r"^\s*(?:\[(?P<cats>[^\]]*)\]\s*)?(?P<kind>[A-Za-z ]+?)\s*:\s*(?P<arg>.*?)\s*$")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One assertion about a reply, optionally limited to some prompt categories."""
+
+    kind: str
+    argument: str
+    categories: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        scope = f"[{', '.join(self.categories)}] " if self.categories else ""
+        return f"{scope}{self.kind}: {self.argument}"
+
+    def applies(self, category) -> bool:
+        if not self.categories:
+            return True
+        value = (category or "").strip().lower() if isinstance(category, str) else ""
+        return value in self.categories
+
+    def passes(self, reply: str) -> bool:
+        reply = reply or ""
+        low = reply.lower()
+        if self.kind == "starts with":
+            return low.lstrip().startswith(self.argument.lower())
+        if self.kind == "contains":
+            return self.argument.lower() in low
+        if self.kind in ("contains any", "contains all", "not contains"):
+            words = [w.lower() for w in _items(self.argument)]
+            found = [w in low for w in words]
+            return any(found) if self.kind == "contains any" else all(found) if self.kind == "contains all" \
+                else not any(found)
+        if self.kind == "regex":
+            return re.search(self.argument, reply, re.MULTILINE) is not None
+        count = word_count(reply)
+        return count >= int(self.argument) if self.kind == "min words" else count <= int(self.argument)
+
+
+def _items(argument: str) -> list[str]:
+    return [w.strip() for w in argument.split(",") if w.strip()]
+
+
+def word_count(text: str) -> int:
+    return len((text or "").split())
+
+
+def parse_checks(text) -> list[Check]:
+    """Checks from the one-per-line text (or a list of lines, as a recipe stores
+    them); a bad line is refused with its number and what to write instead."""
+    lines = text if isinstance(text, list) else (text or "").splitlines()
+    checks = []
+    for number, line in enumerate(lines, start=1):
+        if not isinstance(line, str):
+            raise ValueError(f"check {number}: expected a line of text (got {type(line).__name__})")
+        if not line.strip() or line.strip().startswith("#"):
+            continue
+        if len(line) > MAX_LINE:
+            raise ValueError(f"check line {number}: longer than {MAX_LINE} characters")
+        match = _LINE.match(line)
+        kind = " ".join(match["kind"].lower().split()) if match else ""
+        if not match or kind not in KINDS:
+            raise ValueError(f"check line {number}: '{line.strip()[:80]}' is not a check; write one of "
+                             f"{', '.join(k + ': …' for k in KINDS)}, optionally after [category]")
+        argument = match["arg"]
+        if not argument:
+            raise ValueError(f"check line {number}: '{kind}:' needs something after the colon")
+        if kind in ("min words", "max words"):
+            if not argument.isdigit():
+                raise ValueError(f"check line {number}: '{kind}' needs a whole number (got '{argument}')")
+        elif kind == "regex":
+            try:
+                re.compile(argument)
+            except re.error as exc:
+                raise ValueError(f"check line {number}: the regex '{argument}' is not valid ({exc})") from None
+        elif kind != "contains" and kind != "starts with" and not _items(argument):
+            raise ValueError(f"check line {number}: '{kind}' needs words separated by commas")
+        categories = tuple(c.strip().lower() for c in (match["cats"] or "").split(",") if c.strip())
+        checks.append(Check(kind, argument, categories))
+    if len(checks) > MAX_CHECKS:
+        raise ValueError(f"{len(checks)} checks; an evaluation takes at most {MAX_CHECKS}")
+    return checks
+
+
+def checks_text(checks: list[Check]) -> str:
+    return "\n".join(c.text for c in checks)
+
+
+# --- per reply ---------------------------------------------------------------------------
+def token_f1(reply: str, reference: str) -> float:
+    """SQuAD's token F1 of the normalised texts, 0–1."""
+    got, want = metrics.normalize(reply).split(), metrics.normalize(reference).split()
+    common = sum((Counter(got) & Counter(want)).values())
+    if not got or not want or common == 0:
+        return 0.0
+    precision, recall = common / len(got), common / len(want)
+    return 2 * precision * recall / (precision + recall)
+
+
+def was_cut(new_tokens, max_new_tokens: int | None) -> bool:
+    """Whether generation stopped at the cap rather than at the model's end token."""
+    try:
+        return bool(max_new_tokens) and int(new_tokens) >= int(max_new_tokens)
+    except (TypeError, ValueError):
+        return False
+
+
+def per_reply(replies: pd.DataFrame, checks: list[Check], max_new_tokens: int | None) -> pd.DataFrame:
+    """One row per reply: the reference measures (None without a reference), the
+    cut flag, words, and each check (None where its category does not apply)."""
+    rows = []
+    for r in replies.to_dict("records"):
+        text, reference = r.get("reply") or "", r.get("reference")
+        ref = metrics.has_reference(reference)
+        row = {"position": r["position"], "label": r["label"], "variant": r.get("variant"),
+               "category": r.get("category"), "reply_id": r.get("reply_id"),
+               "exact match": metrics.exact_match(text, reference) if ref else None,
+               "answer contained": metrics.contains_answer(text, reference) if ref else None,
+               "token F1": token_f1(text, reference) if ref else None,
+               "ROUGE-L": metrics.rouge_l(text, reference) / 100 if ref else None,
+               "cut at the token cap": was_cut(r.get("new_tokens"), max_new_tokens),
+               "words": word_count(text)}
+        applicable = []
+        for check in checks:
+            passed = check.passes(text) if check.applies(r.get("category")) else None
+            row[check.text] = passed
+            if passed is not None:
+                applicable.append(passed)
+        row["all checks"] = all(applicable) if applicable else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --- per variant, and paired against the base --------------------------------------------------
+BINARY = ("answer contained", "exact match")
+GRADED = ("token F1", "ROUGE-L")
+LOWER_IS_BETTER = ("cut at the token cap",)  # "better on N prompts" means fewer cut
+TABLE_COLUMNS = ["measure", "model", "n", "passed", "rate", "low", "high"]
+PAIRED_COLUMNS = ["measure", "model", "versus", "prompts", "better", "worse", "p", "test"]
+
+
+@dataclass
+class CheckReport:
+    table: pd.DataFrame  # TABLE_COLUMNS: one row per measure and model
+    paired: pd.DataFrame  # PAIRED_COLUMNS: each fine-tuned model against the base
+    replies: pd.DataFrame  # per_reply
+    measures: list[str]  # in the order they are shown; the headline first
+    base: str | None
+    cut_cap: int | None
+
+    def cut_replies(self) -> pd.DataFrame:
+        """The replies cut at the token cap: for the owner, never for raters."""
+        if self.replies.empty:
+            return self.replies
+        return self.replies[self.replies["cut at the token cap"]][["position", "label", "words"]]
+
+
+def measures_for(per: pd.DataFrame, checks: list[Check]) -> list[str]:
+    """The measures worth showing, the headline first: every check together when
+    there are checks, else the answer-contained rate for short references (facts),
+    else ROUGE-L (longer references: style and content)."""
+    if per.empty:
+        return []
+    has_ref = per["answer contained"].notna().any()
+    out = []
+    if checks:
+        out.append("all checks")
+    if has_ref:
+        out += ["answer contained", "ROUGE-L"] if _short_references(per) else ["ROUGE-L", "answer contained"]
+        out += ["token F1", "exact match"]
+    out += [c.text for c in checks] if len(checks) > 1 else []
+    return out + ["cut at the token cap"]
+
+
+def _short_references(per: pd.DataFrame) -> bool:
+    return bool(per.attrs.get("short_references", True))
+
+
+def report(replies: pd.DataFrame, checks: list[Check], max_new_tokens: int | None = None) -> CheckReport:
+    per = per_reply(replies, checks, max_new_tokens)
+    if not replies.empty:
+        refs = [r for r in replies["reference"] if metrics.has_reference(r)]
+        lengths = sorted(word_count(r) for r in refs)
+        per.attrs["short_references"] = bool(lengths) and lengths[len(lengths) // 2] <= 8
+    measures = measures_for(per, checks)
+    labels = list(dict.fromkeys(per["label"])) if not per.empty else []
+    base = next((lab for lab, v in zip(per.get("label", []), per.get("variant", [])) if v == "base"), None)
+    table_rows = []
+    for measure in measures + ["words"]:
+        for label in labels:
+            values = per.loc[per["label"] == label, measure].dropna()
+            if values.empty:
+                continue
+            table_rows.append([measure, label, *_summary(measure, values)])
+    paired_rows = []
+    for label in labels:
+        if base is None or label == base:
+            continue
+        for measure in measures:
+            row = _paired(per, measure, label, base)
+            if row:
+                paired_rows.append(row)
+    return CheckReport(pd.DataFrame(table_rows, columns=TABLE_COLUMNS),
+                       pd.DataFrame(paired_rows, columns=PAIRED_COLUMNS), per, measures, base, max_new_tokens)
+
+
+def _summary(measure: str, values: pd.Series) -> list:
+    n = len(values)
+    if measure in GRADED or measure == "words":
+        mean = float(values.astype(float).mean())
+        if n < 2:
+            return [n, None, mean, math.nan, math.nan]
+        half = float(_scipy_stats().t.ppf(0.975, n - 1)) * float(values.astype(float).std(ddof=1)) / math.sqrt(n)
+        low, high = mean - half, mean + half
+        if measure in GRADED:
+            low, high = max(0.0, low), min(1.0, high)
+        return [n, None, mean, low, high]
+    passed = int(values.astype(bool).sum())
+    low, high = wilson_interval(passed, n)
+    return [n, passed, passed / n, low, high]
+
+
+def _paired(per: pd.DataFrame, measure: str, model: str, base: str) -> list | None:
+    both = per.pivot_table(index="position", columns="label", values=measure, aggfunc="first")
+    if model not in both or base not in both:
+        return None
+    both = both[[model, base]].dropna()
+    if both.empty:
+        return None
+    mine, theirs = both[model].astype(float), both[base].astype(float)
+    if measure in LOWER_IS_BETTER:
+        mine, theirs = -mine, -theirs
+    better, worse = int((mine > theirs).sum()), int((mine < theirs).sum())
+    # binomial test of the prompts where the two differ: McNemar's exact test for pass/fail
+    # measures, the sign test for graded ones
+    test = "sign test" if measure in GRADED else "McNemar exact"
+    p = float(_scipy_stats().binomtest(better, better + worse).pvalue) if better + worse else 1.0
+    return [measure, model, base, len(both), better, worse, p, test]
+
+
+# --- in words -----------------------------------------------------------------------------------
+def _figure(table: pd.DataFrame, measure: str, label: str) -> str:
+    row = table[(table["measure"] == measure) & (table["model"] == label)]
+    if row.empty:
+        return "—"
+    row = row.iloc[0]
+    if measure in GRADED:
+        return f"{100 * row['rate']:.1f}"
+    return f"{int(row['passed'])}/{int(row['n'])}"
+
+
+def _verb(measure: str) -> str:
+    if measure == "all checks":
+        return "passes every check on"
+    if measure in GRADED:
+        return f"scores {measure}"
+    return f"has the {measure} on" if measure in BINARY else f"passes '{measure}' on"
+
+
+def verdict(rep: CheckReport) -> str:
+    """One paragraph per fine-tuned variant: the headline measure against the
+    base, the paired test, and what to do next."""
+    if rep.replies.empty or not rep.measures:
+        return "No replies to check yet."
+    if rep.base is None:
+        return "No base-model replies in this evaluation: the automatic check compares each variant with the base."
+    headline = rep.measures[0]
+    lines = []
+    for label in dict.fromkeys(rep.replies["label"]):
+        if label == rep.base:
+            continue
+        row = rep.paired[(rep.paired["measure"] == headline) & (rep.paired["model"] == label)]
+        mine, theirs = _figure(rep.table, headline, label), _figure(rep.table, headline, rep.base)
+        unit = " (0–100, mean)" if headline in GRADED else " prompts"
+        text = f"**{label}** {_verb(headline)} {mine}{unit}, base {theirs}"
+        if row.empty:
+            lines.append(text + ": nothing to compare on.")
+            continue
+        r = row.iloc[0]
+        test = f"{r['test']} p = {format_p(r['p'])}, better on {r['better']}, worse on {r['worse']} of {r['prompts']}"
+        if r["p"] < ALPHA and r["better"] > r["worse"]:
+            text += f": a clear difference ({test}) — worth rating."
+        elif r["p"] < ALPHA:
+            text += (f": the fine-tuned model is clearly **worse** ({test}). Do not ask friends to rate this one; "
+                     "try a lower learning rate, fewer epochs, or the dataset's recommended settings.")
+        elif r["better"] + r["worse"] < 6:
+            text += (f": no difference yet ({test}); too few prompts differ to tell — use more held-out "
+                     "prompts, or train longer.")
+        else:
+            text += (f": no difference yet ({test}). Try the dataset's recommended settings (Train tab), more "
+                     "epochs or a higher learning rate, then generate again before friends rate.")
+        lines.append(text)
+    cut = rep.replies.groupby("label")["cut at the token cap"].agg(["sum", "count"])
+    for label, (n_cut, n) in cut.iterrows():
+        if n_cut:
+            lines.append(f"{int(n_cut)} of {int(n)} replies of {label} were cut at the {rep.cut_cap}-token cap "
+                         "(marked for you, not for raters): raise Max new tokens if they matter.")
+    return "\n\n".join(lines)
+
+
+def display(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as people read it: rates and their intervals in percent."""
+    if table.empty:
+        return table
+    out = table.copy()
+    for column in ("rate", "low", "high"):
+        out[column] = [round(v, 1) if m == "words" else round(100 * v, 1) if pd.notna(v) else None
+                       for m, v in zip(out["measure"], out[column])]
+    out["passed"] = out["passed"].map(lambda v: "" if v is None or pd.isna(v) else int(v))
+    return out.rename(columns={"rate": "rate (%) / mean", "low": "95% low", "high": "95% high"})
+
+
+def display_paired(paired: pd.DataFrame) -> pd.DataFrame:
+    if paired.empty:
+        return paired
+    return paired.assign(p=paired["p"].map(format_p))
+
+
+def of_evaluation(evaluation: dict, replies: pd.DataFrame) -> CheckReport:
+    """The automatic check of a stored evaluation (Store.evaluation, Store.replies)."""
+    settings = evaluation.get("settings") or {}
+    return report(replies, parse_checks(evaluation.get("checks") or []), settings.get("max_new_tokens"))
+
+
+# --- the checks against the human scores ---------------------------------------------------------
+def agreement(rep: CheckReport, scores: pd.DataFrame) -> dict:
+    """How well the automatic check agrees with the raters: Spearman's rho between
+    each rated reply's automatic figure (its headline measure) and its mean human score."""
+    if rep.replies.empty or scores.empty or not rep.measures:
+        return {"n": 0, "rho": math.nan, "p": math.nan, "measure": rep.measures[0] if rep.measures else None}
+    measure = rep.measures[0] if rep.measures[0] != "cut at the token cap" else None
+    if measure is None:
+        return {"n": 0, "rho": math.nan, "p": math.nan, "measure": None}
+    human = scores.groupby(["position", "label"])["score"].mean()
+    auto = rep.replies.set_index(["position", "label"])[measure].dropna().astype(float)
+    both = pd.concat([auto, human], axis=1, join="inner").dropna()
+    n = len(both)
+    if n < 3 or both.iloc[:, 0].nunique() < 2 or both.iloc[:, 1].nunique() < 2:
+        return {"n": n, "rho": math.nan, "p": math.nan, "measure": measure}
+    result = _scipy_stats().spearmanr(both.iloc[:, 0], both.iloc[:, 1])
+    return {"n": n, "rho": float(result.statistic), "p": float(result.pvalue), "measure": measure}
+
+
+def agreement_sentence(result: dict) -> str:
+    if not result.get("measure"):
+        return "No automatic measure to set beside the human scores."
+    if result["n"] < 3 or math.isnan(result["rho"]):
+        return (f"Agreement with the raters: not yet measurable ({result['n']} rated replies with a "
+                f"'{result['measure']}' figure and varied scores; 3 or more are needed).")
+    rho = result["rho"]
+    strength = "strong" if abs(rho) >= 0.6 else "moderate" if abs(rho) >= 0.3 else "weak"
+    return (f"Agreement with the raters: Spearman ρ = {rho:.2f} (p = {format_p(result['p'])}) between "
+            f"'{result['measure']}' and the mean human score over {result['n']} rated replies: {strength}"
+            f"{' (the raters like what the check fails)' if rho < 0 else ''}.")
