@@ -151,6 +151,7 @@ def main() -> int:
         items = prompts_of(name, run_dir, args.quick)
         settings = GenSettings(**recipe.generate)
         replies = generate(generator, run_dir, items, settings)
+        replies.to_json(work / f"{name}.replies.jsonl", orient="records", lines=True, force_ascii=False)
         checks = rc.parse_checks(recipe.checks)
         rep = rc.report(replies, checks, settings.max_new_tokens)
         held_out = len(tdata.load_jsonl(run_dir / "test.jsonl").rows)

@@ -32,9 +32,10 @@ def from_run(run: dict) -> list[dict]:
     on), or, for a run from before test.jsonl was kept, its dataset split again."""
     held_out = Path(run["path"]) / "test.jsonl"
     if held_out.is_file():
-        rows = tdata.load_jsonl(held_out).rows
+        rows = tdata.load_jsonl(held_out).rows if held_out.stat().st_size else []
         if not rows:
-            raise ValueError(f"run {run['run_id']} held out no test rows (its test fraction is 0)")
+            raise ValueError(f"run {run['run_id']} held out no test rows (its test share is 0): type prompts or "
+                             "upload a file of them instead")
         return _checked([from_row(r, i) for i, r in enumerate(rows, start=1)], f"{run['run_id']}/test.jsonl")
     c = run["config"]
     return from_dataset(Path(c["dataset"]), c.get("validation_fraction", 0.0), c["test_fraction"], c["seed"],

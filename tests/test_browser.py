@@ -99,6 +99,10 @@ def test_whole_loop_in_the_browser(app_url, page):
     # Train: the estimate, then start; the chart gains points on both curves
     page.get_by_role("tab", name="Train").click()
     expect(page.locator("#train-estimate")).to_contain_text("Trainable:")
+    # the starter set's recipe is offered, not applied: the epochs stay the default until asked
+    expect(page.locator("#train-recipe")).to_contain_text("Recommended for this dataset")
+    expect(page.locator("#train-recipe")).to_contain_text("expected ~")
+    expect(page.get_by_label("number input for Epochs")).to_have_value("3")
     # twenty epochs: far more steps than the test waits for, so it never races the run
     page.get_by_label("number input for Epochs").fill("20")
     page.get_by_label("number input for Epochs").press("Enter")
@@ -151,9 +155,17 @@ def test_whole_loop_in_the_browser(app_url, page):
     page.get_by_text("Generation settings, keyword rules, invite code").click()
     page.get_by_label("number input for Max new tokens").fill("16")
     page.get_by_label("number input for Max new tokens").press("Enter")
+    # the dataset's recipe fills the automatic checks
+    expect(page.locator("#eval-checks textarea")).to_have_value(re.compile("not contains: As an AI"))
     page.locator("#generate").click()
     expect(page.locator("#generate-message")).to_contain_text("Generated 5 × 2 replies", timeout=120_000)
     expect(page.locator("#eval-replies")).to_contain_text("base (")
+    # generation ends with the automatic check: a verdict in words, pass rates, the paired test
+    expect(page.locator("#generate-message")).to_contain_text(re.compile(r"passes every check on \d+/5 prompts, "
+                                                                         r"base \d+/5"))
+    expect(page.locator("#check-table")).to_contain_text("cut at the token cap")
+    expect(page.locator("#check-table")).to_contain_text("not contains: As an AI")
+    expect(page.locator("#check-paired")).to_contain_text("McNemar exact")
     mark("generated")
     # Results before any rating: the table has no rows yet
     page.get_by_role("tab", name="Results").click()
@@ -182,6 +194,9 @@ def test_whole_loop_in_the_browser(app_url, page):
     expect(table).to_contain_text("lora")
     expect(table).to_contain_text("1/1")
     expect(table).to_contain_text("0/1")
+    # the automatic check beside the human scores, with its agreement (too few ratings yet)
+    expect(page.locator("#results-checks")).to_contain_text("all checks")
+    expect(page.locator("#results-checks-note")).to_contain_text("Agreement with the raters")
     page.screenshot(path=str(ARTIFACTS / "results.png"), full_page=True)
 
     # a reload (or a friend's browser) sees the new evaluation and dataset in the lists

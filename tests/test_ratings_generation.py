@@ -39,6 +39,36 @@ def test_evaluation_replies_are_generated_stored_and_opened(tiny_llama, trained_
     assert pair["flags"] == ["escalate"] and pair["task"] == "Refund"
 
 
+def test_held_out_prompts_come_from_the_runs_own_test_jsonl(tiny_llama, trained_run, tmp_path):
+    from ratings import checks as rc
+    from ratings.evalsets import from_run
+    from tuner import data as tdata
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rows = [{"messages": [{"role": "user", "content": f"When was it founded {i}?"},
+                          {"role": "assistant", "content": f"It was founded in {2000 + i}."}],
+             "answer": str(2000 + i), "difficulty": "easy"} for i in range(3)]
+    (run_dir / "test.jsonl").write_text(tdata.to_jsonl(rows))
+    run = {"run_id": "r", "path": str(run_dir), "config": {"dataset": "/gone.jsonl"}}
+    items = from_run(run)
+    assert [(i["text"], i["reference"], i["category"]) for i in items] == [
+        (f"When was it founded {i}?", str(2000 + i), "easy") for i in range(3)]
+    (run_dir / "test.jsonl").write_text("")
+    with pytest.raises(ValueError, match="held out no test rows"):
+        from_run(run)
+    # the checks travel with the evaluation and are measured on its replies
+    store = Store(tmp_path / "r.db")
+    trained = {"run_id": "run.1", "path": str(trained_run.parent),
+               "config": {"base_model": str(tiny_llama), "method": "lora"}}
+    base_model, variants = variants_for([trained])
+    eval_id = generate_evaluation(store, Generator(tmp_path / "models"), "e", base_model, items, variants,
+                                  GenSettings(max_new_tokens=4), checks=["max words: 2"])
+    rep = rc.of_evaluation(store.evaluation(eval_id), store.replies(eval_id))
+    assert rep.measures[0] == "all checks" and set(rep.table["model"]) == {v.label for v in variants}
+    assert rep.cut_cap == 4 and len(rep.replies) == 6
+
+
 def test_runs_on_different_base_models_are_refused():
     runs = [{"run_id": "a", "path": "/x", "config": {"base_model": "m1"}},
             {"run_id": "b", "path": "/y", "config": {"base_model": "m2"}}]

@@ -27,8 +27,41 @@ def test_schema_is_named_migrations_in_wal_mode(tmp_path):
     Store(tmp_path / "r.db")  # reopening applies nothing twice
     conn = sqlite3.connect(tmp_path / "r.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")] == ["0001_initial", "0002_rater_keys"]
+    assert [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")] == ["0001_initial", "0002_rater_keys",
+                                                                                      "0003_checks"]
     assert store.evaluations() == []
+
+
+def test_an_evaluation_keeps_its_checks_and_an_older_database_gains_the_column(tmp_path):
+    from ratings import checks as rc
+    from ratings.store import migrations
+
+    store = Store(tmp_path / "r.db")
+    eval_id = store.create_evaluation("e", "m", [{"text": "Write an email", "category": "email"}], VARIANTS,
+                                      settings={"max_new_tokens": 4}, checks=["starts with: Subject:"])
+    assert store.evaluation(eval_id)["checks"] == ["starts with: Subject:"]
+    ids = {v["name"]: v["id"] for v in store.variants(eval_id)}
+    (prompt,) = store.prompts(eval_id)
+    store.add_reply(prompt["id"], ids["base"], "Hi there, how are", {}, 0.1, 4)
+    store.add_reply(prompt["id"], ids["run-1"], "Subject: Hello", {}, 0.1, 2)
+    rep = rc.of_evaluation(store.evaluation(eval_id), store.replies(eval_id))
+    per = rep.replies.set_index("label")
+    assert per.loc["lora: run-1", "all checks"] and not per.loc["base (m)", "all checks"]
+    assert per.loc["base (m)", "cut at the token cap"] and not per.loc["lora: run-1", "cut at the token cap"]
+    # a database made before the checks existed: the migration adds the column, old rows read as no checks
+    old = tmp_path / "old.db"
+    import sqlite_utils
+    from sqlite_utils.migrations import Migrations
+
+    older = Migrations(migrations.name)  # the schema as it was: the first two migrations only
+    for m in migrations._migrations[:2]:
+        older(name=m.name)(m.fn)
+    db = sqlite_utils.Database(old)
+    older.apply(db)
+    db["evaluations"].insert({"name": "before", "base_model": "m", "created_at": "x"})
+    db.close()
+    upgraded = Store(old)
+    assert upgraded.evaluation(1)["checks"] == []
 
 
 def test_pair_hides_variants_until_rating_is_committed(tmp_path):

@@ -330,11 +330,46 @@ def test_cli_writes_the_run_folder(tiny_llama, tmp_path):
     assert record["config"]["lr_scheduler_type"] == "cosine"
     assert len(ttrain.read_metrics(run_dir)) >= 2
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    # the held-out rows are in the run folder exactly as split, and any tool can evaluate on them
+    from tuner import data as tdata
+
+    rows = tdata.load_jsonl(dataset).rows
+    parts = tdata.splits(rows, record["config"]["validation_fraction"], record["config"]["test_fraction"],
+                         record["config"]["seed"])
+    for name in ("test", "validation"):
+        assert tdata.load_jsonl(run_dir / f"{name}.jsonl").rows == parts[name]
+    assert parts["test"]
+    out = tmp_path / "replies.jsonl"
+    done = subprocess.run([sys.executable, "-m", "tuner", "generate", "--run", str(run_dir), "--prompts",
+                           str(run_dir / "test.jsonl"), "--out", str(out), "--max-new-tokens", "4"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    replies = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in replies] == [tdata.last_user_text(r) for r in parts["test"]] * 2
+    assert [r["reference"] for r in replies] == [r["messages"][-1]["content"] for r in parts["test"]] * 2
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"dataset": str(dataset), "lora_rank": 3}))
     done = subprocess.run([sys.executable, "-m", "tuner", "train", str(bad)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Unknown training setting(s): lora_rank" in done.stderr
+
+
+def test_a_stratified_run_holds_out_each_difficultys_share(tiny_llama, tmp_path):
+    from tuner import data as tdata
+
+    rows = [chat(f"Question {i}?", f"Answer {i}.", difficulty=("easy", "medium", "hard")[i % 3], answer=f"{i}")
+            for i in range(30)]
+    dataset = write_jsonl(tmp_path / "faq.jsonl", rows)
+    config = TrainConfig(base_model=str(tiny_llama), dataset=str(dataset), max_steps=1, validation_fraction=0.2,
+                         test_fraction=0.1, stratify_by="difficulty", neftune_noise_alpha=5.0)
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    summary = ttrain.train(config, run_dir, models_dir=tmp_path / "models")
+    assert summary["status"] == "completed"
+    test = tdata.load_jsonl(run_dir / "test.jsonl").rows
+    assert sorted(r["difficulty"] for r in test) == ["easy", "hard", "medium"]  # one of each ten
+    assert test == tdata.splits(rows, 0.2, 0.1, config.seed, "difficulty")["test"]
+    assert len(tdata.load_jsonl(run_dir / "validation.jsonl").rows) == 6
 
 
 def test_bundled_smollm2_trains_a_few_steps(bundled_models_dir, tmp_path):

@@ -11,11 +11,26 @@ from tuner.ui_train import FIELDS, config_from, curve_frame, summary_text, value
 
 def test_settings_round_trip_through_the_sliders():
     config = TrainConfig(dataset=str(POLITE), r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"],
-                         lr_scheduler_type="cosine", use_rslora=True, max_steps=30)
+                         lr_scheduler_type="cosine", use_rslora=True, max_steps=30, test_fraction=0.1,
+                         stratify_by="category", neftune_noise_alpha=5.0)
     values = values_of(json.loads(json.dumps(config.to_dict())))  # as exported to JSON and back
     assert len(values) == len(FIELDS)
     again = config_from(config.base_model, config.dataset, values)
     assert again == config
+    plain = TrainConfig(dataset=str(POLITE))  # no stratification: an empty box, and back to None
+    assert config_from(plain.base_model, plain.dataset, values_of(plain.to_dict())) == plain
+
+
+def test_the_recipe_line_offers_and_says_how_long():
+    from tuner import recipes
+    from tuner.paths import STARTER_DATASETS
+    from tuner.ui_train import recipe_line
+
+    recipe = recipes.load(STARTER_DATASETS / "company_faq.recipe.json")
+    text = recipe_line(recipe, 6.4)
+    assert text.startswith("**Recommended for this dataset:** LoRA r=")
+    assert "expected ~6 min here" in text and "Use recommended settings" in text
+    assert "Suggest settings" in recipe_line(None, None)
 
 
 def test_estimate_counts_trainable_parameters_like_peft(tiny_llama, tmp_path):

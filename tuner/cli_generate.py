@@ -3,8 +3,9 @@
 Reads prompts from JSONL (a `prompt` field, or `messages`) or CSV (a `prompt`
 column) as tuner.prompts describes, generates the base model's
 and the run's fine-tuned replies from one loaded copy, and writes one JSON line
-per prompt and variant: prompt, variant, model, reply, latency_s, new_tokens,
-settings.
+per prompt and variant: prompt, reference, category, variant, model, reply,
+latency_s, new_tokens, settings. A run's own held-out rows work as they are:
+`--prompts RUN/test.jsonl` (their replies, or short `answer`s, become references).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def _generate(args) -> int:
         answers = generator.generate_all(base_model, conversations, settings, [a for _v, _m, a in variants])
         for (variant, model_label, _adapter), replies in zip(variants, answers):
             for prompt, reply in zip(prompts, replies):
-                out.write(json.dumps({"prompt": prompt["text"], "variant": variant, "model": model_label,
+                out.write(json.dumps({"prompt": prompt["text"], "reference": prompt.get("reference"),
+                                      "category": prompt.get("category"), "variant": variant, "model": model_label,
                                       "reply": reply.text, "latency_s": round(reply.latency_s, 3),
                                       "new_tokens": reply.new_tokens, "settings": reply.settings},
                                      ensure_ascii=False) + "\n")
