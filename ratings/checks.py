@@ -302,6 +302,11 @@ def _verb(measure: str) -> str:
     return f"has the {measure} on" if measure in BINARY else f"passes '{measure}' on"
 
 
+def _p_text(p: float) -> str:
+    text = format_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def verdict(rep: CheckReport) -> str:
     """One paragraph per fine-tuned variant: the headline measure against the
     base, the paired test, and what to do next."""
@@ -322,7 +327,7 @@ def verdict(rep: CheckReport) -> str:
             lines.append(text + ": nothing to compare on.")
             continue
         r = row.iloc[0]
-        test = f"{r['test']} p = {format_p(r['p'])}, better on {r['better']}, worse on {r['worse']} of {r['prompts']}"
+        test = f"{r['test']} {_p_text(r['p'])}, better on {r['better']}, worse on {r['worse']} of {r['prompts']}"
         if r["p"] < ALPHA and r["better"] > r["worse"]:
             text += f": a clear difference ({test}) — worth rating."
         elif r["p"] < ALPHA:
@@ -344,15 +349,25 @@ def verdict(rep: CheckReport) -> str:
 
 
 def display(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as people read it: rates and their intervals in percent."""
+    """The table as people read it: one row per measure, one column per model, each
+    cell "passed/n · rate% (95% low–high)" (means for F1, ROUGE-L on 0–100, and words)."""
     if table.empty:
         return table
-    out = table.copy()
-    for column in ("rate", "low", "high"):
-        out[column] = [round(v, 1) if m == "words" else round(100 * v, 1) if pd.notna(v) else None
-                       for m, v in zip(out["measure"], out[column])]
-    out["passed"] = out["passed"].map(lambda v: "" if v is None or pd.isna(v) else int(v))
-    return out.rename(columns={"rate": "rate (%) / mean", "low": "95% low", "high": "95% high"})
+    models = list(dict.fromkeys(table["model"]))
+    rows = []
+    for measure in dict.fromkeys(table["measure"]):
+        part = table[table["measure"] == measure].set_index("model")
+        rows.append([measure] + [_cell(measure, part.loc[m]) if m in part.index else "" for m in models])
+    return pd.DataFrame(rows, columns=["measure"] + models)
+
+
+def _cell(measure: str, row: pd.Series) -> str:
+    scale = 1 if measure == "words" else 100
+    low, high = row["low"], row["high"]
+    interval = f" ({scale * low:.0f}–{scale * high:.0f})" if pd.notna(low) and pd.notna(high) else ""
+    if measure == "words" or measure in GRADED:
+        return f"{scale * row['rate']:.1f}{interval}"
+    return f"{int(row['passed'])}/{int(row['n'])} · {100 * row['rate']:.0f}%{interval}"
 
 
 def display_paired(paired: pd.DataFrame) -> pd.DataFrame:

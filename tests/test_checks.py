@@ -106,7 +106,7 @@ def test_pass_rates_have_wilson_intervals_and_the_paired_test_is_mcnemars_exact(
     assert cut.passed == sum(len(r[1].split()) >= 4 for r in rows)
     text = rc.verdict(rep)
     assert "lora: r1** has the answer contained on 10/12 prompts, base 2/12" in text
-    assert "a clear difference" in text and "worth rating" in text
+    assert "a clear difference (McNemar exact p = 0.021" in text and "worth rating" in text
     assert "cut at the 4-token cap" in text
 
 
@@ -156,3 +156,15 @@ def test_an_evaluation_without_base_or_replies_says_so():
     only = _replies([("c", "a", "b")])
     only = only[only.variant != "base"]
     assert "No base-model replies" in rc.verdict(rc.report(only, [], 16))
+
+
+def test_the_table_for_people_has_a_column_per_model_and_intervals_in_each_cell():
+    rows = [("c", "Dear Sir", "Dear Madam", "Dear Madam")] * 3 + [("c", "Hi", "Dear Sir", "Dear Sir")]
+    rep = rc.report(_replies(rows), rc.parse_checks("starts with: Dear"), 64)
+    shown = rc.display(rep.table).set_index("measure")
+    assert list(shown.columns) == ["base (m)", "lora: r1"]
+    low, high = wilson_interval(3, 4)
+    assert shown.loc["all checks", "base (m)"] == f"3/4 · 75% ({100 * low:.0f}–{100 * high:.0f})"
+    assert shown.loc["all checks", "lora: r1"].startswith("4/4 · 100% (")
+    assert shown.loc["words", "lora: r1"].startswith("2.0")
+    assert "McNemar exact p = 1, better on 1, worse on 0 of 4" in rc.verdict(rep)
