@@ -200,7 +200,10 @@ class CheckReport:
         return self.replies[self.replies["cut at the token cap"]][["position", "label", "words"]]
 
 
-def measures_for(per: pd.DataFrame, checks: list[Check]) -> list[str]:
+SHORT_REFERENCE = 8  # words: a median reference this short is an answer to find in the reply, not a text to match
+
+
+def measures_for(per: pd.DataFrame, checks: list[Check], short_references: bool = True) -> list[str]:
     """The measures worth showing, the headline first: every check together when
     there are checks, else the answer-contained rate for short references (facts),
     else ROUGE-L (longer references: style and content)."""
@@ -211,23 +214,17 @@ def measures_for(per: pd.DataFrame, checks: list[Check]) -> list[str]:
     if checks:
         out.append("all checks")
     if has_ref:
-        out += ["answer contained", "ROUGE-L"] if _short_references(per) else ["ROUGE-L", "answer contained"]
+        out += ["answer contained", "ROUGE-L"] if short_references else ["ROUGE-L", "answer contained"]
         out += ["token F1", "exact match"]
     out += [c.text for c in checks] if len(checks) > 1 else []
     return out + ["cut at the token cap"]
 
 
-def _short_references(per: pd.DataFrame) -> bool:
-    return bool(per.attrs.get("short_references", True))
-
-
 def report(replies: pd.DataFrame, checks: list[Check], max_new_tokens: int | None = None) -> CheckReport:
     per = per_reply(replies, checks, max_new_tokens)
-    if not replies.empty:
-        refs = [r for r in replies["reference"] if metrics.has_reference(r)]
-        lengths = sorted(word_count(r) for r in refs)
-        per.attrs["short_references"] = bool(lengths) and lengths[len(lengths) // 2] <= 8
-    measures = measures_for(per, checks)
+    lengths = sorted(word_count(r) for r in replies.get("reference", []) if metrics.has_reference(r))
+    short = bool(lengths) and lengths[len(lengths) // 2] <= SHORT_REFERENCE
+    measures = measures_for(per, checks, short)
     labels = list(dict.fromkeys(per["label"])) if not per.empty else []
     base = next((lab for lab, v in zip(per.get("label", []), per.get("variant", [])) if v == "base"), None)
     table_rows = []

@@ -179,18 +179,20 @@ def suggest(rows: list[dict], architecture_modules: list[str] | None = None) -> 
     median = statistics.median(lengths) if lengths else 0
     facts = median <= FACT_WORDS or any("answer" in r for r in rows[:50])
     modules = architecture_modules or ALL_LINEAR
-    # enough optimiser steps that every row is seen many times, without a tiny set
-    # being memorised word for word: ~steps_wanted steps of 4 rows
+    # what the starter sets' sweeps found (bench/recipes.py, README "Does it work?"): LoRA on every
+    # linear layer at lr 1e-3 in batches of 4; a format or style is picked up in ~50 optimiser
+    # steps (formal_email: every check passed after 18), facts need more passes (company_faq:
+    # ~170 steps, the validation loss flat after ~2 epochs), and a tiny set needs many epochs
     batch = 4
     train_rows = max(1, round(n * 0.7))
     steps_per_epoch = max(1, math.ceil(train_rows / batch))
     if facts:
         kind = "short factual replies to memorise"
-        wanted, epochs_cap, lr, r = 400, 12, 1e-3, 16
+        wanted, epochs_cap, lr, r = 170, 12, 1e-3, 16
     else:
         kind = "longer replies in a style or format"
-        wanted, epochs_cap, lr, r = 120, 8, 5e-4, 16
-    epochs = max(2, min(epochs_cap, math.ceil(wanted / steps_per_epoch)))
+        wanted, epochs_cap, lr, r = 50, 8, 1e-3, 16
+    epochs = max(3 if facts else 2, min(epochs_cap, math.ceil(wanted / steps_per_epoch)))
     if n < 50:
         epochs = max(epochs, 6)
     tokens_per_row = max(32, max(lengths or [0]) * TOKENS_PER_WORD + 64)
