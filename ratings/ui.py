@@ -445,13 +445,13 @@ def results_tab(store: Store, trainer: RunManager | None = None):
                 "the normalised reply with the reference answer; BLEU (sacrebleu) and ROUGE-L (F1) are 0–100. "
                 "Only replies with a reference count for them.")
     automatic = gr.Dataframe(interactive=False, elem_id="metrics-table")
+    automatic_by = gr.Dataframe(interactive=False, elem_id="metrics-by-table", visible=False)
+    runs = gr.Dataframe(interactive=False, wrap=True, elem_id="results-runs")
     gr.Markdown("### Automatic check beside the human scores\nThe check made right after generation (the "
                 "evaluation's own checks, answer accuracy, replies cut at the token cap), and how well its "
                 "headline figure agrees with the raters' mean scores (Spearman).")
     check_note = gr.Markdown(elem_id="results-checks-note")
     check_table = gr.Dataframe(interactive=False, elem_id="results-checks")
-    automatic_by = gr.Dataframe(interactive=False, elem_id="metrics-by-table", visible=False)
-    runs = gr.Dataframe(interactive=False, wrap=True, elem_id="results-runs")
     gr.Markdown("### Exports\nThe Markdown report, the raw ratings (CSV), preference pairs for the next run "
                 "(JSONL prompt/chosen/rejected), the low-rated replies to rewrite (CSV: fill `completion`, then "
                 "import it on the Dataset tab) and a copy of the whole ratings database.")
