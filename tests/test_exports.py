@@ -116,6 +116,16 @@ def test_markdown_report_reads_on_its_own(results):
     assert "Ben (base (tiny) vs lora: run-xyz): “odd line”" in text or \
         "Ben (lora: run-xyz vs base (tiny)): “odd line”" in text
     assert "**Reference:** Tampere, Finland." in text
+    # the automatic check, made before anyone rated, sits beside the human scores
+    assert "\n## Automatic check (made right after generation, before anyone rated)\n" in text
+    assert "Agreement with the raters: Spearman ρ = " in text  # 8 rated replies with a contained figure
+    assert "| answer contained | 0/3 · 0%" in text and "| 3/3 · 100%" in text
+
+
+def test_the_check_agrees_with_the_raters_when_they_reward_the_right_answers(results):
+    _, r = results
+    assert r.checks.measures[0] == "answer contained"
+    assert r.check_agreement["n"] == 6 and r.check_agreement["rho"] > 0.5
 
 
 def test_report_of_an_evaluation_nobody_rated(tmp_path):
