@@ -1,0 +1,45 @@
+"""The Train tab's recipes in a real browser: a starter set's recommended settings are
+offered, not applied, until asked; Suggest settings fills the sliders and says why."""
+
+from __future__ import annotations
+
+import re
+
+import test_browser as tb
+
+from tuner import recipes
+from tuner.paths import STARTER_DATASETS
+
+app_url = tb.app_url
+page = tb.page
+
+
+def test_recommended_settings_are_offered_then_applied_on_request_and_suggest_explains(app_url, page):
+    from playwright.sync_api import expect
+
+    page.goto(app_url)
+    tb._pick(page, "dataset-chooser", "starter: company_faq")
+    page.get_by_role("tab", name="Train").click()
+    recipe = recipes.load(STARTER_DATASETS / "company_faq.recipe.json")
+    offer = page.locator("#train-recipe")
+    expect(offer).to_contain_text("Recommended for this dataset:")
+    expect(offer).to_contain_text("split 70/20/10 by difficulty")
+    lr = page.get_by_label("Learning rate")
+    expect(lr).to_have_value("0.0002")  # nothing changed without asking
+    page.locator("#train-recipe-use").click()
+    expect(page.locator("#train-message")).to_contain_text("Using the recommended settings")
+    expect(lr).to_have_value(str(recipe.train["learning_rate"]))
+    expect(page.get_by_label("number input for LoRA rank (r)")).to_have_value(str(recipe.train["r"]))
+    expect(page.locator("#train-targets")).to_contain_text("down_proj")
+    assert page.locator("#train-targets input[type=checkbox]:checked").count() == 7
+    page.get_by_text("More settings").click()
+    expect(page.locator("#train-stratify input, #train-stratify textarea").first).to_have_value("difficulty")
+
+    # Suggest settings derives settings from the rows themselves and says why in one line
+    page.get_by_role("tab", name="Dataset").click()
+    tb._pick(page, "dataset-chooser", "starter: polite_assistant")
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#train-suggest").click()
+    message = page.locator("#train-message")
+    expect(message).to_contain_text(re.compile(r"Suggested: 26 rows of longer replies in a style or format"))
+    expect(page.get_by_label("number input for Epochs")).to_have_value("8")
