@@ -89,7 +89,7 @@ def generate(generator, run_dir: Path, items: list[dict], settings) -> pd.DataFr
         for item, reply in zip(items, replies):
             rows.append({"position": item["position"], "prompt": item["text"], "reference": item["reference"],
                          "category": item["category"], "variant": variant, "label": label,
-                         "reply_id": f"{variant}-{item['position']}", "reply": reply.text,
+                         "reply": reply.text,
                          "new_tokens": reply.new_tokens})
     frame = pd.DataFrame(rows)
     frame.attrs["generate_s"] = elapsed
@@ -142,7 +142,7 @@ def main() -> int:
     line = {"quick": args.quick, "overrides": overrides}
     pd.set_option("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60)
     for name in args.set or SETS:
-        recipe = recipes.load(tdata.STARTER_DATASETS / f"{name}{recipes.SUFFIX}")
+        recipe = recipes.load(tdata.STARTER_DATASETS / f"{name}{recipes.SUFFIX}", rc.parse_checks)
         dataset = dataset_file(name, work)
         t0 = time.perf_counter()
         run_dir = train(name, recipe, dataset, work, overrides, args.quick)

@@ -127,10 +127,6 @@ def parse_checks(text) -> list[Check]:
     return checks
 
 
-def checks_text(checks: list[Check]) -> str:
-    return "\n".join(c.text for c in checks)
-
-
 # --- per reply ---------------------------------------------------------------------------
 def token_f1(reply: str, reference: str) -> float:
     """SQuAD's token F1 of the normalised texts, 0–1."""
@@ -158,7 +154,7 @@ def per_reply(replies: pd.DataFrame, checks: list[Check], max_new_tokens: int | 
         text, reference = r.get("reply") or "", r.get("reference")
         ref = metrics.has_reference(reference)
         row = {"position": r["position"], "label": r["label"], "variant": r.get("variant"),
-               "category": r.get("category"), "reply_id": r.get("reply_id"),
+               "category": r.get("category"),
                "exact match": metrics.exact_match(text, reference) if ref else None,
                "answer contained": metrics.contains_answer(text, reference) if ref else None,
                "token F1": token_f1(text, reference) if ref else None,
@@ -192,12 +188,6 @@ class CheckReport:
     measures: list[str]  # in the order they are shown; the headline first
     base: str | None
     cut_cap: int | None
-
-    def cut_replies(self) -> pd.DataFrame:
-        """The replies cut at the token cap: for the owner, never for raters."""
-        if self.replies.empty:
-            return self.replies
-        return self.replies[self.replies["cut at the token cap"]][["position", "label", "words"]]
 
 
 SHORT_REFERENCE = 8  # words: a median reference this short is an answer to find in the reply, not a text to match

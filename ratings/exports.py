@@ -102,8 +102,7 @@ def gather(store: Store, eval_id: int, threshold: int = stats.SUCCESS,
     evaluation = store.evaluation(eval_id)
     check = rchecks.of_evaluation(evaluation, replies) if evaluation and not replies.empty else None
     return Results(
-        evaluation=evaluation,
-        checks=check, check_agreement=rchecks.agreement(check, scores) if check else {}, variants=variants, threshold=threshold, scores=scores,
+        evaluation=evaluation, variants=variants, threshold=threshold, scores=scores,
         judgements=judgements, replies=replies,
         success=stats.success_table(scores, threshold),
         per_prompt=stats.per_prompt_table(scores, prompts),
@@ -116,6 +115,7 @@ def gather(store: Store, eval_id: int, threshold: int = stats.SUCCESS,
         automatic_by=metrics.automatic_table(replies, "category") if by_category else None,
         runs=metrics.run_table(variants, runs or {}),
         breakdowns={by: stats.breakdown_table(scores, by, threshold) for by in breakdown_choices(scores)},
+        checks=check, check_agreement=rchecks.agreement(check, scores) if check else {},
     )
 
 

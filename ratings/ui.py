@@ -266,7 +266,8 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
             return gr.update()
         run = trainer.get(chosen_runs[0])
         try:
-            recipe = recipes.for_dataset((run or {}).get("config", {}).get("dataset"))
+            recipe = recipes.for_dataset((run or {}).get("config", {}).get("dataset"),
+                                         parse_checks=rchecks.parse_checks)
         except ValueError:
             recipe = None
         return gr.update(value="\n".join(recipe.checks)) if recipe and recipe.checks else gr.update()

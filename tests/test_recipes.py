@@ -18,7 +18,7 @@ STARTERS = ("polite_assistant", "formal_email", "company_faq", "customer_support
 
 @pytest.mark.parametrize("name", STARTERS)
 def test_every_starter_recipe_parses_into_a_train_config(name):
-    recipe = recipes.load(STARTER_DATASETS / f"{name}.recipe.json")
+    recipe = recipes.load(STARTER_DATASETS / f"{name}.recipe.json", parse_checks)
     config = recipe.config(str(STARTER_DATASETS / f"{name}.jsonl"))
     assert isinstance(config, TrainConfig)
     # the recipe's names are run.json's names: a config built from it keeps every value
@@ -64,7 +64,7 @@ def test_a_bad_recipe_names_the_file_and_the_field(tmp_path, values, problem):
     path = tmp_path / "x.recipe.json"
     path.write_text(json.dumps(values))
     with pytest.raises(ValueError, match=problem):
-        recipes.load(path)
+        recipes.load(path, parse_checks)
     path.write_text("{oops")
     with pytest.raises(ValueError, match="x.recipe.json: not valid JSON \\(line 1"):
         recipes.load(path)
@@ -133,3 +133,23 @@ def test_stratified_split_of_the_training_engine_keeps_each_difficultys_share():
         assert abs(test - total * 0.1) < 1
     assert parts == tdata.splits(rows, 0.2, 0.1, seed=42, stratify="difficulty")
     assert parts["test"] != tdata.splits(rows, 0.2, 0.1, seed=7, stratify="difficulty")["test"]
+
+
+def test_a_recipe_describes_unset_fields_by_train_configs_defaults():
+    d = TrainConfig()
+    text = recipes.Recipe("x", {}).describe()
+    assert text.startswith(f"LoRA r={d.r}, alpha {d.lora_alpha}, attention")
+    assert f"lr {d.learning_rate:g}" in text and f"{d.num_train_epochs:g} epochs" in text
+
+
+def test_the_engine_never_imports_the_ratings_layer():
+    import ast
+
+    root = STARTER_DATASETS.parent / "tuner"
+    for path in root.rglob("*.py"):
+        if path.name.startswith("ui") or "ui" in path.relative_to(root).parts[:-1]:
+            continue  # the Gradio modules compose both layers
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "ratings" or n.startswith("ratings.") for n in names), path

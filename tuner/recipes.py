@@ -47,29 +47,30 @@ class Recipe:
         return TrainConfig.from_dict(values)
 
     def describe(self) -> str:
-        t = self.train
-        if t.get("method", "lora") == "prompt_tuning":
-            what = f"prompt tuning, {t.get('num_virtual_tokens', 20)} virtual tokens"
+        c = TrainConfig.from_dict(dict(self.train))  # unset fields read as TrainConfig's defaults
+        if c.method == "prompt_tuning":
+            what = f"prompt tuning, {c.num_virtual_tokens} virtual tokens"
         else:
-            targets = t.get("target_modules")
-            what = (f"LoRA r={t.get('r', 8)}, alpha {t.get('lora_alpha', 16)}, "
+            targets = c.target_modules
+            what = (f"LoRA r={c.r}, alpha {c.lora_alpha}, "
                     f"{'all linear layers' if targets and len(targets) > 4 else ', '.join(targets or ['attention'])}")
-        length = f"{t['max_steps']} steps" if t.get("max_steps", -1) > 0 else f"{t.get('num_train_epochs', 3):g} epochs"
-        extras = [f"{t['lr_scheduler_type']} schedule"] if t.get("lr_scheduler_type", "linear") != "linear" else []
-        if t.get("neftune_noise_alpha"):
-            extras.append(f"NEFTune {t['neftune_noise_alpha']:g}")
-        split = f"split {_split_text(t)}"
-        return ", ".join([what, f"lr {t.get('learning_rate', 2e-4):g}", length, *extras, split])
+        length = f"{c.max_steps} steps" if c.max_steps > 0 else f"{c.num_train_epochs:g} epochs"
+        extras = [f"{c.lr_scheduler_type} schedule"] if c.lr_scheduler_type != "linear" else []
+        if c.neftune_noise_alpha:
+            extras.append(f"NEFTune {c.neftune_noise_alpha:g}")
+        return ", ".join([what, f"lr {c.learning_rate:g}", length, *extras, f"split {_split_text(c)}"])
 
 
-def _split_text(t: dict) -> str:
-    test, val = t.get("test_fraction", 0.2), t.get("validation_fraction", 0.1)
+def _split_text(c: TrainConfig) -> str:
+    test, val = c.test_fraction, c.validation_fraction
     text = f"{round(100 * (1 - test - val))}/{round(100 * val)}/{round(100 * test)}"
-    return text + (f" by {t['stratify_by']}" if t.get("stratify_by") else "")
+    return text + (f" by {c.stratify_by}" if c.stratify_by else "")
 
 
-def parse(values, name: str, path: Path | None = None) -> Recipe:
-    """A recipe from its JSON object; a problem is named with the file and the field."""
+def parse(values, name: str, path: Path | None = None, parse_checks=None) -> Recipe:
+    """A recipe from its JSON object; a problem is named with the file and the field.
+    `parse_checks` (ratings.checks.parse_checks, passed in: the engine does not import
+    the ratings layer) also checks the check lines' grammar."""
     where = path.name if path else name
     if not isinstance(values, dict):
         raise ValueError(f"{where}: a recipe is a JSON object with 'train', 'generate' and 'checks'")
@@ -94,22 +95,21 @@ def parse(values, name: str, path: Path | None = None) -> Recipe:
     checks = values.get("checks") or []
     if not isinstance(checks, list) or not all(isinstance(c, str) for c in checks):
         raise ValueError(f"{where}: 'checks' must be a list of check lines")
-    from ratings.checks import parse_checks  # the check syntax lives with the checks
-
-    try:
-        parse_checks(checks)
-    except ValueError as exc:
-        raise ValueError(f"{where}: {exc}") from None
+    if parse_checks is not None:
+        try:
+            parse_checks(checks)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
     return Recipe(name, dict(train), dict(generate), list(checks), str(values.get("about") or ""), path)
 
 
-def load(path: Path) -> Recipe:
+def load(path: Path, parse_checks=None) -> Recipe:
     path = Path(path)
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path.name}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    return parse(values, path.name[:-len(SUFFIX)], path)
+    return parse(values, path.name[:-len(SUFFIX)], path, parse_checks)
 
 
 def starter_name(dataset: Path) -> str:
@@ -119,14 +119,14 @@ def starter_name(dataset: Path) -> str:
     return version_of(Path(dataset).stem)[0]
 
 
-def for_dataset(dataset: Path | str | None, folder: Path = STARTER_DATASETS) -> Recipe | None:
+def for_dataset(dataset: Path | str | None, folder: Path = STARTER_DATASETS, parse_checks=None) -> Recipe | None:
     """The recipe of a dataset: one beside the file itself, else its starter set's; None if neither."""
     if not dataset:
         return None
     dataset = Path(dataset)
     for candidate in (dataset.with_name(dataset.stem + SUFFIX), Path(folder) / (starter_name(dataset) + SUFFIX)):
         if candidate.is_file():
-            return load(candidate)
+            return load(candidate, parse_checks)
     return None
 
 
