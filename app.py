@@ -8,6 +8,7 @@ TUNER_OWNER_PASSWORD and/or TUNER_OWNER (owner-only mode; see tuner/access.py).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import time
@@ -20,10 +21,13 @@ from ratings.store import Store
 from tuner import models
 from tuner import ui as tuner_ui
 from tuner import ui_access, ui_export, ui_train
-from tuner.access import Access, app_secret
+from tuner.access import Access, Sessions, app_secret
 from tuner.generate import Generator
 from tuner.paths import Layout, data_root, max_upload
 from tuner.runs import RunManager
+
+
+UPLOAD_LIFETIME = (600, 3600)  # (every, older than) in seconds: Gradio's delete_cache
 
 
 def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Random | None = None,
@@ -43,34 +47,41 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
     rng = rng or random.Random()
     access = access or Access.from_env()
     secret = app_secret(layout.root)
+    if access.sessions.path is None:  # the owner's sessions outlive a restart, hashed, in the data root
+        access.sessions = Sessions(layout.root / "owner_sessions.db")
+    access.csrf_key = hashlib.sha256(f"csrf:{secret}".encode()).digest()
     limits = ratings_ui.RaterLimits()
 
-    with gr.Blocks(title="Tuner", analytics_enabled=False, head=ratings_ui.KEYS_JS) as demo:
+    # uploads (and files handed out for download) older than an hour are deleted every
+    # ten minutes; the gate caps what the upload folder may hold meanwhile
+    with gr.Blocks(title="Tuner", analytics_enabled=False, delete_cache=UPLOAD_LIFETIME) as demo:
         gr.Markdown("# Tuner\nBuild a dataset, fine-tune with LoRA, then rate base and fine-tuned replies blind.")
         owner_status = ui_access.owner_bar(access)
-        picker, _status = tuner_ui.model_picker(layout.models, default_model)
+        picker, _status, default_picked = tuner_ui.model_picker(layout.models, default_model)
         with gr.Tabs():
             with gr.Tab("Dataset", id="dataset"):
                 chooser, (show_dataset, dataset_outputs) = tuner_ui.dataset_tab(layout.datasets, picker, layout.models, generator)
             with gr.Tab("Train", id="train"):
                 modules, estimate = ui_train.train_tab(trainer, layout.datasets, picker, chooser)
             with gr.Tab("Compare", id="compare") as compare:
-                refresh_compare, compare_outputs = ratings_ui.compare_tab(trainer, generator, store, rng, secret, limits)
+                refresh_compare, load_compare, compare_outputs = ratings_ui.compare_tab(trainer, generator, store, rng, secret, limits)
             with gr.Tab("Playground", id="playground") as playground:
                 refresh_playground, playground_outputs = ratings_ui.playground_tab(trainer, generator)
             with gr.Tab("Results", id="results") as results:
                 show_results, results_eval, results_outputs = ratings_ui.results_tab(store, trainer)
             with gr.Tab("Export", id="export"):
-                ui_export.export_panel(trainer, layout)
+                export_runs = ui_export.export_panel(trainer, layout)
         # a page load (or reload, or a second browser) sees what exists now, not
         # what existed when the app was built
         if owner_status:
             demo.load(owner_status[0], None, owner_status[1], api_name="owner_status")
-        demo.load(tuner_ui.refresh_datasets_fn(layout.datasets), chooser, chooser)
-        demo.load(show_dataset, chooser, dataset_outputs)
-        demo.load(*modules)
-        demo.load(*estimate)
-        demo.load(refresh_compare, None, compare_outputs)
+        # the owner's components are built empty (a stranger reads /config); these
+        # guarded handlers fill them for the owner
+        demo.load(default_picked, picker, picker).then(*modules).then(*estimate)
+        demo.load(tuner_ui.refresh_datasets_fn(layout.datasets), chooser, chooser).then(
+            show_dataset, chooser, dataset_outputs)
+        demo.load(load_compare, None, compare_outputs)
+        demo.load(*export_runs)
         compare.select(refresh_compare, None, compare_outputs)
         playground.select(refresh_playground, None, playground_outputs)
         results.select(show_results, results_eval, results_outputs)
@@ -82,6 +93,10 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
     # Owner-only by default: every handler outside the raters' page checks the
     # request on the server (see tuner/ui_access.py).
     ui_access.guard(demo, access)
+    # ...and a gate in front of Gradio's routes refuses other sites' requests, a
+    # stranger's owner calls before the queue, and a stranger's uploads.
+    # (launch() also gets the page's <head>: the rating keys and the anti-forgery header)
+    ui_access.install(demo, access, head=ratings_ui.KEYS_JS + ui_access.CSRF_JS)
     return demo
 
 

@@ -44,7 +44,7 @@ def variants_for(runs: list[dict]) -> tuple[str, list[Variant]]:
 def generate_evaluation(store: Store, generator: Generator, name: str, base_model: str, items: list[dict],
                         variants: list[Variant], settings: GenSettings, rules: list[Rule] | None = None,
                         tag: bool = False, invite_code: str | None = None, progress=None,
-                        checks: list[str] | None = None) -> int:
+                        checks: list[str] | None = None, reveal: str = "end") -> int:
     """Generate, store, open for rating; returns the evaluation id.
 
     progress(done, total) counts prompt×variant replies.
@@ -61,7 +61,7 @@ def generate_evaluation(store: Store, generator: Generator, name: str, base_mode
     eval_id = store.create_evaluation(
         name, base_model, items, [{"name": v.name, "label": v.label, "kind": v.kind} for v in variants],
         settings=settings.__dict__ | {"variants": [v.name for v in variants]},
-        rules=rules_to_json(rules), invite_code=invite_code, checks=checks)
+        rules=rules_to_json(rules), invite_code=invite_code, checks=checks, reveal=reveal)
     prompts = store.prompts(eval_id)
     ids = {v["name"]: v["id"] for v in store.variants(eval_id)}
     for variant in variants:

@@ -150,6 +150,45 @@ def _checks(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE evaluations ADD COLUMN checks TEXT NOT NULL DEFAULT '[]'")
 
 
+@migrations(name="0004_rating_integrity")
+def _rating_integrity(db: sqlite_utils.Database) -> None:
+    # when raters learn which model wrote which reply: after their last pair ('end', the
+    # default: a reveal per pair would teach a rater to spot a model's texts) or after each
+    db.execute("ALTER TABLE evaluations ADD COLUMN reveal TEXT NOT NULL DEFAULT 'end'")
+    db.executescript("""
+    -- the names that rate an evaluation, with the address that first used each (hashed):
+    -- one address may bring only a few new names to one evaluation
+    CREATE TABLE rater_joins (
+        evaluation_id INTEGER NOT NULL REFERENCES evaluations(id),
+        rater TEXT NOT NULL,
+        client_hash TEXT NOT NULL,
+        joined_at TEXT NOT NULL,
+        PRIMARY KEY (evaluation_id, rater)
+    );
+    -- raters the owner left out of an evaluation's statistics (their ratings are kept)
+    CREATE TABLE excluded_raters (
+        evaluation_id INTEGER NOT NULL REFERENCES evaluations(id),
+        rater TEXT NOT NULL,
+        excluded_at TEXT NOT NULL,
+        reason TEXT,
+        PRIMARY KEY (evaluation_id, rater)
+    );
+    -- every owner decision about raters, and every explicit change of a score
+    CREATE TABLE owner_audit (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        evaluation_id INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        rater TEXT NOT NULL,
+        detail TEXT
+    );
+    """)
+
+
+REVEALS = ("end", "each")
+NAMES_PER_ADDRESS = 3  # new rater names one address may bring to one evaluation
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -314,9 +353,14 @@ class Store:
     # --- evaluations, variants, prompts, replies -------------------------------------
     def create_evaluation(self, name: str, base_model: str, prompts: list[dict], variants: list[dict],
                           settings: dict | None = None, rules: list | None = None,
-                          invite_code: str | None = None, checks: list[str] | None = None) -> int:
+                          invite_code: str | None = None, checks: list[str] | None = None,
+                          reveal: str = "end") -> int:
         """prompts: dicts with `text` and optional `messages`, `task`, `reference`,
-        `category`, `external_id`, `flags`. variants: dicts with `name`, `label`, `kind`."""
+        `category`, `external_id`, `flags`. variants: dicts with `name`, `label`, `kind`.
+        `reveal`: when raters learn which model wrote which reply, 'end' (after their
+        last pair) or 'each' (after every pair)."""
+        if reveal not in REVEALS:
+            raise ValueError(f"reveal must be one of {REVEALS} (got {reveal!r})")
         if len(variants) < 2:
             raise ValueError("An evaluation needs at least two variants to compare.")
         if not prompts:
@@ -325,7 +369,7 @@ class Store:
             eval_id = db["evaluations"].insert({
                 "name": name, "base_model": base_model, "settings": json.dumps(settings or {}),
                 "rules": json.dumps(rules or []), "invite_code": invite_code or None,
-                "checks": json.dumps(list(checks or [])),
+                "checks": json.dumps(list(checks or [])), "reveal": reveal,
                 "created_at": _now()}).last_pk
             for v in variants:
                 db["variants"].insert({"evaluation_id": eval_id, "name": v["name"],
@@ -354,8 +398,16 @@ class Store:
             return list(db.query("""
                 SELECT e.id, e.name, e.base_model, e.created_at, e.invite_code IS NOT NULL AS has_code,
                        (SELECT COUNT(*) FROM prompts p WHERE p.evaluation_id = e.id) AS n_prompts,
-                       (SELECT COUNT(*) FROM variants v WHERE v.evaluation_id = e.id) AS n_variants
+                       (SELECT COUNT(*) FROM variants v WHERE v.evaluation_id = e.id) AS n_variants,
+                       EXISTS (SELECT 1 FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
+                               WHERE p.evaluation_id = e.id) AS open_for_rating
                 FROM evaluations e ORDER BY e.id DESC"""))
+
+    def is_open(self, evaluation_id: int) -> bool:
+        """True when the evaluation exists and is open for rating (it has pairs)."""
+        with self.db() as db:
+            return db.execute("SELECT EXISTS (SELECT 1 FROM comparisons c JOIN prompts p ON p.id = c.prompt_id "
+                              "WHERE p.evaluation_id = ?)", [int(evaluation_id)]).fetchone()[0] == 1
 
     def variants(self, evaluation_id: int) -> list[dict]:
         with self.db() as db:
@@ -445,31 +497,71 @@ class Store:
         raise RatingError(f"Someone already rates as {name!r} from another browser. Go on in that browser, "
                           "or pick another name.")
 
+    def join(self, evaluation_id: int, rater: str, client: str, cap: int = NAMES_PER_ADDRESS) -> None:
+        """Record that `rater` rates this evaluation from `client` (an address); refuse a
+        new name when that address already brought `cap` names to this evaluation
+        (throwaway names are how one person would stuff the ballot)."""
+        rater = clean_rater(rater)
+        client_hash = hashlib.sha256(f"tuner-rater-address:{client}".encode()).hexdigest()[:32]
+        with self.write() as db:
+            if db.execute("SELECT 1 FROM rater_joins WHERE evaluation_id = ? AND rater = ?",
+                          [evaluation_id, rater]).fetchone():
+                return
+            used = db.execute("SELECT COUNT(*) FROM rater_joins WHERE evaluation_id = ? AND client_hash = ?",
+                              [evaluation_id, client_hash]).fetchone()[0]
+            if used >= cap:
+                raise RatingError(f"This address already rates this evaluation under {used} names; go on under "
+                                  "one of them (each person rates once).")
+            db.execute("INSERT INTO rater_joins VALUES (?, ?, ?, ?)", [evaluation_id, rater, client_hash, _now()])
+
+    def _pairs_per_rater(self, db, evaluation_id: int) -> int:
+        """How many pairs one rater is served: on each prompt, as many pairs as its
+        replies allow without any reply twice (k replies: k // 2 pairs)."""
+        rows = db.execute("""SELECT COUNT(DISTINCT r.id) FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
+                             JOIN replies r ON r.id IN (c.reply1_id, c.reply2_id)
+                             WHERE p.evaluation_id = ? GROUP BY p.id""", [evaluation_id]).fetchall()
+        return sum(n // 2 for (n,) in rows)
+
     def progress(self, evaluation_id: int, rater: str) -> tuple[int, int]:
-        """(comparisons this rater has rated, comparisons in the evaluation)."""
+        """(pairs this rater has rated, pairs this rater is served in all)."""
         rater = clean_rater(rater)
         with self.db() as db:
-            total = db.execute("""SELECT COUNT(*) FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
-                                  WHERE p.evaluation_id = ?""", [evaluation_id]).fetchone()[0]
+            total = self._pairs_per_rater(db, evaluation_id)
             done = db.execute("""SELECT COUNT(*) FROM assignments a JOIN comparisons c ON c.id = a.comparison_id
                                  JOIN prompts p ON p.id = c.prompt_id
                                  WHERE p.evaluation_id = ? AND a.rater = ? AND a.rated_at IS NOT NULL""",
                               [evaluation_id, rater]).fetchone()[0]
-        return done, total
+        return min(done, total) if total else done, max(total, done)
 
     def next_pair(self, evaluation_id: int, rater: str, rng: random.Random) -> dict | None:
         """The next comparison this rater has not rated, with its two replies in
         this rater's own random order. Returns only what the rater may see plus
         the assignment id; which variant is which stays here."""
         rater = clean_rater(rater)
+        # Never a reply this rater has scored: with three or more variants each reply is in
+        # several pairs, and a second score of the same text would replace the first. So a
+        # rater gets k // 2 disjoint pairs per prompt; a pair already served comes back
+        # first, then the pair fewest raters have rated (so every pair gets covered).
         with self.db() as db:
             pending = list(db.query("""
-                SELECT c.id, p.position, p.text, p.task, p.flags FROM comparisons c
-                JOIN prompts p ON p.id = c.prompt_id
-                WHERE p.evaluation_id = ? AND NOT EXISTS (
-                    SELECT 1 FROM assignments a WHERE a.comparison_id = c.id AND a.rater = ?
+                SELECT c.id, p.position, p.text, p.task, p.flags,
+                       EXISTS (SELECT 1 FROM assignments s WHERE s.comparison_id = c.id AND s.rater = :rater)
+                           AS served,
+                       (SELECT COUNT(*) FROM assignments n WHERE n.comparison_id = c.id AND n.rated_at IS NOT NULL)
+                           AS times_rated
+                FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
+                WHERE p.evaluation_id = :evaluation AND NOT EXISTS (
+                    SELECT 1 FROM assignments a WHERE a.comparison_id = c.id AND a.rater = :rater
                     AND a.rated_at IS NOT NULL)
-                ORDER BY p.position, c.id LIMIT 1""", [evaluation_id, rater]))
+                  AND NOT EXISTS (SELECT 1 FROM ratings t WHERE t.rater = :rater
+                                  AND t.reply_id IN (c.reply1_id, c.reply2_id))
+                  AND NOT EXISTS (
+                    SELECT 1 FROM assignments o JOIN comparisons oc ON oc.id = o.comparison_id
+                    WHERE o.rater = :rater AND o.comparison_id != c.id AND o.rated_at IS NULL
+                      AND oc.prompt_id = c.prompt_id
+                      AND (oc.reply1_id IN (c.reply1_id, c.reply2_id) OR oc.reply2_id IN (c.reply1_id, c.reply2_id)))
+                ORDER BY p.position, served DESC, times_rated, c.id LIMIT 1""",
+                                    {"evaluation": evaluation_id, "rater": rater}))
         if not pending:
             return None
         comparison = pending[0]
@@ -521,8 +613,13 @@ class Store:
             if not found or found[0]["rater"] != rater:
                 raise RatingError("This pair was not served to you; load the next pair again.")
             assignment = found[0]
-            for reply_id, score, extra in ((assignment["left_reply_id"], a, extra_a),
-                                           (assignment["right_reply_id"], b, extra_b)):
+            pair = (assignment["left_reply_id"], assignment["right_reply_id"])
+            if assignment["rated_at"] is not None:
+                raise RatingError("You already rated this pair; your scores are saved. Press Next pair "
+                                  "(or Change my scores to replace them).")
+            if db.execute("SELECT 1 FROM ratings WHERE rater = ? AND reply_id IN (?, ?)", [rater, *pair]).fetchone():
+                raise RatingError("You already scored one of these replies in another pair; press Next pair.")
+            for reply_id, score, extra in ((pair[0], a, extra_a), (pair[1], b, extra_b)):
                 self._upsert_rating(db, reply_id, rater, score, extra)
             db.execute("UPDATE assignments SET rated_at=?, preference=?, comment=? WHERE id=?",
                        [_now(), preference or None, comment, assignment_id])
@@ -535,6 +632,94 @@ class Store:
         left, right = sides[assignment["left_reply_id"]], sides[assignment["right_reply_id"]]
         return {"a": left["name"], "a_label": left["label"], "b": right["name"], "b_label": right["label"],
                 "score_a": a, "score_b": b}
+
+    def change_scores(self, assignment_id: int, rater: str, score_a, score_b) -> dict:
+        """The explicit way to replace a rater's scores of a pair they rated: audited
+        (old and new score), never done by a second submit."""
+        rater = clean_rater(rater)
+        a, b = check_score(score_a, "Reply A"), check_score(score_b, "Reply B")
+
+        def commit(db):
+            found = list(db.query("SELECT * FROM assignments WHERE id=?", [assignment_id]))
+            if not found or found[0]["rater"] != rater or found[0]["rated_at"] is None:
+                raise RatingError("Only a pair you have rated can be changed.")
+            assignment = found[0]
+            old = {}
+            for reply_id, score in ((assignment["left_reply_id"], a), (assignment["right_reply_id"], b)):
+                row = db.execute("SELECT score, adherence, tone, clarity FROM ratings WHERE reply_id=? AND rater=?",
+                                 [reply_id, rater]).fetchone()
+                old[reply_id] = row[0] if row else None
+                extra = dict(zip(ASPECTS, row[1:])) if row else dict.fromkeys(ASPECTS)
+                self._upsert_rating(db, reply_id, rater, score, extra)
+            return [old[assignment["left_reply_id"]], old[assignment["right_reply_id"]]]
+
+        before = self.grouped(commit)
+        return {"old_a": before[0], "old_b": before[1], "score_a": a, "score_b": b}
+
+    def reveal_of(self, evaluation_id: int) -> str:
+        with self.db() as db:
+            row = db.execute("SELECT reveal FROM evaluations WHERE id = ?", [evaluation_id]).fetchone()
+        return row[0] if row else "end"
+
+    def rater_reveal(self, evaluation_id: int, rater: str) -> list[dict]:
+        """What a rater may learn once done: for each pair they rated, who wrote A and B."""
+        rater = clean_rater(rater)
+        with self.db() as db:
+            return list(db.query("""
+                SELECT p.position, vl.label AS a_label, vr.label AS b_label, tl.score AS score_a, tr.score AS score_b
+                FROM assignments a JOIN comparisons c ON c.id = a.comparison_id JOIN prompts p ON p.id = c.prompt_id
+                JOIN replies rl ON rl.id = a.left_reply_id JOIN variants vl ON vl.id = rl.variant_id
+                JOIN replies rr ON rr.id = a.right_reply_id JOIN variants vr ON vr.id = rr.variant_id
+                LEFT JOIN ratings tl ON tl.reply_id = a.left_reply_id AND tl.rater = a.rater
+                LEFT JOIN ratings tr ON tr.reply_id = a.right_reply_id AND tr.rater = a.rater
+                WHERE p.evaluation_id = ? AND a.rater = ? AND a.rated_at IS NOT NULL
+                ORDER BY p.position, a.id""", [evaluation_id, rater]))
+
+    # --- the owner's view of the raters ---------------------------------------------------
+    def raters(self, evaluation_id: int) -> pd.DataFrame:
+        """One row per rater of an evaluation: pairs rated, mean score given, first and last
+        rating, how many names came from the same address, excluded or not."""
+        with self.db() as db:
+            rows = list(db.query("""
+                SELECT t.rater, COUNT(*) AS scores, ROUND(AVG(t.score), 2) AS mean_score,
+                       MIN(t.created_at) AS first_at, MAX(t.updated_at) AS last_at,
+                       (SELECT COUNT(*) FROM rater_joins j2 WHERE j2.evaluation_id = :e AND j2.client_hash =
+                            (SELECT j.client_hash FROM rater_joins j WHERE j.evaluation_id = :e AND j.rater = t.rater))
+                           AS names_from_address,
+                       EXISTS (SELECT 1 FROM excluded_raters x WHERE x.evaluation_id = :e AND x.rater = t.rater)
+                           AS excluded
+                FROM ratings t JOIN replies r ON r.id = t.reply_id JOIN prompts p ON p.id = r.prompt_id
+                WHERE p.evaluation_id = :e GROUP BY t.rater ORDER BY first_at""", {"e": evaluation_id}))
+        columns = ["rater", "scores", "mean_score", "first_at", "last_at", "names_from_address", "excluded"]
+        frame = pd.DataFrame(rows, columns=columns)
+        frame["excluded"] = frame["excluded"].astype(bool)
+        return frame
+
+    def set_excluded(self, evaluation_id: int, rater: str, excluded: bool, reason: str = "") -> bool:
+        """Leave a rater out of (or back in) an evaluation's statistics; their ratings stay
+        stored and the decision is audited. Returns whether anything changed."""
+        rater = clean_rater(rater)
+        with self.write() as db:
+            known = db.execute("""SELECT 1 FROM ratings t JOIN replies r ON r.id = t.reply_id
+                                  JOIN prompts p ON p.id = r.prompt_id WHERE p.evaluation_id = ? AND t.rater = ?""",
+                               [evaluation_id, rater]).fetchone()
+            if not known:
+                raise RatingError(f"No rater {rater!r} has rated this evaluation.")
+            if excluded:
+                changed = db.execute("INSERT OR IGNORE INTO excluded_raters VALUES (?, ?, ?, ?)",
+                                     [evaluation_id, rater, _now(), reason or None]).rowcount
+            else:
+                changed = db.execute("DELETE FROM excluded_raters WHERE evaluation_id = ? AND rater = ?",
+                                     [evaluation_id, rater]).rowcount
+            if changed:
+                db.execute("INSERT INTO owner_audit (at, evaluation_id, action, rater, detail) VALUES (?, ?, ?, ?, ?)",
+                           [_now(), evaluation_id, "exclude" if excluded else "include", rater, reason or None])
+        return bool(changed)
+
+    def excluded(self, evaluation_id: int) -> set[str]:
+        with self.db() as db:
+            return {r[0] for r in db.execute("SELECT rater FROM excluded_raters WHERE evaluation_id = ?",
+                                             [evaluation_id])}
 
     @staticmethod
     def _upsert_rating(db, reply_id: int, rater: str, score: int, extra: dict) -> None:
@@ -549,8 +734,9 @@ class Store:
                    [now, rater, reply_id, old[0] if old else None, score])
 
     # --- raw scores for the statistics ---------------------------------------------------
-    def ratings_frame(self, evaluation_id: int) -> pd.DataFrame:
-        """One row per rating: prompt, variant, rater, score, the aspects, reply length."""
+    def ratings_frame(self, evaluation_id: int, with_excluded: bool = False) -> pd.DataFrame:
+        """One row per rating: prompt, variant, rater, score, the aspects, reply length
+        (raters the owner excluded are left out unless `with_excluded`)."""
         with self.db() as db:
             rows = list(db.query("""
                 SELECT p.id AS prompt_id, p.position, p.external_id, p.task, p.category, p.text AS prompt,
@@ -558,13 +744,16 @@ class Store:
                        length(r.text) AS reply_chars
                 FROM ratings t JOIN replies r ON r.id = t.reply_id JOIN prompts p ON p.id = r.prompt_id
                 JOIN variants v ON v.id = r.variant_id
-                WHERE p.evaluation_id = ? ORDER BY p.position, v.id, t.rater""", [evaluation_id]))
+                WHERE p.evaluation_id = ? AND (? OR t.rater NOT IN (
+                    SELECT rater FROM excluded_raters WHERE evaluation_id = p.evaluation_id))
+                ORDER BY p.position, v.id, t.rater""", [evaluation_id, with_excluded]))
         columns = ["prompt_id", "position", "external_id", "task", "category", "prompt", "variant", "label",
                    "rater", "score", "adherence", "tone", "clarity", "reply_chars"]
         return pd.DataFrame(rows, columns=columns)
 
-    def judgements_frame(self, evaluation_id: int) -> pd.DataFrame:
-        """One row per rated pair: who was left and right, the preference, the comment."""
+    def judgements_frame(self, evaluation_id: int, with_excluded: bool = False) -> pd.DataFrame:
+        """One row per rated pair: who was left and right, the preference, the comment
+        (raters the owner excluded are left out unless `with_excluded`)."""
         with self.db() as db:
             rows = list(db.query("""
                 SELECT a.comparison_id, p.position, a.rater, vl.name AS left_variant, vr.name AS right_variant,
@@ -572,8 +761,9 @@ class Store:
                 FROM assignments a JOIN comparisons c ON c.id = a.comparison_id JOIN prompts p ON p.id = c.prompt_id
                 JOIN replies rl ON rl.id = a.left_reply_id JOIN variants vl ON vl.id = rl.variant_id
                 JOIN replies rr ON rr.id = a.right_reply_id JOIN variants vr ON vr.id = rr.variant_id
-                WHERE p.evaluation_id = ? AND a.rated_at IS NOT NULL ORDER BY p.position, a.rater""",
-                                 [evaluation_id]))
+                WHERE p.evaluation_id = ? AND a.rated_at IS NOT NULL AND (? OR a.rater NOT IN (
+                    SELECT rater FROM excluded_raters WHERE evaluation_id = p.evaluation_id))
+                ORDER BY p.position, a.rater""", [evaluation_id, with_excluded]))
         columns = ["comparison_id", "position", "rater", "left_variant", "right_variant", "preference", "comment",
                    "rated_at"]
         return pd.DataFrame(rows, columns=columns)

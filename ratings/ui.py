@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -70,9 +71,14 @@ class RaterLimits:
         self.joins = RateLimiter(*joins)
 
 
-def eval_choices(store: Store) -> list[tuple[str, int]]:
+REVEAL_CHOICES = {"after their last pair": "end", "after each pair": "each"}
+
+
+def eval_choices(store: Store, open_only: bool = False) -> list[tuple[str, int]]:
+    """(label, id) of every evaluation, newest first; `open_only`: those open for rating
+    (what the raters' page may show a stranger)."""
     return [(f"#{e['id']} {e['name']} ({e['n_prompts']} prompts × {e['n_variants']} variants)", e["id"])
-            for e in store.evaluations()]
+            for e in store.evaluations() if e["open_for_rating"] or not open_only]
 
 
 def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool, secret: str | None = None,
@@ -89,7 +95,10 @@ def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool, se
     limits = limits or RaterLimits()
     with gr.Column(elem_classes=["rating-panel"]):
         with gr.Row():
-            evaluation = gr.Dropdown(eval_choices(store), label="Evaluation", elem_id=f"{prefix}-eval", scale=2)
+            # built empty (names are the owner's until the page's load lists the open ones); any
+            # value is let through to the handler, which checks it is an open evaluation
+            evaluation = gr.Dropdown([], value=None, allow_custom_value=True, label="Evaluation",
+                                     elem_id=f"{prefix}-eval", scale=2)
             name = gr.Textbox(label="Your name", elem_id=f"{prefix}-name", scale=2,
                               info="On a Space you can sign in with Hugging Face instead." if public else None)
             code = gr.Textbox(label="Invite code (if the owner set one)", elem_id=f"{prefix}-code", scale=1,
@@ -114,8 +123,10 @@ def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool, se
             preference = gr.Radio(["A", "B", "tie"], label="Which reply is better? (optional)",
                                   elem_id=f"{prefix}-preference", scale=1)
             comment = gr.Textbox(label="Comment (optional)", elem_id=f"{prefix}-comment", scale=2)
-        submit = gr.Button("Submit ratings", variant="primary", elem_id=f"{prefix}-submit",
-                           elem_classes=["rate-submit"])
+        with gr.Row():
+            submit = gr.Button("Submit ratings", variant="primary", elem_id=f"{prefix}-submit",
+                               elem_classes=["rate-submit"], scale=3)
+            change = gr.Button("Change my scores", elem_id=f"{prefix}-change", size="sm", scale=1)
         reveal = gr.Markdown(elem_id=f"{prefix}-reveal")
         next_pair = gr.Button("Next pair", elem_id=f"{prefix}-next")
     rater = gr.State(None)  # server-side: set by join, never taken from the browser afterwards
@@ -154,9 +165,17 @@ def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool, se
                 raise RatingError(f"Too many sign-ins from this address; try again in {wait:.0f} s.")
             if eval_id is None:
                 raise RatingError("Choose an evaluation first.")
-            store.check_invite(int(eval_id), invite)
+            try:  # the list is filled by the page; a script may send anything
+                eval_id = int(eval_id)
+            except (TypeError, ValueError):
+                raise RatingError("Choose an evaluation from the list.") from None
+            if not store.is_open(eval_id):
+                raise RatingError("That evaluation is not open for rating: choose one from the list.")
+            if public:  # the owner's own panel (Compare, owner-only) needs no invite code
+                store.check_invite(eval_id, invite)
             name = clean_rater(signed_in or typed_name)
             who, key = store.claim_rater(name, known_keys.get(name), signed_in=bool(signed_in))
+            store.join(eval_id, who, client)
         except RatingError as exc:
             return [None, None, gr.skip(), f"⚠️ {exc}", None, "", "", ""] + [None] * len(clearable) + [""]
         if key:
@@ -176,10 +195,27 @@ def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool, se
         except (RatingError, StorageError) as exc:  # nothing was saved: the pair stays to submit again
             return f"⚠️ {exc}", gr.update()
         done, total = store.progress(int(eval_id), who)
-        # committed: now, and only now, say which reply was which
-        return (f"Saved ({done} of {total} done). **Reply A** was **{result['a_label']}** (you gave "
-                f"{result['score_a']}); **Reply B** was **{result['b_label']}** (you gave {result['score_b']}). "
-                "Press **Next pair** to go on.", None)
+        # committed: now, and only now, say which reply was which (after each pair, or
+        # by default only after the rater's last pair, so no one learns a model's style)
+        if store.reveal_of(int(eval_id)) == "each":
+            return (f"Saved ({done} of {total} done). **Reply A** was **{result['a_label']}** (you gave "
+                    f"{result['score_a']}); **Reply B** was **{result['b_label']}** (you gave {result['score_b']}). "
+                    "Press **Next pair** to go on.", gr.update())
+        if done < total:
+            return (f"Saved ({done} of {total} done). Which model wrote each reply is shown after your last pair. "
+                    "Press **Next pair** to go on.", gr.update())
+        return "Saved: that was your last pair. Thank you!\n\n" + reveal_text(store.rater_reveal(int(eval_id), who)), \
+            gr.update()
+
+    def on_change(assignment_id, who, eval_id, a, b):
+        if assignment_id is None or who is None:
+            return "⚠️ Rate a pair first; then you can change its scores."
+        try:
+            changed = store.change_scores(assignment_id, who, a, b)
+        except (RatingError, StorageError) as exc:
+            return f"⚠️ {exc}"
+        return (f"Changed your scores for this pair: Reply A {changed['old_a']} → {changed['score_a']}, "
+                f"Reply B {changed['old_b']} → {changed['score_b']} (the change is recorded).")
 
     serve_outputs = [progress, assignment, prompt, reply_a, reply_b, *clearable, reveal]
     # Raters' events skip Gradio's queue (the page POSTs them straight to /gradio_api/run/…):
@@ -192,7 +228,18 @@ def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool, se
     submit.click(on_submit, [assignment, rater, eval_state, score_a, score_b, preference, comment,
                              *aspects_a, *aspects_b], [reveal, assignment], api_name=f"{prefix}_submit", **fast)
     next_pair.click(serve, [eval_state, rater], serve_outputs, api_name=f"{prefix}_next", **fast)
+    change.click(on_change, [assignment, rater, eval_state, score_a, score_b], reveal, api_name=f"{prefix}_change",
+                 **fast)
     return evaluation
+
+
+def reveal_text(pairs: list[dict]) -> str:
+    """A rater's own pairs, revealed: which model wrote Reply A and Reply B, and the scores given."""
+    lines = ["**Which model wrote which:**"]
+    for i, pair in enumerate(pairs, start=1):
+        lines.append(f"- pair {i} (prompt {pair['position']}): A was **{pair['a_label']}** (you gave "
+                     f"{pair['score_a']}), B was **{pair['b_label']}** (you gave {pair['score_b']})")
+    return "\n".join(lines)
 
 
 def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: random.Random,
@@ -201,7 +248,7 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
     with gr.Row():
         name = gr.Textbox(label="Evaluation name", placeholder="e.g. polite assistant, 5 held-out prompts",
                           elem_id="eval-name", scale=2)
-        runs = gr.Dropdown(finished_runs(trainer), multiselect=True, label="Fine-tuned runs to compare with the base",
+        runs = gr.Dropdown([], multiselect=True, allow_custom_value=True, label="Fine-tuned runs to compare with the base",
                            elem_id="compare-run", scale=3)
         refresh = gr.Button("↻ Runs", scale=0)
     with gr.Row():
@@ -228,7 +275,11 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
             rules = gr.Textbox(lines=3, label="Keyword rules, one per line: 'flag: keyword, keyword priority N'",
                                placeholder="escalate: cancel, angry, lawsuit priority 1", elem_id="eval-rules")
             tag = gr.Checkbox(value=False, label="Add the flags as a tag to the prompt the model sees")
-            invite = gr.Textbox(label="Invite code for raters (optional)", elem_id="eval-invite")
+            invite = gr.Textbox(label="Invite code for raters (empty: one is made for you)", elem_id="eval-invite")
+            no_code = gr.Checkbox(value=False, label="No invite code: anyone with the link can rate",
+                                  elem_id="eval-no-code")
+            reveal_choice = gr.Radio(list(REVEAL_CHOICES), value=next(iter(REVEAL_CHOICES)), elem_id="eval-reveal",
+                                     label="Raters learn which model wrote each reply")
     checks_box = gr.Textbox(
         lines=3, elem_id="eval-checks",
         label="Automatic checks, one per line, run right after generation (filled from the dataset's recipe)",
@@ -273,7 +324,7 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
         return gr.update(value="\n".join(recipe.checks)) if recipe and recipe.checks else gr.update()
 
     def on_generate(title, chosen_runs, kind, text, file, max_new_tokens, temp, p, rep, seed_, batch_size,
-                    rules_text, tag_, code, checks_text, progress_bar=gr.Progress()):
+                    rules_text, tag_, code, checks_text, no_code_=False, reveal_=None, progress_bar=gr.Progress()):
         keep = gr.update()
         try:
             picked = [trainer.get(r) for r in (chosen_runs or [])]
@@ -284,6 +335,9 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
             settings = GenSettings(max_new_tokens=tokens, temperature=float(temp), top_p=float(p),
                                    repetition_penalty=float(rep), seed=int(seed_ or 0), batch_size=int(batch_size))
             parsed_rules = evalsets.parse_rules(rules_text)
+            # an invite code by default: without one, anyone with the link can make names and rate
+            code = None if no_code_ else ((code or "").strip() or secrets.token_urlsafe(6))
+            reveal = REVEAL_CHOICES.get(reveal_, "end")
         except (ValueError, OSError) as exc:
             return f"⚠️ {exc}", keep, keep, keep, keep, keep
         progress_bar(0, desc="loading the model")
@@ -294,8 +348,8 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
         try:
             eval_id = generate_evaluation(
                 store, generator, (title or "").strip() or f"{len(items)} prompts, {len(variants)} variants",
-                base_model, items, variants, settings, parsed_rules, bool(tag_), (code or "").strip() or None,
-                progress=tick, checks=checks)
+                base_model, items, variants, settings, parsed_rules, bool(tag_), code,
+                progress=tick, checks=checks, reveal=reveal)
         except Exception as exc:  # a bad model, adapter or disk must not take the app down
             return f"⚠️ Generation failed: {type(exc).__name__}: {exc}", keep, keep, keep, keep, keep
         replies = store.replies(eval_id)
@@ -304,8 +358,10 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
         # the owner sees which replies hit the cap; raters never do
         shown = replies.assign(cut=["✂ cut" if c else "" for c in check.replies["cut at the token cap"]])
         table = gr.update(value=shown[["position", "task", "prompt", "label", "reply", "cut", "flags"]], visible=True)
+        share = (f"Raters need the invite code **`{code}`** with the /rate link." if code else
+                 "No invite code: anyone with the /rate link can rate.")
         text = (f"Generated {len(items)} × {len(variants)} replies in {seconds:.1f} s (evaluation #{eval_id}, "
-                f"up to {tokens} new tokens). Raters can start now.\n\n" + rchecks.verdict(check))
+                f"up to {tokens} new tokens). Raters can start now. {share}\n\n" + rchecks.verdict(check))
         return (text, table, gr.update(choices=eval_choices(store), value=eval_id), gr.update(visible=True),
                 rchecks.display(check.table), rchecks.display_paired(check.paired))
 
@@ -314,13 +370,20 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
                   source, [typed, upload])
     runs.change(on_runs, [runs, checks_box], checks_box)
     generate.click(on_generate, [name, runs, source, typed, upload, max_new, temperature, top_p, penalty, seed,
-                                 batch, rules, tag, invite, checks_box],
+                                 batch, rules, tag, invite, checks_box, no_code, reveal_choice],
                    [message, preview, rate_eval, check_group, check_table, check_paired])
 
-    def refresh_all():
-        return gr.update(choices=finished_runs(trainer)), gr.update(choices=eval_choices(store))
+    def refresh_all(first: bool = False):
+        """The runs and evaluations as they are now (the page is built with neither);
+        on the page's load, the newest evaluation is picked."""
+        evals = eval_choices(store)
+        picked = gr.update(choices=evals, value=evals[0][1]) if first and evals else gr.update(choices=evals)
+        return gr.update(choices=finished_runs(trainer)), picked
 
-    return refresh_all, [runs, rate_eval]
+    def load_all():
+        return refresh_all(first=True)
+
+    return refresh_all, load_all, [runs, rate_eval]
 
 
 def default_max_new_tokens(items: list[dict], runs: list[dict]) -> int:
@@ -343,7 +406,11 @@ def raters_page(store: Store, rng: random.Random, secret: str | None = None, lim
     if sign_in_available():
         gr.LoginButton()
     evaluation = rating_panel(store, rng, "rater", public=True, secret=secret, limits=limits)
-    return lambda: gr.update(choices=eval_choices(store)), evaluation
+    def rater_evaluations():
+        evals = eval_choices(store, open_only=True)
+        return gr.update(choices=evals, value=evals[0][1] if evals else None)
+
+    return rater_evaluations, evaluation
 
 
 def playground_tab(trainer: RunManager, generator: Generator):
@@ -418,7 +485,8 @@ def results_tab(store: Store, trainer: RunManager | None = None):
     Returns (show, its inputs, its outputs) so the page can refresh the tab when it is opened.
     """
     with gr.Row():
-        eval_pick = gr.Dropdown(choices=eval_choices(store), label="Evaluation", elem_id="results-eval", scale=3)
+        eval_pick = gr.Dropdown(choices=[], value=None, allow_custom_value=True, label="Evaluation",
+                                elem_id="results-eval", scale=3)
         threshold = gr.Radio(SCORES, value=stats.SUCCESS, label="A reply succeeds when scored at least",
                              elem_id="results-threshold", scale=2)
         refresh = gr.Button("↻ Refresh", elem_id="results-refresh", scale=0)
@@ -453,6 +521,18 @@ def results_tab(store: Store, trainer: RunManager | None = None):
                 "headline figure agrees with the raters' mean scores (Spearman).")
     check_note = gr.Markdown(elem_id="results-checks-note")
     check_table = gr.Dataframe(interactive=False, elem_id="results-checks")
+    with gr.Accordion("Raters: who rated, and leaving one out", open=False, elem_id="results-raters-panel"):
+        gr.Markdown("Every rater of this evaluation: scores given, their mean, when, and how many rater names "
+                    "came from the same address. Excluding a rater leaves their ratings stored (and the decision "
+                    "recorded) but out of every table above and of the exports; Include brings them back.")
+        rater_table = gr.Dataframe(interactive=False, elem_id="results-rater-table")
+        with gr.Row():
+            rater_name = gr.Textbox(label="Rater", placeholder="a name from the table", scale=2,
+                                    elem_id="results-rater-name")
+            reason = gr.Textbox(label="Why (kept in the audit)", scale=2, elem_id="results-rater-reason")
+            exclude = gr.Button("Exclude", variant="stop", scale=1, elem_id="results-rater-exclude")
+            include = gr.Button("Include", scale=1, elem_id="results-rater-include")
+        rater_note = gr.Markdown(elem_id="results-rater-note")
     gr.Markdown("### Exports\nThe Markdown report, the raw ratings (CSV), preference pairs for the next run "
                 "(JSONL prompt/chosen/rejected), the low-rated replies to rewrite (CSV: fill `completion`, then "
                 "import it on the Dataset tab) and a copy of the whole ratings database.")
@@ -467,6 +547,10 @@ def results_tab(store: Store, trainer: RunManager | None = None):
         evals = eval_choices(store)
         if eval_id is None and evals:
             eval_id = evals[0][1]
+        try:  # the list is filled by the page; a script may send anything
+            eval_id = int(eval_id) if eval_id is not None else None
+        except (TypeError, ValueError):
+            eval_id = -1
         if eval_id is None or store.evaluation(int(eval_id)) is None:
             empty = pd.DataFrame()
             return [gr.update(choices=evals, value=None), "No evaluation yet: build one on the Compare tab.",
@@ -500,12 +584,39 @@ def results_tab(store: Store, trainer: RunManager | None = None):
         return (f"Built {len(paths)} files for evaluation #{eval_id} (success at {r.threshold} or more).",
                 [str(p) for p in paths])
 
+    def rater_rows(eval_id):
+        if eval_id is None or store.evaluation(int(eval_id)) is None:
+            return pd.DataFrame()
+        frame = store.raters(int(eval_id))
+        frame["excluded"] = frame["excluded"].map({True: "excluded", False: ""})
+        return frame.rename(columns={"mean_score": "mean score", "first_at": "first", "last_at": "last",
+                                     "names_from_address": "names from its address"})
+
+    def set_rater(excluded: bool):
+        def handler(eval_id, name, why):
+            if eval_id is None:
+                return rater_rows(eval_id), "⚠️ Choose an evaluation first."
+            try:
+                changed = store.set_excluded(int(eval_id), name, excluded, (why or "").strip())
+            except (RatingError, StorageError) as exc:
+                return rater_rows(eval_id), f"⚠️ {exc}"
+            word = "excluded from" if excluded else "included in"
+            text = (f"{clean_rater(name)!r} is now {word} this evaluation's statistics; the tables are recomputed."
+                    if changed else f"{clean_rater(name)!r} was already {word} them.")
+            return rater_rows(eval_id), text
+        handler.__name__ = "on_exclude_rater" if excluded else "on_include_rater"
+        return handler
+
     inputs = [eval_pick, threshold, raters, by]
     outputs = [eval_pick, summary, success, plots_key, per_prompt, by, breakdown, paired, preferences, agreement,
                position, lengths, automatic, automatic_by, runs, check_note, check_table]
-    refresh.click(show, inputs, outputs)
+    refresh.click(show, inputs, outputs).then(rater_rows, eval_pick, rater_table)
     for control in inputs:
-        control.input(show, inputs, outputs)
+        control.input(show, inputs, outputs).then(rater_rows, eval_pick, rater_table)
+    eval_pick.change(rater_rows, eval_pick, rater_table)
+    for button, excluded in ((exclude, True), (include, False)):
+        button.click(set_rater(excluded), [eval_pick, rater_name, reason], [rater_table, rater_note],
+                     api_name="exclude_rater" if excluded else "include_rater").then(show, inputs, outputs)
     export.click(on_export, [eval_pick, threshold], [export_note, files])
     return show, inputs, outputs
 

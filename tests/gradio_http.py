@@ -25,7 +25,21 @@ def _client(url: str, cookies: dict | None, timeout: float, client: httpx.Client
     """The caller's open connection, or a new one for this call only."""
     if client is not None:
         return contextlib.nullcontext(client)
-    return httpx.Client(base_url=url, cookies=cookies or {}, timeout=timeout)
+    return httpx.Client(base_url=url, cookies=cookies or {}, headers=page_headers(cookies), timeout=timeout)
+
+
+def page_headers(cookies: dict | None) -> dict:
+    """What the app's own page adds to its requests: the session's anti-forgery
+    header, read from the readable tuner_csrf cookie (tuner.ui_access.CSRF_JS)."""
+    token = (cookies or {}).get("tuner_csrf")
+    return {"X-Tuner-CSRF": token} if token else {}
+
+
+def sign_in(url: str, password: str, **headers) -> dict:
+    """Sign in as the owner through the app's route; the cookies the browser would keep."""
+    answer = httpx.post(f"{url}/tuner/owner/sign-in", json={"password": password}, headers=headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return dict(answer.cookies)
 
 
 def _call(client: httpx.Client, fn_index: int, data: list, session_hash: str, event_data: dict | None) -> dict:

@@ -8,7 +8,9 @@ import sqlite3
 
 import pytest
 
-from gradio_http import call, call_as_page, config, default_inputs, is_skip
+import httpx
+
+from gradio_http import call, call_as_page, config, default_inputs, is_skip, sign_in
 from test_browser import _free_port
 
 PASSWORD = "correct horse battery staple"
@@ -76,6 +78,7 @@ def test_every_owner_handler_refuses_a_stranger_and_changes_nothing(locked):
     owner_fns = {i: f for i, f in demo.fns.items() if getattr(f.fn, "_tuner_guarded", False)}
     assert len(owner_fns) > 60  # the whole owner page, not a handful
     refused, skipped = [], []
+    queued = _count_pushes(demo)
     for fn_index, block_fn in owner_fns.items():
         # a select handler gets what a click on a table cell sends
         event = {"index": [0, 0], "value": None, "selected": True} if block_fn.collects_event_data else None
@@ -92,12 +95,26 @@ def test_every_owner_handler_refuses_a_stranger_and_changes_nothing(locked):
                  "on_export", "on_propose", "rate_join"):
         assert name in refused, name
     assert _snapshot(home) == before  # nothing written, nothing deleted
+    assert queued == [], "a stranger's refused calls must never enter the queue"
+
+
+def _count_pushes(demo) -> list:
+    """Every event that enters Gradio's queue, by fn_index (a spy on the real queue)."""
+    seen = []
+    original = demo._queue.push
+
+    async def push(body, request, username):
+        seen.append(body.fn_index)
+        return await original(body=body, request=request, username=username)
+
+    demo._queue.push = push
+    return seen
 
 
 def test_the_same_handlers_answer_the_signed_in_owner(locked):
     demo, url, home, store, eval_id, access = locked
     cfg = config(url)
-    owner = {"tuner_owner": access.token()}
+    owner = sign_in(url, PASSWORD)
     status = call(url, _by_api(cfg, "owner_status"), [], cookies=owner)
     assert status["success"] and "Signed in as the owner" in status["data"][0]
     stranger = call(url, _by_api(cfg, "owner_status"), [])
@@ -107,21 +124,180 @@ def test_the_same_handlers_answer_the_signed_in_owner(locked):
     assert answered["success"] and not is_skip(answered["data"])
     assert any("friends' round" in str(choice) for choice in answered["data"][1]["choices"])
     # a forged cookie is a stranger's
-    forged = call(url, refresh, [], cookies={"tuner_owner": "0" * 64})
+    forged = call(url, refresh, [], cookies={"tuner_owner": "0" * 43, "tuner_csrf": "0" * 64})
     assert is_skip(forged["data"])
 
 
-def test_sign_in_gives_the_cookie_only_for_the_password_and_limits_guesses(locked):
+def test_sign_in_sets_a_random_httponly_strict_cookie_only_for_the_password_and_limits_guesses(locked):
+    demo, url, home, store, eval_id, access = locked
+    right = httpx.post(f"{url}/tuner/owner/sign-in", json={"password": PASSWORD})
+    assert right.status_code == 200
+    lines = right.headers.get_list("set-cookie")
+    session = next(line for line in lines if line.startswith("tuner_owner="))
+    assert "HttpOnly" in session and "SameSite=Strict" in session and "Secure" not in session  # plain http here
+    assert "HttpOnly" not in next(line for line in lines if line.startswith("tuner_csrf="))  # the page reads it
+    again = httpx.post(f"{url}/tuner/owner/sign-in", json={"password": PASSWORD},
+                       headers={"X-Forwarded-Proto": "https"})
+    assert right.cookies["tuner_owner"] != again.cookies["tuner_owner"]  # random, not a function of the password
+    assert "Secure" in next(line for line in again.headers.get_list("set-cookie") if line.startswith("tuner_owner="))
+    # the server keeps only hashes: the data root holds no usable cookie
+    db = (home / "owner_sessions.db").read_bytes() + b"".join(
+        p.read_bytes() for p in home.glob("owner_sessions.db-*"))
+    assert right.cookies["tuner_owner"].encode() not in db and PASSWORD.encode() not in db
+    for _ in range(5):
+        wrong = httpx.post(f"{url}/tuner/owner/sign-in", json={"password": "guess"})
+        assert wrong.status_code == 401 and "not the owner password" in wrong.json()["error"]
+    blocked = httpx.post(f"{url}/tuner/owner/sign-in", json={"password": PASSWORD})
+    assert blocked.status_code == 429 and "Too many wrong passwords" in blocked.json()["error"]
+    assert "tuner_owner" not in blocked.cookies
+    for body in (b"not json", b'{"password": 5}', b"[]"):
+        odd = httpx.post(f"{url}/tuner/owner/sign-in", content=body)
+        assert odd.status_code == 400 and "password" in odd.json()["error"]
+
+
+def test_another_site_cannot_use_the_owners_cookie(locked):
+    """Issue 14.1: a page on another origin, same site or not, in the owner's browser."""
     demo, url, home, store, eval_id, access = locked
     cfg = config(url)
-    sign_in = _by_api(cfg, "owner_sign_in")
-    right = call(url, sign_in, [PASSWORD])
-    assert right["data"][0] == access.token()
-    for _ in range(5):
-        wrong = call(url, sign_in, ["guess"])
-        assert wrong["data"][0] == "" and "not the owner password" in wrong["data"][1]
-    blocked = call(url, sign_in, [PASSWORD])
-    assert blocked["data"][0] == "" and "Too many wrong passwords" in blocked["data"][1]
+    owner = sign_in(url, PASSWORD)
+    host = url.split("//", 1)[1]
+    refresh = next(i for i, f in demo.fns.items() if f.name == "refresh_all")
+    export = _by_api(cfg, "export_adapter")
+    for origin in ("http://evil.example", f"http://{host}.evil.example", "http://127.0.0.2:" + host.split(":")[1],
+                   "null", f"https://{host}"):
+        for path, body in (("/gradio_api/queue/join", {"data": [], "fn_index": refresh, "session_hash": "x1"}),
+                           ("/gradio_api/run/export_adapter", {"data": default_inputs(cfg, export)}),
+                           ("/tuner/owner/sign-in", {"password": PASSWORD})):
+            answer = httpx.post(f"{url}{path}", json=body, cookies=owner,
+                                headers={"Origin": origin, "X-Tuner-CSRF": owner["tuner_csrf"]})
+            assert answer.status_code == 403 and "another site" in answer.text, (origin, path, answer.text)
+    # a Referer from elsewhere (no Origin) counts the same
+    answer = httpx.post(f"{url}/gradio_api/queue/join", cookies=owner, json={"data": [], "fn_index": refresh,
+                        "session_hash": "x2"}, headers={"Referer": "http://evil.example/page"})
+    assert answer.status_code == 403
+    # the owner's cookie without the page's anti-forgery header is a stranger's (a form post, say)
+    bare = call(url, refresh, [], cookies={"tuner_owner": owner["tuner_owner"]})
+    assert bare["success"] and is_skip(bare["data"])
+    wrong = call(url, refresh, [], cookies={**owner, "tuner_csrf": "1" * 64})
+    assert is_skip(wrong["data"])
+    # the app's own page (same origin, with the header) is the owner
+    mine = call(url, refresh, [], cookies=owner)
+    assert mine["success"] and not is_skip(mine["data"])
+    with httpx.Client(base_url=url, cookies=owner) as page:
+        same = page.post("/gradio_api/queue/join", json={"data": [], "fn_index": refresh, "session_hash": "x3"},
+                         headers={"Origin": url, "X-Tuner-CSRF": owner["tuner_csrf"]})
+        assert same.status_code == 200 and "event_id" in same.json()
+
+
+def test_owner_sessions_are_server_side_listed_revocable_and_end_at_sign_out(locked):
+    """Issue 14.2: a random token per sign-in, kept hashed, with an expiry; Sign out revokes it."""
+    demo, url, home, store, eval_id, access = locked
+    cfg = config(url)
+    laptop = sign_in(url, PASSWORD, **{"User-Agent": "laptop browser"})
+    phone = sign_in(url, PASSWORD, **{"User-Agent": "phone browser"})
+    listed = call(url, _by_api(cfg, "owner_sessions"), [], cookies=laptop)
+    rows = listed["data"][0]["data"]
+    assert len(rows) == 2 and {r[5] for r in rows} == {"laptop browser", "phone browser"}
+    mine = next(r for r in rows if r[6] == "✓")
+    assert mine[5] == "laptop browser"
+    assert call(url, _by_api(cfg, "owner_sessions"), [])["error"]  # a stranger sees no list
+    # the owner revokes the phone's session from the laptop: the phone's cookie stops working at once
+    phone_id = next(r[0] for r in rows if r[5] == "phone browser")
+    revoked = call(url, _by_api(cfg, "owner_revoke_session"), [phone_id], cookies=laptop)
+    assert f"Revoked session {phone_id}" in revoked["data"][1]
+    refresh = next(i for i, f in demo.fns.items() if f.name == "refresh_all")
+    assert is_skip(call(url, refresh, [], cookies=phone)["data"])
+    assert not is_skip(call(url, refresh, [], cookies=laptop)["data"])
+    # Sign out ends the laptop's session on the server, not just in the browser
+    with httpx.Client(base_url=url, cookies=laptop, headers={"X-Tuner-CSRF": laptop["tuner_csrf"]}) as browser:
+        out = browser.post("/tuner/owner/sign-out")
+        assert out.status_code == 200
+        assert any(c.startswith("tuner_owner=;") and "Max-Age=0" in c for c in out.headers.get_list("set-cookie"))
+    assert is_skip(call(url, refresh, [], cookies=laptop)["data"])  # the old cookie, replayed
+    assert access.sessions.active() == []
+
+
+def test_sessions_expire_and_keep_only_hashes(tmp_path):
+    from tuner.access import Sessions
+
+    now = [1000.0]
+    sessions = Sessions(tmp_path / "s.db", days=1, clock=lambda: now[0])
+    token, sid = sessions.create("10.0.0.1", "a browser")
+    assert sessions.check(token) == sid and sessions.check(token + "x") is None and sessions.check(None) is None
+    now[0] += 86400 - 1
+    assert sessions.check(token) == sid
+    now[0] += 2
+    assert sessions.check(token) is None and sessions.active() == []  # expired
+    other, other_id = sessions.create()
+    assert Sessions(tmp_path / "s.db", clock=lambda: now[0]).check(other) == other_id  # survives a restart
+    assert sessions.revoke_all(keep=None) == 1 and sessions.check(other) is None
+    assert oct((tmp_path / "s.db").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_flood_of_refused_calls_never_enters_the_queue(locked):
+    """Issue 14.4: refused before the queue, so the owner's calls are not delayed."""
+    import concurrent.futures
+
+    demo, url, home, store, eval_id, access = locked
+    cfg = config(url)
+    owner = sign_in(url, PASSWORD)
+    queued = _count_pushes(demo)
+    stop = next(i for i, f in demo.fns.items() if f.name == "on_stop")
+    tick = next(i for i, f in demo.fns.items() if f.name == "on_tick")
+
+    def flood(k):
+        with httpx.Client(base_url=url) as http:
+            codes = []
+            for j in range(25):
+                fn = stop if j % 2 else tick
+                answer = http.post("/gradio_api/queue/join", json={"data": default_inputs(cfg, fn), "fn_index": fn,
+                                                                   "session_hash": f"flood{k}"})
+                codes.append(answer.status_code)
+            return codes
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        codes = [c for batch in pool.map(flood, range(8)) for c in batch]
+    assert set(codes) == {200, 403} and codes.count(403) == 8 * 12  # actions refused, page events answered
+    assert queued == []
+    stopped = call(url, stop, default_inputs(cfg, stop), cookies=owner)
+    assert stopped["success"] and queued == [stop]
+    # a stranger's page event is completed at once, with no change
+    answer = call(url, tick, default_inputs(cfg, tick))
+    assert answer["success"] and is_skip(answer["data"], cfg, tick) and queued == [stop]
+
+
+def test_strangers_cannot_upload_and_the_owner_is_capped(locked, monkeypatch):
+    """Issue 14.3: raters never upload; the owner's uploads are capped per request and in total."""
+    demo, url, home, store, eval_id, access = locked
+    owner = sign_in(url, PASSWORD)
+    cache = __import__("pathlib").Path(demo.GRADIO_CACHE)
+    before = sorted(p for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
+    files = [("files", (f"big{i}.jsonl", b"x" * 1024, "application/json")) for i in range(3)]
+    stranger = httpx.post(f"{url}/gradio_api/upload", files=files)
+    assert stranger.status_code == 403 and "owner only" in stranger.text
+    assert (sorted(p for p in cache.rglob("*") if p.is_file()) if cache.exists() else []) == before
+    headers = {"X-Tuner-CSRF": owner["tuner_csrf"]}
+    mine = httpx.post(f"{url}/gradio_api/upload", files=files[:1], cookies=owner, headers=headers)
+    assert mine.status_code == 200
+    gate = _gate(demo)
+    monkeypatch.setattr(gate, "max_upload", 2048)
+    many = httpx.post(f"{url}/gradio_api/upload", files=[("files", (f"f{i}", b"y" * 1024)) for i in range(200)],
+                      cookies=owner, headers=headers)
+    assert many.status_code == 413 and "a request" in many.text
+    monkeypatch.setattr(gate, "upload_cap", 1)  # the folder already holds more than this
+    full = httpx.post(f"{url}/gradio_api/upload", files=files[:1], cookies=owner, headers=headers)
+    assert full.status_code == 507 and "upload folder is full" in full.text
+
+
+def _gate(demo):
+    """The OwnerGate instance in the running app's middleware stack."""
+    from tuner.ui_access import OwnerGate
+
+    layer = demo.app.middleware_stack
+    while layer is not None and not isinstance(layer, OwnerGate):
+        layer = getattr(layer, "app", None)
+    assert layer is not None
+    return layer
 
 
 def test_raters_page_works_without_owner_rights(locked):
@@ -215,7 +391,71 @@ def test_access_from_env_and_the_owner_check():
     assert Access.from_env({}).open
     both = Access.from_env({"TUNER_OWNER_PASSWORD": "pw", "TUNER_OWNER": "Alice"})
     assert not both.open
-    assert both.is_owner({"tuner_owner": both.token()}, None)
+    token = both.sign_in("pw", "10.0.0.1")
+    assert both.is_owner({"tuner_owner": token}, None)
     assert both.is_owner({}, "alice")  # Hugging Face usernames compare case-blind
-    assert not both.is_owner({}, "mallory") and not both.is_owner({"tuner_owner": "x"}, None)
-    assert Access(password="other").token() != both.token()
+    assert not both.is_owner({}, "mallory") and not both.is_owner({"tuner_owner": "x" * 43}, None)
+    assert both.csrf_ok(token, both.csrf_token(token)) and not both.csrf_ok(token, both.csrf_token(token + "x"))
+    assert Access(password="pw").sessions.check(token) is None  # another server's sessions
+
+
+def test_the_page_config_and_html_carry_no_owner_data(tiny_llama, trained_run, tmp_path):
+    """Issue 14.6: after a restart, /config, / and /rate show a stranger nothing of the owner's
+    (owner components are built empty and filled by guarded load handlers)."""
+    import shutil
+
+    from tuner.access import Access
+
+    home = tmp_path / "home-with-secrets"
+    (home / "datasets").mkdir(parents=True)
+    (home / "datasets" / "acme-payroll-questions.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}\n')
+    store, eval_id = _seed(home, tiny_llama)
+    run_dir = trained_run.parent
+    shutil.copytree(run_dir, home / "runs" / run_dir.name)
+    demo, url = _serve(home, tiny_llama, Access(password=PASSWORD))
+    try:
+        secrets = ["acme-payroll-questions", "friends' round", "friends&#x27; round", run_dir.name, str(home),
+                   str(tmp_path)]
+        for path in ("/config", "/", "/rate", "/rate/config", "/gradio_api/info"):
+            answer = httpx.get(f"{url}{path}", timeout=30)
+            found = [s for s in secrets if s in answer.text]
+            assert not found, (path, found)
+        # the owner, signed in, gets them through the load handlers
+        owner = sign_in(url, PASSWORD)
+        refresh = next(i for i, f in demo.fns.items() if f.name == "refresh_all")
+        assert "friends' round" in str(call(url, refresh, [], cookies=owner)["data"])
+    finally:
+        demo.close()
+
+
+def test_one_address_cannot_stuff_the_ballot_and_the_reveal_waits(locked, tiny_llama):
+    """Issue 14.5: throwaway names from one address are refused after three, and no rater
+    learns which model wrote which until their last pair."""
+    demo, url, home, store, eval_id, access = locked
+    cfg = config(url)
+    join, submit = _by_api(cfg, "rater_join"), _by_api(cfg, "rater_submit")
+    call(url, _by_api(cfg, "rater_refresh"), [], session_hash="s0")
+    answers = [call(url, join, [eval_id, f"throwaway{i}", "", {}], session_hash=f"s{i}")["data"][3]
+               for i in range(6)]
+    assert all("pair 1 of 3" in a for a in answers[:3])
+    assert all("under 3 names" in a for a in answers[3:]), answers
+    # the first name rates its three pairs: no reveal until the last
+    reveals = []
+    for _ in range(3):
+        reveals.append(call(url, submit, [None, None, None, 4, 2, None, "", None, None, None, None, None, None],
+                            session_hash="s0")["data"][0])
+        again = call(url, submit, [None, None, None, 1, 1, None, "", None, None, None, None, None, None],
+                     session_hash="s0")["data"][0]
+        assert "already rated this pair" in again  # a repeat submit says so, and replaces nothing
+        call(url, _by_api(cfg, "rater_next"), [None, None], session_hash="s0")
+    assert all("Base model" not in r and "LoRA run" not in r for r in reveals[:2]), reveals
+    assert "shown after your last pair" in reveals[0]
+    assert "last pair" in reveals[2] and "Base model" in reveals[2] and "LoRA run" in reveals[2]
+    assert sorted(store.ratings_frame(eval_id)["score"]) == [2, 2, 2, 4, 4, 4]
+    # the owner sees the raters and leaves one out; the tables follow, the ratings stay
+    owner = sign_in(url, PASSWORD)
+    out = call(url, _by_api(cfg, "exclude_rater"), [eval_id, "throwaway0", "testing"], cookies=owner)
+    assert "excluded from" in out["data"][1]
+    assert store.ratings_frame(eval_id).empty and len(store.ratings_frame(eval_id, with_excluded=True)) == 6
+    assert call(url, _by_api(cfg, "exclude_rater"), [eval_id, "throwaway1", ""])["error"]  # a stranger: refused

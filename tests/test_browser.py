@@ -155,10 +155,14 @@ def test_whole_loop_in_the_browser(app_url, page):
     page.get_by_text("Generation settings, keyword rules, invite code").click()
     page.get_by_label("number input for Max new tokens").fill("16")
     page.get_by_label("number input for Max new tokens").press("Enter")
+    # this round shows raters which model wrote which after each pair (the default: after the last)
+    page.locator("#eval-reveal").get_by_label("after each pair").check()
     # the dataset's recipe fills the automatic checks
     expect(page.locator("#eval-checks textarea")).to_have_value(re.compile("not contains: As an AI"))
     page.locator("#generate").click()
     expect(page.locator("#generate-message")).to_contain_text("Generated 5 × 2 replies", timeout=120_000)
+    # an invite code is made by default, and shown to the owner with the link to share
+    expect(page.locator("#generate-message")).to_contain_text("Raters need the invite code")
     expect(page.locator("#eval-replies")).to_contain_text("base (")
     # generation ends with the automatic check: a verdict in words, pass rates, the paired test
     expect(page.locator("#generate-message")).to_contain_text(re.compile(r"passes every check on \d+/5 prompts, "

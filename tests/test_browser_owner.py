@@ -41,8 +41,11 @@ def test_owner_signs_in_with_the_password(locked_url, page):  # noqa: F811
     password.fill(PASSWORD)
     page.locator("#owner-sign-in").click()
     expect(status).to_contain_text("Signed in as the owner", timeout=30_000)  # after the reload
-    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
-    assert len(cookies.get("tuner_owner", "")) == 64
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    session = cookies["tuner_owner"]
+    assert len(session["value"]) >= 43 and session["httpOnly"] and session["sameSite"] == "Strict"
+    assert page.evaluate("document.cookie").find("tuner_owner=") == -1  # no script on the page can read it
+    assert not cookies["tuner_csrf"]["httpOnly"]  # the page's own anti-forgery token, sent as a header
     # the same button now reaches the handler: it answers about the run, not about rights
     page.get_by_role("tab", name="Train").click()
     page.locator("#train-stop").click()
@@ -51,4 +54,9 @@ def test_owner_signs_in_with_the_password(locked_url, page):  # noqa: F811
     page.screenshot(path=str(ARTIFACTS / "owner-signed-in.png"))
 
     page.locator("#owner-sign-out").click()
+    expect(status).to_contain_text("Owner only", timeout=30_000)
+    assert "tuner_owner" not in {c["name"] for c in page.context.cookies()}
+    # the session is revoked on the server too: the old cookie, replayed, is a stranger's
+    page.context.add_cookies([{**session, "sameSite": "Strict"}, {**cookies["tuner_csrf"], "sameSite": "Strict"}])
+    page.reload()
     expect(status).to_contain_text("Owner only", timeout=30_000)

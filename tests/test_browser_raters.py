@@ -75,9 +75,13 @@ def test_two_raters_each_get_their_own_queue(served):
         ana.locator("#rater-score-b").get_by_label("2").check()
         ana.locator("#rater-preference").get_by_label("A").check()
         ana.locator("#rater-submit").click()
-        expect(ana.locator("#rater-reveal")).to_contain_text(re.compile(r"Reply A\*\* was|Reply A was"))
-        expect(ana.locator("#rater-reveal")).to_contain_text("lora: run-xyz")
+        # saved, but which model wrote which waits for her last pair (the default)
         expect(ana.locator("#rater-reveal")).to_contain_text("1 of 3 done")
+        expect(ana.locator("#rater-reveal")).to_contain_text("shown after your last pair")
+        assert "lora" not in ana.locator("#rater-reveal").inner_text()
+        # pressing Submit again replaces nothing and says why
+        ana.locator("#rater-submit").click()
+        expect(ana.locator("#rater-reveal")).to_contain_text("already rated this pair")
         ana.screenshot(path=str(ARTIFACTS / "rater.png"), full_page=True)
 
         # keys: 5 then 3 fill A then B, Enter submits
@@ -95,6 +99,13 @@ def test_two_raters_each_get_their_own_queue(served):
         # Ana leaves and comes back later: she continues where she stopped
         _join(ana, url, "Ana")
         expect(ana.locator("#rater-progress")).to_contain_text("Ana · pair 3 of 3")
+        # her last pair: now every pair she rated is revealed
+        ana.locator("#rater-score-a").get_by_label("1").check()
+        ana.locator("#rater-score-b").get_by_label("5").check()
+        ana.locator("#rater-submit").click()
+        expect(ana.locator("#rater-reveal")).to_contain_text("that was your last pair")
+        expect(ana.locator("#rater-reveal")).to_contain_text("lora: run-xyz")
+        expect(ana.locator("#rater-reveal")).to_contain_text("pair 3")
 
         # a wrong invite code is refused
         _join(ben, url, "Ben", evaluation="coded round", code="coffee")
@@ -102,7 +113,7 @@ def test_two_raters_each_get_their_own_queue(served):
         browser.close()
 
     frame = store.ratings_frame(eval_id)
-    assert sorted(frame[frame["rater"] == "Ana"]["score"]) == [2, 3, 4, 5]
+    assert sorted(frame[frame["rater"] == "Ana"]["score"]) == [1, 2, 3, 4, 5, 5]
     assert frame[frame["rater"] == "Ben"].empty
 
 
@@ -126,5 +137,5 @@ def test_raters_page_handlers_send_no_variant_name_before_the_commit(served):
     assert "Reply A: choose a score" in json.dumps(missing)
     assert store.ratings_frame(eval_id).empty
     reveal = client.predict(4, 3, "tie", "", None, None, None, None, None, None, api_name="/rater_submit")
-    assert "lora: run-xyz" in json.dumps(reveal)
+    assert "lora" not in json.dumps(reveal) and "shown after your last pair" in json.dumps(reveal)
     assert len(store.ratings_frame(eval_id)) == 2

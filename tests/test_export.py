@@ -384,14 +384,15 @@ def test_export_panel_builds_and_its_handlers_explain_bad_input(trained_run, tmp
     trainer = RunManager(runs_dir, models_dir)
     layout = Layout(tmp_path / "home")
     with gr.Blocks() as demo:
-        ui_export.export_panel(trainer, layout)
+        fill, _run, _out = ui_export.export_panel(trainer, layout)
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     assert {"export-run", "export-adapter", "export-merged", "export-ollama", "export-push", "export-token",
             "export-repo", "export-file", "export-status"} <= ids
     token = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "export-token")
     assert token.type == "password"
     picker = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "export-run")
-    assert run_id in [c[1] for c in picker.choices]
+    assert picker.choices == []  # built empty: a stranger reads the page's config
+    assert run_id in fill(None)["choices"]  # the page's (guarded) load fills it
 
     root = layout.root
     with pytest.raises(gr.Error, match="No run picked"):

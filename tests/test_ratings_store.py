@@ -27,8 +27,8 @@ def test_schema_is_named_migrations_in_wal_mode(tmp_path):
     Store(tmp_path / "r.db")  # reopening applies nothing twice
     conn = sqlite3.connect(tmp_path / "r.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")] == ["0001_initial", "0002_rater_keys",
-                                                                                      "0003_checks"]
+    assert [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")] == [
+        "0001_initial", "0002_rater_keys", "0003_checks", "0004_rating_integrity"]
     assert store.evaluations() == []
 
 
@@ -83,11 +83,44 @@ def test_pair_hides_variants_until_rating_is_committed(tmp_path):
     assert store.next_pair(eval_id, "ana", random.Random(1)) is None
 
 
-def test_three_variants_give_three_pairs_per_prompt(tmp_path):
+THREE = VARIANTS + [{"name": "run-2", "label": "prompt_tuning: run-2", "kind": "prompt_tuning"}]
+
+
+def test_three_variants_never_show_a_rater_the_same_reply_twice(tmp_path):
+    """Issue 14: with k variants each reply is in k-1 pairs; a rater gets k // 2 disjoint
+    pairs per prompt, so no score is ever silently replaced, and the raters together cover
+    every pair."""
     store = Store(tmp_path / "r.db")
-    three = VARIANTS + [{"name": "run-2", "label": "prompt_tuning: run-2", "kind": "prompt_tuning"}]
-    eval_id = _evaluation(store, 2, three)
-    assert store.progress(eval_id, "ana") == (0, 6)
+    eval_id = _evaluation(store, 2, THREE)
+    with sqlite3.connect(tmp_path / "r.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM comparisons").fetchone()[0] == 6  # 3 pairs a prompt
+    assert store.progress(eval_id, "ana") == (0, 2)  # 1 pair a prompt for each rater
+    acknowledged = 0
+    for rater in ("ana", "ben", "cy"):
+        seen = []
+        while (pair := store.next_pair(eval_id, rater, random.Random(1))) is not None:
+            seen += [pair["reply_a"], pair["reply_b"]]
+            store.rate_pair(pair["assignment_id"], rater, 4, 2)
+            acknowledged += 2
+        assert len(seen) == len(set(seen)) == 4, (rater, seen)  # no reply twice
+        assert store.progress(eval_id, rater) == (2, 2)
+    assert len(store.ratings_frame(eval_id)) == acknowledged == 12  # every acknowledged score is stored
+    with sqlite3.connect(tmp_path / "r.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM audit WHERE old_score IS NOT NULL").fetchone()[0] == 0
+        rated = conn.execute("SELECT COUNT(DISTINCT comparison_id) FROM assignments WHERE rated_at IS NOT NULL")
+        assert rated.fetchone()[0] == 6  # three raters covered all six pairs, one each
+
+
+def test_four_variants_give_two_disjoint_pairs_per_prompt(tmp_path):
+    store = Store(tmp_path / "r.db")
+    four = THREE + [{"name": "run-3", "label": "lora: run-3", "kind": "lora"}]
+    eval_id = _evaluation(store, 1, four)
+    assert store.progress(eval_id, "ana") == (0, 2)
+    seen = []
+    while (pair := store.next_pair(eval_id, "ana", random.Random(2))) is not None:
+        seen += [pair["reply_a"], pair["reply_b"]]
+        store.rate_pair(pair["assignment_id"], "ana", 3, 3)
+    assert sorted(seen) == [f"reply {k} to prompt 1" for k in range(4)]
 
 
 def test_each_rater_has_own_queue_and_progress(tmp_path):
@@ -120,17 +153,71 @@ def test_a_served_pair_keeps_its_sides_on_reload(tmp_path):
     assert (again["assignment_id"], again["reply_a"]) == (first["assignment_id"], first["reply_a"])
 
 
-def test_rerating_replaces_score_and_is_audited(tmp_path):
+def test_a_second_submit_never_replaces_a_score_and_a_change_is_explicit_and_audited(tmp_path):
     store = Store(tmp_path / "r.db")
     eval_id = _evaluation(store, 1)
     pair = store.next_pair(eval_id, "ana", random.Random(0))
     store.rate_pair(pair["assignment_id"], "ana", 2, 3)
-    store.rate_pair(pair["assignment_id"], "ana", 5, 3)  # a double click or a change of mind
-    frame = store.ratings_frame(eval_id)
-    assert len(frame) == 2 and sorted(frame["score"]) == [3, 5]
+    with pytest.raises(RatingError, match="already rated this pair"):  # a double click
+        store.rate_pair(pair["assignment_id"], "ana", 5, 3)
+    assert sorted(store.ratings_frame(eval_id)["score"]) == [2, 3]
+    changed = store.change_scores(pair["assignment_id"], "ana", 5, 3)  # a change of mind, asked for
+    assert changed == {"old_a": 2, "old_b": 3, "score_a": 5, "score_b": 3}
+    assert sorted(store.ratings_frame(eval_id)["score"]) == [3, 5]
     audit = sqlite3.connect(tmp_path / "r.db").execute(
         "SELECT old_score, new_score FROM audit ORDER BY id").fetchall()
-    assert (2, 5) in audit and len(audit) == 4
+    assert (2, 5) in audit and (3, 3) in audit and len(audit) == 4
+    with pytest.raises(RatingError, match="Only a pair you have rated"):
+        store.change_scores(pair["assignment_id"], "ben", 1, 1)
+
+
+def test_one_address_brings_only_a_few_names_to_an_evaluation(tmp_path):
+    store = Store(tmp_path / "r.db")
+    eval_id, other = _evaluation(store, 1), _evaluation(store, 1)
+    for name in ("ann", "ann2", "ann3"):
+        store.join(eval_id, name, "10.0.0.9")
+    store.join(eval_id, "ann", "10.0.0.9")  # a known name comes back
+    with pytest.raises(RatingError, match="under 3 names"):
+        store.join(eval_id, "ann4", "10.0.0.9")
+    store.join(eval_id, "ben", "10.0.0.10")  # another address
+    store.join(other, "ann4", "10.0.0.9")  # another evaluation
+    raw = (tmp_path / "r.db").read_bytes()
+    assert b"10.0.0.9" not in raw  # addresses are kept hashed
+
+
+def test_the_owner_can_exclude_a_rater_and_the_statistics_follow(tmp_path):
+    store = Store(tmp_path / "r.db")
+    eval_id = _evaluation(store, 2)
+    for rater, score in (("ana", 5), ("stuffer", 1)):
+        while (pair := store.next_pair(eval_id, rater, random.Random(0))) is not None:
+            store.rate_pair(pair["assignment_id"], rater, score, score)
+    table = store.raters(eval_id)
+    assert list(table["rater"]) == ["ana", "stuffer"] and list(table["scores"]) == [4, 4]
+    assert store.set_excluded(eval_id, "stuffer", True, "25 names from one address")
+    assert not store.set_excluded(eval_id, "stuffer", True)  # already
+    assert set(store.ratings_frame(eval_id)["rater"]) == {"ana"}
+    assert set(store.ratings_frame(eval_id, with_excluded=True)["rater"]) == {"ana", "stuffer"}  # kept
+    assert set(store.judgements_frame(eval_id)["rater"]) == {"ana"}
+    assert bool(store.raters(eval_id).set_index("rater").loc["stuffer", "excluded"])
+    with pytest.raises(RatingError, match="No rater 'nobody'"):
+        store.set_excluded(eval_id, "nobody", True)
+    assert store.set_excluded(eval_id, "stuffer", False)
+    assert set(store.ratings_frame(eval_id)["rater"]) == {"ana", "stuffer"}
+    audit = sqlite3.connect(tmp_path / "r.db").execute("SELECT action, rater, detail FROM owner_audit").fetchall()
+    assert audit == [("exclude", "stuffer", "25 names from one address"), ("include", "stuffer", None)]
+
+
+def test_the_reveal_waits_for_the_last_pair_by_default(tmp_path):
+    store = Store(tmp_path / "r.db")
+    eval_id = _evaluation(store, 2)
+    assert store.reveal_of(eval_id) == "end"
+    with pytest.raises(ValueError, match="reveal"):
+        store.create_evaluation("e", "m", [{"text": "x"}], VARIANTS, reveal="never")
+    pair = store.next_pair(eval_id, "ana", random.Random(0))
+    store.rate_pair(pair["assignment_id"], "ana", 4, 2)
+    shown = store.rater_reveal(eval_id, "ana")
+    assert len(shown) == 1 and {shown[0]["a_label"], shown[0]["b_label"]} == {"base (m)", "lora: run-1"}
+    assert store.rater_reveal(eval_id, "ben") == []
 
 
 @pytest.mark.parametrize("score", [0, 6, "x", None, 2.5, float("inf"), True])
@@ -178,14 +265,17 @@ def test_invite_code_is_checked(tmp_path):
 def test_fifty_concurrent_raters_lose_nothing_and_count_nothing_twice(tmp_path):
     store = Store(tmp_path / "r.db")
     eval_id = _evaluation(store, 3)
-    errors = []
+    errors, refused = [], []
 
     def rater(i):
         try:
             rng = random.Random(i)
             while (pair := store.next_pair(eval_id, f"r{i}", rng)) is not None:
                 store.rate_pair(pair["assignment_id"], f"r{i}", 1 + i % 5, 5)
-                store.rate_pair(pair["assignment_id"], f"r{i}", 1 + i % 5, 5)  # double click
+                try:
+                    store.rate_pair(pair["assignment_id"], f"r{i}", 2, 2)  # double click: refused
+                except RatingError as exc:
+                    refused.append(str(exc))
         except Exception as exc:  # reported below
             errors.append(exc)
 
@@ -195,6 +285,7 @@ def test_fifty_concurrent_raters_lose_nothing_and_count_nothing_twice(tmp_path):
     for t in threads:
         t.join()
     assert not errors
+    assert len(refused) == 150 and all("already rated" in r for r in refused)
     frame = store.ratings_frame(eval_id)
     assert len(frame) == 50 * 3 * 2
     assert not frame.duplicated(["prompt_id", "variant", "rater"]).any()

@@ -1,9 +1,12 @@
 """Who may do what: the owner's sign-in, and rate limits. No gradio here.
 
 Three modes, from the environment:
-- `TUNER_OWNER_PASSWORD` set: the owner signs in with it; the browser then
-  holds a cookie whose value is an HMAC of the password, checked on every
-  owner action on the server.
+- `TUNER_OWNER_PASSWORD` set: the owner signs in with it; the server then
+  sets a random session token as an HttpOnly, SameSite=Strict cookie and keeps
+  only its SHA-256 (`Sessions`, in the data root), with an expiry; Sign out
+  revokes it, and the owner can list and revoke every session. A second,
+  readable cookie holds the session's anti-forgery token, which the app's own
+  page sends back as a header on every request (see tuner/ui_access.py).
 - `TUNER_OWNER` set (on a Space with `hf_oauth: true`): the owner is the
   Hugging Face user of that name, signed in through Hugging Face.
 - neither: open mode for local use; everyone is the owner and the page says so.
@@ -16,14 +19,90 @@ import hashlib
 import hmac
 import os
 import secrets
+import sqlite3
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-COOKIE = "tuner_owner"
-_TOKEN_MESSAGE = b"tuner owner v1"
+COOKIE = "tuner_owner"  # the session token: HttpOnly, never readable by a page
+CSRF_COOKIE = "tuner_csrf"  # readable by the app's own page, sent back as CSRF_HEADER
+CSRF_HEADER = "x-tuner-csrf"
+SESSION_DAYS = 14.0
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class Sessions:
+    """The owner's signed-in browsers: random tokens, kept only as SHA-256 hashes,
+    each with an expiry. A stolen database gives no usable cookie; a stolen cookie
+    dies at Sign out, at revocation or at expiry, and guessing the password from
+    it is impossible (it does not depend on the password).
+
+    `path=None` keeps them in memory (tests, and a data root that cannot be written)."""
+
+    def __init__(self, path: Path | None = None, days: float = SESSION_DAYS, clock=time.time):
+        self.path, self.days, self.clock = path, days, clock
+        self._lock = threading.Lock()
+        if path is not None:
+            path = Path(path)
+            if not path.exists():  # owner-readable only, like secret.key
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self._conn = sqlite3.connect(":memory:" if path is None else str(path), check_same_thread=False,
+                                     isolation_level=None, timeout=10)
+        self._conn.execute("PRAGMA journal_mode=WAL" if path is not None else "PRAGMA journal_mode=MEMORY")
+        self._conn.execute("""CREATE TABLE IF NOT EXISTS sessions (
+            id TEXT PRIMARY KEY, token_hash TEXT UNIQUE NOT NULL, created REAL NOT NULL,
+            expires REAL NOT NULL, last_seen REAL NOT NULL, client TEXT, agent TEXT, revoked REAL)""")
+
+    def create(self, client: str = "", agent: str = "") -> tuple[str, str]:
+        """A new session: (the token for the cookie, its public id for the list)."""
+        token, sid = secrets.token_urlsafe(32), secrets.token_hex(4)
+        now = self.clock()
+        with self._lock:
+            self._conn.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                               (sid, _hash(token), now, now + self.days * 86400, now, client[:64], agent[:160]))
+        return token, sid
+
+    def check(self, token) -> str | None:
+        """The session id of a live token (not expired, not revoked), else None."""
+        if not isinstance(token, str) or not 20 <= len(token) <= 100:
+            return None
+        now = self.clock()
+        with self._lock:
+            row = self._conn.execute("SELECT id, last_seen FROM sessions WHERE token_hash = ? AND revoked IS NULL "
+                                     "AND expires > ?", (_hash(token), now)).fetchone()
+            if row and now - row[1] > 60:  # last seen, to the minute
+                self._conn.execute("UPDATE sessions SET last_seen = ? WHERE id = ?", (now, row[0]))
+        return row[0] if row else None
+
+    def revoke(self, sid: str) -> bool:
+        with self._lock:
+            done = self._conn.execute("UPDATE sessions SET revoked = ? WHERE id = ? AND revoked IS NULL",
+                                      (self.clock(), sid)).rowcount
+        return bool(done)
+
+    def revoke_token(self, token) -> bool:
+        sid = self.check(token)
+        return self.revoke(sid) if sid else False
+
+    def revoke_all(self, keep: str | None = None) -> int:
+        with self._lock:
+            now = self.clock()
+            return self._conn.execute("UPDATE sessions SET revoked = ? WHERE revoked IS NULL AND expires > ? "
+                                      "AND id IS NOT ?", (now, now, keep)).rowcount
+
+    def active(self) -> list[dict]:
+        """Live sessions, newest first: id, created, last_seen, expires (epoch s), client, agent."""
+        with self._lock:
+            rows = self._conn.execute("SELECT id, created, last_seen, expires, client, agent FROM sessions "
+                                      "WHERE revoked IS NULL AND expires > ? ORDER BY created DESC",
+                                      (self.clock(),)).fetchall()
+        keys = ("id", "created", "last_seen", "expires", "client", "agent")
+        return [dict(zip(keys, row)) for row in rows]
 
 
 @dataclass
@@ -31,6 +110,8 @@ class Access:
     password: str | None = None
     owner: str | None = None  # a Hugging Face username
     sign_in_attempts: RateLimiter = field(default_factory=lambda: RateLimiter(capacity=5, per_seconds=300))
+    sessions: Sessions = field(default_factory=Sessions)
+    csrf_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> Access:
@@ -41,22 +122,26 @@ class Access:
     def open(self) -> bool:
         return not (self.password or self.owner)
 
-    def token(self) -> str | None:
-        if not self.password:
-            return None
-        return hmac.new(self.password.encode("utf-8"), _TOKEN_MESSAGE, hashlib.sha256).hexdigest()
+    def csrf_token(self, token: str) -> str:
+        """The anti-forgery token of a session: readable by the app's page, useless without the session."""
+        return hmac.new(self.csrf_key, token.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def csrf_ok(self, token, offered) -> bool:
+        return (isinstance(token, str) and isinstance(offered, str)
+                and hmac.compare_digest(offered.encode("utf-8"), self.csrf_token(token).encode("utf-8")))
+
+    def session_of(self, cookies: dict | None) -> str | None:
+        return self.sessions.check((cookies or {}).get(COOKIE)) if self.password else None
 
     def is_owner(self, cookies: dict | None, hf_user: str | None) -> bool:
         if self.open:
             return True
-        token = self.token()
-        offered = (cookies or {}).get(COOKIE)
-        if token and isinstance(offered, str) and hmac.compare_digest(offered, token):
+        if self.session_of(cookies):
             return True
         return bool(self.owner and hf_user and hf_user.casefold() == self.owner.casefold())
 
-    def sign_in(self, password: str | None, client: str) -> str:
-        """The cookie value for a right password; a clear refusal otherwise.
+    def sign_in(self, password: str | None, client: str, agent: str = "") -> str:
+        """A new session token for a right password; a clear refusal otherwise.
 
         Wrong guesses are limited per client address (5 in 5 minutes)."""
         if not self.password:
@@ -65,7 +150,7 @@ class Access:
         if not allowed:
             raise PermissionError(f"Too many wrong passwords from this address; try again in {wait:.0f} s.")
         if hmac.compare_digest((password or "").encode("utf-8"), self.password.encode("utf-8")):
-            return self.token()
+            return self.sessions.create(client, agent)[0]
         self.sign_in_attempts.allow(client)
         raise PermissionError("That is not the owner password.")
 

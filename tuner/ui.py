@@ -11,10 +11,16 @@ from tuner import models, ui_dataset
 
 
 def model_picker(models_dir: Path, default: str):
-    """The base-model picker above the tabs; a bad choice is explained, never fatal."""
+    """The base-model picker above the tabs; a bad choice is explained, never fatal.
+
+    Returns (picker, status, load handler): a default that is a folder on this
+    server is not written into the page (a stranger would read its path there);
+    the page's load handler, guarded like every owner handler, fills it in."""
+    public = models.choices(models_dir) + [models.EXAMPLE_HUB_ID]
+    shown = default if default in public or not Path(str(default)).expanduser().exists() else None
     picker = gr.Dropdown(
-        choices=models.choices(models_dir) + [models.EXAMPLE_HUB_ID],
-        value=default, allow_custom_value=True, label="Base model",
+        choices=public,
+        value=shown, allow_custom_value=True, label="Base model",
         info=f"'{models.BUNDLED}' is bundled; a local model folder or a Hugging Face Hub id also works.",
         elem_id="model-picker")
     status = gr.Markdown(elem_id="model-status")
@@ -29,7 +35,11 @@ def model_picker(models_dir: Path, default: str):
         return f"Model ready: `{source.name}` ({source.kind})."
 
     picker.change(check, picker, status)
-    return picker, status
+
+    def default_model(current):
+        return gr.update(value=current or default)
+
+    return picker, status, default_model
 
 
 # --- Dataset tab ------------------------------------------------------------------
@@ -43,7 +53,8 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
 
 
 def refresh_datasets_fn(datasets_dir: Path):
-    """A load handler: the chooser's choices as they are now, keeping its value."""
+    """A load handler: the chooser's choices as they are now, keeping its value
+    (the chooser is built empty: saved datasets' names are the owner's)."""
 
     def refresh(current):
         names = list(tdata.available(datasets_dir))

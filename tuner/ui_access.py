@@ -11,17 +11,40 @@ button protects nothing; this does.
 Refusals: a user action (click, submit, upload) gets a clear error; events the
 page fires by itself (load, timer, change) are skipped quietly, so a stranger
 on the owner's page sees no data and no storm of errors.
+
+`OwnerGate`, an ASGI middleware put in front of Gradio's app at launch
+(`install`), holds the door before any of that:
+- a POST from another origin (its Origin or Referer is not this app's) is refused,
+  and on any request from another origin the owner's cookie is ignored;
+- an owner cookie on a POST counts only with the session's anti-forgery header,
+  which the app's own page adds to its requests (`CSRF_JS`) and no other page can read;
+- a stranger's call to an owner handler is answered before it enters Gradio's
+  queue (an action: 403 with the reason; a page event: completed with no change),
+  so a flood of refused calls cannot delay the owner's;
+- uploads are the owner's alone (raters never upload), capped per request and
+  in total over the upload folder;
+- the owner signs in and out through POST /tuner/owner/sign-in and /sign-out,
+  which set and clear the HttpOnly, SameSite=Strict session cookie.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
+import json
+import os
+import tempfile
+import uuid
+from http.cookies import SimpleCookie
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import gradio as gr
 from gradio.context import LocalContext
 
-from tuner.access import COOKIE, Access
+from tuner.access import COOKIE, CSRF_COOKIE, CSRF_HEADER, Access, RateLimiter
+from tuner.paths import max_upload, upload_bytes
 
 OWNER_ONLY = "Owner only: sign in as the owner (top of the main page) to do this."
 ACTIONS = {"click", "submit", "upload"}
@@ -152,22 +175,57 @@ def guard(demo: gr.Blocks, access: Access) -> list[str]:
     return left_open
 
 
-SET_COOKIE_JS = """
-(token) => {
-  if (!token) return;
-  const secure = location.protocol === 'https:' ? '; Secure' : '';
-  document.cookie = `%s=${token}; path=/; max-age=2592000; SameSite=Lax${secure}`;
+SIGN_IN_PATH = "/tuner/owner/sign-in"
+SIGN_OUT_PATH = "/tuner/owner/sign-out"
+
+# In the page's <head>: every same-origin request the app's own page makes carries
+# the session's anti-forgery token (from the readable tuner_csrf cookie, which only
+# pages of this origin can read). Gradio's client calls the global fetch.
+CSRF_JS = """
+<script>
+(() => {
+  const read = () => (document.cookie.match(/(?:^|;\\s*)%s=([^;]+)/) || [])[1];
+  const original = window.fetch;
+  window.fetch = function (input, init) {
+    try {
+      const token = read();
+      const url = new URL(typeof input === 'string' || input instanceof URL ? input : input.url, location.href);
+      if (token && url.origin === location.origin) {
+        init = Object.assign({}, init || {});
+        const headers = new Headers(init.headers || (input instanceof Request ? input.headers : undefined));
+        headers.set('%s', token);
+        init.headers = headers;
+      }
+    } catch (e) { /* never break a request over the header */ }
+    return original.call(this, input, init);
+  };
+})();
+</script>
+""" % (CSRF_COOKIE, CSRF_HEADER)
+
+_ROOT_JS = "(window.gradio_config && window.gradio_config.root || location.origin).replace(/\\/$/, '')"
+SIGN_IN_JS = """
+async (password) => {
+  const answer = await fetch(%s + '%s', {method: 'POST', credentials: 'same-origin',
+    headers: {'Content-Type': 'application/json'}, body: JSON.stringify({password: password || ''})});
+  let body = {};
+  try { body = await answer.json(); } catch (e) {}
+  if (answer.ok) { setTimeout(() => location.reload(), 50); return 'Signed in; reloading…'; }
+  return '⚠️ ' + (body.error || ('Sign-in failed (HTTP ' + answer.status + ')'));
+}
+""" % (_ROOT_JS, SIGN_IN_PATH)
+
+SIGN_OUT_JS = """
+async () => {
+  await fetch(%s + '%s', {method: 'POST', credentials: 'same-origin'});
   location.reload();
 }
-""" % COOKIE
-
-CLEAR_COOKIE_JS = """
-() => { document.cookie = '%s=; path=/; max-age=0; SameSite=Lax'; location.reload(); }
-""" % COOKIE
+""" % (_ROOT_JS, SIGN_OUT_PATH)
 
 
 def owner_bar(access: Access):
-    """The top of the owner's page: the open-mode banner, or the owner's sign-in.
+    """The top of the owner's page: the open-mode banner, or the owner's sign-in
+    (and, for password sign-in, the list of signed-in browsers, each revocable).
 
     Returns (status function, its output) for the page's load event, or None."""
     if access.open:
@@ -180,10 +238,11 @@ def owner_bar(access: Access):
         if access.password:
             password = gr.Textbox(label="Owner password", type="password", scale=3, elem_id="owner-password")
             sign_in = gr.Button("Sign in as owner", scale=1, elem_id="owner-sign-in")
-            token = gr.Textbox(visible="hidden", elem_id="owner-token")
         if access.owner and sign_in_available():
             gr.LoginButton(scale=1)
         sign_out = gr.Button("Sign out", scale=1, elem_id="owner-sign-out", size="sm")
+    if access.password:
+        sessions_panel(access)
 
     @public
     def whoami(request: gr.Request):
@@ -199,17 +258,340 @@ def owner_bar(access: Access):
                 "Raters: use the link the owner sent you (it ends in `/rate`).")
 
     if access.password:
-        @public
-        def on_sign_in(text, request: gr.Request):
-            client = getattr(getattr(request, "client", None), "host", None) or "unknown"
-            try:
-                return access.sign_in(text, client), "Signed in; reloading…"
-            except PermissionError as exc:
-                return "", f"⚠️ {exc}"
-
-        sign_in.click(on_sign_in, [password], [token, status], api_name="owner_sign_in").then(
-            None, [token], None, js=SET_COOKIE_JS)
-        password.submit(on_sign_in, [password], [token, status], api_name=False).then(
-            None, [token], None, js=SET_COOKIE_JS)
-    sign_out.click(None, None, None, js=CLEAR_COOKIE_JS)
+        # the password goes to the gate's own route, which sets the HttpOnly cookie
+        sign_in.click(None, [password], [status], js=SIGN_IN_JS)
+        password.submit(None, [password], [status], js=SIGN_IN_JS)
+    sign_out.click(None, None, None, js=SIGN_OUT_JS)
     return whoami, status
+
+
+SESSION_COLUMNS = ["session", "signed in", "last seen", "expires", "address", "browser", "this browser"]
+
+
+def sessions_panel(access: Access) -> None:
+    """Signed-in browsers: listed and revocable by the owner (built empty; filled on request)."""
+    import datetime as dt
+
+    def when(epoch: float) -> str:
+        return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    with gr.Accordion("Signed-in browsers", open=False, elem_id="owner-sessions-panel"):
+        with gr.Row():
+            show = gr.Button("Show", size="sm", elem_id="owner-sessions-show")
+            others = gr.Button("Sign out every other browser", size="sm", variant="stop",
+                               elem_id="owner-sessions-others")
+        table = gr.Dataframe(headers=SESSION_COLUMNS, value=None, interactive=False, elem_id="owner-sessions")
+        with gr.Row():
+            which = gr.Textbox(label="Session to revoke", placeholder="its id, from the first column",
+                               scale=3, elem_id="owner-sessions-id")
+            revoke = gr.Button("Revoke", scale=1, elem_id="owner-sessions-revoke")
+        note = gr.Markdown(elem_id="owner-sessions-note")
+
+    def listing(request: gr.Request):
+        mine = access.session_of(_cookies(request))
+        rows = [[s["id"], when(s["created"]), when(s["last_seen"]), when(s["expires"]), s["client"], s["agent"][:60],
+                 "✓" if s["id"] == mine else ""] for s in access.sessions.active()]
+        return rows
+
+    def on_show(request: gr.Request):
+        rows = listing(request)
+        return rows, f"{len(rows)} signed-in browser(s)."
+
+    def on_revoke(sid, request: gr.Request):
+        sid = (sid or "").strip()
+        if not sid:
+            return listing(request), "⚠️ Type a session id from the first column."
+        if sid == access.session_of(_cookies(request)):
+            return listing(request), "⚠️ That is this browser: use **Sign out** instead."
+        done = access.sessions.revoke(sid)
+        return listing(request), (f"Revoked session {sid}: that browser must sign in again." if done
+                                  else f"⚠️ No live session {sid!r}.")
+
+    def on_others(request: gr.Request):
+        count = access.sessions.revoke_all(keep=access.session_of(_cookies(request)))
+        return listing(request), f"Signed out {count} other browser(s)."
+
+    show.click(on_show, None, [table, note], api_name="owner_sessions")
+    revoke.click(on_revoke, which, [table, note], api_name="owner_revoke_session")
+    others.click(on_others, None, [table, note], api_name="owner_revoke_others")
+
+
+# --- the gate in front of Gradio ------------------------------------------------------
+JSON_CAP = 64 * 1024 * 1024  # a queue/join body the gate reads to see which handler it calls
+QUIET_PER_MINUTE = 600  # a stranger's page events answered without the queue, per address
+
+
+def upload_total_cap(env: dict | None = None) -> int:
+    """Bytes the upload folder may hold in all: TUNER_UPLOAD_TOTAL, else 10 × the per-file limit."""
+    env = os.environ if env is None else env
+    text = env.get("TUNER_UPLOAD_TOTAL")
+    try:
+        return upload_bytes(text) if text else 10 * upload_bytes(max_upload(env))
+    except ValueError as exc:
+        raise ValueError(f"TUNER_UPLOAD_TOTAL: {exc}") from None
+
+
+def folder_bytes(folder: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def forget_upload(path) -> None:
+    """Delete an upload once its handler has read it (only files in Gradio's upload folder)."""
+    if not path:
+        return
+    try:
+        cache = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+        target = Path(path).resolve()
+        if target.is_file() and target.is_relative_to(cache.resolve()):
+            target.unlink()
+            if target.parent != cache.resolve() and not any(target.parent.iterdir()):
+                target.parent.rmdir()
+    except OSError:
+        pass
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers") or []:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class OwnerGate:
+    """ASGI middleware: see the module's docstring."""
+
+    def __init__(self, app, demo: gr.Blocks, access: Access, upload_cap: int | None = None):
+        self.app, self.demo, self.access = app, demo, access
+        self.upload_cap = upload_total_cap() if upload_cap is None else upload_cap
+        self.max_upload = upload_bytes(max_upload())
+        self.quiet = RateLimiter(capacity=QUIET_PER_MINUTE, per_seconds=60)
+
+    # -- who is asking
+    def _foreign(self, scope) -> bool:
+        """True when the request says it comes from a page of another origin
+        (scheme, host and port; behind a proxy, its X-Forwarded-Host and -Proto)."""
+        hosts = {h.lower() for h in (_header(scope, b"host"), _header(scope, b"x-forwarded-host")) if h}
+        schemes = {s.lower() for s in (scope.get("scheme"), _header(scope, b"x-forwarded-proto")) if s}
+
+        def ours(url: str) -> bool:
+            try:
+                parts = urlsplit(url)
+            except ValueError:
+                return False
+            return parts.scheme.lower() in schemes and parts.netloc.lower() in hosts
+
+        origin = _header(scope, b"origin")
+        if origin is not None:
+            return not ours(origin)
+        referer = _header(scope, b"referer")
+        return referer is not None and not ours(referer)
+
+    @staticmethod
+    def _cookies(scope) -> dict:
+        jar = SimpleCookie()
+        try:
+            jar.load(_header(scope, b"cookie") or "")
+        except Exception:  # a malformed cookie header: no cookies
+            return {}
+        return {k: m.value for k, m in jar.items()}
+
+    @staticmethod
+    def _drop_owner_cookie(scope) -> None:
+        kept = []
+        for key, value in scope.get("headers") or []:
+            if key == b"cookie":
+                parts = [p for p in value.decode("latin-1").split(";")
+                         if p.strip().split("=", 1)[0] not in (COOKIE, CSRF_COOKIE)]
+                if not parts:
+                    continue
+                value = ";".join(parts).strip().encode("latin-1")
+            kept.append((key, value))
+        scope["headers"] = kept
+
+    def _is_owner(self, scope) -> bool:
+        session = scope.get("session") or {}
+        try:
+            hf_user = session["oauth_info"]["userinfo"]["preferred_username"]
+        except (KeyError, TypeError):
+            hf_user = None
+        return self.access.is_owner(self._cookies(scope), hf_user)
+
+    # -- answers
+    @staticmethod
+    async def _answer(send, status: int, body: dict, cookies: list[str] = ()) -> None:
+        data = json.dumps(body).encode("utf-8")
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+        headers += [(b"set-cookie", c.encode("latin-1")) for c in cookies]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+    @staticmethod
+    async def _read(receive, cap: int) -> bytes | None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if len(body) > cap:
+                return None
+            if not message.get("more_body"):
+                return body
+
+    @staticmethod
+    def _replay(body: bytes):
+        sent = False
+
+        async def receive():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.disconnect"}
+        return receive
+
+    def _client(self, scope) -> str:
+        return (scope.get("client") or ("unknown",))[0] or "unknown"
+
+    # -- the owner's sign-in and sign-out
+    def _cookie_lines(self, scope, token: str | None) -> list[str]:
+        https = scope.get("scheme") == "https" or (_header(scope, b"x-forwarded-proto") or "").lower() == "https"
+        secure = "; Secure" if https else ""
+        if token is None:
+            return [f"{name}=; Path=/; Max-Age=0; SameSite=Strict{secure}" for name in (COOKIE, CSRF_COOKIE)]
+        age = int(self.access.sessions.days * 86400)
+        return [f"{COOKIE}={token}; Path=/; Max-Age={age}; HttpOnly; SameSite=Strict{secure}",
+                f"{CSRF_COOKIE}={self.access.csrf_token(token)}; Path=/; Max-Age={age}; SameSite=Strict{secure}"]
+
+    async def _sign_in(self, scope, receive, send) -> None:
+        body = await self._read(receive, 4096)
+        try:
+            password = json.loads(body or b"{}").get("password")
+        except (ValueError, AttributeError):
+            password = None
+        if not isinstance(password, str):
+            return await self._answer(send, 400, {"error": 'Send {"password": "..."} as JSON.'})
+        try:
+            token = self.access.sign_in(password, self._client(scope), _header(scope, b"user-agent") or "")
+        except PermissionError as exc:
+            code = 429 if "Too many" in str(exc) else 401 if "not the owner" in str(exc) else 403
+            return await self._answer(send, code, {"error": str(exc)})
+        await self._answer(send, 200, {"ok": True}, self._cookie_lines(scope, token))
+
+    async def _sign_out(self, scope, receive, send) -> None:
+        await self._read(receive, 4096)
+        self.access.sessions.revoke_token(self._cookies(scope).get(COOKIE))
+        await self._answer(send, 200, {"ok": True}, self._cookie_lines(scope, None))
+
+    # -- the handlers behind Gradio's routes
+    def _owner_only(self, block_fn) -> bool:
+        if block_fn is None:
+            return False
+        if block_fn.renderable is not None:
+            return getattr(block_fn.renderable.fn, "_tuner_guarded", False)
+        return getattr(block_fn.fn, "_tuner_guarded", False)
+
+    def _by_api_name(self, name: str):
+        return next((f for f in self.demo.fns.values() if f.api_name == name), None)
+
+    async def _quiet(self, scope, send, block_fn, session_hash) -> None:
+        """Complete a stranger's page event at once, with no change, without the queue
+        (as Gradio's own /cancel completes an event)."""
+        from gradio.server_messages import ProcessCompletedMessage
+
+        allowed, wait = self.quiet.allow(self._client(scope))
+        if not allowed or not isinstance(session_hash, str) or not 0 < len(session_hash) <= 64:
+            return await self._answer(send, 429, {"detail": "Too many requests from this address.",
+                                                  "error": "Too many requests from this address."})
+        queue = self.demo._queue
+        event_id = uuid.uuid4().hex
+        async with queue.pending_message_lock:
+            if session_hash not in queue.pending_messages_per_session:
+                queue.pending_messages_per_session[session_hash] = asyncio.Queue()
+            queue.pending_event_ids_session.setdefault(session_hash, set()).add(event_id)
+        outputs = [{"__type__": "update"} for _ in block_fn.outputs]
+        queue.pending_messages_per_session[session_hash].put_nowait(
+            ProcessCompletedMessage(output={"data": outputs}, success=True, event_id=event_id))
+        await self._answer(send, 200, {"event_id": event_id})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        method, path = scope["method"], scope["path"].rstrip("/")
+        foreign = self._foreign(scope)
+        if method == "POST" and foreign:
+            return await self._answer(send, 403, {"detail": "Refused: this request comes from a page of another "
+                                                  "site.", "error": "Refused: a cross-origin request."})
+        cookies = self._cookies(scope)
+        if path.endswith(SIGN_IN_PATH) and method == "POST":
+            return await self._sign_in(scope, receive, send)
+        if COOKIE in cookies and (foreign or (method not in ("GET", "HEAD", "OPTIONS") and not self.access.csrf_ok(
+                cookies.get(COOKIE), _header(scope, CSRF_HEADER.encode())))):
+            self._drop_owner_cookie(scope)  # another page's request, or one without the page's token
+        if path.endswith(SIGN_OUT_PATH) and method == "POST":
+            return await self._sign_out(scope, receive, send)
+        if method != "POST" or "/gradio_api/" not in path + "/":
+            return await self.app(scope, receive, send)
+        tail = path.split("/gradio_api", 1)[1]
+        if tail == "/upload":
+            return await self._upload(scope, receive, send)
+        if tail == "/queue/join":
+            body = await self._read(receive, JSON_CAP)
+            if body is None:
+                return await self._answer(send, 413, {"detail": "Request too large.", "error": "Request too large."})
+            try:
+                parsed = json.loads(body)
+                block_fn = self.demo.fns.get(parsed.get("fn_index"))
+            except (ValueError, AttributeError, TypeError):
+                parsed, block_fn = {}, None
+            if self._owner_only(block_fn) and not self._is_owner(scope):
+                events = {event for _block, event in (block_fn.targets or [])}
+                if events & ACTIONS:
+                    return await self._answer(send, 403, {"detail": OWNER_ONLY, "error": OWNER_ONLY})
+                return await self._quiet(scope, send, block_fn, parsed.get("session_hash"))
+            return await self.app(scope, self._replay(body), send)
+        for prefix in ("/run/", "/call/v2/", "/call/"):
+            if tail.startswith(prefix):
+                name = tail[len(prefix):].split("/", 1)[0]
+                if self._owner_only(self._by_api_name(name)) and not self._is_owner(scope):
+                    return await self._answer(send, 403, {"detail": OWNER_ONLY, "error": OWNER_ONLY})
+                break
+        return await self.app(scope, receive, send)
+
+    async def _upload(self, scope, receive, send):
+        if not self._is_owner(scope):
+            return await self._answer(send, 403, {"detail": "Uploads are for the owner only.",
+                                                  "error": "Uploads are for the owner only."})
+        length = _header(scope, b"content-length")
+        if length is None or not length.isdigit():
+            return await self._answer(send, 411, {"detail": "An upload needs a Content-Length."})
+        if int(length) > self.max_upload + 64 * 1024:
+            return await self._answer(send, 413, {"detail": f"Uploads are limited to {max_upload()} a request."})
+        cache = Path(getattr(self.demo, "GRADIO_CACHE", "") or ".")
+        if folder_bytes(cache) + int(length) > self.upload_cap:
+            return await self._answer(send, 507, {"detail": "The upload folder is full: finish or remove earlier "
+                                                            "uploads (they are deleted once read)."})
+        return await self.app(scope, receive, send)
+
+
+def install(demo: gr.Blocks, access: Access, head: str = "") -> None:
+    """Put `OwnerGate` in front of the app Gradio builds when `demo` launches, and give
+    launch() the page's `head` (Gradio 6 takes it there, not in the Blocks constructor)."""
+    from starlette.middleware import Middleware
+
+    original = demo.launch
+
+    @functools.wraps(original)
+    def launch(*args, app_kwargs: dict | None = None, **kwargs):
+        app_kwargs = dict(app_kwargs or {})
+        app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(OwnerGate, demo=demo, access=access)]
+        if head:
+            kwargs["head"] = head + (kwargs.get("head") or "")
+        return original(*args, app_kwargs=app_kwargs, **kwargs)
+
+    demo.launch = launch

@@ -128,10 +128,10 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
     tokenizers: dict[str, object] = {}  # model location → tokenizer, loaded once
     gen = {"it": generator}
 
-    names = list(tdata.available(datasets_dir))
-    first = DEFAULT_DATASET if DEFAULT_DATASET in names else names[0] if names else None
     with gr.Row():
-        chooser = gr.Dropdown(choices=names, value=first, label="Dataset (version)",
+        # built empty (saved names are the owner's) and filled by the page's load; any value is
+        # let through to the handlers, which look it up among the datasets that exist
+        chooser = gr.Dropdown(choices=[], value=None, allow_custom_value=True, label="Dataset (version)",
                               elem_id="dataset-chooser", scale=3)
         name_box = gr.Textbox(label="Save new versions as", elem_id="dataset-name", scale=2,
                               info="A new version never overwrites: faq → faq-v2 → faq-v3 …")

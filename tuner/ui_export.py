@@ -84,15 +84,17 @@ def push_export(run_id: str | None, what: str, repo_id: str, token: str, private
         (" (private)." if private else ".")
 
 
-def export_panel(trainer, layout) -> None:
+def export_panel(trainer, layout):
     """Build the Export area inside the current Blocks context.
-    `trainer` is the app's tuner.runs.RunManager, `layout` its tuner.paths.Layout."""
+    `trainer` is the app's tuner.runs.RunManager, `layout` its tuner.paths.Layout.
+    Returns (handler, input, output) for the page's load event: the run picker is
+    built empty (run ids are the owner's) and filled by it."""
     runs_dir, models_dir, root = Path(trainer.runs_dir), Path(trainer.models_dir), Path(layout.root)
     gr.Markdown("Export a finished run: its adapter as a zip, the adapter merged into the base model, "
                 "a folder ready for `ollama create`, or a push to the Hugging Face Hub. Files are written "
-                f"to `{root / export.EXPORTS}`.")
+                f"to the `{export.EXPORTS}` folder of the data root.")
     with gr.Row():
-        run = gr.Dropdown(choices=export.finished_run_ids(runs_dir), value=None, label="Finished run",
+        run = gr.Dropdown(choices=[], value=None, allow_custom_value=True, label="Finished run",
                           elem_id="export-run", scale=4)
         refresh = gr.Button("Refresh runs", elem_id="export-refresh", scale=1)
     with gr.Row():
@@ -126,3 +128,4 @@ def export_panel(trainer, layout) -> None:
     push_button.click(partial(push_export, runs_dir=runs_dir, models_dir=models_dir, root=root),
                       [run, what, repo, token, private], status, api_name="push_to_hub",
                       concurrency_limit=1, concurrency_id="export")
+    return choices, run, run

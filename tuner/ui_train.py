@@ -11,7 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from tuner import data as tdata
-from tuner import models, recipes
+from tuner import models, recipes, ui_access
 from tuner.config import METHODS, PRECISIONS, SCHEDULERS, TrainConfig
 from tuner.estimate import describe, estimate, module_choices
 from tuner.runs import FINISHED, RunBusy, RunManager, clock
@@ -91,9 +91,10 @@ def lr_frame(rows: list[dict]) -> pd.DataFrame | None:
     return pd.DataFrame(points) if points else None
 
 
-def runs_frame(manager: RunManager) -> pd.DataFrame:
+def runs_frame(manager: RunManager | None) -> pd.DataFrame:
+    """The runs table; `None`: its empty frame (the page is built with no owner data)."""
     rows = []
-    for run in manager.runs():
+    for run in manager.runs() if manager is not None else []:
         s = run.get("summary") or {}
         c = run.get("config", {})
         rows.append([run["run_id"], run.get("status", ""), c.get("method", "lora"), Path(c.get("dataset", "")).name,
@@ -212,9 +213,10 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
     summary = gr.Markdown(elem_id="train-summary")
 
     gr.Markdown("### Runs")
-    runs = gr.Dataframe(runs_frame(manager), interactive=False, elem_id="runs-table")
+    # built empty (run ids are the owner's); the timer's first tick fills both
+    runs = gr.Dataframe(runs_frame(None), interactive=False, elem_id="runs-table")
     with gr.Row():
-        picked = gr.Dropdown([r["run_id"] for r in manager.runs()], multiselect=True, label="Runs to overlay / act on",
+        picked = gr.Dropdown([], multiselect=True, allow_custom_value=True, label="Runs to overlay / act on",
                              elem_id="runs-picked", scale=3)
         resume = gr.Button("Resume", elem_id="run-resume", scale=1)
         load_settings = gr.Button("Load settings", elem_id="run-load", scale=1)
@@ -354,7 +356,9 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
             return [gr.update()] * (len(FIELDS) + 1)
         path = Path(file if isinstance(file, str) else file.name)
         try:
-            values = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            ui_access.forget_upload(path)  # read once: the upload folder keeps nothing of it
+            values = json.loads(text)
             config = values.get("config", values) if isinstance(values, dict) else None
             if not isinstance(config, dict):
                 raise ValueError("expected a JSON object of settings")
