@@ -342,8 +342,8 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
             return f"⚠️ {exc}", keep, keep, keep, keep, keep
         progress_bar(0, desc="loading the model")
 
-        def tick(done, total):
-            progress_bar(done / total, desc=f"{done} of {total} replies")
+        def tick(done, total):  # `done` grows token by token within a batch
+            progress_bar(done / total, desc=f"generating: {int(done)} of {total} replies done")
 
         try:
             eval_id = generate_evaluation(

@@ -109,8 +109,13 @@ def test_whole_loop_in_the_browser(app_url, page):
     page.get_by_text("More settings").click()
     page.get_by_label("Eval every N steps").fill("2")
     page.get_by_label("Eval every N steps").press("Tab")
+    # what Start trains is named beside it
+    expect(page.locator("#train-what")).to_contain_text(re.compile(r"Start trains .+ \(chosen on the Dataset tab\)"))
     page.locator("#train-start").click()
     expect(page.locator("#train-message")).to_contain_text("Started run")
+    # the new run's line at once (no earlier run's line lingering until the next tick)
+    started_id = re.search(r"Started run (\S+) ", page.locator("#train-message").inner_text()).group(1)
+    expect(page.locator("#train-progress")).to_contain_text(f"Run {started_id}")
     expect(page.locator("#train-progress")).to_contain_text(re.compile(r"step \d+/100"), timeout=60_000)
     mark("training started")
     first = _step(page)
@@ -141,6 +146,8 @@ def test_whole_loop_in_the_browser(app_url, page):
     # Stop keeps what was trained, says so, and lists the run
     page.locator("#train-stop").click()
     expect(page.locator("#train-progress")).to_contain_text("stopped", timeout=60_000)
+    # "Stopping after the current step…" gives way to how it ended
+    expect(page.locator("#train-message")).to_contain_text(f"Run {run_id} stopped.")
     expect(page.locator("#train-summary")).to_contain_text(f"Run {run_id} stopped")
     expect(page.locator("#train-summary")).to_contain_text("best validation loss")
     expect(page.locator("#runs-table")).to_contain_text("stopped")

@@ -185,6 +185,14 @@ def test_restart_keeps_datasets_ratings_and_a_killed_run_resumes(tiny_llama, tmp
     checkpoint = ttrain.last_complete_checkpoint(run_dir)
     resumed_from = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
     assert resumed_from >= 2
+    # the Train tab says so after the restart, instead of "No run yet."
+    from tuner.ui_train import runs_frame
+
+    line = manager.idle_line()
+    assert "in-flight was interrupted" in line and f"last checkpoint is step {resumed_from}" in line, line
+    assert "press Resume" in line
+    row = runs_frame(manager).iloc[0]
+    assert int(row["steps"]) >= resumed_from and "press Resume" in row["message"]
     record = json.loads((run_dir / "run.json").read_text())
     record["config"]["max_steps"] = resumed_from + 2  # resume reads the config from run.json: keep it short
     (run_dir / "run.json").write_text(json.dumps(record))

@@ -162,3 +162,16 @@ def test_a_lean_bf16_load_has_the_same_weights_as_from_pretrained(tiny_llama, mo
     assert (lean.lm_head.weight.data_ptr() == lean.model.embed_tokens.weight.data_ptr()) == \
         (reference.lm_head.weight.data_ptr() == reference.model.embed_tokens.weight.data_ptr())
     assert tokenizer.pad_token is not None and not lean.training
+
+
+def test_progress_moves_token_by_token_within_one_batch(tiny_llama, trained_run, tmp_path):
+    """Issue 14: 5 prompts × 2 variants in one batch showed 0% until the very end."""
+    prompts = [[{"role": "user", "content": f"Say hi {i}"}] for i in range(5)]
+    seen = []
+    gen = Generator(tmp_path)
+    replies = gen.generate_all(str(tiny_llama), prompts, GenSettings(max_new_tokens=8, batch_size=32),
+                               [None, ("run-1", trained_run)], progress=lambda done, total: seen.append((done, total)))
+    assert [len(r) for r in replies] == [5, 5]
+    assert len(seen) > 2 and all(total == 10 for _d, total in seen)
+    assert 0 < seen[0][0] < 10  # a first step reported before the batch ends
+    assert [d for d, _t in seen] == sorted(d for d, _t in seen) and seen[-1][0] == 10

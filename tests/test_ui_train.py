@@ -6,7 +6,8 @@ from conftest import POLITE
 from tuner.config import TrainConfig
 from tuner.estimate import describe, estimate
 from tuner.runs import RunState, explain
-from tuner.ui_train import FIELDS, config_from, curve_frame, summary_text, values_of
+from tuner.ui_train import (FIELDS, config_from, curve_frame, short_label, small_split_warning, summary_text,
+                             trainable_share, values_of)
 
 
 def test_settings_round_trip_through_the_sliders():
@@ -62,3 +63,32 @@ def test_progress_line_and_memory_errors_are_explained():
     line = state.progress_line(now=110.0)
     assert "step 5/10" in line and "elapsed 0:10" in line and "remaining ~0:10" in line and "200 tokens/s" in line
     assert "smaller batch size" in explain(RuntimeError("DefaultCPUAllocator: can't allocate memory"))
+
+
+def test_a_tiny_trainable_share_is_shown_with_its_count_not_as_zero():
+    assert trainable_share(4608, 134_515_008) == "4,608 parameters, 0.0034%"
+    assert trainable_share(4_884_480, 139_399_488) == "4,884,480 parameters, 3.50%"
+    run = {"run_id": "r1", "status": "completed", "summary": {"trainable_params": 4608, "total_params": 134_515_008}}
+    assert "4,608 parameters, 0.0034%" in summary_text(run)
+
+
+def test_legend_labels_of_two_runs_differ_within_a_few_letters():
+    a, b = short_label("20261202-134051-company_faq-562d"), short_label("20261202-134512-company_faq-9f0e")
+    assert a == "562d 13:40" and b == "9f0e 13:45"
+    assert short_label("my-run") == "my-run"
+    assert len(short_label("x" * 40)) <= 16
+
+
+def test_a_split_too_small_to_compare_runs_on_is_warned_about(tmp_path):
+    from tuner.config import TrainConfig
+
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(8)]
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = small_split_warning(TrainConfig(dataset=str(small), validation_fraction=0.1, test_fraction=0.2))
+    assert "too few to compare runs on" in text and "test" in text
+    big = tmp_path / "big.jsonl"
+    big.write_text("".join(json.dumps(r) + "\n" for r in rows * 10))
+    assert small_split_warning(TrainConfig(dataset=str(big), validation_fraction=0.1, test_fraction=0.2)) == ""
+    assert small_split_warning(TrainConfig(dataset=str(small), validation_fraction=0, test_fraction=0)) == ""

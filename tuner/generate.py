@@ -220,7 +220,12 @@ class Generator:
                 names = ["__base__" if adapters[i] is None else adapter_name(adapters[i][0]) for i, _c in picked]
                 labels = [BASE if adapters[i] is None else adapters[i][0] for i, _c in picked]
                 extra = {"adapter_names": names} if self.lora is not None else {}
-                out = self._batch(self.model, [conversations[c] for _i, c in picked], settings, labels, **extra)
+                # progress within a batch too, token by token: one batch can be the whole evaluation
+                on_token = (lambda step, before=done_rows, n=len(picked):
+                            progress(before + n * step / max(1, settings.max_new_tokens), total_rows)) \
+                    if progress else None
+                out = self._batch(self.model, [conversations[c] for _i, c in picked], settings, labels,
+                                  on_token=on_token, **extra)
                 replies.update(zip(picked, out))
                 done_rows += len(picked)
                 if progress:
@@ -241,7 +246,9 @@ class Generator:
         config = self.lora.peft_config.get(key) if self.lora is not None else None
         return config is not None and not getattr(config, "use_dora", False)
 
-    def _batch(self, model, batch, settings: GenSettings, variant: str | list[str], **extra) -> list[Reply]:
+    def _batch(self, model, batch, settings: GenSettings, variant: str | list[str], on_token=None,
+               **extra) -> list[Reply]:
+        """One batch's replies; `on_token(step)` is called after each decoding step."""
         import torch
 
         from tuner.chat import encode_prompt
@@ -257,6 +264,8 @@ class Generator:
             torch.manual_seed(settings.seed)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if on_token is not None:
+            kwargs["stopping_criteria"] = _step_reporter(on_token, enc["input_ids"].shape[1])
         start = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(**enc, **kwargs)
@@ -269,3 +278,16 @@ class Generator:
             replies.append(Reply(text=text, variant=name, latency_s=elapsed / len(batch),
                                  new_tokens=len(tokens), settings=asdict(settings) | {"dtype": self.dtype}))
         return replies
+
+
+def _step_reporter(on_token, prompt_width: int):
+    """A stopping criterion that never stops: it reports each decoding step (for a progress bar)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Report(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            on_token(input_ids.shape[1] - prompt_width)
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Report()])

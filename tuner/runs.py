@@ -166,6 +166,32 @@ def check_run_id(run_id) -> str:
     return run_id
 
 
+def stopped_at(run_dir: Path) -> dict:
+    """Where a run that did not finish got to: its last logged step, and the step of its
+    last complete checkpoint (what Resume continues from), None when there is none."""
+    step = None
+    try:
+        for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+            try:
+                step = json.loads(line).get("step", step)
+            except (ValueError, AttributeError):
+                continue
+    except OSError:
+        pass
+    checkpoint = last_complete_checkpoint(run_dir)
+    return {"step": step, "checkpoint": int(checkpoint.name.split("-")[1]) if checkpoint else None}
+
+
+def resume_hint(record: dict) -> str:
+    """One line for a run that stopped early: where, and what Resume will do."""
+    where = record.get("stopped_at") or {}
+    step = f"at step {where['step']}" if where.get("step") is not None else "before its first step"
+    if where.get("checkpoint") is not None:
+        return (f"stopped {step}; its last checkpoint is step {where['checkpoint']}: pick it under Runs and press "
+                "Resume to continue from there.")
+    return f"stopped {step} with no complete checkpoint to resume from: start it again instead."
+
+
 def list_runs(runs_dir: Path) -> list[dict]:
     """Every run's run.json, newest first. A run's id is its folder's name; a
     folder that is a symlink out of `runs_dir`, or whose name could not be a run
@@ -270,7 +296,18 @@ class RunManager:
             if record.get("status") in ("running", "starting") and record["run_id"] != live \
                     and not still_running(record):
                 record["status"] = "interrupted"
+            if record.get("status") in ("interrupted", "stopped", "failed"):
+                record["stopped_at"] = stopped_at(Path(record["path"]))
         return records
+
+    def idle_line(self) -> str:
+        """The progress line when nothing trains in this process: a hint to resume the
+        newest run if a restart (or a kill) interrupted it, else "No run yet."."""
+        records = self.runs()
+        if records and records[0].get("status") == "interrupted":
+            return f"Run {records[0]['run_id']} was interrupted: {resume_hint(records[0])}"
+        return "No run yet." if not records else f"No run in progress · last run {records[0]['run_id']}: " \
+            f"{records[0].get('status', '')}"
 
     def get(self, run_id: str) -> dict | None:
         """The run named `run_id`, None if there is none; a ValueError for an id

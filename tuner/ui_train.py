@@ -14,7 +14,7 @@ from tuner import data as tdata
 from tuner import models, recipes, ui_access
 from tuner.config import METHODS, PRECISIONS, SCHEDULERS, TrainConfig
 from tuner.estimate import describe, estimate, module_choices
-from tuner.runs import FINISHED, RunBusy, RunManager, clock
+from tuner.runs import FINISHED, RunBusy, RunManager, clock, resume_hint
 from tuner.train import check_machine, read_metrics
 
 # The config fields the tab edits, in the order of its inputs.
@@ -86,9 +86,25 @@ def curve_frame(rows: list[dict], label: str | None = None, validation: bool = F
     return pd.DataFrame(points)
 
 
+def short_label(run_id: str) -> str:
+    """A legend label that fits: '1a2b 12:00' for run 20260101-120000-faq-1a2b (a long id
+    was cut to the same first letters for every run, so two runs read alike)."""
+    parts = run_id.split("-")
+    if len(parts) >= 4 and len(parts[1]) == 6 and parts[1].isdigit():
+        return f"{parts[-1]} {parts[1][:2]}:{parts[1][2:4]}"
+    return run_id if len(run_id) <= 16 else f"…{run_id[-15:]}"
+
+
 def lr_frame(rows: list[dict]) -> pd.DataFrame | None:
     points = [{"step": r["step"], "learning rate": r["learning_rate"]} for r in rows if "learning_rate" in r]
     return pd.DataFrame(points) if points else None
+
+
+def trainable_share(trainable: int, total: int) -> str:
+    """ "4,608 parameters, 0.0033%": a share too small for two decimals keeps two significant digits."""
+    percent = 100 * trainable / total if total else 0.0
+    shown = f"{percent:.2f}%" if percent >= 0.1 or percent == 0 else f"{percent:.2g}%"
+    return f"{trainable:,} parameters, {shown}"
 
 
 def runs_frame(manager: RunManager | None) -> pd.DataFrame:
@@ -97,10 +113,15 @@ def runs_frame(manager: RunManager | None) -> pd.DataFrame:
     for run in manager.runs() if manager is not None else []:
         s = run.get("summary") or {}
         c = run.get("config", {})
+        where = run.get("stopped_at") or {}
+        steps = s.get("global_step", where.get("step") if where.get("step") is not None else "")
+        message = run.get("message", "")
+        if run.get("status") == "interrupted":
+            message = " ".join(filter(None, [message, resume_hint(run)]))
         rows.append([run["run_id"], run.get("status", ""), c.get("method", "lora"), Path(c.get("dataset", "")).name,
-                     s.get("global_step", ""), _round(s.get("final_loss")), _round(s.get("best_eval_loss")),
-                     f"{s['trainable_percent']:.2f}%" if s.get("trainable_percent") is not None else "",
-                     clock(s["train_runtime"]) if s.get("train_runtime") else "", run.get("message", "")])
+                     steps, _round(s.get("final_loss")), _round(s.get("best_eval_loss")),
+                     trainable_share(s["trainable_params"], s["total_params"]) if s.get("trainable_params") else "",
+                     clock(s["train_runtime"]) if s.get("train_runtime") else "", message])
     return pd.DataFrame(rows, columns=["run", "status", "method", "dataset", "steps", "final loss",
                                        "best val loss", "trainable", "time", "message"])
 
@@ -121,13 +142,35 @@ def summary_text(run: dict) -> str:
         parts.append(f"final training loss {s['final_loss']:.4f}")
     if s.get("best_eval_loss") is not None:
         parts.append(f"best validation loss {s['best_eval_loss']:.4f}")
-    if s.get("trainable_percent") is not None:
-        parts.append(f"trained {s['trainable_params']:,} of {s['total_params']:,} parameters "
-                     f"({s['trainable_percent']:.2f}%)")
+    if s.get("trainable_params") is not None:
+        parts.append(f"trained {trainable_share(s['trainable_params'], s['total_params'])} "
+                     f"of {s['total_params']:,}")
     text = " · ".join(parts) + "."
     if run.get("message"):
         text += f" {run['message']}"
     return text
+
+
+SMALL_HELD_OUT = 5  # held-out rows below which runs cannot be told apart on them
+
+
+def small_split_warning(config: TrainConfig) -> str:
+    """A warning when the split leaves too few held-out rows to compare runs on."""
+    try:
+        rows = tdata.load_jsonl(Path(config.dataset)).rows
+        parts = tdata.splits(rows, config.validation_fraction, config.test_fraction, config.seed, config.stratify_by)
+    except (OSError, ValueError):
+        return ""
+    sizes = {name: len(parts[name]) for name in ("train", "validation", "test")}
+    few = [f"{sizes[name]} {name}" for name, share in (("validation", config.validation_fraction),
+                                                        ("test", config.test_fraction))
+           if share > 0 and sizes[name] < SMALL_HELD_OUT]
+    if not few:
+        return ""
+    return (f"\n\n⚠️ The split is {sizes['train']} train / {sizes['validation']} validation / {sizes['test']} test "
+            f"rows: {' and '.join(few)} rows are too few to compare runs on (one reply more or less moves a rate by "
+            f"{100 // max(1, min(sizes['test'] or 1, sizes['validation'] or 1))} points). Add rows (the Dataset "
+            "tab's Expand) or raise the share.")
 
 
 def progress_html(state) -> str:
@@ -198,17 +241,20 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
         use_recipe = gr.Button("Use recommended settings", elem_id="train-recipe-use", scale=0)
         suggest = gr.Button("Suggest settings", elem_id="train-suggest", scale=0)
     estimate_md = gr.Markdown(elem_id="train-estimate")
+    # what Start trains, in words beside it (the dataset is chosen on the Dataset tab)
+    what = gr.Markdown(elem_id="train-what")
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
     message = gr.Markdown(elem_id="train-message")
-    snapshot = manager.snapshot()
-    bar = gr.HTML(progress_html(snapshot), elem_id="train-progress-bar")
-    progress = gr.Markdown(snapshot.progress_line(), elem_id="train-progress")
+    # built empty (a running run's id is the owner's); the timer's first tick fills them
+    idle = manager.snapshot().__class__()
+    bar = gr.HTML(progress_html(idle), elem_id="train-progress-bar")
+    progress = gr.Markdown("", elem_id="train-progress")
     with gr.Row():
-        chart = gr.LinePlot(curve_frame(snapshot.rows, validation=snapshot.validation), x="step", y="loss", color="series", title="Loss",
+        chart = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss",
                             height=280, elem_id="loss-chart", scale=3)
-        lr_chart = gr.LinePlot(lr_frame(snapshot.rows), x="step", y="learning rate", title="Learning rate",
+        lr_chart = gr.LinePlot(None, x="step", y="learning rate", title="Learning rate",
                                height=280, elem_id="lr-chart", scale=2)
     summary = gr.Markdown(elem_id="train-summary")
 
@@ -230,7 +276,7 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
     # that appear after its first render (see curve_frame)
     @gr.render(inputs=picked)
     def overlay(chosen):
-        frames = [curve_frame(read_metrics(Path(run["path"])), run["run_id"])
+        frames = [curve_frame(read_metrics(Path(run["path"])), short_label(run["run_id"]))
                   for run in manager.runs() if run["run_id"] in (chosen or [])]
         frames = [f for f in frames if f is not None]
         if frames:
@@ -264,7 +310,8 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
 
     def on_estimate(model_name, dataset_label, *values):
         try:
-            return describe(estimate(build(model_name, dataset_label, values), manager.models_dir, manager.runs()))
+            config = build(model_name, dataset_label, values)
+            return describe(estimate(config, manager.models_dir, manager.runs())) + small_split_warning(config)
         except (ValueError, TypeError, models.ModelUnavailable) as exc:
             return f"⚠️ {exc}"
         except Exception as exc:  # an estimate must never break the tab
@@ -325,8 +372,15 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
             models.resolve(model_name, manager.models_dir)  # fail here, not in the thread
             run_id = manager.start(config)
         except (ValueError, TypeError, RunBusy, models.ModelUnavailable) as exc:
-            return f"⚠️ {exc}"
-        return f"Started run `{run_id}` on `{Path(config.dataset).name}`."
+            return f"⚠️ {exc}", gr.skip(), gr.skip()
+        state = manager.snapshot()  # the new run's line at once, not the last run's until the next tick
+        return (f"Started run `{run_id}` on `{Path(config.dataset).name}`." + small_split_warning(config),
+                progress_html(state), state.progress_line(time.time()))
+
+    def on_what(model_name, dataset_label):
+        if not dataset_label:
+            return "Start trains the dataset chosen on the **Dataset** tab (none chosen yet)."
+        return f"Start trains **{dataset_label}** (chosen on the Dataset tab) on **{model_name or '?'}**."
 
     def on_stop():
         return "Stopping after the current step…" if manager.stop() else "No run is in progress."
@@ -385,15 +439,19 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
         state = manager.snapshot()
         changed = state.status != seen_status
         grew = len(state.rows) != seen_rows
-        outputs = [progress_html(state), state.progress_line(time.time()),
+        line = state.progress_line(time.time()) if state.status != "idle" else \
+            (manager.idle_line() if changed else gr.skip())
+        outputs = [progress_html(state), line,
                    curve_frame(state.rows, validation=state.validation) if grew else gr.skip(), lr_frame(state.rows) if grew else gr.skip()]
         if changed:
             run = manager.get(state.run_id) if state.run_id else None
             ended = run is not None and state.status not in ("starting", "running")
             outputs += [runs_frame(manager), gr.update(choices=[r["run_id"] for r in manager.runs()]),
-                        summary_text(run) if ended else ""]
+                        summary_text(run) if ended else "",
+                        # "Stopping…" (or "Started…") gives way to how the run ended
+                        f"Run `{run['run_id']}` {run['status']}." if ended and seen_status is not None else gr.skip()]
         else:
-            outputs += [gr.skip(), gr.skip(), gr.skip()]
+            outputs += [gr.skip(), gr.skip(), gr.skip(), gr.skip()]
         return outputs + [state.status, len(state.rows)]
 
     seen_status = gr.State(None)
@@ -408,14 +466,16 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
         component.change(on_recipe, [model_picker, dataset_chooser], recipe_md)
     use_recipe.click(on_use_recipe, dataset_chooser, [message, preset] + inputs)
     suggest.click(on_suggest, [model_picker, dataset_chooser], [message, preset] + inputs)
-    start.click(on_start, [model_picker, dataset_chooser] + inputs, message)
+    start.click(on_start, [model_picker, dataset_chooser] + inputs, [message, bar, progress])
+    for component in (model_picker, dataset_chooser):
+        component.change(on_what, [model_picker, dataset_chooser], what)
     stop.click(on_stop, None, message)
     resume.click(on_resume, picked, message)
     load_settings.click(on_load, picked, [message] + inputs)
     imported.upload(on_import, imported, [message] + inputs)
     export.click(on_export, picked, [message, exported])
     timer.tick(on_tick, [seen_status, seen_rows],
-               [bar, progress, chart, lr_chart, runs, picked, summary, seen_status, seen_rows])
+               [bar, progress, chart, lr_chart, runs, picked, summary, message, seen_status, seen_rows])
     return (on_model, [model_picker, preset], targets), (on_estimate, [model_picker, dataset_chooser] + inputs,
                                                           estimate_md)
 
