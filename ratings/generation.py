@@ -36,8 +36,9 @@ def variants_for(runs: list[dict]) -> tuple[str, list[Variant]]:
     variants = [Variant(BASE, f"base ({base_model})", "base")]
     for run in runs:
         method = run["config"].get("method", "lora")
-        variants.append(Variant(run["run_id"], f"{method}: {run['run_id']}", method,
-                                Path(run["path"]) / "adapter"))
+        name = ((run.get("config") or {}).get("run_name") or "").strip()
+        variants.append(Variant(run["run_id"], f"{method}: {name} ({run['run_id']})" if name else
+                                f"{method}: {run['run_id']}", method, Path(run["path"]) / "adapter"))
     return base_model, variants
 
 

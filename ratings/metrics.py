@@ -158,5 +158,6 @@ def run_table(variants: list[dict], runs: dict[str, dict | None]) -> pd.DataFram
                      size / 1e6 if size is not None else math.nan,
                      summary.get("final_loss", math.nan), summary.get("best_eval_loss", math.nan)])
     table = pd.DataFrame(rows, columns=RUN_COLUMNS)
-    table["trainable"] = table["trainable"].map(lambda p: "" if pd.isna(p) else f"{p:.2f}%")
+    table["trainable"] = table["trainable"].map(
+        lambda p: "" if pd.isna(p) else f"{p:.2f}%" if p >= 0.1 or p == 0 else f"{p:.2g}%")
     return table.round(4)

@@ -28,10 +28,10 @@ from tuner import data as tdata
 from tuner import recipes
 from tuner.generate import GenSettings, Generator
 from tuner.paths import StorageError
-from tuner.runs import RunManager
+from tuner.runs import RunManager, run_label
 from tuner.train import read_metrics
 from tuner.ui_access import hf_username, sign_in_available
-from tuner.ui_train import curve_frame, finished_runs
+from tuner.ui_train import curve_frame, finished_runs, short_label
 
 RUBRIC = ("**Helpfulness, 1–5:** 5 = usable as is · 4 = small edits · 3 = needs work · "
           "2 = mostly unhelpful · 1 = wrong or harmful. A score of 4 or more counts as a success. "
@@ -653,7 +653,7 @@ def _results_plots(store: Store, trainer: RunManager | None, key: gr.State) -> N
                         elem_id="results-distribution")
                 gr.Plot(_vega(_interval_spec(stats.success_table(scores, cutoff), cutoff)), show_label=False,
                         elem_id="results-success-plot")
-        curves = [curve_frame(read_metrics(Path(run["path"])), run_id)
+        curves = [curve_frame(read_metrics(Path(run["path"])), short_label(run_label(run)))
                   for run_id, run in _runs_of(store, trainer, eval_id).items() if run]
         curves = [c for c in curves if c is not None]
         if curves:

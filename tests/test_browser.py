@@ -111,8 +111,10 @@ def test_whole_loop_in_the_browser(app_url, page):
     page.get_by_label("Eval every N steps").press("Tab")
     # what Start trains is named beside it
     expect(page.locator("#train-what")).to_contain_text(re.compile(r"Start trains .+ \(chosen on the Dataset tab\)"))
+    page.locator("#train-run-name input, #train-run-name textarea").first.fill("browser run")
     page.locator("#train-start").click()
     expect(page.locator("#train-message")).to_contain_text("Started run")
+    expect(page.locator("#train-message")).to_contain_text("browser run")
     # the new run's line at once (no earlier run's line lingering until the next tick)
     started_id = re.search(r"Started run (\S+) ", page.locator("#train-message").inner_text()).group(1)
     expect(page.locator("#train-progress")).to_contain_text(f"Run {started_id}")
@@ -148,9 +150,10 @@ def test_whole_loop_in_the_browser(app_url, page):
     expect(page.locator("#train-progress")).to_contain_text("stopped", timeout=60_000)
     # "Stopping after the current step…" gives way to how it ended
     expect(page.locator("#train-message")).to_contain_text(f"Run {run_id} stopped.")
-    expect(page.locator("#train-summary")).to_contain_text(f"Run {run_id} stopped")
+    expect(page.locator("#train-summary")).to_contain_text(f"Run {run_id} (browser run) stopped")
     expect(page.locator("#train-summary")).to_contain_text("best validation loss")
     expect(page.locator("#runs-table")).to_contain_text("stopped")
+    expect(page.locator("#runs-table")).to_contain_text("browser run")  # the owner's name for it
     page.screenshot(path=str(ARTIFACTS / "train.png"), full_page=True)
 
     mark("compare")
@@ -171,6 +174,7 @@ def test_whole_loop_in_the_browser(app_url, page):
     # an invite code is made by default, and shown to the owner with the link to share
     expect(page.locator("#generate-message")).to_contain_text("Raters need the invite code")
     expect(page.locator("#eval-replies")).to_contain_text("base (")
+    expect(page.locator("#eval-replies")).to_contain_text("lora: browser run (")
     # generation ends with the automatic check: a verdict in words, pass rates, the paired test
     expect(page.locator("#generate-message")).to_contain_text(re.compile(r"passes every check on \d+/5 prompts, "
                                                                          r"base \d+/5"))

@@ -92,3 +92,33 @@ def test_a_split_too_small_to_compare_runs_on_is_warned_about(tmp_path):
     big.write_text("".join(json.dumps(r) + "\n" for r in rows * 10))
     assert small_split_warning(TrainConfig(dataset=str(big), validation_fraction=0.1, test_fraction=0.2)) == ""
     assert small_split_warning(TrainConfig(dataset=str(small), validation_fraction=0, test_fraction=0)) == ""
+
+
+def test_a_named_run_carries_its_name_into_its_id_tables_and_evaluations(tiny_llama, tmp_path):
+    from ratings.generation import variants_for
+    from tuner.runs import RunManager, new_run_id, run_label
+    from tuner.ui_train import finished_runs, runs_frame
+
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(6)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = TrainConfig(base_model=str(tiny_llama), dataset=str(data), run_name="polite r16 try 2", max_steps=1,
+                         test_fraction=0, validation_fraction=0)
+    assert "-polite-r16-try-2-" in new_run_id(config)
+    manager = RunManager(tmp_path / "runs", tmp_path / "models")
+    run_id = manager.start(config)
+    assert manager.wait(120).status == "completed"
+    run = manager.get(run_id)
+    assert run_label(run) == "polite r16 try 2"
+    assert runs_frame(manager).iloc[0]["name"] == "polite r16 try 2"
+    assert finished_runs(manager)[0][0].startswith(f"polite r16 try 2 · {run_id}")
+    _base, variants = variants_for([run])
+    assert variants[1].label == f"lora: polite r16 try 2 ({run_id})"
+    assert "polite r16 try 2" in summary_text(run)
+    import pytest
+
+    with pytest.raises(ValueError, match="run_name"):
+        TrainConfig(run_name="x" * 61)
+    with pytest.raises(ValueError, match="run_name"):
+        TrainConfig(run_name="bad\nname")

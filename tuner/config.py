@@ -14,6 +14,7 @@ from tuner.models import BUNDLED
 METHODS = ("lora", "qlora", "prompt_tuning")
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+RUN_NAME_MAX = 60
 
 
 @dataclass
@@ -63,6 +64,7 @@ class TrainConfig:
     save_steps: int = 10  # a checkpoint every this many steps (and at a stop)
     save_total_limit: int = 2  # checkpoints kept; older ones are deleted
     logging_steps: int = 1  # one chart point per optimizer step
+    run_name: str = ""  # the owner's name for the run, shown in every table, chart and export (optional)
     extra: dict = field(default_factory=dict)  # free-form notes carried into run.json
 
     def __post_init__(self):
@@ -96,6 +98,9 @@ class TrainConfig:
              f"neftune_noise_alpha must be in [0, 50] (got {self.neftune_noise_alpha})")
         need(self.stratify_by is None or (isinstance(self.stratify_by, str) and self.stratify_by.strip() != ""),
              "stratify_by must be a metadata column name, or null for an unstratified split")
+        need(isinstance(self.run_name, str) and len(self.run_name) <= RUN_NAME_MAX
+             and all(c.isprintable() for c in self.run_name),
+             f"run_name must be at most {RUN_NAME_MAX} printable characters (got {str(self.run_name)[:80]!r})")
         need(self.eval_steps >= 1, f"eval_steps must be at least 1 (got {self.eval_steps})")
         need(self.save_steps >= 1, f"save_steps must be at least 1 (got {self.save_steps})")
         need(self.save_total_limit >= 1, f"save_total_limit must be at least 1 (got {self.save_total_limit})")

@@ -90,9 +90,16 @@ def clock(seconds: float) -> str:
 
 
 def new_run_id(config: TrainConfig) -> str:
+    """<UTC time>-<the run's name, else its dataset's>-<4 random hex digits>."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    name = tdata.slug(Path(config.dataset).stem) if config.dataset else "run"
-    return f"{stamp}-{name}-{os.urandom(2).hex()}"
+    name = tdata.slug(config.run_name) if config.run_name.strip() else ""
+    name = name or (tdata.slug(Path(config.dataset).stem) if config.dataset else "") or "run"
+    return f"{stamp}-{name[:40]}-{os.urandom(2).hex()}"
+
+
+def run_label(record: dict) -> str:
+    """What tables, charts and exports call a run: the owner's name for it, else its id."""
+    return ((record.get("config") or {}).get("run_name") or "").strip() or record["run_id"]
 
 
 def _now() -> str:

@@ -14,7 +14,7 @@ from tuner import data as tdata
 from tuner import models, recipes, ui_access
 from tuner.config import METHODS, PRECISIONS, SCHEDULERS, TrainConfig
 from tuner.estimate import describe, estimate, module_choices
-from tuner.runs import FINISHED, RunBusy, RunManager, clock, resume_hint
+from tuner.runs import FINISHED, RunBusy, RunManager, clock, resume_hint, run_label
 from tuner.train import check_machine, read_metrics
 
 # The config fields the tab edits, in the order of its inputs.
@@ -35,8 +35,9 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def config_from(model_name: str, dataset: str, values) -> TrainConfig:
+def config_from(model_name: str, dataset: str, values, run_name: str = "") -> TrainConfig:
     settings = dict(zip(FIELDS, values))
+    settings["run_name"] = (run_name or "").strip()
     for key in INTS:
         settings[key] = int(settings[key]) if settings[key] is not None else None
     for key in ("lora_dropout", "learning_rate", "num_train_epochs", "weight_decay", "validation_fraction",
@@ -88,11 +89,12 @@ def curve_frame(rows: list[dict], label: str | None = None, validation: bool = F
 
 def short_label(run_id: str) -> str:
     """A legend label that fits: '1a2b 12:00' for run 20260101-120000-faq-1a2b (a long id
-    was cut to the same first letters for every run, so two runs read alike)."""
+    was cut to the same first letters for every run, so two runs read alike); a run's
+    own name is kept, cut at 16 characters."""
     parts = run_id.split("-")
     if len(parts) >= 4 and len(parts[1]) == 6 and parts[1].isdigit():
         return f"{parts[-1]} {parts[1][:2]}:{parts[1][2:4]}"
-    return run_id if len(run_id) <= 16 else f"…{run_id[-15:]}"
+    return run_id if len(run_id) <= 16 else f"{run_id[:15]}…"
 
 
 def lr_frame(rows: list[dict]) -> pd.DataFrame | None:
@@ -118,11 +120,12 @@ def runs_frame(manager: RunManager | None) -> pd.DataFrame:
         message = run.get("message", "")
         if run.get("status") == "interrupted":
             message = " ".join(filter(None, [message, resume_hint(run)]))
-        rows.append([run["run_id"], run.get("status", ""), c.get("method", "lora"), Path(c.get("dataset", "")).name,
+        rows.append([run["run_id"], c.get("run_name", ""), run.get("status", ""), c.get("method", "lora"),
+                     Path(c.get("dataset", "")).name,
                      steps, _round(s.get("final_loss")), _round(s.get("best_eval_loss")),
                      trainable_share(s["trainable_params"], s["total_params"]) if s.get("trainable_params") else "",
                      clock(s["train_runtime"]) if s.get("train_runtime") else "", message])
-    return pd.DataFrame(rows, columns=["run", "status", "method", "dataset", "steps", "final loss",
+    return pd.DataFrame(rows, columns=["run", "name", "status", "method", "dataset", "steps", "final loss",
                                        "best val loss", "trainable", "time", "message"])
 
 
@@ -135,7 +138,8 @@ def summary_text(run: dict) -> str:
     status = run.get("status", "")
     if status in ("failed", "interrupted"):
         return f"**Run {run['run_id']} {status}.** {run.get('message', '')}"
-    parts = [f"**Run {run['run_id']} {status}**"]
+    named = f" ({run['config']['run_name']})" if (run.get("config") or {}).get("run_name") else ""
+    parts = [f"**Run {run['run_id']}{named} {status}**"]
     if s.get("train_runtime") is not None:
         parts.append(f"training time {clock(s['train_runtime'])}")
     if s.get("final_loss") is not None:
@@ -244,6 +248,8 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
     # what Start trains, in words beside it (the dataset is chosen on the Dataset tab)
     what = gr.Markdown(elem_id="train-what")
     with gr.Row():
+        run_name = gr.Textbox(label="Run name (optional; shown in every table, chart and export)", scale=2,
+                              max_length=60, placeholder="e.g. polite r16 lr5e-4", elem_id="train-run-name")
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
     message = gr.Markdown(elem_id="train-message")
@@ -276,7 +282,7 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
     # that appear after its first render (see curve_frame)
     @gr.render(inputs=picked)
     def overlay(chosen):
-        frames = [curve_frame(read_metrics(Path(run["path"])), short_label(run["run_id"]))
+        frames = [curve_frame(read_metrics(Path(run["path"])), short_label(run_label(run)))
                   for run in manager.runs() if run["run_id"] in (chosen or [])]
         frames = [f for f in frames if f is not None]
         if frames:
@@ -302,11 +308,11 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
     def on_method(name):
         return gr.update(visible=name != "prompt_tuning"), gr.update(visible=name == "prompt_tuning")
 
-    def build(model_name, dataset_label, values) -> TrainConfig:
+    def build(model_name, dataset_label, values, run_name: str = "") -> TrainConfig:
         path = tdata.available(datasets_dir).get(dataset_label)
         if path is None:
             raise ValueError("Pick a dataset in the Dataset tab first.")
-        return config_from(model_name, str(path), values)
+        return config_from(model_name, str(path), values, run_name)
 
     def on_estimate(model_name, dataset_label, *values):
         try:
@@ -365,16 +371,17 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
             return [f"⚠️ {exc}", gr.update()] + [gr.update()] * len(FIELDS)
         return settings_out(f"**Suggested:** {suggestion.why}", suggestion.train)
 
-    def on_start(model_name, dataset_label, *values):
+    def on_start(model_name, dataset_label, run_name, *values):
         try:
-            config = build(model_name, dataset_label, values)
+            config = build(model_name, dataset_label, values, run_name)
             check_machine(config)
             models.resolve(model_name, manager.models_dir)  # fail here, not in the thread
             run_id = manager.start(config)
         except (ValueError, TypeError, RunBusy, models.ModelUnavailable) as exc:
             return f"⚠️ {exc}", gr.skip(), gr.skip()
         state = manager.snapshot()  # the new run's line at once, not the last run's until the next tick
-        return (f"Started run `{run_id}` on `{Path(config.dataset).name}`." + small_split_warning(config),
+        named = f" (**{config.run_name}**)" if config.run_name else ""
+        return (f"Started run `{run_id}`{named} on `{Path(config.dataset).name}`." + small_split_warning(config),
                 progress_html(state), state.progress_line(time.time()))
 
     def on_what(model_name, dataset_label):
@@ -466,7 +473,7 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
         component.change(on_recipe, [model_picker, dataset_chooser], recipe_md)
     use_recipe.click(on_use_recipe, dataset_chooser, [message, preset] + inputs)
     suggest.click(on_suggest, [model_picker, dataset_chooser], [message, preset] + inputs)
-    start.click(on_start, [model_picker, dataset_chooser] + inputs, [message, bar, progress])
+    start.click(on_start, [model_picker, dataset_chooser, run_name] + inputs, [message, bar, progress])
     for component in (model_picker, dataset_chooser):
         component.change(on_what, [model_picker, dataset_chooser], what)
     stop.click(on_stop, None, message)
@@ -486,6 +493,8 @@ def finished_runs(manager: RunManager) -> list[tuple[str, str]]:
     for run in manager.runs():
         if run.get("status") in FINISHED and (Path(run["path"]) / "adapter").is_dir():
             loss = (run.get("summary") or {}).get("final_loss")
-            label = f"{run['run_id']} ({run['status']}, loss {loss:.3f})" if loss is not None else run["run_id"]
+            name = run_label(run)
+            shown = f"{name} · {run['run_id']}" if name != run["run_id"] else name
+            label = f"{shown} ({run['status']}, loss {loss:.3f})" if loss is not None else shown
             out.append((label, run["run_id"]))
     return out
