@@ -31,7 +31,7 @@ from tuner.paths import StorageError
 from tuner.runs import RunManager, run_label
 from tuner.train import read_metrics
 from tuner.ui_access import hf_username, sign_in_available
-from tuner.ui_train import curve_frame, finished_runs, short_label
+from tuner.ui_train import VEGA_LITE, curve_frame, finished_runs, short_label, vega_plot
 
 RUBRIC = ("**Helpfulness, 1–5:** 5 = usable as is · 4 = small edits · 3 = needs work · "
           "2 = mostly unhelpful · 1 = wrong or harmful. A score of 4 or more counts as a success. "
@@ -661,15 +661,9 @@ def _results_plots(store: Store, trainer: RunManager | None, key: gr.State) -> N
                         title="Loss curves of the evaluation's runs", elem_id="results-loss")
 
 
-def _vega(spec: dict):
-    from gradio.components.plot import PlotData
-
-    # vega-embed reads usermeta.embedOptions: svg keeps the titles and labels in the page's text
-    spec = spec | {"usermeta": {"embedOptions": {"renderer": "svg", "actions": False}}}
-    return PlotData(type="altair", plot=json.dumps(spec))  # what gr.Plot sends for an Altair chart
+_vega = vega_plot  # (tuner.ui_train) one way to hand gr.Plot a Vega-Lite spec
 
 
-VEGA_LITE = "https://vega.github.io/schema/vega-lite/v5.json"  # names the version; never fetched
 
 
 def _distribution_spec(distribution: pd.DataFrame) -> dict:

@@ -97,6 +97,32 @@ def short_label(run_id: str) -> str:
     return run_id if len(run_id) <= 16 else f"{run_id[:15]}…"
 
 
+VEGA_LITE = "https://vega.github.io/schema/vega-lite/v5.json"  # names the version; never fetched
+
+
+def vega_plot(spec: dict):
+    """What gr.Plot takes for a Vega-Lite chart (as it sends an Altair one), drawn as SVG so
+    its titles and labels are text in the page."""
+    import json
+
+    from gradio.components.plot import PlotData
+
+    spec = spec | {"usermeta": {"embedOptions": {"renderer": "svg", "actions": False}}}
+    return PlotData(type="altair", plot=json.dumps(spec))
+
+
+def loss_spec(frame: pd.DataFrame, title: str) -> dict:
+    """A line per series of a curve_frame (NaN points left out), with points and a legend."""
+    values = frame.dropna(subset=["loss"]).to_dict("records")
+    return {"$schema": VEGA_LITE, "title": title, "width": "container", "height": 260,
+            "data": {"values": values},
+            "mark": {"type": "line", "point": True, "tooltip": True},
+            "encoding": {"x": {"field": "step", "type": "quantitative", "title": "step"},
+                         "y": {"field": "loss", "type": "quantitative", "title": "loss", "scale": {"zero": False}},
+                         "color": {"field": "series", "type": "nominal", "title": "series",
+                                   "legend": {"labelLimit": 400}}}}
+
+
 def lr_frame(rows: list[dict]) -> pd.DataFrame | None:
     points = [{"step": r["step"], "learning rate": r["learning_rate"]} for r in rows if "learning_rate" in r]
     return pd.DataFrame(points) if points else None
@@ -286,8 +312,10 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
                   for run in manager.runs() if run["run_id"] in (chosen or [])]
         frames = [f for f in frames if f is not None]
         if frames:
-            gr.LinePlot(pd.concat(frames, ignore_index=True), x="step", y="loss", color="series",
-                        title="Loss curves of the chosen runs", height=300, elem_id="runs-overlay")
+            # a Vega-Lite spec, drawn anew each time: a re-rendered LinePlot is updated in place,
+            # and it never draws series added after its first render (only the first run showed)
+            gr.Plot(vega_plot(loss_spec(pd.concat(frames, ignore_index=True), "Loss curves of the chosen runs")),
+                    show_label=False, elem_id="runs-overlay")
     timer = gr.Timer(1.0)
 
     # --- handlers --------------------------------------------------------------------------
