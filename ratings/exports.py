@@ -32,7 +32,7 @@ from ratings import metrics, stats
 from ratings.store import Store, sqlite_disk_problem
 from tuner.paths import StorageError, fsync_dir, inside, storage_error
 
-BREAKDOWNS = ("category", "task", "rater")  # what the success rate can be broken down by
+BREAKDOWNS = ("category", "task", "flag", "rater")  # what the success rate can be broken down by
 PERCENT = {"rate", "win rate", "left share", "exact match", "answer contained"}
 
 

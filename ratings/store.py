@@ -741,15 +741,18 @@ class Store:
             rows = list(db.query("""
                 SELECT p.id AS prompt_id, p.position, p.external_id, p.task, p.category, p.text AS prompt,
                        v.name AS variant, v.label, t.rater, t.score, t.adherence, t.tone, t.clarity,
-                       length(r.text) AS reply_chars
+                       length(r.text) AS reply_chars, p.flags
                 FROM ratings t JOIN replies r ON r.id = t.reply_id JOIN prompts p ON p.id = r.prompt_id
                 JOIN variants v ON v.id = r.variant_id
                 WHERE p.evaluation_id = ? AND (? OR t.rater NOT IN (
                     SELECT rater FROM excluded_raters WHERE evaluation_id = p.evaluation_id))
                 ORDER BY p.position, v.id, t.rater""", [evaluation_id, with_excluded]))
         columns = ["prompt_id", "position", "external_id", "task", "category", "prompt", "variant", "label",
-                   "rater", "score", "adherence", "tone", "clarity", "reply_chars"]
-        return pd.DataFrame(rows, columns=columns)
+                   "rater", "score", "adherence", "tone", "clarity", "reply_chars", "flags"]
+        frame = pd.DataFrame(rows, columns=columns)
+        # the keyword rules' flags of the prompt, as one value to break down by ("escalate, refund")
+        frame["flag"] = [", ".join(json.loads(f)) if f and f != "[]" else "" for f in frame["flags"]]
+        return frame.drop(columns=["flags"])
 
     def judgements_frame(self, evaluation_id: int, with_excluded: bool = False) -> pd.DataFrame:
         """One row per rated pair: who was left and right, the preference, the comment

@@ -261,6 +261,7 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
                                    "Decline a social invitation politely")
     upload = gr.File(label="CSV (prompt, and optional id, task, reference, category) or JSONL",
                      file_types=[".csv", ".jsonl"], elem_id="eval-upload", visible=False)
+    upload_note = gr.Markdown(elem_id="eval-upload-note")
     with gr.Accordion("Generation settings, keyword rules, invite code", open=False):
         with gr.Row():
             defaults = GenSettings()
@@ -365,9 +366,27 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
         return (text, table, gr.update(choices=eval_choices(store), value=eval_id), gr.update(visible=True),
                 rchecks.display(check.table), rchecks.display_paired(check.paired))
 
+    def on_upload_preview(file):
+        """How many prompts the file gives, with what, and the first one: before Generate."""
+        if file is None:
+            return ""
+        path = Path(file if isinstance(file, str) else file.name)
+        try:
+            items = evalsets.from_file(path)
+        except (ValueError, OSError) as exc:
+            return f"⚠️ {exc}"
+        with_ref = sum(1 for i in items if i.get("reference"))
+        categories = sorted({i["category"] for i in items if i.get("category")})
+        first = items[0]["text"] if items else ""
+        return (f"**{len(items)} prompts** in `{path.name}`: {with_ref} with a reference answer"
+                + (f", categories {', '.join(categories[:8])}{' …' if len(categories) > 8 else ''}" if categories
+                   else "") + (f". First: “{first[:120]}{'…' if len(first) > 120 else ''}”" if first else "."))
+
+    upload.change(on_upload_preview, upload, upload_note)
     refresh.click(on_refresh, None, runs)
-    source.change(lambda kind: (gr.update(visible=kind == "typed prompts"), gr.update(visible=kind == "uploaded file")),
-                  source, [typed, upload])
+    source.change(lambda kind: (gr.update(visible=kind == "typed prompts"), gr.update(visible=kind == "uploaded file"),
+                                gr.update(visible=kind == "uploaded file")),
+                  source, [typed, upload, upload_note])
     runs.change(on_runs, [runs, checks_box], checks_box)
     generate.click(on_generate, [name, runs, source, typed, upload, max_new, temperature, top_p, penalty, seed,
                                  batch, rules, tag, invite, checks_box, no_code, reveal_choice],

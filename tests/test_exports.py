@@ -215,3 +215,27 @@ def test_markdown_table_escapes_cells():
     text = exports.markdown_table(pd.DataFrame({"a": ["x|y"], "b": ["one\ntwo"]}))
     assert text.splitlines() == ["| a | b |", "|---|---|", "| x\\|y | one<br>two |"]
     assert exports.markdown_table(pd.DataFrame()) == "_(no rows yet)_"
+
+
+def test_the_success_rate_breaks_down_by_keyword_flag(tmp_path):
+    """Issue 14: Results had no breakdown by the keyword rules' flags."""
+    import random as _random
+
+    from ratings import exports as rexports
+    from ratings.store import Store
+
+    store = Store(tmp_path / "r.db")
+    prompts = [{"text": "I want a refund now", "flags": ["escalate"]}, {"text": "What are your hours?"}]
+    eval_id = store.create_evaluation("flags", "m", prompts, [{"name": "base", "label": "base", "kind": "base"},
+                                                             {"name": "r1", "label": "lora", "kind": "lora"}])
+    ids = [v["id"] for v in store.variants(eval_id)]
+    for p in store.prompts(eval_id):
+        for vid in ids:
+            store.add_reply(p["id"], vid, f"reply {vid}", {})
+    store.open_for_rating(eval_id)
+    while (pair := store.next_pair(eval_id, "ana", _random.Random(0))) is not None:
+        store.rate_pair(pair["assignment_id"], "ana", 5, 2)
+    r = rexports.gather(store, eval_id)
+    assert "flag" in r.breakdowns
+    table = r.breakdowns["flag"]
+    assert set(table["flag"]) == {"escalate", "(none)"}
