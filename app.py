@@ -96,7 +96,7 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
     # ...and a gate in front of Gradio's routes refuses other sites' requests, a
     # stranger's owner calls before the queue, and a stranger's uploads.
     # (launch() also gets the page's <head>: the rating keys and the anti-forgery header)
-    ui_access.install(demo, access, head=ratings_ui.KEYS_JS + ui_access.CSRF_JS)
+    ui_access.install(demo, access, head=ratings_ui.KEYS_JS + ui_access.CSRF_JS, css=ratings_ui.CSS)
     return demo
 
 

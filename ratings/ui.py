@@ -71,6 +71,12 @@ class RaterLimits:
         self.joins = RateLimiter(*joins)
 
 
+# table headers are model labels ("lora: polite r16 (2026…)"): wrapped per word, never a letter a line
+CSS = """
+#per-prompt-table th, #per-prompt-table th *, #breakdown-table th, #breakdown-table th *,
+#success-table th, #success-table th * { min-width: 7em; word-break: normal !important; overflow-wrap: normal; }
+"""
+
 REVEAL_CHOICES = {"after their last pair": "end", "after each pair": "each"}
 
 
@@ -510,36 +516,42 @@ def results_tab(store: Store, trainer: RunManager | None = None):
                              elem_id="results-threshold", scale=2)
         refresh = gr.Button("↻ Refresh", elem_id="results-refresh", scale=0)
     summary = gr.Markdown(elem_id="results-summary")
-    gr.Markdown("### Success rate per model\nReplies scored at or above the threshold / replies rated, with 95% "
-                "Wilson intervals; the mean score with its 95% t interval.")
-    success = gr.Dataframe(interactive=False, elem_id="success-table")
-    plots_key = gr.State(None)  # a new value re-renders the plots (see _results_plots)
-    _results_plots(store, trainer, plots_key)
-    gr.Markdown("### Per prompt\nEach model's mean score over the raters, and the model with the highest mean.")
-    raters = gr.Checkbox(False, label="Show each rater's scores", elem_id="results-raters")
-    per_prompt = gr.Dataframe(interactive=False, wrap=True, max_height=900, elem_id="per-prompt-table")
-    gr.Markdown("### Breakdown")
-    by = gr.Radio([], label="Success rate by", elem_id="results-by")
-    breakdown = gr.Dataframe(interactive=False, elem_id="breakdown-table")
-    gr.Markdown("### Head to head\nA paired test of the per-prompt mean scores (Wilcoxon signed-rank; sign test "
-                "beside it), then the raters' stated preferences (win rate = won / pairs with a preference).")
-    paired = gr.Dataframe(interactive=False, wrap=True, elem_id="paired-table")
-    preferences = gr.Dataframe(interactive=False, elem_id="preference-table")
-    gr.Markdown("### Agreement and bias checks")
-    agreement = gr.Markdown(elem_id="results-agreement")
-    position = gr.Dataframe(interactive=False, elem_id="bias-table")
-    lengths = gr.Dataframe(interactive=False, elem_id="length-table")
-    gr.Markdown("### Automatic metrics and the runs behind each model\nExact match and answer contained compare "
-                "the normalised reply with the reference answer; BLEU (sacrebleu) and ROUGE-L (F1) are 0–100. "
-                "Only replies with a reference count for them.")
-    automatic = gr.Dataframe(interactive=False, elem_id="metrics-table")
-    automatic_by = gr.Dataframe(interactive=False, elem_id="metrics-by-table", visible=False)
-    runs = gr.Dataframe(interactive=False, wrap=True, elem_id="results-runs")
-    gr.Markdown("### Automatic check beside the human scores\nThe check made right after generation (the "
-                "evaluation's own checks, answer accuracy, replies cut at the token cap), and how well its "
-                "headline figure agrees with the raters' mean scores (Spearman).")
-    check_note = gr.Markdown(elem_id="results-checks-note")
-    check_table = gr.Dataframe(interactive=False, elem_id="results-checks")
+    # collapsible sections: the page was one 4,400-pixel column
+    with gr.Accordion("Success rate per model", open=True, elem_id="results-section-success"):
+        gr.Markdown("Replies scored at or above the threshold / replies rated, with 95% Wilson intervals; the "
+                    "mean score with its 95% t interval.")
+        success = gr.Dataframe(interactive=False, elem_id="success-table")
+        plots_key = gr.State(None)  # a new value re-renders the plots (see _results_plots)
+        _results_plots(store, trainer, plots_key)
+    with gr.Accordion("Per prompt", open=True, elem_id="results-section-prompts"):
+        gr.Markdown("Each model's mean score over the raters, and the model with the highest mean.")
+        raters = gr.Checkbox(False, label="Show each rater's scores", elem_id="results-raters")
+        per_prompt = gr.Dataframe(interactive=False, wrap=True, max_height=900, elem_id="per-prompt-table")
+    with gr.Accordion("Breakdown", open=True, elem_id="results-section-breakdown"):
+        by = gr.Radio([], label="Success rate by", elem_id="results-by")
+        breakdown = gr.Dataframe(interactive=False, elem_id="breakdown-table")
+    with gr.Accordion("Head to head", open=True, elem_id="results-section-paired"):
+        gr.Markdown("A paired test of the per-prompt mean scores (Wilcoxon signed-rank; sign test beside it), then "
+                    "the raters' stated preferences (win rate = won / pairs with a preference).")
+        paired = gr.Dataframe(interactive=False, wrap=True, elem_id="paired-table")
+        preferences = gr.Dataframe(interactive=False, elem_id="preference-table")
+    with gr.Accordion("Agreement and bias checks", open=False, elem_id="results-section-bias"):
+        agreement = gr.Markdown(elem_id="results-agreement")
+        position = gr.Dataframe(interactive=False, elem_id="bias-table")
+        lengths = gr.Dataframe(interactive=False, elem_id="length-table")
+    with gr.Accordion("Automatic metrics and the runs behind each model", open=True,
+                      elem_id="results-section-metrics"):
+        gr.Markdown("Exact match and answer contained compare the normalised reply with the reference answer; "
+                    "BLEU (sacrebleu) and ROUGE-L (F1) are 0–100. Only replies with a reference count for them.")
+        automatic = gr.Dataframe(interactive=False, elem_id="metrics-table")
+        automatic_by = gr.Dataframe(interactive=False, elem_id="metrics-by-table", visible=False)
+        runs = gr.Dataframe(interactive=False, wrap=True, elem_id="results-runs")
+    with gr.Accordion("Automatic check beside the human scores", open=True, elem_id="results-section-checks"):
+        gr.Markdown("The check made right after generation (the evaluation's own checks, answer accuracy, replies "
+                    "cut at the token cap), and how well its headline figure agrees with the raters' mean scores "
+                    "(Spearman).")
+        check_note = gr.Markdown(elem_id="results-checks-note")
+        check_table = gr.Dataframe(interactive=False, elem_id="results-checks")
     with gr.Accordion("Raters: who rated, and leaving one out", open=False, elem_id="results-raters-panel"):
         gr.Markdown("Every rater of this evaluation: scores given, their mean, when, and how many rater names "
                     "came from the same address. Excluding a rater leaves their ratings stored (and the decision "

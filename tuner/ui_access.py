@@ -579,7 +579,7 @@ class OwnerGate:
         return await self.app(scope, receive, send)
 
 
-def install(demo: gr.Blocks, access: Access, head: str = "") -> None:
+def install(demo: gr.Blocks, access: Access, head: str = "", css: str = "") -> None:
     """Put `OwnerGate` in front of the app Gradio builds when `demo` launches, and give
     launch() the page's `head` (Gradio 6 takes it there, not in the Blocks constructor)."""
     from starlette.middleware import Middleware
@@ -592,6 +592,8 @@ def install(demo: gr.Blocks, access: Access, head: str = "") -> None:
         app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(OwnerGate, demo=demo, access=access)]
         if head:
             kwargs["head"] = head + (kwargs.get("head") or "")
+        if css:
+            kwargs["css"] = css + (kwargs.get("css") or "")
         return original(*args, app_kwargs=app_kwargs, **kwargs)
 
     demo.launch = launch
