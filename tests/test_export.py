@@ -394,6 +394,13 @@ def test_export_panel_builds_and_its_handlers_explain_bad_input(trained_run, tmp
     assert picker.choices == []  # built empty: a stranger reads the page's config
     assert run_id in fill(None)["choices"]  # the page's (guarded) load fills it
 
+    # the buttons' handlers say an expected failure in the status line, with no file and no toast
+    handler = next(f.fn for f in demo.fns.values() if f.api_name == "export_adapter")
+    text, file = handler(None, progress=None)
+    assert text.startswith("⚠️") and "No run picked" in text and file is None
+    push = next(f.fn for f in demo.fns.values() if f.api_name == "push_to_hub")
+    assert push(None, "adapter", "me/x", "", True).startswith("⚠️")
+
     root = layout.root
     with pytest.raises(gr.Error, match="No run picked"):
         ui_export.make_export("adapter", None, runs_dir, models_dir, root)

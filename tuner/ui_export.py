@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -117,15 +116,25 @@ def export_panel(trainer, layout):
 
     refresh.click(choices, run, run, api_name=False)
     run.focus(choices, run, run, api_name=False)
+    # an expected failure is said in the status line (the file box stays empty, not "Error",
+    # and the server log gets no traceback for it)
     def handler_for(kind):
         def handler(run_id, progress=gr.Progress()):
-            return make_export(kind, run_id, runs_dir, models_dir, root, progress)
+            try:
+                return make_export(kind, run_id, runs_dir, models_dir, root, progress)
+            except gr.Error as exc:
+                return f"⚠️ {exc.message}", None
         return handler
+
+    def on_push(run_id, what_, repo_id, token_, private_):
+        try:
+            return push_export(run_id, what_, repo_id, token_, private_, runs_dir, models_dir, root)
+        except gr.Error as exc:
+            return f"⚠️ {exc.message}"
 
     for kind, button in buttons.items():
         button.click(handler_for(kind), run, [status, download], api_name=f"export_{kind}",
                      concurrency_limit=1, concurrency_id="export")
-    push_button.click(partial(push_export, runs_dir=runs_dir, models_dir=models_dir, root=root),
-                      [run, what, repo, token, private], status, api_name="push_to_hub",
+    push_button.click(on_push, [run, what, repo, token, private], status, api_name="push_to_hub",
                       concurrency_limit=1, concurrency_id="export")
     return choices, run, run
