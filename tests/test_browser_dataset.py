@@ -216,7 +216,7 @@ def test_write_a_multi_turn_dataset_from_scratch_and_expand_it(app_url, page, tm
     page.locator("#expand-n input").fill("1")
     page.locator("#expand-max-new input[type=number]").fill("16")
     page.locator("#expand-propose").click()
-    expect(page.locator("#expand-message")).to_contain_text("1 proposals from", timeout=60_000)
+    expect(page.locator("#expand-message")).to_contain_text("1 proposal(s) from", timeout=60_000)
     expect(page.locator("#expand-proposals")).to_contain_text("Tell me a joke")
     page.locator("#expand-add").click()
     expect(message).to_contain_text(re.compile(r"1 paraphrase\(s\) added|Tick at least one"))

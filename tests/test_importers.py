@@ -270,3 +270,30 @@ def test_a_failed_import_leaves_saved_datasets_untouched(tmp_path):
     again = imp.save_import(imp.import_file(tmp_path / "faq.jsonl"), "faq", folder)
     assert (first.name, again.name) == ("faq.jsonl", "faq-v2.jsonl")
     assert "imported: 1 rows imported from faq.jsonl" in tdata.note_of(again)
+
+
+# --- a first guess for columns no shape knows (issue 14) -----------------------------
+@pytest.mark.parametrize("columns, user, assistant, system", [
+    (["text", "response"], "text", "response", None),
+    (["id", "Text", "Response", "label"], "Text", "Response", None),
+    (["input", "target"], "input", "target", None),
+    (["query", "reply", "context"], "query", "reply", "context"),
+    (["message", "answer", "system"], "message", "answer", "system"),
+    (["Question", "Completion"], "Question", "Completion", None),
+    (["user_id", "customer_message", "agent_reply"], "customer_message", "agent_reply", None),
+])
+def test_unknown_columns_get_a_first_guess_from_common_names(columns, user, assistant, system):
+    assert imp.detect_shape(columns) is None
+    guess = imp.suggest_mapping(columns)
+    assert (guess.user, guess.assistant, guess.system) == (user, assistant, system)
+
+
+def test_a_text_response_csv_imports_with_the_guessed_mapping(tmp_path):
+    path = write_csv(tmp_path / "pairs.csv", "text,response,label\nWhere is my parcel?,On its way.,shipping\n")
+    table = imp.read_file(path)
+    with pytest.raises(ImportProblem, match="match no known shape"):
+        imp.convert(table)
+    result = imp.convert(table, mapping=imp.suggest_mapping(table.columns))
+    assert turns(result.rows[0]) == [("user", "Where is my parcel?"), ("assistant", "On its way.")]
+    assert result.rows[0]["label"] == "shipping"
+    assert imp.suggest_mapping(["a", "b"]) is None  # nothing to guess from: the pickers stay empty

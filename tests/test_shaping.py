@@ -249,3 +249,43 @@ def test_formal_email_set_keyword_filter():
     kept = sh.apply_filters(rows, FilterSpec(keywords=Keywords(("professor", "supervisor"), fields=("user",))))
     assert 0 < len(kept.rows) < len(rows)
     assert all(re.search(r"\b(professor|supervisor)\b", tdata.last_user_text(r), re.I) for r in kept.rows)
+
+
+# --- paraphrases: drift, duplicates, sources (issue 14) ------------------------------
+def test_similarity_tells_a_rewording_from_an_off_topic_proposal():
+    original = "How do I reset my password?"
+    assert sh.similarity(original, "What is the way to reset my password?") > 0.5
+    assert sh.similarity(original, "Passwords: how can I reset mine?") >= sh.DRIFT_BELOW
+    assert sh.similarity(original, "The weather in Paris is lovely in spring.") < sh.DRIFT_BELOW
+    assert sh.similarity(original, "") == 0.0
+    assert sh.similarity("Hi", "Hello") == 1.0  # too short to tell: not flagged
+    known = {"how do i reset my password?"}
+    assert sh.proposal_flag("What is the way to reset my password?", 0.8, known) == ""
+    assert sh.proposal_flag("The weather is lovely.", 0.0, known) == "drift"
+    assert sh.proposal_flag("How do I reset my password?", 1.0, known) == "known"
+    assert sh.proposal_flag("", 0.0, known) == "empty"
+
+
+def test_a_paraphrase_already_added_is_not_added_again():
+    rows = [chat("What time is it?", "Noon."), chat("Where are you?", "Here.")]
+    ticked = [(0, "Tell me the time, please."), (1, "Where are you now?")]
+    once = sh.with_paraphrases(rows, ticked)
+    assert len(once) == 4
+    assert sh.with_paraphrases(once, ticked) == once  # a second click adds nothing
+    rows_, added = sh.add_paraphrases(once, [*ticked, (0, "What is the time?")])
+    assert added == 1 and users(rows_)[-1] == "What is the time?"
+    assert sh.add_paraphrases(rows, [(0, "Same"), (0, "Same")])[1] == 1  # ticked twice in one batch
+
+
+def test_only_original_rows_are_paraphrased_and_proposals_are_measured(tiny_llama, tmp_path):
+    from tuner.generate import GenSettings, Generator
+
+    rows = [chat(f"Question number {i} about gardens?", "Answer.") for i in range(3)]
+    rows = sh.with_paraphrases(rows, [(0, "A reworded first question"), (1, "A reworded second question")])
+    assert sh.source_rows(rows) == [0, 1, 2]
+    assert set(sh.pick_sources(rows, 10, seed=1)) == {0, 1, 2}
+    proposals = sh.propose_paraphrases(Generator(tmp_path), str(tiny_llama), rows, n=16, seed=0,
+                                       settings=GenSettings(max_new_tokens=8))
+    assert [p["row"] for p in proposals] == [0, 1, 2]  # never a paraphrase of a paraphrase
+    for p in proposals:  # the tiny random model's words are no rewording: flagged, measured
+        assert p["flag"] in ("drift", "empty") and 0 <= p["similarity"] < sh.DRIFT_BELOW

@@ -249,9 +249,16 @@ SYSTEM_COLUMNS = ("system", "system_prompt")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant",
                   "system": "system"}
-# words in a column's name that suggest its part, for prefilling a mapping
+# common column names for each part, most telling first, for prefilling a mapping …
+USER_NAMES = ("instruction", "prompt", "question", "query", "text", "input", "message", "customer_message",
+              "user", "human", "request", "utterance")
+ASSISTANT_NAMES = ("response", "answer", "output", "reply", "completion", "agent_reply", "target",
+                   "assistant", "gpt", "chosen")
+SYSTEM_NAMES = ("system", "system_prompt", "system_message", "context")
+# … and, where no name is one of those, words in a name that suggest its part
 USER_HINTS = ("user", "question", "prompt", "instruction", "input", "query", "customer", "request", "message")
-ASSISTANT_HINTS = ("assistant", "answer", "response", "reply", "output", "completion", "agent", "support")
+ASSISTANT_HINTS = ("assistant", "answer", "response", "reply", "output", "completion", "agent", "support",
+                   "target")
 
 
 def _lookup(columns) -> dict[str, str]:
@@ -268,22 +275,29 @@ def detect_shape(columns) -> str | None:
 
 
 def suggest_mapping(columns) -> Mapping | None:
-    """A first guess at a mapping from column names (the user confirms it)."""
-    columns = list(columns)
-
-    def pick(hints, taken=()):
-        for hint in hints:
-            for c in columns:
-                if hint in c.lower() and c not in taken:
-                    return c
-        return None
-
-    assistant = pick(ASSISTANT_HINTS)
-    user = pick(USER_HINTS, taken=(assistant,))
+    """A first guess at a mapping from column names (the user confirms it):
+    a common name (text, response, …) first, then a name containing a hint
+    (customer_message, agent_reply, …); None when no user or reply column is found."""
+    columns = [c for c in columns if isinstance(c, str)]
+    assistant = _pick_column(columns, ASSISTANT_NAMES, ASSISTANT_HINTS)
+    user = _pick_column(columns, USER_NAMES, USER_HINTS, taken=(assistant,))
     if not user or not assistant:
         return None
-    system = next((c for c in columns if c.lower() in SYSTEM_COLUMNS), None)
+    system = _pick_column(columns, SYSTEM_NAMES, (), taken=(user, assistant))
     return Mapping(user, assistant, system)
+
+
+def _pick_column(columns: list[str], names, hints, taken=()) -> str | None:
+    names_of = {c: c.lower().strip().replace(" ", "_").replace("-", "_") for c in columns if c not in taken}
+    for name in names:
+        found = next((c for c, low in names_of.items() if low == name), None)
+        if found:
+            return found
+    for hint in hints:
+        found = next((c for c, low in names_of.items() if hint in low), None)
+        if found:
+            return found
+    return None
 
 
 def _shape_mapping(shape: str, columns) -> tuple[Mapping | None, list[str]]:

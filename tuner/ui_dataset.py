@@ -10,6 +10,7 @@ editing, shaping); the handlers here translate between widgets and them.
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -32,7 +33,11 @@ SHAPES = {"auto-detect": None, "messages": "messages", "ShareGPT": "sharegpt", "
           "custom mapping": "mapping"}
 NO_COLUMN = "(none)"
 DEFAULT_DATASET = "starter: polite_assistant"  # the small set the quick start trains on
-PROPOSAL_COLUMNS = ["add", "row", "original", "paraphrase"]
+PROPOSAL_COLUMNS = ["add", "row", "original", "paraphrase", "shared words", "check"]
+FLAG_LABELS = {"empty": "empty or unchanged", "known": "already in the draft",
+               "drift": "drifting off-topic (few shared words)"}
+CHANGE_WORDS = {"paraphrase": ("paraphrase", "added"), "add": ("row", "added"), "replace": ("row", "replaced"),
+                "delete": ("row", "deleted")}
 NEW_NAME = "my-dataset"  # the name a dataset started from scratch is saved under, unless changed
 
 
@@ -50,9 +55,25 @@ class Draft:
     rows: list[dict] = field(default_factory=list)
     changes: int = 0  # unsaved edits
     rev: int = 0  # bumped on every change: the key of the cached token lengths
+    log: tuple[tuple[str, int], ...] = ()  # (kind, rows) per unsaved change, for the version note
 
-    def changed(self, rows: list[dict]) -> Draft:
-        return replace(self, rows=rows, changes=self.changes + 1, rev=self.rev + 1)
+    def changed(self, rows: list[dict], kind: str = "edit", count: int = 1) -> Draft:
+        return replace(self, rows=rows, changes=self.changes + 1, rev=self.rev + 1,
+                       log=(*self.log, (kind, count)))
+
+    def count(self, kind: str) -> int:
+        return sum(n for k, n in self.log if k == kind)
+
+    def describe(self) -> str:
+        """What the unsaved changes did, e.g. "16 paraphrases added, 1 row replaced"."""
+        totals = Counter()
+        for kind, n in self.log:
+            totals[kind] += n
+        parts = []
+        for kind, n in totals.items():
+            noun, verb = CHANGE_WORDS.get(kind, ("change", "made"))
+            parts.append(f"{n} {noun}{'' if n == 1 else 's'} {verb}")
+        return ", ".join(parts) or f"{self.changes} change(s)"
 
 
 def table_frame(rows: list[dict]) -> pd.DataFrame:
@@ -104,18 +125,40 @@ def split_spec(train, validation, test, seed, stratify) -> sh.SplitSpec:
 
 
 def proposals_frame(proposals: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([[bool(p["paraphrase"]), p["row"] + 1, p["original"], p["paraphrase"]] for p in proposals],
-                        columns=PROPOSAL_COLUMNS)
+    """One line per proposal: ticked when it looks usable, else flagged with why not."""
+    lines = []
+    for p in proposals:
+        flag = p.get("flag", "")
+        check = "✓" if not flag else "⚠️ " + FLAG_LABELS.get(flag, flag)
+        shared = f"{p['similarity']:.0%}" if p["paraphrase"] and "similarity" in p else ""
+        lines.append([not flag, p["row"] + 1, p["original"], p["paraphrase"], shared, check])
+    return pd.DataFrame(lines, columns=PROPOSAL_COLUMNS)
 
 
-def accepted(frame: pd.DataFrame | None) -> list[tuple[int, str]]:
-    """(row index, text) of each checked proposal with a paraphrase."""
+def proposals_summary(found: list[dict], asked: int, rows: list[dict], model_name: str) -> str:
+    """How many proposals were made (and why fewer than asked), how many look usable, and why the rest not."""
+    text = f"**{len(found)} proposal(s)** from `{model_name}`"
+    if len(found) < asked:
+        sources = len(sh.source_rows(rows))
+        text += f" (you asked for {asked}, but the draft has only {sources} original row(s), one proposal each"
+        added = len(rows) - sources
+        text += f"; its {added} added paraphrase(s) are not paraphrased again)" if added else ")"
+    flags = Counter(p["flag"] for p in found)
+    text += f": **{flags.pop('', 0)} look usable** and are ticked"
+    if flags:
+        text += "; not ticked: " + ", ".join(f"{n} {FLAG_LABELS.get(f, f)}" for f, n in flags.items()) + \
+            " (tick any that are fine)"
+    return text + ". Review them (you can edit them), then add the ticked ones."
+
+
+def accepted(frame: pd.DataFrame | None) -> list[tuple[int, str, str]]:
+    """(row index, original, text) of each ticked proposal with a paraphrase."""
     if frame is None or len(frame) == 0:
         return []
     out = []
-    for add, row, _original, text in frame[PROPOSAL_COLUMNS].itertuples(index=False):
+    for add, row, original, text in frame[PROPOSAL_COLUMNS[:4]].itertuples(index=False):
         if str(add).lower() in ("true", "1") and str(text or "").strip() and str(row).strip():
-            out.append((int(float(row)) - 1, str(text)))
+            out.append((int(float(row)) - 1, str(original or ""), str(text)))
     return out
 
 
@@ -162,12 +205,17 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
             hub_split = gr.Textbox(value="train", label="Split", scale=1)
             hub_button = gr.Button("Import from the Hub", elem_id="hub-import", scale=1)
     message = gr.Markdown(elem_id="dataset-message")
+    discard_btn = gr.Button("Drop the unsaved changes", variant="stop", visible=False, elem_id="dataset-discard")
     versions_md = gr.Markdown(elem_id="dataset-versions")
     table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True, elem_id="dataset-table",
                          max_height=420, max_chars=300, column_widths=TABLE_WIDTHS)
     draft_state = gr.State(Draft())
     lengths_state = gr.State(None)  # {"key": [...], "lengths": [...]}: token lengths of the draft
     upload_state = gr.State(None)  # the last uploaded file, for importing it again with other settings
+    # {"label", "rev"}: what was refused for the draft's unsaved changes (a version to open, None: a new
+    # dataset), done by the discard button while the draft stays as it was
+    pending_state = gr.State(None)
+    batch_state = gr.State(None)  # {"running": bool}: whether paraphrases are being proposed
 
     with gr.Tabs():
         with gr.Tab("Edit rows", id="edit"):
@@ -238,8 +286,11 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
                         "reference answers.")
             save_split = gr.Button("Save with this split as a new version", variant="primary", elem_id="split-save")
         with gr.Tab("Expand", id="expand"):
-            gr.Markdown("The base model (picked above) proposes a rewording of the user turn of random rows. "
-                        "Tick the ones to keep (you can edit them), then add them to the draft.")
+            gr.Markdown("The base model (picked above) proposes a rewording of the user turn of random original "
+                        "rows (never of an added paraphrase). Proposals that look unusable (empty, already in the "
+                        "draft, or sharing few words with the original: *shared words* measures how many content "
+                        "words the two have in common) are flagged and not ticked. Tick the ones to keep (you can "
+                        "edit them), add them to the draft, then save it.")
             with gr.Row():
                 n_prompts = gr.Number(value=5, precision=0, minimum=1, maximum=100, label="Rows to paraphrase",
                                       elem_id="expand-n")
@@ -249,10 +300,13 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
             propose = gr.Button("Propose paraphrases", elem_id="expand-propose")
             expand_msg = gr.Markdown(elem_id="expand-message")
             proposals = gr.Dataframe(pd.DataFrame(columns=PROPOSAL_COLUMNS), headers=PROPOSAL_COLUMNS,
-                                     datatype=["bool", "number", "str", "str"], interactive=True, wrap=True,
-                                     static_columns=[1, 2], column_widths=["7%", "7%", "36%", "50%"],
+                                     datatype=["bool", "number", "str", "str", "str", "str"], interactive=True,
+                                     wrap=True, static_columns=[1, 2, 4, 5],
+                                     column_widths=["6%", "6%", "30%", "34%", "8%", "16%"],
                                      elem_id="expand-proposals")
-            add_proposals = gr.Button("Add the ticked paraphrases to the draft", elem_id="expand-add")
+            with gr.Row():
+                add_proposals = gr.Button("Add the ticked paraphrases to the draft", elem_id="expand-add")
+                expand_save = gr.Button("Save the draft as a new version", variant="primary", elem_id="expand-save")
         with gr.Tab("Inspect & export", id="inspect"):
             with gr.Row():
                 max_len = gr.Number(value=TrainConfig().max_seq_length, precision=0, minimum=1,
@@ -301,6 +355,32 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
         result = tdata.load_jsonl(path)
         text = f"**{len(result.rows)} rows** in `{path.name}` ({label})." + problems_text(result.problems)
         return view(Draft(label, result.rows), text, reset=True)
+
+    def keep_draft(draft: Draft, label: str | None):
+        """Outputs (from the message on, then pending and the discard button) that keep a draft
+        with unsaved changes instead of opening `label` (None: a new, empty dataset)."""
+        where = f"to `{draft.label}`" if draft.label else "(a new dataset)"
+        what = f"open {label}" if label else "start a new, empty dataset"
+        text = (f"The draft has **{draft.changes} unsaved change(s)** {where}, so it is kept: press *Save as a "
+                f"new version* to keep them, or *Drop the unsaved changes and {what}*.")
+        return (*refused(text, chooser=False), {"label": label, "rev": draft.rev},
+                gr.update(visible=True, value=f"Drop the unsaved changes and {what}"))
+
+    def on_choose(label, draft: Draft):
+        """Open the picked version, unless that would drop the draft's unsaved changes."""
+        if not draft.changes:
+            return (gr.update(), *show(label), None, gr.update(visible=False))
+        return (gr.update(value=draft.label), *keep_draft(draft, label))
+
+    def on_discard(draft: Draft, pending):
+        """Drop the unsaved changes and do what was refused for them."""
+        if not pending or pending["rev"] != draft.rev:
+            return (gr.update(), *refused("The draft has changed since: nothing was dropped; do it again to drop "
+                                          "the changes.", chooser=False),
+                    None, gr.update(visible=False))
+        if pending["label"] is None:
+            return (gr.update(), *new_view(), None, gr.update(visible=False))
+        return (gr.update(value=pending["label"]), *show(pending["label"]), None, gr.update(visible=False))
 
     def saved(path: Path, text: str):
         """Outputs after a save: the new version chosen and shown."""
@@ -363,6 +443,12 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
         path = Path(file if isinstance(file, str) else file.name)
         out, columns, ok = import_table(lambda: imp.read_file(path), path.stem)
         unknown = bool(columns) and not ok and imp.detect_shape(columns) is None
+        guess = imp.suggest_mapping(columns) if unknown else None
+        if guess:
+            system_ = f", `{guess.system}` → system prompt" if guess.system else ""
+            out = (out[0], f"{out[1]}\n\nA first guess is filled in under *Import settings*: `{guess.user}` → "
+                   f"user turn, `{guess.assistant}` → assistant reply{system_}. Check it, then press *Import the "
+                   "uploaded file with these settings*.", *out[2:])
         return (*out, str(path), gr.update() if ok else gr.update(open=True),
                 gr.update(value="custom mapping") if unknown else gr.update(), *mapping_choices(columns))
 
@@ -403,11 +489,15 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
         return "✓ Ready to add or replace." if not problems else "⚠️ " + "; ".join(problems)
 
     def edit(action: str):
+        """The Add/Replace/Delete handler: the view, then the editor (row #, system,
+        turns, metadata, check), cleared after an add so the next row starts empty."""
+        unchanged = [gr.update()] * 5
+
         def handler(draft: Draft, number, system_, turns_, meta_):
             n = int(number or 0)
             if action != "add" and not 1 <= n <= len(draft.rows):
                 return (*refused(f"Pick the row to {action}: click it in the table or type its number.",
-                                 chooser=False), gr.update())
+                                 chooser=False), *unchanged)
             try:
                 if action == "delete":
                     rows = editing.delete_row(draft.rows, n - 1)
@@ -415,17 +505,18 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
                 else:
                     row, problems = editing.build_row(system_, _turn_list(turns_), meta_)
                     if problems:
-                        return (*refused("Not saved: " + "; ".join(problems), chooser=False), gr.update())
+                        return (*refused("Not saved: " + "; ".join(problems), chooser=False), *unchanged)
                     if action == "add":
                         rows = editing.add_row(draft.rows, row)
-                        text, n = f"Row {len(rows)} added.", len(rows)
+                        text = f"Row {len(rows)} added; the editor is cleared for the next one."
                     else:
                         rows = editing.replace_row(draft.rows, n - 1, row)
                         text = f"Row {n} replaced."
             except ValueError as exc:
-                return (*refused(str(exc), chooser=False), gr.update())
-            new = draft.changed(rows)
-            return (*view(new, text + " Save as a new version to keep it.", reset=False), n)
+                return (*refused(str(exc), chooser=False), *unchanged)
+            out = view(draft.changed(rows, action), text + " Save as a new version to keep it.", reset=False)
+            editor = editor_for(Draft(), 0) if action == "add" else (n, *unchanged[1:])
+            return (*out, *editor)
         return handler
 
     def on_add_turn(turns_):
@@ -433,16 +524,24 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
 
     def on_save(draft: Draft, name):
         if not draft.label:
-            note = f"written in the editor ({len(draft.rows)} rows)"
+            added = draft.count("paraphrase")
+            note = f"written in the editor ({len(draft.rows)} rows" + \
+                (f", {added} of them added paraphrases)" if added else ")")
         elif draft.changes:
-            note = f"edited ({draft.changes} change(s)) from {draft.label}"
+            note = f"edited from {draft.label}: {draft.describe()}"
         else:
             note = f"copy of {draft.label}"
         return save_rows(draft, name or NEW_NAME, draft.rows, note, "in the draft")
 
-    def on_new():
+    def new_view():
         out = view(Draft(), "A new, empty dataset: add rows with the editor, then save it.", reset=True)
         return (out[0], *out[1:4], NEW_NAME, *out[5:])
+
+    def on_new(draft: Draft):
+        """A new, empty draft; one with unsaved changes is kept (the discard button drops them)."""
+        if draft.changes:
+            return keep_draft(draft, None)
+        return (*new_view(), None, gr.update(visible=False))
 
     # --- filter ----------------------------------------------------------------------
     def lengths_for(draft: Draft, cache, model_name):
@@ -520,30 +619,49 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
 
     # --- expand ----------------------------------------------------------------------
     def on_propose(draft: Draft, *rest):
+        """Proposals for random original rows; while they are made, Add is off
+        (and refused, for a click already on its way) and the old batch is cleared."""
         model_name, (n, seed, temp, max_new_) = (rest[0], rest[1:]) if model_picker is not None \
             else (models.BUNDLED, rest)
-        if not draft.rows:
-            return "⚠️ Pick a dataset first.", gr.update()
+        sources = len(sh.source_rows(draft.rows))
+        if not sources:
+            why = f" (all {len(draft.rows)} rows are added paraphrases)" if draft.rows else ""
+            yield f"⚠️ Pick a dataset with rows to paraphrase first{why}.", gr.update(), None, gr.update()
+            return
         if gen["it"] is None:
             gen["it"] = Generator(models_dir)
+        yield (f"Proposing paraphrases of {min(int(n or 1), sources)} row(s) with `{model_name}`…",
+               pd.DataFrame(columns=PROPOSAL_COLUMNS), {"running": True}, gr.update(interactive=False))
         try:
             settings = GenSettings(max_new_tokens=int(max_new_), temperature=float(temp), seed=int(seed or 0))
             found = sh.propose_paraphrases(gen["it"], model_name, draft.rows, int(n or 1), int(seed or 0), settings)
-        except (ValueError, models.ModelUnavailable) as exc:
-            return f"⚠️ {exc}", gr.update()
-        usable = sum(bool(p["paraphrase"]) for p in found)
-        return (f"{len(found)} proposals from `{model_name}`, {usable} usable. Review them, then add the ticked ones.",
-                proposals_frame(found))
+        except Exception as exc:  # a bad setting or model, out of memory…: said, and Add works again
+            known = isinstance(exc, (ValueError, models.ModelUnavailable))
+            text = str(exc) if known else f"Proposing failed: {type(exc).__name__}: {exc}"
+            yield f"⚠️ {text}", gr.update(), None, gr.update(interactive=True)
+            return
+        yield (proposals_summary(found, int(n or 1), draft.rows, model_name), proposals_frame(found), None,
+               gr.update(interactive=True))
 
-    def on_add_proposals(draft: Draft, frame):
+    def on_add_proposals(draft: Draft, batch, frame):
+        if batch and batch.get("running"):
+            return refused("New proposals are being made: wait for them, then tick the ones to add.", chooser=False)
         chosen = accepted(frame)
         if not chosen:
             return refused("Tick at least one proposal with a paraphrase.", chooser=False)
-        if any(not 0 <= i < len(draft.rows) for i, _ in chosen):
-            return refused("These proposals belong to another version: propose again.", chooser=False)
-        rows = sh.with_paraphrases(draft.rows, chosen)
-        return view(draft.changed(rows), f"{len(chosen)} paraphrase(s) added to the draft. "
-                    "Save as a new version to keep them.", reset=False)
+        if any(not 0 <= i < len(draft.rows) or tdata.last_user_text(draft.rows[i]).strip() != original.strip()
+               for i, original, _ in chosen):
+            return refused("These proposals belong to other rows (another version, or rows edited since): "
+                           "propose again.", chooser=False)
+        rows, added = sh.add_paraphrases(draft.rows, [(i, text) for i, _, text in chosen])
+        if not added:
+            return refused(f"Nothing added: the {len(chosen)} ticked paraphrase(s) are already added to the "
+                           "draft.", chooser=False)
+        skipped = len(chosen) - added
+        text = f"{added} paraphrase(s) added to the draft" + \
+            (f" ({skipped} ticked one(s) skipped: already added)" if skipped else "")
+        return view(draft.changed(rows, "paraphrase", added), text + ". Save as a new version to keep them.",
+                    reset=False)
 
     # --- inspect and export ------------------------------------------------------------
     def on_measure(draft: Draft, cache, *rest):
@@ -581,7 +699,11 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
     def then_recount(event):
         event.then(**counts).then(**split_counts_event)
 
-    then_recount(chooser.input(show, chooser, view_outputs))
+    guarded = [pending_state, discard_btn]
+    then_recount(chooser.input(on_choose, [chooser, draft_state], [*with_chooser, *guarded]))
+    then_recount(discard_btn.click(on_discard, [draft_state, pending_state], [*with_chooser, *guarded]))
+    # any change of the draft makes a refused pick moot
+    draft_state.change(lambda: (None, gr.update(visible=False)), None, guarded, show_progress="hidden")
     upload_outputs = [*with_chooser, upload_state, import_box, shape, map_user, map_assistant, map_system, map_meta]
     then_recount(upload.upload(on_upload, upload, upload_outputs))
     then_recount(starter_button.click(on_starter_file, starter_file, upload_outputs))
@@ -594,12 +716,13 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
     gr.on([system.change, turns.change, meta.change], on_check, [system, turns, meta], check,
           show_progress="hidden", trigger_mode="always_last")
     editor_inputs = [draft_state, row_no, system, turns, meta]
+    editor_outputs = [row_no, system, turns, meta, check]
     for button, action in ((add_btn, "add"), (replace_btn, "replace"), (delete_btn, "delete")):
-        then_recount(button.click(edit(action), editor_inputs, [*view_outputs, row_no]))
+        then_recount(button.click(edit(action), editor_inputs, [*view_outputs, *editor_outputs]))
     add_turn.click(on_add_turn, turns, turns)
-    clear_btn.click(lambda: editor_for(Draft(), 0), None, [row_no, system, turns, meta, check])
+    clear_btn.click(lambda: editor_for(Draft(), 0), None, editor_outputs)
     then_recount(save_btn.click(on_save, [draft_state, name_box], with_chooser))
-    then_recount(new_btn.click(on_new, None, view_outputs))
+    then_recount(new_btn.click(on_new, draft_state, [*view_outputs, *guarded]))
 
     gr.on([c.change for c in filter_inputs if c is not column] + [filter_tab.select], trigger_mode="always_last",
           **counts)
@@ -612,8 +735,9 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
     then_recount(save_split.click(on_save_split, [draft_state, name_box, *split_inputs], with_chooser))
 
     propose.click(on_propose, [draft_state, *model_input, n_prompts, expand_seed, temperature, max_new],
-                  [expand_msg, proposals])
-    then_recount(add_proposals.click(on_add_proposals, [draft_state, proposals], view_outputs))
+                  [expand_msg, proposals, batch_state, add_proposals])
+    then_recount(add_proposals.click(on_add_proposals, [draft_state, batch_state, proposals], view_outputs))
+    then_recount(expand_save.click(on_save, [draft_state, name_box], with_chooser))
 
     measure.click(on_measure, [draft_state, lengths_state, *model_input, max_len],
                   [histogram, length_md, lengths_state])
