@@ -1,6 +1,7 @@
 """The Train tab's plain functions: settings round trip, estimate, summaries."""
 
 import json
+from pathlib import Path
 
 from conftest import POLITE
 from tuner.config import TrainConfig
@@ -42,7 +43,27 @@ def test_estimate_counts_trainable_parameters_like_peft(tiny_llama, tmp_path):
     assert 0 < est["percent"] < 1 and est["steps"] > 0 and est["seconds"] > 0
     assert "Trainable:" in describe(est) and "rough guess" in describe(est)
     measured = [{"config": {"base_model": str(tiny_llama)}, "summary": {"tokens_per_second": 1000.0}}]
-    assert estimate(config, tmp_path, past_runs=measured)["tokens_per_second"] == 1000.0
+    step_rate = estimate(config, tmp_path, past_runs=measured)
+    assert step_rate["tokens_per_second"] == 1000.0 and "measured on this machine" in describe(step_rate)
+
+
+def test_the_estimate_counts_the_whole_run_not_only_its_steps(tiny_llama):
+    """Issue 14: the estimate was half the real time (17 s vs 34 s): it divided the tokens by
+    the step rate, leaving out loading, validation passes and checkpoints."""
+    config = TrainConfig(base_model=str(tiny_llama), dataset=str(POLITE), validation_fraction=0.2, eval_steps=2)
+    step_only = [{"config": {"base_model": str(tiny_llama)}, "summary": {"tokens_per_second": 1000.0}}]
+    whole = [{"config": {"base_model": str(tiny_llama)},
+              "summary": {"tokens_per_second": 1000.0, "train_tokens": 6000, "train_runtime": 12.0}}]
+    from_steps = estimate(config, Path("."), past_runs=step_only)
+    from_whole = estimate(config, Path("."), past_runs=whole)
+    # the whole run's rate: 6000 tokens in 12 s = 500 tokens/s, overheads included
+    assert from_whole["tokens_per_second"] == 500.0
+    # the step rate alone gets the overheads added: loading (≥ 3 s), evaluations, checkpoints
+    bare = (from_whole["seconds"] * 500.0) / 1000.0  # the same tokens at the step rate
+    assert from_steps["seconds"] >= bare + 3.0
+    other_method = [{"config": {"base_model": str(tiny_llama), "method": "prompt_tuning"},
+                     "summary": {"tokens_per_second": 50.0, "train_tokens": 10, "train_runtime": 1.0}}]
+    assert estimate(config, Path("."), past_runs=other_method)["measured"] is False  # another method's speed
 
 
 def test_curves_and_summary_read_plainly():

@@ -60,14 +60,46 @@ def estimate(config: TrainConfig, models_dir: Path, past_runs: list[dict]) -> di
     else:
         epochs = config.num_train_epochs
         steps = math.ceil(steps_per_epoch * epochs)
-    measured = [r["summary"]["tokens_per_second"] for r in past_runs
-                if r.get("config", {}).get("base_model") == config.base_model
-                and (r.get("summary") or {}).get("tokens_per_second")]
-    speed = measured[0] if measured else CPU_FLOPS / (6 * total)
+    speed, whole_run = measured_speed(config, past_runs)
+    speed = speed or CPU_FLOPS / (6 * total)
     seconds = tokens * epochs / speed
+    if not whole_run:  # a step rate leaves out loading, evaluations and checkpoints
+        held = config.validation_fraction / max(0.1, 1 - config.validation_fraction - config.test_fraction)
+        seconds += overhead_seconds(config, steps, tokens * held, speed, total)
     return {"trainable": trainable, "total": total, "percent": 100 * trainable / total,
             "train_rows": rows, "steps": steps, "seconds": seconds, "tokens_per_second": speed,
-            "measured": bool(measured)}
+            "measured": speed is not None and bool(past_runs_of(config, past_runs))}
+
+
+def past_runs_of(config: TrainConfig, past_runs: list[dict]) -> list[dict]:
+    """Finished past runs of the same base model and method, newest first."""
+    return [r for r in past_runs if r.get("config", {}).get("base_model") == config.base_model
+            and r.get("config", {}).get("method", "lora") == config.method
+            and (r.get("summary") or {}).get("tokens_per_second")]
+
+
+def measured_speed(config: TrainConfig, past_runs: list[dict]) -> tuple[float | None, bool]:
+    """(tokens/s, whether that rate covers the whole run). The newest past run that
+    recorded its tokens gives tokens over its whole runtime (loading, evaluations and
+    checkpoints included: the step rate alone made estimates half the real time);
+    an older run gives only its step rate."""
+    runs = past_runs_of(config, past_runs)
+    for run in runs:
+        s = run["summary"]
+        if s.get("train_tokens") and s.get("train_runtime"):
+            return s["train_tokens"] / s["train_runtime"], True
+    return (runs[0]["summary"]["tokens_per_second"], False) if runs else (None, False)
+
+
+def overhead_seconds(config: TrainConfig, steps: int, validation_tokens: float, speed: float,
+                     total_params: int) -> float:
+    """What a step rate leaves out: loading the model (~1 s per 100M parameters from the
+    cache, at least 3 s), the validation passes (forward only: ~a third of a training
+    token's cost, at the same rate) and the checkpoints (~1 s each)."""
+    load = max(3.0, total_params / 1e8)
+    evals = steps // max(1, config.eval_steps) + 1 if config.validation_fraction > 0 else 0
+    saves = steps // max(1, config.save_steps) + 1
+    return load + evals * validation_tokens / (3 * speed) + saves
 
 
 def describe(est: dict) -> str:
