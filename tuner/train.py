@@ -415,9 +415,11 @@ def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
         "total_params": total,
         "trainable_percent": round(100 * trainable / total, 4),
         "tokens_per_second": round(sum(speeds) / len(speeds), 1) if speeds else None,
-        # tokens trained on in this process (a resumed run counts from its checkpoint): with
-        # train_runtime (the whole run: loading, evaluations, checkpoints) the rate an estimate needs
-        "train_tokens": collator.tokens,
+        # the training split's tokens × the epochs done: with train_runtime (the whole run:
+        # loading, evaluations, checkpoints) the rate an estimate needs (none for a resumed
+        # run, whose runtime covers only its last part)
+        "train_tokens": None if resume else round(sum(len(x) for x in train_set["input_ids"])
+                                                  * (trainer.state.epoch or 0)),
         "precision": precision,
         "packing": packing,
         # attention of packed rows: per example (tuner.packed_attention), or the model's own
