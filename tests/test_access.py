@@ -3,6 +3,7 @@ against the real server, as a stranger's script would (issue 8)."""
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
 
@@ -459,3 +460,22 @@ def test_one_address_cannot_stuff_the_ballot_and_the_reveal_waits(locked, tiny_l
     assert "excluded from" in out["data"][1]
     assert store.ratings_frame(eval_id).empty and len(store.ratings_frame(eval_id, with_excluded=True)) == 6
     assert call(url, _by_api(cfg, "exclude_rater"), [eval_id, "throwaway1", ""])["error"]  # a stranger: refused
+
+
+def test_expected_errors_leave_no_traceback_in_the_server_log(locked, capfd):
+    """Issue 14: bad input is answered with a message, and the server log stays clean."""
+    demo, url, home, store, eval_id, access = locked
+    cfg = config(url)
+    owner = sign_in(url, PASSWORD)
+    capfd.readouterr()
+    answers = []
+    for api in ("export_adapter", "export_merged", "push_to_hub"):
+        fn = _by_api(cfg, api)
+        answers.append(call(url, fn, default_inputs(cfg, fn), cookies=owner))
+    for name in ("on_start", "on_resume", "on_load", "on_generate", "on_export"):
+        fn = next(i for i, f in demo.fns.items() if f.name == name)
+        answers.append(call(url, fn, default_inputs(cfg, fn), cookies=owner))
+    assert all(a["success"] for a in answers), [a for a in answers if not a["success"]]
+    assert all("⚠️" in json.dumps(a["data"], ensure_ascii=False) for a in answers), answers
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err, (out + err)[-2000:]

@@ -103,7 +103,7 @@ def _checked(fn, access: Access, action: bool):
 
     def refuse():
         if action:
-            raise gr.Error(OWNER_ONLY, title="Owner only")
+            raise gr.Error(OWNER_ONLY, title="Owner only", print_exception=False)  # expected: no traceback
         return gr.skip()
 
     if inspect.isasyncgenfunction(fn):

@@ -44,11 +44,12 @@ def _explained(fn):
     try:
         return fn()
     except export.ExportError as exc:
-        raise gr.Error(str(exc)) from None
+        raise gr.Error(str(exc), print_exception=False) from None
     except models.ModelUnavailable as exc:
-        raise gr.Error(str(exc)) from None
+        raise gr.Error(str(exc), print_exception=False) from None
     except OSError as exc:  # disk full, permissions: the export was not kept (built aside, never renamed in)
-        raise gr.Error(f"Export failed writing to disk, nothing was kept: {exc.strerror or exc} "
+        raise gr.Error(print_exception=False, message=f"Export failed writing to disk, nothing was kept: "
+                       f"{exc.strerror or exc} "
                        f"({exc.filename or ''}).") from None
 
 
