@@ -173,39 +173,93 @@ def test_the_row_editor_is_empty_after_add_as_a_new_row(app_url, page):
     expect(page.locator("#edit-turns [data-testid='cell-0-1']")).to_have_text("Second answer")
 
 
+def delete_row_1(page, message):
+    from playwright.sync_api import expect
+
+    page.locator("#edit-row input").fill("1")
+    page.locator("#edit-delete").click()
+    expect(message).to_contain_text("Row 1 deleted")
+
+
+def kept(page, message, label: str, first: str):
+    """The draft with 1 unsaved change to `label` is kept, its first user turn no longer `first`."""
+    from playwright.sync_api import expect
+
+    expect(message).to_contain_text(f"The draft has 1 unsaved change(s) to {label}, so it is kept")
+    expect(page.locator("#dataset-chooser input")).to_have_value(label)
+    expect(page.locator("#dataset-versions")).to_contain_text("1 unsaved change(s)")
+    expect(page.locator("#dataset-table [data-testid='cell-0-1']")).not_to_have_text(first)
+
+
+def dropped(page, message, button: str, done: str):
+    """The discard button, reading "Drop the unsaved changes and `button`", does it: the message
+    says `done` and the button is gone."""
+    from playwright.sync_api import expect
+
+    discard = page.locator("#dataset-discard")
+    expect(discard).to_have_text(f"Drop the unsaved changes and {button}")
+    discard.click()
+    expect(message).to_contain_text(done)
+    expect(discard).to_be_hidden()
+
+
 def test_unsaved_changes_are_kept_when_another_version_is_picked(app_url, page):
     from playwright.sync_api import expect
 
     message = opened(page, app_url)
     chooser = page.locator("#dataset-chooser input")
     expect(chooser).to_have_value("starter: polite_assistant")
-    first_user = page.locator("#dataset-table [data-testid='cell-0-1']")
-    first = first_user.inner_text()
-    page.locator("#edit-row input").fill("1")
-    page.locator("#edit-delete").click()
-    expect(message).to_contain_text("Row 1 deleted")
-    expect(first_user).not_to_have_text(first)
+    first = page.locator("#dataset-table [data-testid='cell-0-1']").inner_text()
+    delete_row_1(page, message)
 
     # another version picked: the draft stays, with a warning and a way to drop it
     tb._pick(page, "dataset-chooser", "starter: company_faq")
-    expect(message).to_contain_text("The draft has 1 unsaved change(s) to starter: polite_assistant, so it is kept")
-    expect(chooser).to_have_value("starter: polite_assistant")
-    expect(page.locator("#dataset-versions")).to_contain_text("1 unsaved change(s)")
-    expect(first_user).not_to_have_text(first)
-    discard = page.locator("#dataset-discard")
-    expect(discard).to_have_text("Drop the unsaved changes and open starter: company_faq")
-    discard.click()
-    expect(message).to_contain_text("rows in company_faq.jsonl")
+    kept(page, message, "starter: polite_assistant", first)
+    dropped(page, message, "open starter: company_faq", "rows in company_faq.jsonl")
     expect(chooser).to_have_value("starter: company_faq")
-    expect(discard).to_be_hidden()
 
     # so is "Start a new, empty dataset" with unsaved changes
-    page.locator("#edit-row input").fill("1")
-    page.locator("#edit-delete").click()
-    expect(message).to_contain_text("Row 1 deleted")
+    delete_row_1(page, message)
     page.locator("#dataset-new").click()
     expect(message).to_contain_text("The draft has 1 unsaved change(s) to starter: company_faq, so it is kept")
-    expect(discard).to_have_text("Drop the unsaved changes and start a new, empty dataset")
-    discard.click()
-    expect(message).to_contain_text("A new, empty dataset")
-    expect(discard).to_be_hidden()
+    dropped(page, message, "start a new, empty dataset", "A new, empty dataset")
+
+
+def test_unsaved_changes_are_kept_when_a_file_is_imported(app_url, page, tmp_path):
+    from playwright.sync_api import expect
+
+    message = opened(page, app_url)
+    first = page.locator("#dataset-table [data-testid='cell-0-1']").inner_text()
+    delete_row_1(page, message)
+
+    # a file uploaded: nothing is imported, the draft stays, with a way to drop it and import
+    path = tmp_path / "plants.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"How often do I water cactus {i}?"},
+                                                     {"role": "assistant", "content": "Rarely."}]}) + "\n"
+                            for i in range(2)), encoding="utf-8")
+    page.locator("#dataset-upload input[type=file]").set_input_files(str(path))
+    kept(page, message, "starter: polite_assistant", first)
+    saved = tmp_path / "home" / "datasets"
+    assert not (saved / "plants.jsonl").exists()
+    dropped(page, message, "import plants.jsonl", "2 rows imported from plants.jsonl")
+    expect(page.locator("#dataset-chooser input")).to_have_value("saved: plants")
+    assert len(tdata.load_jsonl(saved / "plants.jsonl").rows) == 2
+
+    # so is a starter file imported with unsaved changes, after another refusal (its button is replaced)
+    first = page.locator("#dataset-table [data-testid='cell-0-1']").inner_text()
+    delete_row_1(page, message)
+    page.locator("#dataset-new").click()
+    expect(page.locator("#dataset-discard")).to_have_text("Drop the unsaved changes and start a new, empty dataset")
+    page.get_by_text("Import settings").click()
+    tb._pick(page, "starter-file", "customer_support.csv")
+    page.locator("#import-starter").click()
+    kept(page, message, "saved: plants", first)
+    assert not (saved / "customer_support.jsonl").exists()
+    dropped(page, message, "import customer_support.csv", "match no known shape")
+    # its columns want a mapping: nothing was imported, so the draft is still kept; so is it on re-import
+    expect(page.locator("#dataset-versions")).to_contain_text("1 unsaved change(s)")
+    page.locator("#import-again").click()
+    kept(page, message, "saved: plants", first)
+    assert not (saved / "customer_support.jsonl").exists()
+    dropped(page, message, "import customer_support.csv", "rows imported from customer_support.csv (column mapping)")
+    assert (saved / "customer_support.jsonl").exists()

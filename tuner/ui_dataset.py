@@ -212,8 +212,8 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
     draft_state = gr.State(Draft())
     lengths_state = gr.State(None)  # {"key": [...], "lengths": [...]}: token lengths of the draft
     upload_state = gr.State(None)  # the last uploaded file, for importing it again with other settings
-    # {"label", "rev"}: what was refused for the draft's unsaved changes (a version to open, None: a new
-    # dataset), done by the discard button while the draft stays as it was
+    # {"label", "rev", "redo"}: what was refused for the draft's unsaved changes (a version to open, None: a
+    # new dataset; "redo": an import, (kind, args)), done by the discard button while the draft stays as it was
     pending_state = gr.State(None)
     batch_state = gr.State(None)  # {"running": bool}: whether paraphrases are being proposed
 
@@ -356,14 +356,15 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
         text = f"**{len(result.rows)} rows** in `{path.name}` ({label})." + problems_text(result.problems)
         return view(Draft(label, result.rows), text, reset=True)
 
-    def keep_draft(draft: Draft, label: str | None):
+    def keep_draft(draft: Draft, label: str | None, redo=None):
         """Outputs (from the message on, then pending and the discard button) that keep a draft
-        with unsaved changes instead of opening `label` (None: a new, empty dataset)."""
+        with unsaved changes instead of opening `label` (None: a new, empty dataset) or, with
+        `redo` (what, kind, args), instead of an import."""
         where = f"to `{draft.label}`" if draft.label else "(a new dataset)"
-        what = f"open {label}" if label else "start a new, empty dataset"
+        what = redo[0] if redo else f"open {label}" if label else "start a new, empty dataset"
         text = (f"The draft has **{draft.changes} unsaved change(s)** {where}, so it is kept: press *Save as a "
                 f"new version* to keep them, or *Drop the unsaved changes and {what}*.")
-        return (*refused(text, chooser=False), {"label": label, "rev": draft.rev},
+        return (*refused(text, chooser=False), {"label": label, "rev": draft.rev, "redo": redo and redo[1:]},
                 gr.update(visible=True, value=f"Drop the unsaved changes and {what}"))
 
     def on_choose(label, draft: Draft):
@@ -373,14 +374,19 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
         return (gr.update(value=draft.label), *keep_draft(draft, label))
 
     def on_discard(draft: Draft, pending):
-        """Drop the unsaved changes and do what was refused for them."""
+        """Drop the unsaved changes and do what was refused for them (outputs: import_outputs)."""
+        settings = [gr.update()] * len(import_settings)
         if not pending or pending["rev"] != draft.rev:
             return (gr.update(), *refused("The draft has changed since: nothing was dropped; do it again to drop "
                                           "the changes.", chooser=False),
-                    None, gr.update(visible=False))
+                    None, gr.update(visible=False), *settings)
+        if pending.get("redo"):
+            kind, args = pending["redo"]
+            return imported(imports[kind][0](*args))
         if pending["label"] is None:
-            return (gr.update(), *new_view(), None, gr.update(visible=False))
-        return (gr.update(value=pending["label"]), *show(pending["label"]), None, gr.update(visible=False))
+            return (gr.update(), *new_view(), None, gr.update(visible=False), *settings)
+        return (gr.update(value=pending["label"]), *show(pending["label"]), None, gr.update(visible=False),
+                *settings)
 
     def saved(path: Path, text: str):
         """Outputs after a save: the new version chosen and shown."""
@@ -471,6 +477,28 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
     def on_hub(dataset_id, config, split):
         name = (dataset_id or "hub").split("/")[-1]
         return import_table(lambda: imp.read_hub(dataset_id, split or "train", config or None), name)[0]
+
+    # kind → (handler, what it imports from its arguments: None where the handler refuses anyway)
+    imports = {"upload": (on_upload, lambda file: file and Path(file if isinstance(file, str) else file.name).name),
+               "starter": (on_starter_file, lambda name: name or None),
+               "reimport": (on_reimport, lambda path, *_: path and Path(path).name),
+               "hub": (on_hub, lambda dataset_id, *_: dataset_id or None)}
+
+    def imported(out):
+        """An import handler's outputs (the chooser and view, then any import settings) as import_outputs."""
+        n = len(with_chooser)
+        return (*out[:n], None, gr.update(visible=False), *out[n:],
+                *[gr.update()] * (n + len(import_settings) - len(out)))
+
+    def guarded_import(kind: str):
+        """The import `kind`, unless it would replace a draft with unsaved changes, which is kept."""
+        def handler(draft: Draft, *args):
+            name = imports[kind][1](*args)
+            if draft.changes and name:
+                return (gr.update(), *keep_draft(draft, None, (f"import {name}", kind, args)),
+                        *[gr.update()] * len(import_settings))
+            return imported(imports[kind][0](*args))
+        return handler
 
     # --- edit ------------------------------------------------------------------------
     def editor_for(draft: Draft, number):
@@ -700,16 +728,17 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
         event.then(**counts).then(**split_counts_event)
 
     guarded = [pending_state, discard_btn]
+    import_settings = [upload_state, import_box, shape, map_user, map_assistant, map_system, map_meta]
+    import_outputs = [*with_chooser, *guarded, *import_settings]
     then_recount(chooser.input(on_choose, [chooser, draft_state], [*with_chooser, *guarded]))
-    then_recount(discard_btn.click(on_discard, [draft_state, pending_state], [*with_chooser, *guarded]))
+    then_recount(discard_btn.click(on_discard, [draft_state, pending_state], import_outputs))
     # any change of the draft makes a refused pick moot
     draft_state.change(lambda: (None, gr.update(visible=False)), None, guarded, show_progress="hidden")
-    upload_outputs = [*with_chooser, upload_state, import_box, shape, map_user, map_assistant, map_system, map_meta]
-    then_recount(upload.upload(on_upload, upload, upload_outputs))
-    then_recount(starter_button.click(on_starter_file, starter_file, upload_outputs))
-    then_recount(reimport.click(on_reimport, [upload_state, shape, map_user, map_assistant, map_system, map_meta],
-                                with_chooser))
-    then_recount(hub_button.click(on_hub, [hub_id, hub_config, hub_split], with_chooser))
+    for trigger, kind, inputs in (
+            (upload.upload, "upload", [upload]), (starter_button.click, "starter", [starter_file]),
+            (reimport.click, "reimport", [upload_state, shape, map_user, map_assistant, map_system, map_meta]),
+            (hub_button.click, "hub", [hub_id, hub_config, hub_split])):
+        then_recount(trigger(guarded_import(kind), [draft_state, *inputs], import_outputs))
 
     table.select(on_select, draft_state, [row_no, system, turns, meta, check])
     row_no.submit(editor_for, [draft_state, row_no], [row_no, system, turns, meta, check])
