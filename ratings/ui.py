@@ -30,7 +30,7 @@ from tuner.generate import GenSettings, Generator
 from tuner.paths import StorageError
 from tuner.runs import RunManager, run_label
 from tuner.train import read_metrics
-from tuner.ui_access import hf_username, sign_in_available
+from tuner.ui_access import hf_username, request_address, sign_in_available
 from tuner.ui_train import VEGA_LITE, curve_frame, finished_runs, short_label, vega_plot
 
 RUBRIC = ("**Helpfulness, 1–5:** 5 = usable as is · 4 = small edits · 3 = needs work · "
@@ -164,7 +164,7 @@ def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool, se
         # a Hugging Face sign-in (on a Space with hf_oauth) names the rater; else the typed name
         signed_in = hf_username(request)
         known_keys = known_keys if isinstance(known_keys, dict) else {}
-        client = getattr(getattr(request, "client", None), "host", None) or "unknown"
+        client = request_address(request)  # on a Space: the proxy's X-Forwarded-For entry
         try:
             allowed, wait = limits.joins.allow(client)
             if not allowed:

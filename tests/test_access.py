@@ -479,3 +479,72 @@ def test_expected_errors_leave_no_traceback_in_the_server_log(locked, capfd):
     assert all("⚠️" in json.dumps(a["data"], ensure_ascii=False) for a in answers), answers
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err, (out + err)[-2000:]
+
+
+def test_the_gate_holds_against_the_review_findings(locked, monkeypatch):
+    """A security review of the gate (issue 14): forged forwarding headers, the browser's own
+    Sec-Fetch-Site, routes that take uploads, fn_index tricks, unanswered completions."""
+    demo, url, home, store, eval_id, access = locked
+    cfg = config(url)
+    queued = _count_pushes(demo)
+    refresh = next(i for i, f in demo.fns.items() if f.name == "refresh_all")
+    export = _by_api(cfg, "export_adapter")
+    join = {"data": [], "fn_index": refresh, "session_hash": "evil1"}
+    # a page of another site that also sends X-Forwarded-Host naming itself
+    forged = httpx.post(f"{url}/gradio_api/queue/join", json=join,
+                        headers={"Origin": "https://evil.example", "X-Forwarded-Host": "evil.example",
+                                 "X-Forwarded-Proto": "https"})
+    assert forged.status_code == 403
+    # the browser's own word: a cross-site fetch, whatever Origin it claims
+    owner = sign_in(url, PASSWORD)
+    for site in ("cross-site", "same-site"):
+        answer = httpx.post(f"{url}/gradio_api/queue/join", json=join, cookies=owner,
+                            headers={"X-Tuner-CSRF": owner["tuner_csrf"], "Sec-Fetch-Site": site})
+        assert answer.status_code == 403, site
+    # POST routes the app does not take (process_recording would store a stranger's file)
+    for path in ("/gradio_api/process_recording", "/gradio_api/component_server", "/gradio_api/stream/x"):
+        assert httpx.post(f"{url}{path}", files={"video": ("a.mp4", b"x" * 1000, "video/mp4")}).status_code == 403
+    # fn_index as a string, and a public name in the path with an owner fn_index in the body
+    assert httpx.post(f"{url}/gradio_api/queue/join", json={**join, "fn_index": str(export)}).status_code == 422
+    for path in ("/gradio_api/run/rater_refresh", "/gradio_api/api/rater_refresh", "/gradio_api/call/rater_refresh"):
+        answer = httpx.post(f"{url}{path}", json={"data": default_inputs(cfg, export), "fn_index": export})
+        assert answer.status_code == 403 and "Owner only" in answer.text, path
+    # a stranger's page events that never read their stream: a bounded number per session
+    codes = [httpx.post(f"{url}/gradio_api/queue/join", json={**join, "session_hash": "never-reads"}).status_code
+             for _ in range(70)]
+    assert codes.count(200) == 64 and codes[-1] == 429
+    assert queued == []
+    # a body over the cap is refused from its Content-Length, before it is read
+    big = httpx.post(f"{url}/gradio_api/queue/join", content=b"{" + b" " * (17 * 1024 * 1024) + b"}",
+                     headers={"Content-Type": "application/json"})
+    assert big.status_code == 413
+
+
+def test_rate_limits_key_on_the_space_proxys_address_and_hf_sign_in_needs_a_space(monkeypatch):
+    from tuner.ui_access import client_address, sign_in_available
+
+    scope = {"client": ("10.0.0.5", 1234), "headers": [(b"x-forwarded-for", b"6.6.6.6, 203.0.113.9")]}
+    assert client_address(scope) == "10.0.0.5"  # not on a Space: the connection's address
+    monkeypatch.setenv("SPACE_ID", "me/tuner")
+    assert client_address(scope) == "203.0.113.9"  # the proxy's entry, not the sender's "6.6.6.6"
+    monkeypatch.setenv("OAUTH_CLIENT_ID", "x")
+    monkeypatch.delenv("OAUTH_CLIENT_SECRET", raising=False)
+    assert not sign_in_available()  # gradio would sign sessions with a public key
+    monkeypatch.delenv("SPACE_ID")
+    monkeypatch.setenv("OAUTH_CLIENT_SECRET", "y")
+    assert not sign_in_available()  # off a Space gradio mocks the login
+
+
+def test_on_a_space_each_rater_is_counted_by_their_own_address(locked, monkeypatch):
+    """Every request reaches a Space from its proxy: keyed on the connection, the cap of 3
+    names per address would stop the 4th friend. The proxy's X-Forwarded-For entry counts."""
+    demo, url, home, store, eval_id, access = locked
+    cfg = config(url)
+    monkeypatch.setenv("SPACE_ID", "me/tuner")
+    join = _by_api(cfg, "rater_join")
+    answers = []
+    for i in range(5):
+        with httpx.Client(base_url=url, headers={"X-Forwarded-For": f"203.0.113.{i}"}) as friend:
+            answers.append(call(url, join, [eval_id, f"friend{i}", "", {}], session_hash=f"f{i}",
+                                client=friend)["data"][3])
+    assert all("pair 1 of 3" in a for a in answers), answers

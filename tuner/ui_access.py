@@ -90,7 +90,10 @@ def sign_in_available() -> bool:
     import importlib.util
     import os
 
-    return bool(os.environ.get("OAUTH_CLIENT_ID")) and importlib.util.find_spec("authlib") is not None
+    # off a Space, gradio mocks the Hugging Face login (anyone would become this machine's
+    # Hugging Face user) and signs sessions with a public key: only on a Space, with its secret
+    return (bool(os.environ.get("OAUTH_CLIENT_ID")) and bool(os.environ.get("OAUTH_CLIENT_SECRET"))
+            and bool(os.environ.get("SPACE_ID")) and importlib.util.find_spec("authlib") is not None)
 
 
 def request_is_owner(access: Access, request) -> bool:
@@ -317,8 +320,12 @@ def sessions_panel(access: Access) -> None:
 
 
 # --- the gate in front of Gradio ------------------------------------------------------
-JSON_CAP = 64 * 1024 * 1024  # a queue/join body the gate reads to see which handler it calls
+JSON_CAP = 16 * 1024 * 1024  # a queue/join body the gate reads to see which handler it calls (files go to /upload)
+# Gradio's POST routes the page uses; any other POST under /gradio_api is refused (process_recording
+# would take a stranger's upload, and the app records nothing)
+POST_ROUTES = ("/queue/join", "/upload", "/cancel", "/reset", "/run/", "/api/", "/call/")
 QUIET_PER_MINUTE = 600  # a stranger's page events answered without the queue, per address
+QUIET_PENDING = 64  # completions waiting for one session to read its stream
 
 
 def upload_total_cap(env: dict | None = None) -> int:
@@ -357,6 +364,28 @@ def forget_upload(path) -> None:
         pass
 
 
+def client_address(scope) -> str:
+    """Who is asking, for rate limits: on a Hugging Face Space every request comes from its
+    proxy, which appends the real address to X-Forwarded-For (the right-most entry; the ones
+    before it are whatever the sender wrote); elsewhere the connection's address."""
+    forwarded = _header(scope, b"x-forwarded-for") if os.environ.get("SPACE_ID") else None
+    if forwarded and forwarded.split(",")[-1].strip():
+        return forwarded.split(",")[-1].strip()[:64]
+    return (scope.get("client") or ("unknown",))[0] or "unknown"
+
+
+def request_address(request) -> str:
+    """client_address for a gr.Request (a handler's view of the same request)."""
+    inner = getattr(request, "request", None)
+    scope = getattr(inner, "scope", None)
+    if scope is not None:
+        return client_address(scope)
+    headers = getattr(request, "headers", None) or {}
+    host = getattr(getattr(request, "client", None), "host", None) or "unknown"
+    return client_address({"client": (host, 0), "headers": [
+        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in dict(headers).items()]})
+
+
 def _header(scope, name: bytes) -> str | None:
     for key, value in scope.get("headers") or []:
         if key == name:
@@ -377,8 +406,12 @@ class OwnerGate:
     def _foreign(self, scope) -> bool:
         """True when the request says it comes from a page of another origin
         (scheme, host and port; behind a proxy, its X-Forwarded-Host and -Proto)."""
-        hosts = {h.lower() for h in (_header(scope, b"host"), _header(scope, b"x-forwarded-host")) if h}
+        # Host only (and, on a Space, its own address): X-Forwarded-Host is whatever the sender
+        # says, and a page of another site may send it (Gradio's CORS answers any preflight)
+        hosts = {h.lower() for h in (_header(scope, b"host"), os.environ.get("SPACE_HOST")) if h}
         schemes = {s.lower() for s in (scope.get("scheme"), _header(scope, b"x-forwarded-proto")) if s}
+        if (_header(scope, b"sec-fetch-site") or "same-origin").lower() not in ("same-origin", "none"):
+            return True  # the browser itself says the request comes from another origin
 
         def ours(url: str) -> bool:
             try:
@@ -434,14 +467,16 @@ class OwnerGate:
 
     @staticmethod
     async def _read(receive, cap: int) -> bytes | None:
-        body = b""
+        chunks, size = [], 0
         while True:
             message = await receive()
-            body += message.get("body", b"")
-            if len(body) > cap:
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > cap:
                 return None
             if not message.get("more_body"):
-                return body
+                return b"".join(chunks)
 
     @staticmethod
     def _replay(body: bytes):
@@ -456,7 +491,7 @@ class OwnerGate:
         return receive
 
     def _client(self, scope) -> str:
-        return (scope.get("client") or ("unknown",))[0] or "unknown"
+        return client_address(scope)
 
     # -- the owner's sign-in and sign-out
     def _cookie_lines(self, scope, token: str | None) -> list[str]:
@@ -509,6 +544,9 @@ class OwnerGate:
             return await self._answer(send, 429, {"detail": "Too many requests from this address.",
                                                   "error": "Too many requests from this address."})
         queue = self.demo._queue
+        if len(queue.pending_event_ids_session.get(session_hash, ())) >= QUIET_PENDING:
+            return await self._answer(send, 429, {"detail": "Too many unanswered requests.",
+                                                  "error": "Too many unanswered requests."})
         event_id = uuid.uuid4().hex
         async with queue.pending_message_lock:
             if session_hash not in queue.pending_messages_per_session:
@@ -538,30 +576,38 @@ class OwnerGate:
         if method != "POST" or "/gradio_api/" not in path + "/":
             return await self.app(scope, receive, send)
         tail = path.split("/gradio_api", 1)[1]
+        if not any(tail == r or (r.endswith("/") and tail.startswith(r)) for r in POST_ROUTES):
+            return await self._answer(send, 403, {"detail": "Refused: not a route this app takes.",
+                                                  "error": "Refused."})
         if tail == "/upload":
             return await self._upload(scope, receive, send)
-        if tail == "/queue/join":
-            body = await self._read(receive, JSON_CAP)
-            if body is None:
-                return await self._answer(send, 413, {"detail": "Request too large.", "error": "Request too large."})
-            try:
-                parsed = json.loads(body)
-                block_fn = self.demo.fns.get(parsed.get("fn_index"))
-            except (ValueError, AttributeError, TypeError):
-                parsed, block_fn = {}, None
-            if self._owner_only(block_fn) and not self._is_owner(scope):
-                events = {event for _block, event in (block_fn.targets or [])}
-                if events & ACTIONS:
-                    return await self._answer(send, 403, {"detail": OWNER_ONLY, "error": OWNER_ONLY})
-                return await self._quiet(scope, send, block_fn, parsed.get("session_hash"))
-            return await self.app(scope, self._replay(body), send)
-        for prefix in ("/run/", "/call/v2/", "/call/"):
-            if tail.startswith(prefix):
-                name = tail[len(prefix):].split("/", 1)[0]
-                if self._owner_only(self._by_api_name(name)) and not self._is_owner(scope):
-                    return await self._answer(send, 403, {"detail": OWNER_ONLY, "error": OWNER_ONLY})
-                break
-        return await self.app(scope, receive, send)
+        if tail in ("/cancel", "/reset"):
+            return await self.app(scope, receive, send)
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > JSON_CAP:
+            return await self._answer(send, 413, {"detail": "Request too large.", "error": "Request too large."})
+        body = await self._read(receive, JSON_CAP)
+        if body is None:
+            return await self._answer(send, 413, {"detail": "Request too large.", "error": "Request too large."})
+        try:
+            parsed = json.loads(body) if body else {}
+            parsed = parsed if isinstance(parsed, dict) else {}
+        except ValueError:
+            parsed = {}
+        index = parsed.get("fn_index")
+        if index is not None and (isinstance(index, bool) or not isinstance(index, int)):
+            return await self._answer(send, 422, {"detail": "fn_index must be a whole number.",
+                                                  "error": "fn_index must be a whole number."})
+        # the function Gradio will run: the body's fn_index wins over a name in the path
+        name = next((tail[len(p):].split("/", 1)[0] for p in ("/run/", "/api/", "/call/v2/", "/call/")
+                     if tail.startswith(p)), None)
+        block_fn = self.demo.fns.get(index) if index is not None else self._by_api_name(name) if name else None
+        if self._owner_only(block_fn) and not self._is_owner(scope):
+            events = {event for _block, event in (block_fn.targets or [])}
+            if tail != "/queue/join" or events & ACTIONS:
+                return await self._answer(send, 403, {"detail": OWNER_ONLY, "error": OWNER_ONLY})
+            return await self._quiet(scope, send, block_fn, parsed.get("session_hash"))
+        return await self.app(scope, self._replay(body), send)
 
     async def _upload(self, scope, receive, send):
         if not self._is_owner(scope):
