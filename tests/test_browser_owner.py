@@ -60,3 +60,29 @@ def test_owner_signs_in_with_the_password(locked_url, page):  # noqa: F811
     page.context.add_cookies([{**session, "sameSite": "Strict"}, {**cookies["tuner_csrf"], "sameSite": "Strict"}])
     page.reload()
     expect(status).to_contain_text("Owner only", timeout=30_000)
+
+
+def test_inside_another_sites_frame_the_owner_is_told_where_to_sign_in(locked_url, page, tmp_path):  # noqa: F811
+    """On a Space the app is framed by huggingface.co, another site: the browser keeps no
+    SameSite=Strict cookie there, and the sign-in must say so instead of reloading in vain."""
+    import http.server
+    import threading
+
+    from playwright.sync_api import expect
+
+    from test_browser import _free_port
+
+    port = _free_port()
+    framed = locked_url  # the app, on 127.0.0.1
+    (tmp_path / "index.html").write_text(f'<iframe id="app" src="{framed}" width="1200" height="1200"></iframe>')
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page.goto(f"http://localhost:{port}/index.html")  # "localhost" is another site than "127.0.0.1"
+        app = page.frame_locator("#app")
+        app.locator("#owner-password input").fill(PASSWORD)
+        app.locator("#owner-sign-in").click()
+        expect(app.locator("#owner-status")).to_contain_text("Open this app at its own address")
+    finally:
+        server.shutdown()

@@ -213,10 +213,15 @@ async (password) => {
     headers: {'Content-Type': 'application/json'}, body: JSON.stringify({password: password || ''})});
   let body = {};
   try { body = await answer.json(); } catch (e) {}
+  if (answer.ok && !document.cookie.includes('%s=')) {
+    // the browser refused the cookies: a page framed by another site (the huggingface.co Space page)
+    return '⚠️ The password is right, but this browser keeps no sign-in cookie inside a page of another ' +
+      'site. Open this app at its own address (' + location.origin + ') and sign in there.';
+  }
   if (answer.ok) { setTimeout(() => location.reload(), 50); return 'Signed in; reloading…'; }
   return '⚠️ ' + (body.error || ('Sign-in failed (HTTP ' + answer.status + ')'));
 }
-""" % (_ROOT_JS, SIGN_IN_PATH)
+""" % (_ROOT_JS, SIGN_IN_PATH, CSRF_COOKIE)
 
 SIGN_OUT_JS = """
 async () => {
