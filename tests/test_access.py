@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -271,7 +272,7 @@ def test_strangers_cannot_upload_and_the_owner_is_capped(locked, monkeypatch):
     """Issue 14.3: raters never upload; the owner's uploads are capped per request and in total."""
     demo, url, home, store, eval_id, access = locked
     owner = sign_in(url, PASSWORD)
-    cache = __import__("pathlib").Path(demo.GRADIO_CACHE)
+    cache = Path(demo.GRADIO_CACHE)
     before = sorted(p for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
     files = [("files", (f"big{i}.jsonl", b"x" * 1024, "application/json")) for i in range(3)]
     stranger = httpx.post(f"{url}/gradio_api/upload", files=files)

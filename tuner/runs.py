@@ -189,9 +189,8 @@ def stopped_at(run_dir: Path) -> dict:
     return {"step": step, "checkpoint": int(checkpoint.name.split("-")[1]) if checkpoint else None}
 
 
-def resume_hint(record: dict) -> str:
-    """One line for a run that stopped early: where, and what Resume will do."""
-    where = record.get("stopped_at") or {}
+def resume_hint(where: dict) -> str:
+    """One line for a run that stopped early (`where`: its stopped_at): where, and what Resume will do."""
     step = f"at step {where['step']}" if where.get("step") is not None else "before its first step"
     if where.get("checkpoint") is not None:
         return (f"stopped {step}; its last checkpoint is step {where['checkpoint']}: pick it under Runs and press "
@@ -303,8 +302,6 @@ class RunManager:
             if record.get("status") in ("running", "starting") and record["run_id"] != live \
                     and not still_running(record):
                 record["status"] = "interrupted"
-            if record.get("status") in ("interrupted", "stopped", "failed"):
-                record["stopped_at"] = stopped_at(Path(record["path"]))
         return records
 
     def idle_line(self) -> str:
@@ -312,7 +309,8 @@ class RunManager:
         newest run if a restart (or a kill) interrupted it, else "No run yet."."""
         records = self.runs()
         if records and records[0].get("status") == "interrupted":
-            return f"Run {records[0]['run_id']} was interrupted: {resume_hint(records[0])}"
+            where = stopped_at(Path(records[0]["path"]))
+            return f"Run {records[0]['run_id']} was interrupted: {resume_hint(where)}"
         return "No run yet." if not records else f"No run in progress · last run {records[0]['run_id']}: " \
             f"{records[0].get('status', '')}"
 

@@ -34,7 +34,6 @@ import functools
 import inspect
 import json
 import os
-import tempfile
 import uuid
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -359,7 +358,9 @@ def forget_upload(path) -> None:
     if not path:
         return
     try:
-        cache = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+        from gradio.utils import get_upload_folder  # where gradio keeps uploads (GRADIO_TEMP_DIR)
+
+        cache = Path(get_upload_folder())
         target = Path(path).resolve()
         if target.is_file() and target.is_relative_to(cache.resolve()):
             target.unlink()
@@ -484,7 +485,7 @@ class OwnerGate:
                 return b"".join(chunks)
 
     @staticmethod
-    def _replay(body: bytes):
+    def _replay(body: bytes, original):
         sent = False
 
         async def receive():
@@ -492,7 +493,7 @@ class OwnerGate:
             if not sent:
                 sent = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            return {"type": "http.disconnect"}
+            return await original()  # after the body: the connection's own messages (a disconnect)
         return receive
 
     def _client(self, scope) -> str:
@@ -612,7 +613,7 @@ class OwnerGate:
             if tail != "/queue/join" or events & ACTIONS:
                 return await self._answer(send, 403, {"detail": OWNER_ONLY, "error": OWNER_ONLY})
             return await self._quiet(scope, send, block_fn, parsed.get("session_hash"))
-        return await self.app(scope, self._replay(body), send)
+        return await self.app(scope, self._replay(body, receive), send)
 
     async def _upload(self, scope, receive, send):
         if not self._is_owner(scope):
@@ -623,7 +624,9 @@ class OwnerGate:
             return await self._answer(send, 411, {"detail": "An upload needs a Content-Length."})
         if int(length) > self.max_upload + 64 * 1024:
             return await self._answer(send, 413, {"detail": f"Uploads are limited to {max_upload()} a request."})
-        cache = Path(getattr(self.demo, "GRADIO_CACHE", "") or ".")
+        from gradio.utils import get_upload_folder
+
+        cache = Path(get_upload_folder())
         if folder_bytes(cache) + int(length) > self.upload_cap:
             return await self._answer(send, 507, {"detail": "The upload folder is full: finish or remove earlier "
                                                             "uploads (they are deleted once read)."})

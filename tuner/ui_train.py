@@ -14,7 +14,7 @@ from tuner import data as tdata
 from tuner import models, recipes, ui_access
 from tuner.config import METHODS, PRECISIONS, SCHEDULERS, TrainConfig
 from tuner.estimate import describe, estimate, module_choices
-from tuner.runs import FINISHED, RunBusy, RunManager, clock, resume_hint, run_label
+from tuner.runs import FINISHED, RunBusy, RunManager, RunState, clock, resume_hint, run_label, stopped_at
 from tuner.train import check_machine, read_metrics
 
 # The config fields the tab edits, in the order of its inputs.
@@ -141,11 +141,13 @@ def runs_frame(manager: RunManager | None) -> pd.DataFrame:
     for run in manager.runs() if manager is not None else []:
         s = run.get("summary") or {}
         c = run.get("config", {})
-        where = run.get("stopped_at") or {}
+        # where an unfinished run got to: read from its folder for those rows only (runs()
+        # is on every estimate's path, this is not)
+        where = stopped_at(Path(run["path"])) if run.get("status") in ("interrupted", "stopped", "failed") else {}
         steps = s.get("global_step", where.get("step") if where.get("step") is not None else "")
         message = run.get("message", "")
         if run.get("status") == "interrupted":
-            message = " ".join(filter(None, [message, resume_hint(run)]))
+            message = " ".join(filter(None, [message, resume_hint(where)]))
         rows.append([run["run_id"], c.get("run_name", ""), run.get("status", ""), c.get("method", "lora"),
                      Path(c.get("dataset", "")).name,
                      steps, _round(s.get("final_loss")), _round(s.get("best_eval_loss")),
@@ -280,8 +282,7 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
     message = gr.Markdown(elem_id="train-message")
     # built empty (a running run's id is the owner's); the timer's first tick fills them
-    idle = manager.snapshot().__class__()
-    bar = gr.HTML(progress_html(idle), elem_id="train-progress-bar")
+    bar = gr.HTML(progress_html(RunState()), elem_id="train-progress-bar")
     progress = gr.Markdown("", elem_id="train-progress")
     with gr.Row():
         chart = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss",
