@@ -61,8 +61,8 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
         with gr.Tabs():
             with gr.Tab("Dataset", id="dataset"):
                 chooser, (show_dataset, dataset_outputs) = tuner_ui.dataset_tab(layout.datasets, picker, layout.models, generator)
-            with gr.Tab("Train", id="train"):
-                modules, estimate = ui_train.train_tab(trainer, layout.datasets, picker, chooser)
+            with gr.Tab("Train", id="train") as train:
+                modules, estimate = ui_train.train_tab(trainer, layout.datasets, picker, chooser, train)
             with gr.Tab("Compare", id="compare") as compare:
                 refresh_compare, load_compare, compare_outputs = ratings_ui.compare_tab(trainer, generator, store, rng, secret, limits)
             with gr.Tab("Playground", id="playground") as playground:

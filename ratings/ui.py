@@ -30,7 +30,7 @@ from tuner.generate import GenSettings, Generator
 from tuner.paths import StorageError
 from tuner.runs import RunManager, run_label
 from tuner.train import read_metrics
-from tuner.ui_access import hf_username, request_address, sign_in_available
+from tuner.ui_access import forget_upload, hf_username, request_address, sign_in_available
 from tuner.ui_train import VEGA_LITE, curve_frame, finished_runs, short_label, vega_plot
 
 RUBRIC = ("**Helpfulness, 1–5:** 5 = usable as is · 4 = small edits · 3 = needs work · "
@@ -268,6 +268,7 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
     upload = gr.File(label="CSV (prompt, and optional id, task, reference, category) or JSONL",
                      file_types=[".csv", ".jsonl"], elem_id="eval-upload", visible=False)
     upload_note = gr.Markdown(elem_id="eval-upload-note")
+    uploaded = gr.State(None)  # the prompts read from the upload
     with gr.Accordion("Generation settings, keyword rules, invite code", open=False):
         with gr.Row():
             defaults = GenSettings()
@@ -309,14 +310,14 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
     def on_refresh():
         return gr.update(choices=finished_runs(trainer))
 
-    def items_for(kind, chosen_runs, text, file):
+    def items_for(kind, chosen_runs, text, uploaded_items):
         if kind.startswith("held-out"):
             return evalsets.from_run(trainer.get(chosen_runs[0]))
         if kind == "typed prompts":
             return evalsets.from_lines(text)
-        if file is None:
+        if not uploaded_items:  # read from the upload by its preview (the file is deleted once read)
             raise ValueError("Upload a CSV or JSONL file of prompts first.")
-        return evalsets.from_file(Path(file if isinstance(file, str) else file.name))
+        return uploaded_items
 
     def on_runs(chosen_runs, current_checks):
         """The first run's dataset recipe fills an empty checks box; what the owner typed stays."""
@@ -330,13 +331,13 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
             recipe = None
         return gr.update(value="\n".join(recipe.checks)) if recipe and recipe.checks else gr.update()
 
-    def on_generate(title, chosen_runs, kind, text, file, max_new_tokens, temp, p, rep, seed_, batch_size,
+    def on_generate(title, chosen_runs, kind, text, uploaded_items, max_new_tokens, temp, p, rep, seed_, batch_size,
                     rules_text, tag_, code, checks_text, no_code_=False, reveal_=None, progress_bar=gr.Progress()):
         keep = gr.update()
         try:
             picked = [trainer.get(r) for r in (chosen_runs or [])]
             base_model, variants = variants_for([r for r in picked if r])
-            items = items_for(kind, chosen_runs, text, file)
+            items = items_for(kind, chosen_runs, text, uploaded_items)
             checks = [c.text for c in rchecks.parse_checks(checks_text)]
             tokens = int(max_new_tokens or 0) or default_max_new_tokens(items, [r for r in picked if r])
             settings = GenSettings(max_new_tokens=tokens, temperature=float(temp), top_p=float(p),
@@ -373,28 +374,31 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
                 rchecks.display(check.table), rchecks.display_paired(check.paired))
 
     def on_upload_preview(file):
-        """How many prompts the file gives, with what, and the first one: before Generate."""
+        """How many prompts the file gives, with what, and the first one: before Generate.
+        The prompts are kept for Generate and the uploaded file is deleted at once."""
         if file is None:
-            return ""
+            return "", None
         path = Path(file if isinstance(file, str) else file.name)
         try:
             items = evalsets.from_file(path)
         except (ValueError, OSError) as exc:
-            return f"⚠️ {exc}"
+            return f"⚠️ {exc}", None
+        finally:
+            forget_upload(path)
         with_ref = sum(1 for i in items if i.get("reference"))
         categories = sorted({i["category"] for i in items if i.get("category")})
         first = items[0]["text"] if items else ""
         return (f"**{len(items)} prompts** in `{path.name}`: {with_ref} with a reference answer"
                 + (f", categories {', '.join(categories[:8])}{' …' if len(categories) > 8 else ''}" if categories
-                   else "") + (f". First: “{first[:120]}{'…' if len(first) > 120 else ''}”" if first else "."))
+                   else "") + (f". First: “{first[:120]}{'…' if len(first) > 120 else ''}”" if first else ".")), items
 
-    upload.change(on_upload_preview, upload, upload_note)
+    upload.change(on_upload_preview, upload, [upload_note, uploaded])
     refresh.click(on_refresh, None, runs)
     source.change(lambda kind: (gr.update(visible=kind == "typed prompts"), gr.update(visible=kind == "uploaded file"),
                                 gr.update(visible=kind == "uploaded file")),
                   source, [typed, upload, upload_note])
     runs.change(on_runs, [runs, checks_box], checks_box)
-    generate.click(on_generate, [name, runs, source, typed, upload, max_new, temperature, top_p, penalty, seed,
+    generate.click(on_generate, [name, runs, source, typed, uploaded, max_new, temperature, top_p, penalty, seed,
                                  batch, rules, tag, invite, checks_box, no_code, reveal_choice],
                    [message, preview, rate_eval, check_group, check_table, check_paired])
 

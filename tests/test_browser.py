@@ -110,7 +110,8 @@ def test_whole_loop_in_the_browser(app_url, page):
     page.get_by_label("Eval every N steps").fill("2")
     page.get_by_label("Eval every N steps").press("Tab")
     # what Start trains is named beside it
-    expect(page.locator("#train-what")).to_contain_text(re.compile(r"Start trains .+ \(chosen on the Dataset tab\)"))
+    expect(page.locator("#train-what")).to_contain_text("Start trains starter: polite_assistant on")
+    expect(page.locator("#train-dataset input")).to_have_value("starter: polite_assistant")
     page.locator("#train-run-name input, #train-run-name textarea").first.fill("browser run")
     page.locator("#train-start").click()
     expect(page.locator("#train-message")).to_contain_text("Started run")

@@ -43,3 +43,30 @@ def test_recommended_settings_are_offered_then_applied_on_request_and_suggest_ex
     message = page.locator("#train-message")
     expect(message).to_contain_text(re.compile(r"Suggested: 26 rows of longer replies in a style or format"))
     expect(page.get_by_label("number input for Epochs")).to_have_value("8")
+
+
+def test_the_train_tab_has_its_own_dataset_picker_beside_start(app_url, page, tmp_path):
+    """Issue 14: Start trained whatever the Dataset tab showed, with no picker of its own."""
+    from playwright.sync_api import expect
+
+    page.goto(app_url)
+    expect(page.locator("#dataset-message")).to_contain_text("26 rows")
+    page.get_by_role("tab", name="Train").click()
+    here = page.locator("#train-dataset input")
+    expect(here).to_have_value("starter: polite_assistant")  # follows the Dataset tab's choice
+    tb._pick(page, "train-dataset", "starter: formal_email")
+    what = page.locator("#train-what")
+    expect(what).to_contain_text("Start trains starter: formal_email (the Dataset tab shows "
+                                 "starter: polite_assistant)")
+    expect(page.locator("#train-recipe")).to_contain_text("Recommended for this dataset")
+    page.get_by_label("Max steps (-1: use epochs)").fill("1")
+    page.get_by_label("Max steps (-1: use epochs)").press("Tab")
+    page.locator("#train-start").click()
+    expect(page.locator("#train-message")).to_contain_text("on formal_email.jsonl")
+    expect(page.locator("#train-message")).to_contain_text(re.compile(r"Run \S+ completed"), timeout=120_000)
+    # a choice on the Dataset tab is followed again
+    page.get_by_role("tab", name="Dataset").click()
+    tb._pick(page, "dataset-chooser", "starter: company_faq")
+    page.get_by_role("tab", name="Train").click()
+    expect(here).to_have_value("starter: company_faq")
+    expect(what).to_contain_text(re.compile(r"Start trains starter: company_faq on \S"))

@@ -24,6 +24,7 @@ from tuner import shaping as sh
 from tuner.config import TrainConfig
 from tuner.generate import GenSettings, Generator
 from tuner.paths import StorageError
+from tuner.ui_access import forget_upload
 
 TABLE_COLUMNS = ["#", "user", "assistant", "turns", "metadata"]
 TABLE_WIDTHS = ["5%", "35%", "40%", "6%", "14%"]
@@ -211,7 +212,9 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
                          max_height=420, max_chars=300, column_widths=TABLE_WIDTHS)
     draft_state = gr.State(Draft())
     lengths_state = gr.State(None)  # {"key": [...], "lengths": [...]}: token lengths of the draft
-    upload_state = gr.State(None)  # the last uploaded file, for importing it again with other settings
+    # the last uploaded file, for importing it again with other settings: deleted when the next
+    # one arrives, when it is cleared, and when the session ends
+    upload_state = gr.State(None, delete_callback=forget_upload)
     # {"label", "rev", "redo"}: what was refused for the draft's unsaved changes (a version to open, None: a
     # new dataset; "redo": an import, (kind, args)), done by the discard button while the draft stays as it was
     pending_state = gr.State(None)
@@ -441,12 +444,15 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
                 gr.update(choices=[NO_COLUMN, *columns], value=guess.system if guess and guess.system else NO_COLUMN),
                 gr.update(choices=columns, value=[]))
 
-    def on_upload(file):
+    def on_upload(file, previous=None):
         """Import a file as it comes (its shape detected); one that no shape fits
-        opens the settings with *custom mapping* and a guessed mapping."""
+        opens the settings with *custom mapping* and a guessed mapping. The upload
+        before it (`previous`) is deleted: only the last one can be imported again."""
         if file is None:
             return (*[gr.update()] * (len(view_outputs) + 1), None, *[gr.update()] * 6)
         path = Path(file if isinstance(file, str) else file.name)
+        if previous and Path(previous) != path:
+            forget_upload(previous)
         out, columns, ok = import_table(lambda: imp.read_file(path), path.stem)
         unknown = bool(columns) and not ok and imp.detect_shape(columns) is None
         guess = imp.suggest_mapping(columns) if unknown else None
@@ -458,10 +464,10 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
         return (*out, str(path), gr.update() if ok else gr.update(open=True),
                 gr.update(value="custom mapping") if unknown else gr.update(), *mapping_choices(columns))
 
-    def on_starter_file(name):
+    def on_starter_file(name, previous=None):
         if not name:
             return (*refused("Choose a starter file first."), *[gr.update()] * 7)
-        return on_upload(str(tdata.STARTER_DATASETS / name))
+        return on_upload(str(tdata.STARTER_DATASETS / name), previous)
 
     def on_reimport(path, shape_name, user, assistant, system_col, meta_cols):
         if not path:
@@ -479,8 +485,8 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
         return import_table(lambda: imp.read_hub(dataset_id, split or "train", config or None), name)[0]
 
     # kind → (handler, what it imports from its arguments: None where the handler refuses anyway)
-    imports = {"upload": (on_upload, lambda file: file and Path(file if isinstance(file, str) else file.name).name),
-               "starter": (on_starter_file, lambda name: name or None),
+    imports = {"upload": (on_upload, lambda file, *_: file and Path(file if isinstance(file, str) else file.name).name),
+               "starter": (on_starter_file, lambda name, *_: name or None),
                "reimport": (on_reimport, lambda path, *_: path and Path(path).name),
                "hub": (on_hub, lambda dataset_id, *_: dataset_id or None)}
 
@@ -735,11 +741,13 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
     # any change of the draft makes a refused pick moot
     draft_state.change(lambda: (None, gr.update(visible=False)), None, guarded, show_progress="hidden")
     for trigger, kind, inputs in (
-            (upload.upload, "upload", [upload]), (starter_button.click, "starter", [starter_file]),
+            (upload.upload, "upload", [upload, upload_state]),
+            (starter_button.click, "starter", [starter_file, upload_state]),
             (reimport.click, "reimport", [upload_state, shape, map_user, map_assistant, map_system, map_meta]),
             (hub_button.click, "hub", [hub_id, hub_config, hub_split])):
         then_recount(trigger(guarded_import(kind), [draft_state, *inputs], import_outputs))
 
+    upload.clear(lambda previous: forget_upload(previous), upload_state, upload_state)
     table.select(on_select, draft_state, [row_no, system, turns, meta, check])
     row_no.submit(editor_for, [draft_state, row_no], [row_no, system, turns, meta, check])
     gr.on([system.change, turns.change, meta.change], on_check, [system, turns, meta], check,

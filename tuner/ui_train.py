@@ -212,7 +212,8 @@ def progress_html(state) -> str:
             f'<div style="width:{100 * share:.1f}%;height:100%;background:#e8590c"></div></div>')
 
 
-def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown, dataset_chooser: gr.Dropdown):
+def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown, dataset_chooser: gr.Dropdown,
+              tab: gr.Tab | None = None):
     d = TrainConfig()
     methods = [m for m in METHODS if m != "qlora" or cuda_available()]
     with gr.Row():
@@ -273,9 +274,13 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
         use_recipe = gr.Button("Use recommended settings", elem_id="train-recipe-use", scale=0)
         suggest = gr.Button("Suggest settings", elem_id="train-suggest", scale=0)
     estimate_md = gr.Markdown(elem_id="train-estimate")
-    # what Start trains, in words beside it (the dataset is chosen on the Dataset tab)
+    # what Start trains, in words beside it
     what = gr.Markdown(elem_id="train-what")
     with gr.Row():
+        # its own picker beside Start: it follows the Dataset tab's choice, and can differ from it
+        # (built empty: saved datasets' names are the owner's)
+        dataset = gr.Dropdown([], allow_custom_value=True, label="Dataset to train", scale=2,
+                              elem_id="train-dataset")
         run_name = gr.Textbox(label="Run name (optional; shown in every table, chart and export)", scale=2,
                               max_length=60, placeholder="e.g. polite r16 lr5e-4", elem_id="train-run-name")
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
@@ -340,7 +345,9 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
     def build(model_name, dataset_label, values, run_name: str = "") -> TrainConfig:
         path = tdata.available(datasets_dir).get(dataset_label)
         if path is None:
-            raise ValueError("Pick a dataset in the Dataset tab first.")
+            raise ValueError(f"There is no dataset {str(dataset_label or '')[:80]!r}: pick one in *Dataset to "
+                             "train* (beside Start) or on the Dataset tab." if dataset_label else
+                             "Pick a dataset to train first (beside Start, or on the Dataset tab).")
         return config_from(model_name, str(path), values, run_name)
 
     def on_estimate(model_name, dataset_label, *values):
@@ -388,7 +395,8 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
     def on_suggest(model_name, dataset_label):
         path = tdata.available(datasets_dir).get(dataset_label)
         if path is None:
-            return ["⚠️ Pick a dataset in the Dataset tab first.", gr.update()] + [gr.update()] * len(FIELDS)
+            return ["⚠️ Pick a dataset to train first (beside Start, or on the Dataset tab).",
+                    gr.update()] + [gr.update()] * len(FIELDS)
         try:
             rows = tdata.load_jsonl(path).rows
             try:
@@ -413,10 +421,17 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
         return (f"Started run `{run_id}`{named} on `{Path(config.dataset).name}`." + small_split_warning(config),
                 progress_html(state), state.progress_line(time.time()))
 
-    def on_what(model_name, dataset_label):
+    def on_what(model_name, dataset_label, shown_label):
         if not dataset_label:
-            return "Start trains the dataset chosen on the **Dataset** tab (none chosen yet)."
-        return f"Start trains **{dataset_label}** (chosen on the Dataset tab) on **{model_name or '?'}**."
+            return "Pick the dataset Start trains in *Dataset to train*, below (or on the **Dataset** tab)."
+        elsewhere = "" if dataset_label == shown_label else f" (the Dataset tab shows **{shown_label}**)"
+        return f"Start trains **{dataset_label}**{elsewhere} on **{model_name or '?'}**."
+
+    def follow(shown_label, current=None):
+        """The datasets as they are now; the Dataset tab's choice, or else the one kept here."""
+        names = list(tdata.available(datasets_dir))
+        value = shown_label if shown_label in names else (current if current in names else None)
+        return gr.update(choices=names, value=value)
 
     def on_stop():
         return "Stopping after the current step…" if manager.stop() else "No run is in progress."
@@ -496,15 +511,18 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
     preset.input(on_preset, [model_picker, preset, targets], targets)
     targets.input(lambda: "custom", None, preset)
     method.change(on_method, method, [lora_box, prompt_box])
-    for component in [model_picker, dataset_chooser] + inputs:
-        component.change(on_estimate, [model_picker, dataset_chooser] + inputs, estimate_md)
-    for component in (model_picker, dataset_chooser):
-        component.change(on_recipe, [model_picker, dataset_chooser], recipe_md)
-    use_recipe.click(on_use_recipe, dataset_chooser, [message, preset] + inputs)
-    suggest.click(on_suggest, [model_picker, dataset_chooser], [message, preset] + inputs)
-    start.click(on_start, [model_picker, dataset_chooser, run_name] + inputs, [message, bar, progress])
-    for component in (model_picker, dataset_chooser):
-        component.change(on_what, [model_picker, dataset_chooser], what)
+    dataset_chooser.change(follow, [dataset_chooser, dataset], dataset)
+    if tab is not None:  # a version saved meanwhile is offered when the tab is opened
+        tab.select(lambda here: follow(here, here), dataset, dataset)
+    for component in [model_picker, dataset] + inputs:
+        component.change(on_estimate, [model_picker, dataset] + inputs, estimate_md)
+    for component in (model_picker, dataset):
+        component.change(on_recipe, [model_picker, dataset], recipe_md)
+    use_recipe.click(on_use_recipe, dataset, [message, preset] + inputs)
+    suggest.click(on_suggest, [model_picker, dataset], [message, preset] + inputs)
+    start.click(on_start, [model_picker, dataset, run_name] + inputs, [message, bar, progress])
+    for component in (model_picker, dataset, dataset_chooser):
+        component.change(on_what, [model_picker, dataset, dataset_chooser], what)
     stop.click(on_stop, None, message)
     resume.click(on_resume, picked, message)
     load_settings.click(on_load, picked, [message] + inputs)
@@ -512,7 +530,7 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
     export.click(on_export, picked, [message, exported])
     timer.tick(on_tick, [seen_status, seen_rows],
                [bar, progress, chart, lr_chart, runs, picked, summary, message, seen_status, seen_rows])
-    return (on_model, [model_picker, preset], targets), (on_estimate, [model_picker, dataset_chooser] + inputs,
+    return (on_model, [model_picker, preset], targets), (on_estimate, [model_picker, dataset] + inputs,
                                                           estimate_md)
 
 
