@@ -16,11 +16,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from ratings import ui as ratings_ui
 from ratings.store import Store
 from tuner import models
-from tuner import ui as tuner_ui
-from tuner import ui_access, ui_export, ui_train
+from tuner.ui import access as ui_access
+from tuner.ui import compare, dataset, export, playground, rate, results, train, widgets
 from tuner.access import Access, Sessions, app_secret
 from tuner.generate import Generator
 from tuner.paths import Layout, data_root, max_upload
@@ -50,27 +49,27 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
     if access.sessions.path is None:  # the owner's sessions outlive a restart, hashed, in the data root
         access.sessions = Sessions(layout.root / "owner_sessions.db")
     access.csrf_key = hashlib.sha256(f"csrf:{secret}".encode()).digest()
-    limits = ratings_ui.RaterLimits()
+    limits = rate.RaterLimits()
 
     # uploads (and files handed out for download) older than an hour are deleted every
     # ten minutes; the gate caps what the upload folder may hold meanwhile
     with gr.Blocks(title="Tuner", analytics_enabled=False, delete_cache=UPLOAD_LIFETIME) as demo:
         gr.Markdown("# Tuner\nBuild a dataset, fine-tune with LoRA, then rate base and fine-tuned replies blind.")
         owner_status = ui_access.owner_bar(access)
-        picker, _status, default_picked = tuner_ui.model_picker(layout.models, default_model)
+        picker, _status, default_picked = widgets.model_picker(layout.models, default_model)
         with gr.Tabs():
             with gr.Tab("Dataset", id="dataset"):
-                chooser, (show_dataset, dataset_outputs) = tuner_ui.dataset_tab(layout.datasets, picker, layout.models, generator)
-            with gr.Tab("Train", id="train") as train:
-                modules, estimate = ui_train.train_tab(trainer, layout.datasets, picker, chooser, train)
-            with gr.Tab("Compare", id="compare") as compare:
-                refresh_compare, load_compare, compare_outputs = ratings_ui.compare_tab(trainer, generator, store, rng, secret, limits)
-            with gr.Tab("Playground", id="playground") as playground:
-                refresh_playground, playground_outputs = ratings_ui.playground_tab(trainer, generator)
-            with gr.Tab("Results", id="results") as results:
-                show_results, results_eval, results_outputs = ratings_ui.results_tab(store, trainer)
+                chooser, (show_dataset, dataset_outputs) = dataset.dataset_tab(layout.datasets, picker, layout.models, generator)
+            with gr.Tab("Train", id="train") as train_page:
+                modules, estimate = train.train_tab(trainer, layout.datasets, picker, chooser, train_page)
+            with gr.Tab("Compare", id="compare") as compare_page:
+                refresh_compare, load_compare, compare_outputs = compare.compare_tab(trainer, generator, store, rng, secret, limits)
+            with gr.Tab("Playground", id="playground") as playground_page:
+                refresh_playground, playground_outputs = playground.playground_tab(trainer, generator)
+            with gr.Tab("Results", id="results") as results_page:
+                show_results, results_eval, results_outputs = results.results_tab(store, trainer)
             with gr.Tab("Export", id="export"):
-                export_runs = ui_export.export_panel(trainer, layout)
+                export_runs = export.export_panel(trainer, layout)
         # a page load (or reload, or a second browser) sees what exists now, not
         # what existed when the app was built
         if owner_status:
@@ -78,25 +77,25 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
         # the owner's components are built empty (a stranger reads /config); these
         # guarded handlers fill them for the owner
         demo.load(default_picked, picker, picker).then(*modules).then(*estimate)
-        demo.load(tuner_ui.refresh_datasets_fn(layout.datasets), chooser, chooser).then(
+        demo.load(dataset.refresh_datasets_fn(layout.datasets), chooser, chooser).then(
             show_dataset, chooser, dataset_outputs)
         demo.load(load_compare, None, compare_outputs)
         demo.load(*export_runs)
-        compare.select(refresh_compare, None, compare_outputs)
-        playground.select(refresh_playground, None, playground_outputs)
-        results.select(show_results, results_eval, results_outputs)
+        compare_page.select(refresh_compare, None, compare_outputs)
+        playground_page.select(refresh_playground, None, playground_outputs)
+        results_page.select(show_results, results_eval, results_outputs)
     # The raters' page: a second page on the same server with only the rating
     # view. (A route is not access control: the guard below is.)
     with demo.route("Rate", "/rate", show_in_navbar=False):
-        refresh_rater, rater_eval = ratings_ui.raters_page(store, rng, secret, limits)
+        refresh_rater, rater_eval = rate.raters_page(store, rng, secret, limits)
         demo.load(refresh_rater, None, rater_eval, api_name="rater_refresh")
     # Owner-only by default: every handler outside the raters' page checks the
-    # request on the server (see tuner/ui_access.py).
+    # request on the server (see tuner/ui/access.py).
     ui_access.guard(demo, access)
     # ...and a gate in front of Gradio's routes refuses other sites' requests, a
     # stranger's owner calls before the queue, and a stranger's uploads.
     # (launch() also gets the page's <head>: the rating keys and the anti-forgery header)
-    ui_access.install(demo, access, head=ratings_ui.KEYS_JS + ui_access.CSRF_JS, css=ratings_ui.CSS)
+    ui_access.install(demo, access, head=rate.KEYS_JS + ui_access.CSRF_JS, css=results.CSS)
     return demo
 
 

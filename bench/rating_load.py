@@ -40,7 +40,7 @@ from gradio_http import call, call_as_page, config, default_inputs  # noqa: E402
 from ratings.store import Store  # noqa: E402
 from tuner import tiny  # noqa: E402
 from tuner.paths import STARTER_DATASETS, Layout  # noqa: E402
-from tuner.ui_train import FIELDS  # noqa: E402
+from tuner.ui.train import FIELDS  # noqa: E402
 
 PASSWORD = "bench-owner-password"
 

@@ -1,4 +1,4 @@
 """Blind ratings: SQLite store, pairing, statistics, and their tabs.
 
-Only `ratings/ui.py` imports gradio.
+Nothing here imports gradio: the rating views are in `tuner/ui/` (rate, compare, results).
 """

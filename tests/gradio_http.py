@@ -30,7 +30,7 @@ def _client(url: str, cookies: dict | None, timeout: float, client: httpx.Client
 
 def page_headers(cookies: dict | None) -> dict:
     """What the app's own page adds to its requests: the session's anti-forgery
-    header, read from the readable tuner_csrf cookie (tuner.ui_access.CSRF_JS)."""
+    header, read from the readable tuner_csrf cookie (tuner.ui.access.CSRF_JS)."""
     token = (cookies or {}).get("tuner_csrf")
     return {"X-Tuner-CSRF": token} if token else {}
 

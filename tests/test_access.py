@@ -293,7 +293,7 @@ def test_strangers_cannot_upload_and_the_owner_is_capped(locked, monkeypatch):
 
 def _gate(demo):
     """The OwnerGate instance in the running app's middleware stack."""
-    from tuner.ui_access import OwnerGate
+    from tuner.ui.access import OwnerGate
 
     layer = demo.app.middleware_stack
     while layer is not None and not isinstance(layer, OwnerGate):
@@ -522,7 +522,7 @@ def test_the_gate_holds_against_the_review_findings(locked, monkeypatch):
 
 
 def test_rate_limits_key_on_the_space_proxys_address_and_hf_sign_in_needs_a_space(monkeypatch):
-    from tuner.ui_access import client_address, sign_in_available
+    from tuner.ui.access import client_address, sign_in_available
 
     scope = {"client": ("10.0.0.5", 1234), "headers": [(b"x-forwarded-for", b"6.6.6.6, 203.0.113.9")]}
     assert client_address(scope) == "10.0.0.5"  # not on a Space: the connection's address

@@ -186,7 +186,7 @@ def test_restart_keeps_datasets_ratings_and_a_killed_run_resumes(tiny_llama, tmp
     resumed_from = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
     assert resumed_from >= 2
     # the Train tab says so after the restart, instead of "No run yet."
-    from tuner.ui_train import runs_frame
+    from tuner.ui.train import runs_frame
 
     line = manager.idle_line()
     assert "in-flight was interrupted" in line and f"last checkpoint is step {resumed_from}" in line, line

@@ -1,4 +1,4 @@
-"""Exports of a finished run (tuner.export, tuner.ui_export) on the tiny Llama and real
+"""Exports of a finished run (tuner.export, tuner.ui.export) on the tiny Llama and real
 trained adapters. The only stand-in is the Hub upload itself (no Hub is reachable
 here): the success path of a push runs with an injected uploader function."""
 
@@ -378,7 +378,7 @@ def test_push_hands_the_adapter_or_merged_folder_to_the_uploader(trained_run, tm
 def test_export_panel_builds_and_its_handlers_explain_bad_input(trained_run, tmp_path, monkeypatch):
     import gradio as gr
 
-    from tuner import ui_export
+    from tuner.ui import export as ui_export
 
     run_id, runs_dir, models_dir = dirs(trained_run)
     trainer = RunManager(runs_dir, models_dir)

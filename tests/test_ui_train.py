@@ -7,7 +7,8 @@ from conftest import POLITE
 from tuner.config import TrainConfig
 from tuner.estimate import describe, estimate
 from tuner.runs import RunState, explain
-from tuner.ui_train import (FIELDS, config_from, curve_frame, short_label, small_split_warning, summary_text,
+from tuner.ui.charts import curve_frame, short_label
+from tuner.ui.train import (FIELDS, config_from, small_split_warning, summary_text,
                              trainable_share, values_of)
 
 
@@ -26,7 +27,7 @@ def test_settings_round_trip_through_the_sliders():
 def test_the_recipe_line_offers_and_says_how_long():
     from tuner import recipes
     from tuner.paths import STARTER_DATASETS
-    from tuner.ui_train import recipe_line
+    from tuner.ui.train import recipe_line
 
     recipe = recipes.load(STARTER_DATASETS / "company_faq.recipe.json")
     text = recipe_line(recipe, 6.4)
@@ -118,7 +119,7 @@ def test_a_split_too_small_to_compare_runs_on_is_warned_about(tmp_path):
 def test_a_named_run_carries_its_name_into_its_id_tables_and_evaluations(tiny_llama, tmp_path):
     from ratings.generation import variants_for
     from tuner.runs import RunManager, new_run_id, run_label
-    from tuner.ui_train import finished_runs, runs_frame
+    from tuner.ui.train import finished_runs, runs_frame
 
     rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
             for i in range(6)]

@@ -6,7 +6,7 @@ Three modes, from the environment:
   only its SHA-256 (`Sessions`, in the data root), with an expiry; Sign out
   revokes it, and the owner can list and revoke every session. A second,
   readable cookie holds the session's anti-forgery token, which the app's own
-  page sends back as a header on every request (see tuner/ui_access.py).
+  page sends back as a header on every request (see tuner/ui/access.py).
 - `TUNER_OWNER` set (on a Space with `hf_oauth: true`): the owner is the
   Hugging Face user of that name, signed in through Hugging Face.
 - neither: open mode for local use; everyone is the owner and the page says so.

@@ -1,4 +1,5 @@
-"""The Train tab: settings, Start/Stop/Resume, live charts, runs list. Only UI code imports gradio."""
+"""The Train tab: settings, Start/Stop, the live progress and loss chart, the runs table.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ import gradio as gr
 import pandas as pd
 
 from tuner import data as tdata
-from tuner import models, recipes, ui_access
+from tuner import models, recipes
+from tuner.ui import access as ui_access
+from tuner.ui.charts import curve_frame, loss_spec, lr_frame, short_label, vega_plot
 from tuner.config import METHODS, PRECISIONS, SCHEDULERS, TrainConfig
 from tuner.estimate import describe, estimate, module_choices
 from tuner.runs import FINISHED, RunBusy, RunManager, RunState, clock, resume_hint, run_label, stopped_at
 from tuner.train import check_machine, read_metrics
+
+
 
 # The config fields the tab edits, in the order of its inputs.
 FIELDS = ["method", "r", "lora_alpha", "lora_dropout", "use_dora", "use_rslora", "target_modules",
@@ -23,9 +28,13 @@ FIELDS = ["method", "r", "lora_alpha", "lora_dropout", "use_dora", "use_rslora",
           "per_device_train_batch_size", "gradient_accumulation_steps", "warmup_steps", "weight_decay",
           "lr_scheduler_type", "max_seq_length", "seed", "precision", "packing", "validation_fraction",
           "eval_steps", "save_steps", "save_total_limit", "test_fraction", "stratify_by", "neftune_noise_alpha"]
+
+
 INTS = {"r", "lora_alpha", "num_virtual_tokens", "max_steps", "per_device_train_batch_size",
         "gradient_accumulation_steps", "warmup_steps", "max_seq_length", "seed", "eval_steps", "save_steps",
         "save_total_limit"}
+
+
 PRESETS = ("attention only", "all linear layers", "custom")
 
 
@@ -62,70 +71,6 @@ def recipe_line(recipe: recipes.Recipe | None, minutes: float | None) -> str:
     expected = f" — expected ~{max(1, round(minutes))} min here" if minutes else ""
     return (f"**Recommended for this dataset:** {recipe.describe()}{expected}. {recipe.about} "
             "Nothing changes until you click **Use recommended settings**.")
-
-
-def curve_frame(rows: list[dict], label: str | None = None, validation: bool = False) -> pd.DataFrame | None:
-    """Training and validation loss as one long frame.
-
-    Two quirks of Gradio 6's LinePlot shape this: a plot first given an empty
-    frame never draws, so an empty run gives None; and a color series that
-    first appears in a later update is never drawn, so while a validation
-    curve is still to come (`validation`) the frame carries one NaN point for
-    it (Vega skips NaN; the series is known from the start).
-    """
-    points = []
-    for r in rows:
-        for key, series in (("loss", "training loss"), ("eval_loss", "validation loss")):
-            if key in r:
-                points.append({"step": r["step"], "loss": r[key],
-                               "series": f"{label}: {series}" if label else series})
-    if not points:
-        return None
-    if validation and not any(p["series"].endswith("validation loss") for p in points):
-        points.append({"step": points[0]["step"], "loss": float("nan"),
-                       "series": f"{label}: validation loss" if label else "validation loss"})
-    return pd.DataFrame(points)
-
-
-def short_label(run_id: str) -> str:
-    """A legend label that fits: '1a2b 12:00' for run 20260101-120000-faq-1a2b (a long id
-    was cut to the same first letters for every run, so two runs read alike); a run's
-    own name is kept, cut at 16 characters."""
-    parts = run_id.split("-")
-    if len(parts) >= 4 and len(parts[1]) == 6 and parts[1].isdigit():
-        return f"{parts[-1]} {parts[1][:2]}:{parts[1][2:4]}"
-    return run_id if len(run_id) <= 16 else f"{run_id[:15]}…"
-
-
-VEGA_LITE = "https://vega.github.io/schema/vega-lite/v5.json"  # names the version; never fetched
-
-
-def vega_plot(spec: dict):
-    """What gr.Plot takes for a Vega-Lite chart (as it sends an Altair one), drawn as SVG so
-    its titles and labels are text in the page."""
-    import json
-
-    from gradio.components.plot import PlotData
-
-    spec = spec | {"usermeta": {"embedOptions": {"renderer": "svg", "actions": False}}}
-    return PlotData(type="altair", plot=json.dumps(spec))
-
-
-def loss_spec(frame: pd.DataFrame, title: str) -> dict:
-    """A line per series of a curve_frame (NaN points left out), with points and a legend."""
-    values = frame.dropna(subset=["loss"]).to_dict("records")
-    return {"$schema": VEGA_LITE, "title": title, "width": "container", "height": 260,
-            "data": {"values": values},
-            "mark": {"type": "line", "point": True, "tooltip": True},
-            "encoding": {"x": {"field": "step", "type": "quantitative", "title": "step"},
-                         "y": {"field": "loss", "type": "quantitative", "title": "loss", "scale": {"zero": False}},
-                         "color": {"field": "series", "type": "nominal", "title": "series",
-                                   "legend": {"labelLimit": 400}}}}
-
-
-def lr_frame(rows: list[dict]) -> pd.DataFrame | None:
-    points = [{"step": r["step"], "learning rate": r["learning_rate"]} for r in rows if "learning_rate" in r]
-    return pd.DataFrame(points) if points else None
 
 
 def trainable_share(trainable: int, total: int) -> str:

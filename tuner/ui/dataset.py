@@ -24,7 +24,7 @@ from tuner import shaping as sh
 from tuner.config import TrainConfig
 from tuner.generate import GenSettings, Generator
 from tuner.paths import StorageError
-from tuner.ui_access import forget_upload
+from tuner.ui.access import forget_upload
 
 TABLE_COLUMNS = ["#", "user", "assistant", "turns", "metadata"]
 TABLE_WIDTHS = ["5%", "35%", "40%", "6%", "14%"]
@@ -788,3 +788,17 @@ def _turn_list(turns) -> list[list]:
     if isinstance(turns, pd.DataFrame):
         return turns.values.tolist()
     return [list(t) for t in turns]
+
+
+def refresh_datasets_fn(datasets_dir: Path):
+    """A load handler: the chooser's choices as they are now, keeping its value
+    (the chooser is built empty: saved datasets' names are the owner's)."""
+
+    def refresh(current):
+        names = list(tdata.available(datasets_dir))
+        if current not in names:
+            default = DEFAULT_DATASET
+            current = default if default in names else (names[0] if names else None)
+        return gr.update(choices=names, value=current)
+
+    return refresh

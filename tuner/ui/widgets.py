@@ -1,4 +1,4 @@
-"""The model picker and the Dataset tab. Only UI code imports gradio."""
+"""Widgets shared above or across the tabs: the base-model picker."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from tuner import data as tdata
-from tuner import models, ui_dataset
+from tuner import models
 
 
 def model_picker(models_dir: Path, default: str):
@@ -40,27 +39,3 @@ def model_picker(models_dir: Path, default: str):
         return gr.update(value=current or default)
 
     return picker, status, default_model
-
-
-# --- Dataset tab ------------------------------------------------------------------
-def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None = None, generator=None):
-    """The Dataset tab (built in tuner.ui_dataset). Returns the dataset dropdown
-    (its value is a label of `tdata.available(datasets_dir)`, which the Train
-    tab reads) and the (handler, outputs) that fill the tab on page load.
-    `model_picker` gives the tokenizer for token lengths and the model for
-    paraphrases; `generator` (a tuner.generate.Generator) is shared with Compare."""
-    return ui_dataset.dataset_tab(datasets_dir, model_picker, models_dir, generator)
-
-
-def refresh_datasets_fn(datasets_dir: Path):
-    """A load handler: the chooser's choices as they are now, keeping its value
-    (the chooser is built empty: saved datasets' names are the owner's)."""
-
-    def refresh(current):
-        names = list(tdata.available(datasets_dir))
-        if current not in names:
-            default = ui_dataset.DEFAULT_DATASET
-            current = default if default in names else (names[0] if names else None)
-        return gr.update(choices=names, value=current)
-
-    return refresh
