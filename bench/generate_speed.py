@@ -43,6 +43,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tuner import records  # noqa: E402  (standard library only: no torch before the timings)
+
 PROMPTS = """Ask a professor for feedback on a draft
 Decline a social invitation politely
 What is the capital of Japan?
@@ -82,7 +84,7 @@ def work_train(args) -> dict:
     run_dir.mkdir(parents=True)
     train(TrainConfig(dataset=str(STARTER_DATASETS / "polite_assistant.jsonl"), max_steps=3, save_steps=100,
                       learning_rate=1e-3), run_dir, models_dir=Path(args.models_dir))
-    return {"adapter": str(run_dir / "adapter")}
+    return {"adapter": str(records.adapter_dir(run_dir))}
 
 
 def _hf_generate(model, tokenizer, conversation, settings) -> tuple[str, int]:
@@ -228,7 +230,7 @@ def main() -> None:
     models.resolve(models.BUNDLED, args.models_dir)  # convert once, outside every timing
     with tempfile.TemporaryDirectory() as tmp:
         if args.run:
-            adapter = Path(args.run) / "adapter"
+            adapter = records.adapter_dir(Path(args.run))
         else:
             print("training a 3-step adapter…", flush=True)
             adapter = spawn("train", args, out_dir=tmp)["adapter"]

@@ -17,6 +17,7 @@ Loopback only, bounded: raters × pairs submissions. Ends with one JSON line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -28,18 +29,16 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from gradio_http import call, call_as_page, config, default_inputs  # noqa: E402  (tests/gradio_http.py)
 
 from ratings.store import Store  # noqa: E402
 from tuner import tiny  # noqa: E402
-from tuner.paths import STARTER_DATASETS, Layout  # noqa: E402
+from tuner.paths import Layout  # noqa: E402
 from tuner.ui.train import FIELDS  # noqa: E402
 
 PASSWORD = "bench-owner-password"
@@ -49,6 +48,64 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# The app's handlers over plain HTTP, as the page (or any script) calls them.
+
+def call(url: str, fn_index: int, data: list, cookies: dict | None = None, session_hash: str | None = None,
+         client=None) -> dict:
+    """Join the queue for one event and wait for its end, on `client` (a connection
+    kept open, as a browser keeps one) or a new one. {"success", "data", "error"}."""
+    with _client(url, cookies, client) as http:
+        session_hash = session_hash or uuid.uuid4().hex[:11]
+        joined = http.post("/gradio_api/queue/join", json={
+            "data": data, "fn_index": fn_index, "session_hash": session_hash, "event_data": None,
+            "trigger_id": None})
+        if joined.status_code != 200:
+            return {"success": False, "data": None, "error": f"HTTP {joined.status_code}: {joined.text[:300]}"}
+        with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session_hash}) as stream:
+            for line in stream.iter_lines():
+                message = json.loads(line[5:]) if line.startswith("data:") else {}
+                if message.get("msg") == "process_completed":
+                    output = message.get("output") or {}
+                    return {"success": bool(message.get("success")), "data": output.get("data"),
+                            "error": output.get("error")}
+    return {"success": False, "data": None, "error": "the stream ended without a result"}
+
+
+def call_as_page(cfg: dict, url: str, fn_index: int, data: list, session_hash: str | None = None,
+                 client=None) -> dict:
+    """As the page sends it: through the queue, or for a queue=False event one POST to /gradio_api/run/."""
+    dependency = next(d for d in cfg["dependencies"] if d["id"] == fn_index)
+    if dependency.get("queue") is not False:
+        return call(url, fn_index, data, session_hash=session_hash, client=client)
+    body = {"data": data, "fn_index": fn_index, "session_hash": session_hash or uuid.uuid4().hex[:11],
+            "event_data": None, "trigger_id": None}
+    with _client(url, None, client) as http:
+        answer = http.post(f"/gradio_api/run/{dependency['api_name']}", json=body)
+    if answer.status_code != 200:
+        return {"success": False, "data": None, "error": f"HTTP {answer.status_code}: {answer.text[:300]}"}
+    return {"success": True, "data": answer.json().get("data"), "error": None}
+
+
+def _client(url: str, cookies: dict | None, client):
+    import httpx
+
+    if client is not None:
+        return contextlib.nullcontext(client)
+    return httpx.Client(base_url=url, cookies=cookies or {}, timeout=60.0)
+
+
+def config(url: str) -> dict:
+    import httpx
+
+    return httpx.get(f"{url}/config", timeout=30).json()
+
+
+def default_inputs(cfg: dict, fn_index: int) -> list:
+    """The values the page itself would send: each input component's initial value."""
+    values = {c["id"]: c.get("props", {}).get("value") for c in cfg["components"]}
+    return [values.get(i) for i in cfg["dependencies"][fn_index]["inputs"]]
 
 
 def seed_evaluation(home: Path, model: Path, n_prompts: int) -> int:

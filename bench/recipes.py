@@ -32,7 +32,7 @@ import pandas as pd  # noqa: E402
 
 from ratings import checks as rc  # noqa: E402
 from tuner import data as tdata  # noqa: E402
-from tuner import recipes  # noqa: E402
+from tuner import recipes, records  # noqa: E402
 from tuner.models import BUNDLED  # noqa: E402
 from tuner.prompts import read_prompts  # noqa: E402
 
@@ -69,7 +69,7 @@ def train(name: str, recipe: recipes.Recipe, dataset: Path, work: Path, override
 
 
 def prompts_of(name: str, run_dir: Path, quick: bool) -> list[dict]:
-    items = read_prompts(run_dir / "test.jsonl")
+    items = read_prompts(records.held_out_file(run_dir, "test"))
     extra = tdata.STARTER_DATASETS / f"{name}{EXTRA_PROMPTS}"
     if extra.is_file():
         items += read_prompts(extra)
@@ -79,8 +79,7 @@ def prompts_of(name: str, run_dir: Path, quick: bool) -> list[dict]:
 
 
 def generate(generator, run_dir: Path, items: list[dict], settings) -> pd.DataFrame:
-    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    adapters = [None, (record["run_id"], run_dir / "adapter")]
+    adapters = [None, (run_dir.name, records.adapter_dir(run_dir))]
     start = time.perf_counter()
     answers = generator.generate_all(BUNDLED, [i["messages"] for i in items], settings, adapters)
     elapsed = time.perf_counter() - start
@@ -147,14 +146,14 @@ def main() -> int:
         t0 = time.perf_counter()
         run_dir = train(name, recipe, dataset, work, overrides, args.quick)
         train_s = time.perf_counter() - t0
-        summary = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["summary"]
+        summary = records.read_record(run_dir)["summary"]
         items = prompts_of(name, run_dir, args.quick)
         settings = GenSettings(**recipe.generate)
         replies = generate(generator, run_dir, items, settings)
         replies.to_json(work / f"{name}.replies.jsonl", orient="records", lines=True, force_ascii=False)
         checks = rc.parse_checks(recipe.checks)
         rep = rc.report(replies, checks, settings.max_new_tokens)
-        held_out = len(tdata.load_jsonl(run_dir / "test.jsonl").rows)
+        held_out = len(tdata.load_jsonl(records.held_out_file(run_dir, "test")).rows)
         print(f"\n=== {name}: {recipe.describe()}"
               + (f" (overrides: {overrides})" if overrides else ""))
         print(f"trained {summary['train_examples']} rows, {summary['global_step']} steps in {train_s:.0f} s "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuner import data as tdata
+from tuner import records
 from tuner.prompts import from_row, prompt_item, read_prompts
 
 FIELDS = ("id", "task", "prompt", "reference", "category")
@@ -30,7 +31,7 @@ def from_dataset(path: Path, validation_fraction: float, test_fraction: float, s
 def from_run(run: dict) -> list[dict]:
     """A run's held-out prompts: its own test.jsonl (the exact rows it never trained
     on), or, for a run from before test.jsonl was kept, its dataset split again."""
-    held_out = Path(run["path"]) / "test.jsonl"
+    held_out = records.held_out_file(run["path"], "test")
     if held_out.is_file():
         rows = tdata.load_jsonl(held_out).rows if held_out.stat().st_size else []
         if not rows:

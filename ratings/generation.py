@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ratings.evalsets import Rule, apply_rules, rules_to_json
 from ratings.store import Store
+from tuner import records
 from tuner.generate import BASE, GenSettings, Generator
 
 
@@ -38,7 +39,7 @@ def variants_for(runs: list[dict]) -> tuple[str, list[Variant]]:
         method = run["config"].get("method", "lora")
         name = ((run.get("config") or {}).get("run_name") or "").strip()
         variants.append(Variant(run["run_id"], f"{method}: {name} ({run['run_id']})" if name else
-                                f"{method}: {run['run_id']}", method, Path(run["path"]) / "adapter"))
+                                f"{method}: {run['run_id']}", method, records.adapter_dir(Path(run["path"]))))
     return base_model, variants
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from tuner import records
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 # Porter stemming is pure Python in nltk: no data files to download
 
@@ -151,7 +153,7 @@ def run_table(variants: list[dict], runs: dict[str, dict | None]) -> pd.DataFram
             rows.append([v["label"], v["kind"], note, "", math.nan, math.nan, math.nan, math.nan, math.nan])
             continue
         config, summary = run.get("config", {}), run.get("summary") or {}
-        size = adapter_bytes(Path(run["path"]) / "adapter")
+        size = adapter_bytes(records.adapter_dir(Path(run["path"])))
         rows.append([v["label"], config.get("method", v["kind"]), settings_text(config),
                      Path(config.get("dataset", "")).name, summary.get("trainable_percent", math.nan),
                      summary.get("trainable_params", math.nan),

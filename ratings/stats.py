@@ -22,6 +22,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from ratings.scale import HIGHEST, LOWEST, SCORES, SUCCESS_AT
+
 
 @functools.cache
 def _scipy_stats():
@@ -30,7 +32,7 @@ def _scipy_stats():
 
     return stats
 
-SUCCESS = 4  # a reply "succeeds" when rated this or more (adjustable in the tab)
+
 Z95 = 1.959963984540054  # the normal quantile for a two-sided 95% interval
 FEW_ITEMS = 10  # below this many items rated twice, an agreement figure is rough
 
@@ -51,7 +53,7 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def mean_interval(values, bounds: tuple[float, float] = (1, 5)) -> tuple[float, float, float]:
+def mean_interval(values, bounds: tuple[float, float] = (LOWEST, HIGHEST)) -> tuple[float, float, float]:
     """The mean and its 95% t interval, clipped to the scale's bounds (a t
     interval over a handful of 1–5 scores can reach past them); (mean, nan,
     nan) for a single value."""
@@ -71,7 +73,7 @@ SUCCESS_COLUMNS = ["model", "rated", "successes", "success", "rate", "rate low",
                    "mean score low", "mean score high"]
 
 
-def success_table(scores: pd.DataFrame, threshold: int = SUCCESS) -> pd.DataFrame:
+def success_table(scores: pd.DataFrame, threshold: int = SUCCESS_AT) -> pd.DataFrame:
     """Per model: replies rated, replies at or above the threshold, the rate with
     its 95% Wilson interval, the mean score with its 95% t interval."""
     rows = []
@@ -85,7 +87,7 @@ def success_table(scores: pd.DataFrame, threshold: int = SUCCESS) -> pd.DataFram
     return _rounded(table, 3)
 
 
-def breakdown_table(scores: pd.DataFrame, by: str, threshold: int = SUCCESS) -> pd.DataFrame:
+def breakdown_table(scores: pd.DataFrame, by: str, threshold: int = SUCCESS_AT) -> pd.DataFrame:
     """The success table within each value of `by` (category, task, rater…);
     ratings without a value are grouped as "(none)"."""
     keys = scores[by].fillna("(none)").astype(str).replace("", "(none)")
@@ -102,7 +104,7 @@ def score_distribution(scores: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for label in models(scores):
         s = scores.loc[scores["label"] == label, "score"]
-        for value in range(1, 6):
+        for value in SCORES:
             count = int((s == value).sum())
             rows.append([label, value, count, count / len(s)])
     return pd.DataFrame(rows, columns=["model", "score", "ratings", "share"])
@@ -344,7 +346,7 @@ def bias_sentences(bias: pd.DataFrame, lengths: pd.DataFrame) -> list[str]:
 
 
 # --- the headline ----------------------------------------------------------------------------
-def headline(scores: pd.DataFrame, threshold: int = SUCCESS) -> list[str]:
+def headline(scores: pd.DataFrame, threshold: int = SUCCESS_AT) -> list[str]:
     """Plain sentences: each model's success rate, then each paired comparison."""
     if scores.empty:
         return ["No ratings yet: share the raters' page (/rate) or rate on the Compare tab."]

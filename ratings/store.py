@@ -1,11 +1,9 @@
-"""The ratings database: SQLite through sqlite-utils, schema as named migrations.
+"""The ratings store: evaluations, their prompts, variants and replies, the pairs
+raters are served, and the ratings themselves (the SQLite machinery under it is
+`ratings.db`).
 
-One short-lived connection per call (sqlite connections belong to the thread
-that opened them; Gradio handlers run on a pool of threads), WAL so readers
-never block the writer, a busy timeout so concurrent writers queue instead of
-failing, `BEGIN IMMEDIATE` for writes, `synchronous=FULL` so an acknowledged
-rating survives a power cut, UNIQUE constraints so a double click is harmless,
-and an append-only audit table.
+UNIQUE constraints make a double click harmless, and an append-only audit
+table keeps every score a rater gave.
 
 An evaluation is a fixed list of prompts and two or more variants (the base
 model and runs' adapters). Every reply is generated before rating; every
@@ -19,184 +17,24 @@ import hashlib
 import hmac
 import itertools
 import json
-import queue
-import secrets
 import random
-import sqlite3
-import threading
-from contextlib import contextmanager
+import secrets
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pandas as pd
-import sqlite_utils
-from sqlite_utils.migrations import Migrations
 
-from tuner.paths import StorageError
+from ratings.db import Database
+from ratings.scale import HIGHEST, LOWEST
 
-migrations = Migrations("tuner.ratings")
-ASPECTS = ("adherence", "tone", "clarity")  # optional 1-5 scores beside helpfulness
+ASPECTS = ("adherence", "tone", "clarity")  # optional scores on the same scale beside helpfulness
 PREFERENCES = ("A", "B", "tie")
-
-
-@migrations(name="0001_initial")
-def _initial(db: sqlite_utils.Database) -> None:
-    db.executescript("""
-    CREATE TABLE evaluations (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL,
-        base_model TEXT NOT NULL,
-        settings TEXT NOT NULL DEFAULT '{}',   -- generation settings, fixed and recorded
-        rules TEXT NOT NULL DEFAULT '[]',      -- keyword rules that flag prompts
-        invite_code TEXT,                      -- raters must give it when set
-        created_at TEXT NOT NULL
-    );
-    CREATE TABLE variants (
-        id INTEGER PRIMARY KEY,
-        evaluation_id INTEGER NOT NULL REFERENCES evaluations(id),
-        name TEXT NOT NULL,                    -- 'base' or a run id
-        label TEXT NOT NULL,                   -- what tables show
-        kind TEXT NOT NULL,                    -- base, lora, prompt_tuning, ...
-        UNIQUE (evaluation_id, name)
-    );
-    CREATE TABLE prompts (
-        id INTEGER PRIMARY KEY,
-        evaluation_id INTEGER NOT NULL REFERENCES evaluations(id),
-        position INTEGER NOT NULL,
-        external_id TEXT,
-        task TEXT,
-        text TEXT NOT NULL,                    -- what raters read
-        messages TEXT NOT NULL,                -- what the models saw (with any rule tag)
-        reference TEXT,
-        category TEXT,
-        flags TEXT NOT NULL DEFAULT '[]',
-        UNIQUE (evaluation_id, position)
-    );
-    CREATE TABLE replies (
-        id INTEGER PRIMARY KEY,
-        prompt_id INTEGER NOT NULL REFERENCES prompts(id),
-        variant_id INTEGER NOT NULL REFERENCES variants(id),
-        text TEXT NOT NULL,
-        settings TEXT NOT NULL,
-        latency_s REAL,
-        new_tokens INTEGER,
-        flags TEXT NOT NULL DEFAULT '[]',
-        created_at TEXT NOT NULL,
-        UNIQUE (prompt_id, variant_id)
-    );
-    CREATE TABLE comparisons (
-        id INTEGER PRIMARY KEY,
-        prompt_id INTEGER NOT NULL REFERENCES prompts(id),
-        reply1_id INTEGER NOT NULL REFERENCES replies(id),
-        reply2_id INTEGER NOT NULL REFERENCES replies(id),
-        UNIQUE (reply1_id, reply2_id)
-    );
-    -- which reply this rater sees on the left: drawn per comparison and per rater
-    CREATE TABLE assignments (
-        id INTEGER PRIMARY KEY,
-        comparison_id INTEGER NOT NULL REFERENCES comparisons(id),
-        rater TEXT NOT NULL,
-        left_reply_id INTEGER NOT NULL REFERENCES replies(id),
-        right_reply_id INTEGER NOT NULL REFERENCES replies(id),
-        created_at TEXT NOT NULL,
-        rated_at TEXT,
-        preference TEXT CHECK (preference IN ('A', 'B', 'tie')),
-        comment TEXT,
-        UNIQUE (comparison_id, rater)
-    );
-    CREATE TABLE ratings (
-        id INTEGER PRIMARY KEY,
-        reply_id INTEGER NOT NULL REFERENCES replies(id),
-        rater TEXT NOT NULL,
-        score INTEGER NOT NULL CHECK (score BETWEEN 1 AND 5),
-        adherence INTEGER CHECK (adherence BETWEEN 1 AND 5),
-        tone INTEGER CHECK (tone BETWEEN 1 AND 5),
-        clarity INTEGER CHECK (clarity BETWEEN 1 AND 5),
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        UNIQUE (reply_id, rater)
-    );
-    CREATE TABLE audit (
-        id INTEGER PRIMARY KEY,
-        at TEXT NOT NULL,
-        rater TEXT NOT NULL,
-        reply_id INTEGER NOT NULL,
-        old_score INTEGER,
-        new_score INTEGER NOT NULL
-    );
-    CREATE INDEX replies_prompt ON replies(prompt_id);
-    CREATE INDEX ratings_reply ON ratings(reply_id);
-    CREATE INDEX assignments_rater ON assignments(rater);
-    """)
-
-
-@migrations(name="0002_rater_keys")
-def _rater_keys(db: sqlite_utils.Database) -> None:
-    # a typed-in rater name belongs to the browser that first used it (it holds
-    # the key); a Hugging Face sign-in proves the name by itself (kind 'hf')
-    db.executescript("""
-    CREATE TABLE rater_keys (
-        rater TEXT PRIMARY KEY,
-        kind TEXT NOT NULL CHECK (kind IN ('key', 'hf')),
-        key_hash TEXT,
-        created_at TEXT NOT NULL
-    );
-    """)
-
-
-@migrations(name="0003_checks")
-def _checks(db: sqlite_utils.Database) -> None:
-    # the automatic checks of an evaluation (ratings.checks lines), run right after generation
-    db.execute("ALTER TABLE evaluations ADD COLUMN checks TEXT NOT NULL DEFAULT '[]'")
-
-
-@migrations(name="0004_rating_integrity")
-def _rating_integrity(db: sqlite_utils.Database) -> None:
-    # when raters learn which model wrote which reply: after their last pair ('end', the
-    # default: a reveal per pair would teach a rater to spot a model's texts) or after each
-    db.execute("ALTER TABLE evaluations ADD COLUMN reveal TEXT NOT NULL DEFAULT 'end'")
-    db.executescript("""
-    -- the names that rate an evaluation, with the address that first used each (hashed):
-    -- one address may bring only a few new names to one evaluation
-    CREATE TABLE rater_joins (
-        evaluation_id INTEGER NOT NULL REFERENCES evaluations(id),
-        rater TEXT NOT NULL,
-        client_hash TEXT NOT NULL,
-        joined_at TEXT NOT NULL,
-        PRIMARY KEY (evaluation_id, rater)
-    );
-    -- raters the owner left out of an evaluation's statistics (their ratings are kept)
-    CREATE TABLE excluded_raters (
-        evaluation_id INTEGER NOT NULL REFERENCES evaluations(id),
-        rater TEXT NOT NULL,
-        excluded_at TEXT NOT NULL,
-        reason TEXT,
-        PRIMARY KEY (evaluation_id, rater)
-    );
-    -- every owner decision about raters, and every explicit change of a score
-    CREATE TABLE owner_audit (
-        id INTEGER PRIMARY KEY,
-        at TEXT NOT NULL,
-        evaluation_id INTEGER NOT NULL,
-        action TEXT NOT NULL,
-        rater TEXT NOT NULL,
-        detail TEXT
-    );
-    """)
-
-
 REVEALS = ("end", "each")
 NAMES_PER_ADDRESS = 3  # new rater names one address may bring to one evaluation
+RATER_MAX = 60  # characters in a rater's name
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-class _Job:
-    def __init__(self, work):
-        self.work, self.result, self.error = work, None, None
-        self.done = threading.Event()
 
 
 def _hash_key(key: str) -> str:
@@ -208,147 +46,35 @@ class RatingError(ValueError):
 
 
 def clean_rater(name) -> str:
+    """The one form of a rater's name everything stores and compares (spaces
+    collapsed), or a RatingError for an empty or overlong one."""
     name = " ".join(str(name or "").split())
     if not name:
         raise RatingError("Enter your name before rating.")
-    if len(name) > 60:
-        raise RatingError(f"Rater name is {len(name)} characters; use at most 60.")
+    if len(name) > RATER_MAX:
+        raise RatingError(f"Rater name is {len(name)} characters; use at most {RATER_MAX}.")
     return name
 
 
 def check_score(score, label: str, required: bool = True) -> int | None:
+    scale = f"from {LOWEST} to {HIGHEST}"
     if score is None or score == "":
         if required:
-            raise RatingError(f"{label}: choose a score from 1 to 5.")
+            raise RatingError(f"{label}: choose a score {scale}.")
         return None
     try:
         value = int(score)
     except (TypeError, ValueError, OverflowError):
-        raise RatingError(f"{label}: choose a score from 1 to 5 (got {score!r}).") from None
-    if isinstance(score, bool) or not 1 <= value <= 5 or str(score).strip() not in {str(value), f"{value}.0"}:
-        raise RatingError(f"{label}: the score must be a whole number from 1 to 5 (got {score!r}).")
+        raise RatingError(f"{label}: choose a score {scale} (got {score!r}).") from None
+    whole = str(score).strip() in {str(value), f"{value}.0"}
+    if isinstance(score, bool) or not LOWEST <= value <= HIGHEST or not whole:
+        raise RatingError(f"{label}: the score must be a whole number {scale} (got {score!r}).")
     return value
 
 
-# SQLite's result codes for a disk that fails under it, in a person's words
-SQLITE_DISK_PROBLEMS = {
-    "SQLITE_FULL": "the disk is full",
-    "SQLITE_IOERR": "the disk failed to read or write (it may be full, over a size limit, or failing)",
-    "SQLITE_READONLY": "the file or its disk is read-only",
-    "SQLITE_CANTOPEN": "the file cannot be opened (missing folder, permissions or no space)",
-    "SQLITE_CORRUPT": "the file is damaged",
-    "SQLITE_NOTADB": "the file is not a SQLite database",
-}
-
-
-def sqlite_disk_problem(exc: BaseException) -> str | None:
-    """What went wrong with the disk under SQLite, or None for other errors."""
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    for code, problem in SQLITE_DISK_PROBLEMS.items():
-        if name == code or name.startswith(code + "_"):
-            return f"{problem} (SQLite: {exc})"
-    return None
-
-
-class Store:
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._jobs: queue.Queue = queue.Queue()
-        self._writer: threading.Thread | None = None
-        self._writer_lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.db("open") as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            migrations.apply(db)
-
-    @contextmanager
-    def db(self, _action: str = "read"):
-        """A short-lived connection. A disk failure under it becomes StorageError."""
-        conn = None
-        try:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            yield sqlite_utils.Database(conn)
-        except sqlite3.Error as exc:
-            problem = sqlite_disk_problem(exc)
-            if problem is None:
-                raise
-            done = "Nothing from this action was saved" if _action == "save" else "Nothing was changed"
-            verb = "save to" if _action == "save" else _action
-            raise StorageError(f"Could not {verb} the ratings database {self.path}: {problem}. {done}; "
-                               "free some disk space or fix the disk, then try again.") from exc
-        finally:
-            if conn is not None:
-                conn.close()
-
-    @contextmanager
-    def write(self):
-        """A write transaction that takes the lock up front (no upgrade deadlocks).
-        On any error it is rolled back whole: a rating is in the file with all its
-        rows, or not at all."""
-        with self.db("save") as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                # a full disk or an I/O error may already have rolled SQLite back
-                if db.conn.in_transaction:
-                    try:
-                        db.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass  # closing the connection rolls back what is left
-                raise
-
-    def grouped(self, work):
-        """Run `work(db)` in a write transaction shared with whatever other
-        threads of this process are writing at the same moment, and return its
-        result once that transaction is committed (group commit).
-
-        With `synchronous=FULL` each commit waits for the disk (~10 ms here); 25
-        raters pressing Submit together would queue behind 25 of those. Grouped,
-        they share one or two. Each piece of work runs in its own savepoint, so a
-        refused rating does not undo its neighbours; if the commit itself fails,
-        every caller in the group gets the error and nothing of theirs is saved.
-        """
-        job = _Job(work)
-        with self._writer_lock:
-            if self._writer is None or not self._writer.is_alive():
-                self._writer = threading.Thread(target=self._write_loop, name=f"sqlite-writer-{self.path.name}",
-                                                daemon=True)
-                self._writer.start()
-        self._jobs.put(job)
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        return job.result
-
-    def _write_loop(self) -> None:
-        while True:
-            batch = [self._jobs.get()]
-            while len(batch) < 64:
-                try:
-                    batch.append(self._jobs.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                with self.write() as db:
-                    for job in batch:
-                        db.execute("SAVEPOINT job")
-                        try:
-                            job.result = job.work(db)
-                            db.execute("RELEASE job")
-                        except Exception as exc:  # this job only
-                            db.execute("ROLLBACK TO job")
-                            db.execute("RELEASE job")
-                            job.error = exc
-            except BaseException as exc:  # the transaction as a whole failed: nobody's work was saved
-                for job in batch:
-                    job.result, job.error = None, job.error or exc
-            for job in batch:
-                job.done.set()
+class Store(Database):
+    """The domain on top of the database: every read and write of evaluations,
+    pairs, raters and ratings."""
 
     # --- evaluations, variants, prompts, replies -------------------------------------
     def create_evaluation(self, name: str, base_model: str, prompts: list[dict], variants: list[dict],
@@ -472,14 +198,16 @@ class Store:
         if expected and (code or "").strip() != expected:
             raise RatingError("That invite code is not right for this evaluation; ask the owner for the link's code.")
 
-    def claim_rater(self, name: str, key: str | None = None, signed_in: bool = False) -> tuple[str, str | None]:
-        """Tie a rater name to its proof; returns (name, key to keep in the browser).
+    def claim_rater(self, name: str, keys: dict | None = None, signed_in: bool = False) -> tuple[str, str | None]:
+        """Tie a rater name to its proof; returns (the cleaned name, key to keep in the browser).
 
         A typed name is claimed by the first browser that uses it: it gets a
-        random key, and later joins under that name must show it. A Hugging
-        Face sign-in (`signed_in`) is its own proof. Nobody can rate as, or
-        overwrite the ratings of, a rater whose proof they lack."""
+        random key, and later joins under that name must show it (`keys`: the
+        keys this browser holds, by name). A Hugging Face sign-in (`signed_in`)
+        is its own proof. Nobody can rate as, or overwrite the ratings of, a
+        rater whose proof they lack."""
         name = clean_rater(name)
+        key = (keys or {}).get(name)
         with self.write() as db:
             row = db.execute("SELECT kind, key_hash FROM rater_keys WHERE rater = ?", [name]).fetchone()
             if row is None:
@@ -524,7 +252,9 @@ class Store:
 
     def progress(self, evaluation_id: int, rater: str) -> tuple[int, int]:
         """(pairs this rater has rated, pairs this rater is served in all)."""
-        rater = clean_rater(rater)
+        return self._progress(evaluation_id, clean_rater(rater))
+
+    def _progress(self, evaluation_id: int, rater: str) -> tuple[int, int]:
         with self.db() as db:
             total = self._pairs_per_rater(db, evaluation_id)
             done = db.execute("""SELECT COUNT(*) FROM assignments a JOIN comparisons c ON c.id = a.comparison_id
@@ -570,7 +300,7 @@ class Store:
             texts = {r["id"]: r["text"] for r in db.query(
                 "SELECT id, text FROM replies WHERE id IN (?, ?)",
                 [assignment["left_reply_id"], assignment["right_reply_id"]])}
-        done, total = self.progress(evaluation_id, rater)
+        done, total = self._progress(evaluation_id, rater)
         return {
             "assignment_id": assignment["id"],
             "prompt": comparison["text"],

@@ -1,4 +1,5 @@
-"""Shared fixtures: cheap models built once per test session, tmp data roots."""
+"""Shared fixtures: cheap models built once per test session, tmp data roots, and the
+browser tests' app and page (tests/browser.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tuner import models, tiny  # noqa: E402
 from tuner.paths import STARTER_DATASETS  # noqa: E402
+
+# the browser tests' fixtures (Playwright is imported only when one of them runs)
+from browser import app_url, page, patient_expect  # noqa: E402, F401
 
 POLITE = STARTER_DATASETS / "polite_assistant.jsonl"
 
@@ -74,12 +78,3 @@ def write_jsonl(path: Path, rows) -> Path:
 def chat(user: str, assistant: str, **meta) -> dict:
     return {"messages": [{"role": "user", "content": user},
                          {"role": "assistant", "content": assistant}], **meta}
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _patient_browser_assertions():
-    """Playwright's expect() waits 5 s by default; on two shared cores a page
-    update after a model call can take longer, so browser tests wait up to 30 s."""
-    from playwright.sync_api import expect
-
-    expect.set_options(timeout=30_000)

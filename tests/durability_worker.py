@@ -135,12 +135,12 @@ def diskfull(home: str) -> None:
     else:
         say(json.dumps({"rating": "never refused"}))
 
-    from ratings import exports
+    from ratings import reports
 
     # a lower cap than the database's size: the backup cannot fit
     resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
     try:
-        exports.backup_sqlite(layout.ratings_db, layout.root / "exports" / "backup.db")
+        reports.backup_sqlite(layout.ratings_db, layout.root / "exports" / "backup.db")
         say(json.dumps({"backup": "made"}))
     except StorageError as exc:
         say(json.dumps({"backup": "refused", "message": str(exc)}))

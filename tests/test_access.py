@@ -12,8 +12,8 @@ import pytest
 
 import httpx
 
+from browser import serve
 from gradio_http import call, call_as_page, config, default_inputs, is_skip, sign_in
-from test_browser import _free_port
 
 PASSWORD = "correct horse battery staple"
 VARIANTS = [{"name": "base", "label": "Base model", "kind": "base"},
@@ -45,15 +45,6 @@ def _seed(home, model):
     return store, eval_id
 
 
-def _serve(home, model, access):
-    from app import build_app
-
-    demo = build_app(home, default_model=str(model), rng=random.Random(3), access=access)
-    port = _free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    return demo, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture
 def locked(tiny_llama, tmp_path):
     from tuner.access import Access
@@ -64,7 +55,7 @@ def locked(tiny_llama, tmp_path):
         '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}\n')
     store, eval_id = _seed(home, tiny_llama)
     access = Access(password=PASSWORD)
-    demo, url = _serve(home, tiny_llama, access)
+    demo, url = serve(home, tiny_llama, access)
     yield demo, url, home, store, eval_id, access
     demo.close()
 
@@ -375,7 +366,7 @@ def test_open_mode_says_so_and_lets_everyone_in(tiny_llama, tmp_path):
 
     home = tmp_path / "home"
     store, eval_id = _seed(home, tiny_llama)
-    demo, url = _serve(home, tiny_llama, Access())
+    demo, url = serve(home, tiny_llama, Access())
     try:
         cfg = config(url)
         banner = [c for c in cfg["components"] if c.get("props", {}).get("elem_id") == "open-banner"]
@@ -415,7 +406,7 @@ def test_the_page_config_and_html_carry_no_owner_data(tiny_llama, trained_run, t
     store, eval_id = _seed(home, tiny_llama)
     run_dir = trained_run.parent
     shutil.copytree(run_dir, home / "runs" / run_dir.name)
-    demo, url = _serve(home, tiny_llama, Access(password=PASSWORD))
+    demo, url = serve(home, tiny_llama, Access(password=PASSWORD))
     try:
         secrets = ["acme-payroll-questions", "friends' round", "friends&#x27; round", run_dir.name, str(home),
                    str(tmp_path)]

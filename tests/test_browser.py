@@ -7,56 +7,9 @@ reveal) → Results (the success table changes), on the tiny random Llama.
 
 from __future__ import annotations
 
-import random
 import re
-import shutil
-import socket
-from pathlib import Path
 
-import pytest
-
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def app_url(tiny_llama, tmp_path):
-    from app import build_app
-
-    demo = build_app(tmp_path / "home", default_model=str(tiny_llama), rng=random.Random(3))
-    port = _free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                        quiet=True)
-    yield f"http://127.0.0.1:{port}"
-    demo.close()
-
-
-@pytest.fixture
-def page():
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: apt-get install -y chromium (the README's test command does this)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"])
-        pg = browser.new_page(viewport={"width": 1280, "height": 1400})
-        pg.set_default_timeout(60_000)
-        yield pg
-        browser.close()
-
-
-def _pick(page, elem_id: str, option: str) -> None:
-    page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
+from browser import ARTIFACTS, pick as _pick
 
 
 def _step(page) -> int:

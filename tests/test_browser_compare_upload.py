@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from test_browser import app_url, page  # noqa: F401  (fixtures)
 
-
-def test_an_uploaded_prompt_file_is_counted_and_previewed(app_url, page, tmp_path):  # noqa: F811
+def test_an_uploaded_prompt_file_is_counted_and_previewed(app_url, page, tmp_path):
     from playwright.sync_api import expect
 
     good = tmp_path / "prompts.csv"

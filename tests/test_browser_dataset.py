@@ -12,13 +12,9 @@ import random
 import re
 from collections import Counter
 
-import test_browser as tb
+from browser import ARTIFACTS, pick
 
 from tuner import data as tdata
-
-# the whole-loop test's fixtures: the app on the tiny Llama, and a Chromium page
-app_url = tb.app_url
-page = tb.page
 
 CATEGORIES = {"closed_qa": 24, "open_qa": 18, "creative_writing": 12, "brainstorming": 6}
 
@@ -52,7 +48,7 @@ def opened(page, app_url):
 def test_import_filter_split_edit_export_in_the_browser(app_url, page, tmp_path):
     from playwright.sync_api import expect
 
-    tb.ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(exist_ok=True)
     saved = tmp_path / "home" / "datasets"
     message = opened(page, app_url)
 
@@ -73,7 +69,7 @@ def test_import_filter_split_edit_export_in_the_browser(app_url, page, tmp_path)
     expect(message).to_contain_text("12 rows kept of 60, saved as dolly_sample-v2.jsonl")
     expect(page.locator("#dataset-chooser input")).to_have_value("saved: dolly_sample-v2")
     # back to all 60 rows for the split
-    tb._pick(page, "dataset-chooser", "saved: dolly_sample")
+    pick(page, "dataset-chooser", "saved: dolly_sample")
     expect(message).to_contain_text("60 rows in dolly_sample.jsonl")
 
     # split: 70/20/10 stratified by category, counts per stratum, then saved
@@ -82,12 +78,12 @@ def test_import_filter_split_edit_export_in_the_browser(app_url, page, tmp_path)
         box = page.locator(f"#{elem} input")
         box.fill(value)
         box.press("Tab")
-    tb._pick(page, "split-stratify", "category")
+    pick(page, "split-stratify", "category")
     expect(page.locator("#split-message")).to_contain_text("Split 70/20/10, stratified by category")
     counts = page.locator("#split-counts")
     expect(counts).to_contain_text("closed_qa")
     expect(counts).to_contain_text("71% / 21% / 8%")  # closed_qa: 24 rows → 17 / 5 / 2
-    page.screenshot(path=str(tb.ARTIFACTS / "dataset-split.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "dataset-split.png"), full_page=True)
     page.locator("#split-save").click()
     expect(message).to_contain_text("saved as dolly_sample-v3.jsonl")
     rows = tdata.load_jsonl(saved / "dolly_sample-v3.jsonl").rows
@@ -130,7 +126,7 @@ def test_import_filter_split_edit_export_in_the_browser(app_url, page, tmp_path)
     expect(link).to_be_attached()
     exported = list(csv.DictReader(io.StringIO(page.request.get(link.get_attribute("href")).text())))
     assert len(exported) == 6 and {r["split"] for r in exported} == {"test"}
-    page.screenshot(path=str(tb.ARTIFACTS / "dataset.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "dataset.png"), full_page=True)
 
 
 def test_support_csv_mapped_top_brands_downsampled_split_80_10_10(app_url, page, tmp_path):
@@ -141,7 +137,7 @@ def test_support_csv_mapped_top_brands_downsampled_split_80_10_10(app_url, page,
 
     # the CSV's columns fit no shape: the settings open with a guessed mapping
     page.get_by_text("Import settings").click()
-    tb._pick(page, "starter-file", "customer_support.csv")
+    pick(page, "starter-file", "customer_support.csv")
     page.locator("#import-starter").click()
     expect(message).to_contain_text("match no known shape")
     expect(message).to_contain_text("Nothing was saved")
@@ -154,7 +150,7 @@ def test_support_csv_mapped_top_brands_downsampled_split_80_10_10(app_url, page,
 
     # the 5 most frequent brands, downsampled to 200 with a seed
     page.get_by_role("tab", name="Filter").click()
-    tb._pick(page, "filter-column", "brand")
+    pick(page, "filter-column", "brand")
     page.locator("#filter-top").click()
     expect(page.locator("#filter-values")).to_contain_text("Nimbus Mobile")
     box = page.locator("#filter-sample input")

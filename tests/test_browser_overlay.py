@@ -3,16 +3,13 @@ first run picked, and its legend showed two identical, cut labels)."""
 
 from __future__ import annotations
 
-import random
-
+from browser import pick as _pick, serve
 from conftest import chat, write_jsonl
-from test_browser import _free_port, _pick, page  # noqa: F401  (page is a fixture)
 
 
-def test_the_overlay_draws_every_chosen_run_with_labels_that_differ(tiny_llama, tmp_path, page):  # noqa: F811
+def test_the_overlay_draws_every_chosen_run_with_labels_that_differ(tiny_llama, tmp_path, page):
     from playwright.sync_api import expect
 
-    from app import build_app
     from tuner.config import TrainConfig
     from tuner.paths import Layout
     from tuner.runs import RunManager
@@ -25,11 +22,9 @@ def test_the_overlay_draws_every_chosen_run_with_labels_that_differ(tiny_llama, 
         manager.start(TrainConfig(base_model=str(tiny_llama), dataset=str(data), run_name=name, max_steps=3,
                                   test_fraction=0, validation_fraction=0))
         assert manager.wait(120).status == "completed"
-    demo = build_app(home, default_model=str(tiny_llama), rng=random.Random(1))
-    port = _free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo, url = serve(home, tiny_llama, seed=1)
     try:
-        page.goto(f"http://127.0.0.1:{port}")
+        page.goto(url)
         page.get_by_role("tab", name="Train").click()
         expect(page.locator("#runs-table")).to_contain_text("beta two")
         _pick(page, "runs-picked", "alpha-one")

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_access import _serve
-from test_browser import ARTIFACTS, page  # noqa: F401  (page is a fixture)
+from browser import ARTIFACTS, free_port, serve
 
 PASSWORD = "s3cret owner words"
 
@@ -15,12 +14,12 @@ PASSWORD = "s3cret owner words"
 def locked_url(tiny_llama, tmp_path):
     from tuner.access import Access
 
-    demo, url = _serve(tmp_path / "home", tiny_llama, Access(password=PASSWORD))
+    demo, url = serve(tmp_path / "home", tiny_llama, Access(password=PASSWORD))
     yield url
     demo.close()
 
 
-def test_owner_signs_in_with_the_password(locked_url, page):  # noqa: F811
+def test_owner_signs_in_with_the_password(locked_url, page):
     from playwright.sync_api import expect
 
     page.goto(locked_url)
@@ -62,7 +61,7 @@ def test_owner_signs_in_with_the_password(locked_url, page):  # noqa: F811
     expect(status).to_contain_text("Owner only", timeout=30_000)
 
 
-def test_inside_another_sites_frame_the_owner_is_told_where_to_sign_in(locked_url, page, tmp_path):  # noqa: F811
+def test_inside_another_sites_frame_the_owner_is_told_where_to_sign_in(locked_url, page, tmp_path):
     """On a Space the app is framed by huggingface.co, another site: the browser keeps no
     SameSite=Strict cookie there, and the sign-in must say so instead of reloading in vain."""
     import http.server
@@ -70,9 +69,7 @@ def test_inside_another_sites_frame_the_owner_is_told_where_to_sign_in(locked_ur
 
     from playwright.sync_api import expect
 
-    from test_browser import _free_port
-
-    port = _free_port()
+    port = free_port()
     framed = locked_url  # the app, on 127.0.0.1
     (tmp_path / "index.html").write_text(f'<iframe id="app" src="{framed}" width="1200" height="1200"></iframe>')
     handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731

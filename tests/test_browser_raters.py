@@ -8,20 +8,18 @@ leave and continue later.
 from __future__ import annotations
 
 import json
-import random
 import re
 
 import pytest
 
-from test_browser import ARTIFACTS, CHROMIUM, _free_port
+from browser import ARTIFACTS, CHROMIUM, serve
 
 VARIANTS = [{"name": "base", "label": "base (tiny)", "kind": "base"},
             {"name": "run-xyz", "label": "lora: run-xyz", "kind": "lora"}]
 
 
 @pytest.fixture
-def served(tiny_llama, tmp_path):
-    from app import build_app
+def served(tiny_llama, tmp_path, patient_expect):
     from ratings.store import Store
     from tuner.paths import Layout
 
@@ -36,10 +34,8 @@ def served(tiny_llama, tmp_path):
             for k, vid in enumerate(ids):
                 store.add_reply(p["id"], vid, f"Reply {'xy'[k]} to note {p['position']}.", {"max_new_tokens": 16})
         store.open_for_rating(evaluation)
-    demo = build_app(home, default_model=str(tiny_llama), rng=random.Random(5))
-    port = _free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}", store, eval_id
+    demo, url = serve(home, tiny_llama, seed=5)
+    yield url, store, eval_id
     demo.close()
 
 

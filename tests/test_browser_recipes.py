@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import re
 
-import test_browser as tb
+from browser import pick
 
 from tuner import recipes
 from tuner.paths import STARTER_DATASETS
-
-app_url = tb.app_url
-page = tb.page
 
 
 def test_recommended_settings_are_offered_then_applied_on_request_and_suggest_explains(app_url, page):
     from playwright.sync_api import expect
 
     page.goto(app_url)
-    tb._pick(page, "dataset-chooser", "starter: company_faq")
+    pick(page, "dataset-chooser", "starter: company_faq")
     page.get_by_role("tab", name="Train").click()
     recipe = recipes.load(STARTER_DATASETS / "company_faq.recipe.json")
     offer = page.locator("#train-recipe")
@@ -37,7 +34,7 @@ def test_recommended_settings_are_offered_then_applied_on_request_and_suggest_ex
 
     # Suggest settings derives settings from the rows themselves and says why in one line
     page.get_by_role("tab", name="Dataset").click()
-    tb._pick(page, "dataset-chooser", "starter: polite_assistant")
+    pick(page, "dataset-chooser", "starter: polite_assistant")
     page.get_by_role("tab", name="Train").click()
     page.locator("#train-suggest").click()
     message = page.locator("#train-message")
@@ -54,7 +51,7 @@ def test_the_train_tab_has_its_own_dataset_picker_beside_start(app_url, page, tm
     page.get_by_role("tab", name="Train").click()
     here = page.locator("#train-dataset input")
     expect(here).to_have_value("starter: polite_assistant")  # follows the Dataset tab's choice
-    tb._pick(page, "train-dataset", "starter: formal_email")
+    pick(page, "train-dataset", "starter: formal_email")
     what = page.locator("#train-what")
     expect(what).to_contain_text("Start trains starter: formal_email (the Dataset tab shows "
                                  "starter: polite_assistant)")
@@ -66,7 +63,7 @@ def test_the_train_tab_has_its_own_dataset_picker_beside_start(app_url, page, tm
     expect(page.locator("#train-message")).to_contain_text(re.compile(r"Run \S+ completed"), timeout=120_000)
     # a choice on the Dataset tab is followed again
     page.get_by_role("tab", name="Dataset").click()
-    tb._pick(page, "dataset-chooser", "starter: company_faq")
+    pick(page, "dataset-chooser", "starter: company_faq")
     page.get_by_role("tab", name="Train").click()
     expect(here).to_have_value("starter: company_faq")
     expect(what).to_contain_text(re.compile(r"Start trains starter: company_faq on \S"))

@@ -4,12 +4,11 @@ and a run folder on disk: the tables, a threshold change, the plots, the exports
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
-from test_browser import ARTIFACTS, CHROMIUM, _free_port
-from test_exports import filled_store
+from browser import ARTIFACTS, CHROMIUM, serve
+from test_tables import filled_store
 
 ADAPTER_BYTES = 250_000
 
@@ -32,18 +31,15 @@ def _write_run(runs_dir, run_id: str) -> None:
 
 
 @pytest.fixture
-def served(tiny_llama, tmp_path):
-    from app import build_app
+def served(tiny_llama, tmp_path, patient_expect):
     from tuner.paths import Layout
 
     home = tmp_path / "home"
     layout = Layout(home)
     store, eval_id = filled_store(layout.ratings_db)
     _write_run(layout.runs, "run-xyz")
-    demo = build_app(home, default_model=str(tiny_llama), rng=random.Random(5))
-    port = _free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}", store, eval_id
+    demo, url = serve(home, tiny_llama, seed=5)
+    yield url, store, eval_id
     demo.close()
 
 

@@ -5,13 +5,12 @@ it is cleared."""
 
 from __future__ import annotations
 
-import random
 import shutil
 import uuid
 from pathlib import Path
 
 import pytest
-from test_browser import _free_port, _pick, page  # noqa: F401  (fixtures)
+from browser import pick as _pick, serve
 from test_browser_dataset import opened
 
 
@@ -24,18 +23,14 @@ def in_upload_folder(name: str) -> list[Path]:
 @pytest.fixture
 def app_with_run(tiny_llama, trained_run, tmp_path):
     """The app over a data root that already holds a finished run of the tiny Llama."""
-    from app import build_app
-
     home = tmp_path / "home"
     shutil.copytree(trained_run.parent, home / "runs" / trained_run.parent.name)
-    demo = build_app(home, default_model=str(tiny_llama), rng=random.Random(5))
-    port = _free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}", trained_run.parent.name
+    demo, url = serve(home, tiny_llama, seed=5)
+    yield url, trained_run.parent.name
     demo.close()
 
 
-def test_a_compare_prompt_file_is_deleted_once_read_and_generate_uses_its_prompts(app_with_run, page,  # noqa: F811
+def test_a_compare_prompt_file_is_deleted_once_read_and_generate_uses_its_prompts(app_with_run, page,
                                                                                   tmp_path):
     from playwright.sync_api import expect
 
@@ -55,7 +50,7 @@ def test_a_compare_prompt_file_is_deleted_once_read_and_generate_uses_its_prompt
     expect(page.locator("#generate-message")).to_contain_text("Generated 2 × 2 replies", timeout=120_000)
 
 
-def test_a_dataset_upload_stays_until_the_next_one_or_a_clear(app_with_run, page, tmp_path):  # noqa: F811
+def test_a_dataset_upload_stays_until_the_next_one_or_a_clear(app_with_run, page, tmp_path):
     from playwright.sync_api import expect
 
     url, _ = app_with_run

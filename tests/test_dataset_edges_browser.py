@@ -11,13 +11,10 @@ from __future__ import annotations
 import json
 import re
 
-import test_browser as tb
+from browser import pick
 from test_browser_dataset import opened
 
 from tuner import data as tdata
-
-app_url = tb.app_url
-page = tb.page
 
 
 def edit_cell(page, row, col, text):
@@ -213,7 +210,7 @@ def test_unsaved_changes_are_kept_when_another_version_is_picked(app_url, page):
     delete_row_1(page, message)
 
     # another version picked: the draft stays, with a warning and a way to drop it
-    tb._pick(page, "dataset-chooser", "starter: company_faq")
+    pick(page, "dataset-chooser", "starter: company_faq")
     kept(page, message, "starter: polite_assistant", first)
     dropped(page, message, "open starter: company_faq", "rows in company_faq.jsonl")
     expect(chooser).to_have_value("starter: company_faq")
@@ -251,7 +248,7 @@ def test_unsaved_changes_are_kept_when_a_file_is_imported(app_url, page, tmp_pat
     page.locator("#dataset-new").click()
     expect(page.locator("#dataset-discard")).to_have_text("Drop the unsaved changes and start a new, empty dataset")
     page.get_by_text("Import settings").click()
-    tb._pick(page, "starter-file", "customer_support.csv")
+    pick(page, "starter-file", "customer_support.csv")
     page.locator("#import-starter").click()
     kept(page, message, "saved: plants", first)
     assert not (saved / "customer_support.jsonl").exists()

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from ratings import exports
+from ratings import reports
 from ratings.store import RatingError, Store
 from tuner import data as tdata
-from tuner import train as ttrain
+from tuner import records
 from tuner.paths import Layout
 from tuner.runs import RunManager
 
@@ -182,7 +182,7 @@ def test_restart_keeps_datasets_ratings_and_a_killed_run_resumes(tiny_llama, tmp
 
     manager = RunManager(layout.runs, layout.models)
     assert [(r["run_id"], r["status"]) for r in manager.runs()] == [("in-flight", "interrupted")]
-    checkpoint = ttrain.last_complete_checkpoint(run_dir)
+    checkpoint = records.last_complete_checkpoint(run_dir)
     resumed_from = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
     assert resumed_from >= 2
     # the Train tab says so after the restart, instead of "No run yet."
@@ -284,7 +284,7 @@ def test_backup_under_writes_is_a_consistent_snapshot(tmp_path):
             wait_for(after + 4)  # the last backup comes after more acknowledged ratings
         with lock:
             before = list(acked)
-        exports.backup_sqlite(db, target)
+        reports.backup_sqlite(db, target)
         with lock:
             after = len(acked)
         assert proc.proc.poll() is None  # the raters were writing all along

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_browser import _free_port
+from browser import serve as launch
 from tuner.paths import REPO_ROOT, max_upload, upload_bytes
 
 SECRET = "canary-3f1b: must never be served"
@@ -28,13 +27,7 @@ SECRET = "canary-3f1b: must never be served"
 def serve(home: Path, max_file_size: str | None = None):
     """The real app on a free port, launched with the upload limit app.py uses;
     returns (demo, base url)."""
-    from app import build_app
-
-    demo = build_app(home, default_model="smollm2-135m-instruct", rng=random.Random(0))
-    port = _free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                        max_file_size=max_file_size or max_upload())
-    return demo, f"http://127.0.0.1:{port}"
+    return launch(home, "smollm2-135m-instruct", seed=0, max_file_size=max_file_size or max_upload())
 
 
 def endpoint(url: str, *labels: str) -> str:

@@ -188,23 +188,25 @@ def test_hub_id_fails_fast_offline_and_loads_through_datasets(monkeypatch):
 
 
 # --- bad input ---------------------------------------------------------------------
-def test_empty_files_of_every_kind(tmp_path):
-    for name, content in [("a.jsonl", ""), ("b.csv", "\n \n"), ("c.json", "[]"), ("d.csv", "question,answer\n")]:
-        path = tmp_path / name
-        path.write_text(content, encoding="utf-8")
-        with pytest.raises(ImportProblem, match=rf"{name}: the file (is empty|has no rows|has a header)"):
-            imp.import_file(path)
+EMPTY = [("a.jsonl", ""), ("b.csv", "\n \n"), ("c.json", "[]"), ("d.csv", "question,answer\n")]
+REFUSED = [
+    # (file name, its bytes, what the message must say)
+    *[(name, content.encode(), rf"{name}: the file (is empty|has no rows|has a header)") for name, content in EMPTY],
+    ("latin.csv", "question,answer\nCafé?,Oui\n".encode("latin-1"),
+     r"latin.csv: not UTF-8 text \(byte 0xE9 at offset 19, line 2\)"),
+    ("wide.csv", "question,answer\nQ,A\n".encode("utf-16"), "wide.csv: the file is UTF-16 .*save it as UTF-8"),
+    ("notes.txt", b"hello", "notes.txt: files of type '.txt' cannot be imported"),
+    ("fake.parquet", b"not parquet at all", "fake.parquet: not a readable Parquet file"),
+    ("broken.json", b'[{"question": "Q", "answer": ]', r"broken.json: not valid JSON \(line 1, column 30"),
+]
 
 
-def test_not_utf8_names_the_byte_and_line(tmp_path):
-    path = tmp_path / "latin.csv"
-    path.write_bytes("question,answer\nCafé?,Oui\n".encode("latin-1"))
-    with pytest.raises(ImportProblem, match=r"latin.csv: not UTF-8 text \(byte 0xE9 at offset 19, line 2\)"):
+@pytest.mark.parametrize("name, content, message", REFUSED, ids=[r[0] for r in REFUSED])
+def test_empty_not_utf8_unsupported_and_damaged_files_are_refused_by_name(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ImportProblem, match=message):
         imp.import_file(path)
-    utf16 = tmp_path / "wide.csv"
-    utf16.write_bytes("question,answer\nQ,A\n".encode("utf-16"))
-    with pytest.raises(ImportProblem, match="wide.csv: the file is UTF-16 .*save it as UTF-8"):
-        imp.import_file(utf16)
 
 
 def test_a_utf8_byte_order_mark_is_dropped_and_said(tmp_path):
@@ -238,21 +240,6 @@ def test_csv_rows_with_the_wrong_number_of_fields_are_skipped_by_line(tmp_path):
     assert [turns(r)[0][1] for r in result.rows] == ["Q1", "Q3\nacross lines"]
     assert result.problems == ["line 3: 3 fields, but the header has 2 (a quote not closed, or a stray delimiter?)",
                                "line 7: 1 fields, but the header has 2 (a quote not closed, or a stray delimiter?)"]
-
-
-def test_unsupported_and_damaged_files(tmp_path):
-    txt = tmp_path / "notes.txt"
-    txt.write_text("hello", encoding="utf-8")
-    with pytest.raises(ImportProblem, match="notes.txt: files of type '.txt' cannot be imported"):
-        imp.import_file(txt)
-    fake = tmp_path / "fake.parquet"
-    fake.write_bytes(b"not parquet at all")
-    with pytest.raises(ImportProblem, match="fake.parquet: not a readable Parquet file"):
-        imp.import_file(fake)
-    broken = tmp_path / "broken.json"
-    broken.write_text('[{"question": "Q", "answer": ]', encoding="utf-8")
-    with pytest.raises(ImportProblem, match=r"broken.json: not valid JSON \(line 1, column 30"):
-        imp.import_file(broken)
 
 
 def test_a_failed_import_leaves_saved_datasets_untouched(tmp_path):

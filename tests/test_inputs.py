@@ -142,7 +142,9 @@ def test_a_symlink_in_the_data_root_pointing_outside_is_neither_read_nor_written
 
 
 # --- run ids ------------------------------------------------------------------------------
-def test_run_ids_that_are_paths_are_refused_and_linked_run_folders_are_not_runs(tmp_path):
+@pytest.mark.parametrize("bad", ["../outside/stolen", "/etc", "..", "%2e%2e%2fstolen", "..\\stolen", "a\x00b",
+                                 "x" * 200, "20260101 000000", "", None], ids=lambda bad: repr(bad)[:20])
+def test_run_ids_that_are_paths_are_refused_and_linked_run_folders_are_not_runs(tmp_path, bad):
     from tuner.runs import RunManager
 
     runs, outside = tmp_path / "runs", tmp_path / "outside"
@@ -156,30 +158,32 @@ def test_run_ids_that_are_paths_are_refused_and_linked_run_folders_are_not_runs(
     manager = RunManager(runs, tmp_path / "models")
     assert [r["run_id"] for r in manager.runs()] == ["20260101-000000-faq-ab12"]
     assert manager.get("stolen") is None
-    for bad in ["../outside/stolen", "/etc", "..", "%2e%2e%2fstolen", "..\\stolen", "a\x00b", "x" * 200,
-                "20260101 000000", "", None]:
-        with pytest.raises(ValueError, match="run id"):
-            manager.get(bad)
-        with pytest.raises(ValueError, match="run id"):
-            manager.resume(bad)
+    with pytest.raises(ValueError, match="run id"):
+        manager.get(bad)
+    with pytest.raises(ValueError, match="run id"):
+        manager.resume(bad)
     assert (outside / "stolen" / "run.json").read_text().count(SECRET) == 1  # untouched
 
 
 # --- prompt files ----------------------------------------------------------------------
-def test_prompt_files_of_the_wrong_kind_are_refused_by_name(tmp_path):
+@pytest.mark.parametrize("name, content, message", [
+    ("prompts.txt", b"prompt\nhi\n", "prompts.txt: prompt files of type '.txt' cannot be read"),
+    ("image.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", r"image.csv: a binary file, not text \(a NUL byte"),
+    ("wide.jsonl", '{"prompt": "hi"}\n'.encode("utf-16-le"), "wide.jsonl: a binary file"),
+    ("latin.csv", "prompt\ncaf\u00e9\n".encode("latin-1"), r"latin.csv: not UTF-8 text \(byte 0xE9 at offset 10, line 2\)"),
+    ("empty.jsonl", b"", "empty.jsonl: the file is empty"),
+])
+def test_prompt_files_of_the_wrong_kind_are_refused_by_name(tmp_path, name, content, message):
     from ratings import evalsets
 
-    cases = {
-        "prompts.txt": (b"prompt\nhi\n", "prompts.txt: prompt files of type '.txt' cannot be read"),
-        "image.csv": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", r"image.csv: a binary file, not text \(a NUL byte"),
-        "wide.jsonl": ('{"prompt": "hi"}\n'.encode("utf-16-le"), "wide.jsonl: a binary file"),
-        "latin.csv": ("prompt\ncaf\u00e9\n".encode("latin-1"), r"latin.csv: not UTF-8 text \(byte 0xE9 at offset 10, line 2\)"),
-        "empty.jsonl": (b"", "empty.jsonl: the file is empty"),
-    }
-    for name, (content, message) in cases.items():
-        (tmp_path / name).write_bytes(content)
-        with pytest.raises(ValueError, match=message):
-            evalsets.from_file(tmp_path / name)
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        evalsets.from_file(tmp_path / name)
+
+
+def test_a_prompt_file_over_the_size_limit_is_refused_by_name(tmp_path):
+    from ratings import evalsets
+
     huge = tmp_path / "huge.csv"
     with huge.open("wb") as fh:  # sparse: over the limit without writing 50 MB
         fh.truncate(tdata.MAX_FILE_BYTES + 1)

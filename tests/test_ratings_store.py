@@ -34,7 +34,7 @@ def test_schema_is_named_migrations_in_wal_mode(tmp_path):
 
 def test_an_evaluation_keeps_its_checks_and_an_older_database_gains_the_column(tmp_path):
     from ratings import checks as rc
-    from ratings.store import migrations
+    from ratings.db import migrations
 
     store = Store(tmp_path / "r.db")
     eval_id = store.create_evaluation("e", "m", [{"text": "Write an email", "category": "email"}], VARIANTS,
@@ -293,3 +293,16 @@ def test_fifty_concurrent_raters_lose_nothing_and_count_nothing_twice(tmp_path):
     for i in range(50):  # each rater's own score landed on each of their replies
         mine = frame[frame["rater"] == f"r{i}"]
         assert sorted(mine["score"]) == sorted([1 + i % 5] * 3 + [5] * 3)
+
+
+def test_a_typed_name_belongs_to_the_browser_holding_its_key(tmp_path):
+    store = Store(tmp_path / "r.db")
+    name, key = store.claim_rater("  Ana   Lee ")
+    assert name == "Ana Lee" and key  # cleaned once, by clean_rater, whatever the spacing typed
+    assert store.claim_rater("Ana Lee", {"Ana Lee": key}) == ("Ana Lee", key)
+    for keys in (None, {}, {"Ana Lee": "guessed"}):
+        with pytest.raises(RatingError, match="another browser"):
+            store.claim_rater("Ana  Lee", keys)
+    assert store.claim_rater("ben", signed_in=True) == ("ben", None)
+    with pytest.raises(RatingError, match="Hugging Face sign-in"):
+        store.claim_rater("ben", {"ben": "x"})

@@ -177,13 +177,14 @@ def test_a_saved_split_is_what_training_and_compare_use(tmp_path):
     assert rows[0].get("split") is None  # the input rows are not changed
 
 
-def test_split_settings_are_checked():
-    with pytest.raises(ValueError, match="must make 100%"):
-        SplitSpec(70, 20, 20)
-    with pytest.raises(ValueError, match="train part must be more than 0%"):
-        SplitSpec(0, 50, 50)
-    with pytest.raises(ValueError, match="between 0 and 100"):
-        SplitSpec(110, -10, 0)
+@pytest.mark.parametrize("shares, message", [
+    ((70, 20, 20), "must make 100%"),
+    ((0, 50, 50), "train part must be more than 0%"),
+    ((110, -10, 0), "between 0 and 100"),
+])
+def test_split_settings_are_checked(shares, message):
+    with pytest.raises(ValueError, match=message):
+        SplitSpec(*shares)
 
 
 # --- paraphrases -------------------------------------------------------------------

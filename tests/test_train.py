@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import POLITE, chat, write_jsonl
+from tuner import records
 from tuner import train as ttrain
 from tuner.config import TrainConfig
 from tuner.runs import RunBusy, RunManager
@@ -215,7 +216,7 @@ def test_lora_run_loss_falls_weights_change_and_folder_is_complete(tiny_llama, h
                 "trainable_percent"):
         assert summary[key] is not None, key
     assert summary["packing"] and summary["attention"] == "per example"  # tuner.packed_attention in use
-    metrics = ttrain.read_metrics(run_dir)
+    metrics = records.read_metrics(run_dir)
     losses = [m["loss"] for m in metrics if "loss" in m]
     assert len(losses) == state.max_steps
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses
@@ -243,7 +244,7 @@ def test_stop_ends_the_run_within_two_steps_and_keeps_a_checkpoint(tiny_llama, h
     assert state.summary["global_step"] - asked_at <= 2
     run_dir = home.runs / state.run_id
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
-    assert ttrain.last_complete_checkpoint(run_dir) is not None  # resumable
+    assert records.last_complete_checkpoint(run_dir) is not None  # resumable
 
 
 def test_forced_nan_marks_the_run_diverged(tiny_llama, home, tmp_path):
@@ -301,7 +302,7 @@ def test_cli_run_killed_mid_way_resumes_and_continues_its_step_count(tiny_llama,
 
     manager = RunManager(out, tmp_path / "home" / "models")
     assert manager.get("killed")["status"] == "interrupted"
-    checkpoint = ttrain.last_complete_checkpoint(run_dir)
+    checkpoint = records.last_complete_checkpoint(run_dir)
     resumed_from = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
     assert resumed_from >= 6
     # shorten the rest of the run: resume reads the config from run.json
@@ -310,7 +311,7 @@ def test_cli_run_killed_mid_way_resumes_and_continues_its_step_count(tiny_llama,
     manager.resume("killed")
     state = manager.wait(timeout=180)
     assert state.status == "completed", state.message
-    steps = [m["step"] for m in ttrain.read_metrics(run_dir) if "loss" in m]
+    steps = [m["step"] for m in records.read_metrics(run_dir) if "loss" in m]
     assert steps == list(range(1, resumed_from + 5))  # continued, no step twice, none missing
     assert state.summary["global_step"] == resumed_from + 4
 
@@ -328,7 +329,7 @@ def test_cli_writes_the_run_folder(tiny_llama, tmp_path):
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "completed" and record["summary"]["global_step"] == 2
     assert record["config"]["lr_scheduler_type"] == "cosine"
-    assert len(ttrain.read_metrics(run_dir)) >= 2
+    assert len(records.read_metrics(run_dir)) >= 2
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
     # the held-out rows are in the run folder exactly as split, and any tool can evaluate on them
     from tuner import data as tdata

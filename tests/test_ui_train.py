@@ -118,7 +118,8 @@ def test_a_split_too_small_to_compare_runs_on_is_warned_about(tmp_path):
 
 def test_a_named_run_carries_its_name_into_its_id_tables_and_evaluations(tiny_llama, tmp_path):
     from ratings.generation import variants_for
-    from tuner.runs import RunManager, new_run_id, run_label
+    from tuner.records import new_run_id, run_label
+    from tuner.runs import RunManager
     from tuner.ui.train import finished_runs, runs_frame
 
     rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
@@ -144,3 +145,87 @@ def test_a_named_run_carries_its_name_into_its_id_tables_and_evaluations(tiny_ll
         TrainConfig(run_name="x" * 61)
     with pytest.raises(ValueError, match="run_name"):
         TrainConfig(run_name="bad\nname")
+
+
+def test_the_tabs_inputs_are_the_configs_fields_and_their_ranges_its_checks():
+    """Issue 15: the tab restated the fields, their types and ranges by hand; its learning-rate
+    box started at 0, which the config refuses. Now both read each field's metadata."""
+    from dataclasses import fields
+
+    import pytest
+
+    from tuner.ui.train import INTS, setting_input
+
+    edited = [f for f in fields(TrainConfig) if f.metadata.get("widget")]
+    assert FIELDS == [f.name for f in edited]
+    assert INTS == {f.name for f in edited if f.type == "int"}
+    for f in edited:
+        spec = f.metadata
+        assert spec["label"] and spec["help"], f.name
+        if "reach" in spec:  # both ends of a slider are settings the config accepts
+            low, high, _step = spec["reach"]
+            for end in (low, high):
+                TrainConfig(**{f.name: end, "test_fraction": 0, "validation_fraction": 0})
+        if "above" in spec:  # an open bound is itself refused, by name
+            with pytest.raises(ValueError, match=f.name):
+                TrainConfig(**{f.name: spec["above"]})
+    import gradio as gr
+
+    with gr.Blocks():
+        assert setting_input("r").maximum == 64 and setting_input("r").label == "LoRA rank (r)"
+        assert setting_input("learning_rate").minimum == 0 and setting_input("max_steps").precision == 0
+
+
+def test_every_setting_out_of_its_range_is_named_at_once():
+    import pytest
+
+    with pytest.raises(ValueError) as refused:
+        TrainConfig(r=0, learning_rate=0, lora_dropout=1.0, warmup_steps=-1, neftune_noise_alpha=51,
+                    lr_scheduler_type="step", save_total_limit=0, logging_steps=0)
+    text = str(refused.value)
+    for part in ("r must be at least 1 (got 0)", "learning_rate must be in (0, 0.1] (got 0)",
+                 "lora_dropout must be in [0, 1) (got 1.0)", "warmup_steps must be at least 0 (got -1)",
+                 "neftune_noise_alpha must be in [0, 50] (got 51)",
+                 "lr_scheduler_type must be one of linear, cosine, constant (got 'step')",
+                 "save_total_limit must be at least 1 (got 0)", "logging_steps must be at least 1 (got 0)"):
+        assert part in text, part
+    assert TrainConfig(learning_rate=0.1, neftune_noise_alpha=50).learning_rate == 0.1  # closed ends pass
+
+
+def test_the_handlers_answer_with_their_components_by_name(tmp_path):
+    """Start's and the tick's answers are keyed by component: a refused Start touches only the message."""
+    import gradio as gr
+
+    from tuner.runs import RunManager
+    from tuner.ui.train import train_tab, values_of
+
+    manager = RunManager(tmp_path / "runs", tmp_path / "models")
+    with gr.Blocks() as demo:
+        picker = gr.Dropdown(["m"], value="m")
+        chooser = gr.Dropdown([], allow_custom_value=True)
+        train_tab(manager, tmp_path / "datasets", picker, chooser)
+    handler = {f.name: f for f in demo.fns.values()}
+    values = values_of({"learning_rate": 0})
+    refused = handler["on_start"].fn("m", "starter: polite_assistant", "", *values)
+    assert list(refused) == [handler["on_start"].outputs[0]]  # the message, nothing else
+    assert "learning_rate must be in (0, 0.1] (got 0.0)" in next(iter(refused.values()))
+    assert manager.runs() == []
+    ticked = handler["on_tick"].fn(None, -1)
+    assert set(ticked) <= set(handler["on_tick"].outputs) and len(ticked) >= 3
+
+
+def test_the_tab_refuses_a_learning_rate_of_0_naming_it(app_url, page):
+    """Issue 15: the learning-rate box went down to 0, which no run can train with."""
+    from playwright.sync_api import expect
+
+    page.goto(app_url)
+    expect(page.locator("#dataset-message")).to_contain_text("26 rows")  # the starter set chosen
+    page.get_by_role("tab", name="Train").click()
+    expect(page.locator("#train-estimate")).to_contain_text("Trainable:")
+    lr = page.get_by_label("Learning rate")
+    lr.fill("0")
+    lr.press("Tab")
+    expect(page.locator("#train-estimate")).to_contain_text("learning_rate must be in (0, 0.1]")
+    page.locator("#train-start").click()
+    expect(page.locator("#train-message")).to_contain_text("learning_rate must be in (0, 0.1] (got 0.0)")
+    expect(page.locator("#runs-table")).not_to_contain_text("polite_assistant")

@@ -21,7 +21,8 @@ from pathlib import Path
 def _train(args) -> int:
     from tuner.config import TrainConfig
     from tuner.paths import Layout, data_root
-    from tuner.runs import new_run_id, run_to_end, start_record
+    from tuner.records import FINISHED, new_run_id, start_record
+    from tuner.runs import run_to_end
     from tuner.train import RunControl
 
     config_path = Path(args.config)
@@ -70,7 +71,7 @@ def _train(args) -> int:
         print(f"{record['status']}: {run_dir}")
         if record.get("message"):
             print(record["message"])
-    return 0 if record["status"] in ("completed", "stopped") else 1
+    return 0 if record["status"] in FINISHED else 1
 
 
 def main(argv: list[str] | None = None) -> int:

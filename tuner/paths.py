@@ -6,8 +6,12 @@ import errno
 import json
 import os
 import re
+import shutil
 import tempfile
+import threading
 import unicodedata
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +48,21 @@ def max_upload(env: dict | None = None) -> str:
 
 NAME_MAX = 80  # characters in a dataset, run or export name (file systems allow 255 bytes)
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_NAME_UNSAFE_NO_DOT = re.compile(r"[^A-Za-z0-9_-]+")
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def plain_name(text, max_length: int | None = None, dots: bool = True, trim: str = ".-_") -> str:
+    """`text` made of letters, digits, '-', '_' (and '.' unless `dots` is False) only:
+    each run of other characters becomes one '-', then `trim`'s characters go from
+    both ends and the rest is cut to `max_length`; "" when nothing is left.
+
+    It cleans and never refuses, for a name derived from other text (a run id, a
+    file's stem): "2026-run v2/../x" → "2026-run-v2-..-x". A name a person gives
+    goes through safe_name instead, which refuses what could be a path.
+    """
+    unsafe = _NAME_UNSAFE if dots else _NAME_UNSAFE_NO_DOT
+    return unsafe.sub("-", "" if text is None else str(text)).strip(trim)[:max_length]
 
 
 def _shown(text: str, limit: int = 60) -> str:
@@ -75,8 +93,7 @@ def safe_name(text, what: str = "name", max_length: int = NAME_MAX) -> str:
     if normal.strip() in (".", ".."):
         raise ValueError(f"{what} {shown}: '.' and '..' are not names")
     ascii_text = "".join(c for c in unicodedata.normalize("NFKD", normal) if not unicodedata.combining(c))
-    cleaned = _NAME_UNSAFE.sub("-", ascii_text)
-    cleaned = re.sub(r"\.{2,}", ".", re.sub(r"-{2,}", "-", cleaned)).lstrip(".-").rstrip(".-")
+    cleaned = re.sub(r"\.{2,}", ".", re.sub(r"-{2,}", "-", plain_name(ascii_text, trim=".-")))
     if not cleaned:
         raise ValueError(f"{what} {shown} has no letters or digits to make a file name of: "
                          "use letters, digits, '-', '_' or '.'")
@@ -200,31 +217,105 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+@contextmanager
+def replacing(path: Path, what: str | None = None, leftovers: Iterable[str] = ()) -> Iterator[Path]:
+    """A temp file beside `path` for the block to write, then fsynced and renamed
+    onto `path`: a reader sees the old file or the new one, never half of one.
+
+    On any error the temp file goes (with the files named by suffix in
+    `leftovers`, such as SQLite's "-journal") and `path` is left as it was. With
+    `what`, an OSError is raised as StorageError naming `what` and the folder;
+    without it, as it came.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as exc:
+        if what is None:
+            raise
+        raise storage_error(exc, what, path.parent) from exc
+    tmp = Path(name)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        for leftover in (tmp, *(Path(f"{tmp}{suffix}") for suffix in leftovers)):
+            leftover.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and what is not None:
+            raise storage_error(exc, what, path.parent) from exc
+        raise
+    fsync_dir(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: Path, text: str, what: str | None = None) -> None:
     """Write `text` so a reader sees the old file or the new one, never half.
 
     A failed write (disk full, size limit, I/O error) removes the temp file and
     raises StorageError naming `what` (default: the file's name) and the folder.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise storage_error(exc, what or path.name, path.parent) from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise storage_error(exc, what or path.name, path.parent) from exc
-        raise
-    fsync_dir(path.parent)
+    with replacing(path, what or Path(path).name) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 def atomic_write_json(path: Path, obj, what: str | None = None) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", what)
+
+
+def write_new(folder: Path, text: str, names: Iterable[str], what: str) -> Path:
+    """Write `text` as the first of `names` (file names in `folder`) that is free, never
+    over an existing file, and return its path.
+
+    The file is written aside and then hard-linked into place: the link fails if
+    the name was taken meanwhile, so two writers at once cannot overwrite each
+    other. A full or failing disk raises StorageError naming `what` and leaves no
+    file behind.
+    """
+    folder = Path(folder)
+    tmp = folder / f".new.{os.getpid()}.{threading.get_ident()}.{os.urandom(3).hex()}.tmp"
+    atomic_write_text(tmp, text, what)
+    try:
+        for name in names:
+            path = inside(folder, name)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                continue
+            except OSError as exc:  # the directory itself may be out of space
+                raise storage_error(exc, what, folder) from exc
+            fsync_dir(folder)
+            return path
+        raise ValueError(f"no free name for {what} in {folder}")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def replace_folder(tmp: Path, target: Path) -> None:
+    """Put the folder `tmp` in the place of `target`, which may exist and hold files
+    (os.replace cannot replace a non-empty folder, so the old one is moved aside
+    first and put back if the rename fails). `tmp` is removed on failure."""
+    tmp, target = Path(tmp), Path(target)
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}-{os.urandom(3).hex()}"
+        os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

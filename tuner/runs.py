@@ -2,6 +2,7 @@
 
 The UI reads a `RunState` snapshot (copied under a lock) on a timer; the run
 itself lives on the server, so a page reload, or another browser, shows it.
+What a run folder holds, and how it is read, is tuner.records.
 """
 
 from __future__ import annotations
@@ -9,22 +10,17 @@ from __future__ import annotations
 import atexit
 import copy
 import gc
-import json
 import os
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
-from tuner import data as tdata
+from tuner import records
+from tuner.paths import atomic_write_text
 from tuner.config import TrainConfig
-from tuner.paths import atomic_write_json, inside, safe_name
-from tuner.train import RunControl, last_complete_checkpoint, read_metrics, train
-
-FINISHED = ("completed", "stopped")  # runs whose adapter can be compared
-ENDED = FINISHED + ("failed", "diverged", "interrupted")
+from tuner.train import RunControl, train
 
 
 class RunBusy(RuntimeError):
@@ -36,7 +32,7 @@ class RunState:
     """What the UI shows of the current run; written by the training thread."""
 
     run_id: str = ""
-    status: str = "idle"  # idle, starting, running, then one of ENDED
+    status: str = "idle"  # idle, starting, running, then one of records.ENDED
     message: str = ""
     step: int = 0
     max_steps: int = 0
@@ -89,67 +85,23 @@ def clock(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def new_run_id(config: TrainConfig) -> str:
-    """<UTC time>-<the run's name, else its dataset's>-<4 random hex digits>."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    name = tdata.slug(config.run_name) if config.run_name.strip() else ""
-    name = name or (tdata.slug(Path(config.dataset).stem) if config.dataset else "") or "run"
-    return f"{stamp}-{name[:40]}-{os.urandom(2).hex()}"
-
-
-def run_label(record: dict) -> str:
-    """What tables, charts and exports call a run: the owner's name for it, else its id."""
-    return ((record.get("config") or {}).get("run_name") or "").strip() or record["run_id"]
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def process_started(pid: int) -> str | None:
-    """When process `pid` started (clock ticks since boot, from /proc), or None
-    if it is gone, a zombie, or there is no /proc. With the pid it names one
-    process, however often pids are reused."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]  # state; starttime (field 22)
-
-
-def still_running(record: dict) -> bool:
-    """Whether the process that wrote `record` as running is alive (a CLI run
-    beside the app, say); False once it died, whatever pid took its place."""
-    started, pid = record.get("pid_started"), record.get("pid")
-    if not started or not isinstance(pid, int) or pid == os.getpid():  # this process: its manager knows
-        return False
-    return process_started(pid) == started
-
-
-def start_record(run_dir: Path, run_id: str, config: TrainConfig) -> dict:
-    record = {"run_id": run_id, "config": config.to_dict(), "status": "running", "started_at": _now(),
-              "pid": os.getpid(), "pid_started": process_started(os.getpid())}
-    atomic_write_json(run_dir / "run.json", record)
-    return record
-
-
 def run_to_end(config: TrainConfig, run_dir: Path, control: RunControl, models_dir: Path,
                resume: bool = False) -> dict:
     """Run the recipe and write the final run.json, whatever happens; returns the record."""
-    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    record.update(status="running", pid=os.getpid(), pid_started=process_started(os.getpid()))
-    atomic_write_json(run_dir / "run.json", record)
+    record = records.read_record(run_dir)
+    record.update(status="running", **records.owner())
+    records.write_record(run_dir, record)
     try:
         summary = train(config, run_dir, control, models_dir=models_dir, resume=resume)
         status, message = summary["status"], summary.get("message", "")
     except Exception as exc:  # the app must outlive any training error
         status, summary, message = "failed", {}, explain(exc)
-        (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        atomic_write_text(records.error_file(run_dir), traceback.format_exc())
     finally:
         gc.collect()
-    record.update(status=status, summary=summary, message=message, ended_at=_now())
+    record.update(status=status, summary=summary, message=message, ended_at=records.timestamp())
     try:
-        atomic_write_json(run_dir / "run.json", record)
+        records.write_record(run_dir, record)
     except OSError as exc:  # a full disk: the UI still hears how the run ended
         record["message"] = " ".join(filter(None, [message, str(exc)]))
     return record
@@ -165,30 +117,6 @@ def explain(exc: Exception) -> str:
     return text
 
 
-def check_run_id(run_id) -> str:
-    """`run_id` if it can name a run folder (runs/<id>/), else a ValueError: a run
-    id picked in the UI or sent by a script is never a path ("../x", "/etc", "a\\b")."""
-    if not isinstance(run_id, str) or safe_name(run_id, "run id") != run_id:
-        raise ValueError(f"{str(run_id)[:80]!r} is not a run id (runs are named like 20260101-120000-faq-1a2b)")
-    return run_id
-
-
-def stopped_at(run_dir: Path) -> dict:
-    """Where a run that did not finish got to: its last logged step, and the step of its
-    last complete checkpoint (what Resume continues from), None when there is none."""
-    step = None
-    try:
-        for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-            try:
-                step = json.loads(line).get("step", step)
-            except (ValueError, AttributeError):
-                continue
-    except OSError:
-        pass
-    checkpoint = last_complete_checkpoint(run_dir)
-    return {"step": step, "checkpoint": int(checkpoint.name.split("-")[1]) if checkpoint else None}
-
-
 def resume_hint(where: dict) -> str:
     """One line for a run that stopped early (`where`: its stopped_at): where, and what Resume will do."""
     step = f"at step {where['step']}" if where.get("step") is not None else "before its first step"
@@ -196,26 +124,6 @@ def resume_hint(where: dict) -> str:
         return (f"stopped {step}; its last checkpoint is step {where['checkpoint']}: pick it under Runs and press "
                 "Resume to continue from there.")
     return f"stopped {step} with no complete checkpoint to resume from: start it again instead."
-
-
-def list_runs(runs_dir: Path) -> list[dict]:
-    """Every run's run.json, newest first. A run's id is its folder's name; a
-    folder that is a symlink out of `runs_dir`, or whose name could not be a run
-    id, is not a run."""
-    runs = []
-    for path in sorted(Path(runs_dir).glob("*/run.json"), reverse=True):
-        try:
-            check_run_id(path.parent.name)
-            folder = inside(runs_dir, path.parent.name)
-            record = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # json.JSONDecodeError is a ValueError
-            continue
-        if not isinstance(record, dict):
-            continue
-        record["run_id"] = path.parent.name  # a copied folder is its own run, not a second "orig"
-        record["path"] = str(folder)
-        runs.append(record)
-    return runs
 
 
 class RunManager:
@@ -252,10 +160,10 @@ class RunManager:
             raise ValueError(f"Dataset file not found: {config.dataset or '(none chosen)'}")
         with self._lock:
             self._refuse_if_busy()
-            run_id = new_run_id(config)
-            run_dir = inside(self.runs_dir, check_run_id(run_id))
+            run_id = records.new_run_id(config)
+            run_dir = records.run_folder(self.runs_dir, run_id)
             run_dir.mkdir(parents=True)
-            start_record(run_dir, run_id, config)
+            records.start_record(run_dir, run_id, config)
             self._launch(config, run_id, resume=False, rows=[])
         return run_id
 
@@ -264,15 +172,15 @@ class RunManager:
         run = self.get(run_id)
         if run is None:
             raise ValueError(f"No run named {run_id!r}.")
-        if run["status"] not in ("interrupted", "stopped", "failed"):
+        if run["status"] not in records.RESUMABLE:
             raise ValueError(f"Run {run_id} is {run['status']}; only interrupted, stopped or failed runs resume.")
         run_dir = Path(run["path"])
-        checkpoint = last_complete_checkpoint(run_dir)
+        checkpoint = records.last_complete_checkpoint(run_dir)
         if checkpoint is None:
             raise ValueError(f"Run {run_id} has no complete checkpoint to resume from.")
         config = TrainConfig.from_dict(run["config"])
-        step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
-        rows = [r for r in read_metrics(run_dir) if r["step"] <= step]
+        step = records.checkpoint_step(checkpoint)
+        rows = [r for r in records.read_metrics(run_dir) if r["step"] <= step]
         with self._lock:
             self._refuse_if_busy()
             self._launch(config, run_id, resume=True, rows=rows)
@@ -297,27 +205,27 @@ class RunManager:
         such as `python -m tuner train`, stays running: resuming it would put two
         trainers on one folder)."""
         live = self.snapshot().run_id if self.busy() else None
-        records = list_runs(self.runs_dir)
-        for record in records:
+        runs = records.list_runs(self.runs_dir)
+        for record in runs:
             if record.get("status") in ("running", "starting") and record["run_id"] != live \
-                    and not still_running(record):
+                    and not records.still_running(record):
                 record["status"] = "interrupted"
-        return records
+        return runs
 
     def idle_line(self) -> str:
         """The progress line when nothing trains in this process: a hint to resume the
         newest run if a restart (or a kill) interrupted it, else "No run yet."."""
-        records = self.runs()
-        if records and records[0].get("status") == "interrupted":
-            where = stopped_at(Path(records[0]["path"]))
-            return f"Run {records[0]['run_id']} was interrupted: {resume_hint(where)}"
-        return "No run yet." if not records else f"No run in progress · last run {records[0]['run_id']}: " \
-            f"{records[0].get('status', '')}"
+        runs = self.runs()
+        if runs and runs[0].get("status") == "interrupted":
+            where = records.stopped_at(Path(runs[0]["path"]))
+            return f"Run {runs[0]['run_id']} was interrupted: {resume_hint(where)}"
+        return "No run yet." if not runs else f"No run in progress · last run {runs[0]['run_id']}: " \
+            f"{runs[0].get('status', '')}"
 
     def get(self, run_id: str) -> dict | None:
         """The run named `run_id`, None if there is none; a ValueError for an id
         that could not be one (a path, a NUL byte…)."""
-        check_run_id(run_id)
+        records.check_run_id(run_id)
         return next((r for r in self.runs() if r["run_id"] == run_id), None)
 
     # --- the training thread's side -----------------------------------------------------
@@ -347,6 +255,6 @@ class RunManager:
 
     def _run(self, config: TrainConfig, run_id: str, control: RunControl, resume: bool) -> None:
         yield_to_server()
-        record = run_to_end(config, inside(self.runs_dir, run_id), control, self.models_dir, resume=resume)
+        record = run_to_end(config, records.run_folder(self.runs_dir, run_id), control, self.models_dir, resume=resume)
         self._update(status=record["status"], message=record.get("message", ""),
                      summary=record.get("summary", {}), ended=time.time())

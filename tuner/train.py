@@ -1,33 +1,25 @@
-"""The training recipe: setup → train → save → cleanup, on transformers' Trainer and peft.
+"""The training recipe, on transformers' Trainer and peft, in phases read top to
+bottom: setup (model, data, peft) → train → save (adapter/) → summary.
 
 `train()` runs one run to its end in the calling thread and reports through a
 `RunControl` (stop flag, state updates, metric rows). `tuner.runs.RunManager`
 runs it in a background thread for the UI; `python -m tuner train` runs it in
-the foreground. A run folder (`<data root>/runs/<id>/`) holds:
-
-    run.json       the config, and at the end a summary (status, times, losses)
-    metrics.jsonl  one JSON object per log event: step, epoch, loss or eval_loss,
-                   learning_rate, tokens_per_second
-    checkpoints/   Trainer checkpoints (at most save_total_limit), for resume
-    adapter/       the peft adapter, written atomically
-    test.jsonl, validation.jsonl   the held-out rows, exactly as split
+the foreground. What it writes in the run folder (`<data root>/runs/<id>/`) is
+described, and read back, by tuner.records.
 """
 
 from __future__ import annotations
 
 import functools
 import gc
-import json
 import math
-import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuner import data as tdata
-from tuner import models, packed_attention
+from tuner import models, packed_attention, records
 from tuner.config import TrainConfig
 
 # Module names of attention projections, by architecture; anything else falls
@@ -49,10 +41,6 @@ ATTENTION_MODULES = {
 # Packed rows and the head's kept positions are rounded up to a multiple of this, so
 # matmul shapes repeat across steps (see PackCollator); at most 63 pad tokens a row.
 PACK_MULTIPLE = 64
-
-
-class Diverged(RuntimeError):
-    pass
 
 
 @dataclass
@@ -208,21 +196,7 @@ def encode_rows(rows: list[dict], tokenizer, max_length: int):
     return Dataset.from_list(kept), len(encoded) - len(kept)
 
 
-def last_complete_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint that has everything resume needs (a killed process
-    can leave a half-written one behind)."""
-    needed = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
-    found = []
-    for path in (Path(run_dir) / "checkpoints").glob("checkpoint-*"):
-        if all((path / n).is_file() for n in needed) and any(path.glob("adapter_model.*")):
-            try:
-                found.append((int(path.name.split("-")[1]), path))
-            except ValueError:
-                continue
-    return max(found)[1] if found else None
-
-
-def _callback(control: RunControl, metrics_file: Path, counter, started_tokens: int = 0):
+def _callback(control: RunControl, run_dir: Path, counter, started_tokens: int = 0):
     from transformers import TrainerCallback
 
     class Reporter(TrainerCallback):
@@ -258,31 +232,90 @@ def _callback(control: RunControl, metrics_file: Path, counter, started_tokens: 
                     self.diverged = True
                     control_.should_training_stop = True
             if state.is_world_process_zero:
-                with open(metrics_file, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(row) + "\n")
+                records.append_metrics(run_dir, row)
                 control.append(row)
 
     return Reporter()
 
 
+@dataclass
+class Setup:
+    """What the setup phase hands on: the peft-wrapped model, its tokenizer, the splits."""
+
+    precision: str  # resolved: fp32, bf16 or fp16
+    model: object
+    tokenizer: object
+    parts: dict[str, list[dict]]  # the split rows: train, validation, test
+    train_set: object  # encoded datasets.Dataset
+    eval_set: object
+    dropped: int  # training rows whose assistant reply truncation removed
+    targets: list[str]
+    trainable: int
+    total: int
+
+
+@dataclass
+class Training:
+    """What the train phase runs: the Trainer, and how its batches were made."""
+
+    trainer: object
+    reporter: object
+    packing: bool
+    per_example: bool  # packed rows attend per example (tuner.packed_attention)
+    checkpoint: Path | None  # what a resumed run continues from
+
+
 def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
           models_dir: Path | None = None, resume: bool = False) -> dict:
-    """The recipe. Returns the run's summary; raises on setup errors."""
+    """The recipe, in phases: setup → train → save → summary. Returns the run's
+    summary; raises on setup errors."""
     import torch
-    from peft import get_peft_model, prepare_model_for_kbit_training
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from transformers import PrinterCallback, Trainer, TrainingArguments
-
-    from tuner.chat import PackCollator, PadCollator, ensure_chat_template
 
     control = control or RunControl()
     run_dir = Path(run_dir)
     check_machine(config)
     started = time.perf_counter()
+    setup = set_up(config, run_dir, models_dir or run_dir.parent.parent / "models", control)
+    training = make_trainer(config, run_dir, setup, control, resume)
+    try:
+        training.trainer.train(resume_from_checkpoint=str(training.checkpoint) if training.checkpoint else None)
+    except torch.OutOfMemoryError as exc:
+        del training, setup  # the model and its optimizer state, before the cache is emptied
+        raise out_of_memory(exc) from None
+    if training.per_example:
+        packed_attention.restore_sdpa(setup.model)
+    if training.trainer.is_world_process_zero():
+        save_adapter(run_dir, setup)
+    summary = summarize(config, run_dir, setup, training, control, started)
+    del training, setup
+    gc.collect()
+    return summary
 
-    # --- setup: model, data, peft ---------------------------------------------------
-    source = models.resolve(config.base_model, models_dir or run_dir.parent.parent / "models")
+
+# --- setup: model, data, peft ----------------------------------------------------------------
+def set_up(config: TrainConfig, run_dir: Path, models_dir: Path, control: RunControl) -> Setup:
+    """The base model with its adapter added, and the dataset split, held out and encoded."""
+    from peft import get_peft_model
+
+    source = models.resolve(config.base_model, models_dir)
     precision = resolve_precision(config.precision)
+    model, tokenizer = load_base(config, source, precision)
+    parts, train_set, eval_set, dropped = load_splits(config, run_dir, tokenizer)
+    targets = config.target_modules or detect_target_modules(model)[0]
+    # autocast_adapter_dtype: the adapters are fp32 even over a bf16 base, so their updates are not rounded away
+    model = get_peft_model(model, peft_config(config, targets, source.location), autocast_adapter_dtype=True)
+    trainable, total = model.get_nb_trainable_parameters()
+    control.update(message=f"training {trainable:,} of {total:,} parameters")
+    return Setup(precision, model, tokenizer, parts, train_set, eval_set, dropped, targets, trainable, total)
+
+
+def load_base(config: TrainConfig, source: models.ModelSource, precision: str):
+    """(model, tokenizer) of the base model, in the precision (or 4 bits) the run trains over."""
+    import torch
+    from peft import prepare_model_for_kbit_training
+
+    from tuner.chat import ensure_chat_template
+
     load_kwargs = {}
     if precision == "bf16" and config.method != "qlora":
         # frozen base weights in bf16; get_peft_model keeps the adapters in fp32
@@ -298,22 +331,45 @@ def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
     model.config.use_cache = False  # a KV cache in training also disables packed-sequence masks
     if config.method == "qlora":
         model = prepare_model_for_kbit_training(model)
+    return model, tokenizer
+
+
+def load_splits(config: TrainConfig, run_dir: Path, tokenizer):
+    """(parts, train_set, eval_set, dropped): the dataset split as configured, its held-out
+    rows written to the run folder, the training and validation rows encoded."""
     rows = tdata.load_jsonl(Path(config.dataset)).rows
     parts = tdata.splits(rows, config.validation_fraction, config.test_fraction, config.seed, config.stratify_by)
     if not parts["train"]:
         raise ValueError(f"{Path(config.dataset).name}: no training rows left after the split")
-    write_held_out(run_dir, parts)
+    records.write_held_out(run_dir, parts)
     train_set, dropped = encode_rows(parts["train"], tokenizer, config.max_seq_length)
     if len(train_set) == 0:
         raise ValueError("every example lost its assistant reply to truncation: raise max_seq_length")
     eval_set, _ = encode_rows(parts["validation"], tokenizer, config.max_seq_length)
-    targets = config.target_modules or detect_target_modules(model)[0]
-    # autocast_adapter_dtype: the adapters are fp32 even over a bf16 base, so their updates are not rounded away
-    model = get_peft_model(model, peft_config(config, targets, source.location), autocast_adapter_dtype=True)
-    trainable, total = model.get_nb_trainable_parameters()
-    control.update(message=f"training {trainable:,} of {total:,} parameters")
+    return parts, train_set, eval_set, dropped
 
-    # --- train ---------------------------------------------------------------------------
+
+# --- train ---------------------------------------------------------------------------------------
+def make_trainer(config: TrainConfig, run_dir: Path, setup: Setup, control: RunControl, resume: bool) -> Training:
+    """The Trainer over the set-up model and rows; for a resumed run, the checkpoint it continues from."""
+    from transformers import PrinterCallback, Trainer
+
+    collator, packing, per_example = make_collator(config, setup.model, setup.tokenizer)
+    if setup.precision in ("bf16", "fp16") and config.method != "qlora" and not config.use_dora:
+        skip_adapter_input_casts(setup.model)
+    has_eval = len(setup.eval_set) > 0
+    reporter = _callback(control, run_dir, collator)
+    trainer = Trainer(model=setup.model, args=training_arguments(config, run_dir, setup.precision, has_eval, packing),
+                      train_dataset=setup.train_set, eval_dataset=setup.eval_set if has_eval else None,
+                      data_collator=collator, callbacks=[reporter])
+    trainer.remove_callback(PrinterCallback)  # the chart and metrics.jsonl show the logs
+    return Training(trainer, reporter, packing, per_example, resume_point(run_dir) if resume else None)
+
+
+def make_collator(config: TrainConfig, model, tokenizer):
+    """(collator, packing, per_example): how rows become batches."""
+    from tuner.chat import PackCollator, PadCollator
+
     # prompt tuning prepends virtual tokens to each row and ignores position_ids,
     # so packed examples would see each other: it trains on padded batches
     packing = config.packing and config.method != "prompt_tuning"
@@ -323,19 +379,30 @@ def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
     collator = (PackCollator(labelled_logits_only=accepts_logits_to_keep(model), boundaries=per_example,
                              multiple_of=PACK_MULTIPLE, pad_token_id=tokenizer.pad_token_id)
                 if packing else PadCollator(tokenizer.pad_token_id))
-    autocast = precision in ("bf16", "fp16")
-    if autocast and config.method != "qlora" and not config.use_dora:
-        # autocast already gives each matmul its dtype; peft's own cast of every LoRA input to
-        # the fp32 adapter weights' dtype would only add copies, undone by autocast (measured:
-        # ~25% of a CPU step). The adapters' weights and their optimizer state stay fp32.
-        # Not for DoRA (its weight norm would be taken in bf16 and stop matching the fp32
-        # magnitude it started from) nor QLoRA (4-bit layers need their casts).
-        for module in model.modules():
-            if isinstance(module, BaseTunerLayer):
-                module.cast_input_dtype_enabled = False
-    has_eval = len(eval_set) > 0
-    args = TrainingArguments(
-        output_dir=str(run_dir / "checkpoints"),
+    return collator, packing, per_example
+
+
+def skip_adapter_input_casts(model) -> None:
+    """Under autocast, turn off peft's cast of every LoRA input to the adapters' dtype.
+
+    Autocast already gives each matmul its dtype; peft's own cast of every LoRA input to
+    the fp32 adapter weights' dtype would only add copies, undone by autocast (measured:
+    ~25% of a CPU step). The adapters' weights and their optimizer state stay fp32.
+    Not for DoRA (its weight norm would be taken in bf16 and stop matching the fp32
+    magnitude it started from) nor QLoRA (4-bit layers need their casts)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
+
+
+def training_arguments(config: TrainConfig, run_dir: Path, precision: str, has_eval: bool, packing: bool):
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(records.checkpoints_dir(run_dir)),
         per_device_train_batch_size=config.per_device_train_batch_size,
         per_device_eval_batch_size=config.per_device_train_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -368,117 +435,77 @@ def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
         # padded batches waste least when examples of similar length share a batch
         train_sampling_strategy="random" if packing else "group_by_length",
     )
-    metrics_file = run_dir / "metrics.jsonl"
-    reporter = _callback(control, metrics_file, collator)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set,
-                      eval_dataset=eval_set if has_eval else None,
-                      data_collator=collator, callbacks=[reporter])
-    trainer.remove_callback(PrinterCallback)  # the chart and metrics.jsonl show the logs
-    checkpoint = last_complete_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None:
+
+
+def resume_point(run_dir: Path) -> Path:
+    """The checkpoint a resumed run continues from; the metrics logged after it are dropped."""
+    checkpoint = records.last_complete_checkpoint(run_dir)
+    if checkpoint is None:
         raise ValueError(f"run {run_dir.name} has no complete checkpoint to resume from")
-    if checkpoint is not None:
-        _truncate_metrics(metrics_file, _checkpoint_step(checkpoint))
-    try:
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except torch.OutOfMemoryError as exc:
-        del trainer, model
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        raise MemoryError(f"out of memory ({exc}); try a smaller batch size or max sequence length") from None
+    records.truncate_metrics(run_dir, records.checkpoint_step(checkpoint))
+    return checkpoint
 
-    if per_example:
-        packed_attention.restore_sdpa(model)
-    # --- save: built aside, then renamed, so adapter/ is whole or absent --------------------
-    if trainer.is_world_process_zero():
-        tmp = run_dir / ".adapter.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(run_dir / "adapter", ignore_errors=True)
-        os.replace(tmp, run_dir / "adapter")
 
-    metrics = read_metrics(run_dir)
+def out_of_memory(exc: Exception) -> MemoryError:
+    """The error to raise for a step that ran out of memory, once what it held is freed."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return MemoryError(f"out of memory ({exc}); try a smaller batch size or max sequence length")
+
+
+# --- save ------------------------------------------------------------------------------------------
+def save_adapter(run_dir: Path, setup: Setup) -> None:
+    """adapter/: the trained adapter and the tokenizer it was trained with. Main process only."""
+
+    def save(folder: Path) -> None:
+        setup.model.save_pretrained(folder)
+        setup.tokenizer.save_pretrained(folder)
+
+    records.write_adapter(run_dir, save)
+
+
+# --- summary ---------------------------------------------------------------------------------------
+def summarize(config: TrainConfig, run_dir: Path, setup: Setup, training: Training, control: RunControl,
+              started: float) -> dict:
+    """The run's summary, for run.json: how it ended, its losses and speed, what it trained on."""
+    metrics = records.read_metrics(run_dir)
     losses = [m["loss"] for m in metrics if "loss" in m]
     evals = [m["eval_loss"] for m in metrics if "eval_loss" in m and math.isfinite(m["eval_loss"])]
     speeds = [m["tokens_per_second"] for m in metrics if "tokens_per_second" in m]
-    status = "diverged" if reporter.diverged else ("stopped" if control.stop.is_set() else "completed")
+    state = training.trainer.state
+    diverged = training.reporter.diverged
     summary = {
-        "status": status,
+        "status": "diverged" if diverged else ("stopped" if control.stop.is_set() else "completed"),
         "train_runtime": round(time.perf_counter() - started, 2),
-        "global_step": result.global_step,
-        "max_steps": trainer.state.max_steps,
+        "global_step": state.global_step,
+        "max_steps": state.max_steps,
         "final_loss": losses[-1] if losses else None,
         "best_eval_loss": min(evals) if evals else None,
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_percent": round(100 * trainable / total, 4),
+        "trainable_params": setup.trainable,
+        "total_params": setup.total,
+        "trainable_percent": round(100 * setup.trainable / setup.total, 4),
         "tokens_per_second": round(sum(speeds) / len(speeds), 1) if speeds else None,
         # the training split's tokens × the epochs done: with train_runtime (the whole run:
         # loading, evaluations, checkpoints) the rate an estimate needs (none for a resumed
         # run, whose runtime covers only its last part)
-        "train_tokens": None if resume else round(sum(len(x) for x in train_set["input_ids"])
-                                                  * (trainer.state.epoch or 0)),
-        "precision": precision,
-        "packing": packing,
+        "train_tokens": None if training.checkpoint else round(sum(len(x) for x in setup.train_set["input_ids"])
+                                                  * (state.epoch or 0)),
+        "precision": setup.precision,
+        "packing": training.packing,
         # attention of packed rows: per example (tuner.packed_attention), or the model's own
-        "attention": "per example" if per_example else getattr(model.get_base_model().config,
-                                                                "_attn_implementation", None),
+        "attention": "per example" if training.per_example else getattr(setup.model.get_base_model().config,
+                                                                         "_attn_implementation", None),
         "method": config.method,
-        "target_modules": list(targets) if config.method != "prompt_tuning" else [],
-        "train_examples": len(train_set),
-        "validation_examples": len(eval_set),
-        "test_examples": len(parts["test"]),
-        "dropped_examples": dropped,
+        "target_modules": list(setup.targets) if config.method != "prompt_tuning" else [],
+        "train_examples": len(setup.train_set),
+        "validation_examples": len(setup.eval_set),
+        "test_examples": len(setup.parts["test"]),
+        "dropped_examples": setup.dropped,
         "base_model": config.base_model,
     }
-    if reporter.diverged:
+    if diverged:
         summary["message"] = "the loss became NaN or infinite: lower the learning rate or add warmup"
-    # --- cleanup ----------------------------------------------------------------------------
-    del trainer, model
-    gc.collect()
     return summary
-
-
-HELD_OUT = ("validation", "test")  # run folder files <name>.jsonl: the exact rows this run never trained on
-
-
-def write_held_out(run_dir: Path, parts: dict[str, list[dict]]) -> None:
-    """The run's validation and test rows as `validation.jsonl` and `test.jsonl`, so
-    any tool (Compare, `python -m tuner generate --prompts RUN/test.jsonl`, another
-    evaluator) sees exactly the rows this run held out. Main process only."""
-    from tuner.paths import atomic_write_text
-
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
-    for name in HELD_OUT:
-        atomic_write_text(Path(run_dir) / f"{name}.jsonl", tdata.to_jsonl(parts[name]))
-
-
-def _checkpoint_step(checkpoint: Path) -> int:
-    return json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
-
-
-def _truncate_metrics(metrics_file: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint a resumed run restarts from."""
-    if not metrics_file.is_file():
-        return
-    from tuner.paths import atomic_write_text
-
-    kept = [line for line in metrics_file.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] <= step]
-    atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a killed process
-    return rows

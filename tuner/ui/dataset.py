@@ -5,6 +5,10 @@ in a gr.State. The row editor and accepted paraphrases change the draft; every
 Save writes a new version (tdata.save_version), so nothing saved before is
 ever changed. The work itself is done by the engine modules (importers,
 editing, shaping); the handlers here translate between widgets and them.
+
+Each part of the tab (import, the draft's view, edit, filter, split, expand,
+inspect and export) has its own builder, which lays it out and wires it; they
+share a DatasetTab: the draft, the components that show it, and its views.
 """
 
 from __future__ import annotations
@@ -163,22 +167,380 @@ def accepted(frame: pd.DataFrame | None) -> list[tuple[int, str, str]]:
     return out
 
 
-def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None = None,
-                generator: Generator | None = None):
-    """Returns the dataset dropdown (its value names the chosen version) and the
-    (handler, outputs) that fill the tab, for the page's load event."""
-    datasets_dir = Path(datasets_dir)
-    models_dir = Path(models_dir) if models_dir else datasets_dir.parent / "models"
-    tokenizers: dict[str, object] = {}  # model location → tokenizer, loaded once
-    gen = {"it": generator}
 
+def _turn_list(turns) -> list[list]:
+    if turns is None:
+        return []
+    if isinstance(turns, pd.DataFrame):
+        return turns.values.tolist()
+    return [list(t) for t in turns]
+
+
+def turns_frame(turns: list[list]) -> pd.DataFrame:
+    return pd.DataFrame(turns, columns=editing.TURN_COLUMNS)
+
+
+def on_check(system_, turns_, meta_):
+    _row, problems = editing.build_row(system_, _turn_list(turns_), meta_)
+    return "✓ Ready to add or replace." if not problems else "⚠️ " + "; ".join(problems)
+
+
+def on_add_turn(turns_):
+    return turns_frame(_turn_list(turns_) + [["", ""]])
+
+
+def on_column(draft: Draft, name):
+    if not name or name == NO_COLUMN:
+        return gr.update(choices=[], value=[])
+    counts = sh.value_counts(draft.rows, name)
+    return gr.update(choices=[(f"{v} ({n})", v) for v, n in counts], value=[])
+
+
+def on_top(draft: Draft, name, n):
+    if not name or name == NO_COLUMN:
+        return gr.update()
+    return gr.update(value=sh.top_values(draft.rows, name, int(n or 0)))
+
+
+def on_split(draft: Draft, *controls):
+    try:
+        spec = split_spec(*controls)
+    except ValueError as exc:
+        return f"⚠️ {exc}", None
+    labels = sh.assign_splits(draft.rows, spec)
+    stored = " This version already has a stored split; saving makes a new one." \
+        if tdata.has_stored_split(draft.rows) else ""
+    return f"{spec.describe().capitalize()}: counts per part below.{stored}", \
+        sh.split_table(draft.rows, labels, spec.stratify)
+
+
+def foreign_proposals(draft: Draft, chosen: list[tuple[int, str, str]]) -> bool:
+    """Whether any ticked proposal was made for a row the draft no longer has as it was."""
+    return any(not 0 <= i < len(draft.rows) or tdata.last_user_text(draft.rows[i]).strip() != original.strip()
+               for i, original, _ in chosen)
+
+
+# what an import of each kind imports, from its handler's arguments (None where the handler refuses anyway)
+IMPORT_NAMES = {"upload": lambda file, *_: file and Path(file if isinstance(file, str) else file.name).name,
+                "starter": lambda name, *_: name or None,
+                "reimport": lambda path, *_: path and Path(path).name,
+                "hub": lambda dataset_id, *_: dataset_id or None}
+
+
+@dataclass(eq=False)
+class DatasetTab:
+    """What the sections share: where datasets and models are, the base model, the draft and the
+    components that show it, and the views they all answer with (dicts keyed by component).
+
+    The import above the table writes to what is placed below it (the table, and the filter's and
+    split's pickers, reset for each version), so these components are built unrendered and each
+    section renders those it lays out."""
+
+    datasets_dir: Path
+    models_dir: Path
+    model_input: list  # [the base-model picker], or [] on a page without one
+    generator: Generator | None  # made on the first proposal where the page gives none
+    chooser: gr.Dropdown
+    name_box: gr.Textbox
+    message: gr.Markdown
+    discard_btn: gr.Button
+    versions_md: gr.Markdown
+    table: gr.Dataframe
+    kw_fields: gr.CheckboxGroup
+    column: gr.Dropdown
+    values: gr.Dropdown
+    stratify: gr.Dropdown
+    draft_state: gr.State
+    lengths_state: gr.State  # {"key": [...], "lengths": [...]}: token lengths of the draft
+    # {"label", "rev", "redo"}: what was refused for the draft's unsaved changes (a version to open, None: a
+    # new dataset; "redo": an import, (kind, args)), done by the discard button while the draft stays as it was
+    pending_state: gr.State
+    tokenizers: dict = field(default_factory=dict)  # model location → tokenizer, loaded once
+    draft_events: list = field(default_factory=list)  # events that change the draft: the counts follow each
+
+    @classmethod
+    def create(cls, datasets_dir: Path, model_picker, models_dir: Path | None, generator: Generator | None):
+        datasets_dir = Path(datasets_dir)
+        return cls(
+            datasets_dir=datasets_dir,
+            models_dir=Path(models_dir) if models_dir else datasets_dir.parent / "models",
+            model_input=[model_picker] if model_picker is not None else [], generator=generator,
+            # built empty (saved names are the owner's) and filled by the page's load; any value is
+            # let through to the handlers, which look it up among the datasets that exist
+            chooser=gr.Dropdown(choices=[], value=None, allow_custom_value=True, label="Dataset (version)",
+                                elem_id="dataset-chooser", scale=3, render=False),
+            name_box=gr.Textbox(label="Save new versions as", elem_id="dataset-name", scale=2, render=False,
+                                info="A new version never overwrites: faq → faq-v2 → faq-v3 …"),
+            message=gr.Markdown(elem_id="dataset-message", render=False),
+            discard_btn=gr.Button("Drop the unsaved changes", variant="stop", visible=False,
+                                  elem_id="dataset-discard", render=False),
+            versions_md=gr.Markdown(elem_id="dataset-versions", render=False),
+            table=gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True, elem_id="dataset-table",
+                               max_height=420, max_chars=300, column_widths=TABLE_WIDTHS, render=False),
+            kw_fields=gr.CheckboxGroup(list(sh.TEXT_FIELDS), value=["user", "assistant"], label="Search in",
+                                       elem_id="filter-fields", render=False),
+            column=gr.Dropdown([NO_COLUMN], value=NO_COLUMN, label="Metadata column", elem_id="filter-column",
+                               render=False),
+            values=gr.Dropdown([], value=[], multiselect=True, label="Values to keep", elem_id="filter-values",
+                               scale=3, render=False),
+            stratify=gr.Dropdown([NO_COLUMN], value=NO_COLUMN, label="Stratify by", elem_id="split-stratify",
+                                 render=False),
+            draft_state=gr.State(Draft()), lengths_state=gr.State(None), pending_state=gr.State(None))
+
+    @property
+    def view_outputs(self) -> list:
+        return [self.message, self.table, self.draft_state, self.versions_md, self.name_box, self.kw_fields,
+                self.column, self.values, self.stratify]
+
+    @property
+    def with_chooser(self) -> list:
+        return [self.chooser, *self.view_outputs]
+
+    @property
+    def guarded(self) -> list:
+        return [self.pending_state, self.discard_btn]
+
+    def recount(self, event):
+        """`event` changes the draft: the filter's and split's counts are made again after it."""
+        self.draft_events.append(event)
+
+    def picked(self, rest: tuple, default=None):
+        """(the base model, the other inputs): the picker's value comes first where the page has one."""
+        return (rest[0], rest[1:]) if self.model_input else (default, rest)
+
+    # --- views -----------------------------------------------------------------------
+    def view(self, draft: Draft, text: str, reset: bool, rename: bool = False) -> dict:
+        """The view for a draft; `reset` (another version chosen) also resets the pickers
+        and the name to save as; `rename` (a new version saved) the name only."""
+        columns = sh.metadata_columns(draft.rows)
+        strata = [c for c in columns if c != tdata.SPLIT_FIELD]
+        shown = f" (the first {TABLE_LIMIT} are shown)" if len(draft.rows) > TABLE_LIMIT else ""
+        out = {self.message: text + shown, self.table: table_frame(draft.rows), self.draft_state: draft,
+               self.versions_md: versions_text(self.datasets_dir, draft)}
+        if reset or rename:
+            out[self.name_box] = tdata.version_of(draft.label.split(": ", 1)[1])[0] if draft.label else ""
+        if reset:
+            return {**out, self.kw_fields: gr.update(choices=[*sh.TEXT_FIELDS, *columns], value=["user", "assistant"]),
+                    self.column: gr.update(choices=[NO_COLUMN, *columns], value=NO_COLUMN),
+                    self.values: gr.update(choices=[], value=[]),
+                    self.stratify: gr.update(choices=[NO_COLUMN, *strata], value=NO_COLUMN)}
+        return {**out, self.kw_fields: gr.update(choices=[*sh.TEXT_FIELDS, *columns]),
+                self.column: gr.update(choices=[NO_COLUMN, *columns]),
+                self.stratify: gr.update(choices=[NO_COLUMN, *strata])}
+
+    def show(self, label):
+        path = tdata.available(self.datasets_dir).get(label)
+        if path is None:
+            return self.view(Draft(), "Pick a dataset or import one.", reset=True)
+        result = tdata.load_jsonl(path)
+        text = f"**{len(result.rows)} rows** in `{path.name}` ({label})." + problems_text(result.problems)
+        return self.view(Draft(label, result.rows), text, reset=True)
+
+    def new_view(self) -> dict:
+        return {**self.view(Draft(), "A new, empty dataset: add rows with the editor, then save it.", reset=True),
+                self.name_box: NEW_NAME}
+
+    def refused(self, text: str) -> dict:
+        """Only why nothing changed."""
+        return {self.message: f"⚠️ {text}"}
+
+    def settled(self) -> dict:
+        """Nothing refused is waiting for the discard button."""
+        return {self.pending_state: None, self.discard_btn: gr.update(visible=False)}
+
+    def keep_draft(self, draft: Draft, label: str | None, redo=None) -> dict:
+        """Keeps a draft with unsaved changes instead of opening `label` (None: a new, empty
+        dataset) or, with `redo` (what, kind, args), instead of an import."""
+        where = f"to `{draft.label}`" if draft.label else "(a new dataset)"
+        what = redo[0] if redo else f"open {label}" if label else "start a new, empty dataset"
+        text = (f"The draft has **{draft.changes} unsaved change(s)** {where}, so it is kept: press *Save as a "
+                f"new version* to keep them, or *Drop the unsaved changes and {what}*.")
+        return {**self.refused(text), self.pending_state: {"label": label, "rev": draft.rev, "redo": redo and redo[1:]},
+                self.discard_btn: gr.update(visible=True, value=f"Drop the unsaved changes and {what}")}
+
+    def saved(self, path: Path, text: str) -> dict:
+        """After a save: the new version chosen and shown."""
+        label = tdata.label_of(path)
+        rows = tdata.load_jsonl(path).rows
+        return {self.chooser: gr.update(choices=list(tdata.available(self.datasets_dir)), value=label),
+                **self.view(Draft(label, rows), text, reset=False, rename=True)}
+
+    def save_rows(self, draft: Draft, name: str, rows: list[dict], note: str, what: str) -> dict:
+        if not rows:
+            return self.refused(f"No rows to save: {what} keeps none.")
+        try:
+            path = tdata.save_version(rows, name or "dataset", self.datasets_dir, note=note)
+        except StorageError as exc:  # disk full or failing: the message says which and where
+            return self.refused(str(exc))
+        except ValueError as exc:  # a name that is a path, or otherwise unusable
+            return self.refused(f"{exc} Nothing was saved.")
+        return self.saved(path, f"**{len(rows)} rows** {what}, saved as `{path.name}` ({tdata.label_of(path)}).")
+
+    # --- the draft's own handlers, and its token lengths (the filter and inspect use them) ---
+    def on_choose(self, label, draft: Draft):
+        """Open the picked version, unless that would drop the draft's unsaved changes."""
+        if not draft.changes:
+            return {**self.show(label), **self.settled()}
+        return {self.chooser: gr.update(value=draft.label), **self.keep_draft(draft, label)}
+
+    def on_save(self, draft: Draft, name):
+        if not draft.label:
+            added = draft.count("paraphrase")
+            note = f"written in the editor ({len(draft.rows)} rows" + \
+                (f", {added} of them added paraphrases)" if added else ")")
+        elif draft.changes:
+            note = f"edited from {draft.label}: {draft.describe()}"
+        else:
+            note = f"copy of {draft.label}"
+        return self.save_rows(draft, name or NEW_NAME, draft.rows, note, "in the draft")
+
+    def on_new(self, draft: Draft):
+        """A new, empty draft; one with unsaved changes is kept (the discard button drops them)."""
+        if draft.changes:
+            return self.keep_draft(draft, None)
+        return {**self.new_view(), **self.settled()}
+
+    def lengths(self, draft: Draft, cache, model_name):
+        """The draft's token lengths with the model's tokenizer, and the cache that holds them."""
+        key = [draft.label, draft.rev, model_name]
+        if cache and cache.get("key") == key:
+            return cache["lengths"], cache
+        source = models.resolve(model_name or models.BUNDLED, self.models_dir)
+        if source.location not in self.tokenizers:
+            from transformers import AutoTokenizer
+
+            self.tokenizers[source.location] = AutoTokenizer.from_pretrained(source.location)
+        lengths = sh.token_lengths(draft.rows, self.tokenizers[source.location])
+        return lengths, {"key": key, "lengths": lengths}
+
+
+# --- import ----------------------------------------------------------------------------
+@dataclass(eq=False)
+class Importer:
+    """The import handlers: an upload, a starter file, the upload again with other settings, the Hub."""
+
+    tab: DatasetTab
+    # the last uploaded file, for importing it again with other settings: deleted when the next
+    # one arrives, when it is cleared, and when the session ends
+    upload_state: gr.State
+    import_box: gr.Accordion
+    shape: gr.Dropdown
+    map_user: gr.Dropdown
+    map_assistant: gr.Dropdown
+    map_system: gr.Dropdown
+    map_meta: gr.Dropdown
+
+    @property
+    def outputs(self) -> list:
+        return [*self.tab.with_chooser, *self.tab.guarded, self.upload_state, self.import_box, self.shape,
+                self.map_user, self.map_assistant, self.map_system, self.map_meta]
+
+    def import_table(self, read, name: str, shape_name="auto-detect", mapping=None):
+        """(outputs, the source's columns, whether rows were saved)."""
+        columns = []
+        try:
+            table_ = read()
+            columns = table_.columns
+            result = imp.convert(table_, SHAPES.get(shape_name) if mapping is None else None, mapping)
+            path = imp.save_import(result, name, self.tab.datasets_dir)
+        except imp.ImportProblem as exc:
+            return self.tab.refused(f"{exc}. Nothing was saved."), columns, False
+        except StorageError as exc:
+            return self.tab.refused(str(exc)), columns, False
+        except OSError as exc:
+            return self.tab.refused(f"{name}: cannot be read ({exc}). Nothing was saved."), columns, False
+        text = (f"**{len(result.rows)} rows imported** from `{result.source}` "
+                f"({imp.SHAPE_LABELS[result.shape]}) and saved as `{path.name}`.")
+        notes = "".join(f"\n\nNote: {n}." for n in result.notes)
+        return self.tab.saved(path, text + notes + problems_text(result.problems)), columns, True
+
+    def mapping_choices(self, columns) -> dict:
+        """Fill the mapping pickers with the file's columns and a first guess."""
+        if not columns:
+            return {}
+        guess = imp.suggest_mapping(columns)
+        return {self.map_user: gr.update(choices=columns, value=guess.user if guess else None),
+                self.map_assistant: gr.update(choices=columns, value=guess.assistant if guess else None),
+                self.map_system: gr.update(choices=[NO_COLUMN, *columns],
+                                           value=guess.system if guess and guess.system else NO_COLUMN),
+                self.map_meta: gr.update(choices=columns, value=[])}
+
+    def on_upload(self, file, previous=None):
+        """Import a file as it comes (its shape detected); one that no shape fits
+        opens the settings with *custom mapping* and a guessed mapping. The upload
+        before it (`previous`) is deleted: only the last one can be imported again."""
+        if file is None:
+            return {self.upload_state: None}
+        path = Path(file if isinstance(file, str) else file.name)
+        if previous and Path(previous) != path:
+            forget_upload(previous)
+        out, columns, ok = self.import_table(lambda: imp.read_file(path), path.stem)
+        unknown = bool(columns) and not ok and imp.detect_shape(columns) is None
+        guess = imp.suggest_mapping(columns) if unknown else None
+        if guess:
+            system_ = f", `{guess.system}` → system prompt" if guess.system else ""
+            out[self.tab.message] += (f"\n\nA first guess is filled in under *Import settings*: `{guess.user}` → "
+                                      f"user turn, `{guess.assistant}` → assistant reply{system_}. Check it, then "
+                                      "press *Import the uploaded file with these settings*.")
+        out[self.upload_state] = str(path)
+        if not ok:
+            out[self.import_box] = gr.update(open=True)
+        if unknown:
+            out[self.shape] = gr.update(value="custom mapping")
+        return {**out, **self.mapping_choices(columns)}
+
+    def on_starter_file(self, name, previous=None):
+        if not name:
+            return self.tab.refused("Choose a starter file first.")
+        return self.on_upload(str(tdata.STARTER_DATASETS / name), previous)
+
+    def on_reimport(self, path, shape_name, user, assistant, system_col, meta_cols):
+        if not path:
+            return self.tab.refused("Upload a file first; then choose its shape or columns here.")
+        mapping = None
+        if shape_name == "custom mapping":
+            if not user or not assistant:
+                return self.tab.refused("Choose the user turn column and the assistant reply column.")
+            mapping = imp.Mapping(user, assistant, None if system_col in (None, NO_COLUMN) else system_col,
+                                  tuple(meta_cols) if meta_cols else None)
+        return self.import_table(lambda: imp.read_file(Path(path)), Path(path).stem, shape_name, mapping)[0]
+
+    def on_hub(self, dataset_id, config, split):
+        name = (dataset_id or "hub").split("/")[-1]
+        return self.import_table(lambda: imp.read_hub(dataset_id, split or "train", config or None), name)[0]
+
+    def run(self, kind: str, args) -> dict:
+        handler = {"upload": self.on_upload, "starter": self.on_starter_file, "reimport": self.on_reimport,
+                   "hub": self.on_hub}[kind]
+        return {**handler(*args), **self.tab.settled()}
+
+    def guarded_import(self, kind: str):
+        """The import `kind`, unless it would replace a draft with unsaved changes, which is kept."""
+        def handler(draft: Draft, *args):
+            name = IMPORT_NAMES[kind](*args)
+            if draft.changes and name:
+                return self.tab.keep_draft(draft, None, (f"import {name}", kind, args))
+            return self.run(kind, args)
+        return handler
+
+    def on_discard(self, draft: Draft, pending):
+        """Drop the unsaved changes and do what was refused for them."""
+        tab = self.tab
+        if not pending or pending["rev"] != draft.rev:
+            return {**tab.refused("The draft has changed since: nothing was dropped; do it again to drop the "
+                                  "changes."), **tab.settled()}
+        if pending.get("redo"):
+            return self.run(*pending["redo"])
+        if pending["label"] is None:
+            return {**tab.new_view(), **tab.settled()}
+        return {tab.chooser: gr.update(value=pending["label"]), **tab.show(pending["label"]), **tab.settled()}
+
+
+def import_section(tab: DatasetTab):
+    """The top row (the chooser, the name to save as, an upload) and the import settings."""
     with gr.Row():
-        # built empty (saved names are the owner's) and filled by the page's load; any value is
-        # let through to the handlers, which look it up among the datasets that exist
-        chooser = gr.Dropdown(choices=[], value=None, allow_custom_value=True, label="Dataset (version)",
-                              elem_id="dataset-chooser", scale=3)
-        name_box = gr.Textbox(label="Save new versions as", elem_id="dataset-name", scale=2,
-                              info="A new version never overwrites: faq → faq-v2 → faq-v3 …")
+        tab.chooser.render()
+        tab.name_box.render()
         upload = gr.File(label="Import a file: JSONL, JSON, CSV or Parquet", elem_id="dataset-upload", scale=2,
                          file_types=[".jsonl", ".json", ".csv", ".tsv", ".parquet", ".ndjson"])
     with gr.Accordion("Import settings: shape, column mapping, Hugging Face Hub", open=False) as import_box:
@@ -205,333 +567,69 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
             hub_config = gr.Textbox(label="Config (optional)", scale=1)
             hub_split = gr.Textbox(value="train", label="Split", scale=1)
             hub_button = gr.Button("Import from the Hub", elem_id="hub-import", scale=1)
-    message = gr.Markdown(elem_id="dataset-message")
-    discard_btn = gr.Button("Drop the unsaved changes", variant="stop", visible=False, elem_id="dataset-discard")
-    versions_md = gr.Markdown(elem_id="dataset-versions")
-    table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True, elem_id="dataset-table",
-                         max_height=420, max_chars=300, column_widths=TABLE_WIDTHS)
-    draft_state = gr.State(Draft())
-    lengths_state = gr.State(None)  # {"key": [...], "lengths": [...]}: token lengths of the draft
-    # the last uploaded file, for importing it again with other settings: deleted when the next
-    # one arrives, when it is cleared, and when the session ends
-    upload_state = gr.State(None, delete_callback=forget_upload)
-    # {"label", "rev", "redo"}: what was refused for the draft's unsaved changes (a version to open, None: a
-    # new dataset; "redo": an import, (kind, args)), done by the discard button while the draft stays as it was
-    pending_state = gr.State(None)
-    batch_state = gr.State(None)  # {"running": bool}: whether paraphrases are being proposed
+    importer = Importer(tab, gr.State(None, delete_callback=forget_upload), import_box, shape, map_user,
+                        map_assistant, map_system, map_meta)
+    settings = [shape, map_user, map_assistant, map_system, map_meta]
+    for trigger, kind, inputs in (
+            (upload.upload, "upload", [upload, importer.upload_state]),
+            (starter_button.click, "starter", [starter_file, importer.upload_state]),
+            (reimport.click, "reimport", [importer.upload_state, *settings]),
+            (hub_button.click, "hub", [hub_id, hub_config, hub_split])):
+        tab.recount(trigger(importer.guarded_import(kind), [tab.draft_state, *inputs], importer.outputs))
+    upload.clear(lambda previous: forget_upload(previous), importer.upload_state, importer.upload_state)
+    # what the discard button does may be an import, so it answers with the import settings too
+    tab.recount(tab.discard_btn.click(importer.on_discard, [tab.draft_state, tab.pending_state], importer.outputs))
 
-    with gr.Tabs():
-        with gr.Tab("Edit rows", id="edit"):
-            gr.Markdown("Click a row in the table to edit it, or fill the fields to add one. Each line of "
-                        "*Turns* is a user message and the assistant's reply; several lines make a multi-turn "
-                        "conversation.")
-            with gr.Row():
-                row_no = gr.Number(value=0, precision=0, minimum=0, label="Row # (0: a new row)",
-                                   elem_id="edit-row", scale=1)
-                system = gr.Textbox(label="System prompt (optional)", elem_id="edit-system", scale=4)
-            turns = gr.Dataframe(pd.DataFrame([["", ""]], columns=editing.TURN_COLUMNS),
-                                 headers=editing.TURN_COLUMNS, interactive=True, wrap=True, elem_id="edit-turns",
-                                 datatype=["str", "str"])
-            meta = gr.Textbox(label='Metadata, a JSON object (e.g. {"category": "fact"})', elem_id="edit-meta")
-            check = gr.Markdown(elem_id="edit-check")
-            with gr.Row():
-                add_turn = gr.Button("+ Turn", elem_id="edit-add-turn")
-                add_btn = gr.Button("Add as a new row", variant="primary", elem_id="edit-add")
-                replace_btn = gr.Button("Replace row #", elem_id="edit-replace")
-                delete_btn = gr.Button("Delete row #", variant="stop", elem_id="edit-delete")
-                clear_btn = gr.Button("Clear", elem_id="edit-clear")
-                new_btn = gr.Button("Start a new, empty dataset", elem_id="dataset-new")
-            save_btn = gr.Button("Save as a new version", variant="primary", elem_id="dataset-save")
-        with gr.Tab("Filter", id="filter") as filter_tab:
-            with gr.Row():
-                words = gr.Textbox(label="Keywords or phrases, comma-separated", elem_id="filter-words", scale=3)
-                kw_mode = gr.Radio(["keep", "exclude"], value="keep", label="Rows with them", elem_id="filter-mode")
-                kw_match = gr.Radio(["any", "all"], value="any", label="Match", elem_id="filter-match")
-                whole = gr.Checkbox(value=True, label="Whole words", elem_id="filter-whole")
-            kw_fields = gr.CheckboxGroup(list(sh.TEXT_FIELDS), value=["user", "assistant"], label="Search in",
-                                         elem_id="filter-fields")
-            with gr.Row():
-                column = gr.Dropdown([NO_COLUMN], value=NO_COLUMN, label="Metadata column", elem_id="filter-column")
-                top_n = gr.Number(value=5, precision=0, minimum=1, label="N", elem_id="filter-top-n")
-                top_btn = gr.Button("Keep the N most frequent values", elem_id="filter-top")
-                values = gr.Dropdown([], value=[], multiselect=True, label="Values to keep", elem_id="filter-values",
-                                     scale=3)
-            with gr.Row():
-                min_tok = gr.Number(value=0, precision=0, minimum=0, label="Min tokens (0: none)",
-                                    elem_id="filter-min-tokens")
-                max_tok = gr.Number(value=0, precision=0, minimum=0, label="Max tokens (0: none)",
-                                    elem_id="filter-max-tokens")
-                dedupe = gr.Checkbox(value=False, label="Remove exact duplicates", elem_id="filter-dedupe")
-                sample = gr.Number(value=0, precision=0, minimum=0, label="Downsample to N rows (0: all)",
-                                   elem_id="filter-sample")
-                filter_seed = gr.Number(value=0, precision=0, label="Seed", elem_id="filter-seed")
-            filter_msg = gr.Markdown(elem_id="filter-message")
-            funnel = gr.Dataframe(interactive=False, elem_id="filter-counts")
-            kept_preview = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True, max_height=300,
-                                        max_chars=200, column_widths=TABLE_WIDTHS, elem_id="filter-preview",
-                                        label="First kept rows")
-            save_filtered = gr.Button("Save the kept rows as a new version", variant="primary",
-                                      elem_id="filter-save")
-        with gr.Tab("Split", id="split") as split_tab:
-            with gr.Row():
-                train_pct = gr.Number(value=80, precision=0, minimum=0, maximum=100, label="Train %",
-                                      elem_id="split-train")
-                val_pct = gr.Number(value=10, precision=0, minimum=0, maximum=100, label="Validation %",
-                                    elem_id="split-validation")
-                test_pct = gr.Number(value=10, precision=0, minimum=0, maximum=100, label="Test %",
-                                     elem_id="split-test")
-                split_seed = gr.Number(value=0, precision=0, label="Seed", elem_id="split-seed")
-                stratify = gr.Dropdown([NO_COLUMN], value=NO_COLUMN, label="Stratify by", elem_id="split-stratify")
-            split_msg = gr.Markdown(elem_id="split-message")
-            split_counts = gr.Dataframe(interactive=False, elem_id="split-counts")
-            gr.Markdown("The split is stored in each row (`split`): training trains on *train*, draws the "
-                        "validation curve from *validation*, and Compare offers the *test* prompts, with their "
-                        "reference answers.")
-            save_split = gr.Button("Save with this split as a new version", variant="primary", elem_id="split-save")
-        with gr.Tab("Expand", id="expand"):
-            gr.Markdown("The base model (picked above) proposes a rewording of the user turn of random original "
-                        "rows (never of an added paraphrase). Proposals that look unusable (empty, already in the "
-                        "draft, or sharing few words with the original: *shared words* measures how many content "
-                        "words the two have in common) are flagged and not ticked. Tick the ones to keep (you can "
-                        "edit them), add them to the draft, then save it.")
-            with gr.Row():
-                n_prompts = gr.Number(value=5, precision=0, minimum=1, maximum=100, label="Rows to paraphrase",
-                                      elem_id="expand-n")
-                expand_seed = gr.Number(value=0, precision=0, label="Seed", elem_id="expand-seed")
-                temperature = gr.Slider(0.0, 1.5, value=0.7, step=0.1, label="Temperature")
-                max_new = gr.Slider(16, 256, value=64, step=16, label="Max new tokens", elem_id="expand-max-new")
-            propose = gr.Button("Propose paraphrases", elem_id="expand-propose")
-            expand_msg = gr.Markdown(elem_id="expand-message")
-            proposals = gr.Dataframe(pd.DataFrame(columns=PROPOSAL_COLUMNS), headers=PROPOSAL_COLUMNS,
-                                     datatype=["bool", "number", "str", "str", "str", "str"], interactive=True,
-                                     wrap=True, static_columns=[1, 2, 4, 5],
-                                     column_widths=["6%", "6%", "30%", "34%", "8%", "16%"],
-                                     elem_id="expand-proposals")
-            with gr.Row():
-                add_proposals = gr.Button("Add the ticked paraphrases to the draft", elem_id="expand-add")
-                expand_save = gr.Button("Save the draft as a new version", variant="primary", elem_id="expand-save")
-        with gr.Tab("Inspect & export", id="inspect"):
-            with gr.Row():
-                max_len = gr.Number(value=TrainConfig().max_seq_length, precision=0, minimum=1,
-                                    label="Max sequence length (tokens)", elem_id="inspect-max-length")
-                measure = gr.Button("Measure token lengths with the base model's tokenizer",
-                                    elem_id="inspect-measure")
-            length_md = gr.Markdown(elem_id="inspect-summary")
-            histogram = gr.BarPlot(None, x="tokens", y="rows", title="Rows per token length", height=260,
-                                   elem_id="inspect-histogram")
-            with gr.Row():
-                part = gr.Radio(["all", *tdata.SPLITS], value="all", label="Part of the chosen version",
-                                elem_id="export-part")
-                fmt = gr.Radio(["JSONL", "CSV"], value="JSONL", label="Format", elem_id="export-format")
-                export_btn = gr.Button("Download", elem_id="export-button")
-            export_msg = gr.Markdown(elem_id="export-message")
-            export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
 
-    view_outputs = [message, table, draft_state, versions_md, name_box, kw_fields, column, values, stratify]
-    filter_inputs = [words, kw_mode, kw_match, whole, kw_fields, column, values, min_tok, max_tok, dedupe,
-                     sample, filter_seed]
-    split_inputs = [train_pct, val_pct, test_pct, split_seed, stratify]
-    model_input = [model_picker] if model_picker is not None else []
+def draft_view(tab: DatasetTab):
+    """What shows the draft: the message, the discard button, the versions and the table."""
+    tab.message.render()
+    tab.discard_btn.render()
+    tab.versions_md.render()
+    tab.table.render()
+    tab.recount(tab.chooser.input(tab.on_choose, [tab.chooser, tab.draft_state], [*tab.with_chooser, *tab.guarded]))
+    # any change of the draft makes a refused pick moot
+    tab.draft_state.change(tab.settled, None, tab.guarded, show_progress="hidden")
 
-    # --- views -----------------------------------------------------------------------
-    def view(draft: Draft, text: str, reset: bool, rename: bool = False):
-        """The view outputs for a draft; `reset` (another version chosen) also
-        resets the pickers; `rename` (a new version saved) the name to save as."""
-        columns = sh.metadata_columns(draft.rows)
-        strata = [c for c in columns if c != tdata.SPLIT_FIELD]
-        shown = f" (the first {TABLE_LIMIT} are shown)" if len(draft.rows) > TABLE_LIMIT else ""
-        name = tdata.version_of(draft.label.split(": ", 1)[1])[0] if draft.label else ""
-        fields = gr.update(choices=[*sh.TEXT_FIELDS, *columns])
-        if reset:
-            fields = gr.update(choices=[*sh.TEXT_FIELDS, *columns], value=["user", "assistant"])
-            return (text + shown, table_frame(draft.rows), draft, versions_text(datasets_dir, draft), name,
-                    fields, gr.update(choices=[NO_COLUMN, *columns], value=NO_COLUMN),
-                    gr.update(choices=[], value=[]), gr.update(choices=[NO_COLUMN, *strata], value=NO_COLUMN))
-        return (text + shown, table_frame(draft.rows), draft, versions_text(datasets_dir, draft),
-                name if rename else gr.update(), fields, gr.update(choices=[NO_COLUMN, *columns]), gr.update(),
-                gr.update(choices=[NO_COLUMN, *strata]))
 
-    def show(label):
-        path = tdata.available(datasets_dir).get(label)
-        if path is None:
-            return view(Draft(), "Pick a dataset or import one.", reset=True)
-        result = tdata.load_jsonl(path)
-        text = f"**{len(result.rows)} rows** in `{path.name}` ({label})." + problems_text(result.problems)
-        return view(Draft(label, result.rows), text, reset=True)
+# --- edit ------------------------------------------------------------------------------
+@dataclass(eq=False)
+class RowEditor:
+    """The row editor's fields and its Add/Replace/Delete."""
 
-    def keep_draft(draft: Draft, label: str | None, redo=None):
-        """Outputs (from the message on, then pending and the discard button) that keep a draft
-        with unsaved changes instead of opening `label` (None: a new, empty dataset) or, with
-        `redo` (what, kind, args), instead of an import."""
-        where = f"to `{draft.label}`" if draft.label else "(a new dataset)"
-        what = redo[0] if redo else f"open {label}" if label else "start a new, empty dataset"
-        text = (f"The draft has **{draft.changes} unsaved change(s)** {where}, so it is kept: press *Save as a "
-                f"new version* to keep them, or *Drop the unsaved changes and {what}*.")
-        return (*refused(text, chooser=False), {"label": label, "rev": draft.rev, "redo": redo and redo[1:]},
-                gr.update(visible=True, value=f"Drop the unsaved changes and {what}"))
+    tab: DatasetTab
+    row_no: gr.Number
+    system: gr.Textbox
+    turns: gr.Dataframe
+    meta: gr.Textbox
+    check: gr.Markdown
 
-    def on_choose(label, draft: Draft):
-        """Open the picked version, unless that would drop the draft's unsaved changes."""
-        if not draft.changes:
-            return (gr.update(), *show(label), None, gr.update(visible=False))
-        return (gr.update(value=draft.label), *keep_draft(draft, label))
+    @property
+    def outputs(self) -> list:
+        return [self.row_no, self.system, self.turns, self.meta, self.check]
 
-    def on_discard(draft: Draft, pending):
-        """Drop the unsaved changes and do what was refused for them (outputs: import_outputs)."""
-        settings = [gr.update()] * len(import_settings)
-        if not pending or pending["rev"] != draft.rev:
-            return (gr.update(), *refused("The draft has changed since: nothing was dropped; do it again to drop "
-                                          "the changes.", chooser=False),
-                    None, gr.update(visible=False), *settings)
-        if pending.get("redo"):
-            kind, args = pending["redo"]
-            return imported(imports[kind][0](*args))
-        if pending["label"] is None:
-            return (gr.update(), *new_view(), None, gr.update(visible=False), *settings)
-        return (gr.update(value=pending["label"]), *show(pending["label"]), None, gr.update(visible=False),
-                *settings)
-
-    def saved(path: Path, text: str):
-        """Outputs after a save: the new version chosen and shown."""
-        label = tdata.label_of(path)
-        rows = tdata.load_jsonl(path).rows
-        return (gr.update(choices=list(tdata.available(datasets_dir)), value=label),
-                *view(Draft(label, rows), text, reset=False, rename=True))
-
-    def refused(text: str, chooser: bool = True):
-        """Outputs that only say why nothing changed (`chooser`: with the dropdown first)."""
-        out = (f"⚠️ {text}", *[gr.update()] * (len(view_outputs) - 1))
-        return (gr.update(), *out) if chooser else out
-
-    def save_rows(draft: Draft, name: str, rows: list[dict], note: str, what: str):
-        if not rows:
-            return refused(f"No rows to save: {what} keeps none.")
-        try:
-            path = tdata.save_version(rows, name or "dataset", datasets_dir, note=note)
-        except StorageError as exc:  # disk full or failing: the message says which and where
-            return refused(str(exc))
-        except ValueError as exc:  # a name that is a path, or otherwise unusable
-            return refused(f"{exc} Nothing was saved.")
-        return saved(path, f"**{len(rows)} rows** {what}, saved as `{path.name}` ({tdata.label_of(path)}).")
-
-    # --- import ----------------------------------------------------------------------
-    def import_table(read, name: str, shape_name="auto-detect", mapping=None):
-        """(outputs, the source's columns, whether rows were saved)."""
-        columns = []
-        try:
-            table_ = read()
-            columns = table_.columns
-            result = imp.convert(table_, SHAPES.get(shape_name) if mapping is None else None, mapping)
-            path = imp.save_import(result, name, datasets_dir)
-        except imp.ImportProblem as exc:
-            return refused(f"{exc}. Nothing was saved."), columns, False
-        except StorageError as exc:
-            return refused(str(exc)), columns, False
-        except OSError as exc:
-            return refused(f"{name}: cannot be read ({exc}). Nothing was saved."), columns, False
-        text = (f"**{len(result.rows)} rows imported** from `{result.source}` "
-                f"({imp.SHAPE_LABELS[result.shape]}) and saved as `{path.name}`.")
-        notes = "".join(f"\n\nNote: {n}." for n in result.notes)
-        return saved(path, text + notes + problems_text(result.problems)), columns, True
-
-    def mapping_choices(columns):
-        """Fill the mapping pickers with the file's columns and a first guess."""
-        if not columns:
-            return [gr.update()] * 4
-        guess = imp.suggest_mapping(columns)
-        return (gr.update(choices=columns, value=guess.user if guess else None),
-                gr.update(choices=columns, value=guess.assistant if guess else None),
-                gr.update(choices=[NO_COLUMN, *columns], value=guess.system if guess and guess.system else NO_COLUMN),
-                gr.update(choices=columns, value=[]))
-
-    def on_upload(file, previous=None):
-        """Import a file as it comes (its shape detected); one that no shape fits
-        opens the settings with *custom mapping* and a guessed mapping. The upload
-        before it (`previous`) is deleted: only the last one can be imported again."""
-        if file is None:
-            return (*[gr.update()] * (len(view_outputs) + 1), None, *[gr.update()] * 6)
-        path = Path(file if isinstance(file, str) else file.name)
-        if previous and Path(previous) != path:
-            forget_upload(previous)
-        out, columns, ok = import_table(lambda: imp.read_file(path), path.stem)
-        unknown = bool(columns) and not ok and imp.detect_shape(columns) is None
-        guess = imp.suggest_mapping(columns) if unknown else None
-        if guess:
-            system_ = f", `{guess.system}` → system prompt" if guess.system else ""
-            out = (out[0], f"{out[1]}\n\nA first guess is filled in under *Import settings*: `{guess.user}` → "
-                   f"user turn, `{guess.assistant}` → assistant reply{system_}. Check it, then press *Import the "
-                   "uploaded file with these settings*.", *out[2:])
-        return (*out, str(path), gr.update() if ok else gr.update(open=True),
-                gr.update(value="custom mapping") if unknown else gr.update(), *mapping_choices(columns))
-
-    def on_starter_file(name, previous=None):
-        if not name:
-            return (*refused("Choose a starter file first."), *[gr.update()] * 7)
-        return on_upload(str(tdata.STARTER_DATASETS / name), previous)
-
-    def on_reimport(path, shape_name, user, assistant, system_col, meta_cols):
-        if not path:
-            return refused("Upload a file first; then choose its shape or columns here.")
-        mapping = None
-        if shape_name == "custom mapping":
-            if not user or not assistant:
-                return refused("Choose the user turn column and the assistant reply column.")
-            mapping = imp.Mapping(user, assistant, None if system_col in (None, NO_COLUMN) else system_col,
-                                  tuple(meta_cols) if meta_cols else None)
-        return import_table(lambda: imp.read_file(Path(path)), Path(path).stem, shape_name, mapping)[0]
-
-    def on_hub(dataset_id, config, split):
-        name = (dataset_id or "hub").split("/")[-1]
-        return import_table(lambda: imp.read_hub(dataset_id, split or "train", config or None), name)[0]
-
-    # kind → (handler, what it imports from its arguments: None where the handler refuses anyway)
-    imports = {"upload": (on_upload, lambda file, *_: file and Path(file if isinstance(file, str) else file.name).name),
-               "starter": (on_starter_file, lambda name, *_: name or None),
-               "reimport": (on_reimport, lambda path, *_: path and Path(path).name),
-               "hub": (on_hub, lambda dataset_id, *_: dataset_id or None)}
-
-    def imported(out):
-        """An import handler's outputs (the chooser and view, then any import settings) as import_outputs."""
-        n = len(with_chooser)
-        return (*out[:n], None, gr.update(visible=False), *out[n:],
-                *[gr.update()] * (n + len(import_settings) - len(out)))
-
-    def guarded_import(kind: str):
-        """The import `kind`, unless it would replace a draft with unsaved changes, which is kept."""
-        def handler(draft: Draft, *args):
-            name = imports[kind][1](*args)
-            if draft.changes and name:
-                return (gr.update(), *keep_draft(draft, None, (f"import {name}", kind, args)),
-                        *[gr.update()] * len(import_settings))
-            return imported(imports[kind][0](*args))
-        return handler
-
-    # --- edit ------------------------------------------------------------------------
-    def editor_for(draft: Draft, number):
+    def editor_for(self, draft: Draft, number) -> dict:
         n = int(number or 0)
         if not 1 <= n <= len(draft.rows):
-            return 0, "", pd.DataFrame([["", ""]], columns=editing.TURN_COLUMNS), "", ""
+            return {self.row_no: 0, self.system: "", self.turns: turns_frame([["", ""]]), self.meta: "",
+                    self.check: ""}
         system_, turns_, meta_ = editing.editor_fields(draft.rows[n - 1])
-        return n, system_, pd.DataFrame(turns_, columns=editing.TURN_COLUMNS), meta_, f"Editing row {n}."
+        return {self.row_no: n, self.system: system_, self.turns: turns_frame(turns_), self.meta: meta_,
+                self.check: f"Editing row {n}."}
 
-    def on_select(draft: Draft, evt: gr.SelectData):
+    def on_select(self, draft: Draft, evt: gr.SelectData):
         number = evt.row_value[0] if evt.row_value else evt.index[0] + 1
-        return editor_for(draft, number)
+        return self.editor_for(draft, number)
 
-    def on_check(system_, turns_, meta_):
-        _row, problems = editing.build_row(system_, _turn_list(turns_), meta_)
-        return "✓ Ready to add or replace." if not problems else "⚠️ " + "; ".join(problems)
-
-    def edit(action: str):
-        """The Add/Replace/Delete handler: the view, then the editor (row #, system,
-        turns, metadata, check), cleared after an add so the next row starts empty."""
-        unchanged = [gr.update()] * 5
+    def edit(self, action: str):
+        """The Add/Replace/Delete handler: the view and the row # (a refusal leaves the
+        editor as it is), the editor cleared after an add so the next row starts empty."""
+        refused = self.tab.refused
 
         def handler(draft: Draft, number, system_, turns_, meta_):
             n = int(number or 0)
             if action != "add" and not 1 <= n <= len(draft.rows):
-                return (*refused(f"Pick the row to {action}: click it in the table or type its number.",
-                                 chooser=False), *unchanged)
+                return refused(f"Pick the row to {action}: click it in the table or type its number.")
             try:
                 if action == "delete":
                     rows = editing.delete_row(draft.rows, n - 1)
@@ -539,7 +637,7 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
                 else:
                     row, problems = editing.build_row(system_, _turn_list(turns_), meta_)
                     if problems:
-                        return (*refused("Not saved: " + "; ".join(problems), chooser=False), *unchanged)
+                        return refused("Not saved: " + "; ".join(problems))
                     if action == "add":
                         rows = editing.add_row(draft.rows, row)
                         text = f"Row {len(rows)} added; the editor is cleared for the next one."
@@ -547,171 +645,268 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
                         rows = editing.replace_row(draft.rows, n - 1, row)
                         text = f"Row {n} replaced."
             except ValueError as exc:
-                return (*refused(str(exc), chooser=False), *unchanged)
-            out = view(draft.changed(rows, action), text + " Save as a new version to keep it.", reset=False)
-            editor = editor_for(Draft(), 0) if action == "add" else (n, *unchanged[1:])
-            return (*out, *editor)
+                return refused(str(exc))
+            out = self.tab.view(draft.changed(rows, action), text + " Save as a new version to keep it.", reset=False)
+            return {**out, **(self.editor_for(Draft(), 0) if action == "add" else {self.row_no: n})}
         return handler
 
-    def on_add_turn(turns_):
-        return pd.DataFrame(_turn_list(turns_) + [["", ""]], columns=editing.TURN_COLUMNS)
 
-    def on_save(draft: Draft, name):
-        if not draft.label:
-            added = draft.count("paraphrase")
-            note = f"written in the editor ({len(draft.rows)} rows" + \
-                (f", {added} of them added paraphrases)" if added else ")")
-        elif draft.changes:
-            note = f"edited from {draft.label}: {draft.describe()}"
-        else:
-            note = f"copy of {draft.label}"
-        return save_rows(draft, name or NEW_NAME, draft.rows, note, "in the draft")
+def edit_section(tab: DatasetTab):
+    with gr.Tab("Edit rows", id="edit"):
+        gr.Markdown("Click a row in the table to edit it, or fill the fields to add one. Each line of "
+                    "*Turns* is a user message and the assistant's reply; several lines make a multi-turn "
+                    "conversation.")
+        with gr.Row():
+            row_no = gr.Number(value=0, precision=0, minimum=0, label="Row # (0: a new row)",
+                               elem_id="edit-row", scale=1)
+            system = gr.Textbox(label="System prompt (optional)", elem_id="edit-system", scale=4)
+        turns = gr.Dataframe(turns_frame([["", ""]]), headers=editing.TURN_COLUMNS, interactive=True, wrap=True,
+                             elem_id="edit-turns", datatype=["str", "str"])
+        meta = gr.Textbox(label='Metadata, a JSON object (e.g. {"category": "fact"})', elem_id="edit-meta")
+        check = gr.Markdown(elem_id="edit-check")
+        with gr.Row():
+            add_turn = gr.Button("+ Turn", elem_id="edit-add-turn")
+            add_btn = gr.Button("Add as a new row", variant="primary", elem_id="edit-add")
+            replace_btn = gr.Button("Replace row #", elem_id="edit-replace")
+            delete_btn = gr.Button("Delete row #", variant="stop", elem_id="edit-delete")
+            clear_btn = gr.Button("Clear", elem_id="edit-clear")
+            new_btn = gr.Button("Start a new, empty dataset", elem_id="dataset-new")
+        save_btn = gr.Button("Save as a new version", variant="primary", elem_id="dataset-save")
+    editor = RowEditor(tab, row_no, system, turns, meta, check)
+    tab.table.select(editor.on_select, tab.draft_state, editor.outputs)
+    row_no.submit(editor.editor_for, [tab.draft_state, row_no], editor.outputs)
+    gr.on([system.change, turns.change, meta.change], on_check, [system, turns, meta], check,
+          show_progress="hidden", trigger_mode="always_last")
+    for button, action in ((add_btn, "add"), (replace_btn, "replace"), (delete_btn, "delete")):
+        tab.recount(button.click(editor.edit(action), [tab.draft_state, row_no, system, turns, meta],
+                                 [*tab.view_outputs, *editor.outputs]))
+    add_turn.click(on_add_turn, turns, turns)
+    clear_btn.click(lambda: editor.editor_for(Draft(), 0), None, editor.outputs)
+    tab.recount(save_btn.click(tab.on_save, [tab.draft_state, tab.name_box], tab.with_chooser))
+    tab.recount(new_btn.click(tab.on_new, tab.draft_state, [*tab.view_outputs, *tab.guarded]))
 
-    def new_view():
-        out = view(Draft(), "A new, empty dataset: add rows with the editor, then save it.", reset=True)
-        return (out[0], *out[1:4], NEW_NAME, *out[5:])
 
-    def on_new(draft: Draft):
-        """A new, empty draft; one with unsaved changes is kept (the discard button drops them)."""
-        if draft.changes:
-            return keep_draft(draft, None)
-        return (*new_view(), None, gr.update(visible=False))
+# --- filter ----------------------------------------------------------------------------
+def run_filters(tab: DatasetTab, draft: Draft, cache, model_name, controls):
+    spec = filter_spec(*controls)
+    lengths = None
+    if spec.needs_lengths():
+        lengths, cache = tab.lengths(draft, cache, model_name)
+    return sh.apply_filters(draft.rows, spec, lengths), cache
 
-    # --- filter ----------------------------------------------------------------------
-    def lengths_for(draft: Draft, cache, model_name):
-        key = [draft.label, draft.rev, model_name]
-        if cache and cache.get("key") == key:
-            return cache["lengths"], cache
-        source = models.resolve(model_name or models.BUNDLED, models_dir)
-        if source.location not in tokenizers:
-            from transformers import AutoTokenizer
 
-            tokenizers[source.location] = AutoTokenizer.from_pretrained(source.location)
-        lengths = sh.token_lengths(draft.rows, tokenizers[source.location])
-        return lengths, {"key": key, "lengths": lengths}
-
-    def run_filters(draft: Draft, cache, model_name, controls):
-        spec = filter_spec(*controls)
-        lengths = None
-        if spec.needs_lengths():
-            lengths, cache = lengths_for(draft, cache, model_name)
-        return sh.apply_filters(draft.rows, spec, lengths), cache
+def filter_section(tab: DatasetTab) -> dict:
+    """Returns the event that counts what the filters keep, for each change of the draft."""
+    with gr.Tab("Filter", id="filter") as filter_tab:
+        with gr.Row():
+            words = gr.Textbox(label="Keywords or phrases, comma-separated", elem_id="filter-words", scale=3)
+            kw_mode = gr.Radio(["keep", "exclude"], value="keep", label="Rows with them", elem_id="filter-mode")
+            kw_match = gr.Radio(["any", "all"], value="any", label="Match", elem_id="filter-match")
+            whole = gr.Checkbox(value=True, label="Whole words", elem_id="filter-whole")
+        tab.kw_fields.render()
+        with gr.Row():
+            tab.column.render()
+            top_n = gr.Number(value=5, precision=0, minimum=1, label="N", elem_id="filter-top-n")
+            top_btn = gr.Button("Keep the N most frequent values", elem_id="filter-top")
+            tab.values.render()
+        with gr.Row():
+            min_tok = gr.Number(value=0, precision=0, minimum=0, label="Min tokens (0: none)",
+                                elem_id="filter-min-tokens")
+            max_tok = gr.Number(value=0, precision=0, minimum=0, label="Max tokens (0: none)",
+                                elem_id="filter-max-tokens")
+            dedupe = gr.Checkbox(value=False, label="Remove exact duplicates", elem_id="filter-dedupe")
+            sample = gr.Number(value=0, precision=0, minimum=0, label="Downsample to N rows (0: all)",
+                               elem_id="filter-sample")
+            filter_seed = gr.Number(value=0, precision=0, label="Seed", elem_id="filter-seed")
+        filter_msg = gr.Markdown(elem_id="filter-message")
+        funnel = gr.Dataframe(interactive=False, elem_id="filter-counts")
+        kept_preview = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True, max_height=300,
+                                    max_chars=200, column_widths=TABLE_WIDTHS, elem_id="filter-preview",
+                                    label="First kept rows")
+        save_filtered = gr.Button("Save the kept rows as a new version", variant="primary", elem_id="filter-save")
+    filter_inputs = [words, kw_mode, kw_match, whole, tab.kw_fields, tab.column, tab.values, min_tok, max_tok,
+                     dedupe, sample, filter_seed]
 
     def on_filter(draft: Draft, cache, *rest):
-        model_name, controls = (rest[0], rest[1:]) if model_picker is not None else (None, rest)
+        model_name, controls = tab.picked(rest)
         try:
-            out, cache = run_filters(draft, cache, model_name, controls)
+            out, cache = run_filters(tab, draft, cache, model_name, controls)
         except (ValueError, models.ModelUnavailable) as exc:
-            return f"⚠️ {exc}", None, None, cache
+            return {filter_msg: f"⚠️ {exc}", funnel: None, kept_preview: None, tab.lengths_state: cache}
         if not out.steps:
             text = f"No filter is on: all **{len(draft.rows)} rows** are kept."
         else:
             text = f"Keeps **{len(out.rows)} of {len(draft.rows)} rows**."
-        return text, out.table(), table_frame(out.rows[:50]), cache
-
-    def on_column(draft: Draft, name):
-        if not name or name == NO_COLUMN:
-            return gr.update(choices=[], value=[])
-        counts = sh.value_counts(draft.rows, name)
-        return gr.update(choices=[(f"{v} ({n})", v) for v, n in counts], value=[])
-
-    def on_top(draft: Draft, name, n):
-        if not name or name == NO_COLUMN:
-            return gr.update()
-        return gr.update(value=sh.top_values(draft.rows, name, int(n or 0)))
+        return {filter_msg: text, funnel: out.table(), kept_preview: table_frame(out.rows[:50]),
+                tab.lengths_state: cache}
 
     def on_save_filtered(draft: Draft, cache, name, *rest):
-        model_name, controls = (rest[0], rest[1:]) if model_picker is not None else (None, rest)
+        model_name, controls = tab.picked(rest)
         try:
-            out, _cache = run_filters(draft, cache, model_name, controls)
+            out, _cache = run_filters(tab, draft, cache, model_name, controls)
         except (ValueError, models.ModelUnavailable) as exc:
-            return refused(str(exc))
+            return tab.refused(str(exc))
         if not out.steps:
-            return refused("No filter is on: set one first.")
-        return save_rows(draft, name, out.rows, f"filtered from {draft.label}: {out.describe()}",
-                         f"kept of {len(draft.rows)}")
+            return tab.refused("No filter is on: set one first.")
+        return tab.save_rows(draft, name, out.rows, f"filtered from {draft.label}: {out.describe()}",
+                             f"kept of {len(draft.rows)}")
 
-    # --- split -----------------------------------------------------------------------
-    def on_split(draft: Draft, *controls):
-        try:
-            spec = split_spec(*controls)
-        except ValueError as exc:
-            return f"⚠️ {exc}", None
-        labels = sh.assign_splits(draft.rows, spec)
-        stored = " This version already has a stored split; saving makes a new one." \
-            if tdata.has_stored_split(draft.rows) else ""
-        return f"{spec.describe().capitalize()}: counts per part below.{stored}", \
-            sh.split_table(draft.rows, labels, spec.stratify)
+    counts = dict(fn=on_filter, inputs=[tab.draft_state, tab.lengths_state, *tab.model_input, *filter_inputs],
+                  outputs=[filter_msg, funnel, kept_preview, tab.lengths_state], show_progress="hidden")
+    gr.on([c.change for c in filter_inputs if c is not tab.column] + [filter_tab.select], trigger_mode="always_last",
+          **counts)
+    tab.column.input(on_column, [tab.draft_state, tab.column], tab.values)
+    top_btn.click(on_top, [tab.draft_state, tab.column, top_n], tab.values)
+    tab.recount(save_filtered.click(on_save_filtered, [tab.draft_state, tab.lengths_state, tab.name_box,
+                                                       *tab.model_input, *filter_inputs], tab.with_chooser))
+    return counts
+
+
+# --- split -----------------------------------------------------------------------------
+def split_section(tab: DatasetTab) -> dict:
+    """Returns the event that counts the split's parts, for each change of the draft."""
+    with gr.Tab("Split", id="split") as split_tab:
+        with gr.Row():
+            train_pct = gr.Number(value=80, precision=0, minimum=0, maximum=100, label="Train %",
+                                  elem_id="split-train")
+            val_pct = gr.Number(value=10, precision=0, minimum=0, maximum=100, label="Validation %",
+                                elem_id="split-validation")
+            test_pct = gr.Number(value=10, precision=0, minimum=0, maximum=100, label="Test %",
+                                 elem_id="split-test")
+            split_seed = gr.Number(value=0, precision=0, label="Seed", elem_id="split-seed")
+            tab.stratify.render()
+        split_msg = gr.Markdown(elem_id="split-message")
+        split_counts = gr.Dataframe(interactive=False, elem_id="split-counts")
+        gr.Markdown("The split is stored in each row (`split`): training trains on *train*, draws the "
+                    "validation curve from *validation*, and Compare offers the *test* prompts, with their "
+                    "reference answers.")
+        save_split = gr.Button("Save with this split as a new version", variant="primary", elem_id="split-save")
+    split_inputs = [train_pct, val_pct, test_pct, split_seed, tab.stratify]
 
     def on_save_split(draft: Draft, name, *controls):
         try:
             spec = split_spec(*controls)
         except ValueError as exc:
-            return refused(str(exc))
-        return save_rows(draft, name, sh.apply_split(draft.rows, spec), f"{spec.describe()}, of {draft.label}",
-                         f"with a {spec.describe()}")
+            return tab.refused(str(exc))
+        return tab.save_rows(draft, name, sh.apply_split(draft.rows, spec), f"{spec.describe()}, of {draft.label}",
+                             f"with a {spec.describe()}")
 
-    # --- expand ----------------------------------------------------------------------
+    counts = dict(fn=on_split, inputs=[tab.draft_state, *split_inputs], outputs=[split_msg, split_counts],
+                  show_progress="hidden")
+    gr.on([c.change for c in split_inputs] + [split_tab.select], trigger_mode="always_last", **counts)
+    tab.recount(save_split.click(on_save_split, [tab.draft_state, tab.name_box, *split_inputs], tab.with_chooser))
+    return counts
+
+
+# --- expand ----------------------------------------------------------------------------
+def expand_section(tab: DatasetTab):
+    with gr.Tab("Expand", id="expand"):
+        gr.Markdown("The base model (picked above) proposes a rewording of the user turn of random original "
+                    "rows (never of an added paraphrase). Proposals that look unusable (empty, already in the "
+                    "draft, or sharing few words with the original: *shared words* measures how many content "
+                    "words the two have in common) are flagged and not ticked. Tick the ones to keep (you can "
+                    "edit them), add them to the draft, then save it.")
+        with gr.Row():
+            n_prompts = gr.Number(value=5, precision=0, minimum=1, maximum=100, label="Rows to paraphrase",
+                                  elem_id="expand-n")
+            expand_seed = gr.Number(value=0, precision=0, label="Seed", elem_id="expand-seed")
+            temperature = gr.Slider(0.0, 1.5, value=0.7, step=0.1, label="Temperature")
+            max_new = gr.Slider(16, 256, value=64, step=16, label="Max new tokens", elem_id="expand-max-new")
+        propose = gr.Button("Propose paraphrases", elem_id="expand-propose")
+        expand_msg = gr.Markdown(elem_id="expand-message")
+        proposals = gr.Dataframe(pd.DataFrame(columns=PROPOSAL_COLUMNS), headers=PROPOSAL_COLUMNS,
+                                 datatype=["bool", "number", "str", "str", "str", "str"], interactive=True,
+                                 wrap=True, static_columns=[1, 2, 4, 5],
+                                 column_widths=["6%", "6%", "30%", "34%", "8%", "16%"],
+                                 elem_id="expand-proposals")
+        with gr.Row():
+            add_proposals = gr.Button("Add the ticked paraphrases to the draft", elem_id="expand-add")
+            expand_save = gr.Button("Save the draft as a new version", variant="primary", elem_id="expand-save")
+        batch_state = gr.State(None)  # {"running": bool}: whether paraphrases are being proposed
+
     def on_propose(draft: Draft, *rest):
         """Proposals for random original rows; while they are made, Add is off
         (and refused, for a click already on its way) and the old batch is cleared."""
-        model_name, (n, seed, temp, max_new_) = (rest[0], rest[1:]) if model_picker is not None \
-            else (models.BUNDLED, rest)
+        model_name, (n, seed, temp, max_new_) = tab.picked(rest, models.BUNDLED)
         sources = len(sh.source_rows(draft.rows))
         if not sources:
             why = f" (all {len(draft.rows)} rows are added paraphrases)" if draft.rows else ""
-            yield f"⚠️ Pick a dataset with rows to paraphrase first{why}.", gr.update(), None, gr.update()
+            yield {expand_msg: f"⚠️ Pick a dataset with rows to paraphrase first{why}.", batch_state: None}
             return
-        if gen["it"] is None:
-            gen["it"] = Generator(models_dir)
-        yield (f"Proposing paraphrases of {min(int(n or 1), sources)} row(s) with `{model_name}`…",
-               pd.DataFrame(columns=PROPOSAL_COLUMNS), {"running": True}, gr.update(interactive=False))
+        if tab.generator is None:
+            tab.generator = Generator(tab.models_dir)
+        yield {expand_msg: f"Proposing paraphrases of {min(int(n or 1), sources)} row(s) with `{model_name}`…",
+               proposals: pd.DataFrame(columns=PROPOSAL_COLUMNS), batch_state: {"running": True},
+               add_proposals: gr.update(interactive=False)}
         try:
             settings = GenSettings(max_new_tokens=int(max_new_), temperature=float(temp), seed=int(seed or 0))
-            found = sh.propose_paraphrases(gen["it"], model_name, draft.rows, int(n or 1), int(seed or 0), settings)
+            found = sh.propose_paraphrases(tab.generator, model_name, draft.rows, int(n or 1), int(seed or 0),
+                                           settings)
         except Exception as exc:  # a bad setting or model, out of memory…: said, and Add works again
             known = isinstance(exc, (ValueError, models.ModelUnavailable))
             text = str(exc) if known else f"Proposing failed: {type(exc).__name__}: {exc}"
-            yield f"⚠️ {text}", gr.update(), None, gr.update(interactive=True)
+            yield {expand_msg: f"⚠️ {text}", batch_state: None, add_proposals: gr.update(interactive=True)}
             return
-        yield (proposals_summary(found, int(n or 1), draft.rows, model_name), proposals_frame(found), None,
-               gr.update(interactive=True))
+        yield {expand_msg: proposals_summary(found, int(n or 1), draft.rows, model_name),
+               proposals: proposals_frame(found), batch_state: None, add_proposals: gr.update(interactive=True)}
 
     def on_add_proposals(draft: Draft, batch, frame):
         if batch and batch.get("running"):
-            return refused("New proposals are being made: wait for them, then tick the ones to add.", chooser=False)
+            return tab.refused("New proposals are being made: wait for them, then tick the ones to add.")
         chosen = accepted(frame)
         if not chosen:
-            return refused("Tick at least one proposal with a paraphrase.", chooser=False)
-        if any(not 0 <= i < len(draft.rows) or tdata.last_user_text(draft.rows[i]).strip() != original.strip()
-               for i, original, _ in chosen):
-            return refused("These proposals belong to other rows (another version, or rows edited since): "
-                           "propose again.", chooser=False)
+            return tab.refused("Tick at least one proposal with a paraphrase.")
+        if foreign_proposals(draft, chosen):
+            return tab.refused("These proposals belong to other rows (another version, or rows edited since): "
+                               "propose again.")
         rows, added = sh.add_paraphrases(draft.rows, [(i, text) for i, _, text in chosen])
         if not added:
-            return refused(f"Nothing added: the {len(chosen)} ticked paraphrase(s) are already added to the "
-                           "draft.", chooser=False)
+            return tab.refused(f"Nothing added: the {len(chosen)} ticked paraphrase(s) are already added to the "
+                               "draft.")
         skipped = len(chosen) - added
         text = f"{added} paraphrase(s) added to the draft" + \
             (f" ({skipped} ticked one(s) skipped: already added)" if skipped else "")
-        return view(draft.changed(rows, "paraphrase", added), text + ". Save as a new version to keep them.",
-                    reset=False)
+        return tab.view(draft.changed(rows, "paraphrase", added), text + ". Save as a new version to keep them.",
+                        reset=False)
 
-    # --- inspect and export ------------------------------------------------------------
+    propose.click(on_propose, [tab.draft_state, *tab.model_input, n_prompts, expand_seed, temperature, max_new],
+                  [expand_msg, proposals, batch_state, add_proposals])
+    tab.recount(add_proposals.click(on_add_proposals, [tab.draft_state, batch_state, proposals], tab.view_outputs))
+    tab.recount(expand_save.click(tab.on_save, [tab.draft_state, tab.name_box], tab.with_chooser))
+
+
+# --- inspect and export ----------------------------------------------------------------
+def inspect_section(tab: DatasetTab):
+    with gr.Tab("Inspect & export", id="inspect"):
+        with gr.Row():
+            max_len = gr.Number(value=TrainConfig().max_seq_length, precision=0, minimum=1,
+                                label="Max sequence length (tokens)", elem_id="inspect-max-length")
+            measure = gr.Button("Measure token lengths with the base model's tokenizer", elem_id="inspect-measure")
+        length_md = gr.Markdown(elem_id="inspect-summary")
+        histogram = gr.BarPlot(None, x="tokens", y="rows", title="Rows per token length", height=260,
+                               elem_id="inspect-histogram")
+        with gr.Row():
+            part = gr.Radio(["all", *tdata.SPLITS], value="all", label="Part of the chosen version",
+                            elem_id="export-part")
+            fmt = gr.Radio(["JSONL", "CSV"], value="JSONL", label="Format", elem_id="export-format")
+            export_btn = gr.Button("Download", elem_id="export-button")
+        export_msg = gr.Markdown(elem_id="export-message")
+        export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
+
     def on_measure(draft: Draft, cache, *rest):
-        model_name, max_length = (rest[0], rest[1]) if model_picker is not None else (None, rest[0])
+        model_name, (max_length,) = tab.picked(rest)
         if not draft.rows:
-            return None, "Pick a dataset first.", cache
+            return {histogram: None, length_md: "Pick a dataset first.", tab.lengths_state: cache}
         try:
-            lengths, cache = lengths_for(draft, cache, model_name)
+            lengths, cache = tab.lengths(draft, cache, model_name)
         except (ValueError, OSError, models.ModelUnavailable) as exc:
-            return None, f"⚠️ {exc}", cache
+            return {histogram: None, length_md: f"⚠️ {exc}", tab.lengths_state: cache}
         hist = sh.length_histogram(lengths)
-        plot = gr.BarPlot(hist, x="tokens", y="rows", sort=list(hist["tokens"]))
-        return plot, sh.length_summary(lengths, int(max_length or 1)), cache
+        return {histogram: gr.BarPlot(hist, x="tokens", y="rows", sort=list(hist["tokens"])),
+                length_md: sh.length_summary(lengths, int(max_length or 1)), tab.lengths_state: cache}
 
     def on_export(label, which, kind):
-        path = tdata.available(datasets_dir).get(label)
+        path = tdata.available(tab.datasets_dir).get(label)
         if path is None:
             return None, "⚠️ Pick a dataset version first."
         try:
@@ -723,71 +918,27 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
         out.write_text(text, encoding="utf-8")
         return str(out), f"`{out.name}` is ready ({len(text.encode()) / 1024:.1f} KB)."
 
-    # --- wiring ------------------------------------------------------------------------
-    counts = dict(fn=on_filter, inputs=[draft_state, lengths_state, *model_input, *filter_inputs],
-                  outputs=[filter_msg, funnel, kept_preview, lengths_state], show_progress="hidden")
-    split_counts_event = dict(fn=on_split, inputs=[draft_state, *split_inputs], outputs=[split_msg, split_counts],
-                              show_progress="hidden")
-    with_chooser = [chooser, *view_outputs]
-
-    def then_recount(event):
-        event.then(**counts).then(**split_counts_event)
-
-    guarded = [pending_state, discard_btn]
-    import_settings = [upload_state, import_box, shape, map_user, map_assistant, map_system, map_meta]
-    import_outputs = [*with_chooser, *guarded, *import_settings]
-    then_recount(chooser.input(on_choose, [chooser, draft_state], [*with_chooser, *guarded]))
-    then_recount(discard_btn.click(on_discard, [draft_state, pending_state], import_outputs))
-    # any change of the draft makes a refused pick moot
-    draft_state.change(lambda: (None, gr.update(visible=False)), None, guarded, show_progress="hidden")
-    for trigger, kind, inputs in (
-            (upload.upload, "upload", [upload, upload_state]),
-            (starter_button.click, "starter", [starter_file, upload_state]),
-            (reimport.click, "reimport", [upload_state, shape, map_user, map_assistant, map_system, map_meta]),
-            (hub_button.click, "hub", [hub_id, hub_config, hub_split])):
-        then_recount(trigger(guarded_import(kind), [draft_state, *inputs], import_outputs))
-
-    upload.clear(lambda previous: forget_upload(previous), upload_state, upload_state)
-    table.select(on_select, draft_state, [row_no, system, turns, meta, check])
-    row_no.submit(editor_for, [draft_state, row_no], [row_no, system, turns, meta, check])
-    gr.on([system.change, turns.change, meta.change], on_check, [system, turns, meta], check,
-          show_progress="hidden", trigger_mode="always_last")
-    editor_inputs = [draft_state, row_no, system, turns, meta]
-    editor_outputs = [row_no, system, turns, meta, check]
-    for button, action in ((add_btn, "add"), (replace_btn, "replace"), (delete_btn, "delete")):
-        then_recount(button.click(edit(action), editor_inputs, [*view_outputs, *editor_outputs]))
-    add_turn.click(on_add_turn, turns, turns)
-    clear_btn.click(lambda: editor_for(Draft(), 0), None, editor_outputs)
-    then_recount(save_btn.click(on_save, [draft_state, name_box], with_chooser))
-    then_recount(new_btn.click(on_new, draft_state, [*view_outputs, *guarded]))
-
-    gr.on([c.change for c in filter_inputs if c is not column] + [filter_tab.select], trigger_mode="always_last",
-          **counts)
-    column.input(on_column, [draft_state, column], values)
-    top_btn.click(on_top, [draft_state, column, top_n], values)
-    then_recount(save_filtered.click(on_save_filtered, [draft_state, lengths_state, name_box, *model_input,
-                                                        *filter_inputs], with_chooser))
-
-    gr.on([c.change for c in split_inputs] + [split_tab.select], trigger_mode="always_last", **split_counts_event)
-    then_recount(save_split.click(on_save_split, [draft_state, name_box, *split_inputs], with_chooser))
-
-    propose.click(on_propose, [draft_state, *model_input, n_prompts, expand_seed, temperature, max_new],
-                  [expand_msg, proposals, batch_state, add_proposals])
-    then_recount(add_proposals.click(on_add_proposals, [draft_state, batch_state, proposals], view_outputs))
-    then_recount(expand_save.click(on_save, [draft_state, name_box], with_chooser))
-
-    measure.click(on_measure, [draft_state, lengths_state, *model_input, max_len],
-                  [histogram, length_md, lengths_state])
-    export_btn.click(on_export, [chooser, part, fmt], [export_file, export_msg])
-    return chooser, (show, view_outputs)
+    measure.click(on_measure, [tab.draft_state, tab.lengths_state, *tab.model_input, max_len],
+                  [histogram, length_md, tab.lengths_state])
+    export_btn.click(on_export, [tab.chooser, part, fmt], [export_file, export_msg])
 
 
-def _turn_list(turns) -> list[list]:
-    if turns is None:
-        return []
-    if isinstance(turns, pd.DataFrame):
-        return turns.values.tolist()
-    return [list(t) for t in turns]
+def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None = None,
+                generator: Generator | None = None):
+    """Returns the dataset dropdown (its value names the chosen version) and the
+    (handler, outputs) that fill the tab, for the page's load event."""
+    tab = DatasetTab.create(datasets_dir, model_picker, models_dir, generator)
+    import_section(tab)
+    draft_view(tab)
+    with gr.Tabs():
+        edit_section(tab)
+        filter_counts = filter_section(tab)
+        split_counts = split_section(tab)
+        expand_section(tab)
+        inspect_section(tab)
+    for event in tab.draft_events:
+        event.then(**filter_counts).then(**split_counts)
+    return tab.chooser, (tab.show, tab.view_outputs)
 
 
 def refresh_datasets_fn(datasets_dir: Path):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -11,6 +12,15 @@ from tuner.generate import GenSettings, Generator
 from tuner.runs import RunManager
 from tuner.ui.train import finished_runs
 
+
+
+@dataclass
+class _Chats:
+    """What Send and Clear change."""
+    box: gr.Textbox
+    left: gr.Chatbot
+    right: gr.Chatbot
+    note: gr.Markdown
 
 
 def playground_tab(trainer: RunManager, generator: Generator):
@@ -26,18 +36,22 @@ def playground_tab(trainer: RunManager, generator: Generator):
         box = gr.Textbox(label="Message", elem_id="play-message", scale=4)
         send = gr.Button("Send", variant="primary", elem_id="play-send", scale=1)
         clear = gr.Button("Clear", scale=1)
-    note = gr.Markdown(elem_id="play-note")
-
-    def choices():
-        options = [("base model of the chosen runs", "base")]
-        options += finished_runs(trainer)
-        return options
+    chats = _Chats(box, chat_left, chat_right, gr.Markdown(elem_id="play-note"))
 
     def refresh():
-        options = choices()
-        return gr.update(choices=options, value="base"), gr.update(
-            choices=options, value=options[1][1] if len(options) > 1 else "base")
+        options = [("base model of the chosen runs", "base"), *finished_runs(trainer)]
+        return {left: gr.update(choices=options, value="base"),
+                right: gr.update(choices=options, value=options[1][1] if len(options) > 1 else "base")}
 
+    on_send = _sender(trainer, generator, chats)
+    asked, answered = [box, left, right, max_new, chat_left, chat_right], [box, chat_left, chat_right, chats.note]
+    send.click(on_send, asked, answered)
+    box.submit(on_send, asked, answered)
+    clear.click(lambda: {chat_left: [], chat_right: [], chats.note: ""}, None, [chat_left, chat_right, chats.note])
+    return refresh, [left, right]
+
+
+def _sender(trainer: RunManager, generator: Generator, chats: _Chats):
     def reply(history, variant, text, settings, base_model):
         conversation = [{"role": m["role"], "content": _text(m["content"])} for m in history]
         conversation.append({"role": "user", "content": text})
@@ -49,11 +63,11 @@ def playground_tab(trainer: RunManager, generator: Generator):
     def on_send(text, l_variant, r_variant, tokens, h_left, h_right):
         text = (text or "").strip()
         if not text:
-            return gr.update(), h_left, h_right, "⚠️ Type a message."
+            return {chats.left: h_left, chats.right: h_right, chats.note: "⚠️ Type a message."}
         runs = [trainer.get(v) for v in (l_variant, r_variant) if v and v != "base"]
         bases = {r["config"]["base_model"] for r in runs if r}
         if len(bases) > 1:
-            return gr.update(), h_left, h_right, "⚠️ The two runs have different base models."
+            return {chats.left: h_left, chats.right: h_right, chats.note: "⚠️ The two runs have different base models."}
         from tuner.models import BUNDLED
 
         base_model = bases.pop() if bases else BUNDLED
@@ -62,13 +76,11 @@ def playground_tab(trainer: RunManager, generator: Generator):
             h_left = reply(h_left or [], l_variant or "base", text, settings, base_model)
             h_right = reply(h_right or [], r_variant or "base", text, settings, base_model)
         except Exception as exc:
-            return gr.update(), h_left, h_right, f"⚠️ {type(exc).__name__}: {exc}"
-        return "", h_left, h_right, f"Both replies use greedy decoding, at most {int(tokens)} new tokens, base `{base_model}`."
+            return {chats.left: h_left, chats.right: h_right, chats.note: f"⚠️ {type(exc).__name__}: {exc}"}
+        note = f"Both replies use greedy decoding, at most {int(tokens)} new tokens, base `{base_model}`."
+        return {chats.box: "", chats.left: h_left, chats.right: h_right, chats.note: note}
 
-    send.click(on_send, [box, left, right, max_new, chat_left, chat_right], [box, chat_left, chat_right, note])
-    box.submit(on_send, [box, left, right, max_new, chat_left, chat_right], [box, chat_left, chat_right, note])
-    clear.click(lambda: ([], [], ""), None, [chat_left, chat_right, note])
-    return refresh, [left, right]
+    return on_send
 
 
 def _text(content) -> str:

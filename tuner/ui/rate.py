@@ -9,22 +9,16 @@ after `Store.rate_pair` has committed.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import gradio as gr
 
-from ratings.store import ASPECTS, RatingError, Store, clean_rater
+from ratings.scale import RUBRIC, SCORES
+from ratings.store import ASPECTS, RatingError, Store
 from tuner.access import RateLimiter
 from tuner.paths import StorageError
 from tuner.ui.access import hf_username, request_address, sign_in_available
 
-
-
-RUBRIC = ("**Helpfulness, 1–5:** 5 = usable as is · 4 = small edits · 3 = needs work · "
-          "2 = mostly unhelpful · 1 = wrong or harmful. A score of 4 or more counts as a success. "
-          "Keys: 1–5 score reply A then reply B, Enter submits.")
-
-
-SCORES = [1, 2, 3, 4, 5]
 
 
 # Keys 1-5 fill the first unset score (A, then B) of the visible rating panel;
@@ -70,6 +64,38 @@ def eval_choices(store: Store, open_only: bool = False) -> list[tuple[str, int]]
             for e in store.evaluations() if e["open_for_rating"] or not open_only]
 
 
+@dataclass
+class _Panel:
+    """The components the panel's handlers share: what serving a pair fills, and the
+    rater's server-side state."""
+    progress: gr.Markdown
+    prompt: gr.Markdown
+    replies: list[gr.Textbox]  # A, B
+    scores: list[gr.Radio]  # A, B
+    aspects: list[list[gr.Radio]]  # A's, then B's, in ASPECTS order
+    preference: gr.Radio
+    comment: gr.Textbox
+    reveal: gr.Markdown
+    rater: gr.State  # server-side: set by join, never taken from the browser afterwards
+    chosen: gr.State  # the evaluation joined
+    assignment: gr.State  # server-side: the browser never sees the mapping
+
+    def answers(self) -> list:
+        """The rater's own inputs, cleared with each pair served."""
+        return [*self.scores, *self.aspects[0], *self.aspects[1], self.preference, self.comment]
+
+    def served(self) -> list:
+        """What serving a pair fills (Start's and Next's outputs)."""
+        return [self.progress, self.assignment, self.prompt, *self.replies, *self.answers(), self.reveal]
+
+    def shown(self, note: str, pair: dict | None = None) -> dict:
+        """`note` above `pair`; without one, an empty pair (nothing to submit)."""
+        texts = [pair["reply_a"], pair["reply_b"]] if pair else ["", ""]
+        return {self.progress: note, self.assignment: pair["assignment_id"] if pair else None,
+                self.prompt: _heading(pair) if pair else "", **dict(zip(self.replies, texts)),
+                **dict.fromkeys(self.answers()), self.reveal: ""}
+
+
 def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool, secret: str | None = None,
                  limits: RaterLimits | None = None):
     """Join (name, invite code) → pairs one at a time → scores → commit → reveal.
@@ -83,119 +109,173 @@ def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool, se
     """
     limits = limits or RaterLimits()
     with gr.Column(elem_classes=["rating-panel"]):
-        with gr.Row():
-            # built empty (names are the owner's until the page's load lists the open ones); any
-            # value is let through to the handler, which checks it is an open evaluation
-            evaluation = gr.Dropdown([], value=None, allow_custom_value=True, label="Evaluation",
-                                     elem_id=f"{prefix}-eval", scale=2)
-            name = gr.Textbox(label="Your name", elem_id=f"{prefix}-name", scale=2,
-                              info="On a Space you can sign in with Hugging Face instead." if public else None)
-            code = gr.Textbox(label="Invite code (if the owner set one)", elem_id=f"{prefix}-code", scale=1,
-                              type="password")
-            join = gr.Button("Start rating", elem_id=f"{prefix}-start", scale=1)
+        evaluation, name, code, join = _join_row(prefix, public)
         gr.Markdown(RUBRIC)
         progress = gr.Markdown(elem_id=f"{prefix}-progress")
         prompt = gr.Markdown(elem_id=f"{prefix}-prompt")
-        with gr.Row():
-            sides = []
-            for side in ("a", "b"):
-                with gr.Column():
-                    reply = gr.Textbox(label=f"Reply {side.upper()}", lines=8, interactive=False,
-                                       elem_id=f"{prefix}-reply-{side}")
-                    score = gr.Radio(SCORES, label=f"Helpfulness of reply {side.upper()}",
-                                     elem_id=f"{prefix}-score-{side}", elem_classes=[f"score-{side}"])
-                    with gr.Accordion("More (optional): adherence, tone, clarity", open=False):
-                        aspects = [gr.Radio(SCORES, label=f"{aspect.capitalize()} ({side.upper()})")
-                                   for aspect in ASPECTS]
-                    sides.append((reply, score, aspects))
-        with gr.Row():
-            preference = gr.Radio(["A", "B", "tie"], label="Which reply is better? (optional)",
-                                  elem_id=f"{prefix}-preference", scale=1)
-            comment = gr.Textbox(label="Comment (optional)", elem_id=f"{prefix}-comment", scale=2)
-        with gr.Row():
-            submit = gr.Button("Submit ratings", variant="primary", elem_id=f"{prefix}-submit",
-                               elem_classes=["rate-submit"], scale=3)
-            change = gr.Button("Change my scores", elem_id=f"{prefix}-change", size="sm", scale=1)
+        replies, scores, aspects = _sides(prefix)
+        preference, comment, submit, change = _answer_row(prefix)
         reveal = gr.Markdown(elem_id=f"{prefix}-reveal")
         next_pair = gr.Button("Next pair", elem_id=f"{prefix}-next")
-    rater = gr.State(None)  # server-side: set by join, never taken from the browser afterwards
+    rater = gr.State(None)
     # this browser's proof of the names it has used; encrypted with the app's secret
     keys = gr.BrowserState({}, storage_key="tuner-rater-keys", secret=secret)
-    eval_state = gr.State(None)
-    assignment = gr.State(None)  # server-side: the browser never sees the mapping
-    (reply_a, score_a, aspects_a), (reply_b, score_b, aspects_b) = sides
-    clearable = [score_a, score_b, *aspects_a, *aspects_b, preference, comment]
+    panel = _Panel(progress, prompt, replies, scores, aspects, preference, comment, reveal,
+                   rater=rater, chosen=gr.State(None), assignment=gr.State(None))
+    serve = _server(store, rng, panel)
+    # Raters' events skip Gradio's queue (the page POSTs them straight to /gradio_api/run/…):
+    # each is a few ms of SQLite, the queue's bookkeeping and event stream cost more than
+    # that, and its default of 4 at a time would make 25 friends pressing Submit together
+    # wait their turn. Simultaneous submissions still share one commit (Store.grouped).
+    fast = {"queue": False}
+    join.click(_joiner(store, limits, public, panel, keys, serve), [evaluation, name, code, keys],
+               [panel.rater, panel.chosen, keys, *panel.served()], api_name=f"{prefix}_join", **fast)
+    mine = [panel.assignment, panel.rater, panel.chosen]
+    submit.click(_submitter(store, limits, panel), [*mine, *scores, preference, comment, *aspects[0], *aspects[1]],
+                 [reveal, panel.assignment], api_name=f"{prefix}_submit", **fast)
+    next_pair.click(serve, [panel.chosen, panel.rater], panel.served(), api_name=f"{prefix}_next", **fast)
+    change.click(_changer(store), [*mine, *scores], reveal, api_name=f"{prefix}_change", **fast)
+    return evaluation
 
+
+def _join_row(prefix: str, public: bool):
+    with gr.Row():
+        # built empty (names are the owner's until the page's load lists the open ones); any
+        # value is let through to the handler, which checks it is an open evaluation
+        evaluation = gr.Dropdown([], value=None, allow_custom_value=True, label="Evaluation",
+                                 elem_id=f"{prefix}-eval", scale=2)
+        name = gr.Textbox(label="Your name", elem_id=f"{prefix}-name", scale=2,
+                          info="On a Space you can sign in with Hugging Face instead." if public else None)
+        code = gr.Textbox(label="Invite code (if the owner set one)", elem_id=f"{prefix}-code", scale=1,
+                          type="password")
+        join = gr.Button("Start rating", elem_id=f"{prefix}-start", scale=1)
+    return evaluation, name, code, join
+
+
+def _sides(prefix: str):
+    """Reply A and reply B side by side, each with its score and the optional aspects."""
+    replies, scores, aspects = [], [], []
+    with gr.Row():
+        for side in ("a", "b"):
+            with gr.Column():
+                replies.append(gr.Textbox(label=f"Reply {side.upper()}", lines=8, interactive=False,
+                                          elem_id=f"{prefix}-reply-{side}"))
+                scores.append(gr.Radio(SCORES, label=f"Helpfulness of reply {side.upper()}",
+                                       elem_id=f"{prefix}-score-{side}", elem_classes=[f"score-{side}"]))
+                with gr.Accordion("More (optional): adherence, tone, clarity", open=False):
+                    aspects.append([gr.Radio(SCORES, label=f"{aspect.capitalize()} ({side.upper()})")
+                                    for aspect in ASPECTS])
+    return replies, scores, aspects
+
+
+def _answer_row(prefix: str):
+    with gr.Row():
+        preference = gr.Radio(["A", "B", "tie"], label="Which reply is better? (optional)",
+                              elem_id=f"{prefix}-preference", scale=1)
+        comment = gr.Textbox(label="Comment (optional)", elem_id=f"{prefix}-comment", scale=2)
+    with gr.Row():
+        submit = gr.Button("Submit ratings", variant="primary", elem_id=f"{prefix}-submit",
+                           elem_classes=["rate-submit"], scale=3)
+        change = gr.Button("Change my scores", elem_id=f"{prefix}-change", size="sm", scale=1)
+    return preference, comment, submit, change
+
+
+def _heading(pair: dict) -> str:
+    flags = f" · flagged: **{', '.join(pair['flags'])}**" if pair["flags"] else ""
+    return f"**Task:** {pair['task']}{flags}\n\n**Prompt:** {pair['prompt']}" if pair["task"] else \
+        f"**Prompt:** {pair['prompt']}{flags}"
+
+
+def _server(store: Store, rng: random.Random, panel: _Panel):
     def serve(eval_id, who):
-        blank = [None, "", "", ""] + [None] * len(clearable) + [""]
         if eval_id is None or who is None:
-            return ["⚠️ Choose an evaluation, enter your name and press Start rating.", *blank]
+            return panel.shown("⚠️ Choose an evaluation, enter your name and press Start rating.")
         try:
             pair = store.next_pair(int(eval_id), who, rng)
         except (RatingError, StorageError) as exc:
-            return [f"⚠️ {exc}", *blank]
+            return panel.shown(f"⚠️ {exc}")
         if pair is None:
             done, total = store.progress(int(eval_id), who)
-            return [f"✅ {who}, you have rated all {total} pairs of this evaluation. Thank you!", *blank]
-        flags = f" · flagged: **{', '.join(pair['flags'])}**" if pair["flags"] else ""
-        heading = f"**Task:** {pair['task']}{flags}\n\n**Prompt:** {pair['prompt']}" if pair["task"] else \
-            f"**Prompt:** {pair['prompt']}{flags}"
-        return [f"{who} · pair {pair['done'] + 1} of {pair['total']}", pair["assignment_id"], heading,
-                pair["reply_a"], pair["reply_b"]] + [None] * len(clearable) + [""]
+            return panel.shown(f"✅ {who}, you have rated all {total} pairs of this evaluation. Thank you!")
+        return panel.shown(f"{who} · pair {pair['done'] + 1} of {pair['total']}", pair)
 
+    return serve
+
+
+def _joiner(store: Store, limits: RaterLimits, public: bool, panel: _Panel, keys: gr.BrowserState, serve):
     def on_join(eval_id, typed_name, invite, known_keys, request: gr.Request):
-        # a Hugging Face sign-in (on a Space with hf_oauth) names the rater; else the typed name
-        signed_in = hf_username(request)
         known_keys = known_keys if isinstance(known_keys, dict) else {}
-        client = request_address(request)  # on a Space: the proxy's X-Forwarded-For entry
         try:
-            allowed, wait = limits.joins.allow(client)
-            if not allowed:
-                raise RatingError(f"Too many sign-ins from this address; try again in {wait:.0f} s.")
-            if eval_id is None:
-                raise RatingError("Choose an evaluation first.")
-            try:  # the list is filled by the page; a script may send anything
-                eval_id = int(eval_id)
-            except (TypeError, ValueError):
-                raise RatingError("Choose an evaluation from the list.") from None
-            if not store.is_open(eval_id):
-                raise RatingError("That evaluation is not open for rating: choose one from the list.")
-            if public:  # the owner's own panel (Compare, owner-only) needs no invite code
-                store.check_invite(eval_id, invite)
-            name = clean_rater(signed_in or typed_name)
-            who, key = store.claim_rater(name, known_keys.get(name), signed_in=bool(signed_in))
-            store.join(eval_id, who, client)
+            who, eval_id, key = _admit(store, limits, public, eval_id, typed_name, invite, known_keys, request)
         except RatingError as exc:
-            return [None, None, gr.skip(), f"⚠️ {exc}", None, "", "", ""] + [None] * len(clearable) + [""]
+            return {panel.rater: None, panel.chosen: None, **panel.shown(f"⚠️ {exc}")}
         if key:
             known_keys = {**known_keys, who: key}
-        return [who, eval_id, known_keys] + serve(eval_id, who)
+        return {panel.rater: who, panel.chosen: eval_id, keys: known_keys, **serve(eval_id, who)}
 
+    return on_join
+
+
+def _admit(store: Store, limits: RaterLimits, public: bool, eval_id, typed_name, invite, known_keys: dict,
+           request: gr.Request) -> tuple[str, int, str | None]:
+    """(rater, evaluation, a new key for this browser or None), or RatingError saying why not."""
+    # a Hugging Face sign-in (on a Space with hf_oauth) names the rater; else the typed name
+    signed_in = hf_username(request)
+    client = request_address(request)  # on a Space: the proxy's X-Forwarded-For entry
+    allowed, wait = limits.joins.allow(client)
+    if not allowed:
+        raise RatingError(f"Too many sign-ins from this address; try again in {wait:.0f} s.")
+    if eval_id is None:
+        raise RatingError("Choose an evaluation first.")
+    try:  # the list is filled by the page; a script may send anything
+        eval_id = int(eval_id)
+    except (TypeError, ValueError):
+        raise RatingError("Choose an evaluation from the list.") from None
+    if not store.is_open(eval_id):
+        raise RatingError("That evaluation is not open for rating: choose one from the list.")
+    if public:  # the owner's own panel (Compare, owner-only) needs no invite code
+        store.check_invite(eval_id, invite)
+    who, key = store.claim_rater(signed_in or typed_name, known_keys, signed_in=bool(signed_in))
+    store.join(eval_id, who, client)
+    return who, eval_id, key
+
+
+def _submitter(store: Store, limits: RaterLimits, panel: _Panel):
     def on_submit(assignment_id, who, eval_id, a, b, pref, text, *aspect_values):
-        if assignment_id is None or who is None:
-            return "⚠️ Press Start rating to get a pair first.", gr.update()
-        allowed, wait = limits.submits.allow(who)
-        if not allowed:
-            return f"⚠️ Too many ratings too fast; wait {wait:.0f} s and submit again.", gr.update()
-        n = len(ASPECTS)
-        try:
-            result = store.rate_pair(assignment_id, who, a, b, dict(zip(ASPECTS, aspect_values[:n])),
-                                     dict(zip(ASPECTS, aspect_values[n:])), pref or None, text)
-        except (RatingError, StorageError) as exc:  # nothing was saved: the pair stays to submit again
-            return f"⚠️ {exc}", gr.update()
-        done, total = store.progress(int(eval_id), who)
-        # committed: now, and only now, say which reply was which (after each pair, or
-        # by default only after the rater's last pair, so no one learns a model's style)
-        if store.reveal_of(int(eval_id)) == "each":
-            return (f"Saved ({done} of {total} done). **Reply A** was **{result['a_label']}** (you gave "
-                    f"{result['score_a']}); **Reply B** was **{result['b_label']}** (you gave {result['score_b']}). "
-                    "Press **Next pair** to go on.", gr.update())
-        if done < total:
-            return (f"Saved ({done} of {total} done). Which model wrote each reply is shown after your last pair. "
-                    "Press **Next pair** to go on.", gr.update())
-        return "Saved: that was your last pair. Thank you!\n\n" + reveal_text(store.rater_reveal(int(eval_id), who)), \
-            gr.update()
+        return {panel.reveal: _submitted(store, limits, assignment_id, who, eval_id, (a, b), pref, text,
+                                         aspect_values)}
 
+    return on_submit
+
+
+def _submitted(store: Store, limits: RaterLimits, assignment_id, who, eval_id, scores, pref, text,
+               aspect_values) -> str:
+    """What the rater is told after Submit: saved (with the reveal it has earned), or why not."""
+    if assignment_id is None or who is None:
+        return "⚠️ Press Start rating to get a pair first."
+    allowed, wait = limits.submits.allow(who)
+    if not allowed:
+        return f"⚠️ Too many ratings too fast; wait {wait:.0f} s and submit again."
+    n = len(ASPECTS)
+    try:
+        result = store.rate_pair(assignment_id, who, *scores, dict(zip(ASPECTS, aspect_values[:n])),
+                                 dict(zip(ASPECTS, aspect_values[n:])), pref or None, text)
+    except (RatingError, StorageError) as exc:  # nothing was saved: the pair stays to submit again
+        return f"⚠️ {exc}"
+    done, total = store.progress(int(eval_id), who)
+    # committed: now, and only now, say which reply was which (after each pair, or
+    # by default only after the rater's last pair, so no one learns a model's style)
+    if store.reveal_of(int(eval_id)) == "each":
+        return (f"Saved ({done} of {total} done). **Reply A** was **{result['a_label']}** (you gave "
+                f"{result['score_a']}); **Reply B** was **{result['b_label']}** (you gave {result['score_b']}). "
+                "Press **Next pair** to go on.")
+    if done < total:
+        return (f"Saved ({done} of {total} done). Which model wrote each reply is shown after your last pair. "
+                "Press **Next pair** to go on.")
+    return "Saved: that was your last pair. Thank you!\n\n" + reveal_text(store.rater_reveal(int(eval_id), who))
+
+
+def _changer(store: Store):
     def on_change(assignment_id, who, eval_id, a, b):
         if assignment_id is None or who is None:
             return "⚠️ Rate a pair first; then you can change its scores."
@@ -206,20 +286,7 @@ def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool, se
         return (f"Changed your scores for this pair: Reply A {changed['old_a']} → {changed['score_a']}, "
                 f"Reply B {changed['old_b']} → {changed['score_b']} (the change is recorded).")
 
-    serve_outputs = [progress, assignment, prompt, reply_a, reply_b, *clearable, reveal]
-    # Raters' events skip Gradio's queue (the page POSTs them straight to /gradio_api/run/…):
-    # each is a few ms of SQLite, the queue's bookkeeping and event stream cost more than
-    # that, and its default of 4 at a time would make 25 friends pressing Submit together
-    # wait their turn. Simultaneous submissions still share one commit (Store.grouped).
-    fast = {"queue": False}
-    join.click(on_join, [evaluation, name, code, keys], [rater, eval_state, keys, *serve_outputs],
-               api_name=f"{prefix}_join", **fast)
-    submit.click(on_submit, [assignment, rater, eval_state, score_a, score_b, preference, comment,
-                             *aspects_a, *aspects_b], [reveal, assignment], api_name=f"{prefix}_submit", **fast)
-    next_pair.click(serve, [eval_state, rater], serve_outputs, api_name=f"{prefix}_next", **fast)
-    change.click(on_change, [assignment, rater, eval_state, score_a, score_b], reveal, api_name=f"{prefix}_change",
-                 **fast)
-    return evaluation
+    return on_change
 
 
 def reveal_text(pairs: list[dict]) -> str:

@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import gradio as gr
 import pandas as pd
 
 from ratings import checks as rchecks
-from ratings import exports, stats
+from ratings import reports, stats, tables
+from ratings.scale import SCORES, SUCCESS_AT
 from ratings.store import RatingError, Store, clean_rater
 from tuner.paths import StorageError
-from tuner.runs import RunManager, run_label
-from tuner.train import read_metrics
+from tuner.records import read_metrics, run_label
+from tuner.runs import RunManager
 from tuner.ui.charts import VEGA_LITE, curve_frame, short_label, vega_plot
-from tuner.ui.rate import SCORES, eval_choices
+from tuner.ui.rate import eval_choices
 
 
 
@@ -29,41 +33,150 @@ CSS = """
 """
 
 
+class _Section(NamedTuple):
+    """One part of the tab that `show` fills: `blank` ({component: value}) before there is an
+    evaluation, else what `filled(results, asked)` gives for the same components."""
+    blank: dict
+    filled: Callable[..., dict]
+
+
+@dataclass
+class _Asked:
+    """What `show` was asked for, as every section reads it."""
+    eval_id: int
+    cutoff: int
+    with_raters: bool
+    by: str | None
+
+
 def results_tab(store: Store, trainer: RunManager | None = None):
-    """Every table of `ratings.exports.gather` for one evaluation, the plots and the exports.
+    """Every table of `ratings.tables.gather` for one evaluation, the plots and the exports.
 
     Returns (show, its inputs, its outputs) so the page can refresh the tab when it is opened.
     """
     with gr.Row():
         eval_pick = gr.Dropdown(choices=[], value=None, allow_custom_value=True, label="Evaluation",
                                 elem_id="results-eval", scale=3)
-        threshold = gr.Radio(SCORES, value=stats.SUCCESS, label="A reply succeeds when scored at least",
+        threshold = gr.Radio(SCORES, value=SUCCESS_AT, label="A reply succeeds when scored at least",
                              elem_id="results-threshold", scale=2)
         refresh = gr.Button("↻ Refresh", elem_id="results-refresh", scale=0)
     summary = gr.Markdown(elem_id="results-summary")
     # collapsible sections: the page was one 4,400-pixel column
+    sections = [_success_section(store, trainer)]
+    raters, per_prompt = _per_prompt_section()
+    by, breakdown = _breakdown_section()
+    sections += [per_prompt, breakdown, _paired_section(), _bias_section(), _metrics_section(), _checks_section()]
+    rater_table, rater_name, reason, exclude, include, rater_note = _raters_section()
+    export, export_note, files = _exports_section()
+
+    def show(eval_id, cutoff, with_raters, by_value):
+        evals = eval_choices(store)
+        if eval_id is None and evals:
+            eval_id = evals[0][1]
+        try:  # the list is filled by the page; a script may send anything
+            eval_id = int(eval_id) if eval_id is not None else None
+        except (TypeError, ValueError):
+            eval_id = -1
+        if eval_id is None or store.evaluation(int(eval_id)) is None:
+            blank = {c: v for s in sections for c, v in s.blank.items()}
+            return {eval_pick: gr.update(choices=evals, value=None),
+                    summary: "No evaluation yet: build one on the Compare tab.", **blank}
+        asked = _Asked(eval_id, int(cutoff or SUCCESS_AT), bool(with_raters), by_value)
+        r = _gathered(store, trainer, eval_id, cutoff)
+        filled = {c: v for s in sections for c, v in s.filled(r, asked).items()}
+        return {eval_pick: gr.update(choices=evals, value=eval_id),
+                summary: "\n".join(f"- {line}" for line in r.summary()), **filled}
+
+    def on_export(eval_id, cutoff):
+        if eval_id is None:
+            return {export_note: "⚠️ Choose an evaluation first.", files: None}
+        r = _gathered(store, trainer, eval_id, cutoff)
+        try:
+            paths = reports.write_exports(r, Path(tempfile.mkdtemp(prefix="tuner-results-")), store.path)
+        except OSError as exc:  # StorageError: names the file and the problem
+            return {export_note: f"⚠️ {exc}", files: None}
+        return {export_note: f"Built {len(paths)} files for evaluation #{eval_id} (success at {r.threshold} or more).",
+                files: [str(p) for p in paths]}
+
+    inputs = [eval_pick, threshold, raters, by]
+    outputs = [eval_pick, summary, *(c for s in sections for c in s.blank)]
+    rater_rows, set_rater = _rater_handlers(store, rater_table, rater_note)
+    refresh.click(show, inputs, outputs).then(rater_rows, eval_pick, rater_table)
+    for control in inputs:
+        control.input(show, inputs, outputs).then(rater_rows, eval_pick, rater_table)
+    eval_pick.change(rater_rows, eval_pick, rater_table)
+    for button, excluded in ((exclude, True), (include, False)):
+        button.click(set_rater(excluded), [eval_pick, rater_name, reason], [rater_table, rater_note],
+                     api_name="exclude_rater" if excluded else "include_rater").then(show, inputs, outputs)
+    export.click(on_export, [eval_pick, threshold], [export_note, files])
+    return show, inputs, outputs
+
+
+def _gathered(store: Store, trainer: RunManager | None, eval_id, cutoff):
+    return tables.gather(store, int(eval_id), int(cutoff or SUCCESS_AT), _runs_of(store, trainer, eval_id))
+
+
+def _success_section(store: Store, trainer: RunManager | None) -> _Section:
     with gr.Accordion("Success rate per model", open=True, elem_id="results-section-success"):
         gr.Markdown("Replies scored at or above the threshold / replies rated, with 95% Wilson intervals; the "
                     "mean score with its 95% t interval.")
         success = gr.Dataframe(interactive=False, elem_id="success-table")
         plots_key = gr.State(None)  # a new value re-renders the plots (see _results_plots)
         _results_plots(store, trainer, plots_key)
+    return _Section({success: pd.DataFrame(), plots_key: None}, lambda r, asked: {
+        success: tables.display(r.success), plots_key: (asked.eval_id, asked.cutoff, time.time())})
+
+
+def _per_prompt_section():
     with gr.Accordion("Per prompt", open=True, elem_id="results-section-prompts"):
         gr.Markdown("Each model's mean score over the raters, and the model with the highest mean.")
         raters = gr.Checkbox(False, label="Show each rater's scores", elem_id="results-raters")
         per_prompt = gr.Dataframe(interactive=False, wrap=True, max_height=900, elem_id="per-prompt-table")
+
+    def filled(r, asked: _Asked) -> dict:
+        if not asked.with_raters:
+            return {per_prompt: tables.display(r.per_prompt)}
+        prompts = r.replies.drop_duplicates("position") if not r.replies.empty else None
+        return {per_prompt: tables.display(stats.per_prompt_table(r.scores, prompts, raters=True))}
+
+    return raters, _Section({per_prompt: pd.DataFrame()}, filled)
+
+
+def _breakdown_section():
     with gr.Accordion("Breakdown", open=True, elem_id="results-section-breakdown"):
         by = gr.Radio([], label="Success rate by", elem_id="results-by")
         breakdown = gr.Dataframe(interactive=False, elem_id="breakdown-table")
+
+    def filled(r, asked: _Asked) -> dict:
+        choices = list(r.breakdowns)
+        picked = asked.by if asked.by in choices else (choices[0] if choices else None)
+        return {by: gr.update(choices=choices, value=picked),
+                breakdown: tables.display(r.breakdowns[picked]) if picked else pd.DataFrame()}
+
+    return by, _Section({by: gr.update(choices=[], value=None), breakdown: pd.DataFrame()}, filled)
+
+
+def _paired_section() -> _Section:
     with gr.Accordion("Head to head", open=True, elem_id="results-section-paired"):
         gr.Markdown("A paired test of the per-prompt mean scores (Wilcoxon signed-rank; sign test beside it), then "
                     "the raters' stated preferences (win rate = won / pairs with a preference).")
         paired = gr.Dataframe(interactive=False, wrap=True, elem_id="paired-table")
         preferences = gr.Dataframe(interactive=False, elem_id="preference-table")
+    return _Section({paired: pd.DataFrame(), preferences: pd.DataFrame()}, lambda r, asked: {
+        paired: tables.display(r.paired.drop(columns=["in words"])), preferences: tables.display(r.preferences)})
+
+
+def _bias_section() -> _Section:
     with gr.Accordion("Agreement and bias checks", open=False, elem_id="results-section-bias"):
         agreement = gr.Markdown(elem_id="results-agreement")
         position = gr.Dataframe(interactive=False, elem_id="bias-table")
         lengths = gr.Dataframe(interactive=False, elem_id="length-table")
+    return _Section({agreement: "", position: pd.DataFrame(), lengths: pd.DataFrame()}, lambda r, asked: {
+        agreement: r.agreement["note"], position: tables.display(r.position_bias),
+        lengths: tables.display(r.lengths)})
+
+
+def _metrics_section() -> _Section:
     with gr.Accordion("Automatic metrics and the runs behind each model", open=True,
                       elem_id="results-section-metrics"):
         gr.Markdown("Exact match and answer contained compare the normalised reply with the reference answer; "
@@ -71,12 +184,31 @@ def results_tab(store: Store, trainer: RunManager | None = None):
         automatic = gr.Dataframe(interactive=False, elem_id="metrics-table")
         automatic_by = gr.Dataframe(interactive=False, elem_id="metrics-by-table", visible=False)
         runs = gr.Dataframe(interactive=False, wrap=True, elem_id="results-runs")
+
+    def filled(r, asked: _Asked) -> dict:
+        by_category = tables.display(r.automatic_by) if r.automatic_by is not None else None
+        return {automatic: tables.display(r.automatic),
+                automatic_by: gr.update(value=by_category, visible=r.automatic_by is not None),
+                runs: tables.display(r.runs)}
+
+    blank = {automatic: pd.DataFrame(), automatic_by: gr.update(value=pd.DataFrame(), visible=False),
+             runs: pd.DataFrame()}
+    return _Section(blank, filled)
+
+
+def _checks_section() -> _Section:
     with gr.Accordion("Automatic check beside the human scores", open=True, elem_id="results-section-checks"):
         gr.Markdown("The check made right after generation (the evaluation's own checks, answer accuracy, replies "
                     "cut at the token cap), and how well its headline figure agrees with the raters' mean scores "
                     "(Spearman).")
         check_note = gr.Markdown(elem_id="results-checks-note")
         check_table = gr.Dataframe(interactive=False, elem_id="results-checks")
+    return _Section({check_note: "", check_table: pd.DataFrame()}, lambda r, asked: {
+        check_note: "\n\n".join(r.check_lines()),
+        check_table: rchecks.display(r.checks.table) if r.checks is not None else pd.DataFrame()})
+
+
+def _raters_section():
     with gr.Accordion("Raters: who rated, and leaving one out", open=False, elem_id="results-raters-panel"):
         gr.Markdown("Every rater of this evaluation: scores given, their mean, when, and how many rater names "
                     "came from the same address. Excluding a rater leaves their ratings stored (and the decision "
@@ -89,57 +221,21 @@ def results_tab(store: Store, trainer: RunManager | None = None):
             exclude = gr.Button("Exclude", variant="stop", scale=1, elem_id="results-rater-exclude")
             include = gr.Button("Include", scale=1, elem_id="results-rater-include")
         rater_note = gr.Markdown(elem_id="results-rater-note")
+    return rater_table, rater_name, reason, exclude, include, rater_note
+
+
+def _exports_section():
     gr.Markdown("### Exports\nThe Markdown report, the raw ratings (CSV), preference pairs for the next run "
                 "(JSONL prompt/chosen/rejected), the low-rated replies to rewrite (CSV: fill `completion`, then "
                 "import it on the Dataset tab) and a copy of the whole ratings database.")
     export = gr.Button("Build the export files", elem_id="results-export")
     export_note = gr.Markdown(elem_id="results-export-note")
     files = gr.File(label="Exports", file_count="multiple", interactive=False, elem_id="results-files")
+    return export, export_note, files
 
-    def gathered(eval_id, cutoff):
-        return exports.gather(store, int(eval_id), int(cutoff or stats.SUCCESS), _runs_of(store, trainer, eval_id))
 
-    def show(eval_id, cutoff, with_raters, by_value):
-        evals = eval_choices(store)
-        if eval_id is None and evals:
-            eval_id = evals[0][1]
-        try:  # the list is filled by the page; a script may send anything
-            eval_id = int(eval_id) if eval_id is not None else None
-        except (TypeError, ValueError):
-            eval_id = -1
-        if eval_id is None or store.evaluation(int(eval_id)) is None:
-            empty = pd.DataFrame()
-            return [gr.update(choices=evals, value=None), "No evaluation yet: build one on the Compare tab.",
-                    empty, None, empty, gr.update(choices=[], value=None), empty, empty, empty, "", empty, empty,
-                    empty, gr.update(value=empty, visible=False), empty, "", empty]
-        r = gathered(eval_id, cutoff)
-        choices = list(r.breakdowns)
-        by_value = by_value if by_value in choices else (choices[0] if choices else None)
-        prompts = r.replies.drop_duplicates("position") if not r.replies.empty else None
-        table = stats.per_prompt_table(r.scores, prompts, raters=bool(with_raters)) if with_raters else r.per_prompt
-        return [gr.update(choices=evals, value=eval_id), "\n".join(f"- {line}" for line in r.summary()),
-                exports.display(r.success), (int(eval_id), int(cutoff or stats.SUCCESS), time.time()),
-                exports.display(table), gr.update(choices=choices, value=by_value),
-                exports.display(r.breakdowns[by_value]) if by_value else pd.DataFrame(),
-                exports.display(r.paired.drop(columns=["in words"])), exports.display(r.preferences),
-                r.agreement["note"],
-                exports.display(r.position_bias), exports.display(r.lengths), exports.display(r.automatic),
-                gr.update(value=exports.display(r.automatic_by) if r.automatic_by is not None else None,
-                          visible=r.automatic_by is not None),
-                exports.display(r.runs), "\n\n".join(r.check_lines()),
-                rchecks.display(r.checks.table) if r.checks is not None else pd.DataFrame()]
-
-    def on_export(eval_id, cutoff):
-        if eval_id is None:
-            return "⚠️ Choose an evaluation first.", None
-        r = gathered(eval_id, cutoff)
-        try:
-            paths = exports.write_exports(r, Path(tempfile.mkdtemp(prefix="tuner-results-")), store.path)
-        except OSError as exc:  # StorageError: names the file and the problem
-            return f"⚠️ {exc}", None
-        return (f"Built {len(paths)} files for evaluation #{eval_id} (success at {r.threshold} or more).",
-                [str(p) for p in paths])
-
+def _rater_handlers(store: Store, rater_table: gr.Dataframe, rater_note: gr.Markdown):
+    """The raters table of an evaluation, and the handler that excludes (or includes) one rater."""
     def rater_rows(eval_id):
         if eval_id is None or store.evaluation(int(eval_id)) is None:
             return pd.DataFrame()
@@ -151,30 +247,19 @@ def results_tab(store: Store, trainer: RunManager | None = None):
     def set_rater(excluded: bool):
         def handler(eval_id, name, why):
             if eval_id is None:
-                return rater_rows(eval_id), "⚠️ Choose an evaluation first."
+                return {rater_table: rater_rows(eval_id), rater_note: "⚠️ Choose an evaluation first."}
             try:
                 changed = store.set_excluded(int(eval_id), name, excluded, (why or "").strip())
             except (RatingError, StorageError) as exc:
-                return rater_rows(eval_id), f"⚠️ {exc}"
+                return {rater_table: rater_rows(eval_id), rater_note: f"⚠️ {exc}"}
             word = "excluded from" if excluded else "included in"
             text = (f"{clean_rater(name)!r} is now {word} this evaluation's statistics; the tables are recomputed."
                     if changed else f"{clean_rater(name)!r} was already {word} them.")
-            return rater_rows(eval_id), text
+            return {rater_table: rater_rows(eval_id), rater_note: text}
         handler.__name__ = "on_exclude_rater" if excluded else "on_include_rater"
         return handler
 
-    inputs = [eval_pick, threshold, raters, by]
-    outputs = [eval_pick, summary, success, plots_key, per_prompt, by, breakdown, paired, preferences, agreement,
-               position, lengths, automatic, automatic_by, runs, check_note, check_table]
-    refresh.click(show, inputs, outputs).then(rater_rows, eval_pick, rater_table)
-    for control in inputs:
-        control.input(show, inputs, outputs).then(rater_rows, eval_pick, rater_table)
-    eval_pick.change(rater_rows, eval_pick, rater_table)
-    for button, excluded in ((exclude, True), (include, False)):
-        button.click(set_rater(excluded), [eval_pick, rater_name, reason], [rater_table, rater_note],
-                     api_name="exclude_rater" if excluded else "include_rater").then(show, inputs, outputs)
-    export.click(on_export, [eval_pick, threshold], [export_note, files])
-    return show, inputs, outputs
+    return rater_rows, set_rater
 
 
 def _runs_of(store: Store, trainer: RunManager | None, eval_id) -> dict[str, dict | None]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import gradio as gr
@@ -15,24 +16,21 @@ from tuner import data as tdata
 from tuner import models, recipes
 from tuner.ui import access as ui_access
 from tuner.ui.charts import curve_frame, loss_spec, lr_frame, short_label, vega_plot
-from tuner.config import METHODS, PRECISIONS, SCHEDULERS, TrainConfig
+from tuner.config import METHODS, RUN_NAME_MAX, TrainConfig
 from tuner.estimate import describe, estimate, module_choices
-from tuner.runs import FINISHED, RunBusy, RunManager, RunState, clock, resume_hint, run_label, stopped_at
-from tuner.train import check_machine, read_metrics
+from tuner.records import is_finished, read_metrics, run_label, stopped_at
+from tuner.runs import RunBusy, RunManager, RunState, clock, resume_hint
+from tuner.train import check_machine
 
 
 
-# The config fields the tab edits, in the order of its inputs.
-FIELDS = ["method", "r", "lora_alpha", "lora_dropout", "use_dora", "use_rslora", "target_modules",
-          "num_virtual_tokens", "prompt_tuning_init_text", "learning_rate", "num_train_epochs", "max_steps",
-          "per_device_train_batch_size", "gradient_accumulation_steps", "warmup_steps", "weight_decay",
-          "lr_scheduler_type", "max_seq_length", "seed", "precision", "packing", "validation_fraction",
-          "eval_steps", "save_steps", "save_total_limit", "test_fraction", "stratify_by", "neftune_noise_alpha"]
-
-
-INTS = {"r", "lora_alpha", "num_virtual_tokens", "max_steps", "per_device_train_batch_size",
-        "gradient_accumulation_steps", "warmup_steps", "max_seq_length", "seed", "eval_steps", "save_steps",
-        "save_total_limit"}
+# TrainConfig's fields by name, and the ones the tab edits (those whose metadata names a
+# widget), in the order of its inputs: the config declares each setting once
+SPEC = {f.name: f for f in fields(TrainConfig)}
+FIELDS = [name for name, f in SPEC.items() if f.metadata.get("widget")]
+INTS = {name for name in FIELDS if SPEC[name].type == "int"}
+FLOATS = {name for name in FIELDS if SPEC[name].type == "float"}
+OPTIONAL_TEXT = {name for name in FIELDS if SPEC[name].type == "str | None"}  # an empty box is None
 
 
 PRESETS = ("attention only", "all linear layers", "custom")
@@ -49,18 +47,19 @@ def config_from(model_name: str, dataset: str, values, run_name: str = "") -> Tr
     settings["run_name"] = (run_name or "").strip()
     for key in INTS:
         settings[key] = int(settings[key]) if settings[key] is not None else None
-    for key in ("lora_dropout", "learning_rate", "num_train_epochs", "weight_decay", "validation_fraction",
-                "test_fraction", "neftune_noise_alpha"):
+    for key in FLOATS:
         settings[key] = float(settings[key] or 0)
+    for key in OPTIONAL_TEXT:
+        settings[key] = (settings[key] or "").strip() or None
     settings["target_modules"] = list(settings["target_modules"] or []) or None
-    settings["stratify_by"] = (settings["stratify_by"] or "").strip() or None
     return TrainConfig(base_model=model_name, dataset=dataset, **settings)
 
 
 def values_of(config: dict) -> list:
     defaults = TrainConfig().to_dict()
     values = {name: config.get(name, defaults[name]) for name in FIELDS}
-    values["stratify_by"] = values["stratify_by"] or ""
+    for name in OPTIONAL_TEXT:
+        values[name] = values[name] or ""
     return [values[name] for name in FIELDS]
 
 
@@ -157,122 +156,110 @@ def progress_html(state) -> str:
             f'<div style="width:{100 * share:.1f}%;height:100%;background:#e8590c"></div></div>')
 
 
-def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown, dataset_chooser: gr.Dropdown,
-              tab: gr.Tab | None = None):
-    d = TrainConfig()
+# shown under the settings whose cost the label does not tell; the others' help stays in the config
+SHOWN_HELP = {"method", "lora_dropout"}
+# the tab's own look of some inputs: the ids the browser tests find them by, widths, examples
+LOOK = {"method": dict(elem_id="train-method", scale=2),
+        "target_modules": dict(elem_id="train-targets", scale=3),
+        "prompt_tuning_init_text": dict(placeholder="e.g. Answer politely and briefly."),
+        "stratify_by": dict(placeholder="e.g. difficulty", elem_id="train-stratify")}
+
+
+def setting_input(name: str, **override):
+    """The input of one TrainConfig setting, from its metadata: label, widget, range, default."""
+    spec = SPEC[name].metadata
+    kind = spec["widget"]
+    default = SPEC[name].default
+    options = dict(label=spec["label"], **LOOK.get(name, {}), **override)
+    if name in SHOWN_HELP:
+        options["info"] = spec["help"]
+    if kind == "slider":
+        low, high, step = spec["reach"]
+        return gr.Slider(low, high, value=default, step=step, **options)
+    if kind == "number":
+        # the lower bound only: the arrows stop there, and past the upper one the config's check
+        # names the setting (gradio's own out-of-range error does not)
+        lowest = spec.get("at_least", spec.get("above"))
+        return gr.Number(value=default, minimum=lowest, precision=0 if name in INTS else None, **options)
+    if kind == "checkbox":
+        return gr.Checkbox(value=default, **options)
+    if kind in ("radio", "dropdown"):
+        choices = list(options.pop("choices", spec["choices"]))
+        return (gr.Radio if kind == "radio" else gr.Dropdown)(choices, value=default, **options)
+    if kind == "text":
+        return gr.Textbox(value=default or "", **options)
+    if kind == "modules":  # its choices are the model's layers, filled when a model is picked
+        return gr.CheckboxGroup([], value=[], **options)
+    raise ValueError(f"{name}: no input for the widget {kind!r}")
+
+
+@dataclass
+class TrainTab:
+    """What the tab's sections share: the runs and datasets, the pickers beside the tab, and
+    the components one section builds and another's handlers read or fill."""
+    manager: RunManager
+    datasets_dir: Path
+    model_picker: gr.Dropdown
+    dataset_chooser: gr.Dropdown  # the Dataset tab's
+    inputs: dict = field(default_factory=dict)  # FIELDS' inputs by name, filled by the settings sections
+    preset: gr.Radio | None = None  # the target-module preset, beside the modules
+    dataset: gr.Dropdown | None = None  # "Dataset to train", beside Start
+    message: gr.Markdown | None = None  # every action's answer
+    bar: gr.HTML | None = None  # the running run's progress bar
+    progress: gr.Markdown | None = None  # its line: step, elapsed, remaining, speed
+    runs: gr.Dataframe | None = None  # the runs table
+    picked: gr.Dropdown | None = None  # the runs chosen to overlay or act on
+    # (handler, inputs, outputs) app.py runs once the page has picked its model
+    refresh_targets: tuple | None = None
+    refresh_estimate: tuple | None = None
+    # events that read or fill a later section's components, wired once the whole tab is built
+    later: list = field(default_factory=list)
+
+    @property
+    def settings(self) -> list:
+        return [self.inputs[name] for name in FIELDS]
+
+    def add(self, *names: str, **override):
+        for name in names:
+            self.inputs[name] = setting_input(name, **override)
+
+    def filled(self, values: dict) -> dict:
+        """The settings' inputs set to `values` (the defaults for what it leaves out)."""
+        return dict(zip(self.settings, values_of(values)))
+
+    def build(self, model_name, dataset_label, values, run_name: str = "") -> TrainConfig:
+        path = tdata.available(self.datasets_dir).get(dataset_label)
+        if path is None:
+            raise ValueError(f"There is no dataset {str(dataset_label or '')[:80]!r}: pick one in *Dataset to "
+                             "train* (beside Start) or on the Dataset tab." if dataset_label else
+                             "Pick a dataset to train first (beside Start, or on the Dataset tab).")
+        return config_from(model_name, str(path), values, run_name)
+
+
+def method_section(ui: TrainTab):
+    """Method, then LoRA's settings or prompt tuning's, whichever the method trains."""
     methods = [m for m in METHODS if m != "qlora" or cuda_available()]
     with gr.Row():
-        method = gr.Radio(methods, value=d.method, label="Method", elem_id="train-method", scale=2,
-                          info="LoRA trains small low-rank updates; prompt tuning trains only a soft prompt.")
+        ui.add("method", choices=methods)
         if not cuda_available():
             gr.Markdown("QLoRA (4-bit base model through bitsandbytes) is not offered: it needs a CUDA GPU, "
                         "and this machine has none. LoRA trains the same adapters in full precision here.")
     with gr.Group(visible=True) as lora_box:
         with gr.Row():
-            r = gr.Slider(1, 64, value=d.r, step=1, label="LoRA rank (r)")
-            alpha = gr.Slider(1, 128, value=d.lora_alpha, step=1, label="LoRA alpha (lora_alpha)")
-            dropout = gr.Slider(0.0, 0.5, value=d.lora_dropout, step=0.01, label="LoRA dropout",
-                                info="above 0 regularises, but on a CPU costs ~40% more time a step")
+            ui.add("r", "lora_alpha", "lora_dropout")
             with gr.Column():
-                dora = gr.Checkbox(value=d.use_dora, label="DoRA (use_dora)")
-                rslora = gr.Checkbox(value=d.use_rslora, label="rsLoRA (use_rslora)")
+                ui.add("use_dora", "use_rslora")
         with gr.Row():
-            preset = gr.Radio(list(PRESETS), value="attention only", label="Target modules", scale=1)
-            targets = gr.CheckboxGroup([], value=[], label="Modules", elem_id="train-targets", scale=3)
+            ui.preset = gr.Radio(list(PRESETS), value="attention only", label="Target modules", scale=1)
+            ui.add("target_modules")
     with gr.Group(visible=False) as prompt_box:
         with gr.Row():
-            virtual = gr.Slider(1, 100, value=d.num_virtual_tokens, step=1, label="Virtual tokens (num_virtual_tokens)")
-            init_text = gr.Textbox(value="", label="Initial text (prompt_tuning_init_text, optional)",
-                                   placeholder="e.g. Answer politely and briefly.")
-    with gr.Row():
-        lr = gr.Number(value=d.learning_rate, label="Learning rate", minimum=0)
-        epochs = gr.Slider(1, 20, value=d.num_train_epochs, step=1, label="Epochs")
-        max_steps = gr.Number(value=d.max_steps, label="Max steps (-1: use epochs)", precision=0)
-        batch = gr.Slider(1, 32, value=d.per_device_train_batch_size, step=1, label="Batch size")
-        accum = gr.Slider(1, 16, value=d.gradient_accumulation_steps, step=1, label="Gradient accumulation")
-        seq = gr.Slider(32, 2048, value=d.max_seq_length, step=32, label="Max sequence length")
-    with gr.Accordion("More settings", open=False):
-        with gr.Row():
-            warmup = gr.Number(value=d.warmup_steps, label="Warmup steps", precision=0, minimum=0)
-            decay = gr.Number(value=d.weight_decay, label="Weight decay", minimum=0)
-            scheduler = gr.Dropdown(list(SCHEDULERS), value=d.lr_scheduler_type, label="LR schedule")
-            seed = gr.Number(value=d.seed, label="Seed", precision=0)
-            precision = gr.Dropdown(list(PRECISIONS), value=d.precision, label="Precision")
-            packing = gr.Checkbox(value=d.packing, label="Padding-free packing")
-        with gr.Row():
-            val_frac = gr.Slider(0.0, 0.4, value=d.validation_fraction, step=0.05, label="Validation share")
-            eval_steps = gr.Number(value=d.eval_steps, label="Eval every N steps", precision=0, minimum=1)
-            save_steps = gr.Number(value=d.save_steps, label="Checkpoint every N steps", precision=0, minimum=1)
-            keep = gr.Number(value=d.save_total_limit, label="Checkpoints kept (save_total_limit)", precision=0,
-                             minimum=1)
-        with gr.Row():
-            test_frac = gr.Slider(0.0, 0.4, value=d.test_fraction, step=0.05, label="Test share (held out for Compare)")
-            stratify = gr.Textbox(value="", label="Stratify the split by (a metadata column, optional)",
-                                  placeholder="e.g. difficulty", elem_id="train-stratify")
-            neftune = gr.Number(value=d.neftune_noise_alpha, label="NEFTune noise (0: off, 5: usual)", minimum=0)
-    inputs = [method, r, alpha, dropout, dora, rslora, targets, virtual, init_text, lr, epochs, max_steps, batch,
-              accum, warmup, decay, scheduler, seq, seed, precision, packing, val_frac, eval_steps, save_steps, keep,
-              test_frac, stratify, neftune]
-    assert len(inputs) == len(FIELDS)
-    with gr.Row():
-        recipe_md = gr.Markdown(elem_id="train-recipe")
-        use_recipe = gr.Button("Use recommended settings", elem_id="train-recipe-use", scale=0)
-        suggest = gr.Button("Suggest settings", elem_id="train-suggest", scale=0)
-    estimate_md = gr.Markdown(elem_id="train-estimate")
-    # what Start trains, in words beside it
-    what = gr.Markdown(elem_id="train-what")
-    with gr.Row():
-        # its own picker beside Start: it follows the Dataset tab's choice, and can differ from it
-        # (built empty: saved datasets' names are the owner's)
-        dataset = gr.Dropdown([], allow_custom_value=True, label="Dataset to train", scale=2,
-                              elem_id="train-dataset")
-        run_name = gr.Textbox(label="Run name (optional; shown in every table, chart and export)", scale=2,
-                              max_length=60, placeholder="e.g. polite r16 lr5e-4", elem_id="train-run-name")
-        start = gr.Button("Start training", variant="primary", elem_id="train-start")
-        stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
-    message = gr.Markdown(elem_id="train-message")
-    # built empty (a running run's id is the owner's); the timer's first tick fills them
-    bar = gr.HTML(progress_html(RunState()), elem_id="train-progress-bar")
-    progress = gr.Markdown("", elem_id="train-progress")
-    with gr.Row():
-        chart = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss",
-                            height=280, elem_id="loss-chart", scale=3)
-        lr_chart = gr.LinePlot(None, x="step", y="learning rate", title="Learning rate",
-                               height=280, elem_id="lr-chart", scale=2)
-    summary = gr.Markdown(elem_id="train-summary")
+            ui.add("num_virtual_tokens", "prompt_tuning_init_text")
+    targets, method = ui.inputs["target_modules"], ui.inputs["method"]
 
-    gr.Markdown("### Runs")
-    # built empty (run ids are the owner's); the timer's first tick fills both
-    runs = gr.Dataframe(runs_frame(None), interactive=False, elem_id="runs-table")
-    with gr.Row():
-        picked = gr.Dropdown([], multiselect=True, allow_custom_value=True, label="Runs to overlay / act on",
-                             elem_id="runs-picked", scale=3)
-        resume = gr.Button("Resume", elem_id="run-resume", scale=1)
-        load_settings = gr.Button("Load settings", elem_id="run-load", scale=1)
-        export = gr.Button("Export config", elem_id="run-export", scale=1)
-    with gr.Row():
-        exported = gr.File(label="Exported config", interactive=False, elem_id="run-config-file", scale=1)
-        imported = gr.File(label="Load a config JSON into the settings", file_types=[".json"],
-                           elem_id="run-config-upload", scale=1)
-
-    # Rendered anew for each choice of runs: a LinePlot never draws color series
-    # that appear after its first render (see curve_frame)
-    @gr.render(inputs=picked)
-    def overlay(chosen):
-        frames = [curve_frame(read_metrics(Path(run["path"])), short_label(run_label(run)))
-                  for run in manager.runs() if run["run_id"] in (chosen or [])]
-        frames = [f for f in frames if f is not None]
-        if frames:
-            # a Vega-Lite spec, drawn anew each time: a re-rendered LinePlot is updated in place,
-            # and it never draws series added after its first render (only the first run showed)
-            gr.Plot(vega_plot(loss_spec(pd.concat(frames, ignore_index=True), "Loss curves of the chosen runs")),
-                    show_label=False, elem_id="runs-overlay")
-    timer = gr.Timer(1.0)
-
-    # --- handlers --------------------------------------------------------------------------
     def on_model(model_name, preset_name):
         try:
-            source = models.resolve(model_name, manager.models_dir)
+            source = models.resolve(model_name, ui.manager.models_dir)
             attention, linear = module_choices(source.location)
         except Exception:  # the picker itself explains a bad model
             return gr.update(choices=[], value=[])
@@ -285,19 +272,47 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
         return on_model(model_name, preset_name)
 
     def on_method(name):
-        return gr.update(visible=name != "prompt_tuning"), gr.update(visible=name == "prompt_tuning")
+        return {lora_box: gr.update(visible=name != "prompt_tuning"),
+                prompt_box: gr.update(visible=name == "prompt_tuning")}
 
-    def build(model_name, dataset_label, values, run_name: str = "") -> TrainConfig:
-        path = tdata.available(datasets_dir).get(dataset_label)
-        if path is None:
-            raise ValueError(f"There is no dataset {str(dataset_label or '')[:80]!r}: pick one in *Dataset to "
-                             "train* (beside Start) or on the Dataset tab." if dataset_label else
-                             "Pick a dataset to train first (beside Start, or on the Dataset tab).")
-        return config_from(model_name, str(path), values, run_name)
+    ui.model_picker.change(on_model, [ui.model_picker, ui.preset], targets)
+    ui.preset.input(on_preset, [ui.model_picker, ui.preset, targets], targets)
+    targets.input(lambda: "custom", None, ui.preset)
+    method.change(on_method, method, [lora_box, prompt_box])
+    ui.refresh_targets = (on_model, [ui.model_picker, ui.preset], targets)
+
+
+def optimisation_section(ui: TrainTab):
+    """The settings most runs change: the rate, how long, the batch, the sequence length."""
+    with gr.Row():
+        ui.add("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+               "gradient_accumulation_steps", "max_seq_length")
+
+
+def more_settings_section(ui: TrainTab):
+    """Settings seldom changed, folded away: schedule, precision, the split, evaluation and checkpoints."""
+    with gr.Accordion("More settings", open=False):
+        with gr.Row():
+            ui.add("warmup_steps", "weight_decay", "lr_scheduler_type", "seed", "precision", "packing")
+        with gr.Row():
+            ui.add("validation_fraction", "eval_steps", "save_steps", "save_total_limit")
+        with gr.Row():
+            ui.add("test_fraction", "stratify_by", "neftune_noise_alpha")
+    assert set(ui.inputs) == set(FIELDS), set(FIELDS) ^ set(ui.inputs)
+
+
+def recipe_section(ui: TrainTab):
+    """The dataset's recommended recipe (offered, applied on request), Suggest settings, the estimate."""
+    with gr.Row():
+        recipe_md = gr.Markdown(elem_id="train-recipe")
+        use_recipe = gr.Button("Use recommended settings", elem_id="train-recipe-use", scale=0)
+        suggest = gr.Button("Suggest settings", elem_id="train-suggest", scale=0)
+    estimate_md = gr.Markdown(elem_id="train-estimate")
+    manager, datasets_dir = ui.manager, ui.datasets_dir
 
     def on_estimate(model_name, dataset_label, *values):
         try:
-            config = build(model_name, dataset_label, values)
+            config = ui.build(model_name, dataset_label, values)
             return describe(estimate(config, manager.models_dir, manager.runs())) + small_split_warning(config)
         except (ValueError, TypeError, models.ModelUnavailable) as exc:
             return f"⚠️ {exc}"
@@ -324,24 +339,23 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
             minutes = None
         return recipe_line(recipe, minutes)
 
-    def settings_out(message_text: str, values: dict):
-        merged = dict(TrainConfig().to_dict(), **values)
-        return [message_text, "custom" if values.get("target_modules") else gr.update()] + values_of(merged)
+    def settings_out(message_text: str, values: dict) -> dict:
+        return {ui.message: message_text, ui.preset: "custom" if values.get("target_modules") else gr.update(),
+                **ui.filled(values)}
 
     def on_use_recipe(dataset_label):
         try:
             recipe = recipe_of(dataset_label)
         except ValueError as exc:
-            return [f"⚠️ {exc}", gr.update()] + [gr.update()] * len(FIELDS)
+            return {ui.message: f"⚠️ {exc}"}
         if recipe is None:
-            return [recipe_line(None, None), gr.update()] + [gr.update()] * len(FIELDS)
+            return {ui.message: recipe_line(None, None)}
         return settings_out(f"Using the recommended settings: {recipe.describe()}.", recipe.train)
 
     def on_suggest(model_name, dataset_label):
         path = tdata.available(datasets_dir).get(dataset_label)
         if path is None:
-            return ["⚠️ Pick a dataset to train first (beside Start, or on the Dataset tab).",
-                    gr.update()] + [gr.update()] * len(FIELDS)
+            return {ui.message: "⚠️ Pick a dataset to train first (beside Start, or on the Dataset tab)."}
         try:
             rows = tdata.load_jsonl(path).rows
             try:
@@ -350,21 +364,37 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
                 linear = None
             suggestion = recipes.suggest(rows, linear)
         except ValueError as exc:
-            return [f"⚠️ {exc}", gr.update()] + [gr.update()] * len(FIELDS)
+            return {ui.message: f"⚠️ {exc}"}
         return settings_out(f"**Suggested:** {suggestion.why}", suggestion.train)
 
-    def on_start(model_name, dataset_label, run_name, *values):
-        try:
-            config = build(model_name, dataset_label, values, run_name)
-            check_machine(config)
-            models.resolve(model_name, manager.models_dir)  # fail here, not in the thread
-            run_id = manager.start(config)
-        except (ValueError, TypeError, RunBusy, models.ModelUnavailable) as exc:
-            return f"⚠️ {exc}", gr.skip(), gr.skip()
-        state = manager.snapshot()  # the new run's line at once, not the last run's until the next tick
-        named = f" (**{config.run_name}**)" if config.run_name else ""
-        return (f"Started run `{run_id}`{named} on `{Path(config.dataset).name}`." + small_split_warning(config),
-                progress_html(state), state.progress_line(time.time()))
+    def wire():
+        picked = [ui.model_picker, ui.dataset]
+        for component in picked + ui.settings:
+            component.change(on_estimate, picked + ui.settings, estimate_md)
+        for component in picked:
+            component.change(on_recipe, picked, recipe_md)
+        use_recipe.click(on_use_recipe, ui.dataset, [ui.message, ui.preset] + ui.settings)
+        suggest.click(on_suggest, picked, [ui.message, ui.preset] + ui.settings)
+        ui.refresh_estimate = (on_estimate, picked + ui.settings, estimate_md)
+
+    ui.later.append(wire)
+
+
+def start_section(ui: TrainTab, tab: gr.Tab | None):
+    """What Start trains, in words; the dataset it trains and the run's name beside Start and Stop."""
+    # what Start trains, in words beside it
+    what = gr.Markdown(elem_id="train-what")
+    with gr.Row():
+        # its own picker beside Start: it follows the Dataset tab's choice, and can differ from it
+        # (built empty: saved datasets' names are the owner's)
+        ui.dataset = gr.Dropdown([], allow_custom_value=True, label="Dataset to train", scale=2,
+                                 elem_id="train-dataset")
+        run_name = gr.Textbox(label=SPEC["run_name"].metadata["label"], scale=2, max_length=RUN_NAME_MAX,
+                              placeholder="e.g. polite r16 lr5e-4", elem_id="train-run-name")
+        start = gr.Button("Start training", variant="primary", elem_id="train-start")
+        stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+    ui.message = gr.Markdown(elem_id="train-message")
+    manager, datasets_dir, dataset, chooser = ui.manager, ui.datasets_dir, ui.dataset, ui.dataset_chooser
 
     def on_what(model_name, dataset_label, shown_label):
         if not dataset_label:
@@ -381,6 +411,108 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
     def on_stop():
         return "Stopping after the current step…" if manager.stop() else "No run is in progress."
 
+    chooser.change(follow, [chooser, dataset], dataset)
+    if tab is not None:  # a version saved meanwhile is offered when the tab is opened
+        tab.select(lambda shown, here: follow(here, shown), [chooser, dataset], dataset)  # this tab's pick first
+    for component in (ui.model_picker, dataset, chooser):
+        component.change(on_what, [ui.model_picker, dataset, chooser], what)
+    stop.click(on_stop, None, ui.message)
+    ui.later.append(lambda: wire_start(ui, start, run_name))
+
+
+def wire_start(ui: TrainTab, start: gr.Button, run_name: gr.Textbox):
+    """Start: the run begins, and its line and bar show at once (the progress section's)."""
+    manager = ui.manager
+
+    def on_start(model_name, dataset_label, run_name, *values):
+        try:
+            config = ui.build(model_name, dataset_label, values, run_name)
+            check_machine(config)
+            models.resolve(model_name, manager.models_dir)  # fail here, not in the thread
+            run_id = manager.start(config)
+        except (ValueError, TypeError, RunBusy, models.ModelUnavailable) as exc:
+            return {ui.message: f"⚠️ {exc}"}
+        state = manager.snapshot()  # the new run's line at once, not the last run's until the next tick
+        named = f" (**{config.run_name}**)" if config.run_name else ""
+        return {ui.message: f"Started run `{run_id}`{named} on `{Path(config.dataset).name}`."
+                + small_split_warning(config),
+                ui.bar: progress_html(state), ui.progress: state.progress_line(time.time())}
+
+    start.click(on_start, [ui.model_picker, ui.dataset, run_name] + ui.settings, [ui.message, ui.bar, ui.progress])
+
+
+def progress_section(ui: TrainTab):
+    """The running run's bar and line, its loss and learning-rate charts, how it ended; a timer's tick."""
+    # built empty (a running run's id is the owner's); the timer's first tick fills them
+    ui.bar = gr.HTML(progress_html(RunState()), elem_id="train-progress-bar")
+    ui.progress = gr.Markdown("", elem_id="train-progress")
+    with gr.Row():
+        chart = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss",
+                            height=280, elem_id="loss-chart", scale=3)
+        lr_chart = gr.LinePlot(None, x="step", y="learning rate", title="Learning rate",
+                               height=280, elem_id="lr-chart", scale=2)
+    summary = gr.Markdown(elem_id="train-summary")
+    seen_status = gr.State(None)
+    seen_rows = gr.State(-1)
+    manager = ui.manager
+
+    def on_tick(seen_status_now, seen_rows_now):
+        state = manager.snapshot()
+        changed = state.status != seen_status_now
+        out = {ui.bar: progress_html(state), seen_status: state.status, seen_rows: len(state.rows)}
+        if state.status != "idle":
+            out[ui.progress] = state.progress_line(time.time())
+        elif changed:
+            out[ui.progress] = manager.idle_line()
+        if len(state.rows) != seen_rows_now:
+            out[chart] = curve_frame(state.rows, validation=state.validation)
+            out[lr_chart] = lr_frame(state.rows)
+        if changed:
+            run = manager.get(state.run_id) if state.run_id else None
+            ended = run is not None and state.status not in ("starting", "running")
+            out[ui.runs] = runs_frame(manager)
+            out[ui.picked] = gr.update(choices=[r["run_id"] for r in manager.runs()])
+            out[summary] = summary_text(run) if ended else ""
+            if ended and seen_status_now is not None:  # "Stopping…" (or "Started…") gives way to how it ended
+                out[ui.message] = f"Run `{run['run_id']}` {run['status']}."
+        return out
+
+    timer = gr.Timer(1.0)
+    ui.later.append(lambda: timer.tick(
+        on_tick, [seen_status, seen_rows],
+        [ui.bar, ui.progress, chart, lr_chart, ui.runs, ui.picked, summary, ui.message, seen_status, seen_rows]))
+
+
+def runs_section(ui: TrainTab):
+    """The runs table, the chosen runs' overlaid curves, Resume, and a run's config loaded or exported."""
+    gr.Markdown("### Runs")
+    # built empty (run ids are the owner's); the timer's first tick fills both
+    ui.runs = gr.Dataframe(runs_frame(None), interactive=False, elem_id="runs-table")
+    with gr.Row():
+        ui.picked = gr.Dropdown([], multiselect=True, allow_custom_value=True, label="Runs to overlay / act on",
+                                elem_id="runs-picked", scale=3)
+        resume = gr.Button("Resume", elem_id="run-resume", scale=1)
+        load_settings = gr.Button("Load settings", elem_id="run-load", scale=1)
+        export = gr.Button("Export config", elem_id="run-export", scale=1)
+    with gr.Row():
+        exported = gr.File(label="Exported config", interactive=False, elem_id="run-config-file", scale=1)
+        imported = gr.File(label="Load a config JSON into the settings", file_types=[".json"],
+                           elem_id="run-config-upload", scale=1)
+    manager = ui.manager
+
+    # Rendered anew for each choice of runs: a LinePlot never draws color series
+    # that appear after its first render (see curve_frame)
+    @gr.render(inputs=ui.picked)
+    def overlay(chosen):
+        frames = [curve_frame(read_metrics(Path(run["path"])), short_label(run_label(run)))
+                  for run in manager.runs() if run["run_id"] in (chosen or [])]
+        frames = [f for f in frames if f is not None]
+        if frames:
+            # a Vega-Lite spec, drawn anew each time: a re-rendered LinePlot is updated in place,
+            # and it never draws series added after its first render (only the first run showed)
+            gr.Plot(vega_plot(loss_spec(pd.concat(frames, ignore_index=True), "Loss curves of the chosen runs")),
+                    show_label=False, elem_id="runs-overlay")
+
     def on_resume(chosen):
         if not chosen or len(chosen) != 1:
             return "⚠️ Choose exactly one run to resume."
@@ -390,20 +522,33 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
             return f"⚠️ {exc}"
         return f"Resuming run `{chosen[0]}` from its last checkpoint."
 
-    def on_load(chosen):
+    resume.click(on_resume, ui.picked, ui.message)
+    config_actions(ui, load_settings, export, exported, imported)
+
+
+def config_actions(ui: TrainTab, load_settings: gr.Button, export: gr.Button, exported: gr.File, imported: gr.File):
+    """A run's settings loaded into the inputs or exported as JSON; a config JSON loaded into them."""
+    manager = ui.manager
+
+    def one_run(chosen, what: str):
+        """The one chosen run's record, or the warning why there is none."""
         if not chosen or len(chosen) != 1:
-            return ["⚠️ Choose exactly one run to load its settings."] + [gr.update()] * len(FIELDS)
+            return None, f"⚠️ Choose exactly one run to {what}."
         try:
             run = manager.get(chosen[0])
         except ValueError as exc:
-            return [f"⚠️ {exc}"] + [gr.update()] * len(FIELDS)
+            return None, f"⚠️ {exc}"
+        return run, "" if run is not None else f"⚠️ There is no run `{chosen[0]}`."
+
+    def on_load(chosen):
+        run, warning = one_run(chosen, "load its settings")
         if run is None:
-            return [f"⚠️ There is no run `{chosen[0]}`."] + [gr.update()] * len(FIELDS)
-        return [f"Loaded the settings of `{chosen[0]}`."] + values_of(run["config"])
+            return {ui.message: warning}
+        return {ui.message: f"Loaded the settings of `{chosen[0]}`.", **ui.filled(run["config"])}
 
     def on_import(file):
         if file is None:
-            return [gr.update()] * (len(FIELDS) + 1)
+            return {}
         path = Path(file if isinstance(file, str) else file.name)
         try:
             text = path.read_text(encoding="utf-8")
@@ -415,75 +560,44 @@ def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown
             known = {k: v for k, v in config.items() if k not in ("base_model", "dataset", "output_dir")}
             TrainConfig.from_dict(known)
         except (OSError, ValueError, TypeError, json.JSONDecodeError) as exc:
-            return [f"⚠️ {path.name}: {exc}"] + [gr.update()] * len(FIELDS)
-        return [f"Loaded the settings from `{path.name}`."] + values_of(config)
+            return {ui.message: f"⚠️ {path.name}: {exc}"}
+        return {ui.message: f"Loaded the settings from `{path.name}`.", **ui.filled(config)}
 
     def on_export(chosen):
-        if not chosen or len(chosen) != 1:
-            return "⚠️ Choose exactly one run to export its config.", None
-        try:
-            run = manager.get(chosen[0])
-        except ValueError as exc:
-            return f"⚠️ {exc}", None
+        run, warning = one_run(chosen, "export its config")
         if run is None:
-            return f"⚠️ There is no run `{chosen[0]}`.", None
+            return {ui.message: warning, exported: None}
         out = Path(tempfile.mkdtemp(prefix="tuner-config-")) / f"{chosen[0]}.json"
         out.write_text(json.dumps(run["config"], indent=2) + "\n", encoding="utf-8")
-        return f"Exported the config of `{chosen[0]}`.", str(out)
+        return {ui.message: f"Exported the config of `{chosen[0]}`.", exported: str(out)}
 
-    def on_tick(seen_status, seen_rows):
-        state = manager.snapshot()
-        changed = state.status != seen_status
-        grew = len(state.rows) != seen_rows
-        line = state.progress_line(time.time()) if state.status != "idle" else \
-            (manager.idle_line() if changed else gr.skip())
-        outputs = [progress_html(state), line,
-                   curve_frame(state.rows, validation=state.validation) if grew else gr.skip(), lr_frame(state.rows) if grew else gr.skip()]
-        if changed:
-            run = manager.get(state.run_id) if state.run_id else None
-            ended = run is not None and state.status not in ("starting", "running")
-            outputs += [runs_frame(manager), gr.update(choices=[r["run_id"] for r in manager.runs()]),
-                        summary_text(run) if ended else "",
-                        # "Stopping…" (or "Started…") gives way to how the run ended
-                        f"Run `{run['run_id']}` {run['status']}." if ended and seen_status is not None else gr.skip()]
-        else:
-            outputs += [gr.skip(), gr.skip(), gr.skip(), gr.skip()]
-        return outputs + [state.status, len(state.rows)]
+    load_settings.click(on_load, ui.picked, [ui.message] + ui.settings)
+    imported.upload(on_import, imported, [ui.message] + ui.settings)
+    export.click(on_export, ui.picked, [ui.message, exported])
 
-    seen_status = gr.State(None)
-    seen_rows = gr.State(-1)
-    model_picker.change(on_model, [model_picker, preset], targets)
-    preset.input(on_preset, [model_picker, preset, targets], targets)
-    targets.input(lambda: "custom", None, preset)
-    method.change(on_method, method, [lora_box, prompt_box])
-    dataset_chooser.change(follow, [dataset_chooser, dataset], dataset)
-    if tab is not None:  # a version saved meanwhile is offered when the tab is opened
-        tab.select(lambda here: follow(here, here), dataset, dataset)
-    for component in [model_picker, dataset] + inputs:
-        component.change(on_estimate, [model_picker, dataset] + inputs, estimate_md)
-    for component in (model_picker, dataset):
-        component.change(on_recipe, [model_picker, dataset], recipe_md)
-    use_recipe.click(on_use_recipe, dataset, [message, preset] + inputs)
-    suggest.click(on_suggest, [model_picker, dataset], [message, preset] + inputs)
-    start.click(on_start, [model_picker, dataset, run_name] + inputs, [message, bar, progress])
-    for component in (model_picker, dataset, dataset_chooser):
-        component.change(on_what, [model_picker, dataset, dataset_chooser], what)
-    stop.click(on_stop, None, message)
-    resume.click(on_resume, picked, message)
-    load_settings.click(on_load, picked, [message] + inputs)
-    imported.upload(on_import, imported, [message] + inputs)
-    export.click(on_export, picked, [message, exported])
-    timer.tick(on_tick, [seen_status, seen_rows],
-               [bar, progress, chart, lr_chart, runs, picked, summary, message, seen_status, seen_rows])
-    return (on_model, [model_picker, preset], targets), (on_estimate, [model_picker, dataset] + inputs,
-                                                          estimate_md)
+
+def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown, dataset_chooser: gr.Dropdown,
+              tab: gr.Tab | None = None):
+    """The tab, section by section in the page's order; returns the (handler, inputs, outputs) of
+    the modules' refresh and the estimate's, for app.py to fire when the page loads."""
+    ui = TrainTab(manager, datasets_dir, model_picker, dataset_chooser)
+    method_section(ui)
+    optimisation_section(ui)
+    more_settings_section(ui)
+    recipe_section(ui)
+    start_section(ui, tab)
+    progress_section(ui)
+    runs_section(ui)
+    for wire in ui.later:
+        wire()
+    return ui.refresh_targets, ui.refresh_estimate
 
 
 def finished_runs(manager: RunManager) -> list[tuple[str, str]]:
     """(label, run_id) of runs whose adapter can be compared."""
     out = []
     for run in manager.runs():
-        if run.get("status") in FINISHED and (Path(run["path"]) / "adapter").is_dir():
+        if is_finished(run):
             loss = (run.get("summary") or {}).get("final_loss")
             name = run_label(run)
             shown = f"{name} · {run['run_id']}" if name != run["run_id"] else name

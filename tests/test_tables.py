@@ -1,19 +1,17 @@
-"""Exports and the gathered results, over a real SQLite store filled through its own API.
+"""The gathered results tables (ratings.tables), over a real SQLite store filled through its own API.
 
-`filled_store` is shared with the browser test of the Results tab.
+`filled_store` is shared with the report tests and the browser test of the Results tab.
 """
 
 from __future__ import annotations
 
-import json
 import random
-import sqlite3
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from ratings import exports
+from ratings import tables
 from ratings.store import Store
 
 VARIANTS = [{"name": "base", "label": "base (tiny)", "kind": "base"},
@@ -75,7 +73,7 @@ def rate_as_planned(store: Store, assignment_id: int, rater: str) -> None:
 @pytest.fixture
 def results(tmp_path):
     store, eval_id = filled_store(tmp_path / "ratings.db")
-    return store, exports.gather(store, eval_id, 4)
+    return store, tables.gather(store, eval_id, 4)
 
 
 def test_gather_computes_every_table_from_the_store(results):
@@ -94,32 +92,9 @@ def test_gather_computes_every_table_from_the_store(results):
 
 def test_threshold_changes_the_success_table(tmp_path):
     store, eval_id = filled_store(tmp_path / "ratings.db")
-    low = exports.gather(store, eval_id, 3).success.set_index("model")
+    low = tables.gather(store, eval_id, 3).success.set_index("model")
     assert low.loc["base (tiny)", "success"] == "6/8"
     assert low.loc["lora: run-xyz", "success"] == "8/8"
-
-
-def test_markdown_report_reads_on_its_own(results):
-    _, r = results
-    text = exports.report_markdown(r)
-    for heading in ("# friends' round", "## Summary", "## Settings", "## Success rate per model", "### By category",
-                    "## Per prompt (mean score over the raters)", "## Head to head", "## Agreement between raters",
-                    "## Bias checks", "## Automatic metrics", "## Prompts and replies"):
-        assert f"\n{heading}\n" in f"\n{text}", heading
-    assert "| max_new_tokens | 16 |" in text
-    assert "a reply succeeds at **4 or more**" in text
-    assert "| base (tiny) | 8 | 2 | 2/8 | 25% |" in text
-    # each prompt with its replies side by side, a pipe and a line break kept inside the cell
-    assert "| base (tiny) | lora: run-xyz |" in text
-    assert "| I do not know. | The CEO is Liisa Kortelainen.<br>She \\| founded it |" in text
-    assert "**mean 2.50**: 3 (Ana), 2 (Ben)" in text
-    assert "Ben (base (tiny) vs lora: run-xyz): “odd line”" in text or \
-        "Ben (lora: run-xyz vs base (tiny)): “odd line”" in text
-    assert "**Reference:** Tampere, Finland." in text
-    # the automatic check, made before anyone rated, sits beside the human scores
-    assert "\n## Automatic check (made right after generation, before anyone rated)\n" in text
-    assert "Agreement with the raters: Spearman ρ = " in text  # 8 rated replies with a contained figure
-    assert "| answer contained | 0/3 · 0%" in text and "| 3/3 · 100%" in text
 
 
 def test_the_check_agrees_with_the_raters_when_they_reward_the_right_answers(results):
@@ -128,16 +103,9 @@ def test_the_check_agrees_with_the_raters_when_they_reward_the_right_answers(res
     assert r.check_agreement["n"] == 6 and r.check_agreement["rho"] > 0.5
 
 
-def test_report_of_an_evaluation_nobody_rated(tmp_path):
-    store, eval_id = filled_store(tmp_path / "ratings.db", rated=False)
-    text = exports.report_markdown(exports.gather(store, eval_id))
-    assert "No ratings yet" in text
-    assert text.count("_not rated_") == 8  # every reply still shown, side by side
-
-
 def test_preference_pairs_take_the_higher_mean_as_chosen(results):
     _, r = results
-    pairs = exports.preference_pairs(r)
+    pairs = tables.preference_pairs(r)
     assert len(pairs) == 4  # every prompt's means differ
     q3 = next(p for p in pairs if p["id"] == "q3")  # base 2.5 vs fine-tuned 3.5
     assert q3["chosen"] == REPLIES[3][1] and q3["rejected"] == REPLIES[3][0]
@@ -150,14 +118,14 @@ def test_equal_means_give_no_preference_pair(tmp_path):
     rng = random.Random(1)
     pair = store.next_pair(eval_id, "Cy", rng)
     store.rate_pair(pair["assignment_id"], "Cy", 3, 3)
-    assert exports.preference_pairs(exports.gather(store, eval_id)) == []
+    assert tables.preference_pairs(tables.gather(store, eval_id)) == []
 
 
 def test_low_rated_list_imports_as_chat_examples_once_rewritten(results, tmp_path):
     from tuner.importers import import_file
 
     _, r = results
-    low = exports.low_rated(r)
+    low = tables.low_rated(r)
     # mean below 4: base on q1 (2.5), q2 (3), q3 (2.5) and the fine-tuned q3 (3.5); worst first
     assert list(zip(low["id"], low["model"])) == [("q1", "base (tiny)"), ("q3", "base (tiny)"),
                                                   ("q2", "base (tiny)"), ("q3", "lora: run-xyz")]
@@ -172,56 +140,21 @@ def test_low_rated_list_imports_as_chat_examples_once_rewritten(results, tmp_pat
                                             {"role": "assistant", "content": "A better reply."}]
 
 
-def test_write_exports_writes_five_files(results, tmp_path):
-    store, r = results
-    paths = exports.write_exports(r, tmp_path / "out", store.path)
-    names = [p.name for p in paths]
-    assert names == ["evaluation-1-report.md", "evaluation-1-ratings.csv", "evaluation-1-preference-pairs.jsonl",
-                     "evaluation-1-low-rated.csv", "tuner-ratings.db"]
-    ratings = pd.read_csv(paths[1])
-    assert len(ratings) == 16 and {"rater", "score", "reply", "variant"} <= set(ratings.columns)
-    lines = paths[2].read_text(encoding="utf-8").splitlines()
-    assert len(lines) == 4 and set(json.loads(lines[0])) >= {"prompt", "chosen", "rejected"}
-
-
-def test_sqlite_backup_is_a_complete_self_contained_copy(results, tmp_path):
-    store, _ = results
-    # the live database is in WAL mode: recent writes may sit in the -wal file
-    copy = exports.backup_sqlite(store.path, tmp_path / "copy.db")
-    conn = sqlite3.connect(copy)
-    try:
-        assert conn.execute("SELECT COUNT(*) FROM ratings").fetchone()[0] == 16
-        assert conn.execute("SELECT COUNT(*) FROM audit").fetchone()[0] == 16
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    finally:
-        conn.close()
-    assert not Path(f"{copy}-wal").exists()
-    # a backup over an older file replaces it
-    assert exports.backup_sqlite(store.path, copy) == copy
-
-
 def test_display_merges_intervals_and_formats_numbers():
     nan = float("nan")
     table = pd.DataFrame({"model": ["a", "b"], "rate": [0.25, nan], "rate low": [0.071, nan], "rate high": [0.591, nan],
                           "mean score": [2.625, 4.0], "wilcoxon p": [0.0390625, 0.0004]})
-    shown = exports.display(table)
+    shown = tables.display(table)
     assert list(shown.columns) == ["model", "rate", "rate 95% CI", "mean score", "wilcoxon p"]
     assert shown.iloc[0].tolist() == ["a", "25%", "7%–59%", "2.62", "0.039"]
     assert shown.iloc[1].tolist() == ["b", "", "", "4", "< 0.001"]
-
-
-def test_markdown_table_escapes_cells():
-    text = exports.markdown_table(pd.DataFrame({"a": ["x|y"], "b": ["one\ntwo"]}))
-    assert text.splitlines() == ["| a | b |", "|---|---|", "| x\\|y | one<br>two |"]
-    assert exports.markdown_table(pd.DataFrame()) == "_(no rows yet)_"
 
 
 def test_the_success_rate_breaks_down_by_keyword_flag(tmp_path):
     """Issue 14: Results had no breakdown by the keyword rules' flags."""
     import random as _random
 
-    from ratings import exports as rexports
+    from ratings import tables as rtables
     from ratings.store import Store
 
     store = Store(tmp_path / "r.db")
@@ -235,7 +168,7 @@ def test_the_success_rate_breaks_down_by_keyword_flag(tmp_path):
     store.open_for_rating(eval_id)
     while (pair := store.next_pair(eval_id, "ana", _random.Random(0))) is not None:
         store.rate_pair(pair["assignment_id"], "ana", 5, 2)
-    r = rexports.gather(store, eval_id)
+    r = rtables.gather(store, eval_id)
     assert "flag" in r.breakdowns
     table = r.breakdowns["flag"]
     assert set(table["flag"]) == {"escalate", "(none)"}

@@ -1,0 +1,303 @@
+"""The SQLite machinery under the ratings store: connections, group commit, the schema.
+
+One short-lived connection per call (sqlite connections belong to the thread
+that opened them; Gradio handlers run on a pool of threads), WAL so readers
+never block the writer, a busy timeout so concurrent writers queue instead of
+failing, `BEGIN IMMEDIATE` for writes, `synchronous=FULL` so an acknowledged
+rating survives a power cut, and the schema as named migrations (sqlite-utils),
+applied on open. What the tables mean is `ratings.store`'s business.
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from tuner.paths import StorageError
+
+migrations = Migrations("tuner.ratings")
+# The migrations are the schema's history: once applied somewhere they are never
+# edited, so their 1–5 CHECKs stay literal even though ratings.scale names the scale.
+
+
+@migrations(name="0001_initial")
+def _initial(db: sqlite_utils.Database) -> None:
+    db.executescript("""
+    CREATE TABLE evaluations (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        base_model TEXT NOT NULL,
+        settings TEXT NOT NULL DEFAULT '{}',   -- generation settings, fixed and recorded
+        rules TEXT NOT NULL DEFAULT '[]',      -- keyword rules that flag prompts
+        invite_code TEXT,                      -- raters must give it when set
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE variants (
+        id INTEGER PRIMARY KEY,
+        evaluation_id INTEGER NOT NULL REFERENCES evaluations(id),
+        name TEXT NOT NULL,                    -- 'base' or a run id
+        label TEXT NOT NULL,                   -- what tables show
+        kind TEXT NOT NULL,                    -- base, lora, prompt_tuning, ...
+        UNIQUE (evaluation_id, name)
+    );
+    CREATE TABLE prompts (
+        id INTEGER PRIMARY KEY,
+        evaluation_id INTEGER NOT NULL REFERENCES evaluations(id),
+        position INTEGER NOT NULL,
+        external_id TEXT,
+        task TEXT,
+        text TEXT NOT NULL,                    -- what raters read
+        messages TEXT NOT NULL,                -- what the models saw (with any rule tag)
+        reference TEXT,
+        category TEXT,
+        flags TEXT NOT NULL DEFAULT '[]',
+        UNIQUE (evaluation_id, position)
+    );
+    CREATE TABLE replies (
+        id INTEGER PRIMARY KEY,
+        prompt_id INTEGER NOT NULL REFERENCES prompts(id),
+        variant_id INTEGER NOT NULL REFERENCES variants(id),
+        text TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        latency_s REAL,
+        new_tokens INTEGER,
+        flags TEXT NOT NULL DEFAULT '[]',
+        created_at TEXT NOT NULL,
+        UNIQUE (prompt_id, variant_id)
+    );
+    CREATE TABLE comparisons (
+        id INTEGER PRIMARY KEY,
+        prompt_id INTEGER NOT NULL REFERENCES prompts(id),
+        reply1_id INTEGER NOT NULL REFERENCES replies(id),
+        reply2_id INTEGER NOT NULL REFERENCES replies(id),
+        UNIQUE (reply1_id, reply2_id)
+    );
+    -- which reply this rater sees on the left: drawn per comparison and per rater
+    CREATE TABLE assignments (
+        id INTEGER PRIMARY KEY,
+        comparison_id INTEGER NOT NULL REFERENCES comparisons(id),
+        rater TEXT NOT NULL,
+        left_reply_id INTEGER NOT NULL REFERENCES replies(id),
+        right_reply_id INTEGER NOT NULL REFERENCES replies(id),
+        created_at TEXT NOT NULL,
+        rated_at TEXT,
+        preference TEXT CHECK (preference IN ('A', 'B', 'tie')),
+        comment TEXT,
+        UNIQUE (comparison_id, rater)
+    );
+    CREATE TABLE ratings (
+        id INTEGER PRIMARY KEY,
+        reply_id INTEGER NOT NULL REFERENCES replies(id),
+        rater TEXT NOT NULL,
+        score INTEGER NOT NULL CHECK (score BETWEEN 1 AND 5),
+        adherence INTEGER CHECK (adherence BETWEEN 1 AND 5),
+        tone INTEGER CHECK (tone BETWEEN 1 AND 5),
+        clarity INTEGER CHECK (clarity BETWEEN 1 AND 5),
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (reply_id, rater)
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        rater TEXT NOT NULL,
+        reply_id INTEGER NOT NULL,
+        old_score INTEGER,
+        new_score INTEGER NOT NULL
+    );
+    CREATE INDEX replies_prompt ON replies(prompt_id);
+    CREATE INDEX ratings_reply ON ratings(reply_id);
+    CREATE INDEX assignments_rater ON assignments(rater);
+    """)
+
+
+@migrations(name="0002_rater_keys")
+def _rater_keys(db: sqlite_utils.Database) -> None:
+    # a typed-in rater name belongs to the browser that first used it (it holds
+    # the key); a Hugging Face sign-in proves the name by itself (kind 'hf')
+    db.executescript("""
+    CREATE TABLE rater_keys (
+        rater TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('key', 'hf')),
+        key_hash TEXT,
+        created_at TEXT NOT NULL
+    );
+    """)
+
+
+@migrations(name="0003_checks")
+def _checks(db: sqlite_utils.Database) -> None:
+    # the automatic checks of an evaluation (ratings.checks lines), run right after generation
+    db.execute("ALTER TABLE evaluations ADD COLUMN checks TEXT NOT NULL DEFAULT '[]'")
+
+
+@migrations(name="0004_rating_integrity")
+def _rating_integrity(db: sqlite_utils.Database) -> None:
+    # when raters learn which model wrote which reply: after their last pair ('end', the
+    # default: a reveal per pair would teach a rater to spot a model's texts) or after each
+    db.execute("ALTER TABLE evaluations ADD COLUMN reveal TEXT NOT NULL DEFAULT 'end'")
+    db.executescript("""
+    -- the names that rate an evaluation, with the address that first used each (hashed):
+    -- one address may bring only a few new names to one evaluation
+    CREATE TABLE rater_joins (
+        evaluation_id INTEGER NOT NULL REFERENCES evaluations(id),
+        rater TEXT NOT NULL,
+        client_hash TEXT NOT NULL,
+        joined_at TEXT NOT NULL,
+        PRIMARY KEY (evaluation_id, rater)
+    );
+    -- raters the owner left out of an evaluation's statistics (their ratings are kept)
+    CREATE TABLE excluded_raters (
+        evaluation_id INTEGER NOT NULL REFERENCES evaluations(id),
+        rater TEXT NOT NULL,
+        excluded_at TEXT NOT NULL,
+        reason TEXT,
+        PRIMARY KEY (evaluation_id, rater)
+    );
+    -- every owner decision about raters, and every explicit change of a score
+    CREATE TABLE owner_audit (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        evaluation_id INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        rater TEXT NOT NULL,
+        detail TEXT
+    );
+    """)
+
+
+# SQLite's result codes for a disk that fails under it, in a person's words
+SQLITE_DISK_PROBLEMS = {
+    "SQLITE_FULL": "the disk is full",
+    "SQLITE_IOERR": "the disk failed to read or write (it may be full, over a size limit, or failing)",
+    "SQLITE_READONLY": "the file or its disk is read-only",
+    "SQLITE_CANTOPEN": "the file cannot be opened (missing folder, permissions or no space)",
+    "SQLITE_CORRUPT": "the file is damaged",
+    "SQLITE_NOTADB": "the file is not a SQLite database",
+}
+
+
+def sqlite_disk_problem(exc: BaseException) -> str | None:
+    """What went wrong with the disk under SQLite, or None for other errors."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    for code, problem in SQLITE_DISK_PROBLEMS.items():
+        if name == code or name.startswith(code + "_"):
+            return f"{problem} (SQLite: {exc})"
+    return None
+
+
+class _Job:
+    """One caller's piece of work in a group commit, and what came of it."""
+
+    def __init__(self, work):
+        self.work, self.result, self.error = work, None, None
+        self.done = threading.Event()
+
+
+class Database:
+    """A ratings database file: connections to it, write transactions, group commit."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._jobs: queue.Queue = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.db("open") as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            migrations.apply(db)
+
+    @contextmanager
+    def db(self, _action: str = "read"):
+        """A short-lived connection. A disk failure under it becomes StorageError."""
+        conn = None
+        try:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            yield sqlite_utils.Database(conn)
+        except sqlite3.Error as exc:
+            problem = sqlite_disk_problem(exc)
+            if problem is None:
+                raise
+            done = "Nothing from this action was saved" if _action == "save" else "Nothing was changed"
+            verb = "save to" if _action == "save" else _action
+            raise StorageError(f"Could not {verb} the ratings database {self.path}: {problem}. {done}; "
+                               "free some disk space or fix the disk, then try again.") from exc
+        finally:
+            if conn is not None:
+                conn.close()
+
+    @contextmanager
+    def write(self):
+        """A write transaction that takes the lock up front (no upgrade deadlocks).
+        On any error it is rolled back whole: a rating is in the file with all its
+        rows, or not at all."""
+        with self.db("save") as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                # a full disk or an I/O error may already have rolled SQLite back
+                if db.conn.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # closing the connection rolls back what is left
+                raise
+
+    def grouped(self, work):
+        """Run `work(db)` in a write transaction shared with whatever other
+        threads of this process are writing at the same moment, and return its
+        result once that transaction is committed (group commit).
+
+        With `synchronous=FULL` each commit waits for the disk (~10 ms here); 25
+        raters pressing Submit together would queue behind 25 of those. Grouped,
+        they share one or two. Each piece of work runs in its own savepoint, so a
+        refused rating does not undo its neighbours; if the commit itself fails,
+        every caller in the group gets the error and nothing of theirs is saved.
+        """
+        job = _Job(work)
+        with self._writer_lock:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._write_loop, name=f"sqlite-writer-{self.path.name}",
+                                                daemon=True)
+                self._writer.start()
+        self._jobs.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _write_loop(self) -> None:
+        while True:
+            batch = [self._jobs.get()]
+            while len(batch) < 64:
+                try:
+                    batch.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                with self.write() as db:
+                    for job in batch:
+                        db.execute("SAVEPOINT job")
+                        try:
+                            job.result = job.work(db)
+                            db.execute("RELEASE job")
+                        except Exception as exc:  # this job only
+                            db.execute("ROLLBACK TO job")
+                            db.execute("RELEASE job")
+                            job.error = exc
+            except BaseException as exc:  # the transaction as a whole failed: nobody's work was saved
+                for job in batch:
+                    job.result, job.error = None, job.error or exc
+            for job in batch:
+                job.done.set()
