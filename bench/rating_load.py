@@ -167,9 +167,9 @@ def start_training(url: str, cfg: dict, model: Path) -> str:
     polite = next(c for c in choices if "polite" in str(c))
     start = by_api(cfg, "on_start")
     values = default_inputs(cfg, start)
-    values[0], values[1] = str(model), polite
-    values[2 + FIELDS.index("max_steps")] = 100_000  # keeps training for the whole test
-    values[2 + FIELDS.index("save_steps")] = 100_000
+    values[0], values[1] = str(model), polite  # on_start's inputs: model, dataset, run name, then FIELDS
+    values[3 + FIELDS.index("max_steps")] = 100_000  # keeps training for the whole test
+    values[3 + FIELDS.index("save_steps")] = 100_000
     started = call(url, start, values, cookies=owner, session_hash=session)
     if not started["success"] or "Started run" not in str(started["data"]):
         raise SystemExit(f"could not start training: {started}")
