@@ -26,9 +26,8 @@ migrations = Migrations("tuner.ratings")
 # edited, so their 1–5 CHECKs stay literal even though ratings.scale names the scale.
 
 
-@migrations(name="0001_initial")
-def _initial(db: sqlite_utils.Database) -> None:
-    db.executescript("""
+# the schema as first released (later migrations add to it; never edit this text)
+INITIAL_SCHEMA = """
     CREATE TABLE evaluations (
         id INTEGER PRIMARY KEY,
         name TEXT NOT NULL,
@@ -114,7 +113,12 @@ def _initial(db: sqlite_utils.Database) -> None:
     CREATE INDEX replies_prompt ON replies(prompt_id);
     CREATE INDEX ratings_reply ON ratings(reply_id);
     CREATE INDEX assignments_rater ON assignments(rater);
-    """)
+"""
+
+
+@migrations(name="0001_initial")
+def _initial(db: sqlite_utils.Database) -> None:
+    db.executescript(INITIAL_SCHEMA)
 
 
 @migrations(name="0002_rater_keys")

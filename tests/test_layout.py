@@ -42,3 +42,18 @@ def test_importing_the_whole_engine_loads_no_gradio():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
 
+
+
+LONGEST = 80  # lines: a function past this is a room of its own, to be split by what it does
+
+
+def test_no_function_in_the_engine_or_the_ui_is_longer_than_about_80_lines():
+    long = []
+    for path in sorted(p for folder in ("tuner", "ratings") for p in (ROOT / folder).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                if node.end_lineno - first + 1 > LONGEST:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} "
+                                f"({node.end_lineno - first + 1} lines)")
+    assert not long, long
