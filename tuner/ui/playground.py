@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from tuner import records
 from tuner.generate import GenSettings, Generator
 from tuner.runs import RunManager
 from tuner.ui.train import finished_runs
@@ -56,7 +57,7 @@ def _sender(trainer: RunManager, generator: Generator, chats: _Chats):
         conversation = [{"role": m["role"], "content": _text(m["content"])} for m in history]
         conversation.append({"role": "user", "content": text})
         run = trainer.get(variant) if variant != "base" else None
-        adapter = (run["run_id"], Path(run["path"]) / "adapter") if run else None
+        adapter = (run["run_id"], records.adapter_dir(Path(run["path"]))) if run else None
         answer = generator.generate(base_model, [conversation], settings, adapter=adapter)[0].text
         return history + [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
 

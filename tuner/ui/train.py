@@ -18,7 +18,7 @@ from tuner.ui import access as ui_access
 from tuner.ui.charts import curve_frame, loss_spec, lr_frame, short_label, vega_plot
 from tuner.config import METHODS, RUN_NAME_MAX, TrainConfig
 from tuner.estimate import describe, estimate, module_choices
-from tuner.records import is_finished, read_metrics, run_label, stopped_at
+from tuner.records import RESUMABLE, is_finished, read_metrics, run_label, stopped_at
 from tuner.runs import RunBusy, RunManager, RunState, clock, resume_hint
 from tuner.train import check_machine
 
@@ -87,7 +87,7 @@ def runs_frame(manager: RunManager | None) -> pd.DataFrame:
         c = run.get("config", {})
         # where an unfinished run got to: read from its folder for those rows only (runs()
         # is on every estimate's path, this is not)
-        where = stopped_at(Path(run["path"])) if run.get("status") in ("interrupted", "stopped", "failed") else {}
+        where = stopped_at(Path(run["path"])) if run.get("status") in RESUMABLE else {}
         steps = s.get("global_step", where.get("step") if where.get("step") is not None else "")
         message = run.get("message", "")
         if run.get("status") == "interrupted":
