@@ -19,7 +19,7 @@ import gradio as gr
 from ratings.store import Store
 from tuner import models
 from tuner.ui import access as ui_access
-from tuner.ui import compare, dataset, export, playground, rate, results, train, widgets
+from tuner.ui import compare, dataset, export, leaderboard, playground, rate, results, train, widgets
 from tuner.access import Access, Sessions, app_secret
 from tuner.generate import Generator
 from tuner.paths import Layout, data_root, max_upload
@@ -61,13 +61,16 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
             with gr.Tab("Dataset", id="dataset"):
                 chooser, (show_dataset, dataset_outputs) = dataset.dataset_tab(layout.datasets, picker, layout.models, generator)
             with gr.Tab("Train", id="train") as train_page:
-                modules, estimate = train.train_tab(trainer, layout.datasets, picker, chooser, train_page)
+                modules, estimate = train.train_tab(trainer, layout.datasets, picker, chooser, train_page, store,
+                                                    layout.preferences)
             with gr.Tab("Compare", id="compare") as compare_page:
                 refresh_compare, load_compare, compare_outputs = compare.compare_tab(trainer, generator, store, rng, secret, limits)
             with gr.Tab("Playground", id="playground") as playground_page:
                 refresh_playground, playground_outputs = playground.playground_tab(trainer, generator)
             with gr.Tab("Results", id="results") as results_page:
-                show_results, results_eval, results_outputs = results.results_tab(store, trainer)
+                show_results, results_eval, results_outputs = results.results_tab(store, trainer, layout.datasets)
+            with gr.Tab("Leaderboard", id="leaderboard") as leaderboard_page:
+                show_board, board_inputs, board_outputs = leaderboard.leaderboard_tab(store)
             with gr.Tab("Export", id="export"):
                 export_runs = export.export_panel(trainer, layout)
         # a page load (or reload, or a second browser) sees what exists now, not
@@ -84,6 +87,7 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
         compare_page.select(refresh_compare, None, compare_outputs)
         playground_page.select(refresh_playground, None, playground_outputs)
         results_page.select(show_results, results_eval, results_outputs)
+        leaderboard_page.select(show_board, board_inputs, board_outputs)
     # The raters' page: a second page on the same server with only the rating
     # view. (A route is not access control: the guard below is.)
     with demo.route("Rate", "/rate", show_in_navbar=False):
@@ -95,7 +99,7 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
     # ...and a gate in front of Gradio's routes refuses other sites' requests, a
     # stranger's owner calls before the queue, and a stranger's uploads.
     # (launch() also gets the page's <head>: the rating keys and the anti-forgery header)
-    ui_access.install(demo, access, head=rate.KEYS_JS + ui_access.CSRF_JS, css=results.CSS)
+    ui_access.install(demo, access, head=rate.KEYS_JS + ui_access.CSRF_JS, css=results.CSS + leaderboard.CSS)
     return demo
 
 

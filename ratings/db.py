@@ -176,6 +176,52 @@ def _rating_integrity(db: sqlite_utils.Database) -> None:
     """)
 
 
+@migrations(name="0005_corrections")
+def _corrections(db: sqlite_utils.Database) -> None:
+    # the owner's better version of a reply, kept beside the reply the raters scored (never
+    # over it): preference data takes it as a chosen answer, and it can go into an SFT dataset
+    db.executescript("""
+    CREATE TABLE corrections (
+        reply_id INTEGER PRIMARY KEY REFERENCES replies(id),
+        text TEXT NOT NULL,
+        corrected_at TEXT NOT NULL
+    );
+    """)
+
+
+@migrations(name="0006_judge")
+def _judge(db: sqlite_utils.Database) -> None:
+    # a judge model's scores and pair verdicts, kept apart from the raters' (never mixed in):
+    # `judge` names the model; a score or verdict it gave in no readable form is NULL, with
+    # its raw answer kept. Each pair is asked in both orders (first/second = as the judge saw it)
+    db.executescript("""
+    CREATE TABLE judge_scores (
+        id INTEGER PRIMARY KEY,
+        evaluation_id INTEGER NOT NULL REFERENCES evaluations(id),
+        judge TEXT NOT NULL,
+        reply_id INTEGER NOT NULL REFERENCES replies(id),
+        score INTEGER CHECK (score BETWEEN 1 AND 5),
+        raw TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (judge, reply_id)
+    );
+    CREATE TABLE judge_verdicts (
+        id INTEGER PRIMARY KEY,
+        evaluation_id INTEGER NOT NULL REFERENCES evaluations(id),
+        judge TEXT NOT NULL,
+        comparison_id INTEGER NOT NULL REFERENCES comparisons(id),
+        first_reply_id INTEGER NOT NULL REFERENCES replies(id),
+        second_reply_id INTEGER NOT NULL REFERENCES replies(id),
+        verdict TEXT CHECK (verdict IN ('first', 'second', 'tie')),
+        raw TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (judge, comparison_id, first_reply_id)
+    );
+    CREATE INDEX judge_scores_eval ON judge_scores(evaluation_id, judge);
+    CREATE INDEX judge_verdicts_eval ON judge_verdicts(evaluation_id, judge);
+    """)
+
+
 # SQLite's result codes for a disk that fails under it, in a person's words
 SQLITE_DISK_PROBLEMS = {
     "SQLITE_FULL": "the disk is full",

@@ -43,6 +43,23 @@ def from_run(run: dict) -> list[dict]:
                         c.get("stratify_by"))
 
 
+def leave_out_trained(items: list[dict], runs: list[dict]) -> tuple[list[dict], str]:
+    """The prompts no chosen preference run learned from (its preference.jsonl), and a
+    sentence on those left out ("" when none were): an evaluation compares on prompts
+    that neither run trained on."""
+    from tuner.preference import trained_prompts
+
+    learned = {run["run_id"]: trained_prompts(Path(run["path"])) for run in runs}
+    kept = [i for i in items if not any(i["text"].strip() in keys for keys in learned.values())]
+    if len(kept) == len(items):
+        return items, ""
+    if not kept:
+        raise ValueError(f"every one of the {len(items)} prompts was learned from by a chosen preference run "
+                         f"({', '.join(r for r, k in learned.items() if k)}): compare on other prompts")
+    return kept, (f"Left out {len(items) - len(kept)} of {len(items)} prompts that a chosen preference run learned "
+                  "from: the evaluation compares on prompts no run trained on. ")
+
+
 def from_lines(text: str) -> list[dict]:
     """One prompt per line; `task | prompt` names the task."""
     items = []

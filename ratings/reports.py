@@ -1,7 +1,9 @@
 """The files the Results tab exports, from one gathered `ratings.tables.Results`.
 
 The raw ratings (CSV), a Markdown report that reads on its own, preference
-pairs (JSONL prompt/chosen/rejected, for preference tuning), the low-rated
+pairs and KTO examples (JSONL in TRL's prompt/chosen/rejected and
+prompt/completion/label shapes: `python -m tuner train` takes them with method
+dpo or kto), the low-rated
 replies (CSV with an empty `completion` column to write the better reply in:
 with its `prompt` column, the Dataset tab imports it as chat examples) and a
 copy of the whole SQLite file (sqlite3's backup API: a consistent snapshot
@@ -22,7 +24,8 @@ import pandas as pd
 from ratings import checks as rchecks
 from ratings import metrics, scale
 from ratings.db import sqlite_disk_problem
-from ratings.tables import Results, display, low_rated, preference_pairs, ratings_csv
+from ratings.preferences import to_jsonl
+from ratings.tables import Results, display, kto_examples, low_rated, preference_pairs, ratings_csv
 from tuner.paths import StorageError, atomic_write_text, replacing, storage_error
 
 
@@ -163,7 +166,7 @@ def _backup_into(source: Path, copy: Path) -> None:
 
 
 def write_exports(r: Results, folder: Path, database: Path) -> list[Path]:
-    """Write the five export files into `folder`; returns their paths. A full or
+    """Write the six export files into `folder`; returns their paths. A full or
     failing disk raises StorageError naming the file and leaves no half of it."""
     folder = Path(folder)
     try:
@@ -173,8 +176,8 @@ def write_exports(r: Results, folder: Path, database: Path) -> list[Path]:
     stem = f"evaluation-{r.evaluation['id']}"
     files = {f"{stem}-report.md": report_markdown(r),
              f"{stem}-ratings.csv": ratings_csv(r).to_csv(index=False),
-             f"{stem}-preference-pairs.jsonl": "".join(json.dumps(p, ensure_ascii=False) + "\n"
-                                                       for p in preference_pairs(r)),
+             f"{stem}-preference-pairs.jsonl": to_jsonl(preference_pairs(r)),
+             f"{stem}-kto.jsonl": to_jsonl(kto_examples(r)),
              f"{stem}-low-rated.csv": low_rated(r).to_csv(index=False)}
     paths = []
     for name, text in files.items():

@@ -5,21 +5,20 @@ statistics in `ratings.stats`, the automatic metrics in `ratings.metrics`);
 the tab and the report (`ratings.reports`) both read that one `Results`, so
 what the owner sees and what they paste into a report cannot disagree.
 
-Beside them, the data for the next run: preference pairs (prompt/chosen/rejected,
-for preference tuning) and the low-rated replies, with an empty `completion`
-column to write the better reply in.
+Beside them, the data for the next run: preference pairs (prompt/chosen/rejected)
+and KTO examples (prompt/completion/label) by ratings.preferences' rules, and the
+low-rated replies, with an empty `completion` column to write the better reply in.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from ratings import checks as rchecks
-from ratings import metrics, stats
+from ratings import metrics, preferences, stats
 from ratings.scale import SUCCESS_AT
 from ratings.store import Store
 
@@ -48,6 +47,9 @@ class Results:
     automatic_by: pd.DataFrame | None = None  # per category, when the prompts have categories
     checks: rchecks.CheckReport | None = None  # the automatic check made right after generation
     check_agreement: dict = field(default_factory=dict)  # the check's headline against the human scores
+    # the next run's data by ratings.preferences' default rules (corrections included)
+    dpo: preferences.PreferenceData | None = None
+    kto: preferences.PreferenceData | None = None
 
     def check_lines(self) -> list[str]:
         """The automatic check's verdict and its agreement with the raters, in words."""
@@ -107,6 +109,7 @@ def gather(store: Store, eval_id: int, threshold: int = SUCCESS_AT,
         runs=metrics.run_table(variants, runs or {}),
         breakdowns={by: stats.breakdown_table(scores, by, threshold) for by in breakdown_choices(scores)},
         checks=check, check_agreement=rchecks.agreement(check, scores) if check else {},
+        dpo=preferences.dpo_pairs(store, eval_id, threshold=threshold), kto=preferences.kto_examples(store, eval_id),
     )
 
 
@@ -152,22 +155,14 @@ def _reply_means(r: Results) -> pd.DataFrame:
 
 
 def preference_pairs(r: Results) -> list[dict]:
-    """Per prompt and pair of models whose mean scores differ: the prompt, the
-    higher-rated reply as chosen, the lower-rated as rejected (TRL's
-    prompt/chosen/rejected), with where each came from."""
-    rows = []
-    rated = _reply_means(r)
-    for _, group in rated.groupby("position", sort=True):
-        for a, b in itertools.combinations(group.to_dict("records"), 2):
-            if a["mean score"] == b["mean score"]:
-                continue
-            chosen, rejected = (a, b) if a["mean score"] > b["mean score"] else (b, a)
-            rows.append({"prompt": chosen["prompt"], "chosen": chosen["reply"], "rejected": rejected["reply"],
-                         "id": chosen["external_id"], "task": chosen["task"],
-                         "chosen_model": chosen["label"], "rejected_model": rejected["label"],
-                         "chosen_score": round(float(chosen["mean score"]), 3),
-                         "rejected_score": round(float(rejected["mean score"]), 3)})
-    return rows
+    """DPO pairs in TRL's conversational prompt/chosen/rejected shape, by ratings.preferences'
+    rules (means at least 1 apart; corrections chosen), with where each came from."""
+    return r.dpo.rows if r.dpo is not None else []
+
+
+def kto_examples(r: Results) -> list[dict]:
+    """KTO examples (prompt/completion/label: desirable at a mean of 4 or more, undesirable at 2 or less)."""
+    return r.kto.rows if r.kto is not None else []
 
 
 LOW_COLUMNS = ["id", "task", "category", "model", "mean score", "scores", "comments", "prompt", "reply",

@@ -28,7 +28,8 @@ def test_schema_is_named_migrations_in_wal_mode(tmp_path):
     conn = sqlite3.connect(tmp_path / "r.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")] == [
-        "0001_initial", "0002_rater_keys", "0003_checks", "0004_rating_integrity"]
+        "0001_initial", "0002_rater_keys", "0003_checks", "0004_rating_integrity", "0005_corrections",
+        "0006_judge"]
     assert store.evaluations() == []
 
 

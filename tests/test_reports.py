@@ -42,16 +42,21 @@ def test_report_of_an_evaluation_nobody_rated(tmp_path):
     assert text.count("_not rated_") == 8  # every reply still shown, side by side
 
 
-def test_write_exports_writes_five_files(results, tmp_path):
+def test_write_exports_writes_six_files_that_train_again(results, tmp_path):
     store, r = results
     paths = reports.write_exports(r, tmp_path / "out", store.path)
     names = [p.name for p in paths]
     assert names == ["evaluation-1-report.md", "evaluation-1-ratings.csv", "evaluation-1-preference-pairs.jsonl",
-                     "evaluation-1-low-rated.csv", "tuner-ratings.db"]
+                     "evaluation-1-kto.jsonl", "evaluation-1-low-rated.csv", "tuner-ratings.db"]
     ratings = pd.read_csv(paths[1])
     assert len(ratings) == 16 and {"rater", "score", "reply", "variant"} <= set(ratings.columns)
     lines = paths[2].read_text(encoding="utf-8").splitlines()
-    assert len(lines) == 4 and set(json.loads(lines[0])) >= {"prompt", "chosen", "rejected"}
+    assert len(lines) == len(tables.preference_pairs(r)) and set(json.loads(lines[0])) >= {"prompt", "chosen", "rejected"}
+    kto = [json.loads(line) for line in paths[3].read_text(encoding="utf-8").splitlines()]
+    assert kto and all(set(k) >= {"prompt", "completion", "label"} for k in kto)
+    # both read back as what `python -m tuner train` takes for dpo and kto
+    from tuner import preference
+    assert len(preference.load(paths[2], "dpo")) == len(lines) and len(preference.load(paths[3], "kto")) == len(kto)
 
 
 def test_sqlite_backup_is_a_complete_self_contained_copy(results, tmp_path):

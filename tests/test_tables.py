@@ -103,14 +103,17 @@ def test_the_check_agrees_with_the_raters_when_they_reward_the_right_answers(res
     assert r.check_agreement["n"] == 6 and r.check_agreement["rho"] > 0.5
 
 
-def test_preference_pairs_take_the_higher_mean_as_chosen(results):
+def test_preference_pairs_take_the_higher_mean_as_chosen_when_a_score_apart(results):
     _, r = results
     pairs = tables.preference_pairs(r)
-    assert len(pairs) == 4  # every prompt's means differ
+    means = r.per_prompt.set_index("ID")
+    apart = [i for i in means.index if abs(means.loc[i, "base (tiny)"] - means.loc[i, "lora: run-xyz"]) >= 1]
+    assert sorted(p["id"] for p in pairs) == sorted(apart) and apart  # closer means give no pair
     q3 = next(p for p in pairs if p["id"] == "q3")  # base 2.5 vs fine-tuned 3.5
-    assert q3["chosen"] == REPLIES[3][1] and q3["rejected"] == REPLIES[3][0]
+    assert q3["chosen"] == [{"role": "assistant", "content": REPLIES[3][1]}]
+    assert q3["rejected"] == [{"role": "assistant", "content": REPLIES[3][0]}]
     assert (q3["chosen_score"], q3["rejected_score"]) == (3.5, 2.5)
-    assert q3["prompt"] == "Who runs Brightwave?"
+    assert q3["prompt"][-1] == {"role": "user", "content": "Who runs Brightwave?"}
 
 
 def test_equal_means_give_no_preference_pair(tmp_path):

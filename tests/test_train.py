@@ -280,7 +280,7 @@ def test_failure_in_training_thread_is_reported_not_raised(home, tmp_path):
 
 
 def test_cli_run_killed_mid_way_resumes_and_continues_its_step_count(tiny_llama, tmp_path):
-    dataset = write_jsonl(tmp_path / "d.jsonl", [chat(f"Q{i}?", f"A{i}.") for i in range(10)])
+    write_jsonl(tmp_path / "d.jsonl", [chat(f"Q{i}?", f"A{i}.") for i in range(10)])
     out = tmp_path / "runs"
     config = {"base_model": str(tiny_llama), "dataset": "d.jsonl", "method": "lora", "output_dir": str(out),
               "max_steps": 400, "per_device_train_batch_size": 1, "save_steps": 3, "save_total_limit": 2,

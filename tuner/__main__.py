@@ -6,7 +6,10 @@
 `train` runs the same engine as the Train tab and writes the same run folder.
 CONFIG.json holds TrainConfig's keys (r, lora_alpha, learning_rate, …, plus
 base_model, dataset, method) and optionally `output_dir`: the folder that gets
-the run folder (default: the data root's runs/). A relative `dataset` path is
+the run folder (default: the data root's runs/). With "method": "dpo" or "kto",
+`dataset` is a preference JSONL in TRL's shapes (prompt/chosen/rejected;
+prompt/completion/label; see tuner.preference) and "init_adapter": RUN_DIR
+continues a finished LoRA run. Relative `dataset` and `init_adapter` paths are
 read relative to the config file. Works under `accelerate launch` too.
 """
 
@@ -36,8 +39,9 @@ def _train(args) -> int:
         return 2
     layout = Layout(data_root())
     output_dir = Path(values.pop("output_dir", None) or layout.runs)
-    if values.get("dataset") and not Path(values["dataset"]).is_absolute():
-        values["dataset"] = str((config_path.parent / values["dataset"]).resolve())
+    for key in ("dataset", "init_adapter"):  # paths relative to the config file
+        if isinstance(values.get(key), str) and values[key] and not Path(values[key]).is_absolute():
+            values[key] = str((config_path.parent / values[key]).resolve())
     try:
         config = TrainConfig.from_dict(values)
     except (ValueError, TypeError) as exc:

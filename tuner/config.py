@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from tuner.models import BUNDLED
 
-METHODS = ("lora", "qlora", "prompt_tuning")
+METHODS = ("lora", "qlora", "prompt_tuning", "dpo", "kto")
+PREFERENCE_METHODS = ("dpo", "kto")  # trained on preferences (tuner.preference), with LoRA's adapter settings
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 RUN_NAME_MAX = 60
@@ -34,9 +35,10 @@ def setting(default, label: str = "", help: str = "", widget: str | None = None,
 class TrainConfig:
     base_model: str = BUNDLED  # bundled name, local folder or Hub id
     dataset: str = ""  # path to a JSONL chat dataset
-    # lora, qlora (4-bit base, CUDA only) or prompt_tuning
+    # lora, qlora (4-bit base, CUDA only), prompt_tuning, or preference tuning: dpo, kto
     method: str = setting("lora", "Method", "LoRA trains small low-rank updates; prompt tuning trains only a "
-                          "soft prompt.", "radio", choices=METHODS)
+                          "soft prompt; DPO and KTO train LoRA on the raters' preferences.", "radio",
+                          choices=METHODS)
     # LoRA
     # 8 is plenty for style and format
     r: int = setting(8, "LoRA rank (r)", "rank of the update", "slider", at_least=1, reach=(1, 64, 1))
@@ -63,6 +65,13 @@ class TrainConfig:
     # empty: a random start
     prompt_tuning_init_text: str = setting("", "Initial text (prompt_tuning_init_text, optional)",
                                            "start the soft prompt from this text's embeddings", "text")
+    # preference tuning (dpo, kto)
+    # a finished LoRA run's folder whose adapter the run continues (SFT → DPO; it is also the
+    # reference model); None: a new adapter over the base, the base as reference
+    init_adapter: str | None = None
+    # 0.1: TRL's default; higher keeps the run closer to its reference model
+    beta: float = setting(0.1, "β (beta)", "how far from its start the preference run may move: higher keeps "
+                          "it closer", "number", above=0, at_most=10)
     # optimisation
     # LoRA tolerates ~10× full fine-tuning's rate; 0.1 is far past any rate that trains
     learning_rate: float = setting(2e-4, "Learning rate", "the optimizer's peak step size", "number",
@@ -137,6 +146,10 @@ class TrainConfig:
 
         need(not (self.method == "prompt_tuning" and (self.use_dora or self.use_rslora)),
              "use_dora and use_rslora apply to LoRA only: turn them off for prompt tuning")
+        need(self.init_adapter is None or self.method in PREFERENCE_METHODS,
+             "init_adapter (continue from a run's adapter) applies to preference tuning (dpo, kto) only")
+        need(self.method != "kto" or self.per_device_train_batch_size >= 2,
+             "KTO needs a batch size of at least 2 (its KL estimate pairs each prompt with another row's reply)")
         need(self.max_steps > 0 or self.num_train_epochs > 0, "set num_train_epochs > 0 or max_steps > 0")
         need(self.validation_fraction + self.test_fraction < 0.9,
              "validation_fraction + test_fraction must leave at least 10% of the rows to train on")

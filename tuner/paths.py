@@ -164,6 +164,11 @@ class Layout:
         return self._dir("datasets")
 
     @property
+    def preferences(self) -> Path:
+        """Preference data built from an evaluation's scores for a DPO or KTO run."""
+        return self._dir("preferences")
+
+    @property
     def ratings_db(self) -> Path:
         return self.root / "ratings.db"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tuner import data as tdata
 from tuner import models, packed_attention, records
-from tuner.config import TrainConfig
+from tuner.config import PREFERENCE_METHODS, TrainConfig
 
 # Module names of attention projections, by architecture; anything else falls
 # back to every linear layer but the output head.
@@ -196,7 +196,13 @@ def encode_rows(rows: list[dict], tokenizer, max_length: int):
     return Dataset.from_list(kept), len(encoded) - len(kept)
 
 
-def _callback(control: RunControl, run_dir: Path, counter, started_tokens: int = 0):
+# what a metrics row keeps of the trainer's logs: the losses and the schedule, and for preference
+# runs TRL's reward margins and accuracies (on the training and the validation rows)
+_REWARDS = ("rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected", "kl")
+LOGGED_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm", *_REWARDS, *(f"eval_{k}" for k in _REWARDS))
+
+
+def reporting_callback(control: RunControl, run_dir: Path, counter, started_tokens: int = 0):
     from transformers import TrainerCallback
 
     class Reporter(TrainerCallback):
@@ -204,6 +210,7 @@ def _callback(control: RunControl, run_dir: Path, counter, started_tokens: int =
 
         def __init__(self):
             self.diverged = False
+            self.tokens_seen = started_tokens
             self.last = (time.perf_counter(), started_tokens)
 
         def on_train_begin(self, args, state, control_, **kw):
@@ -218,16 +225,19 @@ def _callback(control: RunControl, run_dir: Path, counter, started_tokens: int =
         def on_log(self, args, state, control_, logs=None, **kw):
             logs = logs or {}
             row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
-            for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
+            for key in LOGGED_KEYS:
                 if key in logs:
                     row[key] = float(logs[key])
             if "loss" not in row and "eval_loss" not in row:
                 return
             if "loss" in row:
-                now, tokens = time.perf_counter(), counter.tokens
+                # TRL's trainers count the tokens they saw (num_tokens); Tuner's collators count theirs
+                now = time.perf_counter()
+                tokens = counter.tokens if counter is not None else int(logs.get("num_tokens", 0))
                 if now > self.last[0] and tokens > self.last[1]:
                     row["tokens_per_second"] = round((tokens - self.last[1]) / (now - self.last[0]), 1)
                 self.last = (now, tokens)
+                self.tokens_seen = tokens
                 if not math.isfinite(row["loss"]):
                     self.diverged = True
                     control_.should_training_stop = True
@@ -275,8 +285,15 @@ def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
     run_dir = Path(run_dir)
     check_machine(config)
     started = time.perf_counter()
-    setup = set_up(config, run_dir, models_dir or run_dir.parent.parent / "models", control)
-    training = make_trainer(config, run_dir, setup, control, resume)
+    models_dir = models_dir or run_dir.parent.parent / "models"
+    if config.method in PREFERENCE_METHODS:  # DPO or KTO on TRL's trainers, the same phases
+        from tuner import preference
+
+        setup = preference.set_up(config, run_dir, models_dir, control)
+        training = preference.make_trainer(config, run_dir, setup, control, resume)
+    else:
+        setup = set_up(config, run_dir, models_dir, control)
+        training = make_trainer(config, run_dir, setup, control, resume)
     try:
         training.trainer.train(resume_from_checkpoint=str(training.checkpoint) if training.checkpoint else None)
     except torch.OutOfMemoryError as exc:
@@ -358,7 +375,7 @@ def make_trainer(config: TrainConfig, run_dir: Path, setup: Setup, control: RunC
     if setup.precision in ("bf16", "fp16") and config.method != "qlora" and not config.use_dora:
         skip_adapter_input_casts(setup.model)
     has_eval = len(setup.eval_set) > 0
-    reporter = _callback(control, run_dir, collator)
+    reporter = reporting_callback(control, run_dir, collator)
     trainer = Trainer(model=setup.model, args=training_arguments(config, run_dir, setup.precision, has_eval, packing),
                       train_dataset=setup.train_set, eval_dataset=setup.eval_set if has_eval else None,
                       data_collator=collator, callbacks=[reporter])
@@ -398,10 +415,16 @@ def skip_adapter_input_casts(model) -> None:
 
 
 def training_arguments(config: TrainConfig, run_dir: Path, precision: str, has_eval: bool, packing: bool):
-    import torch
     from transformers import TrainingArguments
 
-    return TrainingArguments(
+    return TrainingArguments(**training_kwargs(config, run_dir, precision, has_eval, packing))
+
+
+def training_kwargs(config: TrainConfig, run_dir: Path, precision: str, has_eval: bool, packing: bool) -> dict:
+    """TrainingArguments' values for a run (TRL's DPOConfig and KTOConfig take the same)."""
+    import torch
+
+    return dict(
         output_dir=str(records.checkpoints_dir(run_dir)),
         per_device_train_batch_size=config.per_device_train_batch_size,
         per_device_eval_batch_size=config.per_device_train_batch_size,
@@ -461,13 +484,22 @@ def save_adapter(run_dir: Path, setup: Setup) -> None:
     """adapter/: the trained adapter and the tokenizer it was trained with. Main process only."""
 
     def save(folder: Path) -> None:
-        setup.model.save_pretrained(folder)
+        # a preference run's model also holds TRL's frozen copy of its start ("ref"): not saved
+        setup.model.save_pretrained(folder, selected_adapters=["default"])
         setup.tokenizer.save_pretrained(folder)
 
     records.write_adapter(run_dir, save)
 
 
 # --- summary ---------------------------------------------------------------------------------------
+def train_tokens(setup: Setup, training: Training) -> int:
+    """The tokens trained on: the encoded training rows × the epochs done, or for a preference
+    run (TRL encodes its own rows) the tokens its trainer counted."""
+    if "input_ids" not in setup.train_set.column_names:
+        return training.reporter.tokens_seen
+    return round(sum(len(x) for x in setup.train_set["input_ids"]) * (training.trainer.state.epoch or 0))
+
+
 def summarize(config: TrainConfig, run_dir: Path, setup: Setup, training: Training, control: RunControl,
               started: float) -> dict:
     """The run's summary, for run.json: how it ended, its losses and speed, what it trained on."""
@@ -491,8 +523,7 @@ def summarize(config: TrainConfig, run_dir: Path, setup: Setup, training: Traini
         # the training split's tokens × the epochs done: with train_runtime (the whole run:
         # loading, evaluations, checkpoints) the rate an estimate needs (none for a resumed
         # run, whose runtime covers only its last part)
-        "train_tokens": None if training.checkpoint else round(sum(len(x) for x in setup.train_set["input_ids"])
-                                                  * (state.epoch or 0)),
+        "train_tokens": None if training.checkpoint else train_tokens(setup, training),
         "precision": setup.precision,
         "packing": training.packing,
         # attention of packed rows: per example (tuner.packed_attention), or the model's own

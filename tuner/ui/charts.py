@@ -73,3 +73,26 @@ def loss_spec(frame: pd.DataFrame, title: str) -> dict:
 def lr_frame(rows: list[dict]) -> pd.DataFrame | None:
     points = [{"step": r["step"], "learning rate": r["learning_rate"]} for r in rows if "learning_rate" in r]
     return pd.DataFrame(points) if points else None
+
+
+REWARD_SERIES = (("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy"))
+
+
+def reward_frame(rows: list[dict], validation: bool = False) -> pd.DataFrame | None:
+    """A preference run's reward margins and accuracies (TRL's, on the training rows and on
+    the validation rows) as one long frame; None for a run that logs none (LoRA, prompt
+    tuning). As in curve_frame, validation series still to come get a NaN point now."""
+    points = []
+    for r in rows:
+        for key, series in REWARD_SERIES:
+            for prefix, part in (("", "training"), ("eval_", "validation")):
+                if prefix + key in r:
+                    points.append({"step": r["step"], "value": r[prefix + key], "series": f"{part} {series}"})
+    if not points:
+        return None
+    if validation:
+        have = {p["series"] for p in points}
+        for _, series in REWARD_SERIES:
+            if f"training {series}" in have and f"validation {series}" not in have:
+                points.append({"step": points[0]["step"], "value": float("nan"), "series": f"validation {series}"})
+    return pd.DataFrame(points)

@@ -170,7 +170,8 @@ def _generator(trainer: RunManager, generator: Generator, store: Store, generate
         try:
             picked = [r for r in (trainer.get(r) for r in (chosen_runs or [])) if r]
             base_model, variants = variants_for(picked)
-            items = _items_for(trainer, kind, chosen_runs, text, uploaded_items)
+            items, left_out = evalsets.leave_out_trained(_items_for(trainer, kind, chosen_runs, text, uploaded_items),
+                                                         picked)
             checks = [c.text for c in rchecks.parse_checks(checks_text)]
             tokens = int(max_new_tokens or 0) or default_max_new_tokens(items, picked)
             settings = GenSettings(max_new_tokens=tokens, temperature=float(temp), top_p=float(p),
@@ -193,7 +194,8 @@ def _generator(trainer: RunManager, generator: Generator, store: Store, generate
                 progress=tick, checks=checks, reveal=reveal)
         except Exception as exc:  # a bad model, adapter or disk must not take the app down
             return {generated.message: f"⚠️ Generation failed: {type(exc).__name__}: {exc}"}
-        return _shown(store, generated, eval_id, (len(items), len(variants)), tokens, code)
+        shown = _shown(store, generated, eval_id, (len(items), len(variants)), tokens, code)
+        return shown | {generated.message: left_out + shown[generated.message]}
 
     return on_generate
 

@@ -23,6 +23,7 @@ from tuner.records import read_metrics, run_label
 from tuner.runs import RunManager
 from tuner.ui.charts import VEGA_LITE, curve_frame, short_label, vega_plot
 from tuner.ui.rate import eval_choices
+from tuner.ui.judge import judge_section
 
 
 
@@ -49,7 +50,7 @@ class _Asked:
     by: str | None
 
 
-def results_tab(store: Store, trainer: RunManager | None = None):
+def results_tab(store: Store, trainer: RunManager | None = None, datasets_dir: Path | None = None):
     """Every table of `ratings.tables.gather` for one evaluation, the plots and the exports.
 
     Returns (show, its inputs, its outputs) so the page can refresh the tab when it is opened.
@@ -66,7 +67,12 @@ def results_tab(store: Store, trainer: RunManager | None = None):
     raters, per_prompt = _per_prompt_section()
     by, breakdown = _breakdown_section()
     sections += [per_prompt, breakdown, _paired_section(), _bias_section(), _metrics_section(), _checks_section()]
+    sections.append(_Section(*judge_section(store, trainer, eval_pick, threshold)))  # beside, never mixed in
     rater_table, rater_name, reason, exclude, include, rater_note = _raters_section()
+    if datasets_dir is not None:  # the owner's better replies: chosen answers for the next run
+        from tuner.ui.corrections import corrections_section
+
+        corrections_section(store, datasets_dir, eval_pick)
     export, export_note, files = _exports_section()
 
     def show(eval_id, cutoff, with_raters, by_value):
@@ -225,8 +231,9 @@ def _raters_section():
 
 
 def _exports_section():
-    gr.Markdown("### Exports\nThe Markdown report, the raw ratings (CSV), preference pairs for the next run "
-                "(JSONL prompt/chosen/rejected), the low-rated replies to rewrite (CSV: fill `completion`, then "
+    gr.Markdown("### Exports\nThe Markdown report, the raw ratings (CSV), preference pairs and KTO examples for "
+                "the next run (JSONL prompt/chosen/rejected and prompt/completion/label, as `python -m tuner train` "
+                "takes them), the low-rated replies to rewrite (CSV: fill `completion`, then "
                 "import it on the Dataset tab) and a copy of the whole ratings database.")
     export = gr.Button("Build the export files", elem_id="results-export")
     export_note = gr.Markdown(elem_id="results-export-note")

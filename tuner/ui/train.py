@@ -15,8 +15,8 @@ import pandas as pd
 from tuner import data as tdata
 from tuner import models, recipes
 from tuner.ui import access as ui_access
-from tuner.ui.charts import curve_frame, loss_spec, lr_frame, short_label, vega_plot
-from tuner.config import METHODS, RUN_NAME_MAX, TrainConfig
+from tuner.ui.charts import curve_frame, loss_spec, lr_frame, reward_frame, short_label, vega_plot
+from tuner.config import METHODS, PREFERENCE_METHODS, RUN_NAME_MAX, TrainConfig
 from tuner.estimate import describe, estimate, module_choices
 from tuner.records import RESUMABLE, is_finished, read_metrics, run_label, stopped_at
 from tuner.runs import RunBusy, RunManager, RunState, clock, resume_hint
@@ -214,6 +214,9 @@ class TrainTab:
     refresh_estimate: tuple | None = None
     # events that read or fill a later section's components, wired once the whole tab is built
     later: list = field(default_factory=list)
+    store: object | None = None  # ratings.store.Store: the evaluations a preference run learns from
+    preferences_dir: Path | None = None  # where the preference data built for a run is written
+    preference: object | None = None  # tuner.ui.preference.PreferencePicks, shown for DPO and KTO
 
     @property
     def settings(self) -> list:
@@ -282,6 +285,19 @@ def method_section(ui: TrainTab):
     ui.refresh_targets = (on_model, [ui.model_picker, ui.preset], targets)
 
 
+def preference_part(ui: TrainTab, tab: gr.Tab | None):
+    """DPO and KTO's part (tuner.ui.preference) where there is a ratings store; β alone otherwise."""
+    if ui.store is None or ui.preferences_dir is None:
+        with gr.Group(visible=False):
+            ui.add("beta")
+        return
+    from tuner.ui.preference import preference_section
+
+    ui.preference = preference_section(ui, ui.store, ui.preferences_dir)
+    if tab is not None:  # evaluations and runs made meanwhile are offered when the tab is opened
+        tab.select(*ui.preference.refresh)
+
+
 def optimisation_section(ui: TrainTab):
     """The settings most runs change: the rate, how long, the batch, the sequence length."""
     with gr.Row():
@@ -311,6 +327,8 @@ def recipe_section(ui: TrainTab):
     manager, datasets_dir = ui.manager, ui.datasets_dir
 
     def on_estimate(model_name, dataset_label, *values):
+        if dict(zip(FIELDS, values)).get("method") in PREFERENCE_METHODS:
+            return ""  # the preference part's line says what the run learns from
         try:
             config = ui.build(model_name, dataset_label, values)
             return describe(estimate(config, manager.models_dir, manager.runs())) + small_split_warning(config)
@@ -396,7 +414,10 @@ def start_section(ui: TrainTab, tab: gr.Tab | None):
     ui.message = gr.Markdown(elem_id="train-message")
     manager, datasets_dir, dataset, chooser = ui.manager, ui.datasets_dir, ui.dataset, ui.dataset_chooser
 
-    def on_what(model_name, dataset_label, shown_label):
+    def on_what(model_name, dataset_label, shown_label, method=None):
+        if method in PREFERENCE_METHODS:
+            return (f"Start trains **{method.upper()}** on the scores of the evaluation picked above, over the "
+                    "base model its replies came from.")
         if not dataset_label:
             return "Pick the dataset Start trains in *Dataset to train*, below (or on the **Dataset** tab)."
         elsewhere = "" if dataset_label == shown_label else f" (the Dataset tab shows **{shown_label}**)"
@@ -414,8 +435,9 @@ def start_section(ui: TrainTab, tab: gr.Tab | None):
     chooser.change(follow, [chooser, dataset], dataset)
     if tab is not None:  # a version saved meanwhile is offered when the tab is opened
         tab.select(lambda shown, here: follow(here, shown), [chooser, dataset], dataset)  # this tab's pick first
-    for component in (ui.model_picker, dataset, chooser):
-        component.change(on_what, [ui.model_picker, dataset, chooser], what)
+    method = ui.inputs["method"]
+    for component in (ui.model_picker, dataset, chooser, method):
+        component.change(on_what, [ui.model_picker, dataset, chooser, method], what)
     stop.click(on_stop, None, ui.message)
     ui.later.append(lambda: wire_start(ui, start, run_name))
 
@@ -424,21 +446,35 @@ def wire_start(ui: TrainTab, start: gr.Button, run_name: gr.Textbox):
     """Start: the run begins, and its line and bar show at once (the progress section's)."""
     manager = ui.manager
 
+    picks = ui.preference.inputs if ui.preference is not None else []
+
     def on_start(model_name, dataset_label, run_name, *values):
+        picked, values = values[:len(picks)], values[len(picks):]
+        method = dict(zip(FIELDS, values)).get("method")
         try:
-            config = ui.build(model_name, dataset_label, values, run_name)
+            if method in PREFERENCE_METHODS:
+                if ui.preference is None:
+                    raise ValueError("Preference tuning needs the ratings database: it is not open here.")
+                from tuner.ui.preference import preference_config
+
+                config = preference_config(ui, ui.store, ui.preferences_dir, picked, method, values, run_name)
+            else:
+                config = ui.build(model_name, dataset_label, values, run_name)
             check_machine(config)
-            models.resolve(model_name, manager.models_dir)  # fail here, not in the thread
+            models.resolve(config.base_model, manager.models_dir)  # fail here, not in the thread
             run_id = manager.start(config)
         except (ValueError, TypeError, RunBusy, models.ModelUnavailable) as exc:
             return {ui.message: f"⚠️ {exc}"}
         state = manager.snapshot()  # the new run's line at once, not the last run's until the next tick
         named = f" (**{config.run_name}**)" if config.run_name else ""
-        return {ui.message: f"Started run `{run_id}`{named} on `{Path(config.dataset).name}`."
-                + small_split_warning(config),
+        learns = config.extra.get("preference", {}).get("described")
+        on = f"{config.method.upper()} on {learns}" if learns else f"on `{Path(config.dataset).name}`"
+        return {ui.message: f"Started run `{run_id}`{named} {on}."
+                + ("" if learns else small_split_warning(config)),
                 ui.bar: progress_html(state), ui.progress: state.progress_line(time.time())}
 
-    start.click(on_start, [ui.model_picker, ui.dataset, run_name] + ui.settings, [ui.message, ui.bar, ui.progress])
+    start.click(on_start, [ui.model_picker, ui.dataset, run_name] + picks + ui.settings,
+                [ui.message, ui.bar, ui.progress])
 
 
 def progress_section(ui: TrainTab):
@@ -451,6 +487,9 @@ def progress_section(ui: TrainTab):
                             height=280, elem_id="loss-chart", scale=3)
         lr_chart = gr.LinePlot(None, x="step", y="learning rate", title="Learning rate",
                                height=280, elem_id="lr-chart", scale=2)
+        # a DPO or KTO run's reward margins and accuracies (TRL's logs), hidden for other runs
+        reward_chart = gr.LinePlot(None, x="step", y="value", color="series", title="Rewards",
+                                   height=280, elem_id="reward-chart", scale=3, visible=False)
     summary = gr.Markdown(elem_id="train-summary")
     seen_status = gr.State(None)
     seen_rows = gr.State(-1)
@@ -467,6 +506,8 @@ def progress_section(ui: TrainTab):
         if len(state.rows) != seen_rows_now:
             out[chart] = curve_frame(state.rows, validation=state.validation)
             out[lr_chart] = lr_frame(state.rows)
+            rewards = reward_frame(state.rows, validation=state.validation)
+            out[reward_chart] = gr.update(value=rewards, visible=rewards is not None)
         if changed:
             run = manager.get(state.run_id) if state.run_id else None
             ended = run is not None and state.status not in ("starting", "running")
@@ -480,7 +521,8 @@ def progress_section(ui: TrainTab):
     timer = gr.Timer(1.0)
     ui.later.append(lambda: timer.tick(
         on_tick, [seen_status, seen_rows],
-        [ui.bar, ui.progress, chart, lr_chart, ui.runs, ui.picked, summary, ui.message, seen_status, seen_rows]))
+        [ui.bar, ui.progress, chart, lr_chart, reward_chart, ui.runs, ui.picked, summary, ui.message, seen_status,
+         seen_rows]))
 
 
 def runs_section(ui: TrainTab):
@@ -577,11 +619,12 @@ def config_actions(ui: TrainTab, load_settings: gr.Button, export: gr.Button, ex
 
 
 def train_tab(manager: RunManager, datasets_dir: Path, model_picker: gr.Dropdown, dataset_chooser: gr.Dropdown,
-              tab: gr.Tab | None = None):
+              tab: gr.Tab | None = None, store=None, preferences_dir: Path | None = None):
     """The tab, section by section in the page's order; returns the (handler, inputs, outputs) of
     the modules' refresh and the estimate's, for app.py to fire when the page loads."""
-    ui = TrainTab(manager, datasets_dir, model_picker, dataset_chooser)
+    ui = TrainTab(manager, datasets_dir, model_picker, dataset_chooser, store=store, preferences_dir=preferences_dir)
     method_section(ui)
+    preference_part(ui, tab)
     optimisation_section(ui)
     more_settings_section(ui)
     recipe_section(ui)

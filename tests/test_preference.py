@@ -1,0 +1,253 @@
+"""Preference tuning: TRL-shaped files read (and refused) line by line, pairs and KTO examples
+built from a real ratings database by the stated rules, corrections, and DPO / KTO runs of the
+tiny Llama through `python -m tuner train` that move the model the way the preferences say."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_jsonl
+from ratings import evalsets, preferences
+from ratings.store import RatingError, Store
+from tuner import preference as tpref
+from tuner import records
+from tuner.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- files ---------------------------------------------------------------------------------
+def test_both_trl_shapes_load_as_conversations_with_their_other_keys_kept(tmp_path):
+    dpo = write_jsonl(tmp_path / "d.jsonl", [
+        {"prompt": "Write to my professor", "chosen": "Dear Professor,", "rejected": "yo", "chosen_model": "a"},
+        {"prompt": [{"role": "system", "content": "Be formal."}, {"role": "user", "content": "Hi"}],
+         "chosen": [{"role": "assistant", "content": "Good day."}], "rejected": [{"role": "assistant", "content": "sup"}]}])
+    rows = tpref.load(dpo, "dpo")
+    assert rows[0]["prompt"] == [{"role": "user", "content": "Write to my professor"}]
+    assert rows[0]["chosen"] == [{"role": "assistant", "content": "Dear Professor,"}] and rows[0]["chosen_model"] == "a"
+    assert rows[1]["prompt"][0]["role"] == "system" and tpref.prompt_key(rows[1]) == "Hi"
+    kto = write_jsonl(tmp_path / "k.jsonl", [{"prompt": "Q", "completion": "A", "label": True},
+                                              {"prompt": "Q", "completion": "B", "label": False}])
+    assert [r["label"] for r in tpref.load(kto, "kto")] == [True, False]
+
+
+@pytest.mark.parametrize("line, method, says", [
+    ('{"prompt": "Q", "completion": "A", "label": true}', "dpo", "choose method 'kto'"),
+    ('{"prompt": "Q", "chosen": "A", "rejected": "B"}', "kto", "choose method 'dpo'"),
+    ('{"prompt": "Q", "chosen": "", "rejected": "B"}', "dpo", "'chosen' is empty"),
+    ('{"prompt": "Q", "chosen": "same", "rejected": " same "}', "dpo", "the same reply"),
+    ('{"prompt": "Q", "completion": "A", "label": "yes"}', "kto", "'label' must be true"),
+    ('{"prompt": [{"role": "assistant", "content": "x"}], "chosen": "A", "rejected": "B"}', "dpo",
+     "must end with a user message"),
+    ('{"prompt": "Q", "chosen": [{"role": "user", "content": "A"}], "rejected": "B"}', "dpo",
+     "one non-empty assistant message"),
+    ('{"prompt": "Q", "chosen": "A", "rejected": "B"', "dpo", "not valid JSON"),
+    ('["prompt", "chosen"]', "dpo", "must be a JSON object"),
+])
+def test_a_bad_line_is_refused_naming_the_file_the_line_and_the_field(tmp_path, line, method, says):
+    path = tmp_path / "prefs.jsonl"
+    path.write_text('{"prompt": "ok", "chosen": "A", "rejected": "B"}\n' if method == "dpo" else
+                    '{"prompt": "ok", "completion": "A", "label": true}\n', encoding="utf-8")
+    with path.open("a", encoding="utf-8") as f:
+        f.write(line + "\n")
+    with pytest.raises(ValueError) as info:
+        tpref.load(path, method)
+    assert "prefs.jsonl: line 2:" in str(info.value) and says in str(info.value)
+
+
+def test_the_split_keeps_every_example_of_a_prompt_in_one_part():
+    rows = [tpref.normalise({"prompt": f"P{i % 10}", "chosen": f"good {i}", "rejected": f"bad {i}"}, "dpo")
+            for i in range(40)]
+    parts = tpref.split(rows, 0.2, 0.2, seed=3)
+    keys = {name: {tpref.prompt_key(r) for r in part} for name, part in parts.items()}
+    assert sum(len(p) for p in parts.values()) == 40
+    assert not (keys["train"] & keys["validation"]) and not (keys["train"] & keys["test"])
+    assert len(keys["validation"]) == 2 and len(keys["test"]) == 2
+
+
+def test_too_few_says_how_many_are_needed():
+    pairs = [tpref.normalise({"prompt": f"P{i}", "chosen": "a", "rejected": "b"}, "dpo") for i in range(3)]
+    assert "DPO needs at least 8" in tpref.too_few("dpo", pairs)
+    good = [tpref.normalise({"prompt": f"P{i}", "completion": "a", "label": True}, "kto") for i in range(9)]
+    assert "0 undesirable" in tpref.too_few("kto", good) and "2 of each" in tpref.too_few("kto", good)
+    assert tpref.too_few("kto", good + [dict(good[0], label=False)] * 2) is None
+
+
+def test_settings_refuse_what_preference_tuning_cannot_do():
+    with pytest.raises(ValueError, match="init_adapter .* applies to preference tuning"):
+        TrainConfig(method="lora", init_adapter="/runs/x")
+    with pytest.raises(ValueError, match="KTO needs a batch size of at least 2"):
+        TrainConfig(method="kto", per_device_train_batch_size=1)
+    with pytest.raises(ValueError, match="beta"):
+        TrainConfig(method="dpo", beta=0)
+
+
+# --- from an evaluation's scores -----------------------------------------------------------------
+VARIANTS = [{"name": "base", "label": "base (m)", "kind": "base"},
+            {"name": "run-1", "label": "lora: run-1", "kind": "lora"},
+            {"name": "run-2", "label": "dpo: run-2", "kind": "dpo"}]
+
+
+def rated_store(path: Path, scores: dict[int, tuple]) -> tuple[Store, int]:
+    """An evaluation of three variants on a few prompts; scores[position] = the score every
+    rater gives (base, run-1, run-2) there. Six raters, each served pairs as the app serves them."""
+    store = Store(path)
+    eval_id = store.create_evaluation("e", "m", [{"text": f"Prompt {i}", "external_id": f"p{i}"} for i in scores],
+                                      VARIANTS)
+    ids = {v["name"]: v["id"] for v in store.variants(eval_id)}
+    for p in store.prompts(eval_id):
+        for name, vid in ids.items():
+            store.add_reply(p["id"], vid, f"{name} reply to {p['text']}", {}, 0.1, 5)
+    store.open_for_rating(eval_id)
+    by_text = {f"{name} reply to Prompt {i}": given[k] for i, given in scores.items() for k, name in enumerate(ids)}
+    rng = random.Random(0)
+    for rater in ("ann", "bob", "cy", "dee", "eve", "fay"):
+        while (pair := store.next_pair(eval_id, rater, rng)) is not None:
+            store.rate_pair(pair["assignment_id"], rater, by_text[pair["reply_a"]], by_text[pair["reply_b"]])
+    return store, eval_id
+
+
+def test_dpo_pairs_need_means_a_margin_apart_and_kto_leaves_the_middle_out(tmp_path):
+    store, eval_id = rated_store(tmp_path / "r.db", {1: (1, 4, 5), 2: (3, 3, 3), 3: (2, 3, 5)})
+    data = preferences.dpo_pairs(store, eval_id)
+    pairs = {(p["id"], p["chosen_model"], p["rejected_model"]) for p in data.rows}
+    assert pairs == {("p1", "lora: run-1", "base (m)"), ("p1", "dpo: run-2", "base (m)"),
+                     ("p1", "dpo: run-2", "lora: run-1"), ("p3", "lora: run-1", "base (m)"),
+                     ("p3", "dpo: run-2", "base (m)"), ("p3", "dpo: run-2", "lora: run-1")}
+    assert data.left_out["pairs closer than the margin or tied"] == 3  # prompt 2's three ties
+    wide = preferences.dpo_pairs(store, eval_id, margin=2)
+    assert len(wide.rows) == 4 and wide.left_out["pairs closer than the margin or tied"] == 5
+    kto = preferences.kto_examples(store, eval_id)
+    labels = sorted((r["id"], r["model"], r["label"]) for r in kto.rows)
+    assert labels == [("p1", "base (m)", False), ("p1", "dpo: run-2", True), ("p1", "lora: run-1", True),
+                      ("p3", "base (m)", False), ("p3", "dpo: run-2", True)]
+    assert kto.left_out["replies scored between the thresholds"] == 4  # prompt 2's three 3s and p3's run-1
+    assert "3 desirable and 2 undesirable example(s) over 2 prompts" in kto.describe()
+    with pytest.raises(ValueError, match="must be below"):
+        preferences.kto_examples(store, eval_id, desirable_at=3, undesirable_at=3)
+
+
+def test_a_correction_is_chosen_against_the_low_replies_and_joins_a_dataset_version(tmp_path):
+    store, eval_id = rated_store(tmp_path / "r.db", {1: (1, 2, 3), 2: (4, 5, 5)})
+    before = len(preferences.dpo_pairs(store, eval_id).rows)
+    low = next(r for r in store.replies(eval_id).to_dict("records") if r["variant"] == "run-1" and r["position"] == 1)
+    preferences.correct(store, low["reply_id"], "Dear Professor, I am writing about the deadline.")
+    assert store.replies(eval_id).set_index("reply_id").loc[low["reply_id"], "reply"] == low["reply"]  # unchanged
+    pairs = [p for p in preferences.dpo_pairs(store, eval_id).rows if p["source"] == "correction"]
+    assert len(preferences.dpo_pairs(store, eval_id).rows) == before + 3  # against base 1, run-1 2, run-2 3
+    assert all(p["chosen"][0]["content"].startswith("Dear Professor") for p in pairs)
+    kto = [r for r in preferences.kto_examples(store, eval_id).rows if r["source"] == "correction"]
+    assert len(kto) == 1 and kto[0]["label"] is True
+    # into a dataset saved with its split: the correction joins the training rows, once
+    rows = [{"messages": [{"role": "user", "content": "Old"}, {"role": "assistant", "content": "Reply"}],
+             "split": s} for s in ("train", "validation", "test")]
+    corrected = preferences.corrected_chat_rows(store, eval_id)
+    merged, added = preferences.with_corrections(rows, corrected)
+    assert added == 1 and merged[-1]["split"] == "train" and merged[-1]["messages"][-1]["content"].startswith("Dear")
+    assert preferences.with_corrections(merged, corrected)[1] == 0
+    preferences.correct(store, low["reply_id"], "  ")  # empty: removed
+    assert len(preferences.dpo_pairs(store, eval_id).rows) == before
+    with pytest.raises(RatingError, match="no reply 999"):
+        preferences.correct(store, 999, "x")
+    with pytest.raises(RatingError, match="at most 20,000"):
+        preferences.correct(store, low["reply_id"], "x" * 20_001)
+
+
+def test_judge_scores_are_a_separate_source(tmp_path):
+    store, eval_id = rated_store(tmp_path / "r.db", {1: (1, 5, 5)})
+    assert preferences.sources(store, eval_id) == ["raters"]
+    with pytest.raises(ValueError, match="unknown score source"):
+        preferences.dpo_pairs(store, eval_id, source="friends")
+
+
+# --- runs -------------------------------------------------------------------------------------------
+def cli_train(config: dict, folder: Path, run_id: str) -> subprocess.CompletedProcess:
+    path = folder / f"{run_id}.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    env = {**os.environ, "TUNER_HOME": str(folder / "home")}
+    return subprocess.run([sys.executable, "-m", "tuner", "train", str(path), "--run-id", run_id], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def reply_logp(model_dir: Path, adapter: Path, prompt: str, reply: str) -> float:
+    """The log-probability the model with `adapter` gives `reply` after `prompt` (chat template)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(adapter)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter).eval()
+    messages = [{"role": "user", "content": prompt}]
+    start = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    full = tok.apply_chat_template(messages + [{"role": "assistant", "content": reply}], tokenize=True,
+                                   return_dict=True)["input_ids"]
+    ids = torch.tensor([full])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+    targets = ids[0, 1:]
+    return float(logp[torch.arange(len(start) - 1, len(full) - 1), targets[len(start) - 1:]].sum())
+
+
+def test_dpo_from_an_sft_run_moves_it_towards_the_chosen_replies(tiny_llama, trained_run, tmp_path):
+    sft_run = trained_run.parent  # taught to answer "Hello there, friend!"
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", [
+        {"prompt": f"Say hi {i}", "chosen": "Good day to you.", "rejected": "Hello there, friend!"} for i in range(12)])
+    config = {"base_model": str(tiny_llama), "dataset": str(prefs), "method": "dpo", "init_adapter": str(sft_run),
+              "learning_rate": 1e-2, "max_steps": 6, "per_device_train_batch_size": 4, "validation_fraction": 0.2,
+              "eval_steps": 3, "output_dir": str(tmp_path / "runs"), "seed": 1}
+    done = cli_train(config, tmp_path, "dpo-run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "dpo-run"
+    record = records.read_record(run_dir)
+    assert record["status"] == "completed" and record["summary"]["method"] == "dpo"
+    rows = records.read_metrics(run_dir)
+    trained = [r for r in rows if "loss" in r]
+    assert len(trained) == 6 and all("rewards/margins" in r and "rewards/accuracies" in r for r in trained)
+    assert trained[-1]["rewards/margins"] > 0 and any("eval_rewards/margins" in r for r in rows)
+    # one adapter saved, TRL's frozen reference copy left out; the chosen reply gained on the rejected one
+    assert not (records.adapter_dir(run_dir) / "ref").exists()
+    gap = {name: reply_logp(tiny_llama, adapter, "Say hi 3", "Good day to you.")
+           - reply_logp(tiny_llama, adapter, "Say hi 3", "Hello there, friend!")
+           for name, adapter in (("sft", trained_run), ("dpo", records.adapter_dir(run_dir)))}
+    assert gap["dpo"] > gap["sft"] + 1.0, gap
+    # Compare's held-out prompts: the SFT run held none out, so none are left that DPO did not learn
+    assert tpref.trained_prompts(run_dir) and records.held_out_file(run_dir, "test").read_text() == ""
+
+
+def test_kto_from_the_base_completes_and_too_few_examples_are_refused(tiny_llama, tmp_path):
+    rows = [{"prompt": f"Write note {i // 2}", "completion": "Subject: Note\nDear team," if i % 2 else "no",
+             "label": bool(i % 2)} for i in range(16)]
+    config = {"base_model": str(tiny_llama), "dataset": str(write_jsonl(tmp_path / "k.jsonl", rows)),
+              "method": "kto", "max_steps": 3, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
+              "output_dir": str(tmp_path / "runs"), "test_fraction": 0.2, "validation_fraction": 0.0}
+    done = cli_train(config, tmp_path, "kto-run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "kto-run"
+    summary = records.read_record(run_dir)["summary"]
+    assert summary["method"] == "kto" and summary["global_step"] == 3 and summary["train_tokens"] > 0
+    test_rows = [json.loads(line) for line in records.held_out_file(run_dir, "test").read_text().splitlines()]
+    assert test_rows and all(r["messages"][-1]["content"].startswith("Subject") for r in test_rows)  # desirable only
+    few = write_jsonl(tmp_path / "few.jsonl", rows[:6])
+    failed = cli_train({**config, "dataset": str(few)}, tmp_path, "kto-few")
+    assert failed.returncode == 1
+    record = records.read_record(tmp_path / "runs" / "kto-few")
+    assert "KTO needs at least 8" in record["message"]
+
+
+def test_compare_leaves_out_the_prompts_a_preference_run_learned(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    tpref.trained_file(run_dir).write_text(json.dumps(
+        {"prompt": [{"role": "user", "content": "Prompt 1"}], "chosen": "a", "rejected": "b"}) + "\n")
+    items = evalsets.from_lines("Prompt 1\nPrompt 2")
+    kept, note = evalsets.leave_out_trained(items, [{"run_id": "r", "path": str(run_dir)}])
+    assert [i["text"] for i in kept] == ["Prompt 2"] and "Left out 1 of 2" in note
+    with pytest.raises(ValueError, match="every one of the 1 prompts"):
+        evalsets.leave_out_trained(items[:1], [{"run_id": "r", "path": str(run_dir)}])

@@ -1,0 +1,277 @@
+"""Preference tuning, DPO or KTO, on TRL's trainers (not a home-made loss), beside the
+supervised LoRA recipe of tuner.train: the same run folder, run.json and metrics.jsonl.
+
+A preference dataset is JSONL in TRL's standard shapes, one example a line:
+
+    DPO  {"prompt": …, "chosen": …, "rejected": …}
+    KTO  {"prompt": …, "completion": …, "label": true | false}
+
+`prompt` is a string or a list of chat messages (the conversation up to the reply);
+`chosen`, `rejected` and `completion` a string or a list of one assistant message.
+Other keys (where a row came from: its models, scores, source) are kept in the run's
+files and not trained on. The Results tab's preference export writes these shapes, and
+the Train tab builds them from an evaluation's scores (ratings.preferences).
+
+The run continues from a finished LoRA run's adapter (`init_adapter`: the usual
+SFT → DPO order), which is then also the reference model (TRL copies it as a frozen
+"ref" adapter), or starts a new adapter over the base, whose reference is the base.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from tuner import data as tdata
+from tuner import records
+
+PREFERENCE_METHODS = ("dpo", "kto")
+SHAPES = {"dpo": ("prompt", "chosen", "rejected"), "kto": ("prompt", "completion", "label")}
+# fewer than this and a run learns noise: a handful of pairs moves a 135M model nowhere useful
+MIN_EXAMPLES = {"dpo": 8, "kto": 8}
+MIN_EACH_KTO = 2  # desirable and undesirable examples KTO needs at least of each
+# the logged values worth a chart, besides the loss (TRL's names; KTO logs no accuracies)
+REWARD_KEYS = ("rewards/margins", "rewards/accuracies")  # what the Train tab charts beside the loss
+
+
+def method_of_row(row: dict) -> str | None:
+    """Which shape a row has: "dpo", "kto" or None."""
+    for method, keys in SHAPES.items():
+        if all(k in row for k in keys):
+            return method
+    return None
+
+
+def _messages(value, field: str, prompt: bool) -> list[dict]:
+    """A prompt or a reply as chat messages; ValueError naming the field when it is neither."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"'{field}' is empty")
+        return [{"role": "user" if prompt else "assistant", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"'{field}' must be a string or a non-empty list of messages (got {type(value).__name__})")
+    for i, m in enumerate(value):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise ValueError(f"'{field}' message {i + 1} must be an object with string 'role' and 'content'")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise ValueError(f"'{field}' message {i + 1} has the role {m['role']!r}: use system, user or assistant")
+    if prompt and value[-1]["role"] != "user":
+        raise ValueError(f"'{field}' must end with a user message (its last is {value[-1]['role']!r})")
+    if not prompt and (len(value) != 1 or value[0]["role"] != "assistant" or not value[0]["content"].strip()):
+        raise ValueError(f"'{field}' must be one non-empty assistant message")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def normalise(row, method: str) -> dict:
+    """One row in the conversational form TRL trains on, with its other keys kept;
+    ValueError saying what is wrong with it."""
+    if not isinstance(row, dict):
+        raise ValueError(f"each line must be a JSON object (got {type(row).__name__})")
+    found = method_of_row(row)
+    if found != method:
+        keys = ", ".join(SHAPES[method])
+        other = f" (it has the {found.upper()} shape: choose method '{found}')" if found else ""
+        raise ValueError(f"a {method.upper()} example needs the keys {keys}{other}; it has {', '.join(row) or 'none'}")
+    out = dict(row)
+    out["prompt"] = _messages(row["prompt"], "prompt", prompt=True)
+    if method == "dpo":
+        out["chosen"] = _messages(row["chosen"], "chosen", prompt=False)
+        out["rejected"] = _messages(row["rejected"], "rejected", prompt=False)
+        if out["chosen"][0]["content"].strip() == out["rejected"][0]["content"].strip():
+            raise ValueError("'chosen' and 'rejected' are the same reply: there is nothing to prefer")
+    else:
+        out["completion"] = _messages(row["completion"], "completion", prompt=False)
+        if not isinstance(row["label"], bool):
+            raise ValueError(f"'label' must be true (desirable) or false (undesirable), got {row['label']!r}")
+    return out
+
+
+def load(path: Path, method: str) -> list[dict]:
+    """Every example of a preference JSONL file, or one ValueError listing the bad lines
+    (file and line named)."""
+    path = Path(path)
+    rows, problems = [], []
+    for number, obj, problem in tdata.json_lines(tdata.read_text(path).text):
+        try:
+            if problem:
+                raise ValueError(problem)
+            rows.append(normalise(obj, method))
+        except ValueError as exc:
+            problems.append(f"line {number}: {exc}")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError(f"{path.name}: " + "; ".join(problems[:5]) + more)
+    if not rows:
+        raise ValueError(f"{path.name}: no examples")
+    return rows
+
+
+def prompt_key(row: dict) -> str:
+    """What identifies a row's prompt: its last user message, trimmed."""
+    return next(m["content"] for m in reversed(row["prompt"]) if m["role"] == "user").strip()
+
+
+def too_few(method: str, rows: list[dict]) -> str | None:
+    """Why `rows` are too few to train `method` on, in words; None when they will do."""
+    need = MIN_EXAMPLES[method]
+    if method == "dpo":
+        if len(rows) < need:
+            return (f"{len(rows)} preference pair{'s' if len(rows) != 1 else ''}: DPO needs at least {need}. "
+                    "Rate more prompts, lower the score margin, or correct low-rated replies.")
+        return None
+    good = sum(bool(r["label"]) for r in rows)
+    bad = len(rows) - good
+    if len(rows) < need or good < MIN_EACH_KTO or bad < MIN_EACH_KTO:
+        return (f"{good} desirable and {bad} undesirable example(s): KTO needs at least {need} in all and "
+                f"{MIN_EACH_KTO} of each. Rate more replies or move the thresholds.")
+    return None
+
+
+def split(rows: list[dict], validation_fraction: float, test_fraction: float, seed: int) -> dict[str, list[dict]]:
+    """train/validation/test by prompt, seeded: every example of one prompt lands in one part."""
+    keys = sorted({prompt_key(r) for r in rows})
+    random.Random(seed).shuffle(keys)
+    parts = tdata.splits([{"key": k} for k in keys], validation_fraction, test_fraction, seed)
+    where = {item["key"]: name for name, items in parts.items() for item in items}
+    return {name: [r for r in rows if where[prompt_key(r)] == name] for name in parts}
+
+
+def as_chat(row: dict, method: str) -> dict | None:
+    """A preference example as a chat row (its prompt and the preferred reply), for the run's
+    held-out files; None for a KTO example with an undesirable completion."""
+    if method == "kto" and not row["label"]:
+        return None
+    reply = row["chosen"] if method == "dpo" else row["completion"]
+    return {"messages": row["prompt"] + reply}
+
+
+def held_out(parts: dict[str, list[dict]], method: str, init_run: Path | None) -> dict[str, list[dict]]:
+    """The run's validation.jsonl and test.jsonl rows (chat rows, one per prompt).
+
+    test: from the base, the test split's prompts; from an earlier run, that run's own
+    held-out test rows whose prompt this run did not learn from, so Compare's held-out
+    prompts are ones neither run trained on."""
+    learned = {prompt_key(r) for name in ("train", "validation") for r in parts[name]}
+
+    def one_per_prompt(rows):
+        seen, out = set(), []
+        for row in rows:
+            chat = as_chat(row, method)
+            if chat and prompt_key(row) not in seen:
+                seen.add(prompt_key(row))
+                out.append(chat)
+        return out
+
+    test = one_per_prompt(parts["test"])
+    if init_run is not None:
+        file = records.held_out_file(init_run, "test")
+        earlier = tdata.load_jsonl(file).rows if file.is_file() and file.stat().st_size else []
+        test = [r for r in earlier if tdata.last_user_text(r).strip() not in learned]
+    return {"validation": one_per_prompt(parts["validation"]), "test": test}
+
+
+def trained_file(run_dir: Path) -> Path:
+    """preference.jsonl: the examples a preference run trained on, as given."""
+    return Path(run_dir) / "preference.jsonl"
+
+
+def trained_prompts(run_dir: Path) -> set[str]:
+    """The prompts (last user message) a preference run learned from; empty for other runs."""
+    file = trained_file(run_dir)
+    if not file.is_file():
+        return set()
+    keys = set()
+    for line in file.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            keys.add(prompt_key(json.loads(line)))
+    return keys
+
+
+def training_rows(rows: list[dict], method: str) -> list[dict]:
+    """The rows as TRL reads them: the shape's keys only (provenance stays in preference.jsonl)."""
+    return [{k: r[k] for k in SHAPES[method]} for r in rows]
+
+
+def init_run_folder(init_adapter: str, base_model: str) -> Path:
+    """The finished run an adapter continues from, checked: it exists, has an adapter, is a
+    LoRA-family run of the same base model."""
+    run_dir = Path(init_adapter)
+    if run_dir.name == "adapter":  # the adapter folder itself was given
+        run_dir = run_dir.parent
+    if not records.has_adapter(run_dir):
+        raise ValueError(f"init_adapter: {init_adapter} is not a finished run folder with an adapter")
+    config = (records.read_record(run_dir) or {}).get("config", {})
+    if config.get("method", "lora") == "prompt_tuning":
+        raise ValueError(f"init_adapter: {run_dir.name} is a prompt-tuning run; preference tuning continues a "
+                         "LoRA adapter")
+    if config.get("base_model") and config["base_model"] != base_model:
+        raise ValueError(f"init_adapter: {run_dir.name} was trained on {config['base_model']}, not {base_model}")
+    return run_dir
+
+
+# --- the run's phases: setup and trainer (tuner.train runs them, saves and summarises) ----------
+def set_up(config, run_dir: Path, models_dir: Path, control):
+    """The base model with the adapter it trains (a run's, to continue, or a new one), and the
+    preference rows split by prompt, held out and written to the run folder."""
+    from datasets import Dataset
+    from peft import PeftModel, get_peft_model
+
+    from tuner import models
+    from tuner import train as ttrain
+    from tuner.paths import atomic_write_text
+
+    rows = load(Path(config.dataset), config.method)
+    init_run = init_run_folder(config.init_adapter, config.base_model) if config.init_adapter else None
+    # from an earlier run, Compare's held-out prompts are that run's (see held_out): no test split here
+    parts = split(rows, config.validation_fraction, 0.0 if init_run else config.test_fraction, config.seed)
+    problem = too_few(config.method, parts["train"])
+    if problem:
+        raise ValueError(f"{Path(config.dataset).name}: after holding out the validation and test prompts, {problem}")
+    source = models.resolve(config.base_model, models_dir)
+    precision = ttrain.resolve_precision(config.precision)
+    model, tokenizer = ttrain.load_base(config, source, precision)
+    kept = held_out(parts, config.method, init_run)
+    records.write_held_out(run_dir, kept)
+    atomic_write_text(trained_file(run_dir), tdata.to_jsonl(parts["train"]))
+    if init_run is not None:
+        # trainable: the run goes on from the adapter's weights; TRL keeps a frozen copy as the reference
+        model = PeftModel.from_pretrained(model, str(records.adapter_dir(init_run)), is_trainable=True)
+        targets = sorted(model.peft_config["default"].target_modules)
+    else:
+        targets = config.target_modules or ttrain.detect_target_modules(model)[0]
+        model = get_peft_model(model, ttrain.peft_config(config, targets, source.location),
+                               autocast_adapter_dtype=True)
+    trainable, total = model.get_nb_trainable_parameters()
+    start = f"from {init_run.name}'s adapter" if init_run else "from a new adapter"
+    control.update(message=f"{config.method.upper()} {start}: training {trainable:,} of {total:,} parameters")
+    train_set = Dataset.from_list(training_rows(parts["train"], config.method))
+    eval_set = Dataset.from_list(training_rows(parts["validation"], config.method))
+    parts = {**parts, "test": kept["test"]}  # what the summary counts as held out for Compare
+    return ttrain.Setup(precision, model, tokenizer, parts, train_set, eval_set, 0, targets, trainable, total)
+
+
+def make_trainer(config, run_dir: Path, setup, control, resume: bool):
+    """TRL's DPOTrainer or KTOTrainer over the set-up model, with the run's arguments."""
+    from transformers import PrinterCallback
+    from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
+
+    from tuner import train as ttrain
+
+    has_eval = len(setup.eval_set) > 0
+    kwargs = ttrain.training_kwargs(config, run_dir, setup.precision, has_eval, packing=True)
+    kwargs.update(beta=config.beta, max_length=config.max_seq_length, neftune_noise_alpha=None)
+    if config.method == "kto":
+        # the KL estimate pairs each prompt with the next row's reply: rows in order (TRL requires it)
+        kwargs["train_sampling_strategy"] = "sequential"
+        args, trainer_class = KTOConfig(**kwargs), KTOTrainer
+    else:
+        args, trainer_class = DPOConfig(**kwargs), DPOTrainer
+    if setup.precision in ("bf16", "fp16") and not config.use_dora:
+        ttrain.skip_adapter_input_casts(setup.model)
+    reporter = ttrain.reporting_callback(control, run_dir, None)
+    trainer = trainer_class(model=setup.model, args=args, train_dataset=setup.train_set,
+                            eval_dataset=setup.eval_set if has_eval else None, processing_class=setup.tokenizer,
+                            callbacks=[reporter])
+    trainer.remove_callback(PrinterCallback)
+    return ttrain.Training(trainer, reporter, False, False, ttrain.resume_point(run_dir) if resume else None)

@@ -1,0 +1,164 @@
+"""The Train tab's preference part: which evaluation's scores a DPO or KTO run learns from,
+how scores become pairs or examples, which run it continues, and how many that gives,
+before Start. The rules are ratings.preferences'; the training, tuner.preference's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import gradio as gr
+
+from ratings import preferences
+from ratings.store import Store
+from tuner.config import PREFERENCE_METHODS
+from tuner.paths import atomic_write_text
+from tuner.records import is_finished, run_label
+from tuner.ui.rate import eval_choices
+
+FROM_BASE = "(a new adapter over the base model)"
+CONTINUABLE = ("lora", "qlora", "dpo", "kto")  # runs whose LoRA adapter a preference run can go on from
+
+
+@dataclass
+class PreferencePicks:
+    """The section's inputs, in the order `inputs` lists them."""
+
+    group: gr.Group
+    evaluation: gr.Dropdown
+    source: gr.Dropdown
+    init_run: gr.Dropdown
+    margin: gr.Number
+    desirable: gr.Number
+    undesirable: gr.Number
+    counts: gr.Markdown
+    refresh: tuple | None = None  # (handler, inputs, outputs): the choices anew, when the tab is opened
+
+    @property
+    def inputs(self) -> list:
+        return [self.evaluation, self.source, self.init_run, self.margin, self.desirable, self.undesirable]
+
+
+def continuable_runs(manager) -> list[tuple[str, str]]:
+    """(label, run id) of finished runs with a LoRA adapter to continue, and the base first."""
+    runs = [(f"{run_label(r)} · {r['config'].get('method', 'lora')}" if run_label(r) != r["run_id"]
+             else f"{r['run_id']} · {r['config'].get('method', 'lora')}", r["run_id"])
+            for r in manager.runs() if is_finished(r) and r["config"].get("method", "lora") in CONTINUABLE]
+    return [(FROM_BASE, FROM_BASE)] + runs
+
+
+def _eval_id(value) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return -1
+
+
+def build_data(store: Store, method: str, evaluation, source, margin, desirable, undesirable):
+    """The preference data an evaluation gives, or a ValueError saying what to pick or change."""
+    eval_id = _eval_id(evaluation)
+    if eval_id is None:
+        raise ValueError("Pick the evaluation whose scores the run learns from.")
+    if store.evaluation(eval_id) is None:
+        raise ValueError(f"There is no evaluation {str(evaluation)[:40]!r}.")
+    return preferences.build(store, eval_id, method, source or preferences.RATERS, float(margin or 0),
+                             float(desirable or 0), float(undesirable or 0))
+
+
+def preference_section(ui, store: Store, preferences_dir: Path) -> PreferencePicks:
+    """Shown when the method is DPO or KTO; the counts line says before Start whether there is enough."""
+    with gr.Group(visible=False) as group:
+        gr.Markdown("#### What the preference run learns from\nScores of a rated evaluation become DPO pairs "
+                    "(the higher-rated reply to a prompt is chosen when the means differ by the margin) or KTO "
+                    "examples (desirable at or above one score, undesirable at or below another); the owner's "
+                    "corrections on the Results tab count as chosen answers.")
+        with gr.Row():
+            evaluation = gr.Dropdown([], label="Evaluation to learn from", allow_custom_value=True, scale=3,
+                                     elem_id="pref-eval")
+            source = gr.Dropdown([preferences.RATERS], value=preferences.RATERS, label="Scores from", scale=1,
+                                 allow_custom_value=True, elem_id="pref-source")
+            # None until the method is picked: then the newest finished run (the owner may pick the base)
+            init_run = gr.Dropdown([FROM_BASE], value=None, label="Continue from (SFT → DPO)", scale=2,
+                                   allow_custom_value=True, elem_id="pref-init")
+        with gr.Row():
+            margin = gr.Number(preferences.MARGIN, minimum=0, label="DPO: least difference of mean scores",
+                               elem_id="pref-margin")
+            desirable = gr.Number(preferences.DESIRABLE_AT, minimum=1, maximum=5,
+                                  label="KTO: desirable at a mean of at least", elem_id="pref-desirable")
+            undesirable = gr.Number(preferences.UNDESIRABLE_AT, minimum=1, maximum=5,
+                                    label="KTO: undesirable at a mean of at most", elem_id="pref-undesirable")
+            ui.add("beta")
+        counts = gr.Markdown(elem_id="pref-counts")
+    picks = PreferencePicks(group, evaluation, source, init_run, margin, desirable, undesirable, counts)
+    method = ui.inputs["method"]
+
+    def on_method(name, current_eval, current_run):
+        shown = name in PREFERENCE_METHODS
+        if not shown:
+            return {group: gr.update(visible=False)}
+        evals = eval_choices(store)
+        ids = [i for _, i in evals]
+        runs = continuable_runs(ui.manager)
+        return {group: gr.update(visible=True),
+                evaluation: gr.update(choices=evals, value=current_eval if current_eval in ids else
+                                      (ids[0] if ids else None)),
+                init_run: gr.update(choices=runs, value=current_run if current_run in [r for _, r in runs]
+                                    else (runs[1][1] if len(runs) > 1 else FROM_BASE))}  # the newest run
+
+    def on_evaluation(value, current):
+        eval_id = _eval_id(value)
+        found = preferences.sources(store, eval_id) if eval_id and store.evaluation(eval_id) else [preferences.RATERS]
+        return gr.update(choices=found, value=current if current in found else preferences.RATERS)
+
+    def on_counts(name, *values):
+        if name not in PREFERENCE_METHODS:
+            return ""
+        evaluation_, source_, _run, margin_, desirable_, undesirable_ = values
+        try:
+            data = build_data(store, name, evaluation_, source_, margin_, desirable_, undesirable_)
+        except ValueError as exc:
+            return f"⚠️ {exc}"
+        problem = data.problem()
+        judged = " Judge scores are a model's, not the raters': the run is marked as such." \
+            if str(source_).startswith(preferences.JUDGE_PREFIX) else ""
+        return (f"⚠️ Too few to train on: {problem}" if problem else
+                f"This evaluation gives **{data.describe()}**.") + judged
+
+    method.change(on_method, [method, evaluation, init_run], [group, evaluation, init_run])
+    evaluation.change(on_evaluation, [evaluation, source], source)
+    for component in [method] + picks.inputs:
+        component.change(on_counts, [method] + picks.inputs, counts)
+    picks.refresh = (on_method, [method, evaluation, init_run], [group, evaluation, init_run])
+    return picks
+
+
+def preference_config(ui, store: Store, preferences_dir: Path, picks_values, method: str, values,
+                      run_name: str):
+    """The TrainConfig of a DPO or KTO run: its data written to the preferences folder as
+    TRL-shaped JSONL, the base model the evaluation's replies came from, the run it continues."""
+    from tuner.ui.train import config_from
+
+    evaluation, source, init_run, margin, desirable, undesirable = picks_values
+    data = build_data(store, method, evaluation, source, margin, desirable, undesirable)
+    problem = data.problem()
+    if problem:
+        raise ValueError(f"Too few to train on: {problem}")
+    base_model = store.evaluation(int(evaluation))["base_model"]
+    init_dir = None
+    if init_run and init_run != FROM_BASE:
+        run = ui.manager.get(init_run)
+        if run is None or not is_finished(run):
+            raise ValueError(f"There is no finished run {str(init_run)[:80]!r} to continue from.")
+        init_dir = str(run["path"])
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path = Path(preferences_dir) / f"evaluation-{int(evaluation)}-{method}-{stamp}.jsonl"
+    atomic_write_text(path, preferences.to_jsonl(data.rows))
+    config = config_from(base_model, str(path), values, run_name)
+    config.init_adapter = init_dir
+    config.extra = {**config.extra, "preference": {
+        "evaluation": int(evaluation), "source": data.source, "examples": len(data.rows),
+        "margin": float(margin or 0), "desirable_at": float(desirable or 0),
+        "undesirable_at": float(undesirable or 0), "described": data.describe()}}
+    config.__post_init__()  # init_adapter checked with the rest
+    return config
