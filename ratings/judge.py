@@ -148,6 +148,15 @@ def local_judge(model: str, generator, max_new_tokens: int = 8) -> Judge:
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def key_name_allowed(name: str) -> bool:
+    """Whether a judge may send the variable `name` as its key: a name ending in _API_KEY, or one the
+    server lists in TUNER_JUDGE_KEYS (comma-separated); never Tuner's own settings (TUNER_…)."""
+    listed = {n.strip() for n in os.environ.get("TUNER_JUDGE_KEYS", "").split(",") if n.strip()}
+    if name.upper().startswith("TUNER_"):
+        return False
+    return name.endswith("_API_KEY") or name in listed
+
+
 def _api_key(key_env: str) -> str | None:
     """The key in the environment variable the owner named (the name, never the key, is typed)."""
     name = (key_env or "").strip()
@@ -157,6 +166,10 @@ def _api_key(key_env: str) -> str | None:
         raise JudgeError("The API key box takes the NAME of an environment variable that holds the key (letters, "
                          "digits and _, e.g. OPENAI_API_KEY), not the key itself: set the variable on the server "
                          "(a Space secret) and type its name.")
+    if not key_name_allowed(name):
+        raise JudgeError(f"The environment variable {name} is not one a judge may send: its name must end in "
+                         "_API_KEY (e.g. OPENAI_API_KEY), or be listed in TUNER_JUDGE_KEYS on the server, so that no "
+                         "other secret of the server (HF_TOKEN, the owner's password) can be sent to an endpoint.")
     key = os.environ.get(name)
     if not key:
         raise JudgeError(f"The environment variable {name} (the judge's API key) is not set on this server: set it "

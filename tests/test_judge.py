@@ -22,7 +22,7 @@ VARIANTS = [{"name": "base", "label": "base (tiny-chat)", "kind": "base"},
             {"name": "run-7", "label": "lora: formal r16 (run-7)", "kind": "lora"}]
 PROMPTS = ["Write to my landlord about the broken heater", "Thank a colleague for covering my shift",
            "Ask a teacher for an extension", "Invite the team to a farewell lunch"]
-KEY_ENV = "TUNER_TEST_JUDGE_KEY"
+KEY_ENV = "TEST_JUDGE_API_KEY"
 
 
 def _evaluation(store: Store, prompts=PROMPTS) -> int:
@@ -287,6 +287,18 @@ def test_the_key_comes_from_a_named_environment_variable_that_must_be_set(tmp_pa
         rj.make_judge(url, tmp_path, endpoint_model="m", key_env="sk-live-abc123")
     with pytest.raises(rj.JudgeError, match="Name the model"):
         rj.make_judge(url, tmp_path, endpoint_model=" ")
+
+
+@pytest.mark.parametrize("name", ["HF_TOKEN", "TUNER_OWNER_PASSWORD", "AWS_SECRET_ACCESS_KEY", "TUNER_X_API_KEY"])
+def test_a_stranger_cannot_send_the_servers_other_secrets_to_an_endpoint(tmp_path, monkeypatch, name):
+    """On an app without an owner password every visitor is the owner: the key box must not be a way
+    to send HF_TOKEN (or the owner's password) to a server of the visitor's choosing."""
+    monkeypatch.setenv(name, "secret-value")
+    with pytest.raises(rj.JudgeError, match="not one a judge may send"):
+        rj.make_judge("http://127.0.0.1:9/v1", tmp_path, endpoint_model="m", key_env=name)
+    if not name.startswith("TUNER_"):  # the server's own list lets one through; Tuner's settings never
+        monkeypatch.setenv("TUNER_JUDGE_KEYS", f"OTHER, {name}")
+        assert rj.make_judge("http://127.0.0.1:9/v1", tmp_path, endpoint_model="m", key_env=name).name
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/v1", "file:///etc/passwd", "http://", "javascript://x"])
