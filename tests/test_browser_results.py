@@ -93,7 +93,9 @@ def test_results_tab_tables_threshold_plots_and_report(served, tmp_path):
 
         # exports: the Markdown report downloads and reads on its own
         page.locator("#results-export").click()
-        expect(page.locator("#results-export-note")).to_contain_text("Built 5 files")
+        expect(page.locator("#results-export-note")).to_contain_text("Built 6 files")
+        # the next run's data, in TRL's shapes: preference pairs and KTO examples
+        expect(page.locator("#results-files")).to_contain_text("evaluation-1-kto")
         link = page.locator("#results-files tr", has_text="evaluation-1-report").locator("a").first
         with page.expect_download() as download:
             link.click()
