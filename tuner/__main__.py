@@ -51,9 +51,12 @@ def _train(args) -> int:
         print(f"error: {config_path}: dataset file not found: {config.dataset or '(none)'}", file=sys.stderr)
         return 2
 
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # cpu=True without a GPU: under `accelerate launch --multi_gpu` (or torchrun) the processes of a
+    # CPU machine join one gloo group, as Trainer's own (use_cpu) state does; else each thinks it is alone
+    state = PartialState(cpu=not torch.cuda.is_available())
     # every process of an `accelerate launch` must agree on the run folder
     run_id = args.run_id or new_run_id(config)
     if state.num_processes > 1 and not args.run_id:

@@ -83,9 +83,9 @@ class Generator:
     """
 
     def __init__(self, models_dir: Path, precision: str = "auto"):
-        """precision: the base weights' dtype for generation. auto: bf16 on a CPU whose
-        bf16 matmuls measure ≥2× fp32's (AMX), else fp32 (on a GPU machine too: this
-        generator runs on the CPU).
+        """precision: the base weights' dtype for generation. auto: on a GPU (where there is
+        one, the model runs there: tuner.devices) bf16, or fp16 on a GPU without bf16; on a CPU
+        bf16 where its bf16 matmuls measure ≥2× fp32's (AMX), else fp32.
         On a 2-core AMX Xeon a 10-row decoding step of SmolLM2-135M took 76 ms in bf16
         against 137 ms in fp32 (one row: 60 vs 55 ms), and the weights take half the
         memory. Replies can differ from fp32's in a few tokens; each reply records
@@ -94,6 +94,7 @@ class Generator:
             raise ValueError(f"generation precision must be auto, bf16 or fp32 (got {precision!r})")
         self.precision = precision
         self.dtype: str | None = None  # resolved when the base model is loaded
+        self.device: str | None = None  # "cuda" or "cpu", likewise (tuner.devices.plan)
         self.models_dir = Path(models_dir)
         self._lock = threading.Lock()  # one generate at a time on the shared model
         self.model_name: str | None = None
@@ -114,17 +115,20 @@ class Generator:
 
         import torch
 
-        from tuner.train import resolve_precision
+        from tuner import devices
 
         source = models.resolve(model_name, self.models_dir)
-        dtype = "bf16" if self.precision == "bf16" or (
-            self.precision == "auto" and not torch.cuda.is_available()
-            and resolve_precision("auto") == "bf16") else "fp32"
-        if dtype == "bf16":
-            model, tokenizer = models.load_as(source, torch.bfloat16)
+        place = devices.for_generation(self.precision)
+        dtype = getattr(torch, devices.TORCH_DTYPES[place.dtype])
+        if place.device_map:  # several GPUs: accelerate places the layers
+            model, tokenizer = models.load(source, dtype=dtype, device_map=place.device_map)
+        elif place.dtype != "fp32":
+            model, tokenizer = models.load_as(source, dtype)
         else:
             model, tokenizer = models.load(source)
-        self.dtype = dtype
+        if place.device == "cuda" and not place.device_map:
+            model = model.to("cuda")
+        self.dtype, self.device = place.dtype, place.device
         head = model.get_output_embeddings()
         if head is not None:
             # The prefill hands the head a slice of the last hidden states ([rows, 1, hidden],
@@ -254,7 +258,7 @@ class Generator:
         from tuner.chat import encode_prompt
 
         ids = [encode_prompt(conv, self.tokenizer) for conv in batch]
-        enc = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+        enc = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(model.device)
         variants = variant if isinstance(variant, list) else [variant] * len(batch)
         kwargs = dict(max_new_tokens=settings.max_new_tokens,
                       repetition_penalty=settings.repetition_penalty,
@@ -276,7 +280,8 @@ class Generator:
             tokens = [t for t in row.tolist() if t != self.tokenizer.pad_token_id]
             text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
             replies.append(Reply(text=text, variant=name, latency_s=elapsed / len(batch),
-                                 new_tokens=len(tokens), settings=asdict(settings) | {"dtype": self.dtype}))
+                                 new_tokens=len(tokens),
+                                 settings=asdict(settings) | {"dtype": self.dtype, "device": self.device}))
         return replies
 
 

@@ -525,6 +525,8 @@ def summarize(config: TrainConfig, run_dir: Path, setup: Setup, training: Traini
         # run, whose runtime covers only its last part)
         "train_tokens": None if training.checkpoint else train_tokens(setup, training),
         "precision": setup.precision,
+        # processes that trained together (accelerate launch / torchrun: data parallel), 1 alone
+        "world_size": training.trainer.args.world_size,
         "packing": training.packing,
         # attention of packed rows: per example (tuner.packed_attention), or the model's own
         "attention": "per example" if training.per_example else getattr(setup.model.get_base_model().config,
