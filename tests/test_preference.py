@@ -251,3 +251,37 @@ def test_compare_leaves_out_the_prompts_a_preference_run_learned(tmp_path):
     assert [i["text"] for i in kept] == ["Prompt 2"] and "Left out 1 of 2" in note
     with pytest.raises(ValueError, match="every one of the 1 prompts"):
         evalsets.leave_out_trained(items[:1], [{"run_id": "r", "path": str(run_dir)}])
+
+
+def test_a_stopped_dpo_run_resumes_from_its_checkpoint_with_its_step_count(tiny_llama, trained_run, tmp_path):
+    from tuner.runs import RunManager
+
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", [
+        {"prompt": f"Say hi {i}", "chosen": "Good day to you.", "rejected": "Hello there, friend!"} for i in range(12)])
+    manager = RunManager(tmp_path / "runs", tmp_path / "models")
+    config = TrainConfig(base_model=str(tiny_llama), dataset=str(prefs), method="dpo", init_adapter=str(trained_run.parent),
+                         learning_rate=1e-2, max_steps=40, per_device_train_batch_size=2, validation_fraction=0.0,
+                         save_steps=2, seed=1)
+    run_id = manager.start(config)
+    run_dir = tmp_path / "runs" / run_id
+    import time
+
+    deadline = time.time() + 240
+    while time.time() < deadline and records.last_complete_checkpoint(run_dir) is None:
+        time.sleep(0.2)
+    manager.stop()
+    state = manager.wait(timeout=240)
+    assert state.status == "stopped", state.message
+    stopped_at = records.read_record(run_dir)["summary"]["global_step"]
+    # the rest of the run, shortened: resume reads the config from run.json
+    record = records.read_record(run_dir)
+    checkpoint_step = records.checkpoint_step(records.last_complete_checkpoint(run_dir))
+    record["config"]["max_steps"] = checkpoint_step + 2
+    records.write_record(run_dir, record)
+    manager.resume(run_id)
+    state = manager.wait(timeout=240)
+    assert state.status == "completed", state.message
+    steps = [m["step"] for m in records.read_metrics(run_dir) if "loss" in m]
+    assert steps == list(range(1, checkpoint_step + 3)), (steps, stopped_at)  # no step twice, none missing
+    assert all("rewards/margins" in m for m in records.read_metrics(run_dir) if "loss" in m)
+    assert not (records.adapter_dir(run_dir) / "ref").exists()
