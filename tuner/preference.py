@@ -26,13 +26,10 @@ from pathlib import Path
 from tuner import data as tdata
 from tuner import records
 
-PREFERENCE_METHODS = ("dpo", "kto")
 SHAPES = {"dpo": ("prompt", "chosen", "rejected"), "kto": ("prompt", "completion", "label")}
 # fewer than this and a run learns noise: a handful of pairs moves a 135M model nowhere useful
 MIN_EXAMPLES = {"dpo": 8, "kto": 8}
 MIN_EACH_KTO = 2  # desirable and undesirable examples KTO needs at least of each
-# the logged values worth a chart, besides the loss (TRL's names; KTO logs no accuracies)
-REWARD_KEYS = ("rewards/margins", "rewards/accuracies")  # what the Train tab charts beside the loss
 
 
 def method_of_row(row: dict) -> str | None:

@@ -4,6 +4,7 @@ before Start. The rules are ratings.preferences'; the training, tuner.preference
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -153,12 +154,11 @@ def preference_config(ui, store: Store, preferences_dir: Path, picks_values, met
         init_dir = str(run["path"])
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     path = Path(preferences_dir) / f"evaluation-{int(evaluation)}-{method}-{stamp}.jsonl"
+    # every setting checked (init_adapter with the rest) before the data is written
+    config = dataclasses.replace(config_from(base_model, str(path), values, run_name), init_adapter=init_dir,
+                                 extra={"preference": {
+                                     "evaluation": int(evaluation), "source": data.source, "examples": len(data.rows),
+                                     "margin": float(margin or 0), "desirable_at": float(desirable or 0),
+                                     "undesirable_at": float(undesirable or 0), "described": data.describe()}})
     atomic_write_text(path, preferences.to_jsonl(data.rows))
-    config = config_from(base_model, str(path), values, run_name)
-    config.init_adapter = init_dir
-    config.extra = {**config.extra, "preference": {
-        "evaluation": int(evaluation), "source": data.source, "examples": len(data.rows),
-        "margin": float(margin or 0), "desirable_at": float(desirable or 0),
-        "undesirable_at": float(undesirable or 0), "described": data.describe()}}
-    config.__post_init__()  # init_adapter checked with the rest
     return config
