@@ -19,26 +19,31 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import platform
+import queue
 import random
 import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
 from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "tests"))
+
+from gradio_http import call, call_as_page, config, default_inputs, sign_in  # noqa: E402
+
 from ratings.store import Store  # noqa: E402
-from tuner import tiny  # noqa: E402
-from tuner.paths import Layout  # noqa: E402
+from tuner import models, tiny  # noqa: E402
+from tuner.paths import Layout, data_root  # noqa: E402
+from tuner.ui.dataset import DEFAULT_DATASET  # noqa: E402
 from tuner.ui.train import FIELDS  # noqa: E402
 
 PASSWORD = "bench-owner-password"
@@ -50,62 +55,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# The app's handlers over plain HTTP, as the page (or any script) calls them.
-
-def call(url: str, fn_index: int, data: list, cookies: dict | None = None, session_hash: str | None = None,
-         client=None) -> dict:
-    """Join the queue for one event and wait for its end, on `client` (a connection
-    kept open, as a browser keeps one) or a new one. {"success", "data", "error"}."""
-    with _client(url, cookies, client) as http:
-        session_hash = session_hash or uuid.uuid4().hex[:11]
-        joined = http.post("/gradio_api/queue/join", json={
-            "data": data, "fn_index": fn_index, "session_hash": session_hash, "event_data": None,
-            "trigger_id": None})
-        if joined.status_code != 200:
-            return {"success": False, "data": None, "error": f"HTTP {joined.status_code}: {joined.text[:300]}"}
-        with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session_hash}) as stream:
-            for line in stream.iter_lines():
-                message = json.loads(line[5:]) if line.startswith("data:") else {}
-                if message.get("msg") == "process_completed":
-                    output = message.get("output") or {}
-                    return {"success": bool(message.get("success")), "data": output.get("data"),
-                            "error": output.get("error")}
-    return {"success": False, "data": None, "error": "the stream ended without a result"}
-
-
-def call_as_page(cfg: dict, url: str, fn_index: int, data: list, session_hash: str | None = None,
-                 client=None) -> dict:
-    """As the page sends it: through the queue, or for a queue=False event one POST to /gradio_api/run/."""
-    dependency = next(d for d in cfg["dependencies"] if d["id"] == fn_index)
-    if dependency.get("queue") is not False:
-        return call(url, fn_index, data, session_hash=session_hash, client=client)
-    body = {"data": data, "fn_index": fn_index, "session_hash": session_hash or uuid.uuid4().hex[:11],
-            "event_data": None, "trigger_id": None}
-    with _client(url, None, client) as http:
-        answer = http.post(f"/gradio_api/run/{dependency['api_name']}", json=body)
-    if answer.status_code != 200:
-        return {"success": False, "data": None, "error": f"HTTP {answer.status_code}: {answer.text[:300]}"}
-    return {"success": True, "data": answer.json().get("data"), "error": None}
-
-
-def _client(url: str, cookies: dict | None, client):
-    import httpx
-
-    if client is not None:
-        return contextlib.nullcontext(client)
-    return httpx.Client(base_url=url, cookies=cookies or {}, timeout=60.0)
-
-
-def config(url: str) -> dict:
-    import httpx
-
-    return httpx.get(f"{url}/config", timeout=30).json()
-
-
-def default_inputs(cfg: dict, fn_index: int) -> list:
-    """The values the page itself would send: each input component's initial value."""
-    values = {c["id"]: c.get("props", {}).get("value") for c in cfg["components"]}
-    return [values.get(i) for i in cfg["dependencies"][fn_index]["inputs"]]
+# The app's handlers over plain HTTP, as the page (or any script) calls them: the
+# tests' own client (tests/gradio_http.py), so the benchmark and the tests send the same requests.
 
 
 def seed_evaluation(home: Path, model: Path, n_prompts: int) -> int:
@@ -137,6 +88,12 @@ def wait_for(url: str, proc: subprocess.Popen, limit: float = 120.0) -> None:
     raise SystemExit(f"the app did not answer on {url} within {limit:.0f} s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, all its threads together."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile of sorted values."""
     if not values:
@@ -156,20 +113,14 @@ def by_api(cfg: dict, name: str) -> int:
 
 def start_training(url: str, cfg: dict, model: Path) -> str:
     """Sign in as the owner and press Start on the Train tab, as the page would."""
-    sign_in = call(url, by_api(cfg, "owner_sign_in"), [PASSWORD])
-    owner = {"tuner_owner": sign_in["data"][0]}
+    owner = sign_in(url, PASSWORD)  # the page's sign-in route: the owner's cookies
     session = "owner-session"
-    # the page's load events: the dataset list as it is now
-    refresh = next(d["id"] for d in cfg["dependencies"]
-                   if d.get("api_name") == "refresh" and "load" in str(d.get("targets")))
-    listed = call(url, refresh, [None], cookies=owner, session_hash=session)
-    choices = [c[1] if isinstance(c, list) else c for c in listed["data"][0]["choices"]]
-    polite = next(c for c in choices if "polite" in str(c))
     start = by_api(cfg, "on_start")
-    values = default_inputs(cfg, start)
-    values[0], values[1] = str(model), polite  # on_start's inputs: model, dataset, run name, then FIELDS
-    values[3 + FIELDS.index("max_steps")] = 100_000  # keeps training for the whole test
-    values[3 + FIELDS.index("save_steps")] = 100_000
+    values = default_inputs(cfg, start)  # as the page sends them: model, dataset, run name, …, then FIELDS
+    values[0], values[1] = str(model), DEFAULT_DATASET  # the label the page's picker shows for the starter set
+    settings = len(values) - len(FIELDS)  # the training settings are the last inputs, in FIELDS order
+    values[settings + FIELDS.index("max_steps")] = 100_000  # keeps training for the whole test
+    values[settings + FIELDS.index("save_steps")] = 100_000
     started = call(url, start, values, cookies=owner, session_hash=session)
     if not started["success"] or "Started run" not in str(started["data"]):
         raise SystemExit(f"could not start training: {started}")
@@ -177,24 +128,32 @@ def start_training(url: str, cfg: dict, model: Path) -> str:
 
 
 def stop_training(url: str, cfg: dict) -> None:
-    sign_in = call(url, by_api(cfg, "owner_sign_in"), [PASSWORD])
-    call(url, by_api(cfg, "on_stop"), [], cookies={"tuner_owner": sign_in["data"][0]})
+    call(url, by_api(cfg, "on_stop"), [], cookies=sign_in(url, PASSWORD))
 
 
-def rater(url: str, cfg: dict, eval_id: int, name: str, pairs: int, think: float, latencies: list, acks: list,
-          errors: list, barrier: threading.Barrier) -> None:
+def rater(url: str, cfg: dict, eval_id: int, name: str, pairs: int, think: float, out, barrier) -> None:
+    """One rater, in a process of its own (25 raters are 25 browsers: threads of one
+    Python process would queue their HTTP work behind its one GIL). Puts what it
+    measured on `out`: ("latency", k, s), ("cpu", s), ("ack", …) and ("error", text).
+    At the lowest CPU priority: raters' browsers run on their own machines, not on the
+    server's two cores (the client's CPU per submission is reported)."""
     import httpx
+
+    os.nice(19)
 
     session = f"rater-{name}"
     # one connection kept open for the whole visit, as a browser keeps its own
-    with httpx.Client(base_url=url, timeout=60) as client:
+    # each rater from their own address, as a Space's proxy reports it (SPACE_ID is set below)
+    address = f"10.0.{int(name[-2:]) // 200}.{int(name[-2:]) % 200 + 1}"
+    with httpx.Client(base_url=url, timeout=60, headers={"X-Forwarded-For": address}) as client:
         call_as_page(cfg, url, by_api(cfg, "rater_refresh"), [], session_hash=session, client=client)
         joined = call_as_page(cfg, url, by_api(cfg, "rater_join"), [eval_id, name, "", {}], session_hash=session,
                               client=client)
         if not joined["success"] or "pair 1 of" not in str(joined["data"]):
-            errors.append(f"{name}: join: {joined}")
+            out.put(("error", f"{name}: join: {joined}"))
             barrier.abort()
             return
+        out.put(("joined",))
         submit, next_pair = by_api(cfg, "rater_submit"), by_api(cfg, "rater_next")
         rng = random.Random(name)
         barrier.wait()  # everyone submits their first rating at the same instant
@@ -202,14 +161,15 @@ def rater(url: str, cfg: dict, eval_id: int, name: str, pairs: int, think: float
             if k:  # then reads the next pair for a while, as a person would
                 time.sleep(rng.uniform(0.5, 1.5) * think)
             a, b = rng.randint(1, 5), rng.randint(1, 5)
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), time.thread_time()
             result = call_as_page(cfg, url, submit, [None, None, None, a, b, None, "", None, None, None, None, None,
                                                      None], session_hash=session, client=client)
-            latencies.append((k, time.perf_counter() - began))
+            out.put(("latency", k, time.perf_counter() - began))
+            out.put(("cpu", time.thread_time() - cpu))
             if result["success"] and str(result["data"][0]).startswith("Saved"):
-                acks.append((name, a, b))
+                out.put(("ack", name, a, b))
             else:
-                errors.append(f"{name}: submit: {result}")
+                out.put(("error", f"{name}: submit: {result}"))
             call_as_page(cfg, url, next_pair, [None, None], session_hash=session, client=client)
 
 
@@ -220,18 +180,26 @@ def main() -> None:
     parser.add_argument("--think", type=float, default=2.0,
                         help="mean seconds a rater reads between submissions (the first ones are simultaneous)")
     parser.add_argument("--no-training", action="store_true", help="measure without a run in the background")
+    parser.add_argument("--train-model", choices=["tiny", "bundled"], default="tiny",
+                        help="what trains meanwhile: the tiny test model (many short steps, mostly Python: the "
+                             "hardest case for the server's threads) or the bundled SmolLM2-135M a user trains")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tuner-rating-load-") as tmp:
         tmp = Path(tmp)
         model = tiny.build_tiny_llama(tmp / "tiny-llama", tiny.smollm2_tokenizer(tmp / "tokenizer"))
+        trained = model
+        if args.train_model == "bundled":  # converted once into the usual model cache, outside the timing
+            trained = models.resolve(models.BUNDLED, Layout(data_root()).models).location
         home = tmp / "home"
         eval_id = seed_evaluation(home, model, args.pairs)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "TUNER_HOME": str(home), "TUNER_MODEL": str(model), "GRADIO_SERVER_PORT": str(port),
                "GRADIO_SERVER_NAME": "127.0.0.1", "TUNER_OWNER_PASSWORD": PASSWORD,
-               "GRADIO_ANALYTICS_ENABLED": "False"}
+               "GRADIO_ANALYTICS_ENABLED": "False",
+               # as on a Space: the proxy's X-Forwarded-For names each rater's address (the limits are per address)
+               "SPACE_ID": "bench/rating-load"}
         env.pop("TUNER_OWNER", None)
         log = open(tmp / "app.log", "w")
         proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=log,
@@ -241,23 +209,34 @@ def main() -> None:
             cfg = config(url)
             training = "no"
             if not args.no_training:
-                print(start_training(url, cfg, model), flush=True)
+                print(start_training(url, cfg, trained), flush=True)
                 deadline = time.time() + 120
                 while logged_steps(home) == 0 and time.time() < deadline:
                     time.sleep(0.5)  # until the first optimizer step: training is really running
                 training = "yes" if logged_steps(home) else "did not start"
             steps_before = logged_steps(home)
-            latencies, acks, errors = [], [], []
-            barrier = threading.Barrier(args.raters)
-            threads = [threading.Thread(target=rater, args=(url, cfg, eval_id, f"rater{i:02d}", args.pairs,
-                                                            args.think, latencies, acks, errors, barrier))
-                       for i in range(args.raters)]
+            ctx = multiprocessing.get_context("fork")  # cheap: the raters use no torch
+            out, barrier = ctx.Queue(), ctx.Barrier(args.raters)
+            procs = [ctx.Process(target=rater, args=(url, cfg, eval_id, f"rater{i:02d}", args.pairs, args.think,
+                                                     out, barrier)) for i in range(args.raters)]
+            server_cpu = cpu_seconds(proc.pid)
             began = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(timeout=600)
+            for p in procs:
+                p.start()
+            results, rating_cpu = [], None
+            while any(p.is_alive() for p in procs) or not out.empty():
+                with contextlib.suppress(queue.Empty):
+                    results.append(out.get(timeout=0.2))
+                    if rating_cpu is None and sum(r[0] == "joined" for r in results) == args.raters:
+                        rating_cpu = cpu_seconds(proc.pid)  # all have joined: from here on, rating only
+            for p in procs:
+                p.join(timeout=60)
             wall = time.perf_counter() - began
+            server_cpu, rating_cpu = cpu_seconds(proc.pid) - server_cpu, cpu_seconds(proc.pid) - (rating_cpu or 0)
+            latencies = [(r[1], r[2]) for r in results if r[0] == "latency"]
+            client_cpu = [r[1] for r in results if r[0] == "cpu"]
+            acks = [r[1:] for r in results if r[0] == "ack"]
+            errors = [r[1] for r in results if r[0] == "error"]
             steps = None
             if not args.no_training:
                 steps = logged_steps(home) - steps_before
@@ -284,6 +263,10 @@ def main() -> None:
           f" · wall {wall:.1f} s")
     print(f"the first, simultaneous submissions of all {len(burst)} raters: p50 {percentile(burst, 0.5):.0f} ms"
           f" · p95 {percentile(burst, 0.95):.0f} ms")
+    print(f"CPU: the rater's client {1000 * sum(client_cpu) / max(1, len(client_cpu)):.1f} ms a submission;"
+          f" the server, all its threads: {server_cpu:.1f} s in all, {rating_cpu:.1f} s once all had joined ="
+          f" {1000 * rating_cpu / max(1, len(acks)):.1f} ms a submission with its Next pair"
+          + (" (the training's share included)" if training == "yes" else ""))
     print(f"acknowledged {len(acks)} · stored {stored} (ratings rows {rows}, 2 a pair) · integrity {check}"
           f" · errors {len(errors)}")
     for line in errors[:5]:
@@ -291,10 +274,12 @@ def main() -> None:
     print(json.dumps({
         "bench": "rating_load", "date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "raters": args.raters, "pairs_each": args.pairs, "training": training == "yes",
-        "train_steps_during": steps, "think_s": args.think, "p50_ms": round(p50, 1), "p95_ms": round(p95, 1),
+        "train_steps_during": steps, "train_model": None if args.no_training else args.train_model, "think_s": args.think, "p50_ms": round(p50, 1), "p95_ms": round(p95, 1),
         "burst_p50_ms": round(percentile(burst, 0.5), 1), "burst_p95_ms": round(percentile(burst, 0.95), 1),
         "max_ms": round(ms[-1], 1) if ms else None, "acknowledged": len(acks), "stored": stored,
-        "ratings_rows": rows, "integrity": check, "errors": len(errors), "wall_s": round(wall, 1)}))
+        "ratings_rows": rows, "integrity": check, "errors": len(errors), "wall_s": round(wall, 1),
+        "client_cpu_ms": round(1000 * sum(client_cpu) / max(1, len(client_cpu)), 2),
+        "server_cpu_s": round(server_cpu, 2), "server_cpu_rating_ms": round(1000 * rating_cpu / max(1, len(acks)), 2)}))
 
 
 if __name__ == "__main__":

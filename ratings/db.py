@@ -1,7 +1,7 @@
 """The SQLite machinery under the ratings store: connections, group commit, the schema.
 
-One short-lived connection per call (sqlite connections belong to the thread
-that opened them; Gradio handlers run on a pool of threads), WAL so readers
+One connection per thread, kept between calls (sqlite connections belong to the
+thread that opened them; Gradio handlers run on a pool of threads), WAL so readers
 never block the writer, a busy timeout so concurrent writers queue instead of
 failing, `BEGIN IMMEDIATE` for writes, `synchronous=FULL` so an acknowledged
 rating survives a power cut, and the schema as named migrations (sqlite-utils),
@@ -258,6 +258,7 @@ class Database:
         self._jobs: queue.Queue = queue.Queue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
+        self._local = threading.local()  # one connection per thread (a connection belongs to its thread)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.db("open") as db:
             db.execute("PRAGMA journal_mode=WAL")
@@ -265,15 +266,25 @@ class Database:
 
     @contextmanager
     def db(self, _action: str = "read"):
-        """A short-lived connection. A disk failure under it becomes StorageError."""
+        """A connection: this thread's own, opened on its first use and kept for the
+        next call (opening one and setting its pragmas cost more than most of the
+        queries made on it), or, inside another call's, a short-lived one of its own.
+        A disk failure under it becomes StorageError (and the connection is dropped)."""
+        kept = not getattr(self._local, "busy", False)
         conn = None
         try:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            yield sqlite_utils.Database(conn)
+            wrapped = self._local.__dict__.get("wrapped") if kept else None
+            if wrapped is None:
+                conn = self._open()
+                wrapped = sqlite_utils.Database(conn)  # (its constructor runs a PRAGMA and the plugin hooks)
+                if kept:
+                    self._local.conn, self._local.wrapped = conn, wrapped
+            conn = wrapped.conn
+            if kept:
+                self._local.busy = True
+            yield wrapped
         except sqlite3.Error as exc:
+            conn = self._drop(conn)
             problem = sqlite_disk_problem(exc)
             if problem is None:
                 raise
@@ -282,8 +293,39 @@ class Database:
             raise StorageError(f"Could not {verb} the ratings database {self.path}: {problem}. {done}; "
                                "free some disk space or fix the disk, then try again.") from exc
         finally:
-            if conn is not None:
+            if kept:
+                self._local.busy = False
+                if conn is not None and conn.in_transaction:  # begun, neither committed nor rolled back
+                    self._drop(conn)
+            elif conn is not None:
                 conn.close()
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _drop(self, conn: sqlite3.Connection | None) -> None:
+        """Close `conn`, and forget it if it is this thread's kept one (the next call opens a fresh one)."""
+        if conn is None:
+            return None
+        if self._local.__dict__.get("conn") is conn:
+            self._local.conn = self._local.wrapped = None
+        try:
+            conn.close()  # rolls back anything left open
+        except sqlite3.Error:
+            pass
+        return None
+
+    def close(self) -> None:
+        """Close this thread's kept connection (other threads' close with their threads)."""
+        self._drop(self._local.__dict__.get("conn"))
 
     @contextmanager
     def write(self):

@@ -57,3 +57,17 @@ def test_no_function_in_the_engine_or_the_ui_is_longer_than_about_80_lines():
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} "
                                 f"({node.end_lineno - first + 1} lines)")
     assert not long, long
+
+
+def test_the_served_queue_polls_less_often_when_idle():
+    import gradio as gr
+
+    from app import quiet_queue
+
+    with gr.Blocks() as demo:
+        gr.Markdown("x")
+    assert quiet_queue(demo) is demo  # no queue yet: nothing to change, no error
+    quiet_queue(demo.queue(default_concurrency_limit=4))
+    assert demo._queue.sleep_when_free == 0.02 and demo._queue.progress_update_sleep_when_free == 0.1
+    demo._queue.sleep_when_free = 0.5  # a slower setting is kept, never made faster
+    assert quiet_queue(demo)._queue.sleep_when_free == 0.5

@@ -307,3 +307,66 @@ def test_a_typed_name_belongs_to_the_browser_holding_its_key(tmp_path):
     assert store.claim_rater("ben", signed_in=True) == ("ben", None)
     with pytest.raises(RatingError, match="Hugging Face sign-in"):
         store.claim_rater("ben", {"ben": "x"})
+
+
+# --- connections: one kept per thread ----------------------------------------------------------------
+def _connection_id(db) -> int:
+    """Which SQLite connection `db` is: a TEMP table lives only on its own connection."""
+    db.execute("CREATE TEMP TABLE IF NOT EXISTS whoami (n INTEGER)")
+    row = db.execute("SELECT n FROM whoami").fetchone()
+    if row is None:
+        db.execute("INSERT INTO whoami VALUES (?)", [random.getrandbits(40)])
+        row = db.execute("SELECT n FROM whoami").fetchone()
+    return row[0]
+
+
+def test_a_thread_keeps_its_connection_and_other_threads_have_their_own(tmp_path):
+    from ratings.db import Database
+
+    database = Database(tmp_path / "r.db")
+    with database.db() as db:
+        first = _connection_id(db)
+    with database.db() as db:
+        assert _connection_id(db) == first  # kept between calls
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(_connection_id(database.db().__enter__())))
+    worker.start()
+    worker.join()
+    assert seen and seen[0] != first  # a connection belongs to the thread that opened it
+    database.close()
+    with database.db() as db:
+        assert _connection_id(db) != first  # closed: the next call opens a fresh one
+
+
+def test_a_call_inside_another_gets_its_own_connection_and_leaves_the_outer_transaction_alone(tmp_path):
+    from ratings.db import Database
+
+    database = Database(tmp_path / "r.db")
+    with database.write() as outer:
+        outer.execute("INSERT INTO rater_keys VALUES ('x', 'key', 'h', 't')")
+        with database.db() as inner:  # a read inside a write (it sees only what is committed)
+            assert _connection_id(inner) != _connection_id(outer)
+            assert inner.execute("SELECT COUNT(*) FROM rater_keys").fetchone()[0] == 0
+        assert outer.conn.in_transaction  # the inner call's exit did not end the outer transaction
+    with database.db() as db:
+        assert db.execute("SELECT COUNT(*) FROM rater_keys").fetchone()[0] == 1
+
+
+def test_a_failed_statement_or_an_abandoned_transaction_costs_the_connection_not_the_next_call(tmp_path):
+    from ratings.db import Database
+
+    database = Database(tmp_path / "r.db")
+    with database.db() as db:
+        first = _connection_id(db)
+    with pytest.raises(sqlite3.OperationalError), database.db() as db:
+        db.execute("SELECT * FROM no_such_table")
+    with database.db() as db:
+        assert _connection_id(db) != first  # dropped after the error
+        second = _connection_id(db)
+    with database.db() as db:
+        db.execute("BEGIN IMMEDIATE")  # begun and left open by a careless caller
+        db.execute("INSERT INTO rater_keys VALUES ('y', 'key', 'h', 't')")
+    with database.db() as db:
+        assert _connection_id(db) != second  # that connection was closed, its transaction rolled back
+        assert db.execute("SELECT COUNT(*) FROM rater_keys").fetchone()[0] == 0
+        assert not db.conn.in_transaction

@@ -389,3 +389,25 @@ def test_bundled_smollm2_trains_a_few_steps(bundled_models_dir, tmp_path):
     assert losses[-1] < losses[0]
     weights = _weights(runs / state.run_id)
     assert any("q_proj.lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling classes")
+def test_the_training_thread_takes_the_cpu_only_when_the_server_leaves_it():
+    import threading
+
+    from tuner.runs import yield_to_server
+
+    seen = {}
+
+    def work():
+        yield_to_server()
+        seen["train"] = os.sched_getscheduler(threading.get_native_id())
+        child = threading.Thread(target=lambda: seen.update(child=os.sched_getscheduler(threading.get_native_id())))
+        child.start()  # a thread it starts (torch's pool) inherits the class
+        child.join()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    assert seen == {"train": os.SCHED_IDLE, "child": os.SCHED_IDLE}
+    assert os.sched_getscheduler(threading.get_native_id()) != os.SCHED_IDLE  # the server's threads: untouched

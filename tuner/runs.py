@@ -66,17 +66,25 @@ class RunState:
         return text
 
 
-TRAIN_NICENESS = 10
+TRAIN_NICENESS = 19  # where SCHED_IDLE is refused
 
 
 def yield_to_server() -> None:
-    """Lower this thread's CPU priority (Linux: niceness is per thread, and the
-    thread pool torch starts from it inherits it). Training inside the web
-    server then takes the cores only while requests do not need them: raters
-    keep quick answers on two cores, and training loses little when idle."""
+    """Give this thread the CPU only when nothing else of the machine wants it (Linux:
+    SCHED_IDLE, per thread; the thread pool torch starts from it inherits it; else the
+    lowest niceness). Training inside the web server then takes the cores only while
+    requests do not need them: 25 raters pressing Submit together keep quick answers on
+    two cores, and an idle server loses the training nothing (bench/rating_load.py: at
+    niceness 10 a 135M run still took ~40% of the cores from a burst of ratings)."""
+    tid = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), TRAIN_NICENESS)
-    except (AttributeError, OSError):  # not Linux, or not permitted: train at normal priority
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        return
+    except (AttributeError, OSError):  # not Linux, or not permitted
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, TRAIN_NICENESS)
+    except (AttributeError, OSError):  # train at normal priority
         pass
 
 
