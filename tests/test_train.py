@@ -113,6 +113,38 @@ def test_packed_batches_give_the_same_loss_as_padded_ones(tiny_llama):
     assert ttrain.accepts_logits_to_keep(model)
 
 
+def test_the_example_boundaries_are_read_once_per_forward_not_once_per_layer(tiny_llama, monkeypatch):
+    """On a GPU each read of the boundaries tensor is a device-to-host sync: every
+    layer gets the same tensor, so it is read once a forward pass."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuner import packed_attention
+    from tuner.chat import PackCollator, encode_example
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    rows = [json.loads(line) for line in POLITE.read_text().splitlines()[:3]]
+    collate = PackCollator(labelled_logits_only=True, boundaries=True, multiple_of=64, pad_token_id=tok.pad_token_id)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),
+                           LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    assert packed_attention.use_for_packed_training(model)
+    reads = []
+
+    class Counted(torch.Tensor):  # the boundaries tensor, counting its reads to Python
+        def tolist(self):
+            reads.append(1)
+            return super().tolist()
+
+    layers = model.get_base_model().config.num_hidden_layers
+    assert layers >= 2
+    for _ in range(2):  # two steps: each new batch's boundaries are read afresh
+        batch = collate([encode_example(r["messages"], tok, 256) for r in rows])
+        batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = batch["cu_seq_lens_q"].as_subclass(Counted)
+        model(**batch).loss.backward()
+    packed_attention.restore_sdpa(model)
+    assert len(reads) == 2  # one a forward pass, not one a layer (that was 2 × layers)
+
+
 def test_per_example_attention_and_rounded_rows_give_the_same_loss_and_gradients(tiny_llama):
     """train()'s packed batches: attention per example (tuner.packed_attention) and the
     row and the head's positions rounded up to a multiple of 64 change nothing learned."""

@@ -44,12 +44,29 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    edges = bounds.tolist() if isinstance(bounds, torch.Tensor) else list(bounds)
+    edges = example_edges(bounds)
     parts = [torch.nn.functional.scaled_dot_product_attention(
         query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout, scale=scaling, is_causal=True)
         for a, b in zip(edges[:-1], edges[1:]) if b > a]
     out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
     return out.transpose(1, 2).contiguous(), None
+
+
+_last_edges: tuple = (None, None)  # (the boundaries tensor, its values as a list)
+
+
+def example_edges(bounds) -> list[int]:
+    """The boundaries as Python ints, read once per forward pass: every decoder layer
+    gets the same `cu_seq_lens_q` tensor, and on a GPU each read is a device-to-host
+    copy that waits for all queued work (one sync per layer before; one per step now)."""
+    global _last_edges
+    if not isinstance(bounds, torch.Tensor):
+        return list(bounds)
+    seen, edges = _last_edges
+    if seen is not bounds:  # (the tensor is held here, so its identity cannot be reused)
+        edges = bounds.tolist()
+        _last_edges = (bounds, edges)
+    return edges
 
 
 def register() -> str:
