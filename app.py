@@ -14,7 +14,12 @@ import random
 import time
 from pathlib import Path
 
-import gradio as gr
+from tuner import zerogpu
+
+if zerogpu.enabled():  # a ZeroGPU Space: its package patches torch, so it comes first
+    import spaces  # noqa: F401
+
+import gradio as gr  # noqa: E402
 
 from ratings.store import Store
 from tuner import models

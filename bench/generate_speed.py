@@ -1,7 +1,7 @@
 """Replies for 10 prompts × 2 variants (base and fine-tuned): Tuner's way against the naive way.
 
     python bench/generate_speed.py [--run RUN_DIR] [--max-new-tokens 128] [--batch-size N]
-                                   [--naive-merged] [--ways one,tuner,naive]
+                                   [--naive-merged] [--ways one,tuner,naive] [--device cpu|cuda]
 
 Each way runs in its own fresh process (so its peak resident memory is its own),
 one after the other, on the bundled model, greedy, with GenSettings' defaults
@@ -92,7 +92,7 @@ def _hf_generate(model, tokenizer, conversation, settings) -> tuple[str, int]:
     import torch
 
     enc = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_dict=True,
-                                        return_tensors="pt")
+                                        return_tensors="pt").to(model.device)
     with torch.inference_mode():
         out = model.generate(**enc, max_new_tokens=settings.max_new_tokens, do_sample=False, temperature=None,
                              top_p=None, top_k=None, repetition_penalty=settings.repetition_penalty,
@@ -109,7 +109,7 @@ def work_one(args) -> dict:
     folder = Path(args.models_dir) / args.model
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder).to(args.device).eval()
     load_s = time.perf_counter() - start
     settings = GenSettings(max_new_tokens=args.max_new_tokens)
     start = time.perf_counter()
@@ -127,11 +127,11 @@ def work_naive(args) -> dict:
     folder = Path(args.models_dir) / args.model
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    base = AutoModelForCausalLM.from_pretrained(folder).eval()
+    base = AutoModelForCausalLM.from_pretrained(folder).to(args.device).eval()
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), args.adapter)
     if args.naive_merged:
         tuned = tuned.merge_and_unload()
-    tuned.eval()
+    tuned = tuned.to(args.device).eval()
     load_s = time.perf_counter() - start
     settings = GenSettings(max_new_tokens=args.max_new_tokens)
     replies, tokens = {"base": [], "tuned": []}, 0
@@ -158,7 +158,7 @@ def work_tuner(args) -> dict:
     base, tuned = generator.generate_all(args.model, conversations(), settings, [None, adapter])
     gen_s = time.perf_counter() - start
     return {"load_s": load_s, "gen_s": gen_s, "new_tokens": sum(r.new_tokens for r in base + tuned),
-            "batch_size": settings.batch_size, "dtype": generator.dtype,
+            "batch_size": settings.batch_size, "dtype": generator.dtype, "device": generator.device,
             "replies": {"base": [r.text for r in base], "tuned": [r.text for r in tuned]}}
 
 
@@ -180,11 +180,14 @@ def spawn(way: str, args, **extra) -> dict:
         command += ["--batch-size", str(args.batch_size)]
     if args.naive_merged:
         command.append("--naive-merged")
-    command += ["--precision", args.precision]
+    command += ["--precision", args.precision, "--device", args.device]
     for key, value in extra.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # on a GPU machine too: Tuner's Generator would pick the GPU
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
@@ -213,6 +216,8 @@ def main() -> None:
     parser.add_argument("--ways", default="one,tuner,naive")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                         help="Tuner's generation dtype (auto: bf16 where bf16 matmuls are fast, as the app does)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where every way generates (cuda: the first GPU; Tuner's Generator places itself)")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--models-dir", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -222,6 +227,12 @@ def main() -> None:
     if args.worker:
         return worker_main(args)
 
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit("--device cuda: this machine has no CUDA GPU that torch can use "
+                     f"(torch {torch.__version__}); run without --device for the CPU")
     from tuner import models
     from tuner.paths import Layout, data_root
 
@@ -242,7 +253,7 @@ def main() -> None:
                   f"({r['new_tokens']} new tokens, {r['new_tokens'] / r['gen_s']:.1f} tokens/s), "
                   f"peak RSS {r['peak_rss_mb']:.0f} MB, process {r['process_s']:.1f} s", flush=True)
 
-    summary = {"benchmark": "generate_speed", "prompts": len(conversations()), "variants": 2,
+    summary = {"benchmark": "generate_speed", "device": args.device, "prompts": len(conversations()), "variants": 2,
                "max_new_tokens": args.max_new_tokens, "greedy": True,
                "naive_adapter": "merged" if args.naive_merged else "peft"}
     for way, r in results.items():
@@ -253,6 +264,7 @@ def main() -> None:
     if "tuner" in results:
         summary["tuner_batch_size"] = results["tuner"]["batch_size"]
         summary["tuner_dtype"] = results["tuner"]["dtype"]
+        summary["tuner_device"] = results["tuner"].get("device")
     if {"tuner", "naive"} <= results.keys():
         tuner, naive = results["tuner"], results["naive"]
         summary["speedup"] = round(naive["gen_s"] / tuner["gen_s"], 2)

@@ -8,13 +8,14 @@ The base reply comes from the same weights, never from a second copy: as a
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tuner import models
+from tuner import models, zerogpu
 
 BASE = "base"
 
@@ -175,6 +176,9 @@ class Generator:
     def generate(self, model_name: str, conversations: list[list[dict]], settings: GenSettings,
                  adapter: tuple[str, Path] | None = None, progress=None) -> list[Reply]:
         """Replies to each conversation; `adapter` is (name, folder) or None for the base."""
+        if zerogpu.enabled():  # in the lent GPU's worker process (tuner.zerogpu)
+            return _on_zerogpu(self, "_generate_one", (model_name, conversations, settings, adapter, None),
+                               len(conversations), settings)
         with self._lock:
             return self._generate_one(model_name, conversations, settings, adapter, progress)
 
@@ -207,41 +211,48 @@ class Generator:
         variants go through as one batch of 20 rows instead of two of 10 (a decoding
         step of 20 rows costs little more than one of 10: the weights are read once).
         Prompt-tuning and DoRA adapters, which peft cannot mix, go variant by variant."""
+        if zerogpu.enabled():  # in the lent GPU's worker process (tuner.zerogpu)
+            return _on_zerogpu(self, "_generate_all", (model_name, conversations, settings, adapters, None),
+                               len(conversations) * len(adapters), settings)
         with self._lock:
-            self._ensure_base(model_name)
-            for adapter in adapters:
-                if adapter is not None:
-                    self._adapter_model(*adapter)
-            mixable = [i for i, a in enumerate(adapters) if a is None or self._mixable(a[0])]
-            if self.lora is None:  # no LoRA adapter: only base rows can share a batch
-                mixable = [i for i in mixable if adapters[i] is None]
-            results: list[list[Reply] | None] = [None] * len(adapters)
-            rows = [(i, c) for i in mixable for c in range(len(conversations))]
-            done_rows, total_rows = 0, len(adapters) * len(conversations)
-            replies: dict[tuple[int, int], Reply] = {}
-            for batch in balanced_batches(len(rows), settings.batch_size):
-                picked = [rows[k] for k in batch]
-                names = ["__base__" if adapters[i] is None else adapter_name(adapters[i][0]) for i, _c in picked]
-                labels = [BASE if adapters[i] is None else adapters[i][0] for i, _c in picked]
-                extra = {"adapter_names": names} if self.lora is not None else {}
-                # progress within a batch too, token by token: one batch can be the whole evaluation
-                on_token = (lambda step, before=done_rows, n=len(picked):
-                            progress(before + n * step / max(1, settings.max_new_tokens), total_rows)) \
-                    if progress else None
-                out = self._batch(self.model, [conversations[c] for _i, c in picked], settings, labels,
-                                  on_token=on_token, **extra)
-                replies.update(zip(picked, out))
-                done_rows += len(picked)
-                if progress:
-                    progress(done_rows, total_rows)
-            for i in mixable:
-                results[i] = [replies[(i, c)] for c in range(len(conversations))]
-            for i, adapter in enumerate(adapters):  # the ones peft cannot mix, each on its own
-                if results[i] is None:
-                    offset = done_rows
-                    results[i] = self._generate_one(model_name, conversations, settings, adapter, (
-                        (lambda n, _t, o=offset: progress(o + n, total_rows)) if progress else None))
-                    done_rows += len(conversations)
+            return self._generate_all(model_name, conversations, settings, adapters, progress)
+
+    def _generate_all(self, model_name, conversations, settings, adapters, progress) -> list[list[Reply]]:
+        """generate_all's work; the caller holds the lock (or is the ZeroGPU worker)."""
+        self._ensure_base(model_name)
+        for adapter in adapters:
+            if adapter is not None:
+                self._adapter_model(*adapter)
+        mixable = [i for i, a in enumerate(adapters) if a is None or self._mixable(a[0])]
+        if self.lora is None:  # no LoRA adapter: only base rows can share a batch
+            mixable = [i for i in mixable if adapters[i] is None]
+        results: list[list[Reply] | None] = [None] * len(adapters)
+        rows = [(i, c) for i in mixable for c in range(len(conversations))]
+        done_rows, total_rows = 0, len(adapters) * len(conversations)
+        replies: dict[tuple[int, int], Reply] = {}
+        for batch in balanced_batches(len(rows), settings.batch_size):
+            picked = [rows[k] for k in batch]
+            names = ["__base__" if adapters[i] is None else adapter_name(adapters[i][0]) for i, _c in picked]
+            labels = [BASE if adapters[i] is None else adapters[i][0] for i, _c in picked]
+            extra = {"adapter_names": names} if self.lora is not None else {}
+            # progress within a batch too, token by token: one batch can be the whole evaluation
+            on_token = (lambda step, before=done_rows, n=len(picked):
+                        progress(before + n * step / max(1, settings.max_new_tokens), total_rows)) \
+                if progress else None
+            out = self._batch(self.model, [conversations[c] for _i, c in picked], settings, labels,
+                              on_token=on_token, **extra)
+            replies.update(zip(picked, out))
+            done_rows += len(picked)
+            if progress:
+                progress(done_rows, total_rows)
+        for i in mixable:
+            results[i] = [replies[(i, c)] for c in range(len(conversations))]
+        for i, adapter in enumerate(adapters):  # the ones peft cannot mix, each on its own
+            if results[i] is None:
+                offset = done_rows
+                results[i] = self._generate_one(model_name, conversations, settings, adapter, (
+                    (lambda n, _t, o=offset: progress(o + n, total_rows)) if progress else None))
+                done_rows += len(conversations)
         return results
 
     def _mixable(self, name: str) -> bool:
@@ -296,3 +307,29 @@ def _step_reporter(on_token, prompt_width: int):
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([Report()])
+
+
+# --- ZeroGPU: generation in the lent GPU's worker process ---------------------------------------
+# The worker is a fork of this process: it finds the Generator by key in this table (its
+# own copy, which loads the model on the GPU there and keeps it while the worker lives);
+# only plain values cross (conversations, settings, adapter folders; the replies back).
+_WORKER_GENERATORS: dict[int, Generator] = {}
+
+
+def _on_zerogpu(generator: Generator, method: str, args: tuple, rows: int, settings: GenSettings):
+    _WORKER_GENERATORS[id(generator)] = generator
+    return _gpu_step()(id(generator), method, args, rows, settings.max_new_tokens)
+
+
+@functools.lru_cache(maxsize=1)
+def _gpu_step():
+    """One decorated function for every call (ZeroGPU keys its worker by the function)."""
+    return zerogpu.on_gpu(_in_worker, _worker_duration)
+
+
+def _in_worker(key: int, method: str, args: tuple, _rows: int, _max_new_tokens: int):
+    return getattr(_WORKER_GENERATORS[key], method)(*args)
+
+
+def _worker_duration(_key, _method, _args, rows: int, max_new_tokens: int) -> int:
+    return zerogpu.duration_for(zerogpu.generation_seconds(rows, max_new_tokens))

@@ -8,6 +8,8 @@ What a run folder holds, and how it is read, is tuner.records.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import contextvars
 import copy
 import gc
 import os
@@ -115,6 +117,47 @@ def run_to_end(config: TrainConfig, run_dir: Path, control: RunControl, models_d
     return record
 
 
+def run_in_gpu_worker(config: TrainConfig, run_dir: Path, control: RunControl, models_dir: Path,
+                      resume: bool, seconds: int, runner=None) -> dict:
+    """run_to_end in a ZeroGPU worker process (tuner.zerogpu), holding the lent GPU for at
+    most `seconds`. The worker trains and writes the run folder; this process relays its
+    metrics rows to `control` as they land and passes a Stop on through the stop file.
+    `runner`: zerogpu.on_gpu by default; zerogpu.in_forked_process does the same without a GPU."""
+    from tuner import zerogpu
+
+    runner = runner or zerogpu.on_gpu
+    stop_file = zerogpu.StopFile(run_dir)
+    stop_file.clear()
+    relay = zerogpu.MetricsRelay(run_dir, control.append, control.update, control.stop).start()
+    control.update(message=f"waiting for a ZeroGPU GPU (asked for {seconds} s)")
+    try:
+        # one decorated function for every run (ZeroGPU keys its workers by it); the
+        # seconds asked travel as an argument, read by the duration function
+        return runner(_worker_run, _worker_seconds)(config.to_dict(), str(run_dir), str(models_dir), resume,
+                                                    seconds)
+    except Exception as exc:  # refused (the visitor's quota), cut off at its duration, or the worker died
+        record = records.read_record(run_dir)
+        record.update(status="failed", message=f"ZeroGPU: {explain(exc)}", ended_at=records.timestamp())
+        with contextlib.suppress(OSError):
+            records.write_record(run_dir, record)
+        return record
+    finally:
+        relay.close()
+        stop_file.clear()
+
+
+def _worker_seconds(_config, _run_dir, _models_dir, _resume, seconds: int) -> int:
+    return seconds
+
+
+def _worker_run(config: dict, run_dir: str, models_dir: str, resume: bool, _seconds: int = 0) -> dict:
+    """In the worker: the run, stopped by its stop file; its rows reach the app through metrics.jsonl."""
+    from tuner import zerogpu
+
+    control = RunControl(stop=zerogpu.StopFile(Path(run_dir)))
+    return run_to_end(TrainConfig.from_dict(config), Path(run_dir), control, Path(models_dir), resume=resume)
+
+
 def explain(exc: Exception) -> str:
     text = f"{type(exc).__name__}: {exc}"
     lowered = str(exc).lower()
@@ -137,7 +180,10 @@ def resume_hint(where: dict) -> str:
 class RunManager:
     """Starts, stops, resumes and reports on the one training run this process allows."""
 
-    def __init__(self, runs_dir: Path, models_dir: Path):
+    def __init__(self, runs_dir: Path, models_dir: Path, worker_runner=None):
+        """worker_runner: run each training in a worker process through it (on ZeroGPU
+        zerogpu.on_gpu is used without asking; zerogpu.in_forked_process tries that path anywhere)."""
+        self.worker_runner = worker_runner
         self.runs_dir = Path(runs_dir)
         self.models_dir = Path(models_dir)
         self._lock = threading.Lock()
@@ -163,7 +209,9 @@ class RunManager:
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, config: TrainConfig) -> str:
+    def start(self, config: TrainConfig, gpu_seconds: int | None = None) -> str:
+        """Start a run in a thread of this process; on ZeroGPU (tuner.zerogpu) in the lent GPU's
+        worker, for at most `gpu_seconds` (default: the longest call allowed)."""
         if not config.dataset or not Path(config.dataset).is_file():
             raise ValueError(f"Dataset file not found: {config.dataset or '(none chosen)'}")
         with self._lock:
@@ -172,7 +220,7 @@ class RunManager:
             run_dir = records.run_folder(self.runs_dir, run_id)
             run_dir.mkdir(parents=True)
             records.start_record(run_dir, run_id, config)
-            self._launch(config, run_id, resume=False, rows=[])
+            self._launch(config, run_id, resume=False, rows=[], gpu_seconds=gpu_seconds)
         return run_id
 
     def resume(self, run_id: str) -> str:
@@ -242,13 +290,17 @@ class RunManager:
             raise RunBusy(f"Run {self._state.run_id} is still {self._state.status}: "
                           "stop it or wait for it to finish before starting another.")
 
-    def _launch(self, config: TrainConfig, run_id: str, resume: bool, rows: list[dict]) -> None:
+    def _launch(self, config: TrainConfig, run_id: str, resume: bool, rows: list[dict],
+                gpu_seconds: int | None = None) -> None:
         self._state = RunState(run_id=run_id, status="starting", started=time.time(),
                                message="resuming from checkpoint" if resume else "loading model and data",
                                rows=rows, validation=config.validation_fraction > 0)
         self._stop.clear()
         control = RunControl(stop=self._stop, update=self._update, append=self._append)
-        self._thread = threading.Thread(target=self._run, args=(config, run_id, control, resume),
+        # in a copy of the caller's context: on ZeroGPU the visitor's request (whose quota pays
+        # for the GPU) is read from it
+        self._thread = threading.Thread(target=contextvars.copy_context().run,
+                                        args=(self._run, config, run_id, control, resume, gpu_seconds),
                                         name=f"train-{run_id}", daemon=True)
         self._thread.start()
 
@@ -261,8 +313,17 @@ class RunManager:
         with self._lock:
             self._state.rows.append(row)
 
-    def _run(self, config: TrainConfig, run_id: str, control: RunControl, resume: bool) -> None:
+    def _run(self, config: TrainConfig, run_id: str, control: RunControl, resume: bool,
+             gpu_seconds: int | None = None) -> None:
+        from tuner import zerogpu
+
         yield_to_server()
-        record = run_to_end(config, records.run_folder(self.runs_dir, run_id), control, self.models_dir, resume=resume)
+        run_dir = records.run_folder(self.runs_dir, run_id)
+        runner = self.worker_runner or (zerogpu.on_gpu if zerogpu.enabled() else None)
+        if runner is not None:
+            record = run_in_gpu_worker(config, run_dir, control, self.models_dir, resume,
+                                       gpu_seconds or zerogpu.max_seconds(), runner)
+        else:
+            record = run_to_end(config, run_dir, control, self.models_dir, resume=resume)
         self._update(status=record["status"], message=record.get("message", ""),
                      summary=record.get("summary", {}), ended=time.time())

@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from tuner import data as tdata
-from tuner import models, recipes
+from tuner import models, recipes, zerogpu
 from tuner.ui import access as ui_access
 from tuner.ui.charts import curve_frame, loss_spec, lr_frame, reward_frame, short_label, vega_plot
 from tuner.config import METHODS, PREFERENCE_METHODS, RUN_NAME_MAX, TrainConfig
@@ -462,7 +462,8 @@ def wire_start(ui: TrainTab, start: gr.Button, run_name: gr.Textbox):
                 config = ui.build(model_name, dataset_label, values, run_name)
             check_machine(config)
             models.resolve(config.base_model, manager.models_dir)  # fail here, not in the thread
-            run_id = manager.start(config)
+            gpu_seconds = zerogpu_seconds(config, manager)
+            run_id = manager.start(config, gpu_seconds=gpu_seconds)
         except (ValueError, TypeError, RunBusy, models.ModelUnavailable) as exc:
             return {ui.message: f"⚠️ {exc}"}
         state = manager.snapshot()  # the new run's line at once, not the last run's until the next tick
@@ -470,11 +471,24 @@ def wire_start(ui: TrainTab, start: gr.Button, run_name: gr.Textbox):
         learns = config.extra.get("preference", {}).get("described")
         on = f"{config.method.upper()} on {learns}" if learns else f"on `{Path(config.dataset).name}`"
         return {ui.message: f"Started run `{run_id}`{named} {on}."
-                + ("" if learns else small_split_warning(config)),
+                + ("" if learns else small_split_warning(config))
+                + (f"\n\nIt asks ZeroGPU for {gpu_seconds} s. {zerogpu.QUOTA_NOTE}" if gpu_seconds else ""),
                 ui.bar: progress_html(state), ui.progress: state.progress_line(time.time())}
 
     start.click(on_start, [ui.model_picker, ui.dataset, run_name] + picks + ui.settings,
                 [ui.message, ui.bar, ui.progress])
+
+
+def zerogpu_seconds(config: TrainConfig, manager: RunManager) -> int | None:
+    """On ZeroGPU: the seconds this run asks for (its estimate with a margin), or a
+    ValueError where one call cannot hold it; None elsewhere."""
+    if not zerogpu.enabled():
+        return None
+    seconds = estimate(config, manager.models_dir, manager.runs())["seconds"]
+    problem = zerogpu.too_long(seconds)
+    if problem:
+        raise ValueError(problem)
+    return zerogpu.duration_for(seconds)
 
 
 def progress_section(ui: TrainTab):

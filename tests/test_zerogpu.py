@@ -1,0 +1,121 @@
+"""ZeroGPU (tuner.zerogpu): the rules, and the path across the process boundary.
+
+No ZeroGPU here: the `spaces` package is not installed and no GPU is lent. What a
+ZeroGPU call does to the code — a forked worker, arguments and result pickled,
+nothing in memory coming back, a time limit — is done for real by
+zerogpu.in_forked_process, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tuner import zerogpu
+from tuner.config import TrainConfig
+from tuner.runs import RunManager
+
+from conftest import chat, write_jsonl
+
+
+def test_zerogpu_is_on_only_with_the_platform_flag_and_its_package():
+    assert not zerogpu.enabled({})
+    assert not zerogpu.enabled({"SPACES_ZERO_GPU": "false"})
+    # the flag without the platform's `spaces` package (this machine): off, the CPU path runs
+    assert not zerogpu.enabled({"SPACES_ZERO_GPU": "true"})
+    fn = lambda: 1  # noqa: E731
+    assert zerogpu.on_gpu(fn, 60) is fn  # off ZeroGPU, nothing is wrapped and nothing imported
+
+
+def test_the_duration_asked_is_the_estimate_with_a_margin_within_the_cap():
+    assert zerogpu.duration_for(5) == zerogpu.MIN_SECONDS
+    assert zerogpu.duration_for(100) == 150
+    assert zerogpu.duration_for(101) == 160  # rounded up to 10 s
+    assert zerogpu.duration_for(10_000) == zerogpu.DEFAULT_MAX_SECONDS
+    assert zerogpu.duration_for(100, {"TUNER_ZEROGPU_MAX_S": "120"}) == 120
+    assert zerogpu.too_long(100) is None
+    message = zerogpu.too_long(600, {"TUNER_ZEROGPU_MAX_S": "120"})
+    assert "~10.0 min" in message and "120 s" in message and "python -m tuner train" in message
+    for bad in ("ten", "5"):
+        with pytest.raises(ValueError, match="TUNER_ZEROGPU_MAX_S"):
+            zerogpu.max_seconds({"TUNER_ZEROGPU_MAX_S": bad})
+    assert zerogpu.generation_seconds(20, 128) < zerogpu.generation_seconds(40, 128)
+
+
+def test_a_forked_call_returns_its_value_raises_its_error_and_is_cut_off_at_its_duration():
+    assert zerogpu.in_forked_process(lambda a, b=0: a + b, 10)(2, b=3) == 5
+    with pytest.raises(ZeroDivisionError):
+        zerogpu.in_forked_process(lambda: 1 / 0, 10)()
+    with pytest.raises(TimeoutError, match="past its 1 s"):
+        zerogpu.in_forked_process(lambda: time.sleep(30), 1)()
+    with pytest.raises(Exception, match="pickle|lambda"):  # what cannot cross does not start
+        zerogpu.in_forked_process(lambda f: f(), 10)(lambda: 1)
+    seen = []
+    zerogpu.in_forked_process(seen.append, 10)(1)
+    assert seen == []  # what the worker changes in memory stays there
+
+
+def test_a_run_in_a_worker_process_reports_its_rows_and_stops_through_its_folder(tiny_llama, home, tmp_path):
+    dataset = write_jsonl(tmp_path / "d.jsonl", [chat(f"Question {i}?", f"Answer {i}.") for i in range(8)])
+    manager = RunManager(home.runs, home.models, worker_runner=zerogpu.in_forked_process)
+    run_id = manager.start(TrainConfig(base_model=str(tiny_llama), dataset=str(dataset), max_steps=400,
+                                       per_device_train_batch_size=1, save_steps=1000), gpu_seconds=300)
+    deadline = time.time() + 120
+    while manager.snapshot().step < 3 and time.time() < deadline:
+        time.sleep(0.1)
+    live = manager.snapshot()
+    assert live.step >= 3 and live.rows  # the worker's metrics rows, relayed from metrics.jsonl
+    assert manager.stop()
+    state = manager.wait(timeout=120)
+    run_dir = home.runs / run_id
+    assert state.status == "stopped", state.message
+    assert state.summary["global_step"] < 400
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()  # written by the worker
+    assert not (run_dir / zerogpu.STOP_FILE).exists()  # cleared after the run
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in state.rows if "loss" in r] == [r["step"] for r in logged if "loss" in r]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped"
+
+
+def test_a_worker_cut_off_at_its_duration_leaves_a_failed_run_that_says_why(tiny_llama, home, tmp_path):
+    dataset = write_jsonl(tmp_path / "d.jsonl", [chat(f"Question {i}?", f"Answer {i}.") for i in range(8)])
+    manager = RunManager(home.runs, home.models, worker_runner=zerogpu.in_forked_process)
+    run_id = manager.start(TrainConfig(base_model=str(tiny_llama), dataset=str(dataset), max_steps=100_000,
+                                       per_device_train_batch_size=1, save_steps=100_000), gpu_seconds=4)
+    state = manager.wait(timeout=120)
+    assert state.status == "failed" and "ZeroGPU" in state.message and "past its 4 s" in state.message
+    record = json.loads((Path(home.runs) / run_id / "run.json").read_text())
+    assert record["status"] == "failed" and "past its 4 s" in record["message"]
+    assert not manager.busy()
+
+
+def test_generation_in_a_worker_process_gives_the_replies_of_this_one(tiny_llama, tmp_path):
+    import threading
+
+    from tuner import generate as tgen
+
+    settings = tgen.GenSettings(max_new_tokens=6)
+    conversations = [[{"role": "user", "content": f"Say {w}."}] for w in ("hello", "thanks")]
+    here = []
+    # in-process replies from a thread of its own: the thread that forks the worker must have run
+    # no torch work (a forked child hangs in the OpenMP pool of the thread it was forked from); on
+    # ZeroGPU no torch work runs in the app's process at all
+    local = threading.Thread(target=lambda: here.append(tgen.Generator(tmp_path / "models", precision="fp32")
+                                                        .generate_all(str(tiny_llama), conversations, settings,
+                                                                      [None])))
+    local.start()
+    local.join()
+    generator = tgen.Generator(tmp_path / "models", precision="fp32")  # the app's, with nothing loaded
+    tgen._WORKER_GENERATORS[id(generator)] = generator
+    step = zerogpu.in_forked_process(tgen._in_worker, tgen._worker_duration)
+    there = []
+    handler = threading.Thread(target=lambda: there.append(step(  # as a Gradio handler's thread calls it
+        id(generator), "_generate_all", (str(tiny_llama), conversations, settings, [None], None),
+        len(conversations), settings.max_new_tokens)))
+    handler.start()
+    handler.join()
+    assert [r.text for r in there[0][0]] == [r.text for r in here[0][0]]
+    assert generator.base is None  # the model was loaded in the worker, not here
+    assert tgen._worker_duration(0, "", (), 2, 6) == zerogpu.duration_for(zerogpu.generation_seconds(2, 6))
