@@ -250,6 +250,9 @@ class _Job:
         self.done = threading.Event()
 
 
+WRITER_IDLE_S = 5.0  # the group-commit thread ends after this long without work
+
+
 class Database:
     """A ratings database file: connections to it, write transactions, group commit."""
 
@@ -363,7 +366,7 @@ class Database:
                 self._writer = threading.Thread(target=self._write_loop, name=f"sqlite-writer-{self.path.name}",
                                                 daemon=True)
                 self._writer.start()
-        self._jobs.put(job)
+            self._jobs.put(job)  # under the lock: an idle writer exits only with the queue empty
         job.done.wait()
         if job.error is not None:
             raise job.error
@@ -371,7 +374,16 @@ class Database:
 
     def _write_loop(self) -> None:
         while True:
-            batch = [self._jobs.get()]
+            try:
+                first = self._jobs.get(timeout=WRITER_IDLE_S)
+            except queue.Empty:  # idle: the thread and its connection go (the next write starts another)
+                with self._writer_lock:
+                    if self._jobs.empty():
+                        self._writer = None
+                        self.close()
+                        return
+                continue
+            batch = [first]
             while len(batch) < 64:
                 try:
                     batch.append(self._jobs.get_nowait())

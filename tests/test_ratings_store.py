@@ -370,3 +370,22 @@ def test_a_failed_statement_or_an_abandoned_transaction_costs_the_connection_not
         assert _connection_id(db) != second  # that connection was closed, its transaction rolled back
         assert db.execute("SELECT COUNT(*) FROM rater_keys").fetchone()[0] == 0
         assert not db.conn.in_transaction
+
+
+def test_the_commit_thread_ends_when_idle_and_the_next_write_starts_another(tmp_path, monkeypatch):
+    from ratings import db as rdb
+
+    monkeypatch.setattr(rdb, "WRITER_IDLE_S", 0.2)
+    database = rdb.Database(tmp_path / "r.db")
+    assert database.grouped(lambda db: db.execute("SELECT 1").fetchone()[0]) == 1
+    first = database._writer
+    first.join(5)
+    assert not first.is_alive() and database._writer is None  # idle: gone, with its connection
+    results = []
+    workers = [threading.Thread(target=lambda i=i: results.append(database.grouped(
+        lambda db, i=i: db.execute("SELECT ?", [i]).fetchone()[0]))) for i in range(20)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(10)
+    assert sorted(results) == list(range(20))  # none lost to a writer that was ending

@@ -427,13 +427,14 @@ def test_bundled_smollm2_trains_a_few_steps(bundled_models_dir, tmp_path):
 def test_the_training_thread_takes_the_cpu_only_when_the_server_leaves_it():
     import threading
 
-    from tuner.runs import yield_to_server
+    from tuner.runs import TRAIN_NICENESS, yield_to_server
 
     seen = {}
 
     def work():
         yield_to_server()
         seen["train"] = os.sched_getscheduler(threading.get_native_id())
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         child = threading.Thread(target=lambda: seen.update(child=os.sched_getscheduler(threading.get_native_id())))
         child.start()  # a thread it starts (torch's pool) inherits the class
         child.join()
@@ -441,5 +442,9 @@ def test_the_training_thread_takes_the_cpu_only_when_the_server_leaves_it():
     worker = threading.Thread(target=work)
     worker.start()
     worker.join()
-    assert seen == {"train": os.SCHED_IDLE, "child": os.SCHED_IDLE}
+    nice = seen.pop("nice")
+    if seen["train"] != os.SCHED_IDLE:  # a kernel or sandbox that refuses SCHED_IDLE: the fallback
+        assert nice == TRAIN_NICENESS and seen["child"] == seen["train"]
+    else:
+        assert seen == {"train": os.SCHED_IDLE, "child": os.SCHED_IDLE}
     assert os.sched_getscheduler(threading.get_native_id()) != os.SCHED_IDLE  # the server's threads: untouched

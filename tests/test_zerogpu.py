@@ -107,15 +107,52 @@ def test_generation_in_a_worker_process_gives_the_replies_of_this_one(tiny_llama
                                                                       [None])))
     local.start()
     local.join()
-    generator = tgen.Generator(tmp_path / "models", precision="fp32")  # the app's, with nothing loaded
-    tgen._WORKER_GENERATORS[id(generator)] = generator
+    key = (str(tmp_path / "models"), "fp32")  # the app's Generator's settings: the worker makes its own
     step = zerogpu.in_forked_process(tgen._in_worker, tgen._worker_duration)
     there = []
     handler = threading.Thread(target=lambda: there.append(step(  # as a Gradio handler's thread calls it
-        id(generator), "_generate_all", (str(tiny_llama), conversations, settings, [None], None),
+        key, "_generate_all", (str(tiny_llama), conversations, settings, [None], None),
         len(conversations), settings.max_new_tokens)))
     handler.start()
     handler.join()
     assert [r.text for r in there[0][0]] == [r.text for r in here[0][0]]
-    assert generator.base is None  # the model was loaded in the worker, not here
+    assert key not in tgen._WORKER_GENERATORS  # the model was loaded in the worker, not here
+    assert tgen._GPU_STEP is tgen._in_worker  # off ZeroGPU nothing is decorated
     assert tgen._worker_duration(0, "", (), 2, 6) == zerogpu.duration_for(zerogpu.generation_seconds(2, 6))
+
+
+def test_the_relay_hands_on_each_new_row_once_across_a_resumed_runs_rewrite(tmp_path):
+    import threading
+
+    from tuner import records
+
+    def row(step, **extra):
+        return {"step": step, "loss": 1.0 / step, **extra}
+
+    for step in (1, 2, 3):  # rows a resumed run already shows (its chart was given them)
+        records.append_metrics(tmp_path, row(step))
+    got, stop = [], threading.Event()
+    relay = zerogpu.MetricsRelay(tmp_path, got.append, lambda **_: None, stop, every=0.05)
+    relay.read()
+    assert got == []  # what was in the file before is not handed on again
+    records.append_metrics(tmp_path, row(4))
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')  # a row still being written
+    relay.read()
+    assert [r["step"] for r in got] == [4]
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('ss": 0.2}\n')
+    relay.read()
+    assert [r["step"] for r in got] == [4, 5]
+    records.truncate_metrics(tmp_path, 2)  # the worker resumes from its step-2 checkpoint: a new file
+    records.append_metrics(tmp_path, row(3))
+    records.append_metrics(tmp_path, row(6))
+    relay.read()
+    assert [r["step"] for r in got] == [4, 5, 6]  # the kept rows and the steps seen are not repeated
+    stop.set()
+    relay.start()
+    deadline = time.time() + 5
+    while not (tmp_path / zerogpu.STOP_FILE).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    relay.close()
+    assert zerogpu.StopFile(tmp_path).is_set()  # a Stop in the app reaches the worker's folder

@@ -8,7 +8,6 @@ The base reply comes from the same weights, never from a second copy: as a
 from __future__ import annotations
 
 import contextlib
-import functools
 import re
 import threading
 import time
@@ -310,26 +309,30 @@ def _step_reporter(on_token, prompt_width: int):
 
 
 # --- ZeroGPU: generation in the lent GPU's worker process ---------------------------------------
-# The worker is a fork of this process: it finds the Generator by key in this table (its
-# own copy, which loads the model on the GPU there and keeps it while the worker lives);
-# only plain values cross (conversations, settings, adapter folders; the replies back).
-_WORKER_GENERATORS: dict[int, Generator] = {}
+# The worker is a fork of this process that ZeroGPU keeps while it is idle: the Generator it
+# uses is its own, made there from the app's Generator's settings on its first call (a
+# Generator the app made after the worker was forked would not be in its memory) and kept, with
+# the model loaded on the GPU, for the next. Only plain values cross: conversations, settings,
+# adapter folders; the replies back.
+_WORKER_GENERATORS: dict[tuple, Generator] = {}
 
 
-def _on_zerogpu(generator: Generator, method: str, args: tuple, rows: int, settings: GenSettings):
-    _WORKER_GENERATORS[id(generator)] = generator
-    return _gpu_step()(id(generator), method, args, rows, settings.max_new_tokens)
-
-
-@functools.lru_cache(maxsize=1)
-def _gpu_step():
-    """One decorated function for every call (ZeroGPU keys its worker by the function)."""
-    return zerogpu.on_gpu(_in_worker, _worker_duration)
-
-
-def _in_worker(key: int, method: str, args: tuple, _rows: int, _max_new_tokens: int):
+def _in_worker(key: tuple, method: str, args: tuple, _rows: int, _max_new_tokens: int):
+    models_dir, precision = key
+    if key not in _WORKER_GENERATORS:
+        _WORKER_GENERATORS[key] = Generator(Path(models_dir), precision=precision)
     return getattr(_WORKER_GENERATORS[key], method)(*args)
 
 
 def _worker_duration(_key, _method, _args, rows: int, max_new_tokens: int) -> int:
     return zerogpu.duration_for(zerogpu.generation_seconds(rows, max_new_tokens))
+
+
+# decorated when the module is imported, before the app launches: ZeroGPU looks for its
+# functions at start-up (and keys its workers by the function); elsewhere this is _in_worker
+_GPU_STEP = zerogpu.on_gpu(_in_worker, _worker_duration)
+
+
+def _on_zerogpu(generator: Generator, method: str, args: tuple, rows: int, settings: GenSettings):
+    key = (str(generator.models_dir), generator.precision)
+    return _GPU_STEP(key, method, args, rows, settings.max_new_tokens)

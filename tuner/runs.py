@@ -76,8 +76,7 @@ def yield_to_server() -> None:
     SCHED_IDLE, per thread; the thread pool torch starts from it inherits it; else the
     lowest niceness). Training inside the web server then takes the cores only while
     requests do not need them: 25 raters pressing Submit together keep quick answers on
-    two cores, and an idle server loses the training nothing (bench/rating_load.py: at
-    niceness 10 a 135M run still took ~40% of the cores from a burst of ratings)."""
+    two cores, and an idle server loses the training nothing."""
     tid = threading.get_native_id()
     try:
         os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
@@ -122,19 +121,23 @@ def run_in_gpu_worker(config: TrainConfig, run_dir: Path, control: RunControl, m
     """run_to_end in a ZeroGPU worker process (tuner.zerogpu), holding the lent GPU for at
     most `seconds`. The worker trains and writes the run folder; this process relays its
     metrics rows to `control` as they land and passes a Stop on through the stop file.
-    `runner`: zerogpu.on_gpu by default; zerogpu.in_forked_process does the same without a GPU."""
+    `runner`: None for ZeroGPU's (decorated at import); zerogpu.in_forked_process does the same
+    without a GPU."""
     from tuner import zerogpu
 
-    runner = runner or zerogpu.on_gpu
     stop_file = zerogpu.StopFile(run_dir)
     stop_file.clear()
+    if resume:  # the rows after the checkpoint go now, as the worker will drop them (the chart has the rest)
+        checkpoint = records.last_complete_checkpoint(run_dir)
+        if checkpoint is not None:
+            records.truncate_metrics(run_dir, records.checkpoint_step(checkpoint))
     relay = zerogpu.MetricsRelay(run_dir, control.append, control.update, control.stop).start()
     control.update(message=f"waiting for a ZeroGPU GPU (asked for {seconds} s)")
     try:
         # one decorated function for every run (ZeroGPU keys its workers by it); the
         # seconds asked travel as an argument, read by the duration function
-        return runner(_worker_run, _worker_seconds)(config.to_dict(), str(run_dir), str(models_dir), resume,
-                                                    seconds)
+        step = runner(_worker_run, _worker_seconds) if runner is not None else _GPU_RUN
+        return step(config.to_dict(), str(run_dir), str(models_dir), resume, seconds)
     except Exception as exc:  # refused (the visitor's quota), cut off at its duration, or the worker died
         record = records.read_record(run_dir)
         record.update(status="failed", message=f"ZeroGPU: {explain(exc)}", ended_at=records.timestamp())
@@ -156,6 +159,16 @@ def _worker_run(config: dict, run_dir: str, models_dir: str, resume: bool, _seco
 
     control = RunControl(stop=zerogpu.StopFile(Path(run_dir)))
     return run_to_end(TrainConfig.from_dict(config), Path(run_dir), control, Path(models_dir), resume=resume)
+
+
+def _zerogpu_run():
+    from tuner import zerogpu
+
+    return zerogpu.on_gpu(_worker_run, _worker_seconds)
+
+
+# decorated at import, before the app launches (ZeroGPU looks for its functions at start-up)
+_GPU_RUN = _zerogpu_run()
 
 
 def explain(exc: Exception) -> str:
@@ -317,13 +330,13 @@ class RunManager:
              gpu_seconds: int | None = None) -> None:
         from tuner import zerogpu
 
-        yield_to_server()
         run_dir = records.run_folder(self.runs_dir, run_id)
-        runner = self.worker_runner or (zerogpu.on_gpu if zerogpu.enabled() else None)
-        if runner is not None:
+        if self.worker_runner is not None or zerogpu.enabled():
+            # (at normal priority: a worker forked from a SCHED_IDLE thread could never leave it)
             record = run_in_gpu_worker(config, run_dir, control, self.models_dir, resume,
-                                       gpu_seconds or zerogpu.max_seconds(), runner)
+                                       gpu_seconds or zerogpu.max_seconds(), self.worker_runner)
         else:
+            yield_to_server()
             record = run_to_end(config, run_dir, control, self.models_dir, resume=resume)
         self._update(status=record["status"], message=record.get("message", ""),
                      summary=record.get("summary", {}), ended=time.time())

@@ -19,6 +19,7 @@ the `spaces` package is imported only where ZeroGPU is on.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -152,7 +153,13 @@ class MetricsRelay:
         self.metrics = Path(run_dir) / "metrics.jsonl"
         self.stop_file = StopFile(run_dir)
         self.append, self.update, self.stop, self.every = append, update, stop, every
-        self._offset = 0
+        # rows already in the file (a resumed run's, up to its checkpoint) are the caller's already
+        self._offset, self._inode, self._last_step, self._skip_through = 0, None, -1, None
+        with contextlib.suppress(FileNotFoundError):
+            stat = self.metrics.stat()
+            self._offset, self._inode = stat.st_size, stat.st_ino
+            self._last_step = max((json.loads(line).get("step", -1) for line in
+                                   self.metrics.read_text().splitlines() if line.strip()), default=-1)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="zerogpu-metrics", daemon=True)
 
@@ -167,11 +174,19 @@ class MetricsRelay:
                 self.stop_file.set()
 
     def read(self) -> None:
-        if not self.metrics.exists():
+        try:
+            with self.metrics.open("rb") as f:
+                stat = os.fstat(f.fileno())
+                if stat.st_ino != self._inode or stat.st_size < self._offset:
+                    # new, or replaced (a resumed run's rows cut back to its checkpoint): read it
+                    # from the start, leaving out the steps delivered already
+                    if self._inode is not None:
+                        self._skip_through = self._last_step
+                    self._inode, self._offset = stat.st_ino, 0
+                f.seek(self._offset)
+                chunk = f.read()
+        except FileNotFoundError:
             return
-        with self.metrics.open("rb") as f:
-            f.seek(self._offset)
-            chunk = f.read()
         complete = chunk[:chunk.rfind(b"\n") + 1]  # a row still being written waits for the next read
         self._offset += len(complete)
         for line in complete.decode("utf-8", "replace").splitlines():
@@ -179,10 +194,15 @@ class MetricsRelay:
                 row = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(row, dict):
-                self.append(row)
-                if row.get("step") is not None:
-                    self.update(status="running", step=row["step"], message="")
+            if not isinstance(row, dict):
+                continue
+            step = row.get("step")
+            if isinstance(step, int) and self._skip_through is not None and step <= self._skip_through:
+                continue
+            self.append(row)
+            if isinstance(step, int):
+                self._last_step = max(self._last_step, step)
+                self.update(status="running", step=step)
 
     def close(self) -> None:
         self._done.set()
