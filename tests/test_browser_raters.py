@@ -125,10 +125,14 @@ def test_raters_page_handlers_send_no_variant_name_before_the_commit(served):
     for secret in ("base (tiny)", "lora", "run-xyz"):
         assert secret not in text
     # a score outside 1-5 is refused on the server, whatever a script sends
-    from gradio_client.exceptions import AppError
-
-    with pytest.raises(AppError, match="not in the list of choices"):
-        client.predict(7, 3, None, "", None, None, None, None, None, None, api_name="/rater_submit")
+    refused = client.predict(7, 3, None, "", None, None, None, None, None, None, api_name="/rater_submit")
+    assert "the score must be a whole number from 1 to 5 (got 7)" in json.dumps(refused)
+    for odd in ({"x": 1}, [3], "3; DROP TABLE ratings", 3.5, True):  # whatever a script sends
+        assert "⚠️" in str(client.predict(odd, 3, None, "", None, None, None, None, None, None,
+                                          api_name="/rater_submit"))
+    odd_comment = client.predict(4, 3, None, {"not": "text"}, None, None, None, None, None, None,
+                                 api_name="/rater_submit")
+    assert "must be text" in json.dumps(odd_comment)
     missing = client.predict(None, 3, None, "", None, None, None, None, None, None, api_name="/rater_submit")
     assert "Reply A: choose a score" in json.dumps(missing)
     assert store.ratings_frame(eval_id).empty

@@ -128,13 +128,17 @@ def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool, se
     # that, and its default of 4 at a time would make 25 friends pressing Submit together
     # wait their turn. Simultaneous submissions still share one commit (Store.grouped).
     fast = {"queue": False}
+    # ...and Gradio's per-component pre- and postprocessing (each a hop to a worker thread: 15
+    # for a submission and its Next pair): these inputs are scores, a choice and a comment,
+    # checked here on the server (ratings.store.check_score), the outputs text
+    raw = {**fast, "preprocess": False, "postprocess": False}
     join.click(_joiner(store, limits, public, panel, keys, serve), [evaluation, name, code, keys],
                [panel.rater, panel.chosen, keys, *panel.served()], api_name=f"{prefix}_join", **fast)
     mine = [panel.assignment, panel.rater, panel.chosen]
     submit.click(_submitter(store, limits, panel), [*mine, *scores, preference, comment, *aspects[0], *aspects[1]],
-                 [reveal, panel.assignment], api_name=f"{prefix}_submit", **fast)
-    next_pair.click(serve, [panel.chosen, panel.rater], panel.served(), api_name=f"{prefix}_next", **fast)
-    change.click(_changer(store), [*mine, *scores], reveal, api_name=f"{prefix}_change", **fast)
+                 [reveal, panel.assignment], api_name=f"{prefix}_submit", **raw)
+    next_pair.click(serve, [panel.chosen, panel.rater], panel.served(), api_name=f"{prefix}_next", **raw)
+    change.click(_changer(store), [*mine, *scores], reveal, api_name=f"{prefix}_change", **raw)
     return evaluation
 
 
@@ -253,6 +257,8 @@ def _submitted(store: Store, limits: RaterLimits, assignment_id, who, eval_id, s
     """What the rater is told after Submit: saved (with the reveal it has earned), or why not."""
     if assignment_id is None or who is None:
         return "⚠️ Press Start rating to get a pair first."
+    if not isinstance(text, (str, type(None))) or not isinstance(pref, (str, type(None))):
+        return "⚠️ The comment and the preference must be text."  # (sent by a script, not the page)
     allowed, wait = limits.submits.allow(who)
     if not allowed:
         return f"⚠️ Too many ratings too fast; wait {wait:.0f} s and submit again."
