@@ -121,6 +121,11 @@ def quiet_queue(demo: gr.Blocks, free: float = 0.02, progress: float = 0.1) -> g
     return demo
 
 
+def queued(demo: gr.Blocks) -> gr.Blocks:
+    """The queue as the app serves it (main() and the tests): 4 events at a time, quiet when idle."""
+    return quiet_queue(demo.queue(default_concurrency_limit=4))
+
+
 def main() -> None:
     home = data_root()
     model = os.environ.get("TUNER_MODEL", models.BUNDLED)
@@ -133,8 +138,7 @@ def main() -> None:
             print(f"Warning: {exc}", flush=True)
     demo = build_app(home, model)
     print(f"Data root: {home}. Ready in {time.perf_counter() - start:.1f} s.", flush=True)
-    quiet_queue(demo.queue(default_concurrency_limit=4))
-    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME"), max_file_size=max_upload())
+    queued(demo).launch(server_name=os.environ.get("GRADIO_SERVER_NAME"), max_file_size=max_upload())
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ applied on open. What the tables mean is `ratings.store`'s business.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -276,7 +277,7 @@ class Database:
         kept = not getattr(self._local, "busy", False)
         conn = None
         try:
-            wrapped = self._local.__dict__.get("wrapped") if kept else None
+            wrapped = getattr(self._local, "wrapped", None) if kept else None
             if wrapped is None:
                 conn = self._open()
                 wrapped = sqlite_utils.Database(conn)  # (its constructor runs a PRAGMA and the plugin hooks)
@@ -287,7 +288,8 @@ class Database:
                 self._local.busy = True
             yield wrapped
         except sqlite3.Error as exc:
-            conn = self._drop(conn)
+            self._drop(conn)
+            conn = None  # closed: nothing left for `finally`
             problem = sqlite_disk_problem(exc)
             if problem is None:
                 raise
@@ -317,18 +319,15 @@ class Database:
     def _drop(self, conn: sqlite3.Connection | None) -> None:
         """Close `conn`, and forget it if it is this thread's kept one (the next call opens a fresh one)."""
         if conn is None:
-            return None
-        if self._local.__dict__.get("conn") is conn:
+            return
+        if getattr(self._local, "conn", None) is conn:
             self._local.conn = self._local.wrapped = None
-        try:
+        with contextlib.suppress(sqlite3.Error):
             conn.close()  # rolls back anything left open
-        except sqlite3.Error:
-            pass
-        return None
 
     def close(self) -> None:
         """Close this thread's kept connection (other threads' close with their threads)."""
-        self._drop(self._local.__dict__.get("conn"))
+        self._drop(getattr(self._local, "conn", None))
 
     @contextmanager
     def write(self):

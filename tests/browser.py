@@ -29,12 +29,11 @@ def serve(home: Path, model, access=None, seed: int = 3, **launch):
     """The app over `home` with `model` as its default, launched on a free port as
     the tests launch it (queue on, no thread lock); `launch` adds launch() options.
     `access` None: the environment's. Returns (demo, base url); close the demo."""
-    from app import build_app, quiet_queue
+    from app import build_app, queued
 
     demo = build_app(home, default_model=str(model), rng=random.Random(seed), access=access)
     port = free_port()
-    quiet_queue(demo.queue(default_concurrency_limit=4))  # as app.main() runs it
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch)
+    queued(demo).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch)
     return demo, f"http://127.0.0.1:{port}"
 
 

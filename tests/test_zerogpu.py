@@ -52,6 +52,10 @@ def test_a_forked_call_returns_its_value_raises_its_error_and_is_cut_off_at_its_
         zerogpu.in_forked_process(lambda: time.sleep(30), 1)()
     with pytest.raises(Exception, match="pickle|lambda"):  # what cannot cross does not start
         zerogpu.in_forked_process(lambda f: f(), 10)(lambda: 1)
+    import os
+
+    with pytest.raises(RuntimeError, match="ended without an answer \\(exit code 3\\)"):
+        zerogpu.in_forked_process(lambda: os._exit(3), 10)()  # a worker that dies says so
     seen = []
     zerogpu.in_forked_process(seen.append, 10)(1)
     assert seen == []  # what the worker changes in memory stays there
@@ -156,3 +160,12 @@ def test_the_relay_hands_on_each_new_row_once_across_a_resumed_runs_rewrite(tmp_
         time.sleep(0.05)
     relay.close()
     assert zerogpu.StopFile(tmp_path).is_set()  # a Stop in the app reaches the worker's folder
+
+
+def test_a_bad_cap_is_refused_before_a_run_folder_is_made(tiny_llama, home, tmp_path, monkeypatch):
+    dataset = write_jsonl(tmp_path / "d.jsonl", [chat("Question?", "Answer.")])
+    manager = RunManager(home.runs, home.models, worker_runner=zerogpu.in_forked_process)
+    monkeypatch.setenv("TUNER_ZEROGPU_MAX_S", "soon")
+    with pytest.raises(ValueError, match="TUNER_ZEROGPU_MAX_S must be a whole number"):
+        manager.start(TrainConfig(base_model=str(tiny_llama), dataset=str(dataset), max_steps=1))
+    assert not manager.busy() and manager.runs() == []  # nothing started, nothing left behind

@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuner import records
+from tuner import records, zerogpu
 from tuner.paths import atomic_write_text
 from tuner.config import TrainConfig
 from tuner.train import RunControl, train
@@ -123,8 +123,6 @@ def run_in_gpu_worker(config: TrainConfig, run_dir: Path, control: RunControl, m
     metrics rows to `control` as they land and passes a Stop on through the stop file.
     `runner`: None for ZeroGPU's (decorated at import); zerogpu.in_forked_process does the same
     without a GPU."""
-    from tuner import zerogpu
-
     stop_file = zerogpu.StopFile(run_dir)
     stop_file.clear()
     if resume:  # the rows after the checkpoint go now, as the worker will drop them (the chart has the rest)
@@ -155,20 +153,12 @@ def _worker_seconds(_config, _run_dir, _models_dir, _resume, seconds: int) -> in
 
 def _worker_run(config: dict, run_dir: str, models_dir: str, resume: bool, _seconds: int = 0) -> dict:
     """In the worker: the run, stopped by its stop file; its rows reach the app through metrics.jsonl."""
-    from tuner import zerogpu
-
     control = RunControl(stop=zerogpu.StopFile(Path(run_dir)))
     return run_to_end(TrainConfig.from_dict(config), Path(run_dir), control, Path(models_dir), resume=resume)
 
 
-def _zerogpu_run():
-    from tuner import zerogpu
-
-    return zerogpu.on_gpu(_worker_run, _worker_seconds)
-
-
 # decorated at import, before the app launches (ZeroGPU looks for its functions at start-up)
-_GPU_RUN = _zerogpu_run()
+_GPU_RUN = zerogpu.on_gpu(_worker_run, _worker_seconds)
 
 
 def explain(exc: Exception) -> str:
@@ -227,6 +217,7 @@ class RunManager:
         worker, for at most `gpu_seconds` (default: the longest call allowed)."""
         if not config.dataset or not Path(config.dataset).is_file():
             raise ValueError(f"Dataset file not found: {config.dataset or '(none chosen)'}")
+        gpu_seconds = self._worker_seconds(gpu_seconds)
         with self._lock:
             self._refuse_if_busy()
             run_id = records.new_run_id(config)
@@ -250,9 +241,10 @@ class RunManager:
         config = TrainConfig.from_dict(run["config"])
         step = records.checkpoint_step(checkpoint)
         rows = [r for r in records.read_metrics(run_dir) if r["step"] <= step]
+        gpu_seconds = self._worker_seconds(None)  # a resumed run asks for the longest call
         with self._lock:
             self._refuse_if_busy()
-            self._launch(config, run_id, resume=True, rows=rows)
+            self._launch(config, run_id, resume=True, rows=rows, gpu_seconds=gpu_seconds)
         return run_id
 
     def stop(self) -> bool:
@@ -297,6 +289,14 @@ class RunManager:
         records.check_run_id(run_id)
         return next((r for r in self.runs() if r["run_id"] == run_id), None)
 
+    def _worker_seconds(self, asked: int | None) -> int | None:
+        """The seconds a run in a worker asks for (default: the longest call allowed), checked
+        before anything is written, so a bad TUNER_ZEROGPU_MAX_S is the caller's ValueError;
+        None for a run in this process."""
+        if self.worker_runner is None and not zerogpu.enabled():
+            return None
+        return asked if asked is not None else zerogpu.max_seconds()
+
     # --- the training thread's side -----------------------------------------------------
     def _refuse_if_busy(self) -> None:
         if self.busy():
@@ -328,13 +328,11 @@ class RunManager:
 
     def _run(self, config: TrainConfig, run_id: str, control: RunControl, resume: bool,
              gpu_seconds: int | None = None) -> None:
-        from tuner import zerogpu
-
         run_dir = records.run_folder(self.runs_dir, run_id)
         if self.worker_runner is not None or zerogpu.enabled():
             # (at normal priority: a worker forked from a SCHED_IDLE thread could never leave it)
-            record = run_in_gpu_worker(config, run_dir, control, self.models_dir, resume,
-                                       gpu_seconds or zerogpu.max_seconds(), self.worker_runner)
+            record = run_in_gpu_worker(config, run_dir, control, self.models_dir, resume, gpu_seconds,
+                                       self.worker_runner)
         else:
             yield_to_server()
             record = run_to_end(config, run_dir, control, self.models_dir, resume=resume)

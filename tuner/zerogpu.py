@@ -117,7 +117,11 @@ def in_forked_process(fn, seconds):
             worker.terminate()
             worker.join(5)
             raise TimeoutError(f"the GPU call ran past its {limit} s and was stopped")
-        kind, value = receive.recv()
+        try:
+            kind, value = receive.recv()
+        except EOFError:  # it died (killed, out of memory) or its error could not be pickled
+            worker.join(5)
+            raise RuntimeError(f"the GPU worker ended without an answer (exit code {worker.exitcode})") from None
         worker.join(5)
         if kind == "error":
             raise value
