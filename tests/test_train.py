@@ -145,9 +145,12 @@ def test_the_example_boundaries_are_read_once_per_forward_not_once_per_layer(tin
     assert len(reads) == 2  # one a forward pass, not one a layer (that was 2 × layers)
 
 
-def test_per_example_attention_and_rounded_rows_give_the_same_loss_and_gradients(tiny_llama):
-    """train()'s packed batches: attention per example (tuner.packed_attention) and the
-    row and the head's positions rounded up to a multiple of 64 change nothing learned."""
+@pytest.mark.parametrize("kernel", ["sdpa", "explicit"])
+def test_per_example_attention_and_rounded_rows_give_the_same_loss_and_gradients(tiny_llama, kernel, monkeypatch):
+    """train()'s packed batches: attention per example (tuner.packed_attention), with
+    either kernel, and the row and the head's positions rounded up to a multiple of 64
+    change nothing learned."""
+    monkeypatch.setenv("TUNER_PACKED_KERNEL", kernel)
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -189,6 +192,55 @@ def test_per_example_attention_and_rounded_rows_give_the_same_loss_and_gradients
     assert torch.allclose(packed, padded, atol=1e-5)
     for name, grad in padded_grads.items():
         assert torch.allclose(packed_grads[name], grad, atol=1e-5, rtol=1e-4), name
+
+
+def test_explicit_attention_equals_sdpa_per_example_with_grouped_heads(monkeypatch):
+    """explicit_causal against SDPA on each example alone (float64: exact to rounding):
+    grouped-query heads, uneven and one-token examples, an empty span, and an example
+    past EXPLICIT_MAX_LEN (which goes to SDPA); outputs and all three gradients."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    from tuner import packed_attention
+
+    monkeypatch.setattr(packed_attention, "EXPLICIT_MAX_LEN", 30)
+    edges = [0, 5, 17, 17, 40, 41, 60, 100]  # 17→17 empty; 60→100 is past the cap
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, heads, 100, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+               for heads in (6, 2, 2))
+    out = packed_attention.explicit_causal(q, k, v, edges, scaling=0.3)
+    grads = torch.autograd.grad((out * torch.arange(out.numel()).view_as(out).sin()).sum(), [q, k, v])
+    kk, vv = repeat_kv(k, 3), repeat_kv(v, 3)
+    ref = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+        q[:, :, a:b], kk[:, :, a:b], vv[:, :, a:b], is_causal=True, scale=0.3)
+        for a, b in zip(edges[:-1], edges[1:]) if b > a], dim=2)
+    ref_grads = torch.autograd.grad((ref * torch.arange(ref.numel()).view_as(ref).sin()).sum(), [q, k, v])
+    assert out.shape == ref.shape == (1, 6, 100, 8)
+    assert torch.allclose(out, ref, atol=1e-12)
+    for got, want in zip(grads, ref_grads):
+        assert torch.allclose(got, want, atol=1e-10)
+    # a query sees its own example only: changing another example's keys changes nothing here
+    k2 = k.detach().clone()
+    k2[:, :, 17:40] += torch.randn(1, 2, 23, 8, generator=gen, dtype=torch.float64)
+    again = packed_attention.explicit_causal(q.detach(), k2, v.detach(), edges, scaling=0.3)
+    assert torch.equal(again[:, :, :17], out.detach()[:, :, :17])
+    assert not torch.allclose(again[:, :, 17:40], out.detach()[:, :, 17:40])
+
+
+def test_the_attention_kernel_is_measured_or_forced(monkeypatch):
+    """On a CPU the kernel is the one the probe measured faster (a name, cached per
+    shape); TUNER_PACKED_KERNEL forces either; anything else there means measure."""
+    from tuner import packed_attention
+
+    q, k = torch.zeros(1, 4, 8, 16), torch.zeros(1, 2, 8, 16)
+    monkeypatch.setenv("TUNER_PACKED_KERNEL", "explicit")
+    assert packed_attention.kernel(q, k) == "explicit"
+    monkeypatch.setenv("TUNER_PACKED_KERNEL", "sdpa")
+    assert packed_attention.kernel(q, k) == "sdpa"
+    monkeypatch.setenv("TUNER_PACKED_KERNEL", "flash-typo")
+    measured = packed_attention.kernel(q, k)
+    assert measured in packed_attention.KERNELS
+    assert packed_attention._probe.cache_info().currsize >= 1
+    assert packed_attention.kernel(q, k) == measured  # measured once
 
 
 def test_auto_precision_is_fp32_or_bf16_by_this_machine(monkeypatch):
@@ -247,7 +299,7 @@ def test_lora_run_loss_falls_weights_change_and_folder_is_complete(tiny_llama, h
     for key in ("status", "train_runtime", "final_loss", "best_eval_loss", "trainable_params",
                 "trainable_percent"):
         assert summary[key] is not None, key
-    assert summary["packing"] and summary["attention"] == "per example"  # tuner.packed_attention in use
+    assert summary["packing"] and summary["attention"] in ("per example (sdpa)", "per example (explicit)")  # tuner.packed_attention
     metrics = records.read_metrics(run_dir)
     losses = [m["loss"] for m in metrics if "loss" in m]
     assert len(losses) == state.max_steps

@@ -12,6 +12,15 @@ attention went from 28% to 19% of a training step's CPU time, ~20% off the whole
 step, with the same loss (CPU flash attention has a high fixed cost per call, so
 four short sequences cost less than one long one, but not four times less).
 
+Each example's attention is then one of two kernels, whichever measured faster on
+this machine for the model's shapes (`kernel`, one ~0.1 s probe per process):
+torch's SDPA (flash attention on a CPU) or `explicit_causal`, two matmuls and an
+fp32 softmax per example, with grouped-query heads multiplied without copying the
+key/value heads. CPU flash attention's backward is slow: on a 2-core Xeon with
+AMX, SmolLM2-135M's shapes (9 heads, 3 key/value heads, 5 examples of ~200
+tokens, bf16) took 18.9 ms forward + backward a layer with SDPA and 11.2 ms
+explicit, the same values to bf16's rounding. On a GPU, SDPA's kernels are used.
+
 It is registered without a mask function, so transformers builds no mask for it
 (a total × total mask per forward cost ~5% of a step): it therefore only serves
 packed rows with boundaries and refuses anything else (padded batches, generation)
@@ -23,9 +32,17 @@ soft-capping, attention sinks, position biases) stay on SDPA:
 
 from __future__ import annotations
 
+import functools
+import os
+import time
+
 import torch
 
 NAME = "tuner_packed_sdpa"
+KERNELS = ("sdpa", "explicit")
+# explicit attention keeps each example's (heads × L × L) scores for the backward pass:
+# longer examples go to SDPA, whose memory does not grow with L²
+EXPLICIT_MAX_LEN = 512
 
 
 def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -41,10 +58,15 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
         raise ValueError(f"attention {NAME!r} serves packed rows with example boundaries (cu_seq_lens_q, "
                          "from PackCollator(boundaries=True)) only; for other batches switch the model "
                          "back with set_attn_implementation('sdpa')")
+    edges = example_edges(bounds)
+    global last_kernel
+    last_kernel = "explicit" if not dropout and kernel(query, key) == "explicit" else "sdpa"
+    if last_kernel == "explicit":
+        out = explicit_causal(query, key, value, edges, scaling)
+        return out.transpose(1, 2).contiguous(), None
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    edges = example_edges(bounds)
     parts = [torch.nn.functional.scaled_dot_product_attention(
         query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout, scale=scaling, is_causal=True)
         for a, b in zip(edges[:-1], edges[1:]) if b > a]
@@ -52,6 +74,91 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
     return out.transpose(1, 2).contiguous(), None
 
 
+def explicit_causal(query, key, value, edges: list[int], scaling=None):
+    """Causal attention of each example [edges[i], edges[i+1]) on its own, as two
+    matmuls and an fp32 softmax: query (1, heads, T, d), key and value (1, kv_heads,
+    T, d) with heads a multiple of kv_heads (grouped-query attention: query head
+    h reads key/value head h // (heads / kv_heads), as transformers' repeat_kv lays
+    them out). Returns (1, heads, T, d). Examples longer than EXPLICIT_MAX_LEN use SDPA."""
+    _, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    scale = dim ** -0.5 if scaling is None else scaling
+    parts = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        n = b - a
+        if n <= 0:
+            continue
+        if n > EXPLICIT_MAX_LEN:
+            from transformers.integrations.sdpa_attention import repeat_kv
+
+            parts.append(torch.nn.functional.scaled_dot_product_attention(
+                query[:, :, a:b], repeat_kv(key[:, :, a:b], groups), repeat_kv(value[:, :, a:b], groups),
+                scale=scaling, is_causal=True))
+            continue
+        q = query[0, :, a:b].reshape(kv_heads, groups * n, dim)  # each key/value head's query rows together
+        scores = torch.matmul(q, key[0, :, a:b].transpose(-1, -2)).view(kv_heads, groups, n, n)
+        weights = (scores.to(torch.promote_types(scores.dtype, torch.float32)) * scale + _causal_mask(n, scores.device)).softmax(-1).to(value.dtype)
+        out = torch.matmul(weights.view(kv_heads, groups * n, n), value[0, :, a:b])
+        parts.append(out.view(1, heads, n, dim))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+
+@functools.lru_cache(maxsize=64)
+def _causal_mask(n: int, device) -> torch.Tensor:
+    return torch.full((n, n), float("-inf"), device=device).triu(1)
+
+
+def kernel(query, key) -> str:
+    """'sdpa' or 'explicit' for these shapes: TUNER_PACKED_KERNEL when set to one of
+    them (for benchmarks), SDPA on a GPU, else whichever `_probe` measured faster."""
+    forced = os.environ.get("TUNER_PACKED_KERNEL", "auto")
+    if forced in KERNELS:
+        return forced
+    if query.device.type != "cpu":
+        return "sdpa"
+    return _probe(query.shape[1], key.shape[1], query.shape[-1], query.dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _probe(heads: int, kv_heads: int, dim: int, dtype) -> str:
+    """Forward + backward of both kernels on four 200-token examples of these shapes:
+    one call each to warm up (a shape's first calls pay for allocations), then three
+    interleaved rounds of three calls, best round; the faster one's name. (Single
+    calls measured too noisily: they picked SDPA where a warm loop measured it 1.5×
+    slower.)"""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    edges = [0, 200, 400, 600, 800]
+    groups = heads // kv_heads
+
+    def sdpa(q, k, v):
+        k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+        return torch.cat([torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], is_causal=True) for a, b in zip(edges[:-1], edges[1:])], dim=2)
+
+    def explicit(q, k, v):
+        return explicit_causal(q, k, v, edges)
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(1, n, edges[-1], dim, generator=generator).to(dtype).requires_grad_()
+               for n in (heads, kv_heads, kv_heads)]
+    grad = torch.randn(1, heads, edges[-1], dim, generator=generator).to(dtype)
+    best = {}
+    kernels = (("sdpa", sdpa), ("explicit", explicit))
+    with torch.enable_grad(), torch.autocast("cpu", enabled=False):
+        for _name, fn in kernels:
+            fn(*tensors).backward(grad)
+        for _ in range(3):
+            for name, fn in kernels:
+                start = time.perf_counter()
+                for _ in range(3):
+                    fn(*tensors).backward(grad)
+                best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
+    return min(best, key=best.get)
+
+
+last_kernel: str | None = None  # the kernel of the latest forward pass (for the run's record)
 _last_edges: tuple = (None, None)  # (the boundaries tensor, its values as a list)
 
 

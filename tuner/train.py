@@ -528,8 +528,8 @@ def summarize(config: TrainConfig, run_dir: Path, setup: Setup, training: Traini
         # processes that trained together (accelerate launch / torchrun: data parallel), 1 alone
         "world_size": training.trainer.args.world_size,
         "packing": training.packing,
-        # attention of packed rows: per example (tuner.packed_attention), or the model's own
-        "attention": "per example" if training.per_example else getattr(setup.model.get_base_model().config,
+        # attention of packed rows: per example (tuner.packed_attention) with its kernel, or the model's own
+        "attention": f"per example ({packed_attention.last_kernel})" if training.per_example else getattr(setup.model.get_base_model().config,
                                                                          "_attn_implementation", None),
         "method": config.method,
         "target_modules": list(setup.targets) if config.method != "prompt_tuning" else [],
