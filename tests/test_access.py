@@ -310,6 +310,78 @@ def test_raters_page_works_without_owner_rights(locked):
     assert len(store.ratings_frame(eval_id)) == 2
 
 
+def test_the_gate_runs_the_raters_handlers_itself_with_gradios_state_and_answer(locked):
+    """Submit, Next and Change, POSTed by the page to /gradio_api/run/…, are run by OwnerGate
+    (tuner.ui.access.direct), not by Gradio's route: the same session state (set by a join
+    that Gradio ran), Gradio's answer shape, no session made for a stranger's made-up one,
+    and a stranger's odd bodies refused with the reason and nothing stored."""
+    from tuner.ui.access import DIRECT_CAP
+
+    demo, url, home, store, eval_id, access = locked
+    cfg = config(url)
+    join, submit, next_pair = (_by_api(cfg, n) for n in ("rater_join", "rater_submit", "rater_next"))
+    joined = call_as_page(cfg, url, join, [eval_id, "Bo", "", {}], session_hash="bo-browser")
+    assert "pair 1 of 3" in joined["data"][3]
+    runs = {i: demo.fns[i].total_runs for i in (submit, next_pair)}
+    scores = [None, None, None, 5, 3, "B", "fine", None, None, None, None, None, None]
+    raw = httpx.post(f"{url}/gradio_api/run/rater_submit", json={
+        "data": scores, "fn_index": submit, "session_hash": "bo-browser", "event_data": None, "trigger_id": None})
+    assert raw.status_code == 200, raw.text
+    answer = raw.json()
+    assert {"data", "is_generating", "duration", "average_duration", "render_config",
+            "changed_state_ids"} <= set(answer)
+    assert len(answer["data"]) == len(demo.fns[submit].outputs) == 2
+    assert "Saved (1 of 3 done)" in answer["data"][0]
+    assert answer["data"][1] is None  # a state's value never goes to the browser
+    # the assignment (a state output the handler did not return) is left as it was: Change finds the pair
+    changed = call_as_page(cfg, url, _by_api(cfg, "rater_change"), [None, None, None, 4, 3], session_hash="bo-browser")
+    assert "Reply A 5 → 4" in changed["data"][0], changed
+    served = call_as_page(cfg, url, next_pair, [None, None], session_hash="bo-browser")
+    assert served["success"] and "pair 2 of 3" in served["data"][0]
+    assert served["data"][1] is None  # a state's value never goes to the browser
+    again = call_as_page(cfg, url, submit, scores, session_hash="bo-browser")  # the assignment Next kept
+    assert "Saved (2 of 3 done)" in again["data"][0]
+    assert {i: demo.fns[i].total_runs for i in (submit, next_pair)} == runs  # Gradio's route ran none of them
+    frame = store.ratings_frame(eval_id)
+    assert len(frame) == 4 and set(frame["rater"]) == {"Bo"}
+
+    sessions = demo.server_app.state_holder
+    made_up = call_as_page(cfg, url, submit, scores, session_hash="never-seen-before")
+    assert "Press Start rating" in made_up["data"][0]
+    assert "never-seen-before" not in sessions  # no session (and its ~65 ms) for a made-up name
+
+    def post(body: dict | bytes) -> httpx.Response:
+        if isinstance(body, bytes):
+            return httpx.post(f"{url}/gradio_api/run/rater_submit", content=body,
+                              headers={"content-type": "application/json"})
+        return httpx.post(f"{url}/gradio_api/run/rater_submit", json={"fn_index": submit, **body})
+
+    for body, status, why in [
+            ({"data": "5,5", "session_hash": "bo-browser"}, 422, "data must be a list of 13 values"),
+            ({"data": scores[:5], "session_hash": "bo-browser"}, 422, "data must be a list of 13 values"),
+            ({"data": scores}, 422, "session_hash"),
+            ({"data": scores, "session_hash": "x" * 65}, 422, "session_hash"),
+            ({"data": scores, "session_hash": 7}, 422, "session_hash"),
+            ({"data": [*scores[:6], "z" * DIRECT_CAP, *scores[7:]], "session_hash": "bo-browser"}, 413, "too large")]:
+        refused = post(body)
+        assert refused.status_code == status and why in refused.json()["error"], (body, refused.text)
+    assert len(store.ratings_frame(eval_id)) == 4  # nothing more stored
+    # a flood from one address is cut off, with the wait
+    from tuner.access import RateLimiter
+
+    _gate(demo).direct_calls = RateLimiter(capacity=3, per_seconds=60)
+    flood = [post({"data": scores, "session_hash": f"flood-{i}"}).status_code for i in range(5)]
+    assert flood == [200, 200, 200, 429, 429]
+    assert "Too many requests from this address" in post({"data": scores, "session_hash": "f"}).json()["error"]
+
+    # the owner's own rating panel (Compare) is guarded: Gradio's route runs it, with its request
+    owner = sign_in(url, PASSWORD)
+    compare = _by_api(cfg, "rate_next")
+    before = demo.fns[compare].total_runs
+    answered = call_as_page(cfg, url, compare, [None, None], cookies=owner, session_hash="owner-tab")
+    assert answered["success"] and demo.fns[compare].total_runs == before + 1
+
+
 def test_a_rater_cannot_rate_as_someone_else(locked):
     demo, url, home, store, eval_id, access = locked
     cfg = config(url)

@@ -35,7 +35,7 @@ def served(tiny_llama, tmp_path, patient_expect):
                 store.add_reply(p["id"], vid, f"Reply {'xy'[k]} to note {p['position']}.", {"max_new_tokens": 16})
         store.open_for_rating(evaluation)
     demo, url = serve(home, tiny_llama, seed=5)
-    yield url, store, eval_id
+    yield url, store, eval_id, demo
     demo.close()
 
 
@@ -52,7 +52,7 @@ def _join(page, url, name, evaluation="friends' round", code=""):
 def test_two_raters_each_get_their_own_queue(served):
     from playwright.sync_api import expect, sync_playwright
 
-    url, store, eval_id = served
+    url, store, eval_id, demo = served
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
@@ -111,13 +111,17 @@ def test_two_raters_each_get_their_own_queue(served):
     frame = store.ratings_frame(eval_id)
     assert sorted(frame[frame["rater"] == "Ana"]["score"]) == [1, 2, 3, 4, 5, 5]
     assert frame[frame["rater"] == "Ben"].empty
+    # the page's Submit and Next went through the gate's own lane (tuner.ui.access.direct), not
+    # Gradio's route, which counts each run it makes; the join went through Gradio's
+    runs = {f.api_name: f.total_runs for f in demo.fns.values()}
+    assert runs["rater_submit"] == runs["rater_next"] == 0 and runs["rater_join"] >= 4
 
 
 def test_raters_page_handlers_send_no_variant_name_before_the_commit(served):
     """Called directly, as a script would: what the server returns before the commit."""
     from gradio_client import Client
 
-    url, store, eval_id = served
+    url, store, eval_id, _demo = served
     client = Client(url, verbose=False)
     served_pair = client.predict(eval_id, "Eve", "", {}, api_name="/rater_join")
     text = json.dumps(served_pair, ensure_ascii=False)
