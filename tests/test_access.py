@@ -365,6 +365,13 @@ def test_the_gate_runs_the_raters_handlers_itself_with_gradios_state_and_answer(
             ({"data": [*scores[:6], "z" * DIRECT_CAP, *scores[7:]], "session_hash": "bo-browser"}, 413, "too large")]:
         refused = post(body)
         assert refused.status_code == status and why in refused.json()["error"], (body, refused.text)
+    # whatever a script puts where the page sends scores, a choice and a comment: refused by the handler
+    call_as_page(cfg, url, join, [eval_id, "Cy", "", {}], session_hash="cy-browser")
+    for odd in ([{"x": 1}, 3, None, ""], [[3], 3, None, ""], ["3; DROP TABLE ratings", 3, None, ""],
+                [3.5, 3, None, ""], [True, 3, None, ""], [7, 3, None, ""], [4, 3, None, {"not": "text"}],
+                [4, 3, ["A"], ""], [None, 3, None, ""]):
+        odd_answer = call_as_page(cfg, url, submit, [None, None, None, *odd, *[None] * 6], session_hash="cy-browser")
+        assert odd_answer["success"] and "⚠️" in odd_answer["data"][0], (odd, odd_answer)
     assert len(store.ratings_frame(eval_id)) == 4  # nothing more stored
     # a flood from one address is cut off, with the wait
     from tuner.access import RateLimiter
