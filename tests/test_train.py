@@ -1,5 +1,6 @@
 import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -241,6 +242,50 @@ def test_the_attention_kernel_is_measured_or_forced(monkeypatch):
     assert measured in packed_attention.KERNELS
     assert packed_attention._probe.cache_info().currsize >= 1
     assert packed_attention.kernel(q, k) == measured  # measured once
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_chunked_loss_equals_transformers_causal_lm_loss(dtype):
+    """tuner.cross_entropy against transformers' ForCausalLMLoss: labels shifted or given
+    shifted, ignored rows, a row count that is not a multiple of the chunk, with and
+    without num_items_in_batch; the loss and the logits' gradient."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    from tuner import cross_entropy
+
+    gen = torch.Generator().manual_seed(5)
+    vocab = 300
+    logits = (torch.randn(2, 37, vocab, generator=gen) * 4).to(dtype)
+    labels = torch.randint(0, vocab, (2, 37), generator=gen)
+    labels[0, :9] = -100
+    labels[1, 30:] = -100
+    shifted = torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:].contiguous()
+    for kwargs in ({"labels": labels}, {"labels": None, "shift_labels": shifted},
+                   {"labels": labels, "num_items_in_batch": torch.tensor(40)}):
+        got_in, want_in = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        got = cross_entropy.causal_lm_loss(got_in, vocab_size=vocab, **kwargs)
+        want = ForCausalLMLoss(want_in, vocab_size=vocab, **kwargs)
+        got.backward()
+        want.backward()
+        assert got.dtype == want.dtype == torch.float32
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-6), (kwargs, got, want)
+        tolerance = 1e-7 if dtype == torch.float32 else 2e-3  # bf16: the gradient's own rounding
+        assert got_in.grad.dtype == dtype
+        assert torch.allclose(got_in.grad.float(), want_in.grad.float(), atol=tolerance), kwargs
+        assert not got_in.grad[0, :8].any()  # ignored rows (their shifted label is -100) get none
+
+
+def test_training_on_a_cpu_uses_the_chunked_loss(tiny_llama, tmp_path):
+    """train() gives the model tuner.cross_entropy's loss on a CPU; run.json says which loss ran."""
+    from tuner.config import TrainConfig
+    from tuner.train import train
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    summary = train(TrainConfig(base_model=str(tiny_llama), dataset=str(POLITE), max_steps=2, save_steps=100),
+                    run_dir)
+    assert summary["loss"] == ("transformers" if torch.cuda.is_available() else "chunked")
+    assert math.isfinite(summary["final_loss"])
 
 
 def test_auto_precision_is_fp32_or_bf16_by_this_machine(monkeypatch):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuner import data as tdata
-from tuner import models, packed_attention, records
+from tuner import cross_entropy, models, packed_attention, records
 from tuner.config import PREFERENCE_METHODS, TrainConfig
 
 # Module names of attention projections, by architecture; anything else falls
@@ -273,6 +273,7 @@ class Training:
     packing: bool
     per_example: bool  # packed rows attend per example (tuner.packed_attention)
     checkpoint: Path | None  # what a resumed run continues from
+    chunked_loss: bool = False  # the loss in row chunks (tuner.cross_entropy)
 
 
 def train(config: TrainConfig, run_dir: Path, control: RunControl | None = None,
@@ -374,13 +375,15 @@ def make_trainer(config: TrainConfig, run_dir: Path, setup: Setup, control: RunC
     collator, packing, per_example = make_collator(config, setup.model, setup.tokenizer)
     if setup.precision in ("bf16", "fp16") and config.method != "qlora" and not config.use_dora:
         skip_adapter_input_casts(setup.model)
+    chunked_loss = cross_entropy.use_for_training(setup.model)  # on a CPU: the loss without fp32 logits
     has_eval = len(setup.eval_set) > 0
     reporter = reporting_callback(control, run_dir, collator)
     trainer = Trainer(model=setup.model, args=training_arguments(config, run_dir, setup.precision, has_eval, packing),
                       train_dataset=setup.train_set, eval_dataset=setup.eval_set if has_eval else None,
                       data_collator=collator, callbacks=[reporter])
     trainer.remove_callback(PrinterCallback)  # the chart and metrics.jsonl show the logs
-    return Training(trainer, reporter, packing, per_example, resume_point(run_dir) if resume else None)
+    return Training(trainer, reporter, packing, per_example, resume_point(run_dir) if resume else None,
+                    chunked_loss)
 
 
 def make_collator(config: TrainConfig, model, tokenizer):
@@ -531,6 +534,8 @@ def summarize(config: TrainConfig, run_dir: Path, setup: Setup, training: Traini
         # attention of packed rows: per example (tuner.packed_attention) with its kernel, or the model's own
         "attention": f"per example ({packed_attention.last_kernel})" if training.per_example else getattr(setup.model.get_base_model().config,
                                                                          "_attn_implementation", None),
+        # the causal-LM loss: in row chunks (tuner.cross_entropy) or transformers' own
+        "loss": "chunked" if training.chunked_loss else "transformers",
         "method": config.method,
         "target_modules": list(setup.targets) if config.method != "prompt_tuning" else [],
         "train_examples": len(setup.train_set),
