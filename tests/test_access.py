@@ -389,6 +389,48 @@ def test_the_gate_runs_the_raters_handlers_itself_with_gradios_state_and_answer(
     assert answered["success"] and demo.fns[compare].total_runs == before + 1
 
 
+@pytest.mark.parametrize("show_error", [True, False])
+def test_the_raters_lane_answers_a_failing_or_miscounted_handler_as_gradio_would(show_error, caplog):
+    """A `direct` handler that raises, or returns one value for two outputs: 500 with Gradio's
+    error payload (the message only where the app shows errors), and the traceback in the log."""
+    import socket
+
+    import gradio as gr
+
+    from tuner.access import Access
+    from tuner.ui.access import direct, install
+
+    def broken(text):
+        raise RuntimeError("the ratings file went away")
+
+    def miscounted(text):
+        return "one value"
+
+    raw = {"queue": False, "preprocess": False, "postprocess": False}
+    with gr.Blocks() as demo:
+        box, out, other = gr.Textbox(), gr.Textbox(), gr.Textbox()
+        gr.Button().click(direct(broken), box, out, api_name="broken", **raw)
+        gr.Button().click(direct(miscounted), box, [out, other], api_name="miscounted", **raw)
+    install(demo, Access(password=PASSWORD))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=show_error)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        cfg = config(url)
+        for name, message in (("broken", "the ratings file went away"),
+                              ("miscounted", "miscounted returned 1 values for 2 outputs")):
+            answer = httpx.post(f"{url}/gradio_api/run/{name}", json={
+                "data": ["hi"], "fn_index": _by_api(cfg, name), "session_hash": "s-1"})
+            assert answer.status_code == 500, answer.text
+            assert answer.json()["error"] == (message if show_error else None)
+            logged = [r for r in caplog.records if r.getMessage() == f"{name} failed"]
+            assert logged and logged[-1].exc_info  # logged, with its traceback
+    finally:
+        demo.close()
+
+
 def test_a_rater_cannot_rate_as_someone_else(locked):
     demo, url, home, store, eval_id, access = locked
     cfg = config(url)

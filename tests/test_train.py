@@ -227,6 +227,50 @@ def test_explicit_attention_equals_sdpa_per_example_with_grouped_heads(monkeypat
     assert not torch.allclose(again[:, :, 17:40], out.detach()[:, :, 17:40])
 
 
+def test_explicit_attention_takes_a_value_head_of_another_width():
+    """(as DeepSeek-style attention has: values narrower than queries and keys)"""
+    from tuner import packed_attention
+
+    gen = torch.Generator().manual_seed(4)
+    q, k = (torch.randn(1, h, 12, 16, generator=gen, dtype=torch.float64) for h in (4, 2))
+    v = torch.randn(1, 2, 12, 8, generator=gen, dtype=torch.float64)
+    out = packed_attention.explicit_causal(q, k, v, [0, 5, 12])
+    vv = v.repeat_interleave(2, dim=1)
+    ref = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+        q[:, :, a:b], k.repeat_interleave(2, dim=1)[:, :, a:b], vv[:, :, a:b], is_causal=True)
+        for a, b in ((0, 5), (5, 12))], dim=2)
+    assert out.shape == (1, 4, 12, 8) and torch.allclose(out, ref, atol=1e-12)
+
+
+def test_a_row_too_big_for_explicit_attention_goes_to_sdpa_and_the_record_says_so(tiny_llama, monkeypatch):
+    """The explicit kernel keeps heads × L² softmax entries a layer for the backward pass: a
+    row over EXPLICIT_BUDGET goes to SDPA, even where explicit is forced; the kernels used
+    are what run.json records."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuner import packed_attention
+    from tuner.chat import PackCollator, encode_example
+
+    monkeypatch.setenv("TUNER_PACKED_KERNEL", "explicit")
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    rows = [json.loads(line) for line in POLITE.read_text().splitlines()[:3]]
+    batch = PackCollator(labelled_logits_only=True, boundaries=True, multiple_of=64,
+                         pad_token_id=tok.pad_token_id)([encode_example(r["messages"], tok, 256) for r in rows])
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),
+                           LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    assert packed_attention.use_for_packed_training(model)
+    model(**batch).loss.backward()
+    assert packed_attention.kernels_used == {"explicit"}
+    monkeypatch.setattr(packed_attention, "EXPLICIT_BUDGET", 0)
+    packed_attention.restore_sdpa(model)
+    assert packed_attention.use_for_packed_training(model)  # a new run starts a new record
+    assert packed_attention.kernels_used == set()
+    model(**batch).loss.backward()
+    assert packed_attention.kernels_used == {"sdpa"}
+    packed_attention.restore_sdpa(model)
+
+
 def test_the_attention_kernel_is_measured_or_forced(monkeypatch):
     """On a CPU the kernel is the one the probe measured faster (a name, cached per
     shape); TUNER_PACKED_KERNEL forces either; anything else there means measure."""
@@ -273,6 +317,12 @@ def test_the_chunked_loss_equals_transformers_causal_lm_loss(dtype):
         assert got_in.grad.dtype == dtype
         assert torch.allclose(got_in.grad.float(), want_in.grad.float(), atol=tolerance), kwargs
         assert not got_in.grad[0, :8].any()  # ignored rows (their shifted label is -100) get none
+    # no labelled row at all: the loss is NaN in both, and the gradient zero, not NaN
+    none = torch.full_like(labels, -100)
+    got_in, want_in = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    cross_entropy.causal_lm_loss(got_in, none, vocab_size=vocab).backward()
+    ForCausalLMLoss(want_in, none, vocab_size=vocab).backward()
+    assert not got_in.grad.any() and not want_in.grad.any()
 
 
 def test_training_on_a_cpu_uses_the_chunked_loss(tiny_llama, tmp_path):
@@ -344,7 +394,8 @@ def test_lora_run_loss_falls_weights_change_and_folder_is_complete(tiny_llama, h
     for key in ("status", "train_runtime", "final_loss", "best_eval_loss", "trainable_params",
                 "trainable_percent"):
         assert summary[key] is not None, key
-    assert summary["packing"] and summary["attention"] in ("per example (sdpa)", "per example (explicit)")  # tuner.packed_attention
+    assert summary["packing"] and summary["attention"] in ("per example (sdpa)", "per example (explicit)",
+                                                       "per example (explicit, sdpa)")  # tuner.packed_attention
     metrics = records.read_metrics(run_dir)
     losses = [m["loss"] for m in metrics if "loss" in m]
     assert len(losses) == state.max_steps

@@ -42,7 +42,9 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_total):
         logits, safe, valid, lse = ctx.saved_tensors
         grad = torch.empty_like(logits)
-        scale = valid.float() * grad_total
+        # (where, not a product: with no labelled row the loss is 0/0 and its gradient inf,
+        # and the ignored rows must still get 0, as transformers' loss gives them)
+        scale = torch.where(valid, grad_total, torch.zeros_like(grad_total))
         for a in range(0, logits.shape[0], CHUNK):
             probs = (logits[a:a + CHUNK].float() - lse[a:a + CHUNK, None]).exp_()
             probs[torch.arange(probs.shape[0], device=probs.device), safe[a:a + CHUNK]] -= 1

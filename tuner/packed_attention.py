@@ -40,9 +40,12 @@ import torch
 
 NAME = "tuner_packed_sdpa"
 KERNELS = ("sdpa", "explicit")
-# explicit attention keeps each example's (heads × L × L) scores for the backward pass:
-# longer examples go to SDPA, whose memory does not grow with L²
+# explicit attention keeps each example's (heads × L × L) softmax for the backward pass (6
+# bytes an entry: fp32 and its bf16 copy), in every layer: longer examples go to SDPA, whose
+# memory does not grow with L², and so does a whole row whose examples would keep more than
+# EXPLICIT_BUDGET bytes a layer (SmolLM2's 4 rows of 256 tokens: ~11 MB; × 30 layers)
 EXPLICIT_MAX_LEN = 512
+EXPLICIT_BUDGET = 32 * 2 ** 20
 
 
 def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -59,9 +62,12 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
                          "from PackCollator(boundaries=True)) only; for other batches switch the model "
                          "back with set_attn_implementation('sdpa')")
     edges = example_edges(bounds)
-    global last_kernel
-    last_kernel = "explicit" if not dropout and kernel(query, key) == "explicit" else "sdpa"
-    if last_kernel == "explicit":
+    kept = query.shape[1] * sum((b - a) ** 2 for a, b in zip(edges[:-1], edges[1:]) if b - a <= EXPLICIT_MAX_LEN)
+    explicit = not dropout and 6 * kept <= EXPLICIT_BUDGET and kernel(query, key) == "explicit"
+    kernels_used.add("explicit" if explicit else "sdpa")
+    if any(b - a > EXPLICIT_MAX_LEN for a, b in zip(edges[:-1], edges[1:])):
+        kernels_used.add("sdpa")
+    if explicit:
         out = explicit_causal(query, key, value, edges, scaling)
         return out.transpose(1, 2).contiguous(), None
     groups = getattr(module, "num_key_value_groups", 1)
@@ -100,7 +106,7 @@ def explicit_causal(query, key, value, edges: list[int], scaling=None):
         scores = torch.matmul(q, key[0, :, a:b].transpose(-1, -2)).view(kv_heads, groups, n, n)
         weights = (scores.to(torch.promote_types(scores.dtype, torch.float32)) * scale + _causal_mask(n, scores.device)).softmax(-1).to(value.dtype)
         out = torch.matmul(weights.view(kv_heads, groups * n, n), value[0, :, a:b])
-        parts.append(out.view(1, heads, n, dim))
+        parts.append(out.view(1, heads, n, value.shape[-1]))  # (a value head may be wider or narrower)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
@@ -158,7 +164,7 @@ def _probe(heads: int, kv_heads: int, dim: int, dtype) -> str:
     return min(best, key=best.get)
 
 
-last_kernel: str | None = None  # the kernel of the latest forward pass (for the run's record)
+kernels_used: set[str] = set()  # the kernels of the forward passes since `use_for_packed_training`
 _last_edges: tuple = (None, None)  # (the boundaries tensor, its values as a list)
 
 
@@ -197,6 +203,7 @@ def use_for_packed_training(model) -> bool:
     if (getattr(config, "sliding_window", None) or getattr(config, "attn_logit_softcapping", None)
             or any(kind != "full_attention" for kind in layer_types)):
         return False  # attention beyond plain causal SDPA: keep transformers' own
+    kernels_used.clear()
     try:
         base.set_attn_implementation(register())
     except (ValueError, AttributeError):  # an architecture that cannot switch at run time

@@ -532,8 +532,9 @@ def summarize(config: TrainConfig, run_dir: Path, setup: Setup, training: Traini
         "world_size": training.trainer.args.world_size,
         "packing": training.packing,
         # attention of packed rows: per example (tuner.packed_attention) with its kernel, or the model's own
-        "attention": f"per example ({packed_attention.last_kernel})" if training.per_example else getattr(setup.model.get_base_model().config,
-                                                                         "_attn_implementation", None),
+        "attention": (f"per example ({', '.join(sorted(packed_attention.kernels_used)) or 'no forward pass'})"
+                      if training.per_example
+                      else getattr(setup.model.get_base_model().config, "_attn_implementation", None)),
         # the causal-LM loss: in row chunks (tuner.cross_entropy) or transformers' own
         "loss": "chunked" if training.chunked_loss else "transformers",
         "method": config.method,

@@ -36,6 +36,7 @@ import asyncio
 import functools
 import inspect
 import json
+import logging
 import os
 import time
 import uuid
@@ -606,6 +607,10 @@ class OwnerGate:
         if tail in ("/cancel", "/reset"):
             return await self.app(scope, receive, send)
         length = _header(scope, b"content-length")
+        named = self._by_api_name(tail[len("/run/"):].split("/", 1)[0]) if tail.startswith("/run/") else None
+        if (named is not None and getattr(named.fn, "_tuner_direct", False) and length is not None
+                and length.isdigit() and int(length) > DIRECT_CAP):  # refused before it is read
+            return await self._answer(send, 413, {"detail": "Request too large.", "error": "Request too large."})
         if length is not None and length.isdigit() and int(length) > JSON_CAP:
             return await self._answer(send, 413, {"detail": "Request too large.", "error": "Request too large."})
         body = await self._read(receive, JSON_CAP)
@@ -664,15 +669,22 @@ class OwnerGate:
         inputs = [(state[block._id] if state is not None else _default(block)) if block.stateful else value
                   for block, value in zip(block_fn.inputs, data)]
         start = time.perf_counter()
+        outputs = block_fn.outputs
         try:
             result = await anyio.to_thread.run_sync(block_fn.fn, *inputs, limiter=self.demo.limiter)
-        except Exception as exc:  # as Gradio answers a handler's error
-            return await self._answer(send, 500, {"error": str(exc) if self.demo.show_error else None})
-        outputs = block_fn.outputs
-        if isinstance(result, dict):
-            result = [result.get(block, {"__type__": "update"}) for block in outputs]
-        elif len(outputs) == 1:
-            result = [result]
+            if isinstance(result, dict) and result and all(isinstance(k, gr.blocks.Block) for k in result):
+                result = [result.get(block, {"__type__": "update"}) for block in outputs]
+            elif len(outputs) == 1:
+                result = [result]
+            if not isinstance(result, (list, tuple)) or len(result) != len(outputs):
+                raise ValueError(f"{block_fn.name} returned {len(result) if isinstance(result, (list, tuple)) else 1}"
+                                 f" values for {len(outputs)} outputs")
+        except Exception as exc:  # as Gradio answers a handler's error: logged, and the message if shown
+            from gradio.utils import error_payload
+
+            if not isinstance(exc, gr.Error) or exc.print_exception:
+                logging.getLogger(__name__).exception("%s failed", block_fn.name)
+            return await self._answer(send, 500, error_payload(exc, self.demo.show_error))
         answer = []
         for block, value in zip(outputs, result):
             if block.stateful:
