@@ -411,6 +411,8 @@ def test_the_raters_lane_answers_a_failing_or_miscounted_handler_as_gradio_would
         box, out, other = gr.Textbox(), gr.Textbox(), gr.Textbox()
         gr.Button().click(direct(broken), box, out, api_name="broken", **raw)
         gr.Button().click(direct(miscounted), box, [out, other], api_name="miscounted", **raw)
+        # marked, but on an event that preprocesses its values: Gradio's route runs it, not the lane
+        gr.Button().click(direct(lambda text: text.upper()), box, out, api_name="processed", queue=False)
     install(demo, Access(password=PASSWORD))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -427,6 +429,11 @@ def test_the_raters_lane_answers_a_failing_or_miscounted_handler_as_gradio_would
             assert answer.json()["error"] == (message if show_error else None)
             logged = [r for r in caplog.records if r.getMessage() == f"{name} failed"]
             assert logged and logged[-1].exc_info  # logged, with its traceback
+        processed = _by_api(cfg, "processed")
+        answer = httpx.post(f"{url}/gradio_api/run/processed", json={
+            "data": ["hi"], "fn_index": processed, "session_hash": "s-1"})
+        assert answer.status_code == 200 and answer.json()["data"] == ["HI"]
+        assert demo.fns[processed].total_runs == 1  # counted by Gradio's route: it ran there
     finally:
         demo.close()
 

@@ -13,7 +13,8 @@ step, with the same loss (CPU flash attention has a high fixed cost per call, so
 four short sequences cost less than one long one, but not four times less).
 
 Each example's attention is then one of two kernels, whichever measured faster on
-this machine for the model's shapes (`kernel`, one ~0.1 s probe per process):
+this machine for the model's shapes (`kernel`: one probe per process and shape,
+0.25 s in fp32 to 1.6 s in bf16, most of it the kernels' first-call set-up):
 torch's SDPA (flash attention on a CPU) or `explicit_causal`, two matmuls and an
 fp32 softmax per example, with grouped-query heads multiplied without copying the
 key/value heads. CPU flash attention's backward is slow: on a 2-core Xeon with
@@ -62,11 +63,12 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
                          "from PackCollator(boundaries=True)) only; for other batches switch the model "
                          "back with set_attn_implementation('sdpa')")
     edges = example_edges(bounds)
-    kept = query.shape[1] * sum((b - a) ** 2 for a, b in zip(edges[:-1], edges[1:]) if b - a <= EXPLICIT_MAX_LEN)
+    lengths = [b - a for a, b in zip(edges[:-1], edges[1:])]
+    kept = query.shape[1] * sum(n * n for n in lengths if n <= EXPLICIT_MAX_LEN)
     explicit = not dropout and 6 * kept <= EXPLICIT_BUDGET and kernel(query, key) == "explicit"
     kernels_used.add("explicit" if explicit else "sdpa")
-    if any(b - a > EXPLICIT_MAX_LEN for a, b in zip(edges[:-1], edges[1:])):
-        kernels_used.add("sdpa")
+    if explicit and max(lengths, default=0) > EXPLICIT_MAX_LEN:
+        kernels_used.add("sdpa")  # (explicit_causal hands those examples to SDPA)
     if explicit:
         out = explicit_causal(query, key, value, edges, scaling)
         return out.transpose(1, 2).contiguous(), None
@@ -104,7 +106,8 @@ def explicit_causal(query, key, value, edges: list[int], scaling=None):
             continue
         q = query[0, :, a:b].reshape(kv_heads, groups * n, dim)  # each key/value head's query rows together
         scores = torch.matmul(q, key[0, :, a:b].transpose(-1, -2)).view(kv_heads, groups, n, n)
-        weights = (scores.to(torch.promote_types(scores.dtype, torch.float32)) * scale + _causal_mask(n, scores.device)).softmax(-1).to(value.dtype)
+        exact = scores.to(torch.promote_types(scores.dtype, torch.float32))
+        weights = (exact * scale + _causal_mask(n, scores.device)).softmax(-1).to(value.dtype)
         out = torch.matmul(weights.view(kv_heads, groups * n, n), value[0, :, a:b])
         parts.append(out.view(1, heads, n, value.shape[-1]))  # (a value head may be wider or narrower)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)

@@ -608,8 +608,8 @@ class OwnerGate:
             return await self.app(scope, receive, send)
         length = _header(scope, b"content-length")
         named = self._by_api_name(tail[len("/run/"):].split("/", 1)[0]) if tail.startswith("/run/") else None
-        if (named is not None and getattr(named.fn, "_tuner_direct", False) and length is not None
-                and length.isdigit() and int(length) > DIRECT_CAP):  # refused before it is read
+        if self._runs_direct(named) and length is not None and length.isdigit() and int(length) > DIRECT_CAP:
+            # (refused before it is read; a body whose fn_index names it is checked again once read)
             return await self._answer(send, 413, {"detail": "Request too large.", "error": "Request too large."})
         if length is not None and length.isdigit() and int(length) > JSON_CAP:
             return await self._answer(send, 413, {"detail": "Request too large.", "error": "Request too large."})
@@ -634,11 +634,17 @@ class OwnerGate:
             if tail != "/queue/join" or events & ACTIONS:
                 return await self._answer(send, 403, {"detail": OWNER_ONLY, "error": OWNER_ONLY})
             return await self._quiet(scope, send, block_fn, parsed.get("session_hash"))
-        # (a raters' handler only: an owner's one is guarded, and its guard reads Gradio's request)
-        if (block_fn is not None and getattr(block_fn.fn, "_tuner_direct", False)
-                and not self._owner_only(block_fn) and tail.startswith("/run/")):
+        if tail.startswith("/run/") and self._runs_direct(block_fn):
             return await self._direct(scope, send, block_fn, parsed, len(body))
         return await self.app(scope, self._replay(body, receive), send)
+
+    def _runs_direct(self, block_fn) -> bool:
+        """A handler `_direct` runs: marked `direct`, on an event with no queue and no pre- or
+        postprocessing (whose values it passes as they are), and not an owner's (guarded: its
+        guard reads Gradio's request, which only Gradio's route makes). Else Gradio runs it."""
+        return (block_fn is not None and getattr(block_fn.fn, "_tuner_direct", False)
+                and block_fn.queue is False and block_fn.preprocess is False and block_fn.postprocess is False
+                and not self._owner_only(block_fn))
 
     async def _direct(self, scope, send, block_fn, parsed: dict, size: int) -> None:
         """Run a `direct` handler here, as Gradio's /run route would, for a fraction of its
