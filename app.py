@@ -2,8 +2,9 @@
 
     python app.py            # serves on http://localhost:7860 (GRADIO_SERVER_PORT honoured)
 
-Environment: TUNER_HOME (data root), TUNER_MODEL (the model picked at start),
-TUNER_OWNER_PASSWORD and/or TUNER_OWNER (owner-only mode; see tuner/access.py).
+Environment: TUNER_HOME (data root; uploads are kept in its uploads/ folder), TUNER_MODEL
+(the model picked at start), TUNER_OWNER_PASSWORD and/or TUNER_OWNER (owner-only mode; see
+tuner/access.py), TUNER_MAX_UPLOAD and TUNER_UPLOAD_TOTAL (the upload caps).
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
         access.sessions = Sessions(layout.root / "owner_sessions.db")
     access.csrf_key = hashlib.sha256(f"csrf:{secret}".encode()).digest()
     limits = rate.RaterLimits()
+    # uploads go to a folder of Tuner's own in the data root, not the machine's shared
+    # /tmp/gradio (set before any component is made: each reads it when built)
+    ui_access.use_upload_folder(layout.root, older_than=UPLOAD_LIFETIME[1])
 
     # uploads (and files handed out for download) older than an hour are deleted every
     # ten minutes; the gate caps what the upload folder may hold meanwhile
@@ -64,7 +68,8 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
         picker, _status, default_picked = widgets.model_picker(layout.models, default_model)
         with gr.Tabs():
             with gr.Tab("Dataset", id="dataset"):
-                chooser, (show_dataset, dataset_outputs) = dataset.dataset_tab(layout.datasets, picker, layout.models, generator)
+                chooser, (show_dataset, dataset_outputs), chosen_before = dataset.dataset_tab(
+                    layout.datasets, picker, layout.models, generator)
             with gr.Tab("Train", id="train") as train_page:
                 modules, estimate = train.train_tab(trainer, layout.datasets, picker, chooser, train_page, store,
                                                     layout.preferences)
@@ -85,7 +90,7 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
         # the owner's components are built empty (a stranger reads /config); these
         # guarded handlers fill them for the owner
         demo.load(default_picked, picker, picker).then(*modules).then(*estimate)
-        demo.load(dataset.refresh_datasets_fn(layout.datasets), chooser, chooser).then(
+        demo.load(dataset.refresh_datasets_fn(layout.datasets), [chooser, chosen_before], chooser).then(
             show_dataset, chooser, dataset_outputs)
         demo.load(load_compare, None, compare_outputs)
         demo.load(*export_runs)

@@ -19,7 +19,10 @@ Each is a pass rate per variant with a 95% Wilson interval, and every
 fine-tuned variant is tested against the base on the same prompts: McNemar's
 exact test for pass/fail measures (a binomial test on the prompts where exactly
 one of the two passed), a sign test for the per-prompt differences of F1 and
-ROUGE-L. `verdict` says in words whether the difference is worth rating.
+ROUGE-L. `verdict` says in words, for each measure that matters here (answer
+accuracy and ROUGE-L with references; each check and all checks together), whether
+the fine-tuned model is better, worse or no different, with Holm's correction for
+the number of measures; a regression comes first, and the advice follows it.
 
 `replies` is Store.replies' shape: one row per reply with position, prompt,
 reference, category, variant, label, reply and new_tokens.
@@ -30,7 +33,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -177,7 +180,8 @@ BINARY = ("answer contained", "exact match")
 GRADED = ("token F1", "ROUGE-L")
 LOWER_IS_BETTER = ("cut at the token cap",)  # "better on N prompts" means fewer cut
 TABLE_COLUMNS = ["measure", "model", "n", "passed", "rate", "low", "high"]
-PAIRED_COLUMNS = ["measure", "model", "versus", "prompts", "better", "worse", "p", "test"]
+# "p adjusted": Holm's correction over the headline measures of that model; blank for the others
+PAIRED_COLUMNS = ["measure", "model", "versus", "prompts", "better", "worse", "p", "test", "p adjusted"]
 
 
 @dataclass
@@ -185,18 +189,20 @@ class CheckReport:
     table: pd.DataFrame  # TABLE_COLUMNS: one row per measure and model
     paired: pd.DataFrame  # PAIRED_COLUMNS: each fine-tuned model against the base
     replies: pd.DataFrame  # per_reply
-    measures: list[str]  # in the order they are shown; the headline first
+    measures: list[str]  # in the order they are shown; the figure set beside the raters' scores first
     base: str | None
     cut_cap: int | None
+    headline: list[str] = field(default_factory=list)  # the measures the verdict speaks to, one statement each
 
 
 SHORT_REFERENCE = 8  # words: a median reference this short is an answer to find in the reply, not a text to match
 
 
 def measures_for(per: pd.DataFrame, checks: list[Check], short_references: bool = True) -> list[str]:
-    """The measures worth showing, the headline first: every check together when
-    there are checks, else the answer-contained rate for short references (facts),
-    else ROUGE-L (longer references: style and content)."""
+    """The measures worth showing, in order: every check together when there are
+    checks, else the answer-contained rate for short references (facts), else
+    ROUGE-L (longer references: style and content). The verdict speaks to
+    `headline_measures`, not only to the first."""
     if per.empty:
         return []
     has_ref = per["answer contained"].notna().any()
@@ -210,11 +216,26 @@ def measures_for(per: pd.DataFrame, checks: list[Check], short_references: bool 
     return out + ["cut at the token cap"]
 
 
+def headline_measures(per: pd.DataFrame, checks: list[Check], short_references: bool = True) -> list[str]:
+    """The measures that matter for this evaluation, each stated in the verdict: with
+    references, answer accuracy and ROUGE-L; with checks, each check and every check
+    together (one check is the same as all of them, so it is said once)."""
+    if per.empty:
+        return []
+    out = []
+    if per["answer contained"].notna().any():
+        out += ["answer contained", "ROUGE-L"] if short_references else ["ROUGE-L", "answer contained"]
+    if len(checks) > 1:
+        out += [c.text for c in checks]
+    return out + (["all checks"] if checks else [])
+
+
 def report(replies: pd.DataFrame, checks: list[Check], max_new_tokens: int | None = None) -> CheckReport:
     per = per_reply(replies, checks, max_new_tokens)
     lengths = sorted(word_count(r) for r in replies.get("reference", []) if metrics.has_reference(r))
     short = bool(lengths) and lengths[len(lengths) // 2] <= SHORT_REFERENCE
     measures = measures_for(per, checks, short)
+    headline = headline_measures(per, checks, short)
     labels = list(dict.fromkeys(per["label"])) if not per.empty else []
     base = next((lab for lab, v in zip(per.get("label", []), per.get("variant", [])) if v == "base"), None)
     table_rows = []
@@ -228,24 +249,37 @@ def report(replies: pd.DataFrame, checks: list[Check], max_new_tokens: int | Non
     for label in labels:
         if base is None or label == base:
             continue
-        for measure in measures:
-            row = _paired(per, measure, label, base)
-            if row:
-                paired_rows.append(row)
+        rows = [row for row in (_paired(per, measure, label, base) for measure in measures) if row]
+        # each model asks "better or worse than the base?" once per headline measure: Holm keeps the
+        # chance of any false finding among them at ALPHA
+        family = [row for row in rows if row[0] in headline]
+        adjusted = _holm([row[6] for row in family]) if family else []
+        holm = {row[0]: float(p) for row, p in zip(family, adjusted)}
+        paired_rows += [row + [holm.get(row[0], math.nan)] for row in rows]
     return CheckReport(pd.DataFrame(table_rows, columns=TABLE_COLUMNS),
-                       pd.DataFrame(paired_rows, columns=PAIRED_COLUMNS), per, measures, base, max_new_tokens)
+                       pd.DataFrame(paired_rows, columns=PAIRED_COLUMNS), per, measures, base, max_new_tokens,
+                       headline)
+
+
+def _holm(pvalues: list[float]) -> list[float]:
+    # imported on first use, like scipy: statsmodels is slow to import, and the app need not wait for it
+    from statsmodels.stats.multitest import multipletests
+
+    return list(multipletests(pvalues, alpha=ALPHA, method="holm")[1])
 
 
 def _summary(measure: str, values: pd.Series) -> list:
     n = len(values)
     if measure in GRADED or measure == "words":
         mean = float(values.astype(float).mean())
-        if n < 2:
+        if n < 3:  # a t interval of two values spans far beyond anything possible: none is more honest
             return [n, None, mean, math.nan, math.nan]
         half = float(_scipy_stats().t.ppf(0.975, n - 1)) * float(values.astype(float).std(ddof=1)) / math.sqrt(n)
         low, high = mean - half, mean + half
         if measure in GRADED:
             low, high = max(0.0, low), min(1.0, high)
+        else:
+            low = max(0.0, low)  # no reply has fewer than no words
         return [n, None, mean, low, high]
     passed = int(values.astype(bool).sum())
     low, high = wilson_interval(passed, n)
@@ -289,44 +323,86 @@ def _verb(measure: str) -> str:
     return f"has the {measure} on" if measure in BINARY else f"passes '{measure}' on"
 
 
+def _name(measure: str) -> str:
+    return measure if measure in BINARY + GRADED or measure == "all checks" else f"'{measure}'"
+
+
 def _p_text(p: float) -> str:
     text = format_p(p)
     return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
+def _statement(rep: CheckReport, r: pd.Series, finding: str, family: int) -> str:
+    """One measure of one model against the base: both figures, what they show, the test."""
+    measure, label = r["measure"], r["model"]
+    unit = " (0–100, mean)" if measure in GRADED else " prompts"
+    holm = f"; Holm-adjusted {_p_text(r['p adjusted'])}" if family > 1 else ""
+    return (f"{_verb(measure)} {_figure(rep.table, measure, label)}{unit}, base "
+            f"{_figure(rep.table, measure, rep.base)}: {finding} ({r['test']} {_p_text(r['p'])}, better on "
+            f"{r['better']}, worse on {r['worse']} of {r['prompts']}{holm})")
+
+
+def _variant_verdict(rep: CheckReport, label: str) -> str:
+    if not rep.headline:
+        return (f"**{label}**: this evaluation has no reference answers and no checks, so there is nothing "
+                "automatic to compare (add checks, one per line, to have some) — the raters will tell.")
+    rows = rep.paired[(rep.paired["model"] == label) & rep.paired["measure"].isin(rep.headline)]
+    rows = rows.set_index("measure", drop=False)
+    measured = [m for m in rep.headline if m in rows.index]
+    if not measured:
+        return f"**{label}**: nothing to compare on ({', '.join(_name(m) for m in rep.headline)})."
+    family = len(measured)
+    clear = {m: rows.loc[m, "p adjusted"] < ALPHA for m in measured}
+    up = {m: rows.loc[m, "better"] > rows.loc[m, "worse"] for m in measured}
+    worse = [m for m in measured if clear[m] and not up[m]]
+    better = [m for m in measured if clear[m] and up[m]]
+    # a raw p below ALPHA that the correction takes away is not a finding, but it is no
+    # reason to train longer either
+    leaning = [m for m in measured if not clear[m] and rows.loc[m, "p"] < ALPHA and not up[m]]
+    same = [m for m in measured if m not in worse + better + leaning]
+    statements = ([_statement(rep, rows.loc[m], "clearly **worse** than the base", family) for m in worse]
+                  + [_statement(rep, rows.loc[m], "clearly better than the base", family) for m in better]
+                  + [_statement(rep, rows.loc[m], f"leaning worse, not clear after correcting for {family} "
+                                                  "measures", family) for m in leaning]
+                  + [_statement(rep, rows.loc[m], "no difference yet", family) for m in same])
+    text = f"**{label}** " + "; it ".join(statements) + "."
+    missing = [m for m in rep.headline if m not in rows.index]
+    if missing:
+        text += f" Nothing to compare on {', '.join(_name(m) for m in missing)}."
+    if worse:
+        # a regression is most often the data teaching it (training replies that fail the check
+        # or stray from the references), else a recipe that overshoots
+        wants = [want for want, found in (("pass these checks", any(m not in BINARY + GRADED for m in worse)),
+                                          ("look like the references", any(m in BINARY + GRADED for m in worse)))
+                 if found]
+        data = " and ".join(wants)
+        return text + (f" Do not ask friends to rate this one yet: check the data and the recipe — do the training "
+                       f"replies themselves {data}? Then try a lower learning rate, fewer epochs, or the dataset's "
+                       "recommended settings.")
+    if better:
+        watch = f"; the raters should look at {', '.join(_name(m) for m in leaning)}" if leaning else ""
+        return text + (f" Clearly better on {len(better)} of {family} measures and worse on none — worth "
+                       f"rating{watch}.")
+    if leaning:
+        return text + (f" No clear difference, but it leans worse on {', '.join(_name(m) for m in leaning)}: "
+                       "check the data and the recipe before training longer.")
+    differ = max(int(rows.loc[m, "better"] + rows.loc[m, "worse"]) for m in measured)
+    if differ < 6:
+        return text + (" No difference yet on any measure; too few prompts differ to tell — use more held-out "
+                       "prompts, or train longer.")
+    return text + (" No difference yet on any measure. Try the dataset's recommended settings (Train tab), more "
+                   "epochs or a higher learning rate, then generate again before friends rate.")
+
+
 def verdict(rep: CheckReport) -> str:
-    """One paragraph per fine-tuned variant: the headline measure against the
-    base, the paired test, and what to do next."""
+    """One paragraph per fine-tuned variant: a statement per headline measure against
+    the base (regressions first, then clear gains, then the rest) with the paired test
+    and Holm's correction for the number of measures, and what to do next."""
     if rep.replies.empty or not rep.measures:
         return "No replies to check yet."
     if rep.base is None:
         return "No base-model replies in this evaluation: the automatic check compares each variant with the base."
-    headline = rep.measures[0]
-    lines = []
-    for label in dict.fromkeys(rep.replies["label"]):
-        if label == rep.base:
-            continue
-        row = rep.paired[(rep.paired["measure"] == headline) & (rep.paired["model"] == label)]
-        mine, theirs = _figure(rep.table, headline, label), _figure(rep.table, headline, rep.base)
-        unit = " (0–100, mean)" if headline in GRADED else " prompts"
-        text = f"**{label}** {_verb(headline)} {mine}{unit}, base {theirs}"
-        if row.empty:
-            lines.append(text + ": nothing to compare on.")
-            continue
-        r = row.iloc[0]
-        test = f"{r['test']} {_p_text(r['p'])}, better on {r['better']}, worse on {r['worse']} of {r['prompts']}"
-        if r["p"] < ALPHA and r["better"] > r["worse"]:
-            text += f": a clear difference ({test}) — worth rating."
-        elif r["p"] < ALPHA:
-            text += (f": the fine-tuned model is clearly **worse** ({test}). Do not ask friends to rate this one; "
-                     "try a lower learning rate, fewer epochs, or the dataset's recommended settings.")
-        elif r["better"] + r["worse"] < 6:
-            text += (f": no difference yet ({test}); too few prompts differ to tell — use more held-out "
-                     "prompts, or train longer.")
-        else:
-            text += (f": no difference yet ({test}). Try the dataset's recommended settings (Train tab), more "
-                     "epochs or a higher learning rate, then generate again before friends rate.")
-        lines.append(text)
+    lines = [_variant_verdict(rep, label) for label in dict.fromkeys(rep.replies["label"]) if label != rep.base]
     cut = rep.replies.groupby("label")["cut at the token cap"].agg(["sum", "count"])
     for label, (n_cut, n) in cut.iterrows():
         if n_cut:
@@ -360,7 +436,10 @@ def _cell(measure: str, row: pd.Series) -> str:
 def display_paired(paired: pd.DataFrame) -> pd.DataFrame:
     if paired.empty:
         return paired
-    return paired.assign(p=paired["p"].map(format_p))
+    shown = paired.assign(p=paired["p"].map(format_p),
+                          **{"p adjusted": paired["p adjusted"].map(lambda p: "" if pd.isna(p) else format_p(p))})
+    # the corrected p beside the raw one; blank for measures outside the verdict's family
+    return shown[["measure", "model", "versus", "prompts", "better", "worse", "p", "p adjusted", "test"]]
 
 
 def of_evaluation(evaluation: dict, replies: pd.DataFrame) -> CheckReport:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuner import data as tdata
-from tuner import records
+from tuner import recipes, records
 from tuner.prompts import from_row, prompt_item, read_prompts
 
 FIELDS = ("id", "task", "prompt", "reference", "category")
@@ -91,6 +91,88 @@ def _checked(items: list[dict], source: str) -> list[dict]:
             raise ValueError(f"{source}: the id '{item['external_id']}' appears twice")
         seen.add(item["external_id"])
     return items
+
+
+# --- the form's defaults: the cap and the checks --------------------------------------------------
+def default_max_new_tokens(items: list[dict], runs: list[dict]) -> tuple[int | None, str]:
+    """The cap when the owner sets none, and where it came from in words: room for the
+    evaluation's reference answers or, where the prompts carry none (typed prompts, a file
+    without references), for the first run's training replies (tuner.recipes.max_new_tokens_for).
+    None when there is neither: the generation engine's default then."""
+    references = [i["reference"] for i in items if i.get("reference")]
+    if references:
+        return recipes.max_new_tokens_for(references), f"room for the {len(references)} reference answers"
+    replies = training_replies(runs[0]) if runs else []
+    if replies:
+        return recipes.max_new_tokens_for(replies), f"room for run {runs[0]['run_id']}'s training replies"
+    return None, "the default: no references and no training replies to measure"
+
+
+def training_replies(run: dict) -> list[str]:
+    """The replies a run learned from: its dataset's, or, where that file is gone or
+    unreadable, its held-out rows' (the same data, kept in the run's folder)."""
+    try:
+        rows = tdata.load_jsonl(Path(run["config"]["dataset"])).rows
+    except (OSError, KeyError, TypeError, ValueError):
+        rows = []
+        for name in ("validation", "test"):
+            try:
+                held_out = records.held_out_file(run["path"], name)
+                if held_out.is_file() and held_out.stat().st_size:
+                    rows += tdata.load_jsonl(held_out).rows
+            except (OSError, KeyError, TypeError, ValueError):
+                continue
+    return [r["messages"][-1].get("content") for r in rows
+            if isinstance(r, dict) and r.get("messages") and isinstance(r["messages"][-1], dict)]
+
+
+FORM_FIELDS = ("checks", "cap")
+
+
+@dataclass(frozen=True)
+class FormFill:
+    """What choosing a run puts in Compare's form: the checks (lines) and the cap (0:
+    from the references' lengths, else the training replies'); None leaves the owner's own."""
+    checks: str | None
+    max_new_tokens: int | None
+    note: str
+    recipe: str | None = None  # the recipe's name, if one was found
+
+
+def recipe_fill(run: dict | None, kept=()) -> FormFill:
+    """The checks and the cap from the run's dataset recipe (datasets/NAME.recipe.json),
+    except the fields in `kept` (edited by hand since the last fill). A dataset without
+    a recipe clears the checks and leaves the cap to the references: nothing of an
+    earlier evaluation's recipe stays behind unseen."""
+    from ratings.checks import parse_checks
+
+    if not run:
+        return FormFill(None, None, "")
+    kept = set(kept) & set(FORM_FIELDS)
+    dataset = (run.get("config") or {}).get("dataset")
+    problem = ""
+    try:
+        recipe = recipes.for_dataset(dataset, parse_checks=parse_checks)
+    except ValueError as exc:
+        recipe, problem = None, f"⚠️ {exc}; "
+    checks = None if "checks" in kept else "\n".join(recipe.checks) if recipe else ""
+    cap = None if "cap" in kept else int((recipe.generate if recipe else {}).get("max_new_tokens") or 0)
+    filled = [f for f in FORM_FIELDS if f not in kept]
+    if recipe:
+        what = " and ".join({"checks": "Checks", "cap": "cap"}[f] for f in filled).capitalize()
+        values = ([f"{len(recipe.checks)} check{'s' if len(recipe.checks) != 1 else ''}" if recipe.checks
+                   else "no checks"] if "checks" in filled else []) + (
+            [f"up to {cap} new tokens" if cap else "the cap from the references' lengths"] if "cap" in filled else [])
+        note = (f"{what} from the {recipe.name} recipe ({', '.join(values)})" if filled
+                else f"The {recipe.name} recipe was not applied")
+    else:
+        name = Path(dataset).name if dataset else "this run's dataset"
+        values = (["no checks"] if "checks" in filled else []) + (
+            ["the cap from the references' lengths, else the training replies'"] if "cap" in filled else [])
+        note = f"{problem}No recipe for {name}" + (f": {', '.join(values)}" if values else "")
+    if kept:
+        note += f"; your {' and '.join(f for f in FORM_FIELDS if f in kept)} kept (edited by hand)"
+    return FormFill(checks, cap, note + ".", recipe.name if recipe else None)
 
 
 # --- keyword rules -------------------------------------------------------------------------

@@ -50,15 +50,19 @@ class PreferenceData:
         return tpref.too_few(self.method, self.rows)
 
     def describe(self) -> str:
-        if self.method == "dpo":
-            made = f"{len(self.rows)} preference pair{'s' if len(self.rows) != 1 else ''}"
-        else:
-            good = sum(r["label"] for r in self.rows)
-            made = f"{good} desirable and {len(self.rows) - good} undesirable example(s)"
         prompts = len({tpref.prompt_key(r) for r in self.rows})
-        out = f"{made} over {prompts} prompt{'s' if prompts != 1 else ''}, from the {self.source} scores"
+        out = f"{made(self.method, self.rows)} over {prompts} prompt{'s' if prompts != 1 else ''}, from the " \
+              f"{self.source} scores"
         skipped = [f"{n} {why}" for why, n in self.left_out.items() if n]
         return out + (f" (left out: {'; '.join(skipped)})" if skipped else "")
+
+
+def made(method: str, rows: list[dict]) -> str:
+    """ "8 preference pairs", "5 desirable and 3 undesirable example(s)"."""
+    if method == "dpo":
+        return f"{len(rows)} preference pair{'s' if len(rows) != 1 else ''}"
+    good = sum(bool(r["label"]) for r in rows)
+    return f"{good} desirable and {len(rows) - good} undesirable example(s)"
 
 
 def scores_of(store: Store, eval_id: int, source: str = RATERS) -> pd.DataFrame:

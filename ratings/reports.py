@@ -78,7 +78,7 @@ def report_markdown(results: Results, now: datetime | None = None) -> str:
               "(sacrebleu, corpus) and ROUGE-L (F1) are 0–100. Only replies with a reference count for them.",
               markdown_table(display(r.automatic))]
     if r.automatic_by is not None:
-        parts += ["### By category", markdown_table(display(r.automatic_by))]
+        parts += [f"### By {r.automatic_by.columns[0]}", markdown_table(display(r.automatic_by))]
     if r.checks is not None and not r.checks.replies.empty:
         parts += ["## Automatic check (made right after generation, before anyone rated)",
                   *r.check_lines(), markdown_table(rchecks.display(r.checks.table))]

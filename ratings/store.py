@@ -19,7 +19,7 @@ import itertools
 import json
 import random
 import secrets
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
@@ -31,10 +31,18 @@ PREFERENCES = ("A", "B", "tie")
 REVEALS = ("end", "each")
 NAMES_PER_ADDRESS = 3  # new rater names one address may bring to one evaluation
 RATER_MAX = 60  # characters in a rater's name
+# a pair served and not rated within this time is taken as abandoned: it no longer
+# keeps other raters off that pair (its rater still gets it back first)
+SERVED_EXPIRY = timedelta(minutes=10)
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return _stamp(datetime.now(timezone.utc))
+
+
+def _stamp(moment: datetime) -> str:
+    """A UTC time as the tables store it: these strings sort as the times do."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
 
 
 def _hash_key(key: str) -> str:
@@ -263,39 +271,65 @@ class Store(Database):
                               [evaluation_id, rater]).fetchone()[0]
         return min(done, total) if total else done, max(total, done)
 
-    def next_pair(self, evaluation_id: int, rater: str, rng: random.Random) -> dict | None:
+    def next_pair(self, evaluation_id: int, rater: str, rng: random.Random,
+                  now: datetime | None = None) -> dict | None:
         """The next comparison this rater has not rated, with its two replies in
         this rater's own random order. Returns only what the rater may see plus
-        the assignment id; which variant is which stays here."""
+        the assignment id; which variant is which stays here. `now` (UTC) is when
+        the pair is served: what counts as abandoned is measured from it."""
         rater = clean_rater(rater)
+        now = now or datetime.now(timezone.utc)
         # Never a reply this rater has scored: with three or more variants each reply is in
         # several pairs, and a second score of the same text would replace the first. So a
-        # rater gets k // 2 disjoint pairs per prompt; a pair already served comes back
-        # first, then the pair fewest raters have rated (so every pair gets covered).
+        # rater gets k // 2 disjoint pairs per prompt. A pair already served to this rater
+        # comes back first; then the pair fewest raters have (so raters rating together
+        # spread over all pairs), of those the pair whose two variants have the fewest
+        # scores (so every variant has its share of the scores at any moment, not only
+        # once everyone is done), then a prompt other raters have least (so a rater's
+        # second pair on a prompt is rarely one another rater holds). A pair served and not
+        # yet rated counts as covered until it is abandoned: counting only finished ratings
+        # served two raters rating together the same pairs.
         with self.db() as db:
-            pending = list(db.query("""
-                SELECT c.id, p.position, p.text, p.task, p.flags,
-                       EXISTS (SELECT 1 FROM assignments s WHERE s.comparison_id = c.id AND s.rater = :rater)
-                           AS served,
-                       (SELECT COUNT(*) FROM assignments n WHERE n.comparison_id = c.id AND n.rated_at IS NOT NULL)
-                           AS times_rated
-                FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
-                WHERE p.evaluation_id = :evaluation AND NOT EXISTS (
-                    SELECT 1 FROM assignments a WHERE a.comparison_id = c.id AND a.rater = :rater
-                    AND a.rated_at IS NOT NULL)
-                  AND NOT EXISTS (SELECT 1 FROM ratings t WHERE t.rater = :rater
-                                  AND t.reply_id IN (c.reply1_id, c.reply2_id))
-                  AND NOT EXISTS (
-                    SELECT 1 FROM assignments o JOIN comparisons oc ON oc.id = o.comparison_id
-                    WHERE o.rater = :rater AND o.comparison_id != c.id AND o.rated_at IS NULL
-                      AND oc.prompt_id = c.prompt_id
-                      AND (oc.reply1_id IN (c.reply1_id, c.reply2_id) OR oc.reply2_id IN (c.reply1_id, c.reply2_id)))
-                ORDER BY p.position, served DESC, times_rated, c.id LIMIT 1""",
-                                    {"evaluation": evaluation_id, "rater": rater}))
-        if not pending:
+            best = list(db.query("""
+                WITH live AS MATERIALIZED (
+                    SELECT a.comparison_id, a.rater, c.prompt_id, c.reply1_id, c.reply2_id
+                    FROM assignments a JOIN comparisons c ON c.id = a.comparison_id
+                    JOIN prompts p ON p.id = c.prompt_id
+                    WHERE p.evaluation_id = :evaluation AND (a.rated_at IS NOT NULL OR a.created_at >= :fresh)),
+                pair_load AS (SELECT comparison_id, COUNT(*) AS n FROM live GROUP BY comparison_id),
+                prompt_load AS (SELECT prompt_id, COUNT(*) AS n FROM live WHERE rater != :rater GROUP BY prompt_id),
+                variant_load AS (
+                    SELECT variant_id, COUNT(*) AS n FROM (
+                        SELECT r.variant_id FROM live l JOIN replies r ON r.id = l.reply1_id UNION ALL
+                        SELECT r.variant_id FROM live l JOIN replies r ON r.id = l.reply2_id) GROUP BY variant_id),
+                ranked AS (
+                    SELECT c.id, p.text, p.task, p.flags, RANK() OVER (ORDER BY
+                        EXISTS (SELECT 1 FROM assignments s WHERE s.comparison_id = c.id AND s.rater = :rater) DESC,
+                        COALESCE(pl.n, 0), COALESCE(v1.n, 0) + COALESCE(v2.n, 0), COALESCE(ql.n, 0)) AS place
+                    FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
+                    JOIN replies r1 ON r1.id = c.reply1_id JOIN replies r2 ON r2.id = c.reply2_id
+                    LEFT JOIN variant_load v1 ON v1.variant_id = r1.variant_id
+                    LEFT JOIN variant_load v2 ON v2.variant_id = r2.variant_id
+                    LEFT JOIN pair_load pl ON pl.comparison_id = c.id
+                    LEFT JOIN prompt_load ql ON ql.prompt_id = c.prompt_id
+                    WHERE p.evaluation_id = :evaluation AND NOT EXISTS (
+                        SELECT 1 FROM assignments a WHERE a.comparison_id = c.id AND a.rater = :rater
+                        AND a.rated_at IS NOT NULL)
+                      AND NOT EXISTS (SELECT 1 FROM ratings t WHERE t.rater = :rater
+                                      AND t.reply_id IN (c.reply1_id, c.reply2_id))
+                      AND NOT EXISTS (
+                        SELECT 1 FROM assignments o JOIN comparisons oc ON oc.id = o.comparison_id
+                        WHERE o.rater = :rater AND o.comparison_id != c.id AND o.rated_at IS NULL
+                          AND oc.prompt_id = c.prompt_id
+                          AND (oc.reply1_id IN (c.reply1_id, c.reply2_id)
+                               OR oc.reply2_id IN (c.reply1_id, c.reply2_id))))
+                SELECT id, text, task, flags FROM ranked WHERE place = 1 ORDER BY id""",
+                                 {"evaluation": evaluation_id, "rater": rater,
+                                  "fresh": _stamp(now - SERVED_EXPIRY)}))
+        if not best:
             return None
-        comparison = pending[0]
-        assignment = self._assign(comparison["id"], rater, rng)
+        comparison = rng.choice(best)  # ties at random: by id, every rater started on the same pair
+        assignment = self._assign(comparison["id"], rater, rng, _stamp(now))
         with self.db() as db:
             texts = {r["id"]: r["text"] for r in db.query(
                 "SELECT id, text FROM replies WHERE id IN (?, ?)",
@@ -312,18 +346,18 @@ class Store(Database):
             "total": total,
         }
 
-    def _assign(self, comparison_id: int, rater: str, rng: random.Random) -> dict:
-        return self.grouped(lambda db: self._assign_in(db, comparison_id, rater, rng))
+    def _assign(self, comparison_id: int, rater: str, rng: random.Random, at: str) -> dict:
+        return self.grouped(lambda db: self._assign_in(db, comparison_id, rater, rng, at))
 
     @staticmethod
-    def _assign_in(db, comparison_id: int, rater: str, rng: random.Random) -> dict:
+    def _assign_in(db, comparison_id: int, rater: str, rng: random.Random, at: str) -> dict:
         found = list(db.query("SELECT * FROM assignments WHERE comparison_id=? AND rater=?", [comparison_id, rater]))
         if found:
             return found[0]
         ids = list(db.execute("SELECT reply1_id, reply2_id FROM comparisons WHERE id=?", [comparison_id]).fetchone())
         rng.shuffle(ids)
         db["assignments"].insert({"comparison_id": comparison_id, "rater": rater, "left_reply_id": ids[0],
-                                  "right_reply_id": ids[1], "created_at": _now()})
+                                  "right_reply_id": ids[1], "created_at": at})
         return list(db.query("SELECT * FROM assignments WHERE comparison_id=? AND rater=?", [comparison_id, rater]))[0]
 
     def rate_pair(self, assignment_id: int, rater: str, score_a, score_b, aspects_a: dict | None = None,

@@ -71,6 +71,32 @@ class Results:
         return lines
 
 
+FEW_SHARE = 0.5  # a model with less than this part of its even share of the scores is named as under-rated
+
+
+def coverage_notes(variants: list[dict], replies: pd.DataFrame, scores: pd.DataFrame) -> list[str]:
+    """Each model with no or few scores yet, in words ("prompt tuning: 0 of 11 replies
+    rated — not compared yet"). The tables have no row for a model nobody rated, so
+    without this a model left out of the rating would go unmentioned. Its even share
+    is the scores given so far / the number of models; nothing is said before the first
+    score (the headline says there are none)."""
+    if scores.empty or not variants:
+        return []
+    share = len(scores) / len(variants)
+    notes = []
+    for v in variants:
+        label = v.get("label") or v["name"]
+        mine = scores[scores["variant"] == v["name"]]
+        n_replies = int((replies["variant"] == v["name"]).sum()) if not replies.empty else 0
+        rated = mine["position"].nunique()
+        if mine.empty:
+            notes.append(f"{label}: 0 of {n_replies} replies rated — not compared yet.")
+        elif len(mine) < FEW_SHARE * share:
+            notes.append(f"{label}: {rated} of {n_replies} replies rated, {len(mine)} of {len(scores)} scores "
+                         f"(an even share is {share:.0f}) — too few to compare yet; read its rows with care.")
+    return notes
+
+
 def breakdown_choices(scores: pd.DataFrame) -> list[str]:
     """The columns worth breaking down by: those with a value on some rating,
     and (for task) fewer distinct values than prompts, else it is the per-prompt table."""
@@ -94,6 +120,8 @@ def gather(store: Store, eval_id: int, threshold: int = SUCCESS_AT,
     by_category = not replies.empty and replies["category"].fillna("").astype(str).str.strip().ne("").any()
     evaluation = store.evaluation(eval_id)
     check = rchecks.of_evaluation(evaluation, replies) if evaluation and not replies.empty else None
+    # the prompts' category may be a dataset's difficulty (ratings.generation): headed by its real name
+    named = ((evaluation or {}).get("settings") or {}).get("category_column") or "category"
     return Results(
         evaluation=evaluation, variants=variants, threshold=threshold, scores=scores,
         judgements=judgements, replies=replies,
@@ -105,9 +133,12 @@ def gather(store: Store, eval_id: int, threshold: int = SUCCESS_AT,
         position_bias=stats.position_bias(judgements, scores),
         lengths=stats.length_correlation(scores),
         automatic=metrics.automatic_table(replies),
-        automatic_by=metrics.automatic_table(replies, "category") if by_category else None,
+        automatic_by=metrics.automatic_table(replies, "category").rename(columns={"category": named})
+        if by_category else None,
         runs=metrics.run_table(variants, runs or {}),
-        breakdowns={by: stats.breakdown_table(scores, by, threshold) for by in breakdown_choices(scores)},
+        breakdowns={named if by == "category" else by:
+                    stats.breakdown_table(scores, by, threshold).rename(columns={"category": named})
+                    for by in breakdown_choices(scores)},
         checks=check, check_agreement=rchecks.agreement(check, scores) if check else {},
         dpo=preferences.dpo_pairs(store, eval_id, threshold=threshold), kto=preferences.kto_examples(store, eval_id),
     )

@@ -66,18 +66,113 @@ def app_url(tiny_llama, tmp_path):
     demo.close()
 
 
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+class Chromium:
+    """Debian's Chromium under Playwright, with every uncaught page error of every page
+    it opens kept: a script error in the page is a defect a person would meet (a chart
+    that throws stops drawing), so the `chromium` fixture fails the test on any."""
+
+    def __init__(self, browser):
+        self.browser = browser
+        self.errors: list[str] = []
+
+    def new_context(self, **options):
+        """A context of its own (its own cookies), as a second person's browser; its pages' errors are kept."""
+        context = self.browser.new_context(**options)
+        context.on("page", self._watch)
+        return context
+
+    def new_page(self, **context_options):
+        """A page (1280 × 1400 unless told) in a context of its own."""
+        context_options.setdefault("viewport", {"width": 1280, "height": 1400})
+        pg = self.new_context(**context_options).new_page()
+        pg.set_default_timeout(60_000)
+        return pg
+
+    def _watch(self, pg) -> None:
+        pg.on("pageerror", lambda error: self.errors.append(
+            f"{pg.url}: {error.stack or f'{error.name}: {error.message}'}"))
+
+    def close(self) -> None:
+        if self.browser.is_connected():
+            self.browser.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_exc):
+        return None  # the fixture closes the browser, then checks the errors
+
+
 @pytest.fixture
-def page(patient_expect):
-    """A Chromium page (1280 × 1400), closed after the test."""
+def chromium(patient_expect):
+    """A Chromium for the test's pages (Chromium.new_page), closed after the test; the
+    test fails at teardown if any page had an uncaught error."""
     sync_api = _playwright()
     if not Path(CHROMIUM).exists():
         pytest.fail("Chromium is missing: apt-get install -y chromium (the README's test command does this)")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"])
-        pg = browser.new_page(viewport={"width": 1280, "height": 1400})
-        pg.set_default_timeout(60_000)
-        yield pg
+        browser = Chromium(p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS))
+        yield browser
         browser.close()
+    if browser.errors:
+        pytest.fail(f"{len(browser.errors)} uncaught page error(s):\n" + "\n\n".join(browser.errors),
+                    pytrace=False)
+
+
+@pytest.fixture
+def page(chromium):
+    """A Chromium page (1280 × 1400), closed after the test, which fails on any uncaught page error."""
+    return chromium.new_page()
+
+
+# Vega draws a chart's data as groups of class "role-mark" in an svg (or onto a canvas);
+# what is measured is the box those marks span, for the issue's blank chart had its
+# legend and every point in the page, all squeezed into a plot of zero width.
+_MEASURE_CHART = """el => {
+    const box = el.getBoundingClientRect();
+    const out = {width: box.width, height: box.height, visible: box.width > 0 && box.height > 0
+                 && getComputedStyle(el).visibility !== 'hidden', marks: 0, spanWidth: 0, spanHeight: 0,
+                 canvasInk: 0};
+    const marks = [...el.querySelectorAll('svg .role-mark path, svg .role-mark line, svg .role-mark rect')];
+    let left = Infinity, right = -Infinity, top = Infinity, bottom = -Infinity;
+    for (const m of marks) {
+        const r = m.getBoundingClientRect();
+        if (r.width === 0 && r.height === 0) continue;
+        out.marks += 1;
+        left = Math.min(left, r.left); right = Math.max(right, r.right);
+        top = Math.min(top, r.top); bottom = Math.max(bottom, r.bottom);
+    }
+    if (out.marks) { out.spanWidth = right - left; out.spanHeight = bottom - top; }
+    for (const c of el.querySelectorAll('canvas')) {
+        if (!c.width || !c.height) continue;
+        const context = c.getContext('2d');
+        if (!context) continue;
+        const data = context.getImageData(0, 0, c.width, c.height).data;
+        for (let i = 3; i < data.length; i += 4) if (data[i]) out.canvasInk += 1;
+        if (out.canvasInk) { const r = c.getBoundingClientRect(); out.spanWidth = r.width; out.spanHeight = r.height; }
+    }
+    return out;
+}"""
+
+
+def assert_chart_drawn(chart, min_size: int = 100, timeout: float = 30.0) -> dict:
+    """Wait until the chart `chart` (a Playwright locator of a gr.Plot or gr.LinePlot) is
+    drawn: visible, at least `min_size` pixels wide and high, with data marks that span
+    some width (marks squeezed into a plot of no width span one point's) or a canvas
+    with ink. Returns the measure."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = chart.evaluate(_MEASURE_CHART) if chart.count() == 1 else {"count": chart.count()}
+        drawn = (seen.get("visible") and seen["width"] >= min_size and seen["height"] >= min_size
+                 and (seen["marks"] or seen["canvasInk"]) and seen["spanWidth"] >= 20 and seen["spanHeight"] >= 1)
+        if drawn:
+            return seen
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the chart {chart} is not drawn: {seen}")
+        time.sleep(0.25)

@@ -15,7 +15,7 @@ from tuner import models, tiny  # noqa: E402
 from tuner.paths import STARTER_DATASETS  # noqa: E402
 
 # the browser tests' fixtures (Playwright is imported only when one of them runs)
-from browser import app_url, page, patient_expect  # noqa: E402, F401
+from browser import app_url, chromium, page, patient_expect  # noqa: E402, F401
 
 POLITE = STARTER_DATASETS / "polite_assistant.jsonl"
 

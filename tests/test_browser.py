@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from browser import ARTIFACTS, pick as _pick
+from browser import ARTIFACTS, assert_chart_drawn, pick as _pick
 
 
 def _step(page) -> int:
@@ -86,6 +86,8 @@ def test_whole_loop_in_the_browser(app_url, page):
     expect(page.locator("#loss-chart")).to_contain_text("validation loss", timeout=60_000)
     expect(page.locator("#loss-chart")).to_contain_text("training loss")
     expect(page.locator("#lr-chart [aria-roledescription='point']").first).to_be_attached()
+    for chart in ("#loss-chart", "#lr-chart"):
+        assert_chart_drawn(page.locator(chart))
     assert int(page.locator("#train-bar").get_attribute("data-step")) > 0
     expect(page.locator("#train-progress")).to_contain_text("tokens/s")
     # a second Start while one runs is refused with a message
@@ -116,6 +118,8 @@ def test_whole_loop_in_the_browser(app_url, page):
     page.locator("#eval-name input, #eval-name textarea").first.fill("polite, held out")
     _pick(page, "compare-run", "stopped")
     page.keyboard.press("Escape")
+    # the run's recipe fills the form (and says so) before the cap is typed over it
+    expect(page.locator("#eval-recipe-note")).to_contain_text("recipe (")
     page.get_by_text("Generation settings, keyword rules, invite code").click()
     page.get_by_label("number input for Max new tokens").fill("16")
     page.get_by_label("number input for Max new tokens").press("Enter")
@@ -125,6 +129,9 @@ def test_whole_loop_in_the_browser(app_url, page):
     expect(page.locator("#eval-checks textarea")).to_have_value(re.compile("not contains: As an AI"))
     page.locator("#generate").click()
     expect(page.locator("#generate-message")).to_contain_text("Generated 5 × 2 replies", timeout=120_000)
+    # 16 tokens cut the replies: rating waits for the owner's choice, who opens it anyway
+    expect(page.locator("#cut-note")).to_contain_text("cut at the 16-token cap")
+    page.locator("#cut-open").click()
     # an invite code is made by default, and shown to the owner with the link to share
     expect(page.locator("#generate-message")).to_contain_text("Raters need the invite code")
     expect(page.locator("#eval-replies")).to_contain_text("base (")

@@ -1,6 +1,15 @@
-"""Compare's prompt upload says what it read before Generate (issue 14: no preview, no count)."""
+"""Compare's prompt upload says what it read before Generate (issue 14: no preview, no count);
+replies cut at the cap wait for the owner's choice before rating opens, and the form follows
+the chosen run's recipe (issue 25.3)."""
 
 from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+from browser import ARTIFACTS, pick, serve
 
 
 def test_an_uploaded_prompt_file_is_counted_and_previewed(app_url, page, tmp_path):
@@ -23,3 +32,98 @@ def test_an_uploaded_prompt_file_is_counted_and_previewed(app_url, page, tmp_pat
     page.locator("#eval-upload input[type=file]").set_input_files(str(bad))
     expect(note).to_contain_text("⚠️")
     expect(note).to_contain_text("bad.csv")
+
+
+# --- cut replies and the run's recipe (issue 25.3) --------------------------------------------------
+EMAIL_RUN, FAQ_RUN = "20260101-000001-email-0001", "20260101-000002-faq-0002"
+
+
+@pytest.fixture
+def app_with_recipe_runs(tiny_llama, trained_run, tmp_path):
+    """The app over a data root with two finished runs of the tiny Llama, one on each of two
+    starter sets with a recipe (formal_email: five checks, 240 tokens; company_faq: none, 48)."""
+    from tuner.paths import STARTER_DATASETS
+
+    home = tmp_path / "home"
+    for run_id, name, dataset in ((EMAIL_RUN, "email run", "formal_email.jsonl"),
+                                  (FAQ_RUN, "faq run", "company_faq.jsonl")):
+        folder = home / "runs" / run_id
+        shutil.copytree(trained_run.parent, folder)
+        record = json.loads((folder / "run.json").read_text())
+        record["config"] |= {"run_name": name, "dataset": str(STARTER_DATASETS / dataset)}
+        (folder / "run.json").write_text(json.dumps(record))
+    demo, url = serve(home, tiny_llama, seed=5)
+    yield url, home
+    demo.close()
+
+
+def _only_run(page, name: str) -> None:
+    """The run picker holding just `name` (the earlier choice removed, as a person does)."""
+    page.locator("#compare-run input").click()
+    page.keyboard.press("Backspace")
+    pick(page, "compare-run", name)
+    page.keyboard.press("Escape")
+
+
+def test_cut_replies_wait_for_the_owners_choice_and_the_form_follows_the_runs_recipe(app_with_recipe_runs, page):
+    from playwright.sync_api import expect
+
+    from ratings.store import Store
+    from tuner.paths import Layout
+
+    url, home = app_with_recipe_runs
+    store = Store(Layout(home).ratings_db)
+    page.goto(url)
+    page.get_by_role("tab", name="Compare").click()
+    note, checks = page.locator("#eval-recipe-note"), page.locator("#eval-checks textarea")
+    cap = page.get_by_label("number input for Max new tokens")
+    pick(page, "compare-run", "email run")
+    page.keyboard.press("Escape")
+    expect(note).to_contain_text("Checks and cap from the formal_email recipe (5 checks, up to 240 new tokens)")
+    expect(checks).to_have_value(re.compile("^starts with: Subject:"))
+    page.get_by_text("Generation settings, keyword rules, invite code").click()
+    expect(cap).to_have_value("240")
+    cap.fill("16")  # by hand: a cap far too small for an email
+    cap.press("Enter")
+    page.get_by_label("typed prompts").check()
+    page.locator("#compare-prompts textarea").fill("Say hi 1\nSay hi 2")
+    page.locator("#generate").click()
+    message, gate = page.locator("#generate-message"), page.locator("#cut-note")
+    expect(message).to_contain_text("Generated 2 × 2 replies", timeout=120_000)
+    # a random-weight base model never ends a reply: rating waits for the owner's choice
+    expect(message).to_contain_text("Rating is not open yet")
+    expect(gate).to_contain_text(re.compile(r"[1-4] of 4 replies were cut at the 16-token cap"))
+    expect(message).not_to_contain_text("invite code")  # no code to share while nothing can be rated
+    (evaluation,) = store.evaluations()
+    assert not store.is_open(evaluation["id"])
+    regenerate = page.locator("#cut-regenerate")
+    expect(regenerate).to_have_text("Regenerate with a cap of 32")
+    page.screenshot(path=str(ARTIFACTS / "compare-cut.png"), full_page=True)
+    regenerate.click()  # one click: the cut prompts' replies again, then checked again
+    expect(message).to_contain_text("with a cap of 32 new tokens", timeout=120_000)
+    expect(gate).to_contain_text(re.compile(r"[1-4] of 4 replies were cut at the 32-token cap"))
+    expect(regenerate).to_have_text("Regenerate with a cap of 64")
+    assert store.evaluation(evaluation["id"])["settings"]["max_new_tokens"] == 32
+    assert len(store.evaluations()) == 1  # the same evaluation, nothing made twice
+    # a reload (or another tab) offers the waiting evaluation's choice again: nothing is lost
+    page.reload()
+    page.get_by_role("tab", name="Compare").click()
+    expect(gate).to_contain_text(re.compile(r"Evaluation #\d+: [1-4] of 4 replies were cut at the 32-token cap"))
+    page.locator("#cut-open").click()
+    expect(message).to_contain_text("opened for rating as it is")
+    expect(message).to_contain_text("Raters need the invite code")
+    expect(page.locator("#cut-gate")).to_be_hidden()
+    assert store.is_open(evaluation["id"])
+    # the next evaluation: the FAQ run's recipe replaces the email one's checks and the cap typed for it
+    _only_run(page, "faq run")
+    expect(note).to_contain_text("Checks and cap from the company_faq recipe (no checks, up to 48 new tokens)")
+    expect(checks).to_have_value("")
+    page.get_by_text("Generation settings, keyword rules, invite code").click()
+    expect(cap).to_have_value("48")
+    # a field changed by hand since the last fill stays, and the line says so
+    cap.fill("64")
+    cap.press("Enter")
+    _only_run(page, "email run")
+    expect(note).to_contain_text("Checks from the formal_email recipe (5 checks); your cap kept")
+    expect(checks).to_have_value(re.compile("^starts with: Subject:"))
+    expect(cap).to_have_value("64")

@@ -12,7 +12,7 @@ import random
 import re
 from collections import Counter
 
-from browser import ARTIFACTS, pick
+from browser import ARTIFACTS, assert_chart_drawn, pick
 
 from tuner import data as tdata
 
@@ -118,6 +118,7 @@ def test_import_filter_split_edit_export_in_the_browser(app_url, page, tmp_path)
     page.locator("#inspect-measure").click()
     expect(page.locator("#inspect-summary")).to_contain_text("0 of 60 rows are longer than 256 tokens")
     expect(page.locator("#inspect-histogram [aria-roledescription='bar']").first).to_be_attached()
+    assert_chart_drawn(page.locator("#inspect-histogram"))
     page.locator("#export-part").get_by_label("test").check()
     page.locator("#export-format").get_by_label("CSV").check()
     page.locator("#export-button").click()

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from browser import ARTIFACTS, pick, serve
+from browser import ARTIFACTS, assert_chart_drawn, pick, serve
 
 PROMPTS = [f"Greet guest number {i}." for i in range(1, 11)]
 
@@ -69,6 +69,14 @@ def test_ratings_become_a_preference_run_that_is_compared_and_ranked(rated, page
     page.locator("#train-method").get_by_label("dpo").check()
     expect(page.locator("#pref-counts")).to_contain_text("This evaluation gives 11 preference pairs")
     expect(page.locator("#pref-init input")).to_have_value(re.compile(re.escape(sft_id)))
+    # what the run will do: the SFT adapter goes on as it was trained (LoRA's settings hidden, its own
+    # said), no supervised recipe or suggestion, and how long it takes (issue 25.5)
+    expect(page.locator("#pref-adapter")).to_contain_text(f"Continues the adapter of {sft_id}")
+    expect(page.locator("#pref-adapter")).to_contain_text("rank 8")
+    for hidden in ("#train-targets", "#train-recipe", "#train-recipe-use", "#train-suggest"):
+        expect(page.locator(hidden)).to_be_hidden()
+    expect(page.get_by_label("LoRA rank (r)").first).to_be_hidden()
+    expect(page.locator("#pref-counts")).to_contain_text("estimated time")
     # a margin no pair reaches: refused before Start, saying how many are needed
     page.get_by_label("DPO: least difference of mean scores").fill("4")
     page.get_by_label("DPO: least difference of mean scores").press("Tab")
@@ -85,6 +93,8 @@ def test_ratings_become_a_preference_run_that_is_compared_and_ranked(rated, page
     expect(page.locator("#train-message")).to_contain_text("DPO on 11 preference pairs")
     expect(page.locator("#train-progress")).to_contain_text("completed", timeout=180_000)
     expect(page.locator("#reward-chart")).to_contain_text("reward margin")
+    for chart in ("#loss-chart", "#reward-chart"):
+        assert_chart_drawn(page.locator(chart))
     expect(page.locator("#runs-table")).to_contain_text("dpo round 1")
     page.screenshot(path=str(ARTIFACTS / "preference-train.png"), full_page=True)
 
@@ -94,6 +104,8 @@ def test_ratings_become_a_preference_run_that_is_compared_and_ranked(rated, page
     pick(page, "compare-run", sft_id)
     pick(page, "compare-run", "dpo round 1")
     page.keyboard.press("Escape")
+    # the form is filled from the run's recipe (or says there is none) before the cap is typed
+    expect(page.locator("#eval-recipe-note")).to_contain_text(re.compile("[Rr]ecipe"))
     page.locator("#eval-source").get_by_label("typed prompts").check()
     # the first round's ten prompts (nine of them DPO's training rows, one its validation row) and two new
     page.locator("#compare-prompts textarea").fill("\n".join(PROMPTS + ["Welcome a new neighbour.",
@@ -106,6 +118,9 @@ def test_ratings_become_a_preference_run_that_is_compared_and_ranked(rated, page
     expect(message).to_contain_text("Generated 3 × 3 replies", timeout=120_000)
     expect(message).to_contain_text("Left out 9 of 12 prompts that a chosen preference run learned from")
     expect(page.locator("#eval-replies")).to_contain_text("dpo: dpo round 1")
+    # 8 tokens cut the replies: the owner opens rating anyway
+    page.locator("#cut-open").click()
+    expect(message).to_contain_text("opened for rating as it is")
 
     # two friends rate the new evaluation (the owner's panel on Compare): each is served one pair of
     # each prompt, the least-rated pairs first, so between them every model meets another

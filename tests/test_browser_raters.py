@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from browser import ARTIFACTS, CHROMIUM, serve
+from browser import ARTIFACTS, serve
 
 VARIANTS = [{"name": "base", "label": "base (tiny)", "kind": "base"},
             {"name": "run-xyz", "label": "lora: run-xyz", "kind": "lora"}]
@@ -49,14 +49,12 @@ def _join(page, url, name, evaluation="friends' round", code=""):
     page.locator("#rater-start").click()
 
 
-def test_two_raters_each_get_their_own_queue(served):
-    from playwright.sync_api import expect, sync_playwright
+def test_two_raters_each_get_their_own_queue(served, chromium):
+    from playwright.sync_api import expect
 
     url, store, eval_id, demo = served
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+    with chromium as browser:  # the shared one: an uncaught page error fails the test
         ana = browser.new_context(viewport={"width": 1280, "height": 1300}).new_page()
         ben = browser.new_context(viewport={"width": 1280, "height": 1300}).new_page()
         for page in (ana, ben):

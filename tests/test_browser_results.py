@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from browser import ARTIFACTS, CHROMIUM, serve
+from browser import ARTIFACTS, assert_chart_drawn, serve
 from test_tables import filled_store
 
 ADAPTER_BYTES = 250_000
@@ -43,14 +43,12 @@ def served(tiny_llama, tmp_path, patient_expect):
     demo.close()
 
 
-def test_results_tab_tables_threshold_plots_and_report(served, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+def test_results_tab_tables_threshold_plots_and_report(served, tmp_path, chromium):
+    from playwright.sync_api import expect
 
     url, store, eval_id = served
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+    with chromium as browser:  # the shared one: an uncaught page error fails the test
         page = browser.new_context(viewport={"width": 1280, "height": 1400}, accept_downloads=True).new_page()
         page.set_default_timeout(30_000)
         page.goto(url)
@@ -71,9 +69,9 @@ def test_results_tab_tables_threshold_plots_and_report(served, tmp_path):
         expect(runs).to_contain_text("0.68%")
         expect(runs).to_contain_text("0.25")  # adapter size on disk, MB
         expect(runs).to_contain_text("r 8, alpha 16")
-        # the plots are drawn (Vega renders its marks into an svg or a canvas)
+        # each plot is drawn: visible, with a size, its marks spread over it
         for plot in ("#results-distribution", "#results-success-plot", "#results-loss"):
-            expect(page.locator(f"{plot} .vega-embed").locator("svg.marks, canvas").first).to_be_visible()
+            assert_chart_drawn(page.locator(plot))
         expect(page.locator("#results-distribution")).to_contain_text("Score distribution per model")
         expect(page.locator("#results-success-plot")).to_contain_text("Success rate (scored 4+)")
 
@@ -83,6 +81,7 @@ def test_results_tab_tables_threshold_plots_and_report(served, tmp_path):
         expect(success).to_contain_text("8/8")
         expect(success).not_to_contain_text("2/8")
         expect(page.locator("#results-success-plot")).to_contain_text("Success rate (scored 3+)")  # rebuilt
+        assert_chart_drawn(page.locator("#results-success-plot"))
 
         # each rater's scores on demand
         page.locator("#results-raters").get_by_label("Show each rater's scores").check()

@@ -3,7 +3,9 @@ paired test against scipy, the verdict in words, agreement with human scores."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -11,6 +13,8 @@ from scipy import stats as sps
 
 from ratings import checks as rc
 from ratings.stats import wilson_interval
+
+ROOT = Path(__file__).resolve().parents[1]
 
 EMAIL = "Subject: Extension request\n\nDear Professor Okafor,\n\n" + "I would like more time. " * 14 + \
         "\n\nBest regards,\n[Your Name]"
@@ -106,7 +110,9 @@ def test_pass_rates_have_wilson_intervals_and_the_paired_test_is_mcnemars_exact(
     assert cut.passed == sum(len(r[1].split()) >= 4 for r in rows)
     text = rc.verdict(rep)
     assert "lora: r1** has the answer contained on 10/12 prompts, base 2/12" in text
-    assert "a clear difference (McNemar exact p = 0.021" in text and "worth rating" in text
+    assert "clearly better than the base (McNemar exact p = 0.021, better on 9, worse on 1 of 12; Holm-adjusted " \
+           "p = 0.043)" in text
+    assert "worth rating" in text
     assert "cut at the 4-token cap" in text
 
 
@@ -168,3 +174,169 @@ def test_the_table_for_people_has_a_column_per_model_and_intervals_in_each_cell(
     assert shown.loc["all checks", "lora: r1"].startswith("4/4 · 100% (")
     assert shown.loc["words", "lora: r1"].startswith("2.0")
     assert "McNemar exact p = 1, better on 1, worse on 0 of 4" in rc.verdict(rep)
+
+
+# --- the verdict: a statement per measure that matters, regressions first -----------------------------
+def _variants(rows, labels=("base (m)", "lora: r1")):
+    """rows: (category, reference, reply of each label in turn); the first label is the base."""
+    out = []
+    for position, (category, reference, *texts) in enumerate(rows, start=1):
+        for number, (label, text) in enumerate(zip(labels, texts)):
+            out.append({"position": position, "prompt": f"p{position}", "reference": reference,
+                        "category": category, "variant": "base" if number == 0 else f"v{number}",
+                        "label": label, "reply": text, "new_tokens": len(text.split())})
+    return pd.DataFrame(out)
+
+
+TWO_CHECKS = rc.parse_checks("starts with: Dear\nmax words: 4")
+# 12 prompts; Holm over the three headline measures ('starts with', 'max words', all checks)
+HOLM_12_OF_12 = 3 * sps.binomtest(12, 12).pvalue
+
+
+def test_the_verdict_says_clearly_better_on_each_check_and_worth_rating():
+    rep = rc.report(_variants([("c", None, "Hello there my good friend", "Dear Sir, hi")] * 12), TWO_CHECKS, 64)
+    assert rep.headline == ["starts with: Dear", "max words: 4", "all checks"]
+    paired = rep.paired.set_index("measure")
+    assert paired.loc["max words: 4", "p adjusted"] == pytest.approx(HOLM_12_OF_12)
+    assert math.isnan(paired.loc["cut at the token cap", "p adjusted"])  # not in the headline's family
+    shown = rc.display_paired(rep.paired).set_index("measure")
+    assert list(shown.columns) == ["model", "versus", "prompts", "better", "worse", "p", "p adjusted", "test"]
+    assert shown.loc["all checks", ["p", "p adjusted"]].tolist() == ["< 0.001", "0.0015"]
+    assert shown.loc["cut at the token cap", "p adjusted"] == ""
+    text = rc.verdict(rep)
+    assert text.startswith("**lora: r1** passes 'starts with: Dear' on 12/12 prompts, base 0/12: clearly better "
+                           "than the base (McNemar exact p < 0.001, better on 12, worse on 0 of 12; Holm-adjusted "
+                           "p = 0.0015); it passes 'max words: 4' on 12/12 prompts, base 0/12: clearly better")
+    assert "it passes every check on 12/12 prompts, base 0/12: clearly better" in text
+    assert text.endswith("Clearly better on 3 of 3 measures and worse on none — worth rating.")
+    assert "clearly **worse**" not in text and "leaning worse" not in text and "train longer" not in text
+
+
+def test_the_verdict_says_clearly_worse_first_and_to_check_the_data_and_the_recipe():
+    rep = rc.report(_variants([("c", None, "Dear Sir, hi", "Hello there my good friend")] * 12), TWO_CHECKS, 64)
+    text = rc.verdict(rep)
+    assert text.startswith("**lora: r1** passes 'starts with: Dear' on 0/12 prompts, base 12/12: clearly **worse** "
+                           "than the base (McNemar exact p < 0.001, better on 0, worse on 12 of 12; Holm-adjusted "
+                           "p = 0.0015)")
+    assert "Do not ask friends to rate this one yet: check the data and the recipe" in text
+    assert "worth rating" not in text and "train longer" not in text and "clearly better" not in text
+    # worse at finding the reference answers: the hint is about the references
+    text = rc.verdict(rc.report(_variants([("c", "Paris", "It is Paris.", "No idea at all.")] * 12), [], 64))
+    assert text.startswith("**lora: r1** has the answer contained on 0/12 prompts, base 12/12: clearly **worse** ")
+    assert "do the training replies themselves look like the references?" in text
+
+
+def test_without_references_or_checks_the_verdict_says_there_is_nothing_automatic_to_compare():
+    text = rc.verdict(rc.report(_variants([("c", None, "Hi there", "Hello")] * 12), [], 2))
+    assert text.startswith("**lora: r1**: this evaluation has no reference answers and no checks, so there is "
+                           "nothing automatic to compare")
+    assert "12 of 12 replies of base (m) were cut at the 2-token cap" in text
+
+
+def test_a_mixed_verdict_states_the_regression_first_then_the_gain_and_advises_checking_the_data():
+    # tuned: always "Dear", but long; base: short and never "Dear"
+    rep = rc.report(_variants([("c", None, "Hi, all good.", "Dear Sir, thank you so much for writing")] * 12),
+                    TWO_CHECKS, 64)
+    text = rc.verdict(rep)
+    worse = ("**lora: r1** passes 'max words: 4' on 0/12 prompts, base 12/12: clearly **worse** than the base "
+             "(McNemar exact p < 0.001, better on 0, worse on 12 of 12; Holm-adjusted p = 0.0015)")
+    better = ("it passes 'starts with: Dear' on 12/12 prompts, base 0/12: clearly better than the base "
+              "(McNemar exact p < 0.001, better on 12, worse on 0 of 12; Holm-adjusted p = 0.0015)")
+    assert text.startswith(worse) and better in text
+    # neither passes both, so every check together shows nothing
+    assert ("it passes every check on 0/12 prompts, base 0/12: no difference yet (McNemar exact p = 1, "
+            "better on 0, worse on 0 of 12; Holm-adjusted p = 1)") in text
+    assert text.index("no difference yet") > text.index("clearly better") > text.index("clearly **worse**")
+    assert "Do not ask friends to rate this one yet: check the data and the recipe" in text
+    assert "worth rating" not in text and "train longer" not in text
+
+
+def test_no_difference_on_any_measure_keeps_the_advice_to_train_more():
+    rep = rc.report(_variants([("c", "Paris", "It is Paris.", "It is Paris.")] * 12), TWO_CHECKS, 64)
+    assert rep.headline == ["answer contained", "ROUGE-L", "starts with: Dear", "max words: 4", "all checks"]
+    text = rc.verdict(rep)
+    assert text.startswith("**lora: r1** has the answer contained on 12/12 prompts, base 12/12: no difference yet "
+                           "(McNemar exact p = 1, better on 0, worse on 0 of 12; Holm-adjusted p = 1); it scores "
+                           "ROUGE-L 50.0 (0–100, mean), base 50.0: no difference yet (sign test p = 1, ")
+    assert text.count("no difference yet") == 5
+    assert text.endswith("No difference yet on any measure; too few prompts differ to tell — use more held-out "
+                         "prompts, or train longer.")
+    assert "clearly" not in text and "leaning worse" not in text and "worth rating" not in text
+
+
+SUPPORT_ANSWERS = [f"Your refund for order {1000 + i} is on its way within {i + 2} days." for i in range(11)]
+
+
+def test_support_set_with_checks_reports_the_answers_found_not_only_all_checks():
+    """The support set of issue 25: three variants, references and custom checks that every
+    reply passes; LoRA has the reference answer in all 11 replies, the base in none."""
+    base = "Thanks for contacting us. We will look into your refund as soon as possible."
+    rows = [("support", answer, base, answer, base) for answer in SUPPORT_ANSWERS]
+    checks = rc.parse_checks("not contains: As an AI\nmax words: 40")
+    rep = rc.report(_variants(rows, ("base (m)", "lora: support", "prompt tuning: support")), checks, 64)
+    assert rep.measures[0] == "all checks"  # still the figure set beside the raters' scores
+    text = rc.verdict(rep)
+    lora, tuning = text.split("\n\n")[:2]
+    rouge = rep.table.set_index(["measure", "model"]).loc[("ROUGE-L", "base (m)"), "rate"]
+    assert 0.05 < rouge < 0.2
+    # references of a dozen words: ROUGE-L first, then whether the answer is in the reply
+    assert lora.startswith(f"**lora: support** scores ROUGE-L 100.0 (0–100, mean), base {100 * rouge:.1f}: clearly "
+                           "better than the base (sign test p < 0.001, better on 11, worse on 0 of 11; Holm-adjusted "
+                           "p = 0.0049); it has the answer contained on 11/11 prompts, base 0/11: clearly better "
+                           "than the base (McNemar exact p < 0.001, better on 11, worse on 0 of 11; Holm-adjusted "
+                           "p = 0.0049)")
+    assert "it passes every check on 11/11 prompts, base 11/11: no difference yet" in lora
+    assert lora.endswith("worth rating.") and "train longer" not in lora
+    assert tuning.startswith(f"**prompt tuning: support** scores ROUGE-L {100 * rouge:.1f} (0–100, mean), base "
+                             f"{100 * rouge:.1f}: no difference yet")
+    assert "it has the answer contained on 0/11 prompts, base 0/11: no difference yet" in tuning
+    assert "train longer" in tuning
+
+
+def test_formal_email_worse_on_single_checks_is_said_first_though_all_checks_show_nothing():
+    """The formal-email scenario of issue 25: the base never starts with 'Subject:', so every
+    check together is 0/10 for both, while the tuned model breaks 'max words: 150' on 9 of 10
+    prompts (p = 0.0039) and the sign-off on 6 (p = 0.031)."""
+    body = "I would like to ask for an extension of the deadline. " * 8  # 88 words
+    base = f"Dear Professor Okafor,\n\n{body}\n\nBest regards,\nAna"
+    long_body = body * 2
+    tuned = [f"Subject: Extension\n\nDear Professor Okafor,\n\n{long_body}\n\nBest regards,\nAna"] * 3 + \
+            [f"Dear Professor Okafor,\n\n{long_body}\n\nBest regards,\nAna"] + \
+            [f"Dear Professor Okafor,\n\n{long_body}\n\nAna"] * 5 + [f"Dear Professor Okafor,\n\n{body}\n\nAna"]
+    checks = rc.parse_checks(json.loads((ROOT / "datasets" / "formal_email.recipe.json").read_text())["checks"])
+    rep = rc.report(_variants([("email", None, base, t) for t in tuned]), checks, 400)
+    text = rc.verdict(rep)
+    assert text.startswith("**lora: r1** passes 'max words: 150' on 1/10 prompts, base 10/10: clearly **worse** "
+                           "than the base (McNemar exact p = 0.0039, better on 0, worse on 9 of 10; Holm-adjusted "
+                           "p = 0.023); it ")
+    # the sign-off's p = 0.031 does not survive the correction for six measures: said, but not as a finding
+    assert ("it passes 'contains any: Best regards, Kind regards, Sincerely, Warm regards, Respectfully, Regards' "
+            "on 4/10 prompts, base 10/10: leaning worse, not clear after correcting for 6 measures (McNemar exact "
+            "p = 0.031, better on 0, worse on 6 of 10; Holm-adjusted p = 0.16)") in text
+    assert "it passes every check on 0/10 prompts, base 0/10: no difference yet" in text
+    assert "Do not ask friends to rate this one yet: check the data and the recipe" in text
+    assert "train longer" not in text and "worth rating" not in text
+
+
+def test_leaning_worse_alone_advises_checking_the_data_before_training_longer():
+    # worse on 6 of 6 for one check (p = 0.031), not clear after Holm over three measures
+    rows = [("c", None, "Dear Sir, hi", "Hello there my good friend")] * 6 + [("c", None, "Dear A", "Dear B")] * 6
+    text = rc.verdict(rc.report(_variants(rows), TWO_CHECKS, 64))
+    assert "clearly" not in text and "no difference yet" not in text
+    assert text.startswith("**lora: r1** passes 'starts with: Dear' on 6/12 prompts, base 12/12: leaning worse, "
+                           "not clear after correcting for 3 measures (McNemar exact p = 0.031, better on 0, worse "
+                           "on 6 of 12; Holm-adjusted p = 0.094)")
+    assert text.endswith("No clear difference, but it leans worse on 'starts with: Dear', 'max words: 4', all "
+                         "checks: check the data and the recipe before training longer.")
+    assert "worth rating" not in text
+
+
+def test_word_count_intervals_stay_in_the_possible_range_and_are_left_out_under_three_replies():
+    rows = [("c", None, "a", "one two"), ("c", None, "a " * 85, "three four five")]
+    rep = rc.report(_variants(rows), [], 64)
+    shown = rc.display(rep.table).set_index("measure")
+    assert shown.loc["words", "base (m)"] == "43.0"  # n = 2: no interval rather than (−427–513)
+    rep = rc.report(_variants(rows + [("c", None, "b", "six")]), [], 64)
+    words = rep.table[(rep.table.measure == "words") & (rep.table.model == "base (m)")].iloc[0]
+    assert words.low == 0.0 and words.high > words.rate  # clipped: no reply has fewer than 0 words
+    assert rc.display(rep.table).set_index("measure").loc["words", "base (m)"].startswith("29.0 (0–")

@@ -60,3 +60,66 @@ def test_keyword_rules_flag_by_priority_and_tag_the_model_prompt():
     assert calm["flags"] == []  # whole words: 'cancellation' is not 'cancel'
     with pytest.raises(ValueError, match="rule line 1"):
         evalsets.parse_rules("no colon here")
+
+
+# --- the form's defaults (issue 25.3) -------------------------------------------------------------
+def _run(tmp_path, dataset, held_out=()):
+    folder = tmp_path / "runs" / "r1"
+    folder.mkdir(parents=True, exist_ok=True)
+    if held_out:
+        (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out))
+    return {"run_id": "r1", "path": str(folder), "config": {"dataset": str(dataset)}}
+
+
+def _reply(words: int) -> dict:
+    return {"messages": [{"role": "user", "content": "Write"}, {"role": "assistant", "content": "word " * words}]}
+
+
+def test_the_default_cap_of_typed_and_uploaded_prompts_is_room_for_references_else_training_replies(tmp_path):
+    from tuner.recipes import max_new_tokens_for
+
+    dataset = tmp_path / "long.jsonl"
+    dataset.write_text("".join(json.dumps(_reply(120)) + "\n" for _ in range(4)))
+    run = _run(tmp_path, dataset)
+    typed = evalsets.from_lines("Write to a professor\nDecline an invitation")
+    tokens, whence = evalsets.default_max_new_tokens(typed, [run])
+    assert tokens == max_new_tokens_for(["word " * 120]) and tokens > 160  # 120 words do not fit 48 tokens
+    assert whence == "room for run r1's training replies"
+    # an uploaded file with references: room for its references
+    upload = tmp_path / "p.csv"
+    upload.write_text("prompt,reference\nHi,Hello there\nBye," + "word " * 60 + "\n")
+    tokens, whence = evalsets.default_max_new_tokens(evalsets.from_file(upload), [run])
+    assert tokens == max_new_tokens_for(["Hello there", "word " * 60]) and whence == "room for the 2 reference answers"
+    # the run's dataset gone: its held-out rows, kept in its folder, are the same data
+    gone = _run(tmp_path, tmp_path / "deleted.jsonl", held_out=[_reply(90)])
+    assert evalsets.default_max_new_tokens(typed, [gone])[0] == max_new_tokens_for(["word " * 90])
+    assert evalsets.default_max_new_tokens(typed, [])[0] is None  # the engine's default then
+
+
+def test_choosing_a_run_fills_the_checks_and_cap_from_its_recipe_unless_edited_by_hand(tmp_path):
+    from tuner.paths import STARTER_DATASETS
+
+    email = {"run_id": "e", "config": {"dataset": str(STARTER_DATASETS / "formal_email.jsonl")}}
+    faq = {"run_id": "f", "config": {"dataset": str(tmp_path / "company_faq-v2.jsonl")}}  # a saved version
+    fill = evalsets.recipe_fill(email)
+    assert fill.checks.splitlines()[0] == "starts with: Subject:" and fill.max_new_tokens == 240
+    assert fill.note == "Checks and cap from the formal_email recipe (5 checks, up to 240 new tokens)."
+    # the FAQ run after the email one: the email checks go, the FAQ's own cap comes
+    fill = evalsets.recipe_fill(faq)
+    assert (fill.checks, fill.max_new_tokens, fill.recipe) == ("", 48, "company_faq")
+    assert fill.note.startswith("Checks and cap from the company_faq recipe")
+    # what the owner changed by hand stays, and the line says so
+    fill = evalsets.recipe_fill(faq, kept={"cap"})
+    assert (fill.checks, fill.max_new_tokens) == ("", None)
+    assert fill.note == "Checks from the company_faq recipe (no checks); your cap kept (edited by hand)."
+    fill = evalsets.recipe_fill(email, kept={"checks", "cap"})
+    assert (fill.checks, fill.max_new_tokens) == (None, None) and "not applied" in fill.note
+    # no recipe: no checks, and the cap from the references (0 in the form)
+    other = {"run_id": "o", "config": {"dataset": str(tmp_path / "mine.jsonl")}}
+    fill = evalsets.recipe_fill(other)
+    assert (fill.checks, fill.max_new_tokens, fill.recipe) == ("", 0, None)
+    assert fill.note.startswith("No recipe for mine.jsonl: no checks")
+    bad = tmp_path / "broken.recipe.json"
+    bad.write_text("{not json")
+    fill = evalsets.recipe_fill({"run_id": "b", "config": {"dataset": str(tmp_path / "broken.jsonl")}})
+    assert fill.note.startswith("⚠️ broken.recipe.json: not valid JSON") and fill.checks == ""

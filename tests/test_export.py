@@ -392,7 +392,7 @@ def test_export_panel_builds_and_its_handlers_explain_bad_input(trained_run, tmp
     assert token.type == "password"
     picker = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "export-run")
     assert picker.choices == []  # built empty: a stranger reads the page's config
-    assert run_id in fill(None)["choices"]  # the page's (guarded) load fills it
+    assert run_id in [value for _label, value in fill(None)["choices"]]  # the page's (guarded) load fills it
 
     # the buttons' handlers say an expected failure in the status line, with no file and no toast
     handler = next(f.fn for f in demo.fns.values() if f.api_name == "export_adapter")
@@ -407,11 +407,18 @@ def test_export_panel_builds_and_its_handlers_explain_bad_input(trained_run, tmp
     with pytest.raises(gr.Error, match="No run named"):
         ui_export.make_export("merged", "../../etc", runs_dir, models_dir, root)
     text, path = ui_export.make_export("adapter", run_id, runs_dir, models_dir, root)
-    # handed over from a fresh temp folder, never from the data root (which gradio must not serve)
-    assert Path(path).name == f"{run_id}-adapter.zip" and (root / "exports" / Path(path).name).is_file()
-    assert not Path(path).resolve().is_relative_to(root.resolve())
-    assert Path(path).read_bytes() == (root / "exports" / Path(path).name).read_bytes()
+    # handed over as a link in a folder of random name in the downloads folder (served as it is,
+    # not copied into Gradio's upload folder), never from the exports folder itself (served, it
+    # would give every export by its name)
+    exported = root / "exports" / f"{run_id}-adapter.zip"
+    assert Path(path).name == exported.name and Path(path).parent.parent == export.downloads_dir(root)
+    assert Path(path).read_bytes() == exported.read_bytes()
+    assert os.stat(path).st_ino == exported.stat().st_ino  # a hard link: no second copy of a large export
     assert run_id in text
+    _, again = ui_export.make_export("adapter", run_id, runs_dir, models_dir, root)
+    assert not Path(path).exists() and Path(again).is_file()  # the earlier link goes with the export it named
+    with pytest.raises(ExportError, match="not in the exports folder"):
+        export.hand_out(runs_dir / run_id / "run.json", root)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     with pytest.raises(gr.Error, match="cannot be reached"):
         ui_export.push_export(run_id, "adapter", "me/model", "hf_x", True, runs_dir, models_dir, root)

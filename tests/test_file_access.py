@@ -193,3 +193,50 @@ def test_file_inputs_cannot_name_files_on_the_server(app, tmp_path):
         assert event == "error", (path, payload)
         assert SECRET not in json.dumps(payload)
     assert sorted(p.name for p in datasets.iterdir()) == before
+
+
+# --- exports and the upload allowance (issue 25.4) ----------------------------------------
+def test_a_large_export_never_blocks_the_next_upload(trained_run, tmp_path, monkeypatch):
+    """The owner's uploads are capped in total (TUNER_UPLOAD_TOTAL, small here so that an
+    adapter zip is large beside it); an export handed out for download, another Gradio app's
+    files in the machine's shared temp folder, and copies of other downloads never count."""
+    import shutil
+
+    shared = tmp_path / "shared-gradio"  # the machine's /tmp/gradio, which every Gradio app uses
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(shared))
+    monkeypatch.setenv("TUNER_UPLOAD_TOTAL", "512kb")
+    (shared / "another-app").mkdir(parents=True)
+    with open(shared / "another-app" / "video.mp4", "wb") as other:
+        other.truncate(2 * 1024**3)  # sparse: counts 2 GB, costs nothing
+    home = tmp_path / "home"
+    run_id = trained_run.parent.name
+    shutil.copytree(trained_run.parent, home / "runs" / run_id)
+    demo, url = serve(home)
+    try:
+        event, (status, file) = call(url, "export_adapter", [run_id])
+        assert event == "complete" and "packed" in status, status
+        exported = home / "exports" / f"{run_id}-adapter.zip"
+        assert exported.stat().st_size > 512 * 1024  # larger than the whole upload allowance
+        answer = httpx.get(f"{url}{httpx.URL(file['url']).raw_path.decode()}", timeout=60)
+        assert answer.status_code == 200 and answer.content == exported.read_bytes()
+        uploads = home / "uploads"  # Tuner's own upload folder
+        assert not any(p.stat().st_ino == exported.stat().st_ino for p in uploads.rglob("*") if p.is_file())
+
+        dataset = b'{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}\n'
+        sent = upload(url, "after-export.jsonl", dataset * 4)
+        assert sent.status_code == 200, sent.text
+        (stored,) = sent.json()
+        assert Path(stored).resolve().is_relative_to(uploads.resolve())  # Tuner's own folder, in the data root
+        importer = endpoint(url, "Import a file: JSONL, JSON, CSV or Parquet")
+        event, payload = call(url, importer, [{"path": stored, "meta": {"_type": "gradio.FileData"}}])
+        assert event == "complete" and "4 rows imported" in json.dumps(payload), payload
+        # a copy of some other download in Tuner's own upload folder does not count either
+        (uploads / "a-download").mkdir(parents=True)
+        with open(uploads / "a-download" / "results.zip", "wb") as copy:
+            copy.truncate(2 * 1024**3)
+        assert upload(url, "again.jsonl", dataset).status_code == 200
+        # the uploads themselves are still capped
+        big = upload(url, "big.jsonl", dataset * (512 * 1024 // len(dataset) + 1))
+        assert big.status_code == 507 and "upload folder is full" in big.text
+    finally:
+        demo.close()

@@ -175,3 +175,21 @@ def test_progress_moves_token_by_token_within_one_batch(tiny_llama, trained_run,
     assert len(seen) > 2 and all(total == 10 for _d, total in seen)
     assert 0 < seen[0][0] < 10  # a first step reported before the batch ends
     assert [d for d, _t in seen] == sorted(d for d, _t in seen) and seen[-1][0] == 10
+
+
+def test_a_streamed_reply_grows_word_by_word_to_the_generated_reply(tiny_llama, trained_run, tmp_path):
+    conversation = [{"role": "user", "content": "Tell me about the sea."}]
+    settings = GenSettings(max_new_tokens=24)
+    gen = Generator(tmp_path)
+    for adapter in (None, ("run-1", trained_run)):
+        whole = gen.generate(str(tiny_llama), [conversation], settings, adapter=adapter)[0].text
+        partial = list(gen.stream(str(tiny_llama), conversation, settings, adapter=adapter))
+        assert len(partial) >= 3, partial  # several updates, not the reply at once
+        assert all(a != b and b.startswith(a) for a, b in zip(partial, partial[1:])), partial
+        assert partial[-1] == whole
+
+    # a reader that stops early lets the generation end and the model go to the next caller
+    stream = gen.stream(str(tiny_llama), conversation, settings)
+    first = next(stream)
+    stream.close()
+    assert first and gen.generate(str(tiny_llama), [conversation], settings)[0].text.startswith(first)

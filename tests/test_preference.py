@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -201,12 +202,15 @@ def test_dpo_from_an_sft_run_moves_it_towards_the_chosen_replies(tiny_llama, tra
         {"prompt": f"Say hi {i}", "chosen": "Good day to you.", "rejected": "Hello there, friend!"} for i in range(12)])
     config = {"base_model": str(tiny_llama), "dataset": str(prefs), "method": "dpo", "init_adapter": str(sft_run),
               "learning_rate": 1e-2, "max_steps": 6, "per_device_train_batch_size": 4, "validation_fraction": 0.2,
-              "eval_steps": 3, "output_dir": str(tmp_path / "runs"), "seed": 1}
+              "eval_steps": 3, "output_dir": str(tmp_path / "runs"), "seed": 1,
+              "r": 4, "lora_alpha": 4}  # not the SFT adapter's: the run trains that adapter as it is
     done = cli_train(config, tmp_path, "dpo-run")
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = tmp_path / "runs" / "dpo-run"
     record = records.read_record(run_dir)
     assert record["status"] == "completed" and record["summary"]["method"] == "dpo"
+    sft_adapter = records.adapter_config(sft_run)
+    assert (record["config"]["r"], record["config"]["lora_alpha"]) == (sft_adapter["r"], sft_adapter["lora_alpha"]) != (4, 4)
     rows = records.read_metrics(run_dir)
     trained = [r for r in rows if "loss" in r]
     assert len(trained) == 6 and all("rewards/margins" in r and "rewards/accuracies" in r for r in trained)
@@ -285,3 +289,123 @@ def test_a_stopped_dpo_run_resumes_from_its_checkpoint_with_its_step_count(tiny_
     assert steps == list(range(1, checkpoint_step + 3)), (steps, stopped_at)  # no step twice, none missing
     assert all("rewards/margins" in m for m in records.read_metrics(run_dir) if "loss" in m)
     assert not (records.adapter_dir(run_dir) / "ref").exists()
+
+
+# --- the Train tab before Start (issue 25.5) -------------------------------------------------------
+def train_tab_handlers(tmp_path: Path, store: Store):
+    """The Train tab as the app builds it, over `store`; its handlers by name, and its run manager."""
+    import gradio as gr
+
+    from tuner.runs import RunManager
+    from tuner.ui.train import train_tab
+
+    manager = RunManager(tmp_path / "home" / "runs", tmp_path / "home" / "models")
+    with gr.Blocks() as demo:
+        picker = gr.Dropdown(["m"], value="m")
+        chooser = gr.Dropdown([], allow_custom_value=True)
+        train_tab(manager, tmp_path / "home" / "datasets", picker, chooser, None, store, tmp_path / "home" / "prefs")
+    return {f.name: f for f in demo.fns.values()}, manager
+
+
+def pairs_store(path: Path, base_model: str, sft_name: str, prompts: int = 8) -> tuple[Store, int]:
+    """An evaluation of the base and an SFT run on `prompts` prompts, the SFT reply rated 5 and the
+    base's 2 by two raters: one DPO pair a prompt."""
+    store = Store(path)
+    variants = [{"name": "base", "label": "base", "kind": "base"},
+                {"name": sft_name, "label": f"lora: {sft_name}", "kind": "lora"}]
+    eval_id = store.create_evaluation("e", base_model, [{"text": f"Greet guest {i}."} for i in range(prompts)],
+                                      variants)
+    ids = {v["name"]: v["id"] for v in store.variants(eval_id)}
+    for p in store.prompts(eval_id):
+        store.add_reply(p["id"], ids["base"], f"meh {p['position']}", {})
+        store.add_reply(p["id"], ids[sft_name], "Hello there, friend!", {})
+    store.open_for_rating(eval_id)
+    rng = random.Random(0)
+    for rater in ("ann", "bob"):
+        while (pair := store.next_pair(eval_id, rater, rng)) is not None:
+            store.rate_pair(pair["assignment_id"], rater, 5 if pair["reply_a"].startswith("Hello") else 2,
+                            5 if pair["reply_b"].startswith("Hello") else 2)
+    return store, eval_id
+
+
+def called(handler, **given):
+    """Call a Train tab handler as the page would: each input's value from `given`, by its TrainConfig
+    field name, elem_id or label, else the input's own default."""
+    from tuner.ui.train import SPEC
+
+    labels = {SPEC[name].metadata["label"]: value for name, value in given.items() if name in SPEC}
+    values = []
+    for component in handler.inputs:
+        elem_id, label = getattr(component, "elem_id", None), getattr(component, "label", None)
+        values.append(given[elem_id] if elem_id in given else labels[label] if label in labels else
+                      given[label] if label in given else component.value)
+    return handler.fn(*values)
+
+
+def test_the_counts_line_applies_starts_split_and_start_makes_no_run_it_would_fail(tiny_llama, trained_run,
+                                                                                      tmp_path):
+    """8 pairs over 8 prompts, continuing an SFT run: the default validation share holds one prompt
+    out, leaving 7. The counts line said 8 were enough, and Start made a run that failed at once."""
+    from tuner.ui.preference import FROM_BASE
+
+    sft = trained_run.parent
+    store, eval_id = pairs_store(tmp_path / "r.db", str(tiny_llama), sft.name)
+    handler, manager = train_tab_handlers(tmp_path, store)
+    shutil.copytree(sft, manager.runs_dir / sft.name)
+    picks = {"pref-eval": str(eval_id), "pref-init": sft.name, "method": "dpo", "max_steps": 2}
+
+    counts = called(handler["on_counts"], **picks)
+    assert "Too few to train on" in counts and "8 preference pairs" in counts, counts
+    assert "after holding out the validation and test prompts, 7 preference pairs: DPO needs at least 8" in counts
+    assert "validation share" in counts  # what to change
+    (message,) = called(handler["on_start"], **picks).values()
+    assert "Too few to train on" in message and "7 preference pairs" in message, message
+    assert [r["run_id"] for r in manager.runs()] == [sft.name]  # no run was made
+
+    # no validation share: all 8 train, and the line says how long the run takes
+    counts = called(handler["on_counts"], **picks, validation_fraction=0.0)
+    assert "Start holds out 0 of its prompts" in counts and "8 preference pairs** to train on" in counts, counts
+    assert "estimated time" in counts and "2 steps" in counts, counts
+    # from the base, the test share is held out too
+    counts = called(handler["on_counts"], **{**picks, "pref-init": FROM_BASE}, validation_fraction=0.0)
+    assert "after holding out the validation and test prompts, 6 preference pairs" in counts, counts
+
+
+def test_a_dpo_run_from_an_sft_run_records_the_adapter_it_trained(tiny_llama, tmp_path):
+    """The form's rank, alpha and modules do not apply to a run that continues an adapter: they are
+    hidden, and run.json records the adapter's own (the report had r 4, all linear layers, for an
+    r16 attention-only adapter)."""
+    from tuner.runs import RunManager
+
+    home = tmp_path / "home"
+    rows = [{"messages": [{"role": "user", "content": f"Greet guest {i}."},
+                          {"role": "assistant", "content": "Hello there, friend!"}]} for i in range(6)]
+    sft_manager = RunManager(home / "runs", home / "models")
+    sft_manager.start(TrainConfig(base_model=str(tiny_llama), dataset=str(write_jsonl(tmp_path / "d.jsonl", rows)),
+                                  max_steps=2, r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"],
+                                  validation_fraction=0.0, test_fraction=0.0))
+    done = sft_manager.wait(300)
+    assert done.status == "completed", done.message
+    sft_id = done.run_id
+    sft_summary = records.read_record(home / "runs" / sft_id)["summary"]
+
+    store, eval_id = pairs_store(tmp_path / "r.db", str(tiny_llama), sft_id)
+    handler, manager = train_tab_handlers(tmp_path, store)
+    form = {"method": "dpo", "max_steps": 2, "r": 4, "lora_alpha": 8, "validation_fraction": 0.0,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            "per_device_train_batch_size": 4, "pref-eval": str(eval_id), "pref-init": sft_id}
+    started = called(handler["on_start"], **form)
+    assert "Started run" in started[next(iter(started))], started
+    state = manager.wait(300)
+    assert state.status == "completed", state.message
+    record = records.read_record(home / "runs" / state.run_id)
+    config, summary = record["config"], record["summary"]
+    assert (config["r"], config["lora_alpha"], config["target_modules"]) == (16, 32, ["q_proj", "v_proj"])
+    assert sorted(summary["target_modules"]) == ["q_proj", "v_proj"]
+    assert summary["trainable_params"] == sft_summary["trainable_params"]
+    # and the form's LoRA settings are hidden while a run is continued, its adapter said in words
+    note, *shown = handler["on_adapter"].fn("dpo", sft_id)
+    assert "rank **16**" in note and "alpha **32**" in note and "q_proj, v_proj" in note, note
+    assert shown and all(update["visible"] is False for update in shown)
+    note, *shown = handler["on_adapter"].fn("dpo", "(a new adapter over the base model)")
+    assert note == "" and all(update["visible"] is True for update in shown)

@@ -389,3 +389,153 @@ def test_the_commit_thread_ends_when_idle_and_the_next_write_starts_another(tmp_
     for w in workers:
         w.join(10)
     assert sorted(results) == list(range(20))  # none lost to a writer that was ending
+
+
+# --- issue 25: every variant gets its share of the scores ---------------------------------------------
+FOUR = THREE + [{"name": "run-3", "label": "lora: run-3", "kind": "lora"}]
+
+
+def _rate_interleaved(store, eval_id, raters, rng):
+    """Raters rating at the same time: each round every rater still rating is served a pair
+    before any of them submits (serve, serve, rate, rate). Yields the scores per variant
+    after each round."""
+    while True:
+        served = [(r, p) for r in raters if (p := store.next_pair(eval_id, r, rng)) is not None]
+        if not served:
+            return
+        for rater, pair in served:
+            store.rate_pair(pair["assignment_id"], rater, 3, 4)
+        yield store.ratings_frame(eval_id)["variant"].value_counts()
+
+
+@pytest.mark.parametrize("variants, raters", [(THREE, ("ana", "ben")), (FOUR, ("ana", "ben", "cy"))],
+                         ids=["3 variants, 2 raters", "4 variants, 3 raters"])
+def test_raters_rating_together_give_every_variant_its_share_at_every_moment(tmp_path, variants, raters):
+    """Issue 25: two raters served before either submitted both got base-vs-LoRA on every
+    prompt, and the third variant was never shown. A variant's fair share after a round is
+    (scores given so far) / (number of variants); each variant must have at least 60% of it
+    after every round, not only once everyone is done."""
+    store = Store(tmp_path / "r.db")
+    eval_id = _evaluation(store, 9, variants)
+    names = [v["name"] for v in variants]
+    rounds = 0
+    for counts in _rate_interleaved(store, eval_id, raters, random.Random(3)):
+        rounds += 1
+        fair = counts.sum() / len(names)
+        got = {name: int(counts.get(name, 0)) for name in names}
+        assert all(n >= 0.6 * fair for n in got.values()), (rounds, got, fair)
+    assert rounds == store.progress(eval_id, raters[0])[1]  # everyone rated all their pairs
+    frame = store.ratings_frame(eval_id)
+    assert not frame.duplicated(["prompt_id", "variant", "rater"]).any()  # no reply twice for a rater
+    with sqlite3.connect(tmp_path / "r.db") as conn:  # concurrent raters spread over the pairs
+        pairs, distinct = conn.execute("SELECT COUNT(*), COUNT(DISTINCT comparison_id) FROM assignments").fetchone()
+    assert distinct >= 0.8 * pairs, (distinct, pairs)
+
+
+def test_two_raters_served_together_get_different_pairs_with_the_third_variant(tmp_path):
+    store = Store(tmp_path / "r.db")
+    eval_id = _evaluation(store, 9, THREE)
+    first = store.next_pair(eval_id, "ana", random.Random(0))
+    second = store.next_pair(eval_id, "ben", random.Random(0))  # before ana submits
+    shown = {first["reply_a"], first["reply_b"], second["reply_a"], second["reply_b"]}
+    assert {text.split(" to ")[0] for text in shown} == {"reply 0", "reply 1", "reply 2"}  # all three variants
+
+
+def test_a_pair_abandoned_for_ten_minutes_goes_to_the_next_rater(tmp_path):
+    """A served pair keeps others off it while its rater may still submit; once abandoned
+    (served longer ago than SERVED_EXPIRY) it counts as uncovered again, and its own rater
+    still gets it back first."""
+    from datetime import datetime, timedelta, timezone
+
+    from ratings.store import SERVED_EXPIRY
+
+    store = Store(tmp_path / "r.db")
+    eval_id = _evaluation(store, 2)  # two variants: one pair on each of two prompts
+    start = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+    ana = store.next_pair(eval_id, "ana", random.Random(0), now=start)
+    ben = store.next_pair(eval_id, "ben", random.Random(0), now=start + timedelta(minutes=5))
+    assert ben["prompt"] != ana["prompt"]  # ana's pair is hers while she rates it
+    later = start + SERVED_EXPIRY + timedelta(minutes=2)  # ana's served pair is stale, ben's is not
+    cy = store.next_pair(eval_id, "cy", random.Random(0), now=later)
+    assert cy["prompt"] == ana["prompt"]
+    again = store.next_pair(eval_id, "ana", random.Random(5), now=later + timedelta(hours=1))
+    assert (again["assignment_id"], again["reply_a"]) == (ana["assignment_id"], ana["reply_a"])  # reload
+    store.rate_pair(again["assignment_id"], "ana", 4, 4)  # a late submit still counts
+    assert store.progress(eval_id, "ana") == (1, 2)
+
+
+def test_ties_are_broken_by_the_rng_passed_in(tmp_path):
+    store = Store(tmp_path / "r.db")
+    eval_id = _evaluation(store, 9, THREE)
+    firsts = {store.next_pair(eval_id, f"r{seed}", random.Random(seed))["prompt"] for seed in range(3)}
+    assert len(firsts) == 3  # three raters served together start on three different prompts
+    again = Store(tmp_path / "again.db")
+    other = _evaluation(again, 9, THREE)
+    assert again.next_pair(other, "r0", random.Random(0))["prompt"] == \
+        Store(tmp_path / "r.db").next_pair(eval_id, "r0", random.Random(0))["prompt"]  # seeded: repeatable
+
+
+# --- issue 25: Results and Compare name a model with no or few scores -----------------------------------
+def _rate_only(store, eval_id, names, raters):
+    """Ratings as the old schedule left them: every rater rated only the `names` pairs."""
+    with sqlite3.connect(store.path) as conn:
+        pairs = [row[0] for row in conn.execute(
+            "SELECT c.id FROM comparisons c JOIN replies r1 ON r1.id = c.reply1_id JOIN replies r2 ON r2.id = c.reply2_id"
+            " JOIN variants v1 ON v1.id = r1.variant_id JOIN variants v2 ON v2.id = r2.variant_id"
+            " WHERE v1.name = ? AND v2.name = ? ORDER BY c.id", names)]
+    for rater in raters:
+        for comparison in pairs:
+            assignment = store._assign(comparison, rater, random.Random(0), "2026-01-05T09:00:00+00:00")
+            store.rate_pair(assignment["id"], rater, 4, 3)
+
+
+def test_the_coverage_note_names_a_model_nobody_rated_and_one_hardly_rated(tmp_path):
+    from ratings import tables
+
+    store = Store(tmp_path / "r.db")
+    eval_id = _evaluation(store, 9, THREE)
+
+    def notes():
+        return tables.coverage_notes(store.variants(eval_id), store.replies(eval_id), store.ratings_frame(eval_id))
+
+    assert notes() == []  # nothing rated: the headline says so
+    _rate_only(store, eval_id, ("base", "run-1"), ("ana", "ben"))
+    assert notes() == ["prompt_tuning: run-2: 0 of 9 replies rated — not compared yet."]
+    late = store.next_pair(eval_id, "cy", random.Random(0))  # a rater joining later gets the third model
+    store.rate_pair(late["assignment_id"], "cy", 3, 3)
+    assert notes() == ["prompt_tuning: run-2: 1 of 9 replies rated, 1 of 38 scores (an even share is 13) — too "
+                       "few to compare yet; read its rows with care."]
+    while (pair := store.next_pair(eval_id, "cy", random.Random(0))) is not None:
+        store.rate_pair(pair["assignment_id"], "cy", 3, 3)
+    for rater in ("dee", "eve"):
+        while (pair := store.next_pair(eval_id, rater, random.Random(0))) is not None:
+            store.rate_pair(pair["assignment_id"], rater, 3, 3)
+    counts = store.ratings_frame(eval_id)["variant"].value_counts()
+    assert counts["run-2"] >= 0.5 * counts.sum() / 3 and notes() == []  # caught up: nothing to say
+
+
+def test_results_and_compare_say_which_model_is_not_rated_yet(tmp_path):
+    import gradio as gr
+
+    from tuner.generate import Generator
+    from tuner.runs import RunManager
+    from tuner.ui import compare, results
+
+    store = Store(tmp_path / "r.db")
+    eval_id = _evaluation(store, 9, THREE)
+    _rate_only(store, eval_id, ("base", "run-1"), ("ana", "ben"))
+    with gr.Blocks() as demo:
+        show, inputs, outputs = results.results_tab(store, None)
+        compare.compare_tab(RunManager(tmp_path / "runs", tmp_path / "models"), Generator(tmp_path / "models"),
+                            store, random.Random(0))
+    by_id = {getattr(c, "elem_id", None): c for c in outputs}
+    summary = show(eval_id, 4, False, None)[by_id["results-summary"]]
+    note = "prompt_tuning: run-2: 0 of 9 replies rated — not compared yet."
+    assert summary.splitlines()[0] == f"- ⚠️ **{note}**"  # above everything else
+    assert "prompt_tuning" not in "\n".join(summary.splitlines()[1:])  # the tables have no row for it
+    handlers = {getattr(b.fn, "__name__", ""): b for b in demo.fns.values()}
+    on_coverage = handlers["on_coverage"]
+    assert [getattr(c, "elem_id", None) for c in on_coverage.inputs] == ["rate-eval"]
+    assert [c.elem_id for c in on_coverage.outputs] == ["rate-coverage"]
+    assert on_coverage.fn(eval_id) == f"- ⚠️ {note}"
+    assert on_coverage.fn(None) == "" and on_coverage.fn("nonsense") == "" and on_coverage.fn(999) == ""

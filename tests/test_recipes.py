@@ -153,3 +153,37 @@ def test_the_engine_never_imports_the_ratings_layer():
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n == "ratings" or n.startswith("ratings.") for n in names), path
+
+
+def test_suggest_keeps_prompt_tuning_with_its_own_learning_rate():
+    """Issue 25: Suggest switched prompt tuning to LoRA without a word."""
+    from tuner.config import default_learning_rate
+
+    rows = _style(40)
+    s = recipes.suggest(rows, method="prompt_tuning")
+    config = TrainConfig.from_dict(dict(s.train, dataset="x.jsonl"))
+    assert config.method == "prompt_tuning" and config.learning_rate == default_learning_rate("prompt_tuning")
+    assert "target_modules" not in s.train and "prompt tuning (as chosen)" in s.why and "LoRA" not in s.why
+    assert recipes.suggest(rows, method="qlora").train["method"] == "qlora"
+    lora = recipes.suggest(rows)
+    assert lora.train["method"] == "lora" and "LoRA r=16" in lora.why
+    with pytest.raises(ValueError, match="evaluation's scores"):
+        recipes.suggest(rows, method="dpo")
+
+
+def test_the_suggested_step_count_is_the_splits_training_rows():
+    rows = tdata.load_jsonl(STARTER_DATASETS / "company_faq.jsonl").rows
+    s = recipes.suggest(rows)
+    config = TrainConfig.from_dict(dict(s.train, dataset="x.jsonl"))
+    train_rows = len(tdata.splits(rows, config.validation_fraction, config.test_fraction, config.seed,
+                                  config.stratify_by)["train"])
+    assert s.train_rows == train_rows and f"({s.steps} steps over {train_rows} training rows)" in s.why
+    assert s.steps == config.num_train_epochs * -(-train_rows // config.per_device_train_batch_size)
+    assert recipes.suggest(rows, train_rows=train_rows - 9).train_rows == train_rows - 9  # as counted by the caller
+
+
+def test_a_prompt_tuning_recipe_describes_its_own_default_rate():
+    from tuner.config import default_learning_rate
+
+    text = recipes.Recipe("x", {"method": "prompt_tuning"}).describe()
+    assert f"lr {default_learning_rate('prompt_tuning'):g}" in text

@@ -188,3 +188,43 @@ def test_held_out_rows_are_kept_as_split(tmp_path):
         lines = records.held_out_file(tmp_path, name).read_text(encoding="utf-8").splitlines()
         assert [json.loads(line) for line in lines] == rows[name]
     assert not (tmp_path / "train.jsonl").exists()
+
+
+def test_a_killed_segment_is_closed_at_its_last_write_and_counted_with_the_next(tmp_path):
+    """Issue 25: a resumed run reported only its last segment's time, and no tokens."""
+    from datetime import UTC, datetime
+
+    started = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    folder = make_run(tmp_path, "r1", status="running", adapter=False, started_at=started.isoformat(),
+                      segment={"started_at": started.isoformat(), "from_step": 0, "from_epoch": 0.0})
+    for step in range(1, 9):
+        records.append_metrics(folder, {"step": step, "epoch": step / 4, "loss": 1.0})
+    last_write = started.timestamp() + 40
+    os.utime(records.metrics_file(folder), (last_write, last_write))
+    records.close_interrupted_segment(folder)
+    record = records.read_record(folder)
+    assert "segment" not in record
+    [killed] = record["segments"]
+    assert (killed["status"], killed["to_step"], killed["to_epoch"], killed["train_runtime"]) == \
+        ("interrupted", 8, 2.0, 40.0)
+    records.close_interrupted_segment(folder)  # nothing open: nothing changes
+    assert records.read_record(folder) == record
+
+    # resumed from the checkpoint of step 6 (epoch 1.5) and run to step 10 (epoch 2.5)
+    record["segment"] = {"started_at": started.isoformat(), "from_step": 6, "from_epoch": 1.5}
+    summary = {"status": "completed", "segment": {"from_step": 6, "to_step": 10, "from_epoch": 1.5, "to_epoch": 2.5,
+                                                  "train_runtime": 12.5, "loop_runtime": 8.0, "train_tokens": 1000,
+                                                  "tokens_per_epoch": 1000}}
+    summary = records.finish_segment(record, summary, folder, "completed")
+    killed, resumed = record["segments"]
+    assert killed["train_tokens"] == 2000  # its two epochs' tokens, from the resumed segment's count
+    assert summary == {"status": "completed", "train_runtime": 52.5, "train_tokens": 3000}
+    assert records.seconds_per_step(record["segments"]) == 2.0  # only the segment that timed its loop
+
+
+def test_a_run_recorded_before_segments_counts_as_one():
+    record = {"status": "stopped", "started_at": "x", "ended_at": "y",
+              "summary": {"train_runtime": 20.0, "train_tokens": None, "global_step": 5}}
+    [only] = records.earlier_segments(record)
+    assert (only["train_runtime"], only["to_step"], only["train_tokens"]) == (20.0, 5, None)
+    assert records.earlier_segments({"status": "failed", "summary": {}}) == []

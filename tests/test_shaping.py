@@ -290,3 +290,60 @@ def test_only_original_rows_are_paraphrased_and_proposals_are_measured(tiny_llam
     assert [p["row"] for p in proposals] == [0, 1, 2]  # never a paraphrase of a paraphrase
     for p in proposals:  # the tiny random model's words are no rewording: flagged, measured
         assert p["flag"] in ("drift", "empty") and 0 <= p["similarity"] < sh.DRIFT_BELOW
+
+
+# --- paraphrases: meta-text is no rewording (issue 25) ----------------------------------
+RESET = "How do I reset my password?"
+META_REPLIES = [
+    "The requested rephrased version… Original Original:",  # as Expand ticked it
+    "The requested rephrased version of the request is as follows. Original Original: How do I reset my password?",
+    "Here is the rewritten request: how can I reset my password?",
+    "Sure! How can I reset my password?",
+    "Original: How do I reset my password? New: How can I reset my password?",
+    "A paraphrase of your request: what is the way to reset my password?",
+    "Keep its meaning and its language: how can my password be reset?",
+    "Question: how can I reset my password? Question: how?",
+]
+GOOD_REPLIES = [
+    (RESET, "What is the way to reset my password?"),
+    (RESET, "Could you explain how I can change my password?"),
+    ("Can you paraphrase this sentence: the cat sat on the mat.",
+     "Could you paraphrase this line for me: the cat sat on the mat?"),  # its subject is paraphrasing
+    ("Question: what is 2+2?", "Question: what does 2+2 make?"),  # a label the request has itself
+    ("Does the shop really open at nine?", "Are you sure the shop opens at nine?"),
+    ("Here is my code, why does it crash?", "Here is my code: why does it crash?"),
+]
+
+
+@pytest.mark.parametrize("reply", META_REPLIES)
+def test_a_reply_that_talks_about_the_rewording_is_not_ticked(reply):
+    text = sh.clean_paraphrase(reply, RESET)
+    assert sh.meta_text(text, RESET)
+    # however many words it shares with its source
+    assert sh.proposal_flag(text, 1.0, {RESET.casefold()}, RESET) == "meta"
+
+
+@pytest.mark.parametrize(("original", "reply"), GOOD_REPLIES)
+def test_a_real_paraphrase_is_ticked(original, reply):
+    text = sh.clean_paraphrase(reply, original)
+    assert sh.meta_text(text, original) == ""
+    assert sh.proposal_flag(text, sh.similarity(original, text), {original.casefold()}, original) == ""
+
+
+class FixedReplies:
+    """A generator that answers with set texts: the meta-text a small model gave in the issue."""
+
+    def __init__(self, texts):
+        self.texts = texts
+
+    def generate(self, model_name, conversations, settings):
+        from tuner.generate import Reply
+
+        return [Reply(t, "base", 0.0, 1, {}) for t in self.texts[:len(conversations)]]
+
+
+def test_proposals_flag_the_meta_text_reply_of_the_issue():
+    rows = [chat(RESET, "Use the link."), chat("Where is my order?", "On its way.")]
+    proposals = sh.propose_paraphrases(FixedReplies([META_REPLIES[1], "Where has my order got to?"]), "m", rows,
+                                       n=2, seed=0, settings=None)
+    assert [p["flag"] for p in proposals] == ["meta", ""]

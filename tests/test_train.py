@@ -16,7 +16,7 @@ from conftest import POLITE, chat, write_jsonl
 from tuner import records
 from tuner import train as ttrain
 from tuner.config import TrainConfig
-from tuner.runs import RunBusy, RunManager
+from tuner.runs import RunBusy, RunManager, RunState
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -427,6 +427,59 @@ def test_stop_ends_the_run_within_two_steps_and_keeps_a_checkpoint(tiny_llama, h
     assert records.last_complete_checkpoint(run_dir) is not None  # resumable
 
 
+def test_a_stopped_and_resumed_run_records_the_time_and_tokens_of_both_segments(tiny_llama, home, tmp_path):
+    dataset = write_jsonl(tmp_path / "d.jsonl", [chat(f"Question {i}?", f"Answer {i}.") for i in range(8)])
+    manager = RunManager(home.runs, home.models)
+    run_id = manager.start(TrainConfig(base_model=str(tiny_llama), dataset=str(dataset), max_steps=500,
+                                       per_device_train_batch_size=1, save_steps=1000, test_fraction=0,
+                                       validation_fraction=0))
+    while manager.snapshot().step < 3:
+        time.sleep(0.05)
+    manager.stop()
+    assert manager.wait(timeout=120).status == "stopped"
+    run_dir = home.runs / run_id
+    record = json.loads((run_dir / "run.json").read_text())
+    [first] = record["segments"]
+    assert first["status"] == "stopped" and first["train_tokens"] > 0 and first["train_runtime"] > 0
+    assert record["summary"]["train_runtime"] == first["train_runtime"]
+    stopped_at = first["to_step"]
+    record["config"]["max_steps"] = stopped_at + 4  # the rest of the run, short
+    (run_dir / "run.json").write_text(json.dumps(record))
+
+    manager.resume(run_id)
+    resumed = manager.snapshot()  # the line right after Resume: the first segment's time and step speed
+    assert resumed.first_step == stopped_at and resumed.earlier_seconds == first["train_runtime"]
+    assert resumed.earlier_step_seconds == first["loop_runtime"] / stopped_at
+    state = manager.wait(timeout=120)
+    assert state.status == "completed", state.message
+    record = json.loads((run_dir / "run.json").read_text())
+    first_again, second = record["segments"]
+    assert first_again == first  # the first segment's figures are kept as they were
+    assert (second["from_step"], second["to_step"], second["status"]) == (stopped_at, stopped_at + 4, "completed")
+    summary = record["summary"]
+    assert summary["train_runtime"] == round(first["train_runtime"] + second["train_runtime"], 2)
+    assert summary["train_runtime"] > first["train_runtime"] and summary["train_runtime"] > second["train_runtime"]
+    assert summary["train_tokens"] == first["train_tokens"] + second["train_tokens"] > first["train_tokens"] > 0
+    # the tokens of the whole run's epochs: the segments meet at the checkpoint
+    assert abs(summary["train_tokens"] - second["tokens_per_epoch"] * second["to_epoch"]) <= 1
+    assert "segment" not in record and "segment" not in summary
+
+
+def test_the_remaining_time_goes_by_the_steps_left_and_their_measured_speed():
+    now = 1000.0
+    # right after Resume at step 30 of 60: no step timed yet here, the earlier segment took 1 s a step
+    state = RunState(run_id="r", status="running", step=30, max_steps=60, started=now - 2, first_step=30,
+                     earlier_seconds=40.0, earlier_step_seconds=1.0)
+    line = state.progress_line(now)
+    assert "elapsed 0:42" in line and "remaining ~0:30" in line
+    # five steps later, timed in this process at 2 s a step
+    state.step, state.first_step_at = 35, now - 10
+    assert "remaining ~0:50" in state.progress_line(now)
+    # a fresh run: measured from its loop's start, not from Start (loading the model is not a step)
+    fresh = RunState(run_id="r", status="running", step=10, max_steps=20, started=now - 30, first_step_at=now - 10)
+    assert "remaining ~0:10" in fresh.progress_line(now)
+
+
 def test_forced_nan_marks_the_run_diverged(tiny_llama, home, tmp_path):
     from safetensors.torch import save_file
 
@@ -494,6 +547,13 @@ def test_cli_run_killed_mid_way_resumes_and_continues_its_step_count(tiny_llama,
     steps = [m["step"] for m in records.read_metrics(run_dir) if "loss" in m]
     assert steps == list(range(1, resumed_from + 5))  # continued, no step twice, none missing
     assert state.summary["global_step"] == resumed_from + 4
+    # the killed segment's time and tokens count too: to its last write, and its epochs' tokens
+    record = json.loads((run_dir / "run.json").read_text())
+    killed, resumed = record["segments"]
+    assert killed["status"] == "interrupted" and killed["to_step"] >= resumed_from == resumed["from_step"]
+    assert killed["train_runtime"] > 0 and killed["train_tokens"] > 0
+    assert record["summary"]["train_tokens"] == killed["train_tokens"] + resumed["train_tokens"]
+    assert record["summary"]["train_runtime"] == round(killed["train_runtime"] + resumed["train_runtime"], 2)
 
 
 def test_cli_writes_the_run_folder(tiny_llama, tmp_path):

@@ -1,15 +1,20 @@
 """The Train tab's plain functions: settings round trip, estimate, summaries."""
 
 import json
+import re
 from pathlib import Path
 
+import pytest
+
 from conftest import POLITE
-from tuner.config import TrainConfig
+from tuner.config import TrainConfig, default_learning_rate, optimizer_steps
 from tuner.estimate import describe, estimate
 from tuner.runs import RunState, explain
 from tuner.ui.charts import curve_frame, short_label
 from tuner.ui.train import (FIELDS, config_from, small_split_warning, summary_text,
                              trainable_share, values_of)
+
+PROMPT_TUNING_RATE = 3e-2  # measured: prompt tuning's held-out loss at 2e-4, 3e-3 and 3e-2 (issue 25)
 
 
 def test_settings_round_trip_through_the_sliders():
@@ -229,3 +234,100 @@ def test_the_tab_refuses_a_learning_rate_of_0_naming_it(app_url, page):
     page.locator("#train-start").click()
     expect(page.locator("#train-message")).to_contain_text("learning_rate must be in (0, 0.1] (got 0.0)")
     expect(page.locator("#runs-table")).not_to_contain_text("polite_assistant")
+
+
+# --- Suggest settings and the estimate: one step count (issue 25) --------------------------------
+def _long_prompts(folder):
+    """Rows whose long request truncation leaves no reply room for: the run drops them."""
+    from conftest import chat, write_jsonl
+
+    rows = [chat(f"Question {i}: where is the nearest post office?", "Two streets down, on the left.")
+            for i in range(40)]
+    rows += [chat(" ".join(["Here is the whole story of my day."] * 80) + f" ({i})", "Noted.") for i in range(9)]
+    folder.mkdir(parents=True, exist_ok=True)
+    write_jsonl(folder / "long-prompts.jsonl", rows)
+    return "saved: long-prompts"
+
+
+def _suggest_and_estimate(tiny_llama, tmp_path):
+    import gradio as gr
+
+    from tuner.runs import RunManager
+    from tuner.ui.train import train_tab
+
+    manager = RunManager(tmp_path / "runs", tmp_path / "models")
+    with gr.Blocks() as demo:
+        picker = gr.Dropdown([str(tiny_llama)], value=str(tiny_llama))
+        chooser = gr.Dropdown([], allow_custom_value=True)
+        train_tab(manager, tmp_path / "datasets", picker, chooser)
+    handler = {f.name: f for f in demo.fns.values()}
+    suggest, on_estimate = handler["on_suggest"], handler["on_estimate"]
+    settings = on_estimate.inputs[2:]  # the tab's settings, in FIELDS' order
+
+    def run(dataset_label, method):
+        out = suggest.fn(str(tiny_llama), dataset_label, method)
+        message = out[suggest.outputs[0]]
+        values = [out[component] for component in settings]
+        return message, values, on_estimate.fn(str(tiny_llama), dataset_label, *values)
+
+    return run
+
+
+@pytest.mark.parametrize(("dataset", "method"), [("starter: polite_assistant", "lora"),
+                                                 ("starter: formal_email", "prompt_tuning"),
+                                                 ("starter: company_faq", "lora"),
+                                                 ("long prompts", "lora"), ("long prompts", "prompt_tuning")])
+def test_suggest_settings_and_the_estimate_count_the_same_steps(tiny_llama, tmp_path, dataset, method):
+    """Issue 25: the message said 176 steps and the estimate 184 (the message guessed 70% of the
+    rows; the run trains the split's rows that truncation leaves), and prompt tuning was switched
+    to LoRA without a word."""
+    if dataset == "long prompts":
+        dataset = _long_prompts(tmp_path / "datasets")
+    message, values, estimate_text = _suggest_and_estimate(tiny_llama, tmp_path)(dataset, method)
+    said = re.search(r"\((\d+) steps over (\d+) training rows\)", message)
+    estimated = re.search(r"(\d+) training rows · (\d+) steps", estimate_text)
+    assert said and estimated, (message, estimate_text)
+    assert (said.group(1), said.group(2)) == (estimated.group(2), estimated.group(1))
+    settings = dict(zip(FIELDS, values))
+    assert settings["method"] == method  # prompt tuning stays prompt tuning
+    if method == "prompt_tuning":
+        assert "prompt tuning (as chosen)" in message and "LoRA" not in message
+        assert settings["learning_rate"] == default_learning_rate("prompt_tuning")
+
+
+def test_the_step_count_is_the_trainers(tiny_llama, tmp_path):
+    """The estimate's steps are the steps the Trainer takes: short last batch and accumulation group."""
+    from conftest import chat, write_jsonl
+    from tuner.train import train
+
+    dataset = write_jsonl(tmp_path / "d.jsonl", [chat(f"Q{i}?", f"A{i}.") for i in range(9)])
+    config = TrainConfig(base_model=str(tiny_llama), dataset=str(dataset), per_device_train_batch_size=2,
+                         gradient_accumulation_steps=2, num_train_epochs=1.5, test_fraction=0,
+                         validation_fraction=0, save_steps=100)
+    expected = estimate(config, tmp_path / "models", [])["steps"]
+    assert expected == optimizer_steps(config, 9) == 5  # 5 batches → 3 steps an epoch, × 1.5
+    (tmp_path / "run").mkdir()
+    assert train(config, tmp_path / "run", models_dir=tmp_path / "models")["max_steps"] == expected
+
+
+@pytest.mark.parametrize(("rows", "batch", "accumulation", "epochs", "max_steps", "steps"),
+                         [(9, 2, 2, 1.5, -1, 5), (8, 4, 1, 3, -1, 6), (1, 4, 4, 2, -1, 2), (100, 8, 3, 1, -1, 5),
+                          (100, 8, 3, 1, 7, 7)])
+def test_optimizer_steps_by_hand(rows, batch, accumulation, epochs, max_steps, steps):
+    config = TrainConfig(per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                         num_train_epochs=epochs, max_steps=max_steps)
+    assert optimizer_steps(config, rows) == steps
+
+
+def test_prompt_tuning_has_its_own_default_learning_rate():
+    from tuner.ui.train import rate_for_method
+
+    chosen = default_learning_rate("prompt_tuning")
+    assert chosen == PROMPT_TUNING_RATE and TrainConfig(method="prompt_tuning").learning_rate == chosen
+    assert TrainConfig().learning_rate == TrainConfig(method="lora").learning_rate == 2e-4
+    assert TrainConfig(method="prompt_tuning", learning_rate=1e-3).learning_rate == 1e-3  # a set rate is kept
+    assert TrainConfig.from_dict({"method": "prompt_tuning"}).to_dict()["learning_rate"] == chosen
+    assert values_of({"method": "prompt_tuning"})[FIELDS.index("learning_rate")] == chosen
+    # picking the method by hand moves a default rate to the method's, never a rate the owner set
+    assert rate_for_method("prompt_tuning", 2e-4) == chosen and rate_for_method("lora", chosen) == 2e-4
+    assert rate_for_method("lora", 5e-4) != 2e-4

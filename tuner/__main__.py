@@ -22,6 +22,7 @@ from pathlib import Path
 
 
 def _train(args) -> int:
+    from tuner import preference
     from tuner.config import TrainConfig
     from tuner.paths import Layout, data_root
     from tuner.records import FINISHED, new_run_id, start_record
@@ -43,7 +44,8 @@ def _train(args) -> int:
         if isinstance(values.get(key), str) and values[key] and not Path(values[key]).is_absolute():
             values[key] = str((config_path.parent / values[key]).resolve())
     try:
-        config = TrainConfig.from_dict(values)
+        # a run that continues an adapter records that adapter's rank, alpha and modules
+        config = preference.continued(TrainConfig.from_dict(values))
     except (ValueError, TypeError) as exc:
         print(f"error: {config_path}: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ exclusive), and a slider's `reach` (low, high, step), which lies inside them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from tuner.models import BUNDLED
@@ -24,6 +25,17 @@ PREFERENCE_METHODS = ("dpo", "kto")  # trained on preferences (tuner.preference)
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 RUN_NAME_MAX = 60
+# the learning rate a method starts from when none is set. LoRA tolerates a rate well above full
+# fine-tuning's; prompt tuning trains only a few embeddings in front of a frozen model, which at
+# LoRA's rate barely move: its rate is peft's examples', the best of those measured on the
+# starter sets (the held-out loss after the same steps, tiny model and SmolLM2 alike)
+LEARNING_RATES = {"prompt_tuning": 3e-2}
+LORA_LEARNING_RATE = 2e-4
+
+
+def default_learning_rate(method: str) -> float:
+    """The learning rate a run of `method` gets when none is set."""
+    return LEARNING_RATES.get(method, LORA_LEARNING_RATE)
 
 
 def setting(default, label: str = "", help: str = "", widget: str | None = None, **spec):
@@ -73,9 +85,9 @@ class TrainConfig:
     beta: float = setting(0.1, "β (beta)", "how far from its start the preference run may move: higher keeps "
                           "it closer", "number", above=0, at_most=10)
     # optimisation
-    # LoRA tolerates ~10× full fine-tuning's rate; 0.1 is far past any rate that trains
-    learning_rate: float = setting(2e-4, "Learning rate", "the optimizer's peak step size", "number",
-                                   above=0, at_most=0.1)
+    # None: the method's own (default_learning_rate); 0.1 is far past any rate that trains
+    learning_rate: float | None = setting(None, "Learning rate", "the optimizer's peak step size (prompt tuning "
+                                          "needs a far higher one than LoRA)", "number", above=0, at_most=0.1)
     # small sets need several passes (with max_steps > 0 it may be 0)
     num_train_epochs: float = setting(3.0, "Epochs", "passes over the training rows", "slider", reach=(1, 20, 1))
     # -1: num_train_epochs decides
@@ -138,6 +150,8 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)  # free-form notes carried into run.json
 
     def __post_init__(self):
+        if self.learning_rate is None:
+            self.learning_rate = default_learning_rate(self.method)
         problems = [p for f in fields(self) if (p := out_of_range(f, getattr(self, f.name)))]
 
         def need(ok: bool, text: str):
@@ -175,6 +189,24 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def steps_per_epoch(config: TrainConfig, train_rows: int) -> int:
+    """Optimizer steps in one pass over `train_rows` rows, as transformers' Trainer counts them
+    in one process: batches of per_device_train_batch_size (the last one short), summed
+    gradient_accumulation_steps at a time (the last group short), at least one. Packing joins
+    each batch's rows into one sequence, so it leaves the count as it is."""
+    batches = math.ceil(max(0, train_rows) / config.per_device_train_batch_size)
+    return max(1, math.ceil(batches / config.gradient_accumulation_steps))
+
+
+def optimizer_steps(config: TrainConfig, train_rows: int) -> int:
+    """The optimizer steps a run takes over `train_rows` training rows (the rows the split
+    leaves to train on, less those truncation empties): max_steps when set, else the epochs'.
+    The one count the estimate, Suggest settings and the Trainer share."""
+    if config.max_steps > 0:
+        return config.max_steps
+    return math.ceil(config.num_train_epochs * steps_per_epoch(config, train_rows))
 
 
 def out_of_range(f, value) -> str:

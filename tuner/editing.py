@@ -38,6 +38,12 @@ def editor_fields(row: dict) -> tuple[str, list[list[str]], str]:
     return system, turns, json.dumps(meta, ensure_ascii=False) if meta else ""
 
 
+def is_blank(system: str, turns, metadata: str = "") -> bool:
+    """Whether the editor's fields hold nothing at all (every grid cell empty)."""
+    cells = [_cell(c) for t in (turns or []) for c in t]
+    return not (system or "").strip() and not (metadata or "").strip() and not any(c.strip() for c in cells)
+
+
 def build_row(system: str, turns, metadata: str = "") -> tuple[dict | None, list[str]]:
     """A row from the editor's fields, or None and every problem found, each
     naming the turn or field: an empty user message (a missing user turn), an

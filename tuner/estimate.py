@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import functools
-import math
 from pathlib import Path
 
 from tuner import data as tdata
-from tuner import models
-from tuner.config import TrainConfig
+from tuner import models, recipes
+from tuner.config import TrainConfig, optimizer_steps, steps_per_epoch
 from tuner.train import count_parameters, detect_target_modules, meta_model
 
 # Throughput guess when no past run of the model exists: LoRA training costs
@@ -46,20 +45,20 @@ def human(n: int) -> str:
     return str(n)
 
 
+def training_rows(config: TrainConfig, location: str) -> tuple[int, int]:
+    """(rows, tokens) a run trains on: the split's training rows that keep a reply after
+    truncation to max_seq_length, as the run encodes them with the model's tokenizer."""
+    return _dataset_tokens(config.dataset, Path(config.dataset).stat().st_mtime, location,
+                           config.validation_fraction, config.test_fraction, config.seed,
+                           config.max_seq_length, config.stratify_by)
+
+
 def estimate(config: TrainConfig, models_dir: Path, past_runs: list[dict]) -> dict:
     source = models.resolve(config.base_model, models_dir)
     trainable, total = count_parameters(config, source.location)
-    rows, tokens = _dataset_tokens(config.dataset, Path(config.dataset).stat().st_mtime, source.location,
-                                   config.validation_fraction, config.test_fraction, config.seed,
-                                   config.max_seq_length, config.stratify_by)
-    per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps
-    steps_per_epoch = max(1, math.ceil(rows / per_step))
-    if config.max_steps > 0:
-        steps = config.max_steps
-        epochs = steps / steps_per_epoch
-    else:
-        epochs = config.num_train_epochs
-        steps = math.ceil(steps_per_epoch * epochs)
+    rows, tokens = training_rows(config, source.location)
+    steps = optimizer_steps(config, rows)
+    epochs = steps / steps_per_epoch(config, rows) if config.max_steps > 0 else config.num_train_epochs
     speed, whole_run = measured_speed(config, past_runs)
     speed = speed or CPU_FLOPS / (6 * total)
     seconds = tokens * epochs / speed
@@ -69,6 +68,18 @@ def estimate(config: TrainConfig, models_dir: Path, past_runs: list[dict]) -> di
     return {"trainable": trainable, "total": total, "percent": 100 * trainable / total,
             "train_rows": rows, "steps": steps, "seconds": seconds, "tokens_per_second": speed,
             "measured": speed is not None and bool(past_runs_of(config, past_runs))}
+
+
+def suggest(dataset: str, base_model: str, models_dir: Path, method: str = "lora",
+            modules: list[str] | None = None) -> recipes.Suggestion:
+    """Suggest settings (recipes.suggest) whose message counts the steps as the estimate
+    does: over the training rows the split leaves and truncation keeps, read with the
+    model's tokenizer."""
+    rows = tdata.load_jsonl(Path(dataset)).rows
+    first = recipes.suggest(rows, modules, method)
+    config = TrainConfig.from_dict(dict(first.train, dataset=str(dataset), base_model=base_model))
+    kept, _tokens = training_rows(config, models.resolve(base_model, models_dir).location)
+    return first if kept == first.train_rows else recipes.suggest(rows, modules, method, train_rows=kept)
 
 
 def past_runs_of(config: TrainConfig, past_runs: list[dict]) -> list[dict]:

@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,47 @@ def exports_dir(root: Path) -> Path:
     path = Path(root) / EXPORTS
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+DOWNLOADS = ".downloads"  # sub-folder of the exports folder: the links handed out for download
+DOWNLOAD_LIFETIME = 3600  # seconds a download link is kept (the app's uploads are kept as long)
+
+
+def downloads_dir(root: Path) -> Path:
+    """Where the app serves exports from: links to them, each in a folder of its own whose
+    random name is the link's only key. Never the upload folder (a large export there
+    counted against the owner's uploads), never the exports folder itself (every export
+    would be served by its name)."""
+    path = exports_dir(root) / DOWNLOADS
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def hand_out(archive: Path, root: Path, now: float | None = None) -> Path:
+    """A link to `archive` (a file directly in the exports folder) in the downloads folder:
+    a hard link where the file system allows (no second copy of a large export), else a
+    copy. Earlier links to the same name (an export since replaced would keep its old
+    bytes on disk) and links older than DOWNLOAD_LIFETIME are removed first."""
+    out = exports_dir(root).resolve()
+    path = Path(archive).resolve()
+    if path.parent != out or not path.is_file():
+        raise ExportError(f"Refusing to serve {path.name}: it is not in the exports folder.")
+    folder = downloads_dir(root)
+    cutoff = (time.time() if now is None else now) - DOWNLOAD_LIFETIME
+    for old in folder.iterdir():
+        try:
+            if old.is_dir() and not old.is_symlink() and ((old / path.name).exists()
+                                                          or old.lstat().st_mtime < cutoff):
+                shutil.rmtree(old)
+        except OSError:
+            pass
+    handed = folder / os.urandom(16).hex() / path.name
+    handed.parent.mkdir()
+    try:
+        os.link(path, handed)
+    except OSError:  # another file system, or one without hard links: copy
+        shutil.copyfile(path, handed)
+    return handed
 
 
 def safe_name(run_id: str) -> str:

@@ -11,6 +11,7 @@ import contextlib
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -200,6 +201,62 @@ class Generator:
                     progress(len(replies), len(conversations))
         return replies
 
+    def stream(self, model_name: str, conversation: list[dict], settings: GenSettings,
+               adapter: tuple[str, Path] | None = None) -> Iterator[str]:
+        """One reply to `conversation` as it is written: the text so far, growing, after
+        each decoded word; the last is exactly what `generate` returns for it (the same
+        single-row batch, decoded the same way).
+
+        transformers' TextIteratorStreamer hands over the words while `generate` runs
+        in a thread of its own; the model's lock is held until that thread ends, even
+        when the caller stops reading early (the generation is told to stop then)."""
+        if zerogpu.enabled():  # the worker process cannot stream back: the whole reply at once
+            yield self.generate(model_name, [conversation], settings, adapter=adapter)[0].text
+            return
+        with self._lock:
+            yield from self._stream_one(model_name, conversation, settings, adapter)
+
+    def _stream_one(self, model_name, conversation, settings, adapter) -> Iterator[str]:
+        """stream's work; the caller holds the lock."""
+        self._ensure_base(model_name)
+        from transformers import TextIteratorStreamer  # after the model: transformers is imported whole by then
+
+        target = self.model if adapter is None else self._adapter_model(*adapter)
+        # as in _generate_one: LoRA off for the base reply and a prompt-tuning one
+        lora_off = self.lora is not None and (adapter is None or target is not self.lora)
+        context = self.lora.disable_adapter() if lora_off else contextlib.nullcontext()
+        variant = BASE if adapter is None else adapter[0]
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop = threading.Event()
+        done: dict = {}
+
+        def run():
+            try:
+                done["replies"] = self._batch(target, [conversation], settings, variant, streamer=streamer,
+                                              stop=stop)
+            except BaseException as exc:  # handed to the reader, which re-raises it
+                done["error"] = exc
+                streamer.end()  # the reader waits on the streamer: let it go
+
+        with context:
+            worker = threading.Thread(target=run, name="tuner-stream", daemon=True)
+            worker.start()
+            try:
+                text, shown = "", ""
+                for piece in streamer:
+                    text += piece
+                    if text.strip() and text.strip() != shown:
+                        shown = text.strip()
+                        yield shown
+            finally:
+                stop.set()
+                worker.join()
+        if "error" in done:
+            raise done["error"]
+        final = done["replies"][0].text
+        if final != shown or not shown:  # an empty reply is still one reply
+            yield final
+
     def generate_all(self, model_name: str, conversations: list[list[dict]], settings: GenSettings,
                      adapters: list[tuple[str, Path] | None], progress=None) -> list[list[Reply]]:
         """Every variant's replies to every conversation: one list per entry of
@@ -261,8 +318,9 @@ class Generator:
         return config is not None and not getattr(config, "use_dora", False)
 
     def _batch(self, model, batch, settings: GenSettings, variant: str | list[str], on_token=None,
-               **extra) -> list[Reply]:
-        """One batch's replies; `on_token(step)` is called after each decoding step."""
+               streamer=None, stop: threading.Event | None = None, **extra) -> list[Reply]:
+        """One batch's replies; `on_token(step)` is called after each decoding step. A
+        one-row batch can also feed a transformers streamer, and end early once `stop` is set."""
         import torch
 
         from tuner.chat import encode_prompt
@@ -280,6 +338,10 @@ class Generator:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if on_token is not None:
             kwargs["stopping_criteria"] = _step_reporter(on_token, enc["input_ids"].shape[1])
+        if streamer is not None:
+            kwargs["streamer"] = streamer
+        if stop is not None:
+            kwargs["stopping_criteria"] = _stopper(stop, kwargs.get("stopping_criteria"))
         start = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(**enc, **kwargs)
@@ -306,6 +368,18 @@ def _step_reporter(on_token, prompt_width: int):
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([Report()])
+
+
+def _stopper(stop: threading.Event, criteria=None):
+    """`criteria` (a StoppingCriteriaList or None) and one that ends the generation once `stop` is set."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Stop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([*(criteria or []), Stop()])
 
 
 # --- ZeroGPU: generation in the lent GPU's worker process ---------------------------------------

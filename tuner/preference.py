@@ -19,6 +19,7 @@ SFT → DPO order), which is then also the reference model (TRL copies it as a f
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from pathlib import Path
@@ -134,6 +135,101 @@ def split(rows: list[dict], validation_fraction: float, test_fraction: float, se
     return {name: [r for r in rows if where[prompt_key(r)] == name] for name in parts}
 
 
+def split_for_run(rows: list[dict], method: str, validation_fraction: float, test_fraction: float, seed: int,
+                  continues: bool) -> tuple[dict[str, list[dict]], str | None]:
+    """The split a run makes (set_up's, and the Train tab's counts line before Start), and why
+    what is left to train on is too few, in words (None when it will do). A run that continues
+    an earlier one holds out no test prompts: Compare's are that run's (see held_out)."""
+    parts = split(rows, validation_fraction, 0.0 if continues else test_fraction, seed)
+    problem = too_few(method, parts["train"])
+    return parts, (f"after holding out the validation and test prompts, {problem}" if problem else None)
+
+
+# the LoRA settings a run that continues an adapter takes from it, whatever its config said
+ADAPTER_SETTINGS = ("r", "lora_alpha", "lora_dropout", "target_modules", "use_dora", "use_rslora")
+
+
+def adapter_settings(run_dir: Path) -> dict:
+    """A finished run's adapter as it was trained (its adapter_config.json), by TrainConfig's names."""
+    peft = records.adapter_config(run_dir)
+    targets = peft.get("target_modules")
+    return {"r": int(peft["r"]), "lora_alpha": peft["lora_alpha"], "lora_dropout": float(peft.get("lora_dropout") or 0),
+            "target_modules": sorted([targets] if isinstance(targets, str) else targets or []) or None,
+            "use_dora": bool(peft.get("use_dora")), "use_rslora": bool(peft.get("use_rslora"))}
+
+
+def continued(config):
+    """`config` with the LoRA settings of the adapter it continues (init_adapter): the run trains
+    that adapter as it is, so run.json records its rank, alpha and modules, not the form's."""
+    import dataclasses
+
+    if not config.init_adapter or config.method not in SHAPES:
+        return config
+    return dataclasses.replace(config, **adapter_settings(init_run_folder(config.init_adapter, config.base_model)))
+
+
+# Each trained token's cost beside a supervised run's (forward and backward): DPO adds the
+# reference model's forward pass over the same tokens; KTO adds it too, and the forward
+# passes of the policy and the reference over the mismatched pairs of its KL estimate.
+COST = {"dpo": 4 / 3, "kto": 2.0}
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(location: str):
+    from transformers import AutoTokenizer
+
+    from tuner.chat import ensure_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    ensure_chat_template(tokenizer)
+    return tokenizer
+
+
+def row_tokens(row: dict, method: str, tokenizer, max_length: int) -> int:
+    """The tokens TRL trains on for one example (its trainers count the same): prompt and
+    reply, each pair's two, cut at max_length."""
+    replies = ("chosen", "rejected") if method == "dpo" else ("completion",)
+    return sum(min(max_length, len(tokenizer.apply_chat_template(row["prompt"] + row[k], tokenize=True,
+                                                                 return_dict=True)["input_ids"]))
+               for k in replies)
+
+
+def estimate(config, rows: list[dict], models_dir: Path, past_runs: list[dict]) -> dict:
+    """How long a DPO or KTO run of `config` on `rows` takes, in tuner.estimate's terms (its
+    describe() words it): from the newest past run of the same method and model where one
+    recorded its tokens and time, else from the machine's rough rate."""
+    import math
+
+    from tuner import estimate as testimate
+    from tuner import models
+    from tuner.train import count_parameters
+
+    config = continued(config)
+    source = models.resolve(config.base_model, models_dir)
+    trainable, total = count_parameters(config, source.location)
+    parts, _problem = split_for_run(rows, config.method, config.validation_fraction, config.test_fraction,
+                                    config.seed, bool(config.init_adapter))
+    tokenizer = _tokenizer(source.location)
+    count = {name: sum(row_tokens(r, config.method, tokenizer, config.max_seq_length) for r in parts[name])
+             for name in ("train", "validation")}
+    train_rows = len(parts["train"])
+    per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    steps_per_epoch = max(1, math.ceil(train_rows / per_step))
+    if config.max_steps > 0:
+        steps, epochs = config.max_steps, config.max_steps / steps_per_epoch
+    else:
+        epochs = config.num_train_epochs
+        steps = math.ceil(steps_per_epoch * epochs)
+    speed, whole_run = testimate.measured_speed(config, past_runs)
+    measured = speed is not None
+    speed = speed or testimate.CPU_FLOPS / (6 * total * COST[config.method])
+    seconds = count["train"] * epochs / speed
+    if not whole_run:
+        seconds += testimate.overhead_seconds(config, steps, count["validation"], speed, total)
+    return {"trainable": trainable, "total": total, "percent": 100 * trainable / total, "train_rows": train_rows,
+            "steps": steps, "seconds": seconds, "tokens_per_second": speed, "measured": measured}
+
+
 def as_chat(row: dict, method: str) -> dict | None:
     """A preference example as a chat row (its prompt and the preferred reply), for the run's
     held-out files; None for a KTO example with an undesirable completion."""
@@ -220,11 +316,10 @@ def set_up(config, run_dir: Path, models_dir: Path, control):
 
     rows = load(Path(config.dataset), config.method)
     init_run = init_run_folder(config.init_adapter, config.base_model) if config.init_adapter else None
-    # from an earlier run, Compare's held-out prompts are that run's (see held_out): no test split here
-    parts = split(rows, config.validation_fraction, 0.0 if init_run else config.test_fraction, config.seed)
-    problem = too_few(config.method, parts["train"])
+    parts, problem = split_for_run(rows, config.method, config.validation_fraction, config.test_fraction,
+                                   config.seed, init_run is not None)
     if problem:
-        raise ValueError(f"{Path(config.dataset).name}: after holding out the validation and test prompts, {problem}")
+        raise ValueError(f"{Path(config.dataset).name}: {problem}")
     source = models.resolve(config.base_model, models_dir)
     precision = ttrain.resolve_precision(config.precision)
     model, tokenizer = ttrain.load_base(config, source, precision)

@@ -29,12 +29,15 @@ def from_row(row: dict, position: int) -> dict:
     """A dataset row (messages ending with the reply) as a prompt item: the
     conversation up to the last user turn, the short `answer` (or a `reference`,
     else the reply) as the reference, and the difficulty, else the category:
-    per-difficulty accuracy is what QA sets are judged by."""
-    return prompt_item(tdata.last_user_text(row), position, task=row.get("task"),
-                       category=_str(row.get("difficulty")) or _str(row.get("category")),
+    per-difficulty accuracy is what QA sets are judged by. `category_column` names the
+    column the category came from, for the tables' headers."""
+    difficulty = _str(row.get("difficulty"))
+    item = prompt_item(tdata.last_user_text(row), position, task=row.get("task"),
+                       category=difficulty or _str(row.get("category")),
                        reference=_str(row.get("answer")) or _str(row.get("reference"))
                        or row["messages"][-1]["content"],
                        external_id=row.get("id"), messages=tdata.prompt_of(row))
+    return {**item, "category_column": "difficulty" if difficulty else "category"}
 
 
 def _str(value) -> str | None:

@@ -22,7 +22,7 @@ import statistics
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from tuner.config import TrainConfig
+from tuner.config import PREFERENCE_METHODS, TrainConfig, default_learning_rate, optimizer_steps
 from tuner.paths import STARTER_DATASETS
 
 NOT_IN_RECIPE = ("dataset", "base_model", "output_dir")
@@ -166,25 +166,38 @@ class Suggestion:
     train: dict
     generate: dict
     why: str
+    train_rows: int = 0  # the training rows its step count is for
+    steps: int = 0  # the optimizer steps it makes (config.optimizer_steps), as `why` says
 
 
-def suggest(rows: list[dict], architecture_modules: list[str] | None = None) -> Suggestion:
+def suggest(rows: list[dict], architecture_modules: list[str] | None = None, method: str = "lora",
+            train_rows: int | None = None) -> Suggestion:
     """Settings from the dataset itself: its size, reply lengths and kind (facts to
-    memorise vs. a style or format to pick up). The rules are the starter sets'
-    sweeps (bench/recipes.py) in general form; they say why in one line."""
+    memorise vs. a style or format to pick up), for `method` (LoRA, QLoRA or prompt
+    tuning: the one chosen is kept). The rules are the starter sets' sweeps
+    (bench/recipes.py) in general form; they say why in one line. `train_rows`: the rows
+    the run will train on (tuner.estimate.suggest counts them with the model's
+    tokenizer); by default the split's training rows."""
+    from tuner import data as tdata
+
     n = len(rows)
     if n == 0:
         raise ValueError("the dataset has no rows to suggest settings for")
+    if method in PREFERENCE_METHODS:
+        raise ValueError(f"Suggest settings derives a supervised recipe (LoRA or prompt tuning); {method.upper()} "
+                         "learns from an evaluation's scores instead")
     lengths = reply_lengths(rows)
     median = statistics.median(lengths) if lengths else 0
     facts = median <= FACT_WORDS or any("answer" in r for r in rows[:50])
     modules = architecture_modules or ALL_LINEAR
+    validation, test, stratify = (0.1 if n >= 30 else 0.0), (0.2 if n >= 30 else 0.15), _stratify_column(rows)
+    if train_rows is None:
+        train_rows = len(tdata.splits(rows, validation, test, TrainConfig().seed, stratify)["train"])
     # what the starter sets' sweeps found (bench/recipes.py, README "Does it work?"): LoRA on every
     # linear layer at lr 1e-3 in batches of 4; a format or style is picked up in ~50 optimiser
     # steps (formal_email: every check passed after 18), facts need more passes (company_faq:
     # ~170 steps, the validation loss flat after ~2 epochs), and a tiny set needs many epochs
     batch = 4
-    train_rows = max(1, round(n * 0.7))
     steps_per_epoch = max(1, math.ceil(train_rows / batch))
     if facts:
         kind = "short factual replies to memorise"
@@ -197,21 +210,28 @@ def suggest(rows: list[dict], architecture_modules: list[str] | None = None) -> 
         epochs = max(epochs, 6)
     tokens_per_row = max(32, max(lengths or [0]) * TOKENS_PER_WORD + 64)
     max_seq = int(min(1024, 64 * math.ceil(tokens_per_row / 64)))
-    train = {"method": "lora", "r": r, "lora_alpha": 2 * r, "target_modules": list(modules),
-             "learning_rate": lr, "num_train_epochs": float(epochs), "lr_scheduler_type": "cosine",
+    if method == "prompt_tuning":
+        # kept as chosen: the soft prompt's own rate (LoRA's would barely move it)
+        lr = default_learning_rate(method)
+        adapter = {"method": method, "num_virtual_tokens": TrainConfig().num_virtual_tokens}
+        what = f"prompt tuning (as chosen), {adapter['num_virtual_tokens']} virtual tokens"
+    else:
+        adapter = {"method": method, "r": r, "lora_alpha": 2 * r, "target_modules": list(modules)}
+        what = f"{'QLoRA' if method == 'qlora' else 'LoRA'} r={r} on all linear layers"
+    train = {**adapter, "learning_rate": lr, "num_train_epochs": float(epochs), "lr_scheduler_type": "cosine",
              "warmup_steps": min(10, max(1, epochs * steps_per_epoch // 20)),
              "per_device_train_batch_size": batch, "max_seq_length": max_seq,
-             "validation_fraction": 0.1 if n >= 30 else 0.0, "test_fraction": 0.2 if n >= 30 else 0.15}
-    stratify = _stratify_column(rows)
+             "validation_fraction": validation, "test_fraction": test}
     if stratify:
         train["stratify_by"] = stratify
+    steps = optimizer_steps(TrainConfig.from_dict(train), train_rows)
     generate = {"max_new_tokens": max_new_tokens_for([r["messages"][-1].get("content") for r in rows]),
                 "temperature": 0.0, "repetition_penalty": 1.0 if facts else 1.05}
-    why = (f"{n} rows of {kind} (median reply {median:g} words): LoRA r={r} on all linear layers, "
-           f"lr {lr:g}, {epochs} epochs (~{epochs * steps_per_epoch} steps), cosine schedule"
+    why = (f"{n} rows of {kind} (median reply {median:g} words): {what}, "
+           f"lr {lr:g}, {epochs} epochs ({steps} steps over {train_rows} training rows), cosine schedule"
            + (f", split stratified by {stratify}" if stratify else "")
            + f"; replies up to {generate['max_new_tokens']} new tokens.")
-    return Suggestion(train, generate, why)
+    return Suggestion(train, generate, why, train_rows, steps)
 
 
 def _stratify_column(rows: list[dict]) -> str | None:

@@ -13,6 +13,11 @@ without loading the training stack. A run folder holds:
 
 A record, as `list_runs` gives it, is run.json plus `run_id` (the folder's name)
 and `path` (the folder).
+
+A run stopped (or cut off) and resumed trains in segments, one per process that
+trained it: run.json's `segments` keeps each one's figures (start and end, steps,
+epochs, time, tokens), its `segment` the one training now, and the summary's
+`train_runtime` and `train_tokens` are the sums over all of them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -222,6 +228,11 @@ def checkpoint_step(checkpoint: Path) -> int:
     return json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
 
 
+def checkpoint_epoch(checkpoint: Path) -> float:
+    """The epoch (a fraction past the whole ones done) a checkpoint was saved at."""
+    return float(json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8")).get("epoch") or 0)
+
+
 def stopped_at(run_dir: Path) -> dict:
     """Where a run that did not finish got to: its last logged step, and the step of its
     last complete checkpoint (what Resume continues from), None when there is none."""
@@ -251,3 +262,103 @@ def write_held_out(run_dir: Path, parts: dict[str, list[dict]]) -> None:
         return
     for name in HELD_OUT:
         atomic_write_text(held_out_file(run_dir, name), tdata.to_jsonl(parts[name]))
+
+
+# --- segments: one per process that trained the run ---------------------------------------------
+def open_segment(run_dir: Path, resume: bool) -> dict:
+    """The segment a process begins: when, and the step and epoch it starts from (a resumed
+    run's last complete checkpoint's, else 0)."""
+    step, epoch = 0, 0.0
+    checkpoint = last_complete_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        try:
+            step, epoch = checkpoint_step(checkpoint), checkpoint_epoch(checkpoint)
+        except (OSError, ValueError, KeyError, TypeError):  # a state file cut short: the trainer refuses it too
+            pass
+    return {"started_at": timestamp(), "from_step": step, "from_epoch": epoch}
+
+
+def earlier_segments(record: dict) -> list[dict]:
+    """The segments a run's record holds that have ended; a run recorded before segments
+    were (its summary covers its one segment) counts as one."""
+    if isinstance(record.get("segments"), list):
+        return [dict(s) for s in record["segments"] if isinstance(s, dict)]
+    summary = record.get("summary") or {}
+    if summary.get("train_runtime") is None:
+        return []
+    return [{"started_at": record.get("started_at"), "ended_at": record.get("ended_at"), "from_step": 0,
+             "from_epoch": 0.0, "to_step": summary.get("global_step"), "status": record.get("status"),
+             "train_runtime": summary["train_runtime"], "train_tokens": summary.get("train_tokens")}]
+
+
+def _last_logged(run_dir: Path) -> tuple[int | None, float | None]:
+    step = epoch = None
+    for row in read_metrics(run_dir):
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            step, epoch = row["step"], row.get("epoch", epoch)
+    return step, epoch
+
+
+def ended_without_summary(segment: dict, run_dir: Path, ended: float, status: str) -> dict:
+    """A segment that left no summary (its process was killed, or training raised), closed
+    from what it wrote: it ran until `ended` and got as far as metrics.jsonl's last row
+    (read before a resume cuts the rows back to the checkpoint). Its tokens are filled in
+    later, from a segment that counted its tokens per epoch (see finish_segment)."""
+    step, epoch = _last_logged(run_dir)
+    try:
+        started = datetime.fromisoformat(segment["started_at"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        started = ended
+    return {**segment, "ended_at": datetime.fromtimestamp(ended, UTC).isoformat(timespec="seconds"),
+            "status": status, "to_step": max(step or 0, segment.get("from_step") or 0),
+            "to_epoch": max(epoch or 0.0, segment.get("from_epoch") or 0.0),
+            "train_runtime": round(max(0.0, ended - started), 2), "train_tokens": None}
+
+
+def close_interrupted_segment(run_dir: Path) -> None:
+    """Before a resume: the segment a killed process left open is closed, as ended at its
+    last write (metrics.jsonl, a checkpoint), and kept with the run's others."""
+    record = read_record(run_dir)
+    segment = record.get("segment")
+    if not isinstance(segment, dict):
+        return
+    writes = [p.stat().st_mtime for p in (metrics_file(run_dir), *checkpoints_dir(run_dir).glob("checkpoint-*"))
+              if p.exists()]
+    started = datetime.fromisoformat(segment["started_at"]).timestamp() if segment.get("started_at") else 0.0
+    ended = max([started, *writes])
+    record["segments"] = earlier_segments(record) + [ended_without_summary(segment, run_dir, ended, "interrupted")]
+    del record["segment"]
+    write_record(run_dir, record)
+
+
+def finish_segment(record: dict, summary: dict, run_dir: Path, status: str) -> dict:
+    """The segment that just ended added to `record["segments"]` (in place), and `summary`
+    with the run's totals: `train_runtime` and `train_tokens` summed over every segment
+    (tokens None when a segment's are unknown). `summary["segment"]`: this segment's own
+    figures, as train() reports them; none when it failed."""
+    segment = record.pop("segment", None) or {"started_at": record.get("started_at"), "from_step": 0,
+                                              "from_epoch": 0.0}
+    figures = summary.pop("segment", None)
+    if figures:
+        done = {**segment, "ended_at": timestamp(), "status": status, **figures}
+    else:
+        done = ended_without_summary(segment, run_dir, time.time(), status)
+    segments = earlier_segments(record) + [done]
+    # a killed or failed segment's tokens: its epochs × the tokens an epoch has (the same split)
+    per_epoch = next((s["tokens_per_epoch"] for s in reversed(segments) if s.get("tokens_per_epoch")), None)
+    for s in segments:
+        if s.get("train_tokens") is None and per_epoch and s.get("to_epoch") is not None:
+            s["train_tokens"] = round(per_epoch * max(0.0, s["to_epoch"] - (s.get("from_epoch") or 0.0)))
+    record["segments"] = segments
+    if summary:
+        summary["train_runtime"] = round(sum(s.get("train_runtime") or 0.0 for s in segments), 2)
+        tokens = [s.get("train_tokens") for s in segments]
+        summary["train_tokens"] = sum(tokens) if all(isinstance(t, int) for t in tokens) else None
+    return summary
+
+
+def seconds_per_step(segments: list[dict]) -> float | None:
+    """How long a step took in the segments that measured their training loop, or None."""
+    timed = [s for s in segments if s.get("loop_runtime") and (s.get("to_step") or 0) > (s.get("from_step") or 0)]
+    steps = sum(s["to_step"] - (s.get("from_step") or 0) for s in timed)
+    return sum(s["loop_runtime"] for s in timed) / steps if steps else None

@@ -43,10 +43,27 @@ class RunState:
     rows: list[dict] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     validation: bool = False  # whether a validation-loss curve is coming
+    # a resumed run: the time its earlier segments trained, and how long a step took in them
+    earlier_seconds: float = 0.0
+    earlier_step_seconds: float | None = None
+    # the step this process's training loop began at (a resumed run's checkpoint), and when
+    first_step: int = 0
+    first_step_at: float = 0.0
 
     def tokens_per_second(self) -> float | None:
         speeds = [r["tokens_per_second"] for r in self.rows[-5:] if "tokens_per_second" in r]
         return sum(speeds) / len(speeds) if speeds else None
+
+    def step_seconds(self, now: float) -> float | None:
+        """How long a step takes: measured over this process's steps once it has done one,
+        else as the run's earlier segments measured it; None before anything is measured."""
+        if self.first_step_at and self.step > self.first_step:
+            return (now - self.first_step_at) / (self.step - self.first_step)
+        if self.earlier_step_seconds:
+            return self.earlier_step_seconds
+        if not self.first_step and self.step and self.started:  # no loop start heard: since Start
+            return (now - self.started) / self.step
+        return None
 
     def progress_line(self, now: float | None = None) -> str:
         if self.status == "idle":
@@ -56,10 +73,10 @@ class RunState:
         text = f"Run {self.run_id}: {self.status}"
         if self.max_steps:
             text += f" · step {self.step}/{self.max_steps}"
-        text += f" · elapsed {clock(elapsed)}"
-        if self.status == "running" and self.step and self.max_steps:
-            remaining = elapsed / self.step * (self.max_steps - self.step)
-            text += f" · remaining ~{clock(remaining)}"
+        text += f" · elapsed {clock(self.earlier_seconds + elapsed)}"
+        per_step = self.step_seconds(now) if self.status == "running" and self.max_steps else None
+        if per_step is not None:
+            text += f" · remaining ~{clock(per_step * max(0, self.max_steps - self.step))}"
         speed = self.tokens_per_second()
         if speed and self.status == "running":
             text += f" · {speed:.0f} tokens/s"
@@ -97,8 +114,10 @@ def clock(seconds: float) -> str:
 def run_to_end(config: TrainConfig, run_dir: Path, control: RunControl, models_dir: Path,
                resume: bool = False) -> dict:
     """Run the recipe and write the final run.json, whatever happens; returns the record."""
+    if resume:
+        records.close_interrupted_segment(run_dir)
     record = records.read_record(run_dir)
-    record.update(status="running", **records.owner())
+    record.update(status="running", segment=records.open_segment(run_dir, resume), **records.owner())
     records.write_record(run_dir, record)
     try:
         summary = train(config, run_dir, control, models_dir=models_dir, resume=resume)
@@ -108,6 +127,7 @@ def run_to_end(config: TrainConfig, run_dir: Path, control: RunControl, models_d
         atomic_write_text(records.error_file(run_dir), traceback.format_exc())
     finally:
         gc.collect()
+    summary = records.finish_segment(record, summary, run_dir, status)
     record.update(status=status, summary=summary, message=message, ended_at=records.timestamp())
     try:
         records.write_record(run_dir, record)
@@ -126,6 +146,7 @@ def run_in_gpu_worker(config: TrainConfig, run_dir: Path, control: RunControl, m
     stop_file = zerogpu.StopFile(run_dir)
     stop_file.clear()
     if resume:  # the rows after the checkpoint go now, as the worker will drop them (the chart has the rest)
+        records.close_interrupted_segment(run_dir)  # from those rows: how far a killed worker got
         checkpoint = records.last_complete_checkpoint(run_dir)
         if checkpoint is not None:
             records.truncate_metrics(run_dir, records.checkpoint_step(checkpoint))
@@ -244,7 +265,13 @@ class RunManager:
         gpu_seconds = self._worker_seconds(None)  # a resumed run asks for the longest call
         with self._lock:
             self._refuse_if_busy()
-            self._launch(config, run_id, resume=True, rows=rows, gpu_seconds=gpu_seconds)
+            records.close_interrupted_segment(run_dir)
+            earlier = records.earlier_segments(records.read_record(run_dir))
+            # the line counts the earlier segments' time, and until this process has timed a step
+            # its remaining time goes by theirs
+            self._launch(config, run_id, resume=True, rows=rows, gpu_seconds=gpu_seconds,
+                         earlier_seconds=sum(s.get("train_runtime") or 0.0 for s in earlier),
+                         earlier_step_seconds=records.seconds_per_step(earlier), first_step=step, step=step)
         return run_id
 
     def stop(self) -> bool:
@@ -304,10 +331,10 @@ class RunManager:
                           "stop it or wait for it to finish before starting another.")
 
     def _launch(self, config: TrainConfig, run_id: str, resume: bool, rows: list[dict],
-                gpu_seconds: int | None = None) -> None:
+                gpu_seconds: int | None = None, **state) -> None:
         self._state = RunState(run_id=run_id, status="starting", started=time.time(),
                                message="resuming from checkpoint" if resume else "loading model and data",
-                               rows=rows, validation=config.validation_fraction > 0)
+                               rows=rows, validation=config.validation_fraction > 0, **state)
         self._stop.clear()
         control = RunControl(stop=self._stop, update=self._update, append=self._append)
         # in a copy of the caller's context: on ZeroGPU the visitor's request (whose quota pays

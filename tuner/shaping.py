@@ -369,15 +369,56 @@ def similarity(original: str, paraphrase: str) -> float:
     return 2 * len(a & b) / (len(a) + len(b))
 
 
-def proposal_flag(paraphrase: str, score: float, known: set[str]) -> str:
+# A reply that talks about the rewording instead of being one: the model answered the
+# instruction ("Here is the rephrased version: …"), labelled its parts ("Original:"), or
+# echoed the instruction. Each counts only where the source request does not use it itself
+# (a request about paraphrasing may well say "paraphrase").
+META_WORDS = re.compile(r"\b(rephras|reword|rewrit|paraphras)\w*", re.IGNORECASE)
+META_OPENERS = re.compile(r"\bhere(\s+is|\s+are|'s|’s)\b|^\W*(sure|certainly|of\s+course|okay)\b\s*[,!.:]",
+                          re.IGNORECASE)
+META_LABELS = re.compile(r"\b(original|rewritten|rephrased|paraphrased?|request|question|prompt|sentence|text|"
+                         r"answer|reply|response|output|input|version)\s*:", re.IGNORECASE)
+ECHO_WORDS = 4  # this many words in a row taken from the instruction are an echo of it
+
+
+def _runs_of_words(text: str, n: int) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.casefold())
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def meta_text(paraphrase: str, original: str = "") -> str:
+    """What in a proposal is talk about the rewording rather than a rewording ("" if
+    nothing): a word of rewording, an opener or a label the source does not have, a
+    label repeated, or a run of the instruction's words."""
+    for pattern in (META_WORDS, META_OPENERS, META_LABELS):
+        found = pattern.search(paraphrase)
+        if found and not pattern.search(original):
+            return found.group(0)
+    labels = [m.group(1).casefold() for m in META_LABELS.finditer(paraphrase)]
+    repeated = next((label for label in labels if labels.count(label) > 1), None)
+    if repeated:
+        return f"{repeated}: (twice)"
+    labelled = re.search(r"\b([A-Z][a-z]+)\s+\1\s*:", paraphrase)  # "Original Original:"
+    if labelled:
+        return labelled.group(0)
+    instruction = PARAPHRASE_PROMPT.replace("{text}", "")
+    echoes = (_runs_of_words(paraphrase, ECHO_WORDS) & _runs_of_words(instruction, ECHO_WORDS)) \
+        - _runs_of_words(original, ECHO_WORDS)
+    return " ".join(min(echoes)) if echoes else ""
+
+
+def proposal_flag(paraphrase: str, score: float, known: set[str], original: str = "") -> str:
     """Why a proposal should not be ticked by default: "empty" (nothing new came
-    back), "known" (already a user turn of the draft's), "drift" (few words
-    shared with its source), or "" when it looks usable. `known`: the draft's
-    user turns, casefolded."""
+    back), "known" (already a user turn of the draft's), "meta" (it talks about
+    the rewording instead of being one: meta_text), "drift" (few words shared
+    with its source), or "" when it looks usable. `known`: the draft's user turns,
+    casefolded; `original`: the request it rewords."""
     if not paraphrase:
         return "empty"
     if paraphrase.strip().casefold() in known:
         return "known"
+    if meta_text(paraphrase, original):
+        return "meta"
     return "drift" if score < DRIFT_BELOW else ""
 
 
@@ -397,7 +438,7 @@ def propose_paraphrases(generator, model_name: str, rows: list[dict], n: int, se
         text = clean_paraphrase(reply.text, original)
         score = similarity(original, text) if text else 0.0
         proposals.append({"row": i, "original": original, "paraphrase": text, "similarity": score,
-                          "flag": proposal_flag(text, score, known)})
+                          "flag": proposal_flag(text, score, known, original)})
     return proposals
 
 

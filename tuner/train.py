@@ -212,9 +212,18 @@ def reporting_callback(control: RunControl, run_dir: Path, counter, started_toke
             self.diverged = False
             self.tokens_seen = started_tokens
             self.last = (time.perf_counter(), started_tokens)
+            self.loop = [None, None]  # when the training loop began and ended: the steps' own time
+            self.began_at = (0, 0.0)  # the step and epoch it began at (a resumed run's checkpoint's)
 
         def on_train_begin(self, args, state, control_, **kw):
-            control.update(status="running", max_steps=state.max_steps, step=state.global_step, message="")
+            self.loop[0] = time.perf_counter()
+            self.began_at = (state.global_step, state.epoch or 0.0)
+            # the step this process starts from, and when: the remaining time is measured from them
+            control.update(status="running", max_steps=state.max_steps, step=state.global_step, message="",
+                           first_step=state.global_step, first_step_at=time.time())
+
+        def on_train_end(self, args, state, control_, **kw):
+            self.loop[1] = time.perf_counter()
 
         def on_step_end(self, args, state, control_, **kw):
             control.update(step=state.global_step)
@@ -495,12 +504,33 @@ def save_adapter(run_dir: Path, setup: Setup) -> None:
 
 
 # --- summary ---------------------------------------------------------------------------------------
-def train_tokens(setup: Setup, training: Training) -> int:
-    """The tokens trained on: the encoded training rows × the epochs done, or for a preference
-    run (TRL encodes its own rows) the tokens its trainer counted."""
+def tokens_per_epoch(setup: Setup) -> int | None:
+    """The encoded training rows' tokens; None for a preference run (TRL encodes its own rows)."""
     if "input_ids" not in setup.train_set.column_names:
+        return None
+    return sum(len(x) for x in setup.train_set["input_ids"])
+
+
+def train_tokens(setup: Setup, training: Training, from_epoch: float = 0.0) -> int:
+    """The tokens this process trained on: the encoded training rows × the epochs it did (a
+    resumed run's from its checkpoint's epoch on), or for a preference run the tokens its
+    trainer counted (TRL counts from zero in each process)."""
+    per_epoch = tokens_per_epoch(setup)
+    if per_epoch is None:
         return training.reporter.tokens_seen
-    return round(sum(len(x) for x in setup.train_set["input_ids"]) * (training.trainer.state.epoch or 0))
+    return round(per_epoch * max(0.0, (training.trainer.state.epoch or 0) - from_epoch))
+
+
+def segment_figures(setup: Setup, training: Training, runtime: float) -> dict:
+    """What this process trained (records.finish_segment keeps it with the run's other
+    segments): from which step and epoch to which, in how long, on how many tokens."""
+    state = training.trainer.state
+    from_step, from_epoch = training.reporter.began_at  # (the checkpoint itself may be rotated out by now)
+    began, ended = training.reporter.loop
+    return {"from_step": from_step, "to_step": state.global_step, "from_epoch": from_epoch,
+            "to_epoch": round(state.epoch or 0.0, 4), "train_runtime": runtime,
+            "loop_runtime": round(ended - began, 2) if began and ended else None,
+            "train_tokens": train_tokens(setup, training, from_epoch), "tokens_per_epoch": tokens_per_epoch(setup)}
 
 
 def summarize(config: TrainConfig, run_dir: Path, setup: Setup, training: Training, control: RunControl,
@@ -512,9 +542,12 @@ def summarize(config: TrainConfig, run_dir: Path, setup: Setup, training: Traini
     speeds = [m["tokens_per_second"] for m in metrics if "tokens_per_second" in m]
     state = training.trainer.state
     diverged = training.reporter.diverged
+    segment = segment_figures(setup, training, round(time.perf_counter() - started, 2))
     summary = {
         "status": "diverged" if diverged else ("stopped" if control.stop.is_set() else "completed"),
-        "train_runtime": round(time.perf_counter() - started, 2),
+        # this process's time (loading, evaluations and checkpoints included) and tokens; in
+        # run.json the sums over every segment of a stopped and resumed run (records.finish_segment)
+        "train_runtime": segment["train_runtime"],
         "global_step": state.global_step,
         "max_steps": state.max_steps,
         "final_loss": losses[-1] if losses else None,
@@ -523,10 +556,8 @@ def summarize(config: TrainConfig, run_dir: Path, setup: Setup, training: Traini
         "total_params": setup.total,
         "trainable_percent": round(100 * setup.trainable / setup.total, 4),
         "tokens_per_second": round(sum(speeds) / len(speeds), 1) if speeds else None,
-        # the training split's tokens × the epochs done: with train_runtime (the whole run:
-        # loading, evaluations, checkpoints) the rate an estimate needs (none for a resumed
-        # run, whose runtime covers only its last part)
-        "train_tokens": None if training.checkpoint else train_tokens(setup, training),
+        # the training split's tokens × the epochs done: with train_runtime the rate an estimate needs
+        "train_tokens": segment["train_tokens"],
         "precision": setup.precision,
         # processes that trained together (accelerate launch / torchrun: data parallel), 1 alone
         "world_size": training.trainer.args.world_size,
@@ -544,6 +575,7 @@ def summarize(config: TrainConfig, run_dir: Path, setup: Setup, training: Traini
         "test_examples": len(setup.parts["test"]),
         "dropped_examples": setup.dropped,
         "base_model": config.base_model,
+        "segment": segment,
     }
     if diverged:
         summary["message"] = "the loss became NaN or infinite: lower the learning rate or add warmup"

@@ -22,7 +22,7 @@ on the owner's page sees no data and no storm of errors.
   queue (an action: 403 with the reason; a page event: completed with no change),
   so a flood of refused calls cannot delay the owner's;
 - uploads are the owner's alone (raters never upload), capped per request and
-  in total over the upload folder;
+  in total over the uploads still held (Tuner's own folder, `use_upload_folder`);
 - the owner signs in and out through POST /tuner/owner/sign-in and /sign-out,
   which set and clear the HttpOnly, SameSite=Strict session cookie;
 - the raters' Submit, Next and Change (handlers marked `direct`) are run here, not
@@ -348,25 +348,43 @@ DIRECT_CAP = 64 * 1024  # a body for a handler the gate runs itself (scores, a c
 DIRECT_PER_MINUTE = 600  # such calls per address (a rater sends ~2 a pair; a class behind one address, ~300)
 
 
+UPLOADS = "uploads"  # sub-folder of the data root: Tuner's own upload folder
+
+
+def use_upload_folder(root: Path, older_than: float | None = None) -> Path:
+    """Make `root`/uploads Gradio's upload folder (GRADIO_TEMP_DIR) and return it.
+
+    Gradio's default, /tmp/gradio, is shared by every Gradio app on the machine, and
+    also holds the copies of files handed out for download: a cap over it refused the
+    owner's uploads after one large export. Gradio reads the variable when a Blocks and
+    its server are made, so this runs before the app is built (one app per process:
+    the last one built names the folder). Files left there by an earlier process,
+    older than `older_than` seconds, are removed (Gradio forgets them at a restart)."""
+    folder = Path(root) / UPLOADS
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    if older_than is not None:
+        cutoff = time.time() - older_than
+        for path in sorted(folder.rglob("*"), reverse=True):  # files before their folders
+            try:
+                if path.is_symlink() or path.is_file():
+                    if path.lstat().st_mtime < cutoff:
+                        path.unlink()
+                elif path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+            except OSError:
+                pass
+    return folder
+
+
 def upload_total_cap(env: dict | None = None) -> int:
-    """Bytes the upload folder may hold in all: TUNER_UPLOAD_TOTAL, else 10 × the per-file limit."""
+    """Bytes the owner's uploads may hold in all: TUNER_UPLOAD_TOTAL, else 10 × the per-file limit."""
     env = os.environ if env is None else env
     text = env.get("TUNER_UPLOAD_TOTAL")
     try:
         return upload_bytes(text) if text else 10 * upload_bytes(max_upload(env))
     except ValueError as exc:
         raise ValueError(f"TUNER_UPLOAD_TOTAL: {exc}") from None
-
-
-def folder_bytes(folder: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def forget_upload(path) -> None:
@@ -422,6 +440,9 @@ class OwnerGate:
         self.app, self.demo, self.access = app, demo, access
         self.upload_cap = upload_total_cap() if upload_cap is None else upload_cap
         self.max_upload = upload_bytes(max_upload())
+        # the files /upload wrote: the cap counts these, not the folder's other files
+        # (copies of downloads, another app's)
+        self.uploads: set[str] = set()
         self.quiet = RateLimiter(capacity=QUIET_PER_MINUTE, per_seconds=60)
         self.direct_calls = RateLimiter(capacity=DIRECT_PER_MINUTE, per_seconds=60)
 
@@ -720,13 +741,41 @@ class OwnerGate:
             return await self._answer(send, 411, {"detail": "An upload needs a Content-Length."})
         if int(length) > self.max_upload + 64 * 1024:
             return await self._answer(send, 413, {"detail": f"Uploads are limited to {max_upload()} a request."})
-        from gradio.utils import get_upload_folder
-
-        cache = Path(get_upload_folder())
-        if folder_bytes(cache) + int(length) > self.upload_cap:
+        if self.held_uploads() + int(length) > self.upload_cap:
             return await self._answer(send, 507, {"detail": "The upload folder is full: finish or remove earlier "
                                                             "uploads (they are deleted once read)."})
-        return await self.app(scope, receive, send)
+        return await self.app(scope, receive, self._noting_uploads(send))
+
+    def held_uploads(self) -> int:
+        """Bytes of the uploads still on disk (those read and deleted no longer count)."""
+        total = 0
+        for path in list(self.uploads):
+            try:
+                total += os.lstat(path).st_size
+            except OSError:
+                self.uploads.discard(path)
+        return total
+
+    def _noting_uploads(self, send):
+        """`send`, which also notes the paths a successful upload answered with."""
+        answer = {"status": None, "body": b""}
+
+        async def noting(message):
+            if message["type"] == "http.response.start":
+                answer["status"] = message.get("status")
+            elif message["type"] == "http.response.body" and answer["status"] == 200:
+                answer["body"] += message.get("body", b"")
+                if not message.get("more_body"):
+                    try:
+                        paths = json.loads(answer["body"] or b"null")
+                    except ValueError:
+                        paths = None
+                    for path in paths if isinstance(paths, list) else []:
+                        if isinstance(path, str):
+                            self.uploads.add(path)
+            await send(message)
+
+        return noting
 
 
 def _default(block):

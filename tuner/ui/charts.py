@@ -1,37 +1,27 @@
 """Charts shared by the Train and Results tabs: loss and learning-rate frames, short
 legend labels, and Vega-Lite specs drawn through gr.Plot.
+
+Every chart is a gr.Plot of a Vega-Lite spec, redrawn whole on each change. Gradio 6's
+LinePlot was not: a plot first given an empty frame never drew, a series that first
+appeared in an update was never drawn, and its resize observers outlived the plot they
+measured, so a chart updated in a hidden tab or emptied for a new run threw "Cannot read
+properties of null (reading 'offsetWidth')" in the page.
 """
 
 from __future__ import annotations
 
-
 import pandas as pd
 
 
-# The config fields the tab edits, in the order of its inputs.
-
-
-def curve_frame(rows: list[dict], label: str | None = None, validation: bool = False) -> pd.DataFrame | None:
-    """Training and validation loss as one long frame.
-
-    Two quirks of Gradio 6's LinePlot shape this: a plot first given an empty
-    frame never draws, so an empty run gives None; and a color series that
-    first appears in a later update is never drawn, so while a validation
-    curve is still to come (`validation`) the frame carries one NaN point for
-    it (Vega skips NaN; the series is known from the start).
-    """
+def curve_frame(rows: list[dict], label: str | None = None) -> pd.DataFrame | None:
+    """Training and validation loss as one long frame; None for a run that logged none."""
     points = []
     for r in rows:
         for key, series in (("loss", "training loss"), ("eval_loss", "validation loss")):
             if key in r:
                 points.append({"step": r["step"], "loss": r[key],
                                "series": f"{label}: {series}" if label else series})
-    if not points:
-        return None
-    if validation and not any(p["series"].endswith("validation loss") for p in points):
-        points.append({"step": points[0]["step"], "loss": float("nan"),
-                       "series": f"{label}: validation loss" if label else "validation loss"})
-    return pd.DataFrame(points)
+    return pd.DataFrame(points) if points else None
 
 
 def short_label(run_id: str) -> str:
@@ -58,16 +48,45 @@ def vega_plot(spec: dict):
     return PlotData(type="altair", plot=json.dumps(spec))
 
 
-def loss_spec(frame: pd.DataFrame, title: str) -> dict:
-    """A line per series of a curve_frame (NaN points left out), with points and a legend."""
-    values = frame.dropna(subset=["loss"]).to_dict("records")
-    return {"$schema": VEGA_LITE, "title": title, "width": "container", "height": 260,
-            "data": {"values": values},
-            "mark": {"type": "line", "point": True, "tooltip": True},
-            "encoding": {"x": {"field": "step", "type": "quantitative", "title": "step"},
-                         "y": {"field": "loss", "type": "quantitative", "title": "loss", "scale": {"zero": False}},
-                         "color": {"field": "series", "type": "nominal", "title": "series",
-                                   "legend": {"labelLimit": 400}}}}
+# A chart's plot width in pixels. Not "container": gr.Plot centres its chart in a flex
+# column, so the container Vega would measure is as wide as its content, none at first,
+# and the chart was drawn with a plot of zero width (a blank box with a legend).
+PLOT_WIDTH = 640
+
+
+def line_spec(frame: pd.DataFrame, y: str, title: str, width: int = PLOT_WIDTH, compact: bool = False) -> dict:
+    """A line with points of `y` against step, one per series if the frame has a "series"
+    column; NaN points left out. `compact`: `width` is the whole chart's, its legend
+    under the plot, for charts side by side in a row."""
+    values = frame.dropna(subset=[y]).to_dict("records")
+    encoding = {"x": {"field": "step", "type": "quantitative", "title": "step"},
+                "y": {"field": y, "type": "quantitative", "title": y, "scale": {"zero": False}}}
+    if "series" in frame.columns:
+        legend = {"labelLimit": 400} | ({"orient": "bottom", "direction": "vertical"} if compact else {})
+        encoding["color"] = {"field": "series", "type": "nominal", "title": "series", "legend": legend}
+    spec = {"$schema": VEGA_LITE, "title": title, "width": width, "height": 260, "data": {"values": values},
+            "mark": {"type": "line", "point": True, "tooltip": True}, "encoding": encoding}
+    if compact:
+        spec["autosize"] = {"type": "fit", "contains": "padding"}
+    return spec
+
+
+def loss_spec(frame: pd.DataFrame, title: str, width: int = PLOT_WIDTH, compact: bool = False) -> dict:
+    """A line per series of a curve_frame, with points and a legend."""
+    return line_spec(frame, "loss", title, width, compact)
+
+
+def bar_spec(frame: pd.DataFrame, x: str, y: str, title: str, width: int = PLOT_WIDTH) -> dict:
+    """A bar of `y` for each value of `x`, in the frame's order."""
+    return {"$schema": VEGA_LITE, "title": title, "width": width, "height": 220,
+            "data": {"values": frame.to_dict("records")}, "mark": {"type": "bar", "tooltip": True},
+            "encoding": {"x": {"field": x, "type": "ordinal", "sort": list(frame[x]), "title": x},
+                         "y": {"field": y, "type": "quantitative", "title": y}}}
+
+
+def chart(spec_of, frame: pd.DataFrame | None, *args, **kwargs):
+    """What a gr.Plot shows for `frame`: spec_of(frame, ...) drawn, or nothing (None) for no frame."""
+    return None if frame is None else vega_plot(spec_of(frame, *args, **kwargs))
 
 
 def lr_frame(rows: list[dict]) -> pd.DataFrame | None:
@@ -78,21 +97,14 @@ def lr_frame(rows: list[dict]) -> pd.DataFrame | None:
 REWARD_SERIES = (("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy"))
 
 
-def reward_frame(rows: list[dict], validation: bool = False) -> pd.DataFrame | None:
+def reward_frame(rows: list[dict]) -> pd.DataFrame | None:
     """A preference run's reward margins and accuracies (TRL's, on the training rows and on
     the validation rows) as one long frame; None for a run that logs none (LoRA, prompt
-    tuning). As in curve_frame, validation series still to come get a NaN point now."""
+    tuning)."""
     points = []
     for r in rows:
         for key, series in REWARD_SERIES:
             for prefix, part in (("", "training"), ("eval_", "validation")):
                 if prefix + key in r:
                     points.append({"step": r["step"], "value": r[prefix + key], "series": f"{part} {series}"})
-    if not points:
-        return None
-    if validation:
-        have = {p["series"] for p in points}
-        for _, series in REWARD_SERIES:
-            if f"training {series}" in have and f"validation {series}" not in have:
-                points.append({"step": points[0]["step"], "value": float("nan"), "series": f"validation {series}"})
-    return pd.DataFrame(points)
+    return pd.DataFrame(points) if points else None

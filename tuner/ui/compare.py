@@ -12,12 +12,10 @@ from pathlib import Path
 import gradio as gr
 
 from ratings import checks as rchecks
-from ratings import evalsets
-from ratings.generation import generate_evaluation, variants_for
+from ratings import evalsets, tables
+from ratings.generation import cut_replies, generate_evaluation, open_unless_cut, regenerate_cut, variants_for
 from ratings.store import Store
-from tuner import data as tdata
-from tuner import recipes
-from tuner.generate import GenSettings, Generator
+from tuner.generate import BASE, GenSettings, Generator
 from tuner.runs import RunManager
 from tuner.ui.access import forget_upload
 from tuner.ui.rate import REVEAL_CHOICES, RaterLimits, eval_choices, rating_panel
@@ -35,9 +33,26 @@ class _Generated:
     check_group: gr.Group
     check_table: gr.Dataframe
     check_paired: gr.Dataframe
+    gate: "_Gate"
+    edited: gr.State  # the form's fields the owner changed by hand since the last fill (evalsets.FORM_FIELDS)
 
     def outputs(self) -> list:
-        return [self.message, self.preview, self.rate_eval, self.check_group, self.check_table, self.check_paired]
+        return [self.message, self.preview, self.rate_eval, self.check_group, self.check_table, self.check_paired,
+                *self.gate.outputs(), self.edited]
+
+
+@dataclass
+class _Gate:
+    """Shown instead of opening rating when replies were cut at the cap: the owner
+    regenerates them with a larger cap or opens rating anyway."""
+    group: gr.Group
+    note: gr.Markdown
+    regenerate: gr.Button
+    open_anyway: gr.Button
+    pending: gr.State  # the evaluation waiting for the owner's choice
+
+    def outputs(self) -> list:
+        return [self.group, self.note, self.regenerate, self.pending]
 
 
 def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: random.Random,
@@ -52,15 +67,20 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
         label="Automatic checks, one per line, run right after generation (filled from the dataset's recipe)",
         placeholder="starts with: Subject:\ncontains any: sorry, cannot\nnot contains: As an AI\n"
                     "[refusal] max words: 80\nregex: ^Dear \\w+")
+    recipe_note = gr.Markdown(elem_id="eval-recipe-note")
+    edited, filled_for = gr.State([]), gr.State(None)
     generate = gr.Button("Generate replies", variant="primary", elem_id="generate")
     message = gr.Markdown(elem_id="generate-message")
+    gate = _cut_gate()
     check_group, check_table, check_paired = _check_section()
     preview = gr.Dataframe(interactive=False, wrap=True, elem_id="eval-replies", max_height=360, visible=False)
 
     gr.Markdown("### 2. Rate blind\nShare the raters' page (**/rate** on this app's address) with friends, "
                 "or rate here yourself.")
     rate_eval = rating_panel(store, rng, "rate", public=False, secret=secret, limits=limits)
-    generated = _Generated(message, preview, rate_eval, check_group, check_table, check_paired)
+    coverage = gr.Markdown(elem_id="rate-coverage")  # the owner's view: a model raters have hardly seen
+    rate_eval.change(_coverage(store), rate_eval, coverage, show_progress="hidden")
+    generated = _Generated(message, preview, rate_eval, check_group, check_table, check_paired, gate, edited)
 
     def on_refresh():
         return gr.update(choices=finished_runs(trainer))
@@ -70,10 +90,16 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
     source.change(lambda kind: (gr.update(visible=kind == "typed prompts"), gr.update(visible=kind == "uploaded file"),
                                 gr.update(visible=kind == "uploaded file")),
                   source, [typed, upload, upload_note])
-    runs.change(_checks_filler(trainer), [runs, checks_box], checks_box)
+    # `input` is the owner's own typing (a fill from a recipe is a `change` only)
+    checks_box.input(_mark("checks"), edited, edited, show_progress="hidden")
+    sampling[0].input(_mark("cap"), edited, edited, show_progress="hidden")
+    runs.change(_form_filler(trainer), [runs, checks_box, edited, filled_for],
+                [checks_box, sampling[0], recipe_note, filled_for])
     generate.click(_generator(trainer, generator, store, generated),
                    [name, runs, source, typed, uploaded, *sampling, rules, tag, invite, checks_box, no_code,
                     reveal_choice], generated.outputs())
+    gate.regenerate.click(_regenerator(trainer, generator, store, generated), gate.pending, generated.outputs())
+    gate.open_anyway.click(_opener(store, generated), gate.pending, generated.outputs())
 
     def refresh_all(first: bool = False):
         """The runs and evaluations as they are now (the page is built with neither);
@@ -83,9 +109,11 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
         return {runs: gr.update(choices=finished_runs(trainer)), rate_eval: picked}
 
     def load_all():
-        return refresh_all(first=True)
+        """...and an evaluation still waiting for the owner's choice (a reload, another tab) is offered again."""
+        waiting = next((e["id"] for e in store.evaluations() if not e["open_for_rating"]), None)
+        return refresh_all(first=True) | (_gate_shown(store, generated, waiting) if waiting else {})
 
-    return refresh_all, load_all, [runs, rate_eval]
+    return refresh_all, load_all, [runs, rate_eval, *gate.outputs()]
 
 
 def _title_row():
@@ -138,6 +166,15 @@ def _settings():
     return sampling, rules, tag, invite, no_code, reveal_choice
 
 
+def _cut_gate() -> _Gate:
+    with gr.Group(visible=False, elem_id="cut-gate") as group:
+        note = gr.Markdown(elem_id="cut-note")
+        with gr.Row():
+            regenerate = gr.Button("Regenerate with a larger cap", variant="primary", elem_id="cut-regenerate")
+            open_anyway = gr.Button("Open rating anyway", elem_id="cut-open")
+    return _Gate(group, note, regenerate, open_anyway, gr.State(None))
+
+
 def _check_section():
     with gr.Group(visible=False) as check_group:
         gr.Markdown("#### Automatic check, before anyone rates\nPass rates with 95% Wilson intervals (means "
@@ -148,18 +185,44 @@ def _check_section():
     return check_group, check_table, check_paired
 
 
-def _checks_filler(trainer: RunManager):
-    def on_runs(chosen_runs, current_checks):
-        """The first run's dataset recipe fills an empty checks box; what the owner typed stays."""
-        if (current_checks or "").strip() or not chosen_runs:
-            return gr.update()
-        run = trainer.get(chosen_runs[0])
+def _coverage(store: Store):
+    def on_coverage(eval_id):
+        """Each model of the picked evaluation with no or few scores yet (ratings.tables.coverage_notes)."""
         try:
-            recipe = recipes.for_dataset((run or {}).get("config", {}).get("dataset"),
-                                         parse_checks=rchecks.parse_checks)
-        except ValueError:
-            recipe = None
-        return gr.update(value="\n".join(recipe.checks)) if recipe and recipe.checks else gr.update()
+            eval_id = int(eval_id)
+        except (TypeError, ValueError):
+            return ""
+        if store.evaluation(eval_id) is None:
+            return ""
+        notes = tables.coverage_notes(store.variants(eval_id), store.replies(eval_id), store.ratings_frame(eval_id))
+        return "\n".join(f"- ⚠️ {note}" for note in notes)
+
+    return on_coverage
+
+
+def _mark(field: str):
+    def on_input(edited):
+        return sorted(set(edited or []) | {field})
+
+    return on_input
+
+
+def _form_filler(trainer: RunManager):
+    def on_runs(chosen_runs, current_checks, edited, filled_for):
+        """A new first run fills the checks and the cap from its dataset's recipe (evalsets.recipe_fill),
+        except what the owner changed by hand; adding a second run changes nothing."""
+        first = (chosen_runs or [None])[0]
+        try:
+            run = trainer.get(first) if first else None
+        except ValueError:  # not a run id at all (the list takes typed values)
+            run = None
+        if run is None or first == filled_for:
+            return gr.update(), gr.update(), gr.update(), filled_for
+        kept = set(edited or []) - ({"checks"} if not (current_checks or "").strip() else set())
+        fill = evalsets.recipe_fill(run, kept)
+        return (gr.update() if fill.checks is None else gr.update(value=fill.checks),
+                gr.update() if fill.max_new_tokens is None else gr.update(value=fill.max_new_tokens),
+                fill.note, first)
 
     return on_runs
 
@@ -173,7 +236,10 @@ def _generator(trainer: RunManager, generator: Generator, store: Store, generate
             items, left_out = evalsets.leave_out_trained(_items_for(trainer, kind, chosen_runs, text, uploaded_items),
                                                          picked)
             checks = [c.text for c in rchecks.parse_checks(checks_text)]
-            tokens = int(max_new_tokens or 0) or default_max_new_tokens(items, picked)
+            tokens, whence = int(max_new_tokens or 0), "set in the form"
+            if not tokens:
+                tokens, whence = evalsets.default_max_new_tokens(items, picked)
+                tokens = tokens or GenSettings().max_new_tokens
             settings = GenSettings(max_new_tokens=tokens, temperature=float(temp), top_p=float(p),
                                    repetition_penalty=float(rep), seed=int(seed_ or 0), batch_size=int(batch_size))
             parsed_rules = evalsets.parse_rules(rules_text)
@@ -191,13 +257,69 @@ def _generator(trainer: RunManager, generator: Generator, store: Store, generate
             eval_id = generate_evaluation(
                 store, generator, (title or "").strip() or f"{len(items)} prompts, {len(variants)} variants",
                 base_model, items, variants, settings, parsed_rules, bool(tag_), code,
-                progress=tick, checks=checks, reveal=reveal)
+                progress=tick, checks=checks, reveal=reveal, open_if_cut=False)
         except Exception as exc:  # a bad model, adapter or disk must not take the app down
             return {generated.message: f"⚠️ Generation failed: {type(exc).__name__}: {exc}"}
-        shown = _shown(store, generated, eval_id, (len(items), len(variants)), tokens, code)
-        return shown | {generated.message: left_out + shown[generated.message]}
+        seconds = store.replies(eval_id)["latency_s"].sum()
+        shown = _shown(store, generated, eval_id, f"Generated {len(items)} × {len(variants)} replies in "
+                       f"{seconds:.1f} s (evaluation #{eval_id}, up to {tokens} new tokens: {whence}).")
+        # hand edits served this evaluation: the next run chosen fills the form afresh
+        return shown | {generated.message: left_out + shown[generated.message], generated.edited: []}
 
     return on_generate
+
+
+def _regenerator(trainer: RunManager, generator: Generator, store: Store, generated: _Generated):
+    def on_regenerate(eval_id, progress_bar=gr.Progress()):
+        """The cut prompts' replies again with twice the cap; rating opens once none is cut."""
+        try:
+            if eval_id is None or store.evaluation(int(eval_id)) is None:
+                raise ValueError("No evaluation is waiting: generate one first.")
+            eval_id = int(eval_id)
+            before = cut_replies(store, eval_id)
+            if before.larger_cap is None:
+                raise ValueError(f"The cap is already {before.cap} tokens, the most there is: open rating anyway.")
+            variants = _variants_of(trainer, store, eval_id)
+        except ValueError as exc:
+            return {generated.message: f"⚠️ {exc}"}
+        progress_bar(0, desc="loading the model")
+
+        def tick(done, total):
+            progress_bar(done / total, desc=f"generating again: {int(done)} of {total} replies done")
+
+        try:
+            n = regenerate_cut(store, generator, eval_id, variants, before.larger_cap, progress=tick)
+        except Exception as exc:  # the stored replies stay as they were
+            return {generated.message: f"⚠️ Regeneration failed: {type(exc).__name__}: {exc}"}
+        open_unless_cut(store, eval_id)
+        return _shown(store, generated, eval_id, (
+            f"Generated {n} replies again, on the {len(before.positions)} prompt(s) with a cut reply, with a cap of "
+            f"{before.larger_cap} new tokens (evaluation #{eval_id}; {before.sentence()})."))
+
+    return on_regenerate
+
+
+def _opener(store: Store, generated: _Generated):
+    def on_open(eval_id):
+        if eval_id is None or store.evaluation(int(eval_id)) is None:
+            return {generated.message: "⚠️ No evaluation is waiting: generate one first."}
+        eval_id = int(eval_id)
+        cut = cut_replies(store, eval_id)
+        store.open_for_rating(eval_id)
+        return _shown(store, generated, eval_id, f"Evaluation #{eval_id} opened for rating as it is"
+                      + (f" ({cut.sentence()}; they are marked ✂ below, never for raters)." if cut.cut else "."))
+
+    return on_open
+
+
+def _variants_of(trainer: RunManager, store: Store, eval_id: int):
+    """The evaluation's variants with their adapters, from its runs as they are now."""
+    names = [v["name"] for v in store.variants(eval_id) if v["name"] != BASE]
+    runs = [trainer.get(name) for name in names]
+    gone = [name for name, run in zip(names, runs) if run is None]
+    if gone:
+        raise ValueError(f"run(s) {', '.join(gone)} no longer exist: open rating anyway, or generate anew")
+    return variants_for(runs)[1]
 
 
 def _items_for(trainer: RunManager, kind, chosen_runs, text, uploaded_items):
@@ -210,25 +332,43 @@ def _items_for(trainer: RunManager, kind, chosen_runs, text, uploaded_items):
     return uploaded_items
 
 
-def _shown(store: Store, generated: _Generated, eval_id: int, counts: tuple[int, int], tokens: int,
-           code: str | None) -> dict:
-    """The new evaluation's replies and automatic check, for the owner."""
+def _shown(store: Store, generated: _Generated, eval_id: int, header: str) -> dict:
+    """The evaluation's replies and automatic check, for the owner; the invite code only
+    once rating is open, else the choice cut replies call for."""
     replies = store.replies(eval_id)
-    seconds = replies["latency_s"].sum()
-    check = rchecks.of_evaluation(store.evaluation(eval_id), replies)
+    evaluation = store.evaluation(eval_id)
+    check = rchecks.of_evaluation(evaluation, replies)
     # the owner sees which replies hit the cap; raters never do
     shown = replies.assign(cut=["✂ cut" if c else "" for c in check.replies["cut at the token cap"]])
-    share = (f"Raters need the invite code **`{code}`** with the /rate link." if code else
-             "No invite code: anyone with the /rate link can rate.")
-    text = (f"Generated {counts[0]} × {counts[1]} replies in {seconds:.1f} s (evaluation #{eval_id}, "
-            f"up to {tokens} new tokens). Raters can start now. {share}\n\n" + rchecks.verdict(check))
-    return {generated.message: text,
+    is_open = store.is_open(eval_id)
+    if is_open:
+        code = evaluation.get("invite_code")
+        status = "Raters can start now. " + (f"Raters need the invite code **`{code}`** with the /rate link." if code
+                                             else "No invite code: anyone with the /rate link can rate.")
+    else:
+        status = f"**Rating is not open yet:** {cut_replies(store, eval_id).sentence()}; choose below."
+    return {generated.message: f"{header} {status}\n\n" + rchecks.verdict(check),
             generated.preview: gr.update(value=shown[["position", "task", "prompt", "label", "reply", "cut", "flags"]],
                                          visible=True),
-            generated.rate_eval: gr.update(choices=eval_choices(store), value=eval_id),
+            generated.rate_eval: gr.update(choices=eval_choices(store), value=eval_id) if is_open else
+            gr.update(choices=eval_choices(store)),
             generated.check_group: gr.update(visible=True),
             generated.check_table: rchecks.display(check.table),
-            generated.check_paired: rchecks.display_paired(check.paired)}
+            generated.check_paired: rchecks.display_paired(check.paired)} | _gate_shown(store, generated, eval_id)
+
+
+def _gate_shown(store: Store, generated: _Generated, eval_id: int) -> dict:
+    """The owner's choice for an evaluation not open yet; hidden once it is."""
+    gate = generated.gate
+    if store.is_open(eval_id):
+        return {gate.group: gr.update(visible=False), gate.pending: None}
+    cut = cut_replies(store, eval_id)
+    larger = cut.larger_cap if cut.cut else None
+    note = (f"✂ **Evaluation #{eval_id}: {cut.sentence()}.** Raters would score text that stops mid-sentence. "
+            "Generate those prompts' replies again with a larger cap (everything else is kept), or open rating "
+            "as it is." if cut.cut else f"Evaluation #{eval_id} is not open for rating yet.")
+    return {gate.group: gr.update(visible=True), gate.note: note, gate.pending: eval_id,
+            gate.regenerate: gr.update(value=f"Regenerate with a cap of {larger}", visible=larger is not None)}
 
 
 def on_upload_preview(file):
@@ -249,16 +389,3 @@ def on_upload_preview(file):
     return (f"**{len(items)} prompts** in `{path.name}`: {with_ref} with a reference answer"
             + (f", categories {', '.join(categories[:8])}{' …' if len(categories) > 8 else ''}" if categories
                else "") + (f". First: “{first[:120]}{'…' if len(first) > 120 else ''}”" if first else ".")), items
-
-
-def default_max_new_tokens(items: list[dict], runs: list[dict]) -> int:
-    """Room for the evaluation's reference answers or, without references, for the
-    first run's training replies (tuner.recipes.max_new_tokens_for)."""
-    references = [i["reference"] for i in items if i.get("reference")]
-    if not references and runs:
-        try:
-            rows = tdata.load_jsonl(Path(runs[0]["config"]["dataset"])).rows
-            references = [r["messages"][-1]["content"] for r in rows]
-        except (OSError, KeyError, ValueError):
-            references = []
-    return recipes.max_new_tokens_for(references) if references else GenSettings().max_new_tokens

@@ -114,8 +114,9 @@ def corrections_section(store: Store, datasets_dir: Path, eval_pick: gr.Dropdown
                                        note=f"{label} + {added} correction(s) of evaluation #{eval_id}")
         except (ValueError, OSError) as exc:
             return {note: f"⚠️ {exc}"}
-        return {note: f"Saved **{tdata.label_of(saved)}**: {len(rows)} rows, {added} of them corrections. "
-                      "Pick it on the Train tab for the next supervised run.",
+        # the label already says "saved: …": it is named, not prefixed with another "Saved"
+        return {note: f"**{len(rows)} rows**, {added} of them corrections, saved as `{saved.name}` "
+                      f"({tdata.label_of(saved)}). Pick it on the Train tab for the next supervised run.",
                 dataset: gr.update(choices=list(tdata.available(datasets_dir)), value=tdata.label_of(saved))}
 
     outputs = [reply, dataset, note]

@@ -29,6 +29,7 @@ from tuner.config import TrainConfig
 from tuner.generate import GenSettings, Generator
 from tuner.paths import StorageError
 from tuner.ui.access import forget_upload
+from tuner.ui.charts import bar_spec, chart
 
 TABLE_COLUMNS = ["#", "user", "assistant", "turns", "metadata"]
 TABLE_WIDTHS = ["5%", "35%", "40%", "6%", "14%"]
@@ -40,6 +41,7 @@ NO_COLUMN = "(none)"
 DEFAULT_DATASET = "starter: polite_assistant"  # the small set the quick start trains on
 PROPOSAL_COLUMNS = ["add", "row", "original", "paraphrase", "shared words", "check"]
 FLAG_LABELS = {"empty": "empty or unchanged", "known": "already in the draft",
+               "meta": "talks about the rewording instead of being one",
                "drift": "drifting off-topic (few shared words)"}
 CHANGE_WORDS = {"paraphrase": ("paraphrase", "added"), "add": ("row", "added"), "replace": ("row", "replaced"),
                 "delete": ("row", "deleted")}
@@ -181,6 +183,8 @@ def turns_frame(turns: list[list]) -> pd.DataFrame:
 
 
 def on_check(system_, turns_, meta_):
+    if editing.is_blank(system_, _turn_list(turns_), meta_):
+        return ""  # nothing typed yet: nothing to warn about (as when the page opens)
     _row, problems = editing.build_row(system_, _turn_list(turns_), meta_)
     return "✓ Ready to add or replace." if not problems else "⚠️ " + "; ".join(problems)
 
@@ -255,8 +259,11 @@ class DatasetTab:
     # {"label", "rev", "redo"}: what was refused for the draft's unsaved changes (a version to open, None: a
     # new dataset; "redo": an import, (kind, args)), done by the discard button while the draft stays as it was
     pending_state: gr.State
+    # the chosen version, kept in this browser (encrypted, built empty) so a reload reopens it
+    remembered: gr.BrowserState
     tokenizers: dict = field(default_factory=dict)  # model location → tokenizer, loaded once
     draft_events: list = field(default_factory=list)  # events that change the draft: the counts follow each
+    discard_event: object = None  # the discard button's click, which may start a new, empty dataset
 
     @classmethod
     def create(cls, datasets_dir: Path, model_picker, models_dir: Path | None, generator: Generator | None):
@@ -285,7 +292,9 @@ class DatasetTab:
                                scale=3, render=False),
             stratify=gr.Dropdown([NO_COLUMN], value=NO_COLUMN, label="Stratify by", elem_id="split-stratify",
                                  render=False),
-            draft_state=gr.State(Draft()), lengths_state=gr.State(None), pending_state=gr.State(None))
+            draft_state=gr.State(Draft()), lengths_state=gr.State(None), pending_state=gr.State(None),
+            # a UI preference, not a secret: Gradio's own random key, never the app's secret
+            remembered=gr.BrowserState(None, storage_key="tuner-dataset-choice"))
 
     @property
     def view_outputs(self) -> list:
@@ -578,7 +587,9 @@ def import_section(tab: DatasetTab):
         tab.recount(trigger(importer.guarded_import(kind), [tab.draft_state, *inputs], importer.outputs))
     upload.clear(lambda previous: forget_upload(previous), importer.upload_state, importer.upload_state)
     # what the discard button does may be an import, so it answers with the import settings too
-    tab.recount(tab.discard_btn.click(importer.on_discard, [tab.draft_state, tab.pending_state], importer.outputs))
+    tab.discard_event = tab.discard_btn.click(importer.on_discard, [tab.draft_state, tab.pending_state],
+                                              importer.outputs)
+    tab.recount(tab.discard_event)
 
 
 def draft_view(tab: DatasetTab):
@@ -588,6 +599,8 @@ def draft_view(tab: DatasetTab):
     tab.versions_md.render()
     tab.table.render()
     tab.recount(tab.chooser.input(tab.on_choose, [tab.chooser, tab.draft_state], [*tab.with_chooser, *tab.guarded]))
+    # whatever chose the version (a pick, a save, an import, the page's load) is what a reload reopens
+    tab.chooser.change(lambda label: label, tab.chooser, tab.remembered, show_progress="hidden")
     # any change of the draft makes a refused pick moot
     tab.draft_state.change(tab.settled, None, tab.guarded, show_progress="hidden")
 
@@ -616,6 +629,15 @@ class RowEditor:
         system_, turns_, meta_ = editing.editor_fields(draft.rows[n - 1])
         return {self.row_no: n, self.system: system_, self.turns: turns_frame(turns_), self.meta: meta_,
                 self.check: f"Editing row {n}."}
+
+    def blank_for_new(self, draft: Draft) -> dict:
+        """An empty editor once the draft is a new, empty dataset (else nothing changes): a row
+        left from the previous dataset would be offered, marked Ready, as the new one's first."""
+        return self.editor_for(Draft(), 0) if draft == Draft() else {}
+
+    def on_new(self, draft: Draft) -> dict:
+        out = self.tab.on_new(draft)
+        return {**out, **self.blank_for_new(out.get(self.tab.draft_state, draft))}
 
     def on_select(self, draft: Draft, evt: gr.SelectData):
         number = evt.row_value[0] if evt.row_value else evt.index[0] + 1
@@ -683,7 +705,9 @@ def edit_section(tab: DatasetTab):
     add_turn.click(on_add_turn, turns, turns)
     clear_btn.click(lambda: editor.editor_for(Draft(), 0), None, editor.outputs)
     tab.recount(save_btn.click(tab.on_save, [tab.draft_state, tab.name_box], tab.with_chooser))
-    tab.recount(new_btn.click(tab.on_new, tab.draft_state, [*tab.view_outputs, *tab.guarded]))
+    tab.recount(new_btn.click(editor.on_new, tab.draft_state, [*tab.view_outputs, *tab.guarded, *editor.outputs]))
+    if tab.discard_event is not None:  # dropping the changes to start a new dataset empties the editor too
+        tab.discard_event.then(editor.blank_for_new, tab.draft_state, editor.outputs, show_progress="hidden")
 
 
 # --- filter ----------------------------------------------------------------------------
@@ -803,7 +827,8 @@ def expand_section(tab: DatasetTab):
     with gr.Tab("Expand", id="expand"):
         gr.Markdown("The base model (picked above) proposes a rewording of the user turn of random original "
                     "rows (never of an added paraphrase). Proposals that look unusable (empty, already in the "
-                    "draft, or sharing few words with the original: *shared words* measures how many content "
+                    "draft, talk about the rewording (\"Here is the rephrased version…\") instead of being one, "
+                    "or sharing few words with the original: *shared words* measures how many content "
                     "words the two have in common) are flagged and not ticked. Tick the ones to keep (you can "
                     "edit them), add them to the draft, then save it.")
         with gr.Row():
@@ -883,8 +908,8 @@ def inspect_section(tab: DatasetTab):
                                 label="Max sequence length (tokens)", elem_id="inspect-max-length")
             measure = gr.Button("Measure token lengths with the base model's tokenizer", elem_id="inspect-measure")
         length_md = gr.Markdown(elem_id="inspect-summary")
-        histogram = gr.BarPlot(None, x="tokens", y="rows", title="Rows per token length", height=260,
-                               elem_id="inspect-histogram")
+        # a Vega-Lite spec drawn by gr.Plot, not a BarPlot (tuner/ui/charts.py says why)
+        histogram = gr.Plot(None, show_label=False, elem_id="inspect-histogram")
         with gr.Row():
             part = gr.Radio(["all", *tdata.SPLITS], value="all", label="Part of the chosen version",
                             elem_id="export-part")
@@ -902,7 +927,7 @@ def inspect_section(tab: DatasetTab):
         except (ValueError, OSError, models.ModelUnavailable) as exc:
             return {histogram: None, length_md: f"⚠️ {exc}", tab.lengths_state: cache}
         hist = sh.length_histogram(lengths)
-        return {histogram: gr.BarPlot(hist, x="tokens", y="rows", sort=list(hist["tokens"])),
+        return {histogram: chart(bar_spec, hist, "tokens", "rows", "Rows per token length"),
                 length_md: sh.length_summary(lengths, int(max_length or 1)), tab.lengths_state: cache}
 
     def on_export(label, which, kind):
@@ -925,8 +950,9 @@ def inspect_section(tab: DatasetTab):
 
 def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None = None,
                 generator: Generator | None = None):
-    """Returns the dataset dropdown (its value names the chosen version) and the
-    (handler, outputs) that fill the tab, for the page's load event."""
+    """Returns the dataset dropdown (its value names the chosen version), the (handler,
+    outputs) that fill the tab, and the version this browser chose last: for the page's
+    load event (refresh_datasets_fn's inputs are the dropdown and that)."""
     tab = DatasetTab.create(datasets_dir, model_picker, models_dir, generator)
     import_section(tab)
     draft_view(tab)
@@ -938,15 +964,18 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
         inspect_section(tab)
     for event in tab.draft_events:
         event.then(**filter_counts).then(**split_counts)
-    return tab.chooser, (tab.show, tab.view_outputs)
+    return tab.chooser, (tab.show, tab.view_outputs), tab.remembered
 
 
 def refresh_datasets_fn(datasets_dir: Path):
-    """A load handler: the chooser's choices as they are now, keeping its value
+    """A load handler: the chooser's choices as they are now, keeping its value, else the
+    one this browser chose last (`remembered`, so a reload reopens it), else the default
     (the chooser is built empty: saved datasets' names are the owner's)."""
 
-    def refresh(current):
+    def refresh(current, remembered=None):
         names = list(tdata.available(datasets_dir))
+        if current not in names:
+            current = remembered
         if current not in names:
             default = DEFAULT_DATASET
             current = default if default in names else (names[0] if names else None)

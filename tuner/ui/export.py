@@ -4,14 +4,12 @@ in tuner.export."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import gradio as gr
 
 from tuner import export, models
+from tuner.ui.train import finished_runs
 
 KINDS = {  # button label → what it makes
     "adapter": "Download adapter (.zip)",
@@ -21,22 +19,13 @@ KINDS = {  # button label → what it makes
 
 
 def _download(archive: Path | None, root: Path) -> str | None:
-    """Only files inside the data root's exports folder are handed to gr.File,
-    and only as a link (or copy) in a fresh temporary folder: gradio may serve
-    files from the temp folder, so the data root never has to be an allowed path
-    (which would let anyone fetch any export, or the ratings database, by name)."""
-    if archive is None:
-        return None
-    out = export.exports_dir(root).resolve()
-    path = Path(archive).resolve()
-    if path.parent != out or not path.is_file():
-        raise gr.Error(f"Refusing to serve {path.name}: it is not in the exports folder.")
-    handed = Path(tempfile.mkdtemp(prefix="tuner-export-")) / path.name
-    try:
-        os.link(path, handed)
-    except OSError:  # another file system (a Space's /data): copy
-        shutil.copyfile(path, handed)
-    return str(handed)
+    """Only files directly in the data root's exports folder are handed to gr.File, and
+    only as a link in a folder of random name in the downloads folder, which the app
+    serves as is (export_panel): Gradio then makes no copy of it in its upload folder,
+    where a large export would fill the owner's upload allowance, and the data root never
+    has to be an allowed path (which would let anyone fetch any export, or the ratings
+    database, by name)."""
+    return None if archive is None else str(export.hand_out(archive, root))
 
 
 def _explained(fn):
@@ -90,6 +79,8 @@ def export_panel(trainer, layout):
     Returns (handler, input, output) for the page's load event: the run picker is
     built empty (run ids are the owner's) and filled by it."""
     runs_dir, models_dir, root = Path(trainer.runs_dir), Path(trainer.models_dir), Path(layout.root)
+    # the links handed out are served where they are (no copy in Gradio's upload folder)
+    gr.set_static_paths([export.downloads_dir(root)])
     gr.Markdown("Export a finished run: its adapter as a zip, the adapter merged into the base model, "
                 "a folder ready for `ollama create`, or a push to the Hugging Face Hub. Files are written "
                 f"to the `{export.EXPORTS}` folder of the data root.")
@@ -112,8 +103,10 @@ def export_panel(trainer, layout):
     download = gr.File(label="Download", interactive=False, elem_id="export-file")
 
     def choices(current):
-        ids = export.finished_run_ids(runs_dir)
-        return gr.update(choices=ids, value=current if current in ids else None)
+        # labelled as Compare's and the Playground's run pickers label them: the name beside the id
+        runs = finished_runs(trainer)
+        ids = [run_id for _, run_id in runs]
+        return gr.update(choices=runs, value=current if current in ids else None)
 
     refresh.click(choices, run, run, api_name=False)
     run.focus(choices, run, run, api_name=False)

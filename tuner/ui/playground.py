@@ -29,7 +29,8 @@ def playground_tab(trainer: RunManager, generator: Generator):
     with gr.Row():
         left = gr.Dropdown(label="Left", elem_id="play-left", scale=1)
         right = gr.Dropdown(label="Right", elem_id="play-right", scale=1)
-        max_new = gr.Slider(16, 512, value=GenSettings().max_new_tokens, step=16, label="Max new tokens", scale=1)
+        max_new = gr.Slider(16, 512, value=GenSettings().max_new_tokens, step=16, label="Max new tokens", scale=1,
+                            elem_id="play-max-new")
     with gr.Row():
         chat_left = gr.Chatbot(label="Left", elem_id="play-chat-left", height=360)
         chat_right = gr.Chatbot(label="Right", elem_id="play-chat-right", height=360)
@@ -53,33 +54,47 @@ def playground_tab(trainer: RunManager, generator: Generator):
 
 
 def _sender(trainer: RunManager, generator: Generator, chats: _Chats):
-    def reply(history, variant, text, settings, base_model):
+    def replies(history, variant, text, settings, base_model):
+        """The chat with `text` asked and its reply as it is written: one history per new word."""
         conversation = [{"role": m["role"], "content": _text(m["content"])} for m in history]
         conversation.append({"role": "user", "content": text})
         run = trainer.get(variant) if variant != "base" else None
         adapter = (run["run_id"], records.adapter_dir(Path(run["path"]))) if run else None
-        answer = generator.generate(base_model, [conversation], settings, adapter=adapter)[0].text
-        return history + [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
+        asked = history + [{"role": "user", "content": text}]
+        for partial in generator.stream(base_model, conversation, settings, adapter=adapter):
+            yield asked + [{"role": "assistant", "content": partial}]
 
     def on_send(text, l_variant, r_variant, tokens, h_left, h_right):
+        """A generator: both chats show the message at once, then the left reply is
+        streamed word by word, then the right one (one model answers one at a time)."""
         text = (text or "").strip()
         if not text:
-            return {chats.left: h_left, chats.right: h_right, chats.note: "⚠️ Type a message."}
+            yield {chats.left: h_left, chats.right: h_right, chats.note: "⚠️ Type a message."}
+            return
         runs = [trainer.get(v) for v in (l_variant, r_variant) if v and v != "base"]
         bases = {r["config"]["base_model"] for r in runs if r}
         if len(bases) > 1:
-            return {chats.left: h_left, chats.right: h_right, chats.note: "⚠️ The two runs have different base models."}
+            yield {chats.left: h_left, chats.right: h_right,
+                   chats.note: "⚠️ The two runs have different base models."}
+            return
         from tuner.models import BUNDLED
 
         base_model = bases.pop() if bases else BUNDLED
         settings = GenSettings(max_new_tokens=int(tokens))
+        h_left, h_right = h_left or [], h_right or []
+        asked = [{"role": "user", "content": text}]
+        yield {chats.box: "", chats.left: h_left + asked, chats.right: h_right + asked,
+               chats.note: "Writing the left reply…"}
         try:
-            h_left = reply(h_left or [], l_variant or "base", text, settings, base_model)
-            h_right = reply(h_right or [], r_variant or "base", text, settings, base_model)
+            for h_left in replies(h_left, l_variant or "base", text, settings, base_model):
+                yield {chats.left: h_left}
+            yield {chats.note: "Writing the right reply…"}
+            for h_right in replies(h_right, r_variant or "base", text, settings, base_model):
+                yield {chats.right: h_right}
         except Exception as exc:
-            return {chats.left: h_left, chats.right: h_right, chats.note: f"⚠️ {type(exc).__name__}: {exc}"}
-        note = f"Both replies use greedy decoding, at most {int(tokens)} new tokens, base `{base_model}`."
-        return {chats.box: "", chats.left: h_left, chats.right: h_right, chats.note: note}
+            yield {chats.note: f"⚠️ {type(exc).__name__}: {exc}"}
+            return
+        yield {chats.note: f"Both replies use greedy decoding, at most {int(tokens)} new tokens, base `{base_model}`."}
 
     return on_send
 

@@ -13,6 +13,7 @@ import gradio as gr
 
 from ratings import preferences
 from ratings.store import Store
+from tuner import preference as tpref
 from tuner.config import PREFERENCE_METHODS
 from tuner.paths import atomic_write_text
 from tuner.records import is_finished, run_label
@@ -34,6 +35,7 @@ class PreferencePicks:
     desirable: gr.Number
     undesirable: gr.Number
     counts: gr.Markdown
+    adapter: gr.Markdown  # what a run that continues an adapter trains, in place of LoRA's settings
     refresh: tuple | None = None  # (handler, inputs, outputs): the choices anew, when the tab is opened
 
     @property
@@ -90,9 +92,13 @@ def preference_section(ui, store: Store, preferences_dir: Path) -> PreferencePic
             undesirable = gr.Number(preferences.UNDESIRABLE_AT, minimum=1, maximum=5,
                                     label="KTO: undesirable at a mean of at most", elem_id="pref-undesirable")
             ui.add("beta")
+        adapter = gr.Markdown(elem_id="pref-adapter")
         counts = gr.Markdown(elem_id="pref-counts")
-    picks = PreferencePicks(group, evaluation, source, init_run, margin, desirable, undesirable, counts)
+    picks = PreferencePicks(group, evaluation, source, init_run, margin, desirable, undesirable, counts, adapter)
     method = ui.inputs["method"]
+    # a run that continues an adapter trains it as it is: LoRA's settings do not apply, and are hidden
+    lora_inputs = [ui.inputs[name] for name in tpref.ADAPTER_SETTINGS if name != "target_modules"]
+    lora_inputs += [ui.preset, ui.inputs["target_modules"]]
 
     def on_method(name, current_eval, current_run):
         shown = name in PREFERENCE_METHODS
@@ -112,39 +118,89 @@ def preference_section(ui, store: Store, preferences_dir: Path) -> PreferencePic
         found = preferences.sources(store, eval_id) if eval_id and store.evaluation(eval_id) else [preferences.RATERS]
         return gr.update(choices=found, value=current if current in found else preferences.RATERS)
 
+    def on_adapter(name, run_id):
+        """The continued adapter's settings in words, and LoRA's inputs hidden; both back otherwise."""
+        run = ui.manager.get(run_id) if name in PREFERENCE_METHODS and run_id and run_id != FROM_BASE else None
+        note = ""
+        if run is not None:
+            try:
+                kept = tpref.adapter_settings(Path(run["path"]))
+                modules = ", ".join(kept["target_modules"] or []) or "?"
+                extras = [w for w, on in (("DoRA", kept["use_dora"]), ("rsLoRA", kept["use_rslora"])) if on]
+                note = (f"Continues the adapter of **{run_label(run)}** as it was trained: rank **{kept['r']}**, "
+                        f"alpha **{kept['lora_alpha']}**, dropout {kept['lora_dropout']}, modules **{modules}**"
+                        + (f", {' and '.join(extras)}" if extras else "") + ". LoRA's settings above do not apply "
+                        "to it, and are hidden; pick the base to train a new adapter with them.")
+            except (OSError, ValueError, KeyError) as exc:
+                note = f"⚠️ The adapter of {run_id} cannot be read: {exc}"
+        return [note] + [gr.update(visible=run is None)] * len(lora_inputs)
+
+    method.change(on_method, [method, evaluation, init_run], [group, evaluation, init_run])
+    evaluation.change(on_evaluation, [evaluation, source], source)
+    for component in (method, init_run):
+        component.change(on_adapter, [method, init_run], [adapter] + lora_inputs)
+    picks.refresh = (on_method, [method, evaluation, init_run], [group, evaluation, init_run])
+    ui.later.append(lambda: wire_counts(ui, picks, store))
+    return picks
+
+
+def wire_counts(ui, picks: PreferencePicks, store: Store):
+    """The counts line, once every setting's input exists: what the evaluation gives, what Start's
+    split leaves to train on (or why it is too few), and how long the run takes."""
+    from tuner.estimate import describe
+    from tuner.ui.train import FIELDS
+
+    method = ui.inputs["method"]
+    inputs = [method] + picks.inputs + ui.settings
+
     def on_counts(name, *values):
         if name not in PREFERENCE_METHODS:
             return ""
-        evaluation_, source_, _run, margin_, desirable_, undesirable_ = values
+        picked, settings = values[:len(picks.inputs)], values[len(picks.inputs):]
+        evaluation_, source_, run_, margin_, desirable_, undesirable_ = picked
         try:
             data = build_data(store, name, evaluation_, source_, margin_, desirable_, undesirable_)
         except ValueError as exc:
             return f"⚠️ {exc}"
-        problem = data.problem()
         judged = " Judge scores are a model's, not the raters': the run is marked as such." \
             if str(source_).startswith(preferences.JUDGE_PREFIX) else ""
-        return (f"⚠️ Too few to train on: {problem}" if problem else
-                f"This evaluation gives **{data.describe()}**.") + judged
+        problem = data.problem()
+        if problem:
+            return f"⚠️ Too few to train on: {problem}{judged}"
+        chosen = dict(zip(FIELDS, settings))
+        continues = bool(run_) and run_ != FROM_BASE
+        try:
+            parts, problem = tpref.split_for_run(data.rows, name, float(chosen["validation_fraction"] or 0),
+                                                 float(chosen["test_fraction"] or 0), int(chosen["seed"] or 0),
+                                                 continues)
+        except (TypeError, ValueError) as exc:
+            return f"⚠️ {exc}"
+        if problem:
+            return (f"⚠️ Too few to train on: this evaluation gives {data.describe()}, but {problem} "
+                    "(or lower the validation share under *More settings*)." + judged)
+        held = len({tpref.prompt_key(r) for name_ in ("validation", "test") for r in parts[name_]})
+        text = (f"This evaluation gives **{data.describe()}**. Start holds out {held} of its prompts "
+                f"({'validation' if continues else 'validation and test'}): **{preferences.made(name, parts['train'])}"
+                f"** to train on.{judged}")
+        try:
+            config = run_config(ui, store, picked, name, settings)
+            return text + "\n\n" + describe(tpref.estimate(config, data.rows, ui.manager.models_dir,
+                                                            ui.manager.runs()))
+        except (ValueError, TypeError) as exc:
+            return text + f"\n\n⚠️ {exc}"
+        except Exception as exc:  # an estimate must never break the tab
+            return text + f"\n\n⚠️ No estimate: {type(exc).__name__}: {exc}"
 
-    method.change(on_method, [method, evaluation, init_run], [group, evaluation, init_run])
-    evaluation.change(on_evaluation, [evaluation, source], source)
-    for component in [method] + picks.inputs:
-        component.change(on_counts, [method] + picks.inputs, counts)
-    picks.refresh = (on_method, [method, evaluation, init_run], [group, evaluation, init_run])
-    return picks
+    for component in inputs:
+        component.change(on_counts, inputs, picks.counts)
 
 
-def preference_config(ui, store: Store, preferences_dir: Path, picks_values, method: str, values,
-                      run_name: str):
-    """The TrainConfig of a DPO or KTO run: its data written to the preferences folder as
-    TRL-shaped JSONL, the base model the evaluation's replies came from, the run it continues."""
+def run_config(ui, store: Store, picks_values, method: str, values, run_name: str = "", dataset: str = ""):
+    """The TrainConfig of a DPO or KTO run on the picked evaluation (its data's file aside), with
+    the settings of the adapter it continues: what Start runs and run.json records."""
     from tuner.ui.train import config_from
 
-    evaluation, source, init_run, margin, desirable, undesirable = picks_values
-    data = build_data(store, method, evaluation, source, margin, desirable, undesirable)
-    problem = data.problem()
-    if problem:
-        raise ValueError(f"Too few to train on: {problem}")
+    evaluation, _source, init_run, *_ = picks_values
     base_model = store.evaluation(int(evaluation))["base_model"]
     init_dir = None
     if init_run and init_run != FROM_BASE:
@@ -152,13 +208,32 @@ def preference_config(ui, store: Store, preferences_dir: Path, picks_values, met
         if run is None or not is_finished(run):
             raise ValueError(f"There is no finished run {str(init_run)[:80]!r} to continue from.")
         init_dir = str(run["path"])
+    config = dataclasses.replace(config_from(base_model, dataset or f"evaluation-{int(evaluation)}.jsonl", values,
+                                             run_name), init_adapter=init_dir)
+    return tpref.continued(config)
+
+
+def preference_config(ui, store: Store, preferences_dir: Path, picks_values, method: str, values,
+                      run_name: str):
+    """The TrainConfig of a DPO or KTO run: its data written to the preferences folder as
+    TRL-shaped JSONL, the base model the evaluation's replies came from, the run it continues
+    (whose adapter's settings it records), refused when Start's split leaves too few."""
+    evaluation, source, init_run, margin, desirable, undesirable = picks_values
+    data = build_data(store, method, evaluation, source, margin, desirable, undesirable)
+    problem = data.problem()
+    if problem:
+        raise ValueError(f"Too few to train on: {problem}")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     path = Path(preferences_dir) / f"evaluation-{int(evaluation)}-{method}-{stamp}.jsonl"
     # every setting checked (init_adapter with the rest) before the data is written
-    config = dataclasses.replace(config_from(base_model, str(path), values, run_name), init_adapter=init_dir,
-                                 extra={"preference": {
-                                     "evaluation": int(evaluation), "source": data.source, "examples": len(data.rows),
-                                     "margin": float(margin or 0), "desirable_at": float(desirable or 0),
-                                     "undesirable_at": float(undesirable or 0), "described": data.describe()}})
+    config = run_config(ui, store, picks_values, method, values, run_name, str(path))
+    _parts, problem = tpref.split_for_run(data.rows, method, config.validation_fraction, config.test_fraction,
+                                          config.seed, config.init_adapter is not None)
+    if problem:
+        raise ValueError(f"Too few to train on: {problem}")
+    config = dataclasses.replace(config, extra={"preference": {
+        "evaluation": int(evaluation), "source": data.source, "examples": len(data.rows),
+        "margin": float(margin or 0), "desirable_at": float(desirable or 0),
+        "undesirable_at": float(undesirable or 0), "described": data.describe()}})
     atomic_write_text(path, preferences.to_jsonl(data.rows))
     return config

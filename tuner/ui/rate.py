@@ -55,6 +55,9 @@ class RaterLimits:
 
 
 REVEAL_CHOICES = {"after their last pair": "end", "after each pair": "each"}
+# what a rater is told on joining, by the evaluation's reveal setting (ratings.store.REVEALS)
+REVEAL_PROMISES = {"end": "You will see which model wrote which reply after your last pair.",
+                   "each": "You will see which model wrote which reply after each pair you submit."}
 
 
 def eval_choices(store: Store, open_only: bool = False) -> list[tuple[str, int]]:
@@ -189,8 +192,17 @@ def _answer_row(prefix: str):
 
 def _heading(pair: dict) -> str:
     flags = f" · flagged: **{', '.join(pair['flags'])}**" if pair["flags"] else ""
-    return f"**Task:** {pair['task']}{flags}\n\n**Prompt:** {pair['prompt']}" if pair["task"] else \
+    return f"**Task:** {pair['task']}{flags}\n\n**Prompt:** {pair['prompt']}" if names_a_task(pair) else \
         f"**Prompt:** {pair['prompt']}{flags}"
+
+
+def names_a_task(pair: dict) -> bool:
+    """Whether the pair's task says something its prompt does not: a prompt given without a
+    task is named by its own first words (tuner.prompts), which would only repeat it."""
+    task, prompt = " ".join(str(pair.get("task") or "").split()), " ".join(str(pair.get("prompt") or "").split())
+    if not task or task == prompt:
+        return False
+    return not (task.endswith("…") and prompt.startswith(task[:-1].rstrip()))
 
 
 def _server(store: Store, rng: random.Random, panel: _Panel):
@@ -218,7 +230,10 @@ def _joiner(store: Store, limits: RaterLimits, public: bool, panel: _Panel, keys
             return {panel.rater: None, panel.chosen: None, **panel.shown(f"⚠️ {exc}")}
         if key:
             known_keys = {**known_keys, who: key}
-        return {panel.rater: who, panel.chosen: eval_id, keys: known_keys, **serve(eval_id, who)}
+        served = serve(eval_id, who)
+        if served[panel.assignment] is not None:  # a pair to rate: say when the models are revealed
+            served[panel.progress] += "\n\n" + REVEAL_PROMISES[store.reveal_of(eval_id)]
+        return {panel.rater: who, panel.chosen: eval_id, keys: known_keys, **served}
 
     return on_join
 
@@ -309,8 +324,10 @@ def reveal_text(pairs: list[dict]) -> str:
 
 def raters_page(store: Store, rng: random.Random, secret: str | None = None, limits: RaterLimits | None = None):
     """The page friends get: rating only."""
-    gr.Markdown("# Rate replies\nTwo assistants answered the same prompt. Rate each reply; "
-                "you will see which model wrote which after you submit.")
+    # the evaluation, picked below, decides when the models are revealed: the rater is told on joining
+    gr.Markdown("# Rate replies\nTwo assistants answered the same prompt. Rate each reply. Which model wrote "
+                "which is shown only once your scores are saved, after each pair or after your last pair, as "
+                "the evaluation was set up: you are told which when you start.")
     if sign_in_available():
         gr.LoginButton()
     evaluation = rating_panel(store, rng, "rater", public=True, secret=secret, limits=limits)

@@ -21,7 +21,7 @@ from ratings.store import RatingError, Store, clean_rater
 from tuner.paths import StorageError
 from tuner.records import read_metrics, run_label
 from tuner.runs import RunManager
-from tuner.ui.charts import VEGA_LITE, curve_frame, short_label, vega_plot
+from tuner.ui.charts import VEGA_LITE, curve_frame, loss_spec, short_label, vega_plot
 from tuner.ui.rate import eval_choices
 from tuner.ui.judge import judge_section
 
@@ -90,8 +90,10 @@ def results_tab(store: Store, trainer: RunManager | None = None, datasets_dir: P
         asked = _Asked(eval_id, int(cutoff or SUCCESS_AT), bool(with_raters), by_value)
         r = _gathered(store, trainer, eval_id, cutoff)
         filled = {c: v for s in sections for c, v in s.filled(r, asked).items()}
+        # above every table: a model nobody (or hardly anybody) rated has no row, or a thin one, below
+        unrated = [f"- ⚠️ **{note}**" for note in tables.coverage_notes(r.variants, r.replies, r.scores)]
         return {eval_pick: gr.update(choices=evals, value=eval_id),
-                summary: "\n".join(f"- {line}" for line in r.summary()), **filled}
+                summary: "\n".join(unrated + [f"- {line}" for line in r.summary()]), **filled}
 
     def on_export(eval_id, cutoff):
         if eval_id is None:
@@ -280,11 +282,9 @@ def _runs_of(store: Store, trainer: RunManager | None, eval_id) -> dict[str, dic
 def _results_plots(store: Store, trainer: RunManager | None, key: gr.State) -> None:
     """Score distribution, success rate with interval bars, and the runs' loss curves.
 
-    Rebuilt whenever `key` changes (evaluation, threshold or a refresh), never
-    updated in place: a Gradio 6 LinePlot first given an empty frame never
-    draws, and a color series that first appears in an update is never drawn.
-    The first two are Vega-Lite specs drawn by gr.Plot (BarPlot has neither
-    grouped bars nor error bars).
+    Rebuilt whenever `key` changes (evaluation, threshold or a refresh). Each is a
+    Vega-Lite spec drawn by gr.Plot (tuner/ui/charts.py says why not LinePlot;
+    BarPlot has neither grouped bars nor error bars).
     """
 
     @gr.render(inputs=key)
@@ -305,8 +305,8 @@ def _results_plots(store: Store, trainer: RunManager | None, key: gr.State) -> N
                   for run_id, run in _runs_of(store, trainer, eval_id).items() if run]
         curves = [c for c in curves if c is not None]
         if curves:
-            gr.LinePlot(pd.concat(curves, ignore_index=True), x="step", y="loss", color="series", height=280,
-                        title="Loss curves of the evaluation's runs", elem_id="results-loss")
+            gr.Plot(vega_plot(loss_spec(pd.concat(curves, ignore_index=True), "Loss curves of the evaluation's runs")),
+                    show_label=False, elem_id="results-loss")
 
 
 def _distribution_spec(distribution: pd.DataFrame) -> dict:

@@ -15,9 +15,11 @@ import pandas as pd
 from tuner import data as tdata
 from tuner import models, recipes, zerogpu
 from tuner.ui import access as ui_access
-from tuner.ui.charts import curve_frame, loss_spec, lr_frame, reward_frame, short_label, vega_plot
-from tuner.config import METHODS, PREFERENCE_METHODS, RUN_NAME_MAX, TrainConfig
-from tuner.estimate import describe, estimate, module_choices
+from tuner.ui.charts import chart as drawn, curve_frame, line_spec, loss_spec, lr_frame, reward_frame, short_label, \
+    vega_plot
+from tuner.config import LEARNING_RATES, LORA_LEARNING_RATE, METHODS, PREFERENCE_METHODS, RUN_NAME_MAX, \
+    TrainConfig, default_learning_rate
+from tuner.estimate import describe, estimate, module_choices, suggest as suggest_settings
 from tuner.records import RESUMABLE, is_finished, read_metrics, run_label, stopped_at
 from tuner.runs import RunBusy, RunManager, RunState, clock, resume_hint
 from tuner.train import check_machine
@@ -29,7 +31,7 @@ from tuner.train import check_machine
 SPEC = {f.name: f for f in fields(TrainConfig)}
 FIELDS = [name for name, f in SPEC.items() if f.metadata.get("widget")]
 INTS = {name for name in FIELDS if SPEC[name].type == "int"}
-FLOATS = {name for name in FIELDS if SPEC[name].type == "float"}
+FLOATS = {name for name in FIELDS if SPEC[name].type in ("float", "float | None")}
 OPTIONAL_TEXT = {name for name in FIELDS if SPEC[name].type == "str | None"}  # an empty box is None
 
 
@@ -58,6 +60,8 @@ def config_from(model_name: str, dataset: str, values, run_name: str = "") -> Tr
 def values_of(config: dict) -> list:
     defaults = TrainConfig().to_dict()
     values = {name: config.get(name, defaults[name]) for name in FIELDS}
+    if config.get("learning_rate") is None:  # unset: the method's own
+        values["learning_rate"] = default_learning_rate(values["method"])
     for name in OPTIONAL_TEXT:
         values[name] = values[name] or ""
     return [values[name] for name in FIELDS]
@@ -169,7 +173,7 @@ def setting_input(name: str, **override):
     """The input of one TrainConfig setting, from its metadata: label, widget, range, default."""
     spec = SPEC[name].metadata
     kind = spec["widget"]
-    default = SPEC[name].default
+    default = TrainConfig().to_dict()[name]  # as resolved (the learning rate by the method)
     options = dict(label=spec["label"], **LOOK.get(name, {}), **override)
     if name in SHOWN_HELP:
         options["info"] = spec["help"]
@@ -283,6 +287,16 @@ def method_section(ui: TrainTab):
     targets.input(lambda: "custom", None, ui.preset)
     method.change(on_method, method, [lora_box, prompt_box])
     ui.refresh_targets = (on_model, [ui.model_picker, ui.preset], targets)
+    # a rate left at another method's default follows the method picked by hand (not one loaded
+    # with a run's settings): prompt tuning's is far above LoRA's
+    ui.later.append(lambda: method.input(rate_for_method, [method, ui.inputs["learning_rate"]],
+                                         ui.inputs["learning_rate"]))
+
+
+def rate_for_method(method: str, rate):
+    """The learning rate once `method` is picked: its default where `rate` was another method's."""
+    defaults = {LORA_LEARNING_RATE, *LEARNING_RATES.values()}
+    return default_learning_rate(method) if rate in defaults or rate is None else gr.update()
 
 
 def preference_part(ui: TrainTab, tab: gr.Tab | None):
@@ -317,14 +331,20 @@ def more_settings_section(ui: TrainTab):
     assert set(ui.inputs) == set(FIELDS), set(FIELDS) ^ set(ui.inputs)
 
 
+def supervised_only(method: str):
+    """Shown for supervised methods only: a recipe, Use recommended and Suggest are theirs."""
+    return gr.update(visible=method not in PREFERENCE_METHODS)
+
+
 def recipe_section(ui: TrainTab):
     """The dataset's recommended recipe (offered, applied on request), Suggest settings, the estimate."""
-    with gr.Row():
+    with gr.Row(elem_id="train-recipe-row") as recipe_row:  # supervised runs' only: hidden for DPO and KTO
         recipe_md = gr.Markdown(elem_id="train-recipe")
         use_recipe = gr.Button("Use recommended settings", elem_id="train-recipe-use", scale=0)
         suggest = gr.Button("Suggest settings", elem_id="train-suggest", scale=0)
     estimate_md = gr.Markdown(elem_id="train-estimate")
     manager, datasets_dir = ui.manager, ui.datasets_dir
+    ui.inputs["method"].change(supervised_only, ui.inputs["method"], recipe_row)
 
     def on_estimate(model_name, dataset_label, *values):
         if dict(zip(FIELDS, values)).get("method") in PREFERENCE_METHODS:
@@ -370,17 +390,12 @@ def recipe_section(ui: TrainTab):
             return {ui.message: recipe_line(None, None)}
         return settings_out(f"Using the recommended settings: {recipe.describe()}.", recipe.train)
 
-    def on_suggest(model_name, dataset_label):
+    def on_suggest(model_name, dataset_label, method):
         path = tdata.available(datasets_dir).get(dataset_label)
         if path is None:
             return {ui.message: "⚠️ Pick a dataset to train first (beside Start, or on the Dataset tab)."}
         try:
-            rows = tdata.load_jsonl(path).rows
-            try:
-                linear = list(module_choices(models.resolve(model_name, manager.models_dir).location)[1])
-            except Exception:  # an unknown model: the usual Llama-style names
-                linear = None
-            suggestion = recipes.suggest(rows, linear)
+            suggestion = suggestion_for(manager, path, model_name, method or "lora")
         except ValueError as exc:
             return {ui.message: f"⚠️ {exc}"}
         return settings_out(f"**Suggested:** {suggestion.why}", suggestion.train)
@@ -392,10 +407,22 @@ def recipe_section(ui: TrainTab):
         for component in picked:
             component.change(on_recipe, picked, recipe_md)
         use_recipe.click(on_use_recipe, ui.dataset, [ui.message, ui.preset] + ui.settings)
-        suggest.click(on_suggest, picked, [ui.message, ui.preset] + ui.settings)
+        suggest.click(on_suggest, picked + [ui.inputs["method"]], [ui.message, ui.preset] + ui.settings)
         ui.refresh_estimate = (on_estimate, picked + ui.settings, estimate_md)
 
     ui.later.append(wire)
+
+
+def suggestion_for(manager: RunManager, path: Path, model_name: str, method: str) -> recipes.Suggestion:
+    """Suggest settings for the method chosen, its steps counted as the estimate counts them."""
+    try:
+        linear = list(module_choices(models.resolve(model_name, manager.models_dir).location)[1])
+    except Exception:  # an unknown model: the usual Llama-style names
+        linear = None
+    try:
+        return suggest_settings(str(path), model_name, manager.models_dir, method, linear)
+    except Exception:  # no tokenizer to count the rows with (the estimate says why): the split's rows
+        return recipes.suggest(tdata.load_jsonl(path).rows, linear, method)
 
 
 def start_section(ui: TrainTab, tab: gr.Tab | None):
@@ -491,19 +518,23 @@ def zerogpu_seconds(config: TrainConfig, manager: RunManager) -> int | None:
     return zerogpu.duration_for(seconds)
 
 
+# The live charts' whole widths in pixels, legend included: side by side in a row, the
+# loss and rewards charts take three parts of it and the learning rate two.
+CHART_WIDTH, LR_CHART_WIDTH = 420, 280
+
+
 def progress_section(ui: TrainTab):
     """The running run's bar and line, its loss and learning-rate charts, how it ended; a timer's tick."""
     # built empty (a running run's id is the owner's); the timer's first tick fills them
     ui.bar = gr.HTML(progress_html(RunState()), elem_id="train-progress-bar")
     ui.progress = gr.Markdown("", elem_id="train-progress")
     with gr.Row():
-        chart = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss",
-                            height=280, elem_id="loss-chart", scale=3)
-        lr_chart = gr.LinePlot(None, x="step", y="learning rate", title="Learning rate",
-                               height=280, elem_id="lr-chart", scale=2)
+        # Vega-Lite specs drawn by gr.Plot, not LinePlots (tuner/ui/charts.py says why)
+        chart = gr.Plot(None, label="Loss", show_label=False, elem_id="loss-chart", scale=3)
+        lr_chart = gr.Plot(None, label="Learning rate", show_label=False, elem_id="lr-chart", scale=2)
         # a DPO or KTO run's reward margins and accuracies (TRL's logs), hidden for other runs
-        reward_chart = gr.LinePlot(None, x="step", y="value", color="series", title="Rewards",
-                                   height=280, elem_id="reward-chart", scale=3, visible=False)
+        reward_chart = gr.Plot(None, label="Rewards", show_label=False, elem_id="reward-chart", scale=3,
+                               visible=False)
     summary = gr.Markdown(elem_id="train-summary")
     seen_status = gr.State(None)
     seen_rows = gr.State(-1)
@@ -518,10 +549,12 @@ def progress_section(ui: TrainTab):
         elif changed:
             out[ui.progress] = manager.idle_line()
         if len(state.rows) != seen_rows_now:
-            out[chart] = curve_frame(state.rows, validation=state.validation)
-            out[lr_chart] = lr_frame(state.rows)
-            rewards = reward_frame(state.rows, validation=state.validation)
-            out[reward_chart] = gr.update(value=rewards, visible=rewards is not None)
+            out[chart] = drawn(loss_spec, curve_frame(state.rows), "Loss", width=CHART_WIDTH, compact=True)
+            out[lr_chart] = drawn(line_spec, lr_frame(state.rows), "learning rate", "Learning rate",
+                                  width=LR_CHART_WIDTH, compact=True)
+            rewards = reward_frame(state.rows)
+            out[reward_chart] = gr.update(value=drawn(line_spec, rewards, "value", "Rewards", width=CHART_WIDTH,
+                                                      compact=True), visible=rewards is not None)
         if changed:
             run = manager.get(state.run_id) if state.run_id else None
             ended = run is not None and state.status not in ("starting", "running")
@@ -556,16 +589,13 @@ def runs_section(ui: TrainTab):
                            elem_id="run-config-upload", scale=1)
     manager = ui.manager
 
-    # Rendered anew for each choice of runs: a LinePlot never draws color series
-    # that appear after its first render (see curve_frame)
+    # rendered anew for each choice of runs
     @gr.render(inputs=ui.picked)
     def overlay(chosen):
         frames = [curve_frame(read_metrics(Path(run["path"])), short_label(run_label(run)))
                   for run in manager.runs() if run["run_id"] in (chosen or [])]
         frames = [f for f in frames if f is not None]
         if frames:
-            # a Vega-Lite spec, drawn anew each time: a re-rendered LinePlot is updated in place,
-            # and it never draws series added after its first render (only the first run showed)
             gr.Plot(vega_plot(loss_spec(pd.concat(frames, ignore_index=True), "Loss curves of the chosen runs")),
                     show_label=False, elem_id="runs-overlay")
 

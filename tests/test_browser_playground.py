@@ -1,0 +1,60 @@
+"""The Playground in a real browser (issue 25: it waited for both whole replies and
+showed them at once): each reply is streamed, its text growing word by word."""
+
+from __future__ import annotations
+
+import re
+
+from browser import serve
+from conftest import chat, write_jsonl
+
+# Every text the left chat's last reply shows, in order, as the page draws them: a
+# MutationObserver sees each change the page makes, however briefly it lasts.
+WATCH_REPLY = """() => {
+    window.seenReplies = [];
+    const chat = document.querySelector('#play-chat-left');
+    const note = () => {
+        const bots = chat.querySelectorAll('[data-testid="bot"]');
+        const text = bots.length ? bots[bots.length - 1].innerText.trim() : '';
+        const seen = window.seenReplies;
+        if (text && seen[seen.length - 1] !== text) seen.push(text);
+    };
+    new MutationObserver(note).observe(chat, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def test_the_playground_streams_each_reply_as_it_is_written(tiny_llama, tmp_path, page):
+    from playwright.sync_api import expect
+
+    from tuner.config import TrainConfig
+    from tuner.paths import Layout
+    from tuner.runs import RunManager
+
+    home = tmp_path / "home"
+    layout = Layout(home)
+    data = write_jsonl(tmp_path / "d.jsonl", [chat(f"Say hi {i}", "Hello there!") for i in range(6)])
+    manager = RunManager(layout.runs, layout.models)
+    # a run on the tiny model, so that the Playground's base is the tiny model too
+    manager.start(TrainConfig(base_model=str(tiny_llama), dataset=str(data), run_name="tuned", max_steps=2,
+                              test_fraction=0, validation_fraction=0))
+    assert manager.wait(120).status == "completed"
+    demo, url = serve(home, tiny_llama, seed=1)
+    try:
+        page.goto(url)
+        page.get_by_role("tab", name="Playground").click()
+        expect(page.locator("#play-right input")).to_have_value(re.compile("tuned"))
+        # the most new tokens: a reply long enough to be seen growing
+        page.locator("#play-max-new input[type=number]").fill("512")
+        page.locator("#play-max-new input[type=number]").press("Enter")
+        page.evaluate(WATCH_REPLY)
+        page.locator("#play-message textarea").fill("Tell me about the sea.")
+        page.locator("#play-send").click()
+        expect(page.locator("#play-note")).to_contain_text("Both replies use greedy decoding", timeout=120_000)
+        seen = page.evaluate("window.seenReplies")
+        final = page.locator('#play-chat-left [data-testid="bot"]').last.inner_text().strip()
+        assert len(seen) >= 2 and seen[-1] == final, seen  # text appeared, then grew
+        assert all(len(a) < len(b) and b.startswith(a) for a, b in zip(seen, seen[1:])), seen
+        expect(page.locator('#play-chat-right [data-testid="bot"]')).to_have_count(1)
+        expect(page.locator('#play-chat-right [data-testid="user"]')).to_contain_text("Tell me about the sea.")
+    finally:
+        demo.close()

@@ -1,0 +1,224 @@
+"""What the screens say, called through their own handlers (issue 25.6, the smaller items):
+when raters learn which model wrote which, a prompt shown once when it has no task, a
+saved version named once, the Export run list with names, the per-difficulty table
+headed "difficulty", the dataset picker's remembered choice and a new dataset's empty
+row editor."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+
+import gradio as gr
+
+from conftest import chat, write_jsonl
+from ratings import evalsets, preferences, reports, tables
+from ratings.generation import generate_evaluation, variants_for
+from ratings.store import Store
+from tuner import data as tdata
+from tuner import editing
+from tuner.generate import GenSettings, Generator
+from tuner.prompts import prompt_item
+
+VARIANTS = [{"name": "base", "label": "Base model", "kind": "base"},
+            {"name": "run-1", "label": "LoRA run", "kind": "lora"}]
+
+
+def _fn(demo: gr.Blocks, name: str):
+    """A handler of `demo` by its api name, else its function's name."""
+    return next(f.fn for f in demo.fns.values() if name in (f.api_name, f.name))
+
+
+def _by_id(out: dict) -> dict:
+    return {getattr(component, "elem_id", None): value for component, value in out.items()}
+
+
+def _open_evaluation(store: Store, name: str, prompts: list[dict], reveal: str = "end") -> int:
+    eval_id = store.create_evaluation(name, "m", prompts, VARIANTS, reveal=reveal)
+    ids = [v["id"] for v in store.variants(eval_id)]
+    for p in store.prompts(eval_id):
+        for k, vid in enumerate(ids):
+            store.add_reply(p["id"], vid, f"Reply {'xy'[k]} to {p['text']}", {"max_new_tokens": 16})
+    store.open_for_rating(eval_id)
+    return eval_id
+
+
+# --- /rate ---------------------------------------------------------------------------------------
+def test_a_rater_is_told_when_the_models_are_revealed_as_the_evaluation_says(tmp_path):
+    from tuner.ui import rate
+
+    store = Store(tmp_path / "r.db")
+    prompts = [{"text": f"Write note {i}."} for i in range(3)]
+    at_end = _open_evaluation(store, "at the end", prompts, reveal="end")
+    each = _open_evaluation(store, "after each", prompts, reveal="each")
+    with gr.Blocks() as demo:
+        rate.raters_page(store, random.Random(0))
+    # the page's own text promises no moment: the evaluation, picked on the page, decides
+    intro = " ".join(str(b.value) for b in demo.blocks.values() if isinstance(b, gr.Markdown) and b.value)
+    assert "after you submit" not in intro
+    assert "after each pair or after your last pair" in intro
+    join = _fn(demo, "rater_join")
+    request = gr.Request(headers={}, client=None)
+    told = _by_id(join(at_end, "ana", "", {}, request))["rater-progress"]
+    assert "pair 1 of 3" in told and "after your last pair" in told and "after each pair" not in told
+    told = _by_id(join(each, "bo", "", {}, request))["rater-progress"]
+    assert "pair 1 of 3" in told and "after each pair you submit" in told and "last pair" not in told
+    # and what Submit says holds to it: nothing revealed before the last pair of an 'end' evaluation
+    submit = _fn(demo, "rater_submit")
+    pair = store.next_pair(at_end, "ana", random.Random(0))
+    said = submit(pair["assignment_id"], "ana", at_end, 4, 2, None, "", *[None] * 6)
+    assert "shown after your last pair" in next(iter(said.values()))
+
+
+def test_a_prompt_without_a_task_is_shown_once(tmp_path):
+    from tuner.ui.rate import _heading
+
+    store = Store(tmp_path / "r.db")
+    long_prompt = "Write a short and polite note to my neighbour about the noise tonight."
+    items = [prompt_item("Say hi to my friend.", 1), prompt_item(long_prompt, 2),
+             prompt_item("I am angry, cancel my order.", 3, task="Refund")]
+    eval_id = _open_evaluation(store, "tasks", items)
+    shown = {}
+    while (pair := store.next_pair(eval_id, "ana", random.Random(0))) is not None:
+        shown[pair["prompt"]] = _heading(pair)
+        store.rate_pair(pair["assignment_id"], "ana", 3, 3)
+    # no task given: the task is the prompt's first words, which would only repeat it
+    assert shown["Say hi to my friend."] == "**Prompt:** Say hi to my friend."
+    assert shown[long_prompt] == f"**Prompt:** {long_prompt}"
+    assert shown["I am angry, cancel my order."] == "**Task:** Refund\n\n**Prompt:** I am angry, cancel my order."
+
+
+# --- corrections into a dataset --------------------------------------------------------------------
+def test_corrections_saved_into_a_dataset_name_the_version_once(tmp_path):
+    from tuner.ui.corrections import corrections_section
+
+    datasets = tmp_path / "datasets"
+    datasets.mkdir()
+    write_jsonl(datasets / "mine.jsonl", [chat("Old", "Reply")])
+    store = Store(tmp_path / "r.db")
+    eval_id = _open_evaluation(store, "e", [{"text": "Write to the professor."}])
+    pair = store.next_pair(eval_id, "ana", random.Random(0))
+    store.rate_pair(pair["assignment_id"], "ana", 1, 2)
+    low = store.replies(eval_id).iloc[0]
+    preferences.correct(store, int(low["reply_id"]), "Dear Professor, I am writing about the deadline.")
+    with gr.Blocks() as demo:
+        pick = gr.Dropdown([], allow_custom_value=True)
+        corrections_section(store, datasets, pick)
+    note = _by_id(_fn(demo, "on_to_dataset")(eval_id, "saved: mine"))["correct-note"]
+    assert "Saved saved" not in note and note.count("saved: mine-v2") == 1, note
+    assert "2 rows**, 1 of them corrections, saved as `mine-v2.jsonl` (saved: mine-v2)" in note
+    assert len(tdata.load_jsonl(datasets / "mine-v2.jsonl").rows) == 2
+
+
+# --- the Export run list ---------------------------------------------------------------------------
+def test_the_export_run_list_shows_each_runs_name_beside_its_id(trained_run, tmp_path):
+    from tuner.paths import Layout
+    from tuner.runs import RunManager
+    from tuner.ui import export as ui_export
+
+    source = trained_run.parent
+    runs_dir = tmp_path / "runs"
+    named = runs_dir / source.name
+    shutil.copytree(source, named, ignore=shutil.ignore_patterns("checkpoints"))
+    record = json.loads((named / "run.json").read_text())
+    record["config"]["run_name"] = "polite bot"
+    (named / "run.json").write_text(json.dumps(record))
+    with gr.Blocks():
+        fill, _run, _out = ui_export.export_panel(RunManager(runs_dir, tmp_path / "models"), Layout(tmp_path / "home"))
+    [(label, value)] = fill(None)["choices"]
+    assert value == source.name  # the handlers still get the id
+    assert label.startswith(f"polite bot · {source.name}"), label
+    assert fill(source.name)["value"] == source.name
+
+
+# --- the per-difficulty table ----------------------------------------------------------------------
+def test_the_per_difficulty_tables_are_headed_difficulty(tiny_llama, trained_run, tmp_path):
+    run = {"run_id": "run-1", "path": str(trained_run.parent),
+           "config": {"base_model": str(tiny_llama), "method": "lora"}}
+    base_model, variants = variants_for([run])
+    rows = [chat(f"What is {i} plus {i}?", str(2 * i), difficulty="easy" if i % 2 else "hard", split="test")
+            for i in range(1, 5)]
+    items = evalsets.from_dataset(write_jsonl(tmp_path / "qa.jsonl", rows), 0.0, 1.0, 0)
+    store = Store(tmp_path / "r.db")
+    eval_id = generate_evaluation(store, Generator(tmp_path / "models"), "qa", base_model, items, variants,
+                                  GenSettings(max_new_tokens=3))
+    rng = random.Random(0)
+    for rater in ("ana", "bo"):
+        while (pair := store.next_pair(eval_id, rater, rng)) is not None:
+            store.rate_pair(pair["assignment_id"], rater, 4, 2)
+    results = tables.gather(store, eval_id)
+    assert list(results.automatic_by.columns)[0] == "difficulty"
+    assert set(results.automatic_by["difficulty"]) == {"easy", "hard"}
+    assert "difficulty" in results.breakdowns and "category" not in results.breakdowns
+    assert list(results.breakdowns["difficulty"].columns)[0] == "difficulty"
+    assert "### By difficulty" in reports.report_markdown(results)
+    # a set with categories keeps "category"
+    typed = [prompt_item(f"Say hi {i}", i, category="greeting") for i in range(1, 3)]
+    other = generate_evaluation(store, Generator(tmp_path / "models"), "typed", base_model, typed, variants,
+                                GenSettings(max_new_tokens=3))
+    assert list(tables.gather(store, other).automatic_by.columns)[0] == "category"
+
+
+# --- the Dataset tab -------------------------------------------------------------------------------
+def test_the_dataset_picker_reopens_the_version_this_browser_chose_last(tmp_path):
+    from tuner.ui.dataset import DEFAULT_DATASET, refresh_datasets_fn
+
+    datasets = tmp_path / "datasets"
+    datasets.mkdir()
+    write_jsonl(datasets / "mine.jsonl", [chat("Hi", "Hello!")])
+    refresh = refresh_datasets_fn(datasets)
+    # after a reload the picker is empty (built so): the remembered choice comes back
+    assert refresh(None, "saved: mine")["value"] == "saved: mine"
+    assert refresh(None, "starter: formal_email")["value"] == "starter: formal_email"
+    # one that is gone, or never was, falls back to the default
+    assert refresh(None, "saved: deleted")["value"] == DEFAULT_DATASET
+    assert refresh(None, "../../etc/passwd")["value"] == DEFAULT_DATASET
+    assert refresh(None, None)["value"] == DEFAULT_DATASET
+    # the picker's own value (a second load on the same page) wins
+    assert refresh("saved: mine", "starter: formal_email")["value"] == "saved: mine"
+
+
+def test_the_dataset_choice_is_kept_in_the_browser_not_in_the_page(tmp_path):
+    from tuner.ui.dataset import dataset_tab
+
+    with gr.Blocks() as demo:
+        chooser, _show, remembered = dataset_tab(tmp_path / "datasets")
+    assert isinstance(remembered, gr.BrowserState)
+    props = next(c for c in demo.get_config_file()["components"] if c["id"] == remembered._id)["props"]
+    assert props.get("default_value") is None  # nothing of the owner's in the public config
+    # Gradio's own random key, not the app's secret
+    assert len(props["secret"]) == 16 and re.fullmatch(r"[A-Za-z0-9]+", props["secret"])
+    # whatever sets the picker is what the browser keeps
+    keep = next(f for f in demo.fns.values() if f.inputs == [chooser] and f.outputs == [remembered])
+    assert keep.fn("saved: mine") == "saved: mine"
+
+
+def test_an_empty_editor_is_neither_ready_nor_warned_about():
+    from tuner.ui.dataset import on_check
+
+    assert editing.is_blank("", [["", ""]], "")
+    assert editing.is_blank(None, [[None, float("nan")]], " ")
+    assert not editing.is_blank("", [["Hi", ""]], "")
+    assert on_check("", [["", ""]], "") == ""
+    assert on_check("", [["Hi", "Hello"]], "").startswith("✓ Ready")
+    assert on_check("", [["Hi", ""]], "").startswith("⚠️")
+
+
+def test_a_new_empty_dataset_empties_the_row_editor(tmp_path):
+    from tuner.ui.dataset import Draft, dataset_tab
+
+    with gr.Blocks() as demo:
+        _chooser, (show, _outputs), _remembered = dataset_tab(tmp_path / "datasets")
+    new = next(f for f in demo.fns.values() if f.name == "on_new")
+    opened = _by_id(show("starter: polite_assistant"))
+    draft = next(v for v in show("starter: polite_assistant").values() if isinstance(v, Draft))
+    assert len(draft.rows) == 26 and "26 rows" in opened["dataset-message"]
+    out = _by_id(new.fn(draft))
+    assert "A new, empty dataset" in out["dataset-message"]
+    assert out["edit-row"] == 0 and out["edit-system"] == "" and out["edit-meta"] == "" and out["edit-check"] == ""
+    assert out["edit-turns"].values.tolist() == [["", ""]]
+    # a draft with unsaved changes is kept, and so is what the editor holds
+    kept = _by_id(new.fn(draft.changed(draft.rows[1:], "delete")))
+    assert "unsaved change" in kept["dataset-message"] and "edit-row" not in kept
