@@ -68,7 +68,7 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
         picker, _status, default_picked = widgets.model_picker(layout.models, default_model)
         with gr.Tabs():
             with gr.Tab("Dataset", id="dataset"):
-                chooser, (show_dataset, dataset_outputs), chosen_before = dataset.dataset_tab(
+                chooser, (show_dataset, dataset_outputs) = dataset.dataset_tab(
                     layout.datasets, picker, layout.models, generator)
             with gr.Tab("Train", id="train") as train_page:
                 modules, estimate = train.train_tab(trainer, layout.datasets, picker, chooser, train_page, store,
@@ -90,7 +90,7 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
         # the owner's components are built empty (a stranger reads /config); these
         # guarded handlers fill them for the owner
         demo.load(default_picked, picker, picker).then(*modules).then(*estimate)
-        demo.load(dataset.refresh_datasets_fn(layout.datasets), [chooser, chosen_before], chooser).then(
+        demo.load(dataset.refresh_datasets_fn(layout.datasets), chooser, chooser).then(
             show_dataset, chooser, dataset_outputs)
         demo.load(load_compare, None, compare_outputs)
         demo.load(*export_runs)

@@ -1,5 +1,6 @@
 """What the browser tests share: the real app on a free loopback port, a Chromium
-page driven by Playwright, and a dropdown picker.
+page driven by Playwright (a test fails on any uncaught error in its pages), a
+dropdown picker, and a check that a chart is really drawn.
 
 Playwright is imported only inside the fixtures, so the unit tests collect and
 run where it is not installed; conftest.py exposes the fixtures to every test file.

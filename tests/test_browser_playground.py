@@ -58,3 +58,14 @@ def test_the_playground_streams_each_reply_as_it_is_written(tiny_llama, tmp_path
         expect(page.locator('#play-chat-right [data-testid="user"]')).to_contain_text("Tell me about the sea.")
     finally:
         demo.close()
+
+
+def test_opening_the_playground_loads_its_model_ahead(tiny_llama, tmp_path):
+    """The first Send once waited for the model to load before any text showed."""
+    from tuner.generate import Generator
+    from tuner.ui.playground import _load_ahead
+
+    generator = Generator(tmp_path)
+    _load_ahead(generator, str(tiny_llama)).join(120)
+    assert generator.model_name == str(tiny_llama) and generator.model is not None
+    assert _load_ahead(generator, str(tiny_llama)) is None  # loaded already: nothing to do

@@ -162,37 +162,41 @@ def test_the_per_difficulty_tables_are_headed_difficulty(tiny_llama, trained_run
 
 
 # --- the Dataset tab -------------------------------------------------------------------------------
-def test_the_dataset_picker_reopens_the_version_this_browser_chose_last(tmp_path):
-    from tuner.ui.dataset import DEFAULT_DATASET, refresh_datasets_fn
+def test_the_dataset_picker_reopens_the_version_chosen_last(tmp_path):
+    from tuner.ui.dataset import DEFAULT_DATASET, LastChoice, refresh_datasets_fn
 
     datasets = tmp_path / "datasets"
     datasets.mkdir()
     write_jsonl(datasets / "mine.jsonl", [chat("Hi", "Hello!")])
-    refresh = refresh_datasets_fn(datasets)
-    # after a reload the picker is empty (built so): the remembered choice comes back
-    assert refresh(None, "saved: mine")["value"] == "saved: mine"
-    assert refresh(None, "starter: formal_email")["value"] == "starter: formal_email"
-    # one that is gone, or never was, falls back to the default
-    assert refresh(None, "saved: deleted")["value"] == DEFAULT_DATASET
-    assert refresh(None, "../../etc/passwd")["value"] == DEFAULT_DATASET
-    assert refresh(None, None)["value"] == DEFAULT_DATASET
+    refresh, last = refresh_datasets_fn(datasets), LastChoice(datasets)
+    # after a reload the picker is empty (built so): the choice kept on the server comes back
+    assert refresh(None)["value"] == DEFAULT_DATASET
+    last.keep("saved: mine")
+    assert refresh(None)["value"] == "saved: mine"
+    last.keep("starter: formal_email")
+    assert refresh(None)["value"] == "starter: formal_email"
+    # a name that is no dataset is never kept; one deleted since falls back to the default
+    last.keep("../../etc/passwd")
+    assert refresh(None)["value"] == "starter: formal_email"
+    last.keep("saved: mine")
+    (datasets / "mine.jsonl").unlink()
+    assert refresh(None)["value"] == DEFAULT_DATASET
     # the picker's own value (a second load on the same page) wins
-    assert refresh("saved: mine", "starter: formal_email")["value"] == "saved: mine"
+    assert refresh("starter: formal_email")["value"] == "starter: formal_email"
 
 
-def test_the_dataset_choice_is_kept_in_the_browser_not_in_the_page(tmp_path):
-    from tuner.ui.dataset import dataset_tab
+def test_the_dataset_choice_is_kept_on_the_server_not_in_the_page(tmp_path):
+    """A gr.BrowserState read localStorage, which a browser denies to a page framed by
+    another site (a Space): the whole studio then failed to load."""
+    from tuner.ui.dataset import LastChoice, dataset_tab
 
     with gr.Blocks() as demo:
-        chooser, _show, remembered = dataset_tab(tmp_path / "datasets")
-    assert isinstance(remembered, gr.BrowserState)
-    props = next(c for c in demo.get_config_file()["components"] if c["id"] == remembered._id)["props"]
-    assert props.get("default_value") is None  # nothing of the owner's in the public config
-    # Gradio's own random key, not the app's secret
-    assert len(props["secret"]) == 16 and re.fullmatch(r"[A-Za-z0-9]+", props["secret"])
-    # whatever sets the picker is what the browser keeps
-    keep = next(f for f in demo.fns.values() if f.inputs == [chooser] and f.outputs == [remembered])
-    assert keep.fn("saved: mine") == "saved: mine"
+        chooser, _show = dataset_tab(tmp_path / "datasets")
+    assert not [c for c in demo.get_config_file()["components"] if c.get("type") == "browserstate"]
+    # whatever sets the picker is what is kept
+    keep = next(f for f in demo.fns.values() if f.inputs == [chooser] and not f.outputs and f.name == "keep")
+    keep.fn("starter: formal_email")
+    assert LastChoice(tmp_path / "datasets").get() == "starter: formal_email"
 
 
 def test_an_empty_editor_is_neither_ready_nor_warned_about():
@@ -210,7 +214,7 @@ def test_a_new_empty_dataset_empties_the_row_editor(tmp_path):
     from tuner.ui.dataset import Draft, dataset_tab
 
     with gr.Blocks() as demo:
-        _chooser, (show, _outputs), _remembered = dataset_tab(tmp_path / "datasets")
+        _chooser, (show, _outputs) = dataset_tab(tmp_path / "datasets")
     new = next(f for f in demo.fns.values() if f.name == "on_new")
     opened = _by_id(show("starter: polite_assistant"))
     draft = next(v for v in show("starter: polite_assistant").values() if isinstance(v, Draft))

@@ -103,7 +103,8 @@ def test_legend_labels_of_two_runs_differ_within_a_few_letters():
     a, b = short_label("20261202-134051-company_faq-562d"), short_label("20261202-134512-company_faq-9f0e")
     assert a == "562d 13:40" and b == "9f0e 13:45"
     assert short_label("my-run") == "my-run"
-    assert len(short_label("x" * 40)) <= 16
+    assert len(short_label("x" * 40)) <= 32
+    assert short_label("crates soft prompt") == "crates soft prompt"
 
 
 def test_a_split_too_small_to_compare_runs_on_is_warned_about(tmp_path):

@@ -24,14 +24,18 @@ def curve_frame(rows: list[dict], label: str | None = None) -> pd.DataFrame | No
     return pd.DataFrame(points) if points else None
 
 
+LABEL_MAX = 32  # characters of a run's own name in a chart legend
+
+
 def short_label(run_id: str) -> str:
     """A legend label that fits: '1a2b 12:00' for run 20260101-120000-faq-1a2b (a long id
     was cut to the same first letters for every run, so two runs read alike); a run's
-    own name is kept, cut at 16 characters."""
+    own name is kept whole up to 32 characters (the legend is 400 px wide: "crates soft
+    prompt" cut to 16 read as "crates soft pro…")."""
     parts = run_id.split("-")
     if len(parts) >= 4 and len(parts[1]) == 6 and parts[1].isdigit():
         return f"{parts[-1]} {parts[1][:2]}:{parts[1][2:4]}"
-    return run_id if len(run_id) <= 16 else f"{run_id[:15]}…"
+    return run_id if len(run_id) <= LABEL_MAX else f"{run_id[:LABEL_MAX - 1]}…"
 
 
 VEGA_LITE = "https://vega.github.io/schema/vega-lite/v5.json"  # names the version; never fetched

@@ -27,7 +27,7 @@ from tuner import importers as imp
 from tuner import shaping as sh
 from tuner.config import TrainConfig
 from tuner.generate import GenSettings, Generator
-from tuner.paths import StorageError
+from tuner.paths import StorageError, atomic_write_text
 from tuner.ui.access import forget_upload
 from tuner.ui.charts import bar_spec, chart
 
@@ -259,8 +259,10 @@ class DatasetTab:
     # {"label", "rev", "redo"}: what was refused for the draft's unsaved changes (a version to open, None: a
     # new dataset; "redo": an import, (kind, args)), done by the discard button while the draft stays as it was
     pending_state: gr.State
-    # the chosen version, kept in this browser (encrypted, built empty) so a reload reopens it
-    remembered: gr.BrowserState
+    # the version chosen last, kept on the server so a reload reopens it: the studio has one owner,
+    # and a gr.BrowserState reads localStorage, which a browser denies to a page framed by another
+    # site (a Space) — the whole page then failed to load
+    remembered: "LastChoice"
     tokenizers: dict = field(default_factory=dict)  # model location → tokenizer, loaded once
     draft_events: list = field(default_factory=list)  # events that change the draft: the counts follow each
     discard_event: object = None  # the discard button's click, which may start a new, empty dataset
@@ -293,8 +295,7 @@ class DatasetTab:
             stratify=gr.Dropdown([NO_COLUMN], value=NO_COLUMN, label="Stratify by", elem_id="split-stratify",
                                  render=False),
             draft_state=gr.State(Draft()), lengths_state=gr.State(None), pending_state=gr.State(None),
-            # a UI preference, not a secret: Gradio's own random key, never the app's secret
-            remembered=gr.BrowserState(None, storage_key="tuner-dataset-choice"))
+            remembered=LastChoice(datasets_dir))
 
     @property
     def view_outputs(self) -> list:
@@ -600,7 +601,7 @@ def draft_view(tab: DatasetTab):
     tab.table.render()
     tab.recount(tab.chooser.input(tab.on_choose, [tab.chooser, tab.draft_state], [*tab.with_chooser, *tab.guarded]))
     # whatever chose the version (a pick, a save, an import, the page's load) is what a reload reopens
-    tab.chooser.change(lambda label: label, tab.chooser, tab.remembered, show_progress="hidden")
+    tab.chooser.change(tab.remembered.keep, tab.chooser, None, show_progress="hidden")
     # any change of the draft makes a refused pick moot
     tab.draft_state.change(tab.settled, None, tab.guarded, show_progress="hidden")
 
@@ -950,9 +951,8 @@ def inspect_section(tab: DatasetTab):
 
 def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None = None,
                 generator: Generator | None = None):
-    """Returns the dataset dropdown (its value names the chosen version), the (handler,
-    outputs) that fill the tab, and the version this browser chose last: for the page's
-    load event (refresh_datasets_fn's inputs are the dropdown and that)."""
+    """Returns the dataset dropdown (its value names the chosen version) and the (handler,
+    outputs) that fill the tab, for the page's load event."""
     tab = DatasetTab.create(datasets_dir, model_picker, models_dir, generator)
     import_section(tab)
     draft_view(tab)
@@ -964,18 +964,41 @@ def dataset_tab(datasets_dir: Path, model_picker=None, models_dir: Path | None =
         inspect_section(tab)
     for event in tab.draft_events:
         event.then(**filter_counts).then(**split_counts)
-    return tab.chooser, (tab.show, tab.view_outputs), tab.remembered
+    return tab.chooser, (tab.show, tab.view_outputs)
+
+
+class LastChoice:
+    """The dataset version the owner chose last, in a small file beside the datasets, so a
+    reload (or a restart) reopens it rather than the first starter set."""
+
+    def __init__(self, datasets_dir: Path):
+        self.path = Path(datasets_dir) / ".last-choice"
+
+    def keep(self, label) -> None:
+        if isinstance(label, str) and label in tdata.available(self.path.parent):
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(self.path, label)
+            except (OSError, StorageError):
+                pass  # a convenience: a full disk must not turn a pick into an error
+
+    def get(self) -> str | None:
+        try:
+            return self.path.read_text(encoding="utf-8").strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
 
 
 def refresh_datasets_fn(datasets_dir: Path):
     """A load handler: the chooser's choices as they are now, keeping its value, else the
-    one this browser chose last (`remembered`, so a reload reopens it), else the default
-    (the chooser is built empty: saved datasets' names are the owner's)."""
+    one chosen last (LastChoice, so a reload reopens it), else the default (the chooser is
+    built empty: saved datasets' names are the owner's)."""
+    remembered = LastChoice(datasets_dir)
 
-    def refresh(current, remembered=None):
+    def refresh(current):
         names = list(tdata.available(datasets_dir))
         if current not in names:
-            current = remembered
+            current = remembered.get()
         if current not in names:
             default = DEFAULT_DATASET
             current = default if default in names else (names[0] if names else None)

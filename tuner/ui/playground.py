@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
-from tuner import records
+from tuner import records, zerogpu
 from tuner.generate import GenSettings, Generator
 from tuner.runs import RunManager
 from tuner.ui.train import finished_runs
@@ -42,8 +43,9 @@ def playground_tab(trainer: RunManager, generator: Generator):
 
     def refresh():
         options = [("base model of the chosen runs", "base"), *finished_runs(trainer)]
-        return {left: gr.update(choices=options, value="base"),
-                right: gr.update(choices=options, value=options[1][1] if len(options) > 1 else "base")}
+        picked = options[1][1] if len(options) > 1 else "base"
+        _load_ahead(generator, _base_model(trainer, ["base", picked]))
+        return {left: gr.update(choices=options, value="base"), right: gr.update(choices=options, value=picked)}
 
     on_send = _sender(trainer, generator, chats)
     asked, answered = [box, left, right, max_new, chat_left, chat_right], [box, chat_left, chat_right, chats.note]
@@ -71,15 +73,11 @@ def _sender(trainer: RunManager, generator: Generator, chats: _Chats):
         if not text:
             yield {chats.left: h_left, chats.right: h_right, chats.note: "⚠️ Type a message."}
             return
-        runs = [trainer.get(v) for v in (l_variant, r_variant) if v and v != "base"]
-        bases = {r["config"]["base_model"] for r in runs if r}
-        if len(bases) > 1:
+        base_model = _base_model(trainer, [l_variant, r_variant])
+        if base_model is None:
             yield {chats.left: h_left, chats.right: h_right,
                    chats.note: "⚠️ The two runs have different base models."}
             return
-        from tuner.models import BUNDLED
-
-        base_model = bases.pop() if bases else BUNDLED
         settings = GenSettings(max_new_tokens=int(tokens))
         h_left, h_right = h_left or [], h_right or []
         asked = [{"role": "user", "content": text}]
@@ -97,6 +95,35 @@ def _sender(trainer: RunManager, generator: Generator, chats: _Chats):
         yield {chats.note: f"Both replies use greedy decoding, at most {int(tokens)} new tokens, base `{base_model}`."}
 
     return on_send
+
+
+def _base_model(trainer: RunManager, variants: list[str | None]) -> str | None:
+    """The base model both sides use: the chosen runs' (None if they differ), else the bundled one."""
+    from tuner.models import BUNDLED
+
+    runs = [trainer.get(v) for v in variants if v and v != "base"]
+    bases = {r["config"]["base_model"] for r in runs if r}
+    if len(bases) > 1:
+        return None
+    return bases.pop() if bases else BUNDLED
+
+
+def _load_ahead(generator: Generator, base_model: str | None) -> threading.Thread | None:
+    """Load the base model in the background when the tab opens, so the first Send's reply
+    starts at once instead of after the load. A failure is left for Send to report.
+    Returns the loading thread, if one was started."""
+    if base_model is None or zerogpu.enabled() or generator.model_name == base_model:
+        return None
+
+    def load():
+        try:
+            generator.load(base_model)
+        except Exception:  # noqa: BLE001 - Send loads it again and says what went wrong
+            pass
+
+    thread = threading.Thread(target=load, name="tuner-playground-load", daemon=True)
+    thread.start()
+    return thread
 
 
 def _text(content) -> str:
