@@ -25,7 +25,7 @@ from ratings import checks as rchecks
 from ratings import metrics, scale
 from ratings.db import sqlite_disk_problem
 from ratings.preferences import to_jsonl
-from ratings.tables import Results, display, kto_examples, low_rated, preference_pairs, ratings_csv
+from ratings.tables import Results, coverage_notes, display, kto_examples, low_rated, preference_pairs, ratings_csv
 from tuner.paths import StorageError, atomic_write_text, replacing, storage_error
 
 
@@ -54,7 +54,8 @@ def report_markdown(results: Results, now: datetime | None = None) -> str:
              f"Evaluation #{e['id']} of `{e['base_model']}`, created {e['created_at']}; report written "
              f"{now.isoformat(timespec='seconds')}. Helpfulness is scored {scale.SPAN} ({scale.IN_WORDS}); "
              f"a reply succeeds at **{r.threshold} or more**. Raters saw the two replies of each pair blind, in a random order per rater.",
-             "## Summary", "\n".join(f"- {line}" for line in r.summary()),
+             "## Summary", "\n".join(f"- {line}" for line in [
+                 *(f"**{note}**" for note in coverage_notes(r.variants, r.replies, r.scores)), *r.summary()]),
              "## Settings", "Generation (the same for every model):",
              markdown_table(pd.DataFrame(
                  [(k, json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in e["settings"].items()],

@@ -52,9 +52,11 @@ def test_the_live_charts_are_drawn_and_throw_nothing_across_runs_and_tabs(app_ur
 
     page.goto(app_url)
     page.get_by_role("tab", name="Train").click()
-    # twenty epochs: far more steps than the test waits for, so it never races the run
-    page.get_by_label("number input for Epochs").fill("20")
-    page.get_by_label("number input for Epochs").press("Enter")
+    # far more steps than the test waits for, so it never races the run (twenty epochs of the
+    # starter set took 13 s on this machine: a run ended before Stop)
+    steps = page.get_by_label("Max steps (-1: use epochs)")
+    steps.fill("20000")
+    steps.press("Tab")
     progress = page.locator("#train-progress")
     for _run in range(2):
         page.locator("#train-start").click()

@@ -42,6 +42,18 @@ def test_report_of_an_evaluation_nobody_rated(tmp_path):
     assert text.count("_not rated_") == 8  # every reply still shown, side by side
 
 
+def test_the_report_names_a_model_nobody_rated_first(results, tmp_path):
+    """Its tables have no row for a model without scores, so its summary says so."""
+    _, r = results
+    assert "not compared yet" not in reports.report_markdown(r)
+    idle = {"name": "run-idle", "label": "prompt_tuning: idle", "kind": "prompt_tuning"}
+    r.variants = [*r.variants, idle]
+    r.replies = pd.concat([r.replies, r.replies[r.replies["variant"] == "base"].assign(
+        variant="run-idle", label=idle["label"])], ignore_index=True)
+    summary = reports.report_markdown(r).split("## Summary\n\n", 1)[1]
+    assert summary.startswith("- **prompt_tuning: idle: 0 of 4 replies rated — not compared yet.**")
+
+
 def test_write_exports_writes_six_files_that_train_again(results, tmp_path):
     store, r = results
     paths = reports.write_exports(r, tmp_path / "out", store.path)
