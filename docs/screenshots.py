@@ -44,8 +44,11 @@ def _rate_all(page, prefix: str, shot: Path | None = None) -> None:
             page.locator(f"#{prefix}-score-{side}").get_by_label(_score(reply), exact=True).check()
         page.locator(f"#{prefix}-submit").click()
         expect(page.locator(f"#{prefix}-reveal")).to_contain_text("Saved")
-        if shot is not None and match.group(1) == "1":
-            page.screenshot(path=str(shot), full_page=True)
+        if shot is not None and match.group(1) == "1":  # the rating panel, from its heading to Next pair
+            top = page.get_by_text("2. Rate blind").bounding_box()["y"] + page.evaluate("window.scrollY") - 16
+            bottom = (page.locator(f"#{prefix}-next").bounding_box()["y"] + page.evaluate("window.scrollY") + 64)
+            page.screenshot(path=str(shot), full_page=True,
+                            clip={"x": 0, "y": top, "width": 1280, "height": bottom - top})
         if match.group(1) == match.group(2):
             return
         page.locator(f"#{prefix}-next").click()
@@ -95,8 +98,7 @@ def main() -> None:
             page.locator("#generate").click()
             expect(page.locator("#generate-message")).to_contain_text("Generated", timeout=900_000)
             mark("generated")
-            if page.locator("#cut-open").is_visible():
-                page.screenshot(path=str(ROOT / "docs" / "cut-gate.png"), full_page=True)
+            if page.locator("#cut-open").is_visible():  # a reply or two reach the recipe's cap
                 page.locator("#cut-open").click()
             expect(page.locator("#generate-message")).to_contain_text("Raters need the invite code")
             page.locator("#rate-name input, #rate-name textarea").first.fill("Ana")

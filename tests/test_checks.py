@@ -340,3 +340,14 @@ def test_word_count_intervals_stay_in_the_possible_range_and_are_left_out_under_
     words = rep.table[(rep.table.measure == "words") & (rep.table.model == "base (m)")].iloc[0]
     assert words.low == 0.0 and words.high > words.rate  # clipped: no reply has fewer than 0 words
     assert rc.display(rep.table).set_index("measure").loc["words", "base (m)"].startswith("29.0 (0–")
+
+
+def test_the_formal_email_greeting_check_wants_a_greeting_not_a_word_that_starts_like_one():
+    """The recipe's line ended in a space, which parsing strips: it matched "His" and "Hiring"."""
+    from tuner.recipes import all_recipes
+
+    greeting = next(c for c in rc.parse_checks(list(all_recipes()["formal_email"].checks)) if c.kind == "regex")
+    assert greeting.passes("Subject: Extension\n\nDear Professor Lee,\nI am writing")
+    assert greeting.passes("Hi Sam,\nthanks")
+    assert not greeting.passes("His reply came late.\nRegards")
+    assert not greeting.passes("Hiring update: the deadline moved.")

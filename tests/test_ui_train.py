@@ -198,19 +198,26 @@ def test_every_setting_out_of_its_range_is_named_at_once():
     assert TrainConfig(learning_rate=0.1, neftune_noise_alpha=50).learning_rate == 0.1  # closed ends pass
 
 
-def test_the_handlers_answer_with_their_components_by_name(tmp_path):
-    """Start's and the tick's answers are keyed by component: a refused Start touches only the message."""
+def _train_handlers(tmp_path):
+    """A Train tab over tmp_path: its run manager and its handlers by name."""
     import gradio as gr
 
     from tuner.runs import RunManager
-    from tuner.ui.train import train_tab, values_of
+    from tuner.ui.train import train_tab
 
     manager = RunManager(tmp_path / "runs", tmp_path / "models")
     with gr.Blocks() as demo:
         picker = gr.Dropdown(["m"], value="m")
         chooser = gr.Dropdown([], allow_custom_value=True)
         train_tab(manager, tmp_path / "datasets", picker, chooser)
-    handler = {f.name: f for f in demo.fns.values()}
+    return manager, {f.name: f for f in demo.fns.values()}
+
+
+def test_the_handlers_answer_with_their_components_by_name(tmp_path):
+    """Start's and the tick's answers are keyed by component: a refused Start touches only the message."""
+    from tuner.ui.train import values_of
+
+    manager, handler = _train_handlers(tmp_path)
     values = values_of({"learning_rate": 0})
     refused = handler["on_start"].fn("m", "starter: polite_assistant", "", *values)
     assert list(refused) == [handler["on_start"].outputs[0]]  # the message, nothing else
@@ -218,6 +225,21 @@ def test_the_handlers_answer_with_their_components_by_name(tmp_path):
     assert manager.runs() == []
     ticked = handler["on_tick"].fn(None, -1)
     assert set(ticked) <= set(handler["on_tick"].outputs) and len(ticked) >= 3
+
+
+def test_use_recommended_offers_the_recipes_modules_before_the_models_layers_are_read(tmp_path, tiny_llama):
+    """On a first start the bundled model is still being converted when a new user clicks Use
+    recommended: the target box had no choices, the recipe's modules were set as its value, and
+    Gradio refused every later event of the tab ("'q_proj' is not in the list of choices: []")."""
+    use = _train_handlers(tmp_path)[1]["on_use_recipe"]
+    targets = next(c for c in use.outputs if getattr(c, "elem_id", None) == "train-targets")
+    wanted = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    for model in (str(tmp_path / "not-a-model"), None):  # layers unknown: the recipe's own are offered
+        update = use.fn("starter: polite_assistant", model)[targets]
+        assert update["value"] == wanted and update["choices"] == wanted
+    # with a model whose layers can be read, those are offered, the recipe's chosen among them
+    update = use.fn("starter: polite_assistant", str(tiny_llama))[targets]
+    assert update["value"] == wanted and set(wanted) <= set(update["choices"])
 
 
 def test_the_tab_refuses_a_learning_rate_of_0_naming_it(app_url, page):
@@ -268,7 +290,9 @@ def _suggest_and_estimate(tiny_llama, tmp_path):
     def run(dataset_label, method):
         out = suggest.fn(str(tiny_llama), dataset_label, method)
         message = out[suggest.outputs[0]]
-        values = [out[component] for component in settings]
+        # an update (the target box gets its choices with its value) reaches the next event as its value
+        values = [(v["value"] if isinstance(v, dict) and "__type__" in v else v)
+                  for v in (out[component] for component in settings)]
         return message, values, on_estimate.fn(str(tiny_llama), dataset_label, *values)
 
     return run

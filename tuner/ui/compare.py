@@ -80,6 +80,8 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
     rate_eval = rating_panel(store, rng, "rate", public=False, secret=secret, limits=limits)
     coverage = gr.Markdown(elem_id="rate-coverage")  # the owner's view: a model raters have hardly seen
     rate_eval.change(_coverage(store), rate_eval, coverage, show_progress="hidden")
+    # friends rate on /rate meanwhile: the note follows their scores, not only a change of evaluation
+    gr.Timer(COVERAGE_EVERY_S).tick(_coverage(store), rate_eval, coverage, show_progress="hidden")
     generated = _Generated(message, preview, rate_eval, check_group, check_table, check_paired, gate, edited)
 
     def on_refresh():
@@ -183,6 +185,9 @@ def _check_section():
         check_table = gr.Dataframe(interactive=False, elem_id="check-table")
         check_paired = gr.Dataframe(interactive=False, elem_id="check-paired")
     return check_group, check_table, check_paired
+
+
+COVERAGE_EVERY_S = 15  # seconds between refreshes of the owner's note on models with few scores
 
 
 def _coverage(store: Store):

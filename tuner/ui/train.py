@@ -243,6 +243,27 @@ class TrainTab:
         return config_from(model_name, str(path), values, run_name)
 
 
+def targets_offered(ui: TrainTab, models_dir: Path, model_name, values: dict) -> dict:
+    """The target-module box set to `values`' modules, offered as choices too: before the
+    model's layers are read (a first start converts the bundled model) the box had none,
+    and Gradio then refused every later event of the tab."""
+    wanted = values.get("target_modules")
+    if not wanted:
+        return {}
+    return {ui.inputs["target_modules"]: gr.update(choices=target_choices(models_dir, model_name, wanted),
+                                                   value=list(wanted))}
+
+
+def target_choices(models_dir: Path, model_name, wanted) -> list[str]:
+    """The target-module choices to offer with `wanted` chosen: the model's linear layers
+    where they can be read, with every wanted name among them."""
+    try:
+        linear = list(module_choices(models.resolve(model_name, models_dir).location)[1]) if model_name else []
+    except Exception:  # the model picker explains a model that cannot be read
+        linear = []
+    return list(dict.fromkeys([*linear, *wanted]))
+
+
 def method_section(ui: TrainTab):
     """Method, then LoRA's settings or prompt tuning's, whichever the method trains."""
     methods = [m for m in METHODS if m != "qlora" or cuda_available()]
@@ -377,18 +398,18 @@ def recipe_section(ui: TrainTab):
             minutes = None
         return recipe_line(recipe, minutes)
 
-    def settings_out(message_text: str, values: dict) -> dict:
+    def settings_out(message_text: str, values: dict, model_name=None) -> dict:
         return {ui.message: message_text, ui.preset: "custom" if values.get("target_modules") else gr.update(),
-                **ui.filled(values)}
+                **ui.filled(values), **targets_offered(ui, manager.models_dir, model_name, values)}
 
-    def on_use_recipe(dataset_label):
+    def on_use_recipe(dataset_label, model_name=None):
         try:
             recipe = recipe_of(dataset_label)
         except ValueError as exc:
             return {ui.message: f"⚠️ {exc}"}
         if recipe is None:
             return {ui.message: recipe_line(None, None)}
-        return settings_out(f"Using the recommended settings: {recipe.describe()}.", recipe.train)
+        return settings_out(f"Using the recommended settings: {recipe.describe()}.", recipe.train, model_name)
 
     def on_suggest(model_name, dataset_label, method):
         path = tdata.available(datasets_dir).get(dataset_label)
@@ -398,7 +419,7 @@ def recipe_section(ui: TrainTab):
             suggestion = suggestion_for(manager, path, model_name, method or "lora")
         except ValueError as exc:
             return {ui.message: f"⚠️ {exc}"}
-        return settings_out(f"**Suggested:** {suggestion.why}", suggestion.train)
+        return settings_out(f"**Suggested:** {suggestion.why}", suggestion.train, model_name)
 
     def wire():
         picked = [ui.model_picker, ui.dataset]
@@ -406,7 +427,7 @@ def recipe_section(ui: TrainTab):
             component.change(on_estimate, picked + ui.settings, estimate_md)
         for component in picked:
             component.change(on_recipe, picked, recipe_md)
-        use_recipe.click(on_use_recipe, ui.dataset, [ui.message, ui.preset] + ui.settings)
+        use_recipe.click(on_use_recipe, [ui.dataset, ui.model_picker], [ui.message, ui.preset] + ui.settings)
         suggest.click(on_suggest, picked + [ui.inputs["method"]], [ui.message, ui.preset] + ui.settings)
         ui.refresh_estimate = (on_estimate, picked + ui.settings, estimate_md)
 
