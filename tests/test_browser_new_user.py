@@ -1,6 +1,6 @@
 """A new user's first round, in a real browser, on files the app has never seen:
 dataset upload → two runs (LoRA and prompt tuning) → one evaluation of three models →
-two friends rating at the same time on /rate → Results.
+two friends rating at the same time on /rate → Results → Leaderboard.
 
 What a person sees is checked: every chart drawn (visible size, marks), every model
 in the Results table with its scores, no "not compared yet" once both friends are
@@ -144,3 +144,14 @@ def test_a_new_user_trains_two_runs_and_two_friends_rate_all_three_models(app_ur
         assert_chart_drawn(owner.locator(chart))
     owner.screenshot(path=str(ARTIFACTS / "new-user-results.png"), full_page=True)
     mark("results")
+
+    # Leaderboard: the three models ranked, its chart drawn, raw and length-controlled
+    owner.get_by_role("tab", name="Leaderboard").click()
+    board = owner.locator("#leaderboard-table")
+    for label in ("base", "crates lora", "crates soft prompt"):
+        expect(board).to_contain_text(label)
+    assert_chart_drawn(owner.locator("#leaderboard-chart"))
+    owner.locator("#leaderboard-mode").get_by_label("Length-controlled").check()
+    expect(owner.locator("#leaderboard-notes")).to_contain_text("length")
+    assert_chart_drawn(owner.locator("#leaderboard-chart"))
+    mark("leaderboard")
