@@ -41,13 +41,21 @@ def variants_for(runs: list[dict]) -> tuple[str, list[Variant]]:
         raise ValueError(f"The chosen runs were trained on different base models ({', '.join(sorted(bases))}); "
                          "one evaluation compares variants of one base model.")
     base_model = bases.pop()
-    variants = [Variant(BASE, f"base ({base_model})", "base")]
+    variants = [Variant(BASE, f"base ({model_short_name(base_model)})", "base")]
     for run in runs:
         method = run["config"].get("method", "lora")
         name = ((run.get("config") or {}).get("run_name") or "").strip()
-        variants.append(Variant(run["run_id"], f"{method}: {name} ({run['run_id']})" if name else
-                                f"{method}: {run['run_id']}", method, records.adapter_dir(Path(run["path"]))))
+        said = method.replace("_", " ")  # "prompt tuning", as the Train tab says it
+        variants.append(Variant(run["run_id"], f"{said}: {name} ({run['run_id']})" if name else
+                                f"{said}: {run['run_id']}", method, records.adapter_dir(Path(run["path"]))))
     return base_model, variants
+
+
+def model_short_name(base_model: str) -> str:
+    """A base model as a label names it: a local folder by its own name (its whole path made
+    every table's first column as wide as the path), a Hub id or the bundled name as it is."""
+    path = Path(str(base_model))
+    return path.name if path.is_absolute() and path.name else str(base_model)
 
 
 def _category_column(items: list[dict]) -> dict:

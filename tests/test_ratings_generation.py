@@ -78,3 +78,17 @@ def test_runs_on_different_base_models_are_refused():
             {"run_id": "b", "path": "/y", "config": {"base_model": "m2"}}]
     with pytest.raises(ValueError, match="different base models"):
         variants_for(runs)
+
+
+def test_variant_labels_read_as_words_and_name_a_local_base_model_by_its_folder():
+    """A prompt-tuned run read "prompt_tuning: …" and a local base model filled every table's
+    first column with its whole path ("base (/tmp/…/tiny-llama0)")."""
+    runs = [{"run_id": "r1", "path": "/runs/r1", "config": {"base_model": "/srv/models/tiny-llama0",
+                                                           "method": "prompt_tuning", "run_name": "soft"}},
+            {"run_id": "r2", "path": "/runs/r2", "config": {"base_model": "/srv/models/tiny-llama0"}}]
+    base_model, variants = variants_for(runs)
+    assert base_model == "/srv/models/tiny-llama0"  # the model itself is still named in full
+    assert [v.label for v in variants] == ["base (tiny-llama0)", "prompt tuning: soft (r1)", "lora: r2"]
+    assert variants[1].kind == "prompt_tuning"
+    hub = [{"run_id": "r3", "path": "/runs/r3", "config": {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct"}}]
+    assert variants_for(hub)[1][0].label == "base (HuggingFaceTB/SmolLM2-135M-Instruct)"
