@@ -125,6 +125,12 @@ def parse_checks(text) -> list[Check]:
             raise ValueError(f"check line {number}: '{kind}' needs words separated by commas")
         categories = tuple(c.strip().lower() for c in (match["cats"] or "").split(",") if c.strip())
         checks.append(Check(kind, argument, categories))
+    # a line given twice (a recipe's checks and the same typed by hand) is one measure: two
+    # rows of one name made every table lookup of it ambiguous and the verdict failed
+    unique: dict[str, Check] = {}
+    for check in checks:
+        unique.setdefault(check.text, check)
+    checks = list(unique.values())
     if len(checks) > MAX_CHECKS:
         raise ValueError(f"{len(checks)} checks; an evaluation takes at most {MAX_CHECKS}")
     return checks

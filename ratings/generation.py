@@ -13,7 +13,6 @@ evaluation is stored but not opened, and its owner chooses between `regenerate_c
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,16 +171,12 @@ def regenerate_cut(store: Store, generator: Generator, eval_id: int, variants: l
     adapters = [(v.name, v.adapter) if v.adapter else None for v in variants]
     answers = generator.generate_all(evaluation["base_model"], [p["messages"] for p in prompts], settings, adapters,
                                      progress=(lambda n, _t: progress(n, total)) if progress else None)
-    if store.is_open(eval_id):  # opened anyway while this ran: what raters may be reading stays
-        raise ValueError(f"evaluation #{eval_id} was opened for rating meanwhile; its replies stay as they are")
-    for variant, replies in zip(variants, answers):
-        for prompt, reply in zip(prompts, replies):
-            store.add_reply(prompt["id"], stored[variant.name], reply.text, reply.settings, reply.latency_s,
-                            reply.new_tokens, flags=prompt["flags"])
     history = list(old.get("regenerated") or []) + [
         {"from": cut.cap, "to": int(max_new_tokens), "prompts": list(cut.positions)}]
-    # after the replies: a stop in between leaves new replies judged by the old, smaller cap (cut, to be safe)
-    with store.write() as db:
-        db.execute("UPDATE evaluations SET settings = ? WHERE id = ?",
-                   [json.dumps(old | {"max_new_tokens": int(max_new_tokens), "regenerated": history}), eval_id])
+    # one transaction, refused if rating was opened meanwhile (another tab): what raters may be reading stays
+    store.replace_replies(eval_id, [
+        {"prompt_id": prompt["id"], "variant_id": stored[variant.name], "text": reply.text, "settings": reply.settings,
+         "latency_s": reply.latency_s, "new_tokens": reply.new_tokens, "flags": prompt["flags"]}
+        for variant, replies in zip(variants, answers) for prompt, reply in zip(prompts, replies)],
+        old | {"max_new_tokens": int(max_new_tokens), "regenerated": history})
     return total

@@ -169,6 +169,23 @@ class Store(Database):
             return db.execute("SELECT id FROM replies WHERE prompt_id=? AND variant_id=?",
                               [prompt_id, variant_id]).fetchone()[0]
 
+    def replace_replies(self, evaluation_id: int, replies: list[dict], settings: dict) -> None:
+        """Put new replies (dicts of add_reply's arguments) in their old ones' places and the
+        evaluation's settings to `settings`, in one transaction, only while it is not open for
+        rating: raters never see a reply change under them, even when the owner opens rating
+        in another tab while a regeneration runs."""
+        with self.write() as db:
+            if db.execute("SELECT EXISTS (SELECT 1 FROM comparisons c JOIN prompts p ON p.id = c.prompt_id "
+                          "WHERE p.evaluation_id = ?)", [int(evaluation_id)]).fetchone()[0]:
+                raise ValueError(f"evaluation #{evaluation_id} is open for rating; its replies stay as they are")
+            for r in replies:
+                db.execute(
+                    "UPDATE replies SET text = ?, settings = ?, latency_s = ?, new_tokens = ?, flags = ? "
+                    "WHERE prompt_id = ? AND variant_id = ?",
+                    [r["text"], json.dumps(r["settings"]), r.get("latency_s"), r.get("new_tokens"),
+                     json.dumps(r.get("flags") or []), r["prompt_id"], r["variant_id"]])
+            db.execute("UPDATE evaluations SET settings = ? WHERE id = ?", [json.dumps(settings), evaluation_id])
+
     def open_for_rating(self, evaluation_id: int) -> int:
         """Create the comparisons (every pair of variants on every prompt, once both
         replies exist). Returns how many comparisons the evaluation has."""
@@ -334,6 +351,9 @@ class Store(Database):
             texts = {r["id"]: r["text"] for r in db.query(
                 "SELECT id, text FROM replies WHERE id IN (?, ?)",
                 [assignment["left_reply_id"], assignment["right_reply_id"]])}
+            if assignment["comparison_id"] != comparison["id"]:  # a pair served to this rater meanwhile
+                comparison = next(db.query("SELECT p.text, p.task, p.flags FROM comparisons c JOIN prompts p "
+                                           "ON p.id = c.prompt_id WHERE c.id = ?", [assignment["comparison_id"]]))
         done, total = self._progress(evaluation_id, rater)
         return {
             "assignment_id": assignment["id"],
@@ -351,7 +371,23 @@ class Store(Database):
 
     @staticmethod
     def _assign_in(db, comparison_id: int, rater: str, rng: random.Random, at: str) -> dict:
-        found = list(db.query("SELECT * FROM assignments WHERE comparison_id=? AND rater=?", [comparison_id, rater]))
+        """The rater's assignment of this comparison, made if need be; but a pair of this
+        evaluation already served to the rater and still ratable comes first. Two calls for
+        one rater at once (a double-clicked Next, two tabs) each picked a pair before either
+        wrote; a second assignment on the same prompt shares a reply with the first, so the
+        one left unrated could never be rated and blocked the rater's last pair for good.
+        Writes are serial (Database.grouped), so this check and the insert are one step."""
+        found = list(db.query("""
+            SELECT a.* FROM assignments a JOIN comparisons c ON c.id = a.comparison_id
+            JOIN prompts p ON p.id = c.prompt_id
+            WHERE a.rater = :rater AND (a.comparison_id = :comparison OR (
+                a.rated_at IS NULL AND p.evaluation_id = (
+                    SELECT q.evaluation_id FROM comparisons k JOIN prompts q ON q.id = k.prompt_id
+                    WHERE k.id = :comparison)
+                AND NOT EXISTS (SELECT 1 FROM ratings t WHERE t.rater = a.rater
+                                AND t.reply_id IN (c.reply1_id, c.reply2_id))))
+            ORDER BY a.comparison_id != :comparison, a.id LIMIT 1""",
+                              {"rater": rater, "comparison": comparison_id}))
         if found:
             return found[0]
         ids = list(db.execute("SELECT reply1_id, reply2_id FROM comparisons WHERE id=?", [comparison_id]).fetchone())

@@ -96,11 +96,17 @@ def test_cut_replies_wait_for_the_owners_choice_and_the_form_follows_the_runs_re
     expect(message).not_to_contain_text("invite code")  # no code to share while nothing can be rated
     (evaluation,) = store.evaluations()
     assert not store.is_open(evaluation["id"])
+    # the owner's rating panel offers only what can be rated: nothing yet
+    page.locator("#rate-eval input").click()
+    expect(page.get_by_role("option")).to_have_count(0)
+    page.keyboard.press("Escape")
     regenerate = page.locator("#cut-regenerate")
     expect(regenerate).to_have_text("Regenerate with a cap of 32")
     page.screenshot(path=str(ARTIFACTS / "compare-cut.png"), full_page=True)
     regenerate.click()  # one click: the cut prompts' replies again, then checked again
     expect(message).to_contain_text("with a cap of 32 new tokens", timeout=120_000)
+    # the counts before and after, each named as such
+    expect(message).to_contain_text(re.compile(r"before: [1-4] of 4 replies were cut at the 16-token cap; now: [0-4] cut"))
     expect(gate).to_contain_text(re.compile(r"[1-4] of 4 replies were cut at the 32-token cap"))
     expect(regenerate).to_have_text("Regenerate with a cap of 64")
     assert store.evaluation(evaluation["id"])["settings"]["max_new_tokens"] == 32
@@ -114,6 +120,9 @@ def test_cut_replies_wait_for_the_owners_choice_and_the_form_follows_the_runs_re
     expect(message).to_contain_text("Raters need the invite code")
     expect(page.locator("#cut-gate")).to_be_hidden()
     assert store.is_open(evaluation["id"])
+    page.locator("#rate-eval input").click()
+    expect(page.get_by_role("option")).to_have_count(1)
+    page.keyboard.press("Escape")
     # the next evaluation: the FAQ run's recipe replaces the email one's checks and the cap typed for it
     _only_run(page, "faq run")
     expect(note).to_contain_text("Checks and cap from the company_faq recipe (no checks, up to 48 new tokens)")

@@ -351,3 +351,14 @@ def test_the_formal_email_greeting_check_wants_a_greeting_not_a_word_that_starts
     assert greeting.passes("Hi Sam,\nthanks")
     assert not greeting.passes("His reply came late.\nRegards")
     assert not greeting.passes("Hiring update: the deadline moved.")
+
+
+def test_a_check_given_twice_is_measured_once_and_the_verdict_still_speaks():
+    checks = rc.parse_checks("max words: 5\nstarts with: Dear\nmax words: 5\n  max   words:5")
+    assert [c.text for c in checks] == ["max words: 5", "starts with: Dear"]
+    replies = pd.DataFrame([{"position": i, "prompt": f"p{i}", "reference": None, "category": None,
+                             "variant": v, "label": v, "reply": text, "new_tokens": 3}
+                            for i in range(1, 4) for v, text in (("base", "Hello there my good old friend"),
+                                                                 ("lora", "Dear friend"))])
+    text = rc.verdict(rc.report(replies, rc.parse_checks(["max words: 5", "max words: 5"]), 16))
+    assert "**lora** passes every check on 3/3 prompts, base 0/3" in text  # one check, said once

@@ -89,3 +89,27 @@ def test_the_larger_cap_doubles_up_to_the_engines_limit():
     assert Cut(1, 2, 1500).larger_cap == MAX_CAP
     assert Cut(1, 2, MAX_CAP).larger_cap is None
     GenSettings(max_new_tokens=MAX_CAP)  # the engine takes it
+
+
+def test_a_reload_offers_the_gate_only_for_an_evaluation_with_every_reply(tmp_path):
+    """One a crash left half-generated (closed, replies missing) is never offered to open anyway."""
+    import gradio as gr
+
+    from tuner.runs import RunManager
+    from tuner.ui import compare
+
+    store = Store(tmp_path / "r.db")
+    variants = [{"name": "base", "label": "base", "kind": "base"}, {"name": "run-1", "label": "lora: r", "kind": "lora"}]
+    settings = {"max_new_tokens": 4}
+    whole = store.create_evaluation("whole", "m", [{"text": "Hi"}], variants, settings=settings)
+    for vid in (v["id"] for v in store.variants(whole)):
+        store.add_reply(store.prompts(whole)[0]["id"], vid, "a b c d", settings, 0.1, 4)
+    half = store.create_evaluation("half", "m", [{"text": "Hi"}, {"text": "Bye"}], variants, settings=settings)
+    store.add_reply(store.prompts(half)[0]["id"], store.variants(half)[0]["id"], "a b c d", settings, 0.1, 4)
+    with gr.Blocks():
+        _refresh, load_all, outputs = compare.compare_tab(RunManager(tmp_path / "runs", tmp_path / "models"),
+                                                          Generator(tmp_path / "models"), store, random.Random(0))
+    note = next(c for c in outputs if getattr(c, "elem_id", None) == "cut-note")
+    shown = load_all()
+    assert f"Evaluation #{whole}" in shown[note] and "2 of 2 replies were cut at the 4-token cap" in shown[note]
+    assert not store.is_open(half) and not store.is_open(whole)

@@ -469,10 +469,15 @@ def test_ties_are_broken_by_the_rng_passed_in(tmp_path):
     eval_id = _evaluation(store, 9, THREE)
     firsts = {store.next_pair(eval_id, f"r{seed}", random.Random(seed))["prompt"] for seed in range(3)}
     assert len(firsts) == 3  # three raters served together start on three different prompts
-    again = Store(tmp_path / "again.db")
-    other = _evaluation(again, 9, THREE)
-    assert again.next_pair(other, "r0", random.Random(0))["prompt"] == \
-        Store(tmp_path / "r.db").next_pair(eval_id, "r0", random.Random(0))["prompt"]  # seeded: repeatable
+    # a first rater on a fresh evaluation: every pair ties on every count, so the rng alone
+    # chooses; seeded, the choice repeats, and other seeds choose other pairs
+    def first_pair(seed: int, name: str) -> str:
+        fresh = Store(tmp_path / f"{name}.db")
+        pair = fresh.next_pair(_evaluation(fresh, 9, THREE), "Ana", random.Random(seed))
+        return f"{pair['prompt']}: {sorted([pair['reply_a'], pair['reply_b']])}"
+
+    assert first_pair(0, "a") == first_pair(0, "b")
+    assert len({first_pair(seed, f"s{seed}") for seed in range(6)}) >= 3
 
 
 # --- issue 25: Results and Compare name a model with no or few scores -----------------------------------
@@ -539,3 +544,62 @@ def test_results_and_compare_say_which_model_is_not_rated_yet(tmp_path):
     assert [c.elem_id for c in on_coverage.outputs] == ["rate-coverage"]
     assert on_coverage.fn(eval_id) == f"- ⚠️ {note}"
     assert on_coverage.fn(None) == "" and on_coverage.fn("nonsense") == "" and on_coverage.fn(999) == ""
+
+
+def test_two_calls_for_one_rater_at_once_serve_one_pair_and_the_rater_can_finish(tmp_path):
+    """A double-clicked Next or two tabs: both calls picked a pair before either wrote its
+    assignment, so with random tie-breaks the rater held two pairs of one prompt sharing a
+    reply; the one shown second was rated, the other could never be, and it blocked the
+    rater's last pair for good ("you have rated all 2 pairs" at 1 of 2)."""
+    four = [{"name": "base", "label": "base", "kind": "base"},
+            *({"name": f"run-{i}", "label": f"r{i}", "kind": "lora"} for i in (1, 2, 3))]
+    for trial in range(12):
+        store = Store(tmp_path / f"r{trial}.db")
+        eval_id = _evaluation(store, 1, four)
+        assign, together = store._assign, threading.Barrier(2)
+
+        def after_both_picked(*args, **kwargs):  # both calls have chosen their pair by now
+            try:
+                together.wait(5)
+            except threading.BrokenBarrierError:
+                pass
+            return assign(*args, **kwargs)
+
+        store._assign = after_both_picked
+        served = []
+        calls = [threading.Thread(target=lambda k=k: served.append(store.next_pair(eval_id, "Ana", random.Random(
+            trial * 2 + k)))) for k in range(2)]
+        for call in calls:
+            call.start()
+        for call in calls:
+            call.join()
+        store._assign = assign
+        assert served[0]["assignment_id"] == served[1]["assignment_id"]
+        assert served[0]["prompt"] == served[1]["prompt"] == "Prompt 0"
+        with store.db() as db:
+            assert db.execute("SELECT COUNT(*) FROM assignments").fetchone()[0] == 1
+        store.rate_pair(served[1]["assignment_id"], "Ana", 3, 4)
+        while (pair := store.next_pair(eval_id, "Ana", random.Random(trial))) is not None:
+            store.rate_pair(pair["assignment_id"], "Ana", 3, 3)
+        assert store.progress(eval_id, "Ana") == (2, 2)  # 4 replies: both disjoint pairs rated
+
+
+def test_replies_are_replaced_only_while_rating_is_closed_and_with_the_settings_at_once(tmp_path):
+    """A regeneration writes its replies and the new cap in one transaction, refused once rating
+    is open (the owner may open it from another tab while the replies are being generated)."""
+    store = Store(tmp_path / "r.db")
+    eval_id = store.create_evaluation("e", "m", [{"text": "Prompt 0"}], VARIANTS, settings={"max_new_tokens": 8})
+    ids = [v["id"] for v in store.variants(eval_id)]
+    (prompt,) = store.prompts(eval_id)
+    for vid in ids:
+        store.add_reply(prompt["id"], vid, "cut off mid", {"max_new_tokens": 8}, 0.5, 8)
+    new = [{"prompt_id": prompt["id"], "variant_id": vid, "text": "whole reply.", "settings": {"max_new_tokens": 16},
+            "latency_s": 0.7, "new_tokens": 5, "flags": []} for vid in ids]
+    store.replace_replies(eval_id, new, {"max_new_tokens": 16})
+    assert list(store.replies(eval_id)["reply"]) == ["whole reply."] * 2
+    assert store.evaluation(eval_id)["settings"] == {"max_new_tokens": 16}
+    store.open_for_rating(eval_id)
+    with pytest.raises(ValueError, match="open for rating"):
+        store.replace_replies(eval_id, [dict(r, text="changed") for r in new], {"max_new_tokens": 32})
+    assert list(store.replies(eval_id)["reply"]) == ["whole reply."] * 2
+    assert store.evaluation(eval_id)["settings"] == {"max_new_tokens": 16}

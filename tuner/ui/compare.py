@@ -106,13 +106,15 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
     def refresh_all(first: bool = False):
         """The runs and evaluations as they are now (the page is built with neither);
         on the page's load, the newest evaluation is picked."""
-        evals = eval_choices(store)
+        evals = eval_choices(store, open_only=True)  # one waiting on the cut gate has no pairs to rate yet
         picked = gr.update(choices=evals, value=evals[0][1]) if first and evals else gr.update(choices=evals)
         return {runs: gr.update(choices=finished_runs(trainer)), rate_eval: picked}
 
     def load_all():
         """...and an evaluation still waiting for the owner's choice (a reload, another tab) is offered again."""
-        waiting = next((e["id"] for e in store.evaluations() if not e["open_for_rating"]), None)
+        # every reply there: one a crash left half-generated is never offered to open
+        waiting = next((e["id"] for e in store.evaluations() if not e["open_for_rating"]
+                        and len(store.replies(e["id"])) == e["n_prompts"] * e["n_variants"]), None)
         return refresh_all(first=True) | (_gate_shown(store, generated, waiting) if waiting else {})
 
     return refresh_all, load_all, [runs, rate_eval, *gate.outputs()]
@@ -299,7 +301,8 @@ def _regenerator(trainer: RunManager, generator: Generator, store: Store, genera
         open_unless_cut(store, eval_id)
         return _shown(store, generated, eval_id, (
             f"Generated {n} replies again, on the {len(before.positions)} prompt(s) with a cut reply, with a cap of "
-            f"{before.larger_cap} new tokens (evaluation #{eval_id}; {before.sentence()})."))
+            f"{before.larger_cap} new tokens (evaluation #{eval_id}; before: {before.sentence()}; now: "
+            f"{cut_replies(store, eval_id).cut} cut)."))
 
     return on_regenerate
 
@@ -355,8 +358,8 @@ def _shown(store: Store, generated: _Generated, eval_id: int, header: str) -> di
     return {generated.message: f"{header} {status}\n\n" + rchecks.verdict(check),
             generated.preview: gr.update(value=shown[["position", "task", "prompt", "label", "reply", "cut", "flags"]],
                                          visible=True),
-            generated.rate_eval: gr.update(choices=eval_choices(store), value=eval_id) if is_open else
-            gr.update(choices=eval_choices(store)),
+            generated.rate_eval: gr.update(choices=eval_choices(store, open_only=True), value=eval_id) if is_open
+            else gr.update(choices=eval_choices(store, open_only=True)),
             generated.check_group: gr.update(visible=True),
             generated.check_table: rchecks.display(check.table),
             generated.check_paired: rchecks.display_paired(check.paired)} | _gate_shown(store, generated, eval_id)
