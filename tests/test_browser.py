@@ -116,13 +116,16 @@ def test_whole_loop_in_the_browser(app_url, page):
     # Compare: an evaluation from the run's held-out prompts, rated blind, then revealed
     page.get_by_role("tab", name="Compare").click()
     page.locator("#eval-name input, #eval-name textarea").first.fill("polite, held out")
+    # a cap typed by hand first: the run's recipe fills the rest of the form and keeps it
+    page.get_by_text("Generation settings, keyword rules, invite code").click()
+    cap = page.get_by_label("number input for Max new tokens")
+    cap.fill("16")
+    cap.press("Enter")
+    page.wait_for_timeout(500)  # a person's pause: the edit is noted before the next click
     _pick(page, "compare-run", "stopped")
     page.keyboard.press("Escape")
-    # the run's recipe fills the form (and says so) before the cap is typed over it
-    expect(page.locator("#eval-recipe-note")).to_contain_text("recipe (")
-    page.get_by_text("Generation settings, keyword rules, invite code").click()
-    page.get_by_label("number input for Max new tokens").fill("16")
-    page.get_by_label("number input for Max new tokens").press("Enter")
+    expect(page.locator("#eval-recipe-note")).to_contain_text("Checks from the polite_assistant recipe (3 checks)")
+    expect(cap).to_have_value("16")
     # this round shows raters which model wrote which after each pair (the default: after the last)
     page.locator("#eval-reveal").get_by_label("after each pair").check()
     # the dataset's recipe fills the automatic checks

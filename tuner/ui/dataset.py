@@ -343,6 +343,7 @@ class DatasetTab:
         if path is None:
             return self.view(Draft(), "Pick a dataset or import one.", reset=True)
         result = tdata.load_jsonl(path)
+        self.remembered.keep(label)  # here, not only on the dropdown's change: a reload at once must find it
         text = f"**{len(result.rows)} rows** in `{path.name}` ({label})." + problems_text(result.problems)
         return self.view(Draft(label, result.rows), text, reset=True)
 
@@ -372,6 +373,7 @@ class DatasetTab:
         """After a save: the new version chosen and shown."""
         label = tdata.label_of(path)
         rows = tdata.load_jsonl(path).rows
+        self.remembered.keep(label)
         return {self.chooser: gr.update(choices=list(tdata.available(self.datasets_dir)), value=label),
                 **self.view(Draft(label, rows), text, reset=False, rename=True)}
 
