@@ -38,6 +38,30 @@ def serve(home: Path, model, access=None, seed: int = 3, **launch):
     return demo, f"http://127.0.0.1:{port}"
 
 
+def home_with_runs(tmp_path: Path, model, names: list[str], max_steps: int = 3) -> Path:
+    """A data root over `tmp_path` holding a finished LoRA run of `model` per name (a few
+    steps on six "Say hi" rows), for a browser test that starts where runs exist."""
+    import json
+
+    from tuner.config import TrainConfig
+    from tuner.paths import Layout
+    from tuner.runs import RunManager
+
+    home = tmp_path / "home"
+    layout = Layout(home)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Say hi {i}"},
+                                                     {"role": "assistant", "content": "Hello there!"}]}) + "\n"
+                            for i in range(6)), encoding="utf-8")
+    manager = RunManager(layout.runs, layout.models)
+    for name in names:
+        manager.start(TrainConfig(base_model=str(model), dataset=str(data), run_name=name, max_steps=max_steps,
+                                  test_fraction=0, validation_fraction=0))
+        state = manager.wait(120)
+        assert state.status == "completed", state.message
+    return home
+
+
 def pick(page, elem_id: str, option: str) -> None:
     """Open the dropdown `elem_id` and click its first option whose name contains `option`."""
     page.locator(f"#{elem_id} input").click()

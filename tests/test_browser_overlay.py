@@ -4,25 +4,14 @@ blank box, its legend and points squeezed into a plot of zero width)."""
 
 from __future__ import annotations
 
-from browser import assert_chart_drawn, pick as _pick, serve
-from conftest import chat, write_jsonl
+from browser import assert_chart_drawn, home_with_runs, pick as _pick, serve
 
 
 def test_the_overlay_draws_every_chosen_run_with_labels_that_differ(tiny_llama, tmp_path, page):
     from playwright.sync_api import expect
 
-    from tuner.config import TrainConfig
-    from tuner.paths import Layout
-    from tuner.runs import RunManager
 
-    home = tmp_path / "home"
-    layout = Layout(home)
-    data = write_jsonl(tmp_path / "d.jsonl", [chat(f"Say hi {i}", "Hello there!") for i in range(6)])
-    manager = RunManager(layout.runs, layout.models)
-    for name in ("alpha one", "beta two"):
-        manager.start(TrainConfig(base_model=str(tiny_llama), dataset=str(data), run_name=name, max_steps=3,
-                                  test_fraction=0, validation_fraction=0))
-        assert manager.wait(120).status == "completed"
+    home = home_with_runs(tmp_path, tiny_llama, ["alpha one", "beta two"])
     demo, url = serve(home, tiny_llama, seed=1)
     try:
         page.goto(url)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import re
 
-from browser import serve
-from conftest import chat, write_jsonl
+from browser import home_with_runs, serve
 
 # Every text the left chat's last reply shows, in order, as the page draws them: a
 # MutationObserver sees each change the page makes, however briefly it lasts.
@@ -26,18 +25,9 @@ WATCH_REPLY = """() => {
 def test_the_playground_streams_each_reply_as_it_is_written(tiny_llama, tmp_path, page):
     from playwright.sync_api import expect
 
-    from tuner.config import TrainConfig
-    from tuner.paths import Layout
-    from tuner.runs import RunManager
 
-    home = tmp_path / "home"
-    layout = Layout(home)
-    data = write_jsonl(tmp_path / "d.jsonl", [chat(f"Say hi {i}", "Hello there!") for i in range(6)])
-    manager = RunManager(layout.runs, layout.models)
     # a run on the tiny model, so that the Playground's base is the tiny model too
-    manager.start(TrainConfig(base_model=str(tiny_llama), dataset=str(data), run_name="tuned", max_steps=2,
-                              test_fraction=0, validation_fraction=0))
-    assert manager.wait(120).status == "completed"
+    home = home_with_runs(tmp_path, tiny_llama, ["tuned"], max_steps=2)
     demo, url = serve(home, tiny_llama, seed=1)
     try:
         page.goto(url)
