@@ -74,6 +74,9 @@ def test_a_new_user_trains_two_runs_and_two_friends_rate_all_three_models(app_ur
     ARTIFACTS.mkdir(exist_ok=True)
     owner = chromium.new_page()
     owner.goto(app_url)
+    # the page has loaded once the Dataset tab shows the default starter set (an upload before that
+    # is answered first, then overwritten by the page's own load)
+    expect(owner.locator("#dataset-message")).to_contain_text("26 rows")
 
     # Dataset: a file of the user's own
     owner.locator("#dataset-upload input[type=file]").set_input_files(str(_dataset(tmp_path / "crates.jsonl")))
