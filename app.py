@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tuner import zerogpu
@@ -21,6 +23,9 @@ if zerogpu.enabled():  # a ZeroGPU Space: its package patches torch, so it comes
     import spaces  # noqa: F401
 
 import gradio as gr  # noqa: E402
+import uvicorn  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
+from starlette.responses import RedirectResponse  # noqa: E402
 
 from ratings.store import Store
 from tuner import models
@@ -35,36 +40,114 @@ from tuner.runs import RunManager
 UPLOAD_LIFETIME = (600, 3600)  # (every, older than) in seconds: Gradio's delete_cache
 
 
-def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Random | None = None,
-              access: Access | None = None) -> gr.Blocks:
-    """Compose the tabs over one data root; tests call this with a tmp folder.
+@dataclass
+class Tuner:
+    """The server: one FastAPI app (`api`) holding the owner's studio at / and the raters'
+    page at /rate/, each a Blocks mounted with gr.mount_gradio_app, the plain routes for
+    sign-in and rating, and the gate in front of all of it (tuner/ui/access.py)."""
+    api: FastAPI
+    studio: gr.Blocks
+    raters: gr.Blocks
+    gate: ui_access.Gate | None = None
+    server: uvicorn.Server | None = None
+    thread: threading.Thread | None = None
 
-    `access` defaults to the environment's (TUNER_OWNER_PASSWORD, TUNER_OWNER)."""
-    # Gradio's queue recomputes a pandas summary of its last 10,000 events after every
-    # event (for its /monitoring page); with the Train tab's timer ticking, that was a
-    # fifth of the server's CPU under 25 raters. Recompute it every 500 events, over 2,000.
-    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "500")
-    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "2000")
+    def start(self, host: str = "127.0.0.1", port: int = 7860) -> str:
+        """Serve in a background thread (the tests); returns the base URL once it answers."""
+        self.server = uvicorn.Server(server_config(self.api, host, port))
+        self.thread = threading.Thread(target=self.server.run, daemon=True, name="tuner-server")
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start on {host}:{port}")
+            time.sleep(0.02)
+        return f"http://{host}:{port}"
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+            self.thread.join(timeout=10)
+        for blocks in (self.studio, self.raters):
+            blocks.close()
+
+
+def server_config(api: FastAPI, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's settings: no proxy headers believed here (the gate decides which proxy to trust,
+    tuner.access.trusted_proxies; uvicorn's default trusts any X-Forwarded-For from loopback)."""
+    return uvicorn.Config(api, host=host, port=port, proxy_headers=False, log_level="warning",
+                          timeout_graceful_shutdown=2)
+
+
+def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Random | None = None,
+              access: Access | None = None) -> Tuner:
+    """Compose the studio, the raters' page and their routes over one data root; tests call
+    this with a tmp folder. `access` defaults to the environment's (TUNER_OWNER_PASSWORD, TUNER_OWNER)."""
     layout = Layout(home)
     trainer = RunManager(layout.runs, layout.models)
     generator = Generator(layout.models)
     store = Store(layout.ratings_db)
     rng = rng or random.Random()
     access = access or Access.from_env()
-    secret = app_secret(layout.root)
+    secret = app_secret(layout.root)  # never in a page: it keys the anti-forgery tokens and the sign-in cookie
     if access.sessions.path is None:  # the owner's sessions outlive a restart, hashed, in the data root
         access.sessions = Sessions(layout.root / "owner_sessions.db")
     access.csrf_key = hashlib.sha256(f"csrf:{secret}".encode()).digest()
-    limits = rate.RaterLimits()
     # uploads go to a folder of Tuner's own in the data root, not the machine's shared
     # /tmp/gradio (set before any component is made: each reads it when built)
     ui_access.use_upload_folder(layout.root, older_than=UPLOAD_LIFETIME[1])
+    studio = _studio(layout, trainer, generator, store, access, default_model)
+    with gr.Blocks(title="Tuner: rate replies", analytics_enabled=False) as raters:
+        rater_eval = rate.raters_page()
+        raters.load(None, None, rater_eval, js=rate.EVALUATIONS_JS)
 
+    api = FastAPI(title="Tuner", docs_url=None, redoc_url=None, openapi_url=None)
+    ui_access.owner_routes(api, access)
+    rate.rater_api(api, store, rng)
+    ui_access.hf_routes(api, access, secret)
+
+    @api.get(ui_access.RATERS_APP, include_in_schema=False)
+    def raters_page():  # the link friends get ends in /rate
+        return RedirectResponse(ui_access.RATERS_APP + "/", status_code=307)
+
+    head = rate.KEYS_JS + rate.RATE_JS
+    # Gradio's queue recomputes a pandas summary of its last 10,000 events after every event
+    # (for its /monitoring page); recompute it every 500 events, over 2,000
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "500")
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "2000")
+    studio.queue(default_concurrency_limit=4)
+    upload_limit = max_upload()
+    gr.mount_gradio_app(api, raters, path=ui_access.RATERS_APP, head=head, show_error=True,
+                        max_file_size=1, enable_monitoring=False, mcp_server=False, ssr_mode=False)
+    gr.mount_gradio_app(api, studio, path="/", auth_dependency=ui_access.owner_user(access),
+                        head=head + ui_access.CSRF_JS, css=results.CSS + leaderboard.CSS, show_error=True,
+                        max_file_size=upload_limit, enable_monitoring=False, mcp_server=False, ssr_mode=False)
+    # the gate wraps everything above, outermost (added last)
+    tuner = Tuner(api, studio, raters)
+    api.add_middleware(_GateFactory(tuner, access, lambda: studio.fns))
+    return tuner
+
+
+class _GateFactory:
+    """Builds the gate when Starlette builds its middleware stack, and keeps it on the Tuner
+    (the tests read its upload bookkeeping)."""
+
+    def __init__(self, tuner: Tuner, access: Access, studio_fns):
+        self.tuner, self.access, self.studio_fns = tuner, access, studio_fns
+
+    def __call__(self, app):
+        self.tuner.gate = ui_access.Gate(app, self.access, self.studio_fns)
+        return self.tuner.gate
+
+
+def _studio(layout: Layout, trainer: RunManager, generator: Generator, store: Store, access: Access,
+            default_model: str) -> gr.Blocks:
+    """The owner's studio: every tab. Only the owner reaches it (the gate, and Gradio's auth_dependency)."""
     # uploads (and files handed out for download) older than an hour are deleted every
     # ten minutes; the gate caps what the upload folder may hold meanwhile
     with gr.Blocks(title="Tuner", analytics_enabled=False, delete_cache=UPLOAD_LIFETIME) as demo:
         gr.Markdown("# Tuner\nBuild a dataset, fine-tune with LoRA, then rate base and fine-tuned replies blind.")
-        owner_status = ui_access.owner_bar(access)
+        ui_access.owner_bar(access)
         picker, _status, default_picked = widgets.model_picker(layout.models, default_model)
         with gr.Tabs():
             with gr.Tab("Dataset", id="dataset"):
@@ -74,7 +157,7 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
                 modules, estimate = train.train_tab(trainer, layout.datasets, picker, chooser, train_page, store,
                                                     layout.preferences)
             with gr.Tab("Compare", id="compare") as compare_page:
-                refresh_compare, load_compare, compare_outputs = compare.compare_tab(trainer, generator, store, rng, secret, limits)
+                refresh_compare, load_compare, compare_outputs = compare.compare_tab(trainer, generator, store)
             with gr.Tab("Playground", id="playground") as playground_page:
                 refresh_playground, playground_outputs = playground.playground_tab(trainer, generator)
             with gr.Tab("Results", id="results") as results_page:
@@ -85,10 +168,6 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
                 export_runs = export.export_panel(trainer, layout)
         # a page load (or reload, or a second browser) sees what exists now, not
         # what existed when the app was built
-        if owner_status:
-            demo.load(owner_status[0], None, owner_status[1], api_name="owner_status")
-        # the owner's components are built empty (a stranger reads /config); these
-        # guarded handlers fill them for the owner
         demo.load(default_picked, picker, picker).then(*modules).then(*estimate)
         demo.load(dataset.refresh_datasets_fn(layout.datasets), chooser, chooser).then(
             show_dataset, chooser, dataset_outputs)
@@ -98,37 +177,7 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
         playground_page.select(refresh_playground, None, playground_outputs)
         results_page.select(show_results, results_eval, results_outputs)
         leaderboard_page.select(show_board, board_inputs, board_outputs)
-    # The raters' page: a second page on the same server with only the rating
-    # view. (A route is not access control: the guard below is.)
-    with demo.route("Rate", "/rate", show_in_navbar=False):
-        refresh_rater, rater_eval = rate.raters_page(store, rng, secret, limits)
-        demo.load(refresh_rater, None, rater_eval, api_name="rater_refresh")
-    # Owner-only by default: every handler outside the raters' page checks the
-    # request on the server (see tuner/ui/access.py).
-    ui_access.guard(demo, access)
-    # ...and a gate in front of Gradio's routes refuses other sites' requests, a
-    # stranger's owner calls before the queue, and a stranger's uploads.
-    # (launch() also gets the page's <head>: the rating keys and the anti-forgery header)
-    ui_access.install(demo, access, head=rate.KEYS_JS + ui_access.CSRF_JS, css=results.CSS + leaderboard.CSS)
     return demo
-
-
-def quiet_queue(demo: gr.Blocks, free: float = 0.02, progress: float = 0.1) -> gr.Blocks:
-    """Gradio's queue looks for new events every 1 ms (and for progress every 10 ms) even
-    when nothing is queued: 7% of a core on an idle app here, taken from training. Every
-    20 ms (100 ms) costs 1.5%, and a queued event starts at most 20 ms later; the raters'
-    events skip the queue. (Private attributes: where a Gradio release renames them, nothing
-    changes.)"""
-    queue = getattr(demo, "_queue", None)
-    if queue is not None and hasattr(queue, "sleep_when_free"):
-        queue.sleep_when_free = max(queue.sleep_when_free, free)
-        queue.progress_update_sleep_when_free = max(getattr(queue, "progress_update_sleep_when_free", 0), progress)
-    return demo
-
-
-def queued(demo: gr.Blocks) -> gr.Blocks:
-    """The queue as the app serves it (main() and the tests): 4 events at a time, quiet when idle."""
-    return quiet_queue(demo.queue(default_concurrency_limit=4))
 
 
 def main() -> None:
@@ -141,9 +190,12 @@ def main() -> None:
             models.resolve(model, Layout(home).models)
         except models.ModelUnavailable as exc:
             print(f"Warning: {exc}", flush=True)
-    demo = build_app(home, model)
-    print(f"Data root: {home}. Ready in {time.perf_counter() - start:.1f} s.", flush=True)
-    queued(demo).launch(server_name=os.environ.get("GRADIO_SERVER_NAME"), max_file_size=max_upload())
+    tuner = build_app(home, model)
+    host = os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    port = int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
+    print(f"Data root: {home}. Ready in {time.perf_counter() - start:.1f} s: http://{host}:{port} "
+          f"(raters: http://{host}:{port}/rate)", flush=True)
+    uvicorn.Server(server_config(tuner.api, host, port)).run()
 
 
 if __name__ == "__main__":

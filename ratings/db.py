@@ -223,6 +223,31 @@ def _judge(db: sqlite_utils.Database) -> None:
     """)
 
 
+
+@migrations(name="0007_rater_claims")
+def _rater_claims(db: sqlite_utils.Database) -> None:
+    # a name is claimed per evaluation, together with its join (one transaction: a refused join
+    # claims nothing): by the browser holding the key (kind 'key'; key_hash is the hash of the
+    # random key the server keeps in that browser's HttpOnly cookie; also kept for 'hf', so one
+    # browser brings one name) or by a Hugging Face sign-in (kind 'hf'). rater_keys (0002)
+    # claimed names for every evaluation at once and before the per-address cap; the names
+    # already joined to an evaluation keep their claim there
+    db.executescript("""
+    CREATE TABLE rater_claims (
+        evaluation_id INTEGER NOT NULL REFERENCES evaluations(id),
+        rater TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('key', 'hf')),
+        key_hash TEXT,
+        client_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (evaluation_id, rater)
+    );
+    CREATE INDEX rater_claims_key ON rater_claims(evaluation_id, key_hash);
+    INSERT INTO rater_claims (evaluation_id, rater, kind, key_hash, client_hash, created_at)
+        SELECT j.evaluation_id, j.rater, k.kind, k.key_hash, j.client_hash, j.joined_at
+        FROM rater_joins j JOIN rater_keys k ON k.rater = j.rater;
+    """)
+
 # SQLite's result codes for a disk that fails under it, in a person's words
 SQLITE_DISK_PROBLEMS = {
     "SQLITE_FULL": "the disk is full",

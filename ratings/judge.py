@@ -13,16 +13,21 @@ Two kinds of judge, one interface (`Judge.ask`: conversations in, answers out):
   greedily through `tuner.generate.Generator`;
 - an OpenAI-compatible endpoint (`{url}/chat/completions`: Ollama, vLLM, llama.cpp's
   server, a hosted API), through the standard library only; an API key is read from an
-  environment variable the owner names, never typed into the page or stored.
+  environment variable the owner names, never typed into the page or stored. No redirect is
+  followed (the key would go along), and an endpoint on a loopback, private or link-local
+  address (this machine, its network, the cloud metadata service) is refused unless the
+  owner allows it (`allow_private`; the app sets it from TUNER_JUDGE_ALLOW_PRIVATE=1).
 """
 
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import math
 import os
 import re
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -30,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import urljoin, urlparse, urlunparse
 
 import pandas as pd
 
@@ -197,9 +202,115 @@ def _public(url: str) -> str:
     return urlunparse(parsed._replace(netloc=parsed.netloc.rsplit("@", 1)[-1]))
 
 
+# --- where a judge's requests (and its key) may go ---------------------------------------------------
+ALLOW_PRIVATE_ENV = "TUNER_JUDGE_ALLOW_PRIVATE"  # =1: the owner allows endpoints on private addresses
+
+
+def private_allowed_by_env() -> bool:
+    """Whether the server's owner set TUNER_JUDGE_ALLOW_PRIVATE=1 (also true/yes): endpoints on this
+    machine or its network (a local Ollama or llama.cpp server) may be used as judges."""
+    return os.environ.get(ALLOW_PRIVATE_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+def private_address(ip: str) -> bool:
+    """Whether an IP address is not a public one: loopback (127/8, ::1), private (10/8, 172.16/12,
+    192.168/16, fc00::/7), link-local (169.254/16 with the cloud metadata address, fe80::/10),
+    unspecified (0.0.0.0, ::), shared (100.64/10) or reserved; an IPv4-mapped IPv6 address as its IPv4."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])  # "fe80::1%eth0": the zone does not matter
+    except ValueError:
+        return True  # not an address we can judge: refuse
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return not address.is_global or address.is_multicast
+
+
+def _private_refused(shown: str, host: str, ip: str) -> JudgeError:
+    named = ip if host.strip("[]") == ip else f"{host} resolves to {ip}"
+    return JudgeError(f"The judge endpoint {shown} is on a private or local address ({named}): Tuner refuses "
+                      "those by default, so that a judge (and its key) cannot be pointed at this machine, its "
+                      "network or the cloud metadata service (169.254.169.254). For a judge you run yourself "
+                      "(Ollama or llama.cpp's server on localhost, a server on your network), set "
+                      f"{ALLOW_PRIVATE_ENV}=1 in the server's environment and restart Tuner.")
+
+
+def _check_host(address: str, shown: str) -> None:
+    """Refuse an endpoint whose host resolves to any private address (every address is checked)."""
+    parsed = urlparse(address)
+    host = parsed.hostname or ""
+    for *_, sockaddr in socket.getaddrinfo(host, parsed.port or (443 if parsed.scheme == "https" else 80),
+                                           type=socket.SOCK_STREAM):
+        if private_address(str(sockaddr[0])):
+            raise _private_refused(shown, host, str(sockaddr[0]))
+
+
+class _PeerChecked(http.client.HTTPConnection):
+    """A connection that, once connected and before anything is sent (TLS included), refuses a private
+    peer: the name may resolve to another address than when it was checked (DNS rebinding). Through a
+    proxy the peer is the proxy, not the endpoint: nothing to check then."""
+
+    shown, check_peer = "", True  # set by _connection
+
+    def connect(self):
+        super().connect()
+        if self.check_peer and not self._tunnel_host:  # _tunnel_host: an https endpoint through a proxy
+            peer = str(self.sock.getpeername()[0])
+            if private_address(peer):
+                self.sock.close()
+                self.sock = None
+                raise _private_refused(self.shown, self.host, peer)
+
+
+class _PeerCheckedHTTPS(http.client.HTTPSConnection, _PeerChecked):
+    """HTTPS: HTTPSConnection.connect runs _PeerChecked.connect (the check) before its TLS handshake."""
+
+
+def _connection(cls, shown: str, check_peer: bool):
+    def connection(*args, **kwargs):
+        made = cls(*args, **kwargs)
+        made.shown, made.check_peer = shown, check_peer
+        return made
+
+    return connection
+
+
+class _CheckedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, shown: str):
+        super().__init__()
+        self.shown = shown
+
+    def http_open(self, req):  # through a proxy (has_proxy) the peer is the proxy
+        return self.do_open(_connection(_PeerChecked, self.shown, not req.has_proxy()), req)
+
+
+class _CheckedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, shown: str):
+        super().__init__()
+        self.shown = shown
+
+    def https_open(self, req):
+        return self.do_open(_connection(_PeerCheckedHTTPS, self.shown, True), req, context=self._context)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow no redirect: urllib would send the Authorization header (the key) to wherever a 3xx
+    points. The 3xx then comes back as an HTTPError, which chat_completion turns into a message."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _opener(shown: str, allow_private: bool) -> urllib.request.OpenerDirector:
+    handlers = [_NoRedirects()]
+    if not allow_private:
+        handlers += [_CheckedHTTPHandler(shown), _CheckedHTTPSHandler(shown)]
+    return urllib.request.build_opener(*handlers)
+
+
 def chat_completion(url: str, model: str, messages: list[dict], key: str | None = None,
-                    timeout: float = 120.0) -> str:
-    """One answer from an OpenAI-compatible `/chat/completions` endpoint (temperature 0)."""
+                    timeout: float = 120.0, allow_private: bool = False) -> str:
+    """One answer from an OpenAI-compatible `/chat/completions` endpoint (temperature 0). No redirect
+    is followed; an endpoint on a private address is refused unless `allow_private`."""
     address = endpoint_url(url)
     shown = _public(address)
     body = json.dumps({"model": model, "messages": messages, "temperature": 0}).encode("utf-8")
@@ -208,9 +319,18 @@ def chat_completion(url: str, model: str, messages: list[dict], key: str | None 
         headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(address, data=body, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        if not allow_private:
+            _check_host(address, shown)
+        with _opener(shown, allow_private).open(request, timeout=timeout) as response:
             raw = response.read()
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            location = (exc.headers.get("Location") or "").strip() if exc.headers else ""
+            exc.close()
+            target = _public(urljoin(address, location)) if location else "no address (no Location header)"
+            raise JudgeError(f"The judge endpoint {shown} answered HTTP {exc.code}, redirecting to {target}; "
+                             "Tuner does not follow redirects (your key would go along): set the final address "
+                             "as the judge instead.") from None
         detail = exc.read()[:300].decode("utf-8", "replace").strip()
         raise JudgeError(f"The judge endpoint {shown} answered HTTP {exc.code} {exc.reason}"
                          f"{': ' + detail if detail else ''}") from None
@@ -238,9 +358,11 @@ def _content(raw: bytes, shown: str) -> str:
     return content
 
 
-def endpoint_judge(url: str, model: str, key_env: str = "", timeout: float = 120.0, workers: int = 4) -> Judge:
+def endpoint_judge(url: str, model: str, key_env: str = "", timeout: float = 120.0, workers: int = 4,
+                   allow_private: bool = False) -> Judge:
     """An OpenAI-compatible server as the judge; a few requests at a time. The first failing
-    request stops the run (nothing is stored) with its message."""
+    request stops the run (nothing is stored) with its message. An endpoint on a loopback, private
+    or link-local address is refused unless `allow_private` (the owner's TUNER_JUDGE_ALLOW_PRIVATE=1)."""
     address = endpoint_url(url)
     model = (model or "").strip()
     if not model:
@@ -252,7 +374,7 @@ def endpoint_judge(url: str, model: str, key_env: str = "", timeout: float = 120
         answers: list[str | None] = [None] * len(conversations)
         pool = ThreadPoolExecutor(max_workers=workers)
         try:
-            pending = {pool.submit(chat_completion, address, model, c, key, timeout): i
+            pending = {pool.submit(chat_completion, address, model, c, key, timeout, allow_private): i
                        for i, c in enumerate(conversations)}
             for done, future in enumerate(as_completed(pending), start=1):
                 answers[pending[future]] = future.result()
@@ -267,16 +389,17 @@ def endpoint_judge(url: str, model: str, key_env: str = "", timeout: float = 120
 
 
 def make_judge(source: str, models_dir: Path, endpoint_model: str = "", key_env: str = "", generator=None,
-               timeout: float = 120.0) -> Judge:
+               timeout: float = 120.0, allow_private: bool = False) -> Judge:
     """The judge the owner typed: an http(s) URL is an OpenAI-compatible endpoint (with
-    `endpoint_model`, and the key in the environment variable `key_env`); anything else a
-    model name for `tuner.models.resolve` (checked now, so an offline Hub id fails here)."""
+    `endpoint_model`, and the key in the environment variable `key_env`; on a private address only
+    with `allow_private`); anything else a model name for `tuner.models.resolve` (checked now, so an
+    offline Hub id fails here)."""
     source = (source or "").strip()
     if not source:
         raise JudgeError("Type a judge: a model (a local folder, smollm2-135m-instruct, a Hub id) or an "
                          "OpenAI-compatible endpoint URL such as http://localhost:11434/v1.")
     if "://" in source:
-        return endpoint_judge(source, endpoint_model, key_env, timeout)
+        return endpoint_judge(source, endpoint_model, key_env, timeout, allow_private=allow_private)
     try:
         models.resolve(source, Path(models_dir))
     except models.ModelUnavailable as exc:

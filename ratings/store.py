@@ -30,6 +30,7 @@ ASPECTS = ("adherence", "tone", "clarity")  # optional scores on the same scale 
 PREFERENCES = ("A", "B", "tie")
 REVEALS = ("end", "each")
 NAMES_PER_ADDRESS = 3  # new rater names one address may bring to one evaluation
+BROWSER_KEY_MIN = 20  # characters in the random key a browser holds (the server makes it)
 RATER_MAX = 60  # characters in a rater's name
 # a pair served and not rated within this time is taken as abandoned: it no longer
 # keeps other raters off that pair (its rater still gets it back first)
@@ -47,6 +48,11 @@ def _stamp(moment: datetime) -> str:
 
 def _hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _client_hash(client: str) -> str:
+    """An address as the tables keep it: hashed, never in the clear."""
+    return hashlib.sha256(f"tuner-rater-address:{client}".encode()).hexdigest()[:32]
 
 
 class RatingError(ValueError):
@@ -230,7 +236,10 @@ class Store(Database):
         random key, and later joins under that name must show it (`keys`: the
         keys this browser holds, by name). A Hugging Face sign-in (`signed_in`)
         is its own proof. Nobody can rate as, or overwrite the ratings of, a
-        rater whose proof they lack."""
+        rater whose proof they lack.
+
+        Superseded by `admit` (this claims a name for every evaluation, and before the
+        address cap is checked); kept for older callers."""
         name = clean_rater(name)
         key = (keys or {}).get(name)
         with self.write() as db:
@@ -253,9 +262,9 @@ class Store(Database):
     def join(self, evaluation_id: int, rater: str, client: str, cap: int = NAMES_PER_ADDRESS) -> None:
         """Record that `rater` rates this evaluation from `client` (an address); refuse a
         new name when that address already brought `cap` names to this evaluation
-        (throwaway names are how one person would stuff the ballot)."""
+        (throwaway names are how one person would stuff the ballot). Superseded by `admit`."""
         rater = clean_rater(rater)
-        client_hash = hashlib.sha256(f"tuner-rater-address:{client}".encode()).hexdigest()[:32]
+        client_hash = _client_hash(client)
         with self.write() as db:
             if db.execute("SELECT 1 FROM rater_joins WHERE evaluation_id = ? AND rater = ?",
                           [evaluation_id, rater]).fetchone():
@@ -266,6 +275,104 @@ class Store(Database):
                 raise RatingError(f"This address already rates this evaluation under {used} names; go on under "
                                   "one of them (each person rates once).")
             db.execute("INSERT INTO rater_joins VALUES (?, ?, ?, ?)", [evaluation_id, rater, client_hash, _now()])
+
+    def admit(self, evaluation_id: int, name: str, browser_key: str, client: str, signed_in: bool = False,
+              cap: int = NAMES_PER_ADDRESS) -> str:
+        """Admit a rater to one evaluation; returns the cleaned name, or raises RatingError saying why not.
+
+        Replaces claim_rater + join. A name is claimed per evaluation, and only here, in the
+        same transaction as every check, so a refused admission writes nothing (names refused
+        at the address cap stay free for real raters). `browser_key`: the random key the
+        server keeps in this browser's HttpOnly cookie (only its hash is stored). A claimed
+        name is admitted again only with the same key, or with a sign-in for a name claimed
+        by a Hugging Face sign-in (`signed_in`). A new name must pass, in order: the address
+        cap (`cap` names per address per evaluation), one name per browser per evaluation,
+        and no reveal yet to anyone from this address in this evaluation (a second name of
+        someone who has seen which model wrote which reply would rate unblinded)."""
+        name = clean_rater(name)
+        if not isinstance(browser_key, str) or len(browser_key) < BROWSER_KEY_MIN:
+            raise RatingError(f"This browser's rater key is missing or shorter than {BROWSER_KEY_MIN} characters; "
+                              "reload the page (and allow its cookie) to rate.")
+        key_hash, client_hash = _hash_key(browser_key), _client_hash(client)
+        with self.write() as db:
+            if db.execute("SELECT 1 FROM evaluations WHERE id = ?", [evaluation_id]).fetchone() is None:
+                raise RatingError("This evaluation does not exist (any more).")
+            claim = db.execute("SELECT kind, key_hash FROM rater_claims WHERE evaluation_id = ? AND rater = ?",
+                               [evaluation_id, name]).fetchone()
+            if claim is not None:
+                kind, claimed_hash = claim
+                if kind == "hf":
+                    if signed_in:
+                        return name
+                    raise RatingError(f"{name!r} rates with a Hugging Face sign-in; sign in as {name} "
+                                      "or pick another name.")
+                if claimed_hash and hmac.compare_digest(key_hash, claimed_hash):
+                    return name
+                raise RatingError(f"Someone already rates as {name!r} from another browser. Go on in that "
+                                  "browser, or pick another name.")
+            used = db.execute("SELECT COUNT(*) FROM rater_joins WHERE evaluation_id = ? AND client_hash = ?",
+                              [evaluation_id, client_hash]).fetchone()[0]
+            if used >= cap:
+                raise RatingError(f"This address already rates this evaluation under {used} names; go on under "
+                                  "one of them (each person rates once).")
+            held = db.execute("SELECT rater FROM rater_claims WHERE evaluation_id = ? AND key_hash = ? "
+                              "ORDER BY created_at LIMIT 1", [evaluation_id, key_hash]).fetchone()
+            if held is not None:
+                raise RatingError(f"This browser already rates this evaluation as {held[0]!r}; go on as {held[0]}.")
+            neighbours = [r for (r,) in db.execute(
+                "SELECT rater FROM rater_joins WHERE evaluation_id = ? AND client_hash = ?",
+                [evaluation_id, client_hash])]
+            if any(self._revealed(db, evaluation_id, rater) for rater in neighbours):
+                raise RatingError("Someone at this address has already seen which model wrote which reply in this "
+                                  "evaluation; a new name from here would rate unblinded.")
+            now = _now()
+            db.execute("INSERT INTO rater_claims (evaluation_id, rater, kind, key_hash, client_hash, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)",
+                       [evaluation_id, name, "hf" if signed_in else "key", key_hash, client_hash, now])
+            # (a name joined without a claim, by the old join alone, keeps its first address)
+            db.execute("INSERT OR IGNORE INTO rater_joins VALUES (?, ?, ?, ?)",
+                       [evaluation_id, name, client_hash, now])
+        return name
+
+    def rater_of(self, evaluation_id: int, browser_key, hf_user: str | None = None) -> str | None:
+        """The name this browser (its key) or this Hugging Face sign-in rates under in an
+        evaluation, once admitted; else None. The web layer's only source of a rater's name."""
+        with self.db() as db:
+            if hf_user:
+                row = db.execute("SELECT rater FROM rater_claims WHERE evaluation_id = ? AND rater = ? AND kind = 'hf'",
+                                 [evaluation_id, clean_rater(hf_user)]).fetchone()
+                if row:
+                    return row[0]
+            if not isinstance(browser_key, str) or len(browser_key) < BROWSER_KEY_MIN:
+                return None
+            row = db.execute("SELECT rater FROM rater_claims WHERE evaluation_id = ? AND key_hash = ? "
+                             "ORDER BY created_at LIMIT 1", [evaluation_id, _hash_key(browser_key)]).fetchone()
+        return row[0] if row else None
+
+    def evaluation_of_assignment(self, assignment_id: int) -> int | None:
+        """The evaluation a served pair belongs to (None for no such pair)."""
+        with self.db() as db:
+            row = db.execute("SELECT p.evaluation_id FROM assignments a JOIN comparisons c ON c.id = a.comparison_id "
+                             "JOIN prompts p ON p.id = c.prompt_id WHERE a.id = ?", [assignment_id]).fetchone()
+        return row[0] if row else None
+
+    def _revealed(self, db, evaluation_id: int, rater: str) -> bool:
+        """Whether `rater` has been shown which model wrote which reply in this evaluation:
+        with reveal 'each', once they rated a pair; with 'end', once they rated all theirs."""
+        done = self._rated_count(db, evaluation_id, rater)
+        if done == 0:
+            return False
+        row = db.execute("SELECT reveal FROM evaluations WHERE id = ?", [evaluation_id]).fetchone()
+        if (row[0] if row else "end") == "each":
+            return True
+        return done >= self._pairs_per_rater(db, evaluation_id)
+
+    @staticmethod
+    def _rated_count(db, evaluation_id: int, rater: str) -> int:
+        return db.execute("""SELECT COUNT(*) FROM assignments a JOIN comparisons c ON c.id = a.comparison_id
+                             JOIN prompts p ON p.id = c.prompt_id
+                             WHERE p.evaluation_id = ? AND a.rater = ? AND a.rated_at IS NOT NULL""",
+                          [evaluation_id, rater]).fetchone()[0]
 
     def _pairs_per_rater(self, db, evaluation_id: int) -> int:
         """How many pairs one rater is served: on each prompt, as many pairs as its
@@ -282,10 +389,7 @@ class Store(Database):
     def _progress(self, evaluation_id: int, rater: str) -> tuple[int, int]:
         with self.db() as db:
             total = self._pairs_per_rater(db, evaluation_id)
-            done = db.execute("""SELECT COUNT(*) FROM assignments a JOIN comparisons c ON c.id = a.comparison_id
-                                 JOIN prompts p ON p.id = c.prompt_id
-                                 WHERE p.evaluation_id = ? AND a.rater = ? AND a.rated_at IS NOT NULL""",
-                              [evaluation_id, rater]).fetchone()[0]
+            done = self._rated_count(db, evaluation_id, rater)
         return min(done, total) if total else done, max(total, done)
 
     def next_pair(self, evaluation_id: int, rater: str, rng: random.Random,
@@ -435,7 +539,9 @@ class Store(Database):
 
     def change_scores(self, assignment_id: int, rater: str, score_a, score_b) -> dict:
         """The explicit way to replace a rater's scores of a pair they rated: audited
-        (old and new score), never done by a second submit."""
+        (old and new score), never done by a second submit, and only until the rater has
+        been shown which model wrote which reply (reveal 'each': every submit shows its pair,
+        so never; 'end': until their last pair is rated). Refused, it writes nothing."""
         rater = clean_rater(rater)
         a, b = check_score(score_a, "Reply A"), check_score(score_b, "Reply B")
 
@@ -444,6 +550,11 @@ class Store(Database):
             if not found or found[0]["rater"] != rater or found[0]["rated_at"] is None:
                 raise RatingError("Only a pair you have rated can be changed.")
             assignment = found[0]
+            evaluation_id = db.execute("SELECT p.evaluation_id FROM comparisons c JOIN prompts p "
+                                       "ON p.id = c.prompt_id WHERE c.id = ?",
+                                       [assignment["comparison_id"]]).fetchone()[0]
+            if self._revealed(db, evaluation_id, rater):
+                raise RatingError("Your scores are final: you have seen which model wrote which reply.")
             old = {}
             for reply_id, score in ((assignment["left_reply_id"], a), (assignment["right_reply_id"], b)):
                 row = db.execute("SELECT score, adherence, tone, clarity FROM ratings WHERE reply_id=? AND rater=?",

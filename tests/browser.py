@@ -26,16 +26,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(home: Path, model, access=None, seed: int = 3, **launch):
-    """The app over `home` with `model` as its default, launched on a free port as
-    the tests launch it (queue on, no thread lock); `launch` adds launch() options.
-    `access` None: the environment's. Returns (demo, base url); close the demo."""
-    from app import build_app, queued
+def serve(home: Path, model, access=None, seed: int = 3):
+    """The app over `home` with `model` as its default, served by uvicorn on a free loopback
+    port in a thread, as `python app.py` serves it. `access` None: the environment's.
+    Returns (the app, base url); close the app."""
+    from app import build_app
 
-    demo = build_app(home, default_model=str(model), rng=random.Random(seed), access=access)
-    port = free_port()
-    queued(demo).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch)
-    return demo, f"http://127.0.0.1:{port}"
+    tuner = build_app(home, default_model=str(model), rng=random.Random(seed), access=access)
+    return tuner, tuner.start("127.0.0.1", free_port())
 
 
 def home_with_runs(tmp_path: Path, model, names: list[str], max_steps: int = 3) -> Path:

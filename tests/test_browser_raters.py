@@ -109,35 +109,43 @@ def test_two_raters_each_get_their_own_queue(served, chromium):
     frame = store.ratings_frame(eval_id)
     assert sorted(frame[frame["rater"] == "Ana"]["score"]) == [1, 2, 3, 4, 5, 5]
     assert frame[frame["rater"] == "Ben"].empty
-    # the page's Submit and Next went through the gate's own lane (tuner.ui.access.direct), not
-    # Gradio's route, which counts each run it makes; the join went through Gradio's
-    runs = {f.api_name: f.total_runs for f in demo.fns.values()}
-    assert runs["rater_submit"] == runs["rater_next"] == 0 and runs["rater_join"] >= 4
+    # the raters' page is an app of its own with no Python handler: its buttons call the plain routes
+    assert demo.raters.fns and all(f.fn is None for f in demo.raters.fns.values())
 
 
-def test_raters_page_handlers_send_no_variant_name_before_the_commit(served):
+def test_raters_routes_send_no_variant_name_before_the_commit(served):
     """Called directly, as a script would: what the server returns before the commit."""
-    from gradio_client import Client
+    import httpx
 
     url, store, eval_id, _demo = served
-    client = Client(url, verbose=False)
-    served_pair = client.predict(eval_id, "Eve", "", {}, api_name="/rater_join")
-    text = json.dumps(served_pair, ensure_ascii=False)
-    assert "Eve · pair 1 of 3" in text
-    for secret in ("base (tiny)", "lora", "run-xyz"):
-        assert secret not in text
-    # a score outside 1-5 is refused on the server, whatever a script sends
-    refused = client.predict(7, 3, None, "", None, None, None, None, None, None, api_name="/rater_submit")
-    assert "the score must be a whole number from 1 to 5 (got 7)" in json.dumps(refused)
-    for odd in ({"x": 1}, [3], "3; DROP TABLE ratings", 3.5, True):  # whatever a script sends
-        assert "⚠️" in str(client.predict(odd, 3, None, "", None, None, None, None, None, None,
-                                          api_name="/rater_submit"))
-    odd_comment = client.predict(4, 3, None, {"not": "text"}, None, None, None, None, None, None,
-                                 api_name="/rater_submit")
-    assert "must be text" in json.dumps(odd_comment)
-    missing = client.predict(None, 3, None, "", None, None, None, None, None, None, api_name="/rater_submit")
-    assert "Reply A: choose a score" in json.dumps(missing)
-    assert store.ratings_frame(eval_id).empty
-    reveal = client.predict(4, 3, "tie", "", None, None, None, None, None, None, api_name="/rater_submit")
-    assert "lora" not in json.dumps(reveal) and "shown after your last pair" in json.dumps(reveal)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        served_pair = client.post("/tuner/rate/join", json={"evaluation": eval_id, "name": "Eve", "code": ""})
+        assert served_pair.status_code == 200, served_pair.text
+        assert "tuner_rater" in client.cookies  # the browser's key to the name, HttpOnly
+        assert "HttpOnly" in served_pair.headers["set-cookie"]
+        text = served_pair.text
+        assert "Eve · pair 1 of 3" in served_pair.json()["progress"]
+        for secret in ("base (tiny)", "lora", "run-xyz"):
+            assert secret not in text
+        pair = served_pair.json()["assignment"]
+
+        def submit(**fields):
+            return client.post("/tuner/rate/submit", json={"evaluation": eval_id, "assignment": pair, **fields})
+
+        # a score outside 1-5 is refused on the server, whatever a script sends
+        assert "the score must be a whole number from 1 to 5 (got 7)" in submit(a=7, b=3).json()["reveal"]
+        for odd in ({"x": 1}, [3], "3; DROP TABLE ratings", 3.5, True):  # whatever a script sends
+            assert "⚠️" in submit(a=odd, b=3).json()["reveal"]
+        assert "must be text" in submit(a=4, b=3, comment={"not": "text"}).json()["reveal"]
+        assert "Reply A: choose a score" in submit(a=None, b=3).json()["reveal"]
+        assert store.ratings_frame(eval_id).empty
+        reveal = submit(a=4, b=3, preference="tie")
+        assert "lora" not in reveal.text and "shown after your last pair" in reveal.json()["reveal"]
+        assert len(store.ratings_frame(eval_id)) == 2
+    # another browser (no cookie) cannot rate as Eve, nor submit her pair
+    with httpx.Client(base_url=url, timeout=30) as stranger:
+        refused = stranger.post("/tuner/rate/submit", json={"evaluation": eval_id, "assignment": pair, "a": 1, "b": 1})
+        assert refused.status_code == 400 and "Start rating" in refused.json()["error"]
+        taken = stranger.post("/tuner/rate/join", json={"evaluation": eval_id, "name": "Eve", "code": ""})
+        assert taken.status_code == 409 and "another browser" in taken.json()["error"]
     assert len(store.ratings_frame(eval_id)) == 2

@@ -177,3 +177,33 @@ def test_add_replace_delete_keep_a_stored_split_whole():
     assert editing.delete_row(rows, 0) == rows[1:]
     with pytest.raises(ValueError, match="no row 3: the dataset has 2 rows"):
         editing.delete_row(rows, 2)
+
+
+# --- owner-only bombs (security review): a save past the size limit, a number too long ----------
+def test_a_save_over_the_size_limit_is_refused_by_name_and_keeps_what_was_saved(tmp_path, monkeypatch):
+    from tuner import importers as imp
+
+    first = tdata.save_version([chat("a", "b")], "faq", tmp_path, note="first")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.setattr(tdata, "MAX_FILE_BYTES", 1024)  # the limit a dataset file is read back under
+    big = [chat("q" * 400, "a" * 400)] * 2  # 1.6 KB as JSONL
+    message = r'the dataset "faq": 1\.7 KB is over the 1\.0 KB limit for a dataset file; cut it down or split it'
+    with pytest.raises(ValueError, match=message):
+        tdata.save_version(big, "faq", tmp_path)
+    with pytest.raises(ValueError, match=message):
+        tdata.save_dataset(big, "faq", tmp_path)
+    result = imp.ImportResult(rows=big, source="big.jsonl", shape="messages")
+    with pytest.raises(imp.ImportProblem, match=rf"^big\.jsonl: {message}[^.]*[^.]$"):
+        imp.save_import(result, "faq", tmp_path)  # the Dataset tab adds ". Nothing was saved."
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing lost, nothing half-written
+    assert tdata.load_jsonl(first).rows == [chat("a", "b")]
+    assert tdata.save_version([chat("c", "d")], "faq", tmp_path).name == "faq-v2.jsonl"  # under it: saved
+
+
+def test_the_editor_names_metadata_with_a_number_too_long_or_nested_too_deeply():
+    from tuner import editing
+
+    assert editing.build_row("", [["q", "a"]], '{"id": ' + "7" * 5000 + "}")[1] == [
+        "metadata: a number 5,000 digits long is too long to read (at most 4,300 digits)"]
+    assert editing.build_row("", [["q", "a"]], '{"a": ' + "[" * 100_000)[1] == [
+        "metadata: nested too deeply to read"]

@@ -1,6 +1,7 @@
 """Importing files and Hub datasets: every shape, every bad input."""
 
 import json
+import re
 import time
 
 import pytest
@@ -284,3 +285,128 @@ def test_a_text_response_csv_imports_with_the_guessed_mapping(tmp_path):
     assert turns(result.rows[0]) == [("user", "Where is my parcel?"), ("assistant", "On its way.")]
     assert result.rows[0]["label"] == "shipping"
     assert imp.suggest_mapping(["a", "b"]) is None  # nothing to guess from: the pickers stay empty
+
+
+# --- owner-only bombs: a small file that decodes huge, a number too long (security review) ---------
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+IMPORT_IN_A_CHILD = """
+import pathlib, resource, sys
+sys.path.insert(0, sys.argv[2])
+import pyarrow.parquet
+from tuner import importers as imp
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    result = imp.import_file(pathlib.Path(sys.argv[1]))
+    print("imported", len(result.rows))
+except imp.ImportProblem as exc:
+    print("refused", exc)
+print("grew", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def import_in_a_child(path):
+    """(what the import said, how many MB its peak memory grew by), from a fresh process:
+    arrow's memory is not Python's, so tracemalloc cannot see it, but the peak RSS does."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", IMPORT_IN_A_CHILD, str(path), str(ROOT)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    said, grew = done.stdout.strip().rsplit("\n", 1)
+    return said, int(grew.split()[1])
+
+
+def long_string_parquet(path):
+    # one 1 MB string, dictionary-encoded: stored once, it decodes once per row (1,000 rows: 1 GB)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = 1000
+    question = pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), pa.array(["q" * 2**20]))
+    pq.write_table(pa.table({"question": question, "answer": ["A"] * rows}), path)
+
+
+def many_values_parquet(path):
+    # 3 rows with a list of 7 million nulls each: 1 KB on disk, 21 million values once read
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    nulls = pa.ListArray.from_arrays(pa.array([0, 7_000_000, 14_000_000, 21_000_000], pa.int32()),
+                                     pa.nulls(21_000_000, pa.int64()))
+    pq.write_table(pa.table({"question": ["Q1", "Q2", "Q3"], "answer": ["A1", "A2", "A3"], "counts": nulls}), path)
+
+
+@pytest.mark.parametrize("make, message", [
+    (long_string_parquet, r"1,000 rows decode to 1000\.\d MB"),
+    (many_values_parquet, r"3 rows hold 21,000,006 values, which decode to at least 320\.\d MB"),
+], ids=["one-long-string-repeated", "millions-of-values"])
+def test_a_small_parquet_file_that_decodes_huge_is_refused_before_it_is_read(tmp_path, make, message):
+    path = tmp_path / "big.parquet"
+    make(path)
+    assert path.stat().st_size < 300 * 1024  # small on disk…
+    said, grew = import_in_a_child(path)
+    # … refused by name, with the limit, and without decoding it
+    assert re.fullmatch(rf"refused big\.parquet: {message}, over the 50\.0 MB limit for a dataset file; "
+                        r"cut it down or split it first", said), said
+    assert grew < 100, f"the refused import took {grew} MB more memory"
+
+
+def test_a_parquet_file_is_read_only_as_far_as_the_row_limit(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "chat.parquet"
+    rows = [{"messages": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f"A{i}"}],
+             "topic.name": "x" * (i % 3)} for i in range(12)]
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=4)
+    assert imp.import_file(path).rows == rows  # nested columns, and a dot in a column's name
+    monkeypatch.setattr(imp, "MAX_ROWS", 5)
+    table = imp.read_file(path)
+    assert table.records == rows[:5] and table.numbers == [1, 2, 3, 4, 5]
+    assert table.notes == ["only the first 5 of the 12 rows of chat.parquet were read (the import limit)"]
+
+
+DIGITS = "7" * 5000  # past Python's 4,300-digit limit on reading an integer
+
+
+def test_a_number_too_long_to_read_is_a_named_bad_line_in_jsonl_and_json(tmp_path):
+    good = [chat("Q1", "A1"), chat("Q2", "A2")]
+    line = json.dumps(chat("Q", "A"))[:-1] + f', "id": {DIGITS}}}'
+    path = tmp_path / "long.jsonl"
+    path.write_text("\n".join([json.dumps(good[0]), line, json.dumps(good[1])]) + "\n", encoding="utf-8")
+    result = imp.import_file(path)
+    assert result.rows == good
+    assert result.problems == ["line 2: a number 5,000 digits long is too long to read (at most 4,300 digits)"]
+    assert tdata.load_jsonl(path).problems == result.problems  # the dataset loader says the same
+
+    listed = tmp_path / "long.json"
+    listed.write_text(f"[{json.dumps(good[0])},\n{line},\n{json.dumps(good[1])}]", encoding="utf-8")
+    result = imp.import_file(listed)
+    assert result.rows == good
+    assert result.problems == ["item 2: a number 5,000 digits long is too long to read (at most 4,300 digits)"]
+    # one object per line under a .json name, and a file that is nothing but the number
+    listed.write_text("\n".join([json.dumps(good[0]), line, json.dumps(good[1])]), encoding="utf-8")
+    assert imp.import_file(listed).problems == [
+        "line 2: a number 5,000 digits long is too long to read (at most 4,300 digits)"]
+    listed.write_text("\n".join([line, json.dumps(good[1])]), encoding="utf-8")  # the long number first
+    assert imp.import_file(listed).problems == [
+        "line 1: a number 5,000 digits long is too long to read (at most 4,300 digits)"]
+    listed.write_text(DIGITS, encoding="utf-8")
+    with pytest.raises(ImportProblem, match=r"long.json: a number 5,000 digits long is too long to read"):
+        imp.import_file(listed)
+
+
+def test_a_conversation_cell_with_a_long_number_or_deep_nesting_is_a_named_bad_line(tmp_path):
+    import csv
+
+    cells = [json.dumps(chat("Q1", "A1")["messages"]), f'[{{"role": "user", "content": {DIGITS}}}]',
+             "[" * 100_000, json.dumps(chat("Q2", "A2")["messages"])]
+    path = tmp_path / "chat.csv"
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        csv.writer(fh).writerows([["messages"], *([c] for c in cells)])
+    result = imp.import_file(path)
+    assert result.rows == [chat("Q1", "A1"), chat("Q2", "A2")]
+    assert result.problems == [
+        'line 3: "messages": a number 5,000 digits long is too long to read (at most 4,300 digits)',
+        'line 4: "messages" is nested too deeply to read']

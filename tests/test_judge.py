@@ -60,7 +60,8 @@ def letter_judge(body: dict) -> tuple[int, bytes]:
 
 
 class _Endpoint:
-    """An OpenAI-compatible server in a thread: records every request, answers with `answer(body)`."""
+    """An OpenAI-compatible server in a thread: records every request, answers with `answer(body)`
+    (`body` None for a GET)."""
 
     def __init__(self, answer):
         self.answer, self.requests = answer, []
@@ -69,11 +70,20 @@ class _Endpoint:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                status, payload = outer.answer(body)
+                self._answer(body)
+
+            def do_GET(self):  # what a followed 301/302/303 turns a POST into
+                self._answer(None)
+
+            def _answer(self, body):
+                outer.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
+                                       "body": body})
+                status, payload, *extra = outer.answer(body)  # (status, payload[, more headers])
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
+                for name, value in (extra[0] if extra else {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(payload)
 
@@ -152,7 +162,8 @@ def test_an_endpoint_judge_scores_every_reply_and_judges_every_pair_in_both_orde
     _rate_all(store, eval_id, "ana", lambda text: 5 if "Dear" in text else 2)
     ratings_before, humans_before = _rows(store, "ratings"), store.ratings_frame(eval_id)
     server = endpoint()
-    judge = rj.make_judge(server.url, tmp_path / "models", endpoint_model="judge-8b", key_env=KEY_ENV)
+    judge = rj.make_judge(server.url, tmp_path / "models", endpoint_model="judge-8b", key_env=KEY_ENV,
+                          allow_private=True)  # the fake server is on 127.0.0.1
     seen = []
     counts = rj.run_judge(store, eval_id, judge, progress=lambda done, total: seen.append((done, total)))
     assert counts == {"replies": 8, "scored": 8, "pairs": 4, "verdicts": 8, "decided": 8}
@@ -203,7 +214,7 @@ def test_a_rerun_replaces_the_judges_rows_and_a_second_judge_keeps_its_own(tmp_p
     eval_id = _evaluation(store)
     answers = {"text": "3"}
     server = endpoint(lambda body: (200, json.dumps({"choices": [{"message": {"content": answers["text"]}}]}).encode()))
-    judge = rj.make_judge(server.url, tmp_path, endpoint_model="m1")
+    judge = rj.make_judge(server.url, tmp_path, endpoint_model="m1", allow_private=True)
     rj.run_judge(store, eval_id, judge)
     assert {r["score"] for r in _rows(store, "judge_scores")} == {3}
     answers["text"] = "5"
@@ -211,7 +222,7 @@ def test_a_rerun_replaces_the_judges_rows_and_a_second_judge_keeps_its_own(tmp_p
     rows = _rows(store, "judge_scores")
     assert len(rows) == 8 and {r["score"] for r in rows} == {5}  # replaced, not added
     assert len(_rows(store, "judge_verdicts")) == 8
-    other = rj.make_judge(server.url + "/", tmp_path, endpoint_model="m2")
+    other = rj.make_judge(server.url + "/", tmp_path, endpoint_model="m2", allow_private=True)
     rj.run_judge(store, eval_id, other)
     assert sorted(rj.judges(store, eval_id)) == sorted([judge.name, other.name])
     assert len(_rows(store, "judge_scores")) == 16
@@ -222,7 +233,7 @@ def test_a_judge_that_always_picks_the_first_reply_is_caught_by_both_orders(tmp_
     store = Store(tmp_path / "ratings.db")
     eval_id = _evaluation(store)
     server = endpoint(lambda body: (200, json.dumps({"choices": [{"message": {"content": "A"}}]}).encode()))
-    rj.run_judge(store, eval_id, rj.make_judge(server.url, tmp_path, endpoint_model="m"))
+    rj.run_judge(store, eval_id, rj.make_judge(server.url, tmp_path, endpoint_model="m", allow_private=True))
     report = rj.report(store, eval_id, f"m @ {server.url}")
     assert list(report.pairs["verdict"]) == ["inconsistent"] * 4
     assert report.position["inconsistent share"] == 1.0 and report.position["first share"] == 1.0
@@ -236,7 +247,8 @@ def test_an_unreadable_answer_is_kept_raw_with_no_score(tmp_path, endpoint):
     store = Store(tmp_path / "ratings.db")
     eval_id = _evaluation(store, PROMPTS[:1])
     server = endpoint(lambda body: (200, json.dumps({"choices": [{"message": {"content": "Hard to say."}}]}).encode()))
-    counts = rj.run_judge(store, eval_id, rj.make_judge(server.url, tmp_path, endpoint_model="m"))
+    judge = rj.make_judge(server.url, tmp_path, endpoint_model="m", allow_private=True)
+    counts = rj.run_judge(store, eval_id, judge)
     assert counts["scored"] == 0 and counts["decided"] == 0
     assert [(r["score"], r["raw"]) for r in _rows(store, "judge_scores")] == [(None, "Hard to say.")] * 2
     assert [(r["verdict"], r["raw"]) for r in _rows(store, "judge_verdicts")] == [(None, "Hard to say.")] * 2
@@ -258,7 +270,7 @@ def test_an_unreachable_endpoint_names_the_url_and_stores_nothing(tmp_path):
     eval_id = _evaluation(store)
     url = f"http://127.0.0.1:{_free_port()}/v1"
     with pytest.raises(rj.JudgeError, match=rf"{re.escape(url)}/chat/completions could not be reached"):
-        rj.run_judge(store, eval_id, rj.make_judge(url, tmp_path, endpoint_model="m"))
+        rj.run_judge(store, eval_id, rj.make_judge(url, tmp_path, endpoint_model="m", allow_private=True))
     assert _rows(store, "judge_scores") == [] and _rows(store, "judge_verdicts") == []
 
 
@@ -274,7 +286,7 @@ def test_a_failing_endpoint_says_what_it_answered(tmp_path, endpoint, status, pa
     eval_id = _evaluation(store)
     server = endpoint(lambda body: (status, payload))
     with pytest.raises(rj.JudgeError, match=rf"The judge endpoint {re.escape(server.url)}/chat/completions {message}"):
-        rj.run_judge(store, eval_id, rj.make_judge(server.url, tmp_path, endpoint_model="m"))
+        rj.run_judge(store, eval_id, rj.make_judge(server.url, tmp_path, endpoint_model="m", allow_private=True))
     assert _rows(store, "judge_scores") == [] and _rows(store, "judge_verdicts") == []
 
 
@@ -305,6 +317,116 @@ def test_a_stranger_cannot_send_the_servers_other_secrets_to_an_endpoint(tmp_pat
 def test_only_http_and_https_endpoints_are_accepted(tmp_path, url):
     with pytest.raises(rj.JudgeError, match=r"must be an http:// or https:// URL"):
         rj.make_judge(url, tmp_path, endpoint_model="m")
+
+
+# --- where the key may go: no redirects, no private addresses unless the owner allows them -----------
+OK_ANSWER = json.dumps({"choices": [{"message": {"role": "assistant", "content": "4"}}]}).encode()
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_redirect_is_never_followed_and_the_key_never_leaves(tmp_path, endpoint, monkeypatch, code):
+    """The endpoint answers a redirect to another server: that server must get nothing (above all no
+    Authorization header), and the message names both addresses."""
+    monkeypatch.setenv(KEY_ENV, "sk-must-not-travel")
+    store = Store(tmp_path / "ratings.db")
+    eval_id = _evaluation(store)
+    elsewhere = endpoint(lambda body: (200, OK_ANSWER))
+    target = f"{elsewhere.url}/chat/completions"
+    redirecting = endpoint(lambda body: (code, b"", {"Location": target}))
+    judge = rj.make_judge(redirecting.url, tmp_path, endpoint_model="m", key_env=KEY_ENV,
+                          allow_private=True)  # both servers are on 127.0.0.1: only the redirect is refused
+    with pytest.raises(rj.JudgeError) as err:
+        rj.run_judge(store, eval_id, judge)
+    assert not any("Authorization" in r["headers"] or "authorization" in r["headers"] for r in elsewhere.requests)
+    assert elsewhere.requests == []
+    assert redirecting.requests and all(r["method"] == "POST" for r in redirecting.requests)
+    said = str(err.value)
+    assert f"The judge endpoint {redirecting.url}/chat/completions answered HTTP {code}" in said
+    assert f"redirecting to {target}" in said and "does not follow redirects" in said
+    assert "sk-must-not-travel" not in said
+    assert _rows(store, "judge_scores") == [] and _rows(store, "judge_verdicts") == []
+
+
+def test_a_relative_redirect_is_named_as_the_address_it_points_to(endpoint):
+    server = endpoint(lambda body: (302, b"", {"Location": "/elsewhere/chat/completions"}))
+    with pytest.raises(rj.JudgeError, match=re.escape(f"redirecting to {server.url.removesuffix('/v1')}/elsewhere/")):
+        rj.chat_completion(server.url, "m", [{"role": "user", "content": "hi"}], allow_private=True)
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("address", [
+    "127.0.0.1", "127.8.9.10", "::1", "10.1.2.3", "172.16.0.1", "172.31.255.254", "192.168.1.20", "169.254.169.254",
+    "169.254.1.1", "fc00::1", "fd00:ec2::254", "fe80::1", "fe80::1%2", "0.0.0.0", "::", "::ffff:127.0.0.1",
+    "::ffff:169.254.169.254", "100.100.100.200"])
+def test_loopback_private_and_link_local_addresses_are_private(address):
+    assert rj.private_address(address)
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "172.32.0.1", "2606:4700:4700::1111"])
+def test_public_addresses_are_not_private(address):
+    assert not rj.private_address(address)
+
+
+def test_a_private_endpoint_is_refused_by_default_and_allowed_by_the_owner(tmp_path, endpoint, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "sk-stays-home")
+    store = Store(tmp_path / "ratings.db")
+    eval_id = _evaluation(store)
+    server = endpoint()
+    refused = rj.make_judge(server.url, tmp_path, endpoint_model="m", key_env=KEY_ENV)  # the default
+    with pytest.raises(rj.JudgeError) as err:
+        rj.run_judge(store, eval_id, refused)
+    said = str(err.value)
+    assert f"The judge endpoint {server.url}/chat/completions" in said and "127.0.0.1" in said
+    assert "private or local address" in said and "TUNER_JUDGE_ALLOW_PRIVATE=1" in said
+    assert server.requests == []  # refused before connecting: not even a request without the key
+    assert _rows(store, "judge_scores") == [] and _rows(store, "judge_verdicts") == []
+    allowed = rj.make_judge(server.url, tmp_path, endpoint_model="m", key_env=KEY_ENV, allow_private=True)
+    assert rj.run_judge(store, eval_id, allowed)["scored"] == 8
+    assert server.requests and all(r["headers"]["Authorization"] == "Bearer sk-stays-home" for r in server.requests)
+
+
+def _resolving(monkeypatch, answers):
+    """socket.getaddrinfo answering `answers(host)` (a list of IPs) for the hosts it names; no DNS."""
+    real = socket.getaddrinfo
+
+    def fake(host, port, *args, **kwargs):
+        ips = answers(host)
+        if ips is None:
+            return real(host, port, *args, **kwargs)
+        return [(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                 (ip, port or 0, 0, 0) if ":" in ip else (ip, port or 0)) for ip in ips]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+
+
+def test_a_name_that_resolves_to_a_private_address_is_refused(monkeypatch):
+    # the cloud metadata service behind a harmless-looking name; one private address among public ones
+    _resolving(monkeypatch, lambda host: {"metadata.judge.test": ["169.254.169.254"],
+                                          "mixed.judge.test": ["93.184.216.34", "10.0.0.7"]}.get(host))
+    for host, ip in (("metadata.judge.test", "169.254.169.254"), ("mixed.judge.test", "10.0.0.7")):
+        with pytest.raises(rj.JudgeError, match=rf"{re.escape(host)} resolves to {re.escape(ip)}.*"
+                                                r"TUNER_JUDGE_ALLOW_PRIVATE=1"):
+            rj.chat_completion(f"http://{host}/v1", "m", [{"role": "user", "content": "hi"}], key="sk-x")
+
+
+def test_a_name_that_changes_to_a_private_address_after_the_check_is_refused(endpoint, monkeypatch):
+    """DNS rebinding: the name resolves to a public address when checked, then to 127.0.0.1 when connecting;
+    the address actually connected to is checked too, before anything is sent."""
+    server = endpoint(lambda body: (200, OK_ANSWER))
+    port = server.server.server_address[1]
+    calls = []
+
+    def answers(host):
+        if host != "rebind.judge.test":
+            return None
+        calls.append(host)
+        return ["93.184.216.34"] if len(calls) == 1 else ["127.0.0.1"]
+
+    _resolving(monkeypatch, answers)
+    with pytest.raises(rj.JudgeError, match=r"private or local address .*127\.0\.0\.1.*TUNER_JUDGE_ALLOW_PRIVATE"):
+        rj.chat_completion(f"http://rebind.judge.test:{port}/v1", "m", [{"role": "user", "content": "hi"}],
+                           key="sk-x")
+    assert len(calls) >= 2 and server.requests == []
 
 
 def test_a_hub_judge_that_cannot_be_fetched_says_so(tmp_path):
@@ -457,7 +579,7 @@ def test_success_rates_are_shown_beside_the_raters_never_pooled():
 
 
 # --- the Results tab's section ------------------------------------------------------------------------
-def test_the_results_tab_shows_the_judge_beside_the_raters(tmp_path, endpoint):
+def test_the_results_tab_shows_the_judge_beside_the_raters(tmp_path, endpoint, monkeypatch):
     import gradio as gr
 
     from tuner.ui import results
@@ -475,6 +597,10 @@ def test_the_results_tab_shows_the_judge_beside_the_raters(tmp_path, endpoint):
     before = show(eval_id, 4, False, None)
     assert before[by_id["judge-summary"]] == "No judge has scored this evaluation yet."
     success_before = before[by_id["success-table"]]
+    monkeypatch.delenv("TUNER_JUDGE_ALLOW_PRIVATE", raising=False)  # by default a server on 127.0.0.1 is refused
+    refused = run(eval_id, server.url, "judge-8b", "", 4, progress_bar=lambda *a, **k: None)
+    assert "TUNER_JUDGE_ALLOW_PRIVATE=1" in next(iter(refused.values())) and server.requests == []
+    monkeypatch.setenv("TUNER_JUDGE_ALLOW_PRIVATE", "1")  # the owner allows it
     done = run(eval_id, server.url, "judge-8b", "", 4, progress_bar=lambda *a, **k: None)
     note = next(v for k, v in done.items() if getattr(k, "elem_id", None) == "judge-note")
     assert "scored 8 of 8 replies and judged 4 pairs in both orders" in note

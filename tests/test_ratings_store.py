@@ -11,9 +11,9 @@ VARIANTS = [{"name": "base", "label": "base (m)", "kind": "base"},
             {"name": "run-1", "label": "lora: run-1", "kind": "lora"}]
 
 
-def _evaluation(store, n=3, variants=VARIANTS, code=None):
+def _evaluation(store, n=3, variants=VARIANTS, code=None, reveal="end"):
     eval_id = store.create_evaluation("e", "base-model", [{"text": f"Prompt {i}"} for i in range(n)],
-                                      variants, invite_code=code)
+                                      variants, invite_code=code, reveal=reveal)
     ids = {v["name"]: v["id"] for v in store.variants(eval_id)}
     for p in store.prompts(eval_id):
         for k, vid in enumerate(ids.values()):
@@ -29,7 +29,7 @@ def test_schema_is_named_migrations_in_wal_mode(tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")] == [
         "0001_initial", "0002_rater_keys", "0003_checks", "0004_rating_integrity", "0005_corrections",
-        "0006_judge"]
+        "0006_judge", "0007_rater_claims"]
     assert store.evaluations() == []
 
 
@@ -156,7 +156,7 @@ def test_a_served_pair_keeps_its_sides_on_reload(tmp_path):
 
 def test_a_second_submit_never_replaces_a_score_and_a_change_is_explicit_and_audited(tmp_path):
     store = Store(tmp_path / "r.db")
-    eval_id = _evaluation(store, 1)
+    eval_id = _evaluation(store, 2)  # one pair of two rated: nothing revealed yet, a change is allowed
     pair = store.next_pair(eval_id, "ana", random.Random(0))
     store.rate_pair(pair["assignment_id"], "ana", 2, 3)
     with pytest.raises(RatingError, match="already rated this pair"):  # a double click
@@ -603,3 +603,162 @@ def test_replies_are_replaced_only_while_rating_is_closed_and_with_the_settings_
         store.replace_replies(eval_id, [dict(r, text="changed") for r in new], {"max_new_tokens": 32})
     assert list(store.replies(eval_id)["reply"]) == ["whole reply."] * 2
     assert store.evaluation(eval_id)["settings"] == {"max_new_tokens": 16}
+
+
+# --- name squatting and unblinding: one admission per browser, names claimed per evaluation ----------
+def _key(tag: str) -> str:
+    """A browser's key, as the server keeps it in an HttpOnly cookie (20 characters or more)."""
+    return f"browser-key-{tag}".ljust(32, "x")
+
+
+def _count(store, sql: str, params=()) -> int:
+    with sqlite3.connect(store.path) as conn:
+        return conn.execute(sql, params).fetchone()[0]
+
+
+def _finish(store, eval_id, rater, pairs=None):
+    """`rater` rates `pairs` more pairs (all that are left when None)."""
+    rated = 0
+    while (pairs is None or rated < pairs) and (pair := store.next_pair(eval_id, rater, random.Random(0))):
+        store.rate_pair(pair["assignment_id"], rater, 4, 2)
+        rated += 1
+    return rated
+
+
+def test_names_refused_at_the_address_cap_are_not_claimed_anywhere(tmp_path):
+    """Finding (a): one address claimed 10 names before the cap refused it, and those names then
+    blocked real raters everywhere. A refused admission writes nothing."""
+    from ratings.store import NAMES_PER_ADDRESS
+
+    store = Store(tmp_path / "r.db")
+    eval_id, other = _evaluation(store, 1), _evaluation(store, 1)
+    names = [f"name{i}" for i in range(NAMES_PER_ADDRESS + 4)]
+    for i, name in enumerate(names):  # a fresh browser (cleared cookies) for each name
+        if i < NAMES_PER_ADDRESS:
+            assert store.admit(eval_id, f"  {name} ", _key(f"s{i}"), "10.0.0.9") == name
+        else:
+            with pytest.raises(RatingError, match=f"under {NAMES_PER_ADDRESS} names"):
+                store.admit(eval_id, name, _key(f"s{i}"), "10.0.0.9")
+    assert _count(store, "SELECT COUNT(*) FROM rater_claims") == NAMES_PER_ADDRESS
+    assert _count(store, "SELECT COUNT(*) FROM rater_joins") == NAMES_PER_ADDRESS
+    assert store.admit(eval_id, names[0], _key("s0"), "10.0.0.9") == names[0]  # a known name comes back
+    for k, name in enumerate(names[NAMES_PER_ADDRESS:]):  # real raters take the refused names
+        assert store.admit(eval_id, name, _key(f"real{k}"), f"10.0.1.{k}") == name
+        assert store.admit(other, name, _key(f"elsewhere{k}"), f"10.0.2.{k}") == name
+    with pytest.raises(RatingError, match="from another browser"):  # an admitted name stays its browser's
+        store.admit(eval_id, names[0], _key("real-x"), "10.0.3.1")
+    with pytest.raises(RatingError, match="20"):
+        store.admit(eval_id, "short", "abc", "10.0.4.1")
+    raw = (tmp_path / "r.db").read_bytes()
+    assert b"10.0.0.9" not in raw and _key("s0").encode() not in raw  # address and key kept hashed
+
+
+def test_a_browser_rates_an_evaluation_under_one_name(tmp_path):
+    store = Store(tmp_path / "r.db")
+    eval_id, other = _evaluation(store, 1), _evaluation(store, 1)
+    assert store.admit(eval_id, "ana", _key("b1"), "10.0.0.1") == "ana"
+    with pytest.raises(RatingError, match="already rates this evaluation as 'ana'; go on as ana"):
+        store.admit(eval_id, "anna", _key("b1"), "10.0.0.2")  # another address changes nothing
+    assert _count(store, "SELECT COUNT(*) FROM rater_claims") == 1
+    assert _count(store, "SELECT COUNT(*) FROM rater_joins") == 1
+    assert store.admit(eval_id, "ana", _key("b1"), "10.0.0.2") == "ana"
+    assert store.admit(other, "anna", _key("b1"), "10.0.0.1") == "anna"  # one name per evaluation
+
+
+def test_a_name_is_claimed_per_evaluation_and_a_sign_in_is_its_own_proof(tmp_path):
+    store = Store(tmp_path / "r.db")
+    first, second = _evaluation(store, 1), _evaluation(store, 1)
+    assert store.admit(first, "Ana  Lee", _key("ana"), "10.0.0.1") == "Ana Lee"
+    assert store.admit(second, "Ana Lee", _key("other"), "10.0.0.2") == "Ana Lee"  # free in evaluation 2
+    with pytest.raises(RatingError, match="Someone already rates as 'Ana Lee' from another browser"):
+        store.admit(first, "Ana Lee", _key("other"), "10.0.0.2")
+    with pytest.raises(RatingError, match="Someone already rates as 'Ana Lee' from another browser"):
+        store.admit(second, "Ana Lee", _key("ana"), "10.0.0.1")
+    assert store.admit(first, "ben", _key("ben"), "10.0.0.3", signed_in=True) == "ben"
+    with pytest.raises(RatingError, match="'ben' rates with a Hugging Face sign-in"):
+        store.admit(first, "ben", _key("ben"), "10.0.0.3")
+    assert store.admit(first, "ben", _key("ben-laptop"), "10.0.0.4", signed_in=True) == "ben"
+    with pytest.raises(RatingError, match="does not exist"):
+        store.admit(999, "cy", _key("cy"), "10.0.0.5")
+
+
+@pytest.mark.parametrize("reveal", ["end", "each"])
+def test_after_a_reveal_the_address_brings_no_new_name(tmp_path, reveal):
+    """Finding (b): a rater who had seen which model wrote which reply came back under a second
+    name and rated unblinded. Before any reveal a second name from the address is allowed (a
+    household, an office) up to the cap; after it, none."""
+    store = Store(tmp_path / "r.db")
+    eval_id = _evaluation(store, 2, reveal=reveal)  # two pairs for each rater
+    store.admit(eval_id, "ana", _key("ana"), "10.0.0.7")
+    assert store.admit(eval_id, "ben", _key("ben"), "10.0.0.7") == "ben"  # nothing revealed yet
+    assert _finish(store, eval_id, "ana", 1) == 1  # under 'each' that pair was revealed
+    unblinded = "already seen which model wrote which reply in this evaluation"
+    if reveal == "each":
+        with pytest.raises(RatingError, match=unblinded):
+            store.admit(eval_id, "cy", _key("cy"), "10.0.0.7")
+    else:
+        assert store.admit(eval_id, "cy", _key("cy"), "10.0.0.7") == "cy"
+        with pytest.raises(RatingError, match="under 3 names"):
+            store.admit(eval_id, "dee", _key("dee"), "10.0.0.7")
+        store = Store(tmp_path / "r2.db")  # under the cap, a finished rater closes the address
+        eval_id = _evaluation(store, 2)
+        store.admit(eval_id, "ana", _key("ana"), "10.0.0.7")
+        _finish(store, eval_id, "ana", 1)
+    claims = _count(store, "SELECT COUNT(*) FROM rater_claims")
+    _finish(store, eval_id, "ana")
+    with pytest.raises(RatingError, match=unblinded):
+        store.admit(eval_id, "eve", _key("eve"), "10.0.0.7")
+    assert _count(store, "SELECT COUNT(*) FROM rater_claims") == claims  # nothing written
+    assert _count(store, "SELECT COUNT(*) FROM rater_joins") == claims
+    assert store.admit(eval_id, "ana", _key("ana"), "10.0.0.7") == "ana"  # known names come back
+    assert store.admit(eval_id, "eve", _key("eve"), "10.0.0.8") == "eve"  # another address
+
+
+@pytest.mark.parametrize("reveal", ["end", "each"])
+def test_scores_are_final_once_revealed(tmp_path, reveal):
+    """Finding (c): scores were changed after the reveal (20 changes, 40 audit rows)."""
+    store = Store(tmp_path / "r.db")
+    eval_id = _evaluation(store, 2, reveal=reveal)
+    first = store.next_pair(eval_id, "ana", random.Random(0))
+    store.rate_pair(first["assignment_id"], "ana", 4, 2)
+    if reveal == "end":  # not revealed yet: a change of mind is allowed, and audited
+        assert store.change_scores(first["assignment_id"], "ana", 3, 2)["score_a"] == 3
+        assert _count(store, "SELECT COUNT(*) FROM audit") == 4
+        _finish(store, eval_id, "ana")  # the last pair: now everything is revealed
+    audit, scores = _count(store, "SELECT COUNT(*) FROM audit"), sorted(store.ratings_frame(eval_id)["score"])
+    with sqlite3.connect(store.path) as conn:
+        rated = [row[0] for row in conn.execute("SELECT id FROM assignments WHERE rated_at IS NOT NULL")]
+    for assignment_id in rated:
+        with pytest.raises(RatingError, match="Your scores are final: you have seen which model wrote which reply"):
+            store.change_scores(assignment_id, "ana", 5, 5)
+    assert _count(store, "SELECT COUNT(*) FROM audit") == audit  # no audit row, no change
+    assert sorted(store.ratings_frame(eval_id)["score"]) == scores
+
+
+def test_claims_made_before_the_upgrade_keep_their_names(tmp_path):
+    """An evaluation rated under the old global claims: the migration carries each joined name's
+    claim into that evaluation, so no one else takes a name that already has ratings."""
+    import sqlite_utils
+    from sqlite_utils.migrations import Migrations
+
+    from ratings.db import migrations
+    from ratings.store import _hash_key
+
+    older = Migrations(migrations.name)
+    for m in migrations._migrations[:6]:
+        older(name=m.name)(m.fn)
+    db = sqlite_utils.Database(tmp_path / "old.db")
+    older.apply(db)
+    db["evaluations"].insert({"id": 1, "name": "before", "base_model": "m", "created_at": "x"})
+    db.execute("INSERT INTO rater_keys VALUES ('ana', 'key', ?, 't'), ('ben', 'hf', NULL, 't')",
+               [_hash_key(_key("old-ana"))])
+    db.execute("INSERT INTO rater_joins VALUES (1, 'ana', 'h1', 't'), (1, 'ben', 'h2', 't')")
+    db.conn.commit()
+    db.close()
+    store = Store(tmp_path / "old.db")
+    with pytest.raises(RatingError, match="another browser"):
+        store.admit(1, "ana", _key("thief"), "10.0.0.1")
+    with pytest.raises(RatingError, match="Hugging Face"):
+        store.admit(1, "ben", _key("thief"), "10.0.0.1")
+    assert store.admit(1, "ana", _key("old-ana"), "10.0.0.2") == "ana"  # the key her browser held
+    assert store.admit(1, "ben", _key("ben"), "10.0.0.3", signed_in=True) == "ben"

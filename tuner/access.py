@@ -218,3 +218,52 @@ def app_secret(root: Path) -> str:
         fh.flush()
         os.fsync(fh.fileno())
     return value
+
+
+# --- who is asking ---------------------------------------------------------------------
+SPACE_PROXY = "space"  # trusted_proxies() on a Hugging Face Space: its front proxy, whatever its address
+
+
+def trusted_proxies(env: dict | None = None) -> tuple:
+    """The proxies whose X-Forwarded-For Tuner believes: TUNER_TRUSTED_PROXIES (addresses or
+    networks, comma-separated, e.g. "10.0.0.0/8,127.0.0.1"); on a Hugging Face Space, unset,
+    its front proxy (every request reaches the app through it); elsewhere none, so a header
+    the sender wrote never changes who the sender is (loopback included)."""
+    import ipaddress
+
+    env = os.environ if env is None else env
+    text = (env.get("TUNER_TRUSTED_PROXIES") or "").strip()
+    if not text:
+        return (SPACE_PROXY,) if env.get("SPACE_ID") else ()
+    networks = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"TUNER_TRUSTED_PROXIES: {part!r} is not an address or network like "
+                             "10.0.0.0/8") from None
+    return tuple(networks)
+
+
+def _trusted(host: str, trusted: tuple) -> bool:
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(not isinstance(net, str) and address in net for net in trusted)
+
+
+def client_address(scope: dict, trusted: tuple = ()) -> str:
+    """Who is asking, for rate limits and the raters' names cap: the connection's address,
+    unless it is a trusted proxy; then the right-most X-Forwarded-For entry that is not one
+    (a proxy appends the address it saw; the entries before it are whatever the sender wrote)."""
+    peer = (scope.get("client") or ("unknown",))[0] or "unknown"
+    if not trusted or not (SPACE_PROXY in trusted or _trusted(peer, trusted)):
+        return peer[:64]
+    forwarded = ",".join(v.decode("latin-1") for k, v in scope.get("headers") or [] if k == b"x-forwarded-for")
+    for entry in reversed([e.strip() for e in forwarded.split(",")]):
+        if entry and not _trusted(entry, trusted):
+            return entry[:64]
+    return peer[:64]

@@ -14,6 +14,7 @@ import itertools
 import json
 import random
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,73 @@ def validate_row(obj) -> str | None:
     return None
 
 
+class NumberTooLong(ValueError):
+    """A JSON integer longer than Python reads (sys.get_int_max_str_digits(), 4,300 digits
+    by default): json.loads raises a bare ValueError for it, which this names."""
+
+    def __init__(self, digits: int):
+        self.digits = digits
+        super().__init__(f"a number {digits:,} digits long is too long to read "
+                         f"(at most {getattr(sys, 'get_int_max_str_digits', lambda: 4300)():,} digits)")
+
+
+class LongNumber:
+    """Stands in for a JSON integer too long to read (json_value with `markers`), so
+    that the rest of a document is still read and the item holding it named."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, text: str):
+        self.digits = len(text.lstrip("-"))
+
+    def problem(self) -> str:
+        return str(NumberTooLong(self.digits))
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise NumberTooLong(len(text.lstrip("-"))) from None
+
+
+def json_value(text: str, markers: list | None = None):
+    """json.loads(text), with an integer too long to read raised as NumberTooLong
+    or, given a `markers` list, read as a LongNumber that is also appended to it
+    (see long_number). A JSONDecodeError or RecursionError is raised as json.loads
+    raises it."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # only an integer past the digit limit: read it again to say which
+        if markers is None:
+            return json.loads(text, parse_int=_int)
+
+        def marked(digits: str):
+            try:
+                return int(digits)
+            except ValueError:
+                markers.append(LongNumber(digits))
+                return markers[-1]
+
+        return json.loads(text, parse_int=marked)
+
+
+def long_number(value) -> LongNumber | None:
+    """The first LongNumber anywhere in `value` (a parsed JSON value), or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, LongNumber):
+            return item
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
 def json_lines(text: str):
     """(line number, parsed object or None, problem or None) per non-blank line."""
     # split on "\n" only: str.splitlines() also breaks on U+2028, \x85, \x1c…,
@@ -80,11 +148,15 @@ def json_lines(text: str):
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line), None
+            obj = json_value(line)
         except json.JSONDecodeError as exc:
             yield number, None, f"not valid JSON ({exc.msg})"
         except RecursionError:
             yield number, None, "JSON nested too deeply"
+        except NumberTooLong as exc:
+            yield number, None, str(exc)
+        else:
+            yield number, obj, None
 
 
 def parse_jsonl(text: str, source: str = "") -> LoadResult:
@@ -99,6 +171,8 @@ def parse_jsonl(text: str, source: str = "") -> LoadResult:
 
 
 def _size(n: int) -> str:
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GB"
     return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} KB" if n >= 2**10 else f"{n} bytes"
 
 
@@ -183,14 +257,26 @@ def saved_path(folder: Path, name: str) -> Path:
     return inside(folder, f"{dataset_name(name)}.jsonl")
 
 
-def save_dataset(rows: list[dict], name: str, folder: Path) -> Path:
+class DatasetTooBig(ValueError):
+    """A dataset that would be a file over the size limit: refused before anything is written."""
+
+
+def save_dataset(rows: list[dict], name: str, folder: Path, max_bytes: int | None = None) -> Path:
     """Save rows as a new file; never overwrites (a clash gets a version suffix),
     not even when two saves of one name run at once (tuner.paths.write_new).
-    A full or failing disk raises StorageError and leaves no file behind.
+    A full or failing disk raises StorageError and leaves no file behind; rows
+    that would make a file over `max_bytes` (default MAX_FILE_BYTES, the limit a
+    dataset file is read back under) raise DatasetTooBig and write nothing.
     """
     base = dataset_name(name)  # refuses "../x", "/etc/x", "a\\b", NUL…: never a path out of `folder`
+    text = to_jsonl(rows)
+    limit = MAX_FILE_BYTES if max_bytes is None else max_bytes
+    size = len(text.encode("utf-8"))
+    if size > limit:
+        raise DatasetTooBig(f'the dataset "{base}": {_size(size)} is over the {_size(limit)} limit for a dataset '
+                            "file; cut it down or split it into smaller datasets.")
     names = (f"{base}.jsonl" if version == 1 else f"{base}-v{version}.jsonl" for version in itertools.count(1))
-    return write_new(Path(folder), to_jsonl(rows), names, f'the dataset "{base}"')
+    return write_new(Path(folder), text, names, f'the dataset "{base}"')
 
 
 _VERSIONED = re.compile(r"^(?P<name>.+?)-v(?P<n>[0-9]+)$")
@@ -242,7 +328,7 @@ def save_version(rows: list[dict], name: str, folder: Path, note: str = "") -> P
     """A new version of the dataset `name`: "faq" or "faq-v2" both save the
     next free "faq-vN", beside the earlier versions, which stay as they are.
     `note` (how this version was made) is kept in a small side file."""
-    path = save_dataset(rows, version_of(dataset_name(name))[0], folder)
+    path = save_dataset(rows, version_of(dataset_name(name))[0], folder)  # DatasetTooBig: nothing written
     try:
         atomic_write_json(note_path(path), {"note": note, "rows": len(rows),
                                             "saved": time.strftime("%Y-%m-%d %H:%M:%S")},
@@ -256,7 +342,7 @@ def save_version(rows: list[dict], name: str, folder: Path, note: str = "") -> P
 def note_of(path: Path) -> str:
     try:
         return json.loads(note_path(path).read_text(encoding="utf-8")).get("note", "")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return ""
 
 

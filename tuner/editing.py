@@ -64,10 +64,14 @@ def build_row(system: str, turns, metadata: str = "") -> tuple[dict | None, list
     meta = {}
     if (metadata or "").strip():
         try:
-            meta = json.loads(metadata)
+            meta = tdata.json_value(metadata)
         except json.JSONDecodeError as exc:
             problems.append(f"metadata: not valid JSON ({exc.msg} at column {exc.colno}); "
                             'write it as {"category": "fact"}')
+        except tdata.NumberTooLong as exc:
+            problems.append(f"metadata: {exc}")
+        except RecursionError:
+            problems.append("metadata: nested too deeply to read")
         else:
             if not isinstance(meta, dict):
                 problems.append(f'metadata: expected a JSON object such as {{"category": "fact"}}, '

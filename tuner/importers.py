@@ -114,8 +114,9 @@ def _read_jsonl(text: str, path: Path) -> Table:
 
 
 def _read_json(text: str, path: Path) -> Table:
+    markers: list = []  # the numbers too long to read, each a LongNumber in `obj`: named below
     try:
-        obj = json.loads(text)
+        obj = tdata.json_value(text, markers)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # one object per line under a .json name
             return _read_jsonl(text, path)
@@ -126,11 +127,16 @@ def _read_json(text: str, path: Path) -> Table:
         # {"data": [...]} and similar wrappers; a single example is a list of one
         lists = [v for v in obj.values() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
         obj = lists[0] if lists and "messages" not in obj and "conversations" not in obj else [obj]
+    if isinstance(obj, tdata.LongNumber):
+        raise ImportProblem(f"{path.name}: {obj.problem()}")
     if not isinstance(obj, list):
         raise ImportProblem(f"{path.name}: expected a JSON list of objects, got {type(obj).__name__}")
     table = Table([], [], "item", path.name)
     for number, item in enumerate(obj, start=1):
-        if isinstance(item, dict):
+        long = tdata.long_number(item) if markers and isinstance(item, dict) else None
+        if long is not None:
+            table.problems.append((number, f"item {number}: {long.problem()}"))
+        elif isinstance(item, dict):
             table.records.append(item)
             table.numbers.append(number)
         else:
@@ -186,6 +192,12 @@ def _header(fields: list[str]) -> list[str]:
 
 
 def _read_parquet(path: Path, max_bytes: int) -> Table:
+    """The first MAX_ROWS rows of a Parquet file, read only when they decode to at
+    most `max_bytes` (the limit for a dataset file): a file's size says nothing of
+    its decoded size (one long string stored once and used by every row, millions
+    of values run-length encoded in a few bytes), so that is checked first from
+    the file's metadata, then by reading strings as dictionaries and counting what
+    they would decode to, before any row is decoded."""
     import pyarrow.parquet as pq
 
     try:
@@ -193,12 +205,143 @@ def _read_parquet(path: Path, max_bytes: int) -> Table:
     except ValueError as exc:
         raise ImportProblem(str(exc)) from None
     try:
-        records = pq.read_table(path).slice(0, MAX_ROWS).to_pylist()
+        plan = _parquet_plan(pq.ParquetFile(path).metadata, path.name, max_bytes)
+        if plan is None:
+            raise ImportProblem(f"{path.name}: the file has no rows")
+        # strings as dictionaries: what the rows decode to is counted without decoding them …
+        counted = pq.ParquetFile(path, read_dictionary=plan.dictionary or None)
+        decoded = sum(_decoded_bytes(column) for batch in _parquet_batches(counted, plan, max_bytes)
+                      for column in batch.columns)
+        if decoded > max_bytes:
+            raise ImportProblem(f"{path.name}: {plan.rows_said} decode to {tdata._size(decoded)}, "
+                                f"{plan.over(max_bytes)}")
+        # … and, within the limit, they are read plainly (faster than through dictionaries)
+        records = [r for batch in _parquet_batches(pq.ParquetFile(path), plan, max_bytes)
+                   for r in batch.to_pylist()]
+    except ImportProblem:
+        raise
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise ImportProblem(f"{path.name}: not a readable Parquet file ({exc})") from None
     if not records:
         raise ImportProblem(f"{path.name}: the file has no rows")
-    return Table(records, list(range(1, len(records) + 1)), "row", path.name, _columns(records))
+    table = Table(records, list(range(1, len(records) + 1)), "row", path.name, _columns(records))
+    if plan.rows < plan.total:
+        table.notes.append(f"only the first {plan.rows:,} of the {plan.total:,} rows of {path.name} were read "
+                           "(the import limit)")
+    return table
+
+
+PARQUET_BATCH_ROWS = 4096
+VALUE_BYTES = 8  # what each value read costs at least (a pointer), whatever it holds
+_FIXED_WIDTH = {"BOOLEAN": 1, "INT32": 4, "INT64": 8, "INT96": 12, "FLOAT": 4, "DOUBLE": 8}
+
+
+@dataclass
+class _ParquetPlan:
+    """What of a Parquet file to read, and how, once its metadata says it may fit."""
+
+    total: int  # rows in the file
+    rows: int  # rows to read: the first MAX_ROWS
+    groups: list[int]  # the row groups that hold them
+    dictionary: list[str]  # string columns read as dictionaries (each value once, however often used)
+    batch_rows: int  # rows decoded at a time
+    name: str
+
+    @property
+    def rows_said(self) -> str:
+        return f"{self.rows:,} rows" if self.rows == self.total else f"the first {self.rows:,} rows"
+
+    @staticmethod
+    def over(max_bytes: int) -> str:
+        return f"over the {tdata._size(max_bytes)} limit for a dataset file; cut it down or split it first"
+
+
+def _parquet_plan(meta, name: str, max_bytes: int) -> _ParquetPlan | None:
+    """From the metadata alone (nothing decoded): refuse a file whose rows to read
+    hold more data uncompressed, or more values, than `max_bytes` allows; else
+    what to read. None for a file without rows."""
+    total = meta.num_rows
+    rows = min(total, MAX_ROWS)
+    if rows <= 0:
+        return None
+    schema = meta.schema
+    groups, covered = [], 0
+    encoded = values = fixed = 0
+    delta: dict[str, int] = {}  # DELTA_BYTE_ARRAY columns → their largest chunk, uncompressed
+    for i in range(meta.num_row_groups):
+        if covered >= rows:
+            break
+        group = meta.row_group(i)
+        if group.num_rows <= 0:
+            continue
+        groups.append(i)
+        share = min(1.0, (rows - covered) / group.num_rows)  # of the last group, only the rows read
+        covered += group.num_rows
+        for j in range(group.num_columns):
+            chunk, column = group.column(j), schema.column(j)
+            encoded += int(chunk.total_uncompressed_size * share)
+            values += int(chunk.num_values * share)
+            width = column.length if column.physical_type == "FIXED_LEN_BYTE_ARRAY" else \
+                _FIXED_WIDTH.get(column.physical_type, 0)
+            fixed += int(chunk.num_values * share) * (width or 0)
+            if "DELTA_BYTE_ARRAY" in chunk.encodings:
+                if column.max_repetition_level > 0:
+                    raise ImportProblem(
+                        f"{name}: the column {column.path} is a list of DELTA_BYTE_ARRAY-encoded strings, whose "
+                        "decoded size cannot be checked before reading them; write the file again with the "
+                        "default encodings of pandas or pyarrow (dictionary or plain)")
+                delta[column.path] = max(delta.get(column.path, 0), chunk.total_uncompressed_size)
+    rows_said = f"{rows:,} rows" if rows == total else f"the first {rows:,} rows"
+    over = _ParquetPlan.over(max_bytes)
+    if encoded > max_bytes:
+        raise ImportProblem(f"{name}: {rows_said} hold {tdata._size(encoded)} uncompressed, {over}")
+    if values * VALUE_BYTES + fixed > max_bytes:
+        raise ImportProblem(f"{name}: {rows_said} hold {values:,} values, which decode to at least "
+                            f"{tdata._size(values * VALUE_BYTES + fixed)}, {over}")
+    # a DELTA_BYTE_ARRAY value is at most its chunk long: decode few enough rows at a time that
+    # a batch of the longest stays within the limit (other strings are read as dictionaries)
+    batch_rows = max(1, min(PARQUET_BATCH_ROWS, max_bytes // max(1, sum(delta.values()))))
+    dictionary = [schema.column(j).path for j in range(len(schema))
+                  if schema.column(j).physical_type == "BYTE_ARRAY" and schema.column(j).path not in delta]
+    return _ParquetPlan(total, rows, groups, dictionary, batch_rows, name)
+
+
+def _parquet_batches(parquet, plan: _ParquetPlan, max_bytes: int):
+    """The record batches of the rows `plan` reads, refusing one that holds more
+    than `max_bytes` once read (metadata that understates what a page holds)."""
+    left = plan.rows
+    for group in plan.groups:  # one at a time: a nested column's dictionary may change between them
+        for batch in parquet.iter_batches(batch_size=plan.batch_rows, row_groups=[group]):
+            if batch.num_rows > left:
+                batch = batch.slice(0, left)
+            if batch.get_total_buffer_size() > max_bytes:
+                raise ImportProblem(f"{plan.name}: {plan.rows_said} decode to more than "
+                                    f"{tdata._size(batch.get_total_buffer_size())}, {plan.over(max_bytes)}")
+            yield batch
+            left -= batch.num_rows
+            if left <= 0:
+                return
+
+
+def _decoded_bytes(array) -> int:
+    """About what `array` takes once decoded into values, worked out without decoding
+    it: a dictionary's strings are counted at each use, every value costs VALUE_BYTES."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        values = array.dictionary
+        if pa.types.is_binary(values.type) or pa.types.is_string(values.type) or \
+                pa.types.is_large_binary(values.type) or pa.types.is_large_string(values.type):
+            used = pc.sum(pc.take(pc.binary_length(values), array.indices)).as_py() or 0
+            return used + len(array) * (VALUE_BYTES + 4)
+        return _decoded_bytes(array.dictionary_decode())  # not strings: fixed width, as small as its indices
+    if isinstance(array, (pa.ListArray, pa.LargeListArray, pa.FixedSizeListArray)):  # a MapArray too
+        return len(array) * VALUE_BYTES + _decoded_bytes(array.flatten())
+    if isinstance(array, pa.StructArray):
+        return len(array) * VALUE_BYTES + sum(_decoded_bytes(field) for field in array.flatten())
+    return array.nbytes + len(array) * VALUE_BYTES
 
 
 def read_hub(dataset_id: str, split: str = "train", config: str | None = None, reachable=models.hub_reachable,
@@ -367,9 +510,13 @@ def _turns(value, column: str, keys: tuple[str, str], roles: dict | None) -> lis
         raise _Skip(f'no "{column}" field')
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = tdata.json_value(value)
         except json.JSONDecodeError as exc:
             raise _Skip(f'"{column}" is not valid JSON ({exc.msg})') from None
+        except tdata.NumberTooLong as exc:
+            raise _Skip(f'"{column}": {exc}') from None
+        except RecursionError:
+            raise _Skip(f'"{column}" is nested too deeply to read') from None
     if not isinstance(value, list) or not value:
         raise _Skip(f'"{column}" must be a non-empty list of turns, got {_show(value)}')
     messages = []
@@ -499,4 +646,7 @@ def save_import(result: ImportResult, name: str, folder: Path) -> Path:
         tdata.dataset_name(name)
     except ValueError as exc:  # a name that is a path, empty or too long: said, nothing saved
         raise ImportProblem(f"{result.source}: {exc}") from None
-    return tdata.save_version(result.rows, name, folder, note=f"imported: {result.summary()}")
+    try:
+        return tdata.save_version(result.rows, name, folder, note=f"imported: {result.summary()}")
+    except tdata.DatasetTooBig as exc:  # too big to save: said, nothing saved (the tab adds that)
+        raise ImportProblem(f"{result.source}: {str(exc).rstrip('.')}") from None

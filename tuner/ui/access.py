@@ -1,202 +1,110 @@
-"""Owner-only by default: the sign-in bar, and the guard on every handler.
+"""Owner and raters on one server: the door in front of both apps, the owner's sign-in, and the studio's bar.
 
-`guard(demo, access)` runs once the app is composed. It wraps the function of
-every event on the owner's pages, so each call checks on the server, from the
-request itself (cookie or Hugging Face session), that it comes from the owner.
-A handler added later is guarded without anyone remembering to: only the
-raters' page ("/rate", which holds rating handlers alone), functions marked
-`public()`, and gradio's own sign-in button status are left open. Hiding a
-button protects nothing; this does.
+Tuner serves two Gradio apps on one FastAPI app (app.py `build_app`, with `gr.mount_gradio_app`):
+- the owner's **studio** at `/`, mounted with `auth_dependency` (`owner_user`);
+- the raters' **page** at `/rate/`, a Blocks with no Python handler at all: its buttons call
+  plain JSON routes under `/tuner/rate/` (tuner/ui/rate.py).
 
-Refusals: a user action (click, submit, upload) gets a clear error; events the
-page fires by itself (load, timer, change) are skipped quietly, so a stranger
-on the owner's page sees no data and no storm of errors.
+`Gate`, an ASGI middleware in front of the whole FastAPI app, holds the door before any
+route runs, on the request alone (Starlette's `Request` reads its headers and cookies):
+- who is asking: the connection's address, or the one a trusted proxy names
+  (`tuner.access.client_address`); whether it is the owner (a live server-side session
+  cookie, with the page's anti-forgery header on anything but GET; or the Space owner's
+  Hugging Face sign-in): both put in the request's scope for the routes;
+- a POST from another origin is refused, and the owner's cookie is ignored on any request
+  from another origin;
+- every body is capped before it is read (413), whether it says its length or is chunked;
+- the studio is the owner's: every one of its routes (page, config, queue, upload, file,
+  cancel, reset…) refuses anyone else before Gradio sees the request (a browser is sent to
+  the sign-in page, a script gets 401), so a stranger can put nothing in its queue;
+- the raters' app takes no POST (it has nothing to run); the public routes are limited per
+  address;
+- a studio call naming a handler that does not exist is refused (422) before Gradio, which
+  would answer it with a 500.
 
-`OwnerGate`, an ASGI middleware put in front of Gradio's app at launch
-(`install`), holds the door before any of that:
-- a POST from another origin (its Origin or Referer is not this app's) is refused,
-  and on any request from another origin the owner's cookie is ignored;
-- an owner cookie on a POST counts only with the session's anti-forgery header,
-  which the app's own page adds to its requests (`CSRF_JS`) and no other page can read;
-- a stranger's call to an owner handler is answered before it enters Gradio's
-  queue (an action: 403 with the reason; a page event: completed with no change),
-  so a flood of refused calls cannot delay the owner's;
-- uploads are the owner's alone (raters never upload), capped per request and
-  in total over the uploads still held (Tuner's own folder, `use_upload_folder`);
-- the owner signs in and out through POST /tuner/owner/sign-in and /sign-out,
-  which set and clear the HttpOnly, SameSite=Strict session cookie;
-- the raters' Submit, Next and Change (handlers marked `direct`) are run here, not
-  by Gradio's route, with the session's own state and Gradio's answer: a rating is
-  ~1 ms of SQLite, Gradio's route around it ~4 ms more (`OwnerGate._direct`).
+Owner code here imports `gradio` itself only, and reads no private attribute of Gradio.
+Rate limits are tuner.access.RateLimiter (a sliding window per key, 40 lines, in-process: a
+Space is one process, and slowapi's decorators key on a request the gate already parsed); the
+anti-forgery token is an HMAC of the server-side session (double-submit, bound to the
+session, which starlette-csrf's random cookie is not).
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import inspect
 import json
-import logging
 import os
 import time
-import uuid
-from http.cookies import SimpleCookie
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import gradio as gr
-from gradio.context import LocalContext
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse
 
-from tuner.access import COOKIE, CSRF_COOKIE, CSRF_HEADER, Access, RateLimiter
+from tuner.access import COOKIE, CSRF_COOKIE, CSRF_HEADER, Access, RateLimiter, client_address, trusted_proxies
 from tuner.paths import max_upload, upload_bytes
 
-OWNER_ONLY = "Owner only: sign in as the owner (top of the main page) to do this."
-ACTIONS = {"click", "submit", "upload"}
-PUBLIC_PAGES = {"rate"}
+SIGN_IN_PAGE = "/tuner/sign-in"
+SIGN_IN_PATH = "/tuner/owner/sign-in"
+SIGN_OUT_PATH = "/tuner/owner/sign-out"
+RATER_API = "/tuner/rate/"
+RATERS_APP = "/rate"
+HF_ROUTES = "/tuner/hf/"
+# plain routes anyone may call (the raters', the sign-in's); everything else but the raters'
+# app is the studio's
+PUBLIC_ROUTES = (SIGN_IN_PAGE, SIGN_IN_PATH, SIGN_OUT_PATH, RATER_API, HF_ROUTES)
+
+PUBLIC_BODY = 64 * 1024  # a rating: scores, a choice and a comment
+STUDIO_BODY = 16 * 1024 * 1024  # the owner's events (an edited table); files go to /upload
+PUBLIC_POSTS_PER_MINUTE = 600  # per address: a rater sends ~2 a pair; a class behind one address, ~300
+PUBLIC_GETS_PER_MINUTE = 6000  # per address: a page load fetches ~60 files
+SCOPE_OWNER = "tuner.owner"
+SCOPE_CLIENT = "tuner.client"
+SCOPE_HF_USER = "tuner.hf_user"
+UPLOADS = "uploads"  # sub-folder of the data root: Tuner's own upload folder
 
 
-def public(fn):
-    """Mark a handler as callable by anyone (sign-in, raters)."""
-    fn._tuner_public = True
-    return fn
+def is_owner(request) -> bool:
+    """Whether the gate found this request to be the owner's (a Starlette request, or a gr.Request)."""
+    return bool(_scope(request).get(SCOPE_OWNER))
 
 
-def direct(fn):
-    """Mark a handler that `OwnerGate` may run itself, without Gradio's route, when the
-    page POSTs it to /gradio_api/run/… (see `OwnerGate._direct`). Only for an event made
-    with queue=False, preprocess=False and postprocess=False whose function takes no
-    gr.Request and returns plain values (or a dict of them by component)."""
-    fn._tuner_direct = True
-    return fn
-
-
-def _cookies(request) -> dict:
-    if request is None:
-        return {}
-    inner = getattr(request, "request", None)
-    if inner is not None:
-        return dict(inner.cookies)
-    return dict(request.kwargs.get("cookies") or {})
+def request_address(request) -> str:
+    """The address the gate found for this request (for rate limits and the names cap)."""
+    return _scope(request).get(SCOPE_CLIENT) or "unknown"
 
 
 def hf_username(request) -> str | None:
-    """The Hugging Face user signed in through gradio's OAuth (on a Space), or None."""
-    if request is None:
-        return None
-    session = None
-    inner = getattr(request, "request", None)
-    for source in (inner, request):
-        try:
-            session = getattr(source, "session", None) if source is not None else None
-        except (AssertionError, AttributeError):  # no SessionMiddleware: OAuth is off
-            session = None
-        if session:
-            break
-    try:
-        return session["oauth_info"]["userinfo"]["preferred_username"] if session else None
-    except (KeyError, TypeError):
-        return None
+    """The Hugging Face user signed in through Tuner's sign-in routes (on a Space), or None."""
+    return _scope(request).get(SCOPE_HF_USER)
+
+
+def _scope(request) -> dict:
+    inner = getattr(request, "request", None)  # a gr.Request wraps Starlette's
+    scope = getattr(inner if inner is not None else request, "scope", None)
+    return scope if isinstance(scope, dict) else {}
+
+
+def owner_user(access: Access):
+    """The studio's `auth_dependency`: "owner" for the owner's request, else None (Gradio's 401).
+    The gate refuses a stranger first; this keeps Gradio's own check on every studio route."""
+    def user(request) -> str | None:
+        return "owner" if is_owner(request) else None
+
+    return user
 
 
 def sign_in_available() -> bool:
-    """Hugging Face sign-in: on a Space with `hf_oauth: true` and gradio's oauth extras."""
+    """Hugging Face sign-in: on a Space with `hf_oauth: true`, with authlib installed."""
     import importlib.util
-    import os
 
-    # off a Space, gradio mocks the Hugging Face login (anyone would become this machine's
-    # Hugging Face user) and signs sessions with a public key: only on a Space, with its secret
+    # off a Space anyone could claim to be anyone: only on a Space, with its OAuth secret
     return (bool(os.environ.get("OAUTH_CLIENT_ID")) and bool(os.environ.get("OAUTH_CLIENT_SECRET"))
             and bool(os.environ.get("SPACE_ID")) and importlib.util.find_spec("authlib") is not None)
 
 
-def request_is_owner(access: Access, request) -> bool:
-    return access.is_owner(_cookies(request), hf_username(request))
-
-
-def _checked(fn, access: Access, action: bool):
-    def allowed() -> bool:
-        return request_is_owner(access, LocalContext.request.get(None))
-
-    def refuse():
-        if action:
-            raise gr.Error(OWNER_ONLY, title="Owner only", print_exception=False)  # expected: no traceback
-        return gr.skip()
-
-    if inspect.isasyncgenfunction(fn):
-        @functools.wraps(fn)
-        async def wrapped(*args, **kwargs):
-            if not allowed():
-                yield refuse()
-                return
-            async for item in fn(*args, **kwargs):
-                yield item
-    elif inspect.isgeneratorfunction(fn):
-        @functools.wraps(fn)
-        def wrapped(*args, **kwargs):
-            if not allowed():
-                yield refuse()
-                return
-            yield from fn(*args, **kwargs)
-    elif inspect.iscoroutinefunction(fn):
-        @functools.wraps(fn)
-        async def wrapped(*args, **kwargs):
-            if not allowed():
-                return refuse()
-            return await fn(*args, **kwargs)
-    else:
-        @functools.wraps(fn)
-        def wrapped(*args, **kwargs):
-            if not allowed():
-                return refuse()
-            return fn(*args, **kwargs)
-    wrapped._tuner_guarded = True
-    return wrapped
-
-
-def _render_checked(fn, access: Access):
-    """A @gr.render body: a stranger gets an empty render, never the owner's data."""
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        if request_is_owner(access, LocalContext.request.get(None)):
-            return fn(*args, **kwargs)
-        return None
-    wrapped._tuner_guarded = True
-    return wrapped
-
-
-def _is_public(block_fn) -> bool:
-    fn = block_fn.fn
-    if getattr(fn, "_tuner_public", False) or block_fn.page in PUBLIC_PAGES:
-        return True
-    # gradio's own helpers (the sign-in button's status check); render bodies are guarded apart
-    return block_fn.renderable is None and getattr(fn, "__module__", "").startswith("gradio.")
-
-
-def guard(demo: gr.Blocks, access: Access) -> list[str]:
-    """Wrap every owner handler of `demo`; returns the names of those left public."""
-    left_open = []
-    for block_fn in demo.fns.values():
-        if block_fn.fn is None or getattr(block_fn.fn, "_tuner_guarded", False):
-            continue
-        if block_fn.renderable is not None:
-            renderable = block_fn.renderable
-            if block_fn.page not in PUBLIC_PAGES and not getattr(renderable.fn, "_tuner_guarded", False):
-                renderable.fn = _render_checked(renderable.fn, access)
-            continue
-        if _is_public(block_fn):
-            left_open.append(block_fn.api_name or block_fn.name)
-            continue
-        events = {event for _block, event in (block_fn.targets or [])}
-        block_fn.fn = _checked(block_fn.fn, access, action=bool(events & ACTIONS))
-    return left_open
-
-
-SIGN_IN_PATH = "/tuner/owner/sign-in"
-SIGN_OUT_PATH = "/tuner/owner/sign-out"
-
-# In the page's <head>: every same-origin request the app's own page makes carries
-# the session's anti-forgery token (from the readable tuner_csrf cookie, which only
-# pages of this origin can read). Gradio's client calls the global fetch.
+# In the studio's <head>: every same-origin request its page makes carries the session's
+# anti-forgery token (from the readable tuner_csrf cookie, which only pages of this origin
+# can read). Gradio's client calls the global fetch.
 CSRF_JS = """
 <script>
 (() => {
@@ -219,71 +127,28 @@ CSRF_JS = """
 </script>
 """ % (CSRF_COOKIE, CSRF_HEADER)
 
-_ROOT_JS = "(window.gradio_config && window.gradio_config.root || location.origin).replace(/\\/$/, '')"
-SIGN_IN_JS = """
-async (password) => {
-  const answer = await fetch(%s + '%s', {method: 'POST', credentials: 'same-origin',
-    headers: {'Content-Type': 'application/json'}, body: JSON.stringify({password: password || ''})});
-  let body = {};
-  try { body = await answer.json(); } catch (e) {}
-  if (answer.ok && !document.cookie.includes('%s=')) {
-    // the browser refused the cookies: a page framed by another site (the huggingface.co Space page)
-    return '⚠️ The password is right, but this browser keeps no sign-in cookie inside a page of another ' +
-      'site. Open this app at its own address (' + location.origin + ') and sign in there.';
-  }
-  if (answer.ok) { setTimeout(() => location.reload(), 50); return 'Signed in; reloading…'; }
-  return '⚠️ ' + (body.error || ('Sign-in failed (HTTP ' + answer.status + ')'));
-}
-""" % (_ROOT_JS, SIGN_IN_PATH, CSRF_COOKIE)
-
 SIGN_OUT_JS = """
 async () => {
-  await fetch(%s + '%s', {method: 'POST', credentials: 'same-origin'});
-  location.reload();
+  await fetch(location.origin + '%s', {method: 'POST', credentials: 'same-origin'});
+  location.href = location.origin + '%s';
 }
-""" % (_ROOT_JS, SIGN_OUT_PATH)
+""" % (SIGN_OUT_PATH, SIGN_IN_PAGE)
 
 
-def owner_bar(access: Access):
-    """The top of the owner's page: the open-mode banner, or the owner's sign-in
-    (and, for password sign-in, the list of signed-in browsers, each revocable).
-
-    Returns (status function, its output) for the page's load event, or None."""
+def owner_bar(access: Access) -> None:
+    """The top of the studio: the open-mode banner, or who is signed in, Sign out and (for
+    password sign-in) the signed-in browsers, each revocable. Only the owner sees the studio."""
     if access.open:
         gr.Markdown("⚠️ **Open mode:** anyone who can reach this address can change datasets, training, "
                     "evaluations and exports. Set `TUNER_OWNER_PASSWORD` (or `TUNER_OWNER` with Hugging Face "
                     "sign-in on a Space) before you share a link.", elem_id="open-banner")
-        return None
-    status = gr.Markdown(elem_id="owner-status")
+        return
     with gr.Row():
-        if access.password:
-            password = gr.Textbox(label="Owner password", type="password", scale=3, elem_id="owner-password")
-            sign_in = gr.Button("Sign in as owner", scale=1, elem_id="owner-sign-in")
-        if access.owner and sign_in_available():
-            gr.LoginButton(scale=1)
-        sign_out = gr.Button("Sign out", scale=1, elem_id="owner-sign-out", size="sm")
+        gr.Markdown("✅ Signed in as the owner. Raters use the link that ends in `/rate`.", elem_id="owner-status")
+        sign_out = gr.Button("Sign out", scale=0, elem_id="owner-sign-out", size="sm")
+    sign_out.click(None, None, None, js=SIGN_OUT_JS)
     if access.password:
         sessions_panel(access)
-
-    @public
-    def whoami(request: gr.Request):
-        if request_is_owner(access, request):
-            return "✅ Signed in as the owner."
-        hf = ""
-        if access.owner:
-            hf = (f"sign in with Hugging Face as {access.owner}" if sign_in_available() else
-                  f"sign in with Hugging Face as {access.owner} (not available here: it needs `hf_oauth: true` "
-                  "on a Space)")
-        how = " or ".join(filter(None, ["enter the owner password" if access.password else "", hf]))
-        return (f"🔒 **Owner only.** This page changes data and training; {how} to use it. "
-                "Raters: use the link the owner sent you (it ends in `/rate`).")
-
-    if access.password:
-        # the password goes to the gate's own route, which sets the HttpOnly cookie
-        sign_in.click(None, [password], [status], js=SIGN_IN_JS)
-        password.submit(None, [password], [status], js=SIGN_IN_JS)
-    sign_out.click(None, None, None, js=SIGN_OUT_JS)
-    return whoami, status
 
 
 SESSION_COLUMNS = ["session", "signed in", "last seen", "expires", "address", "browser", "this browser"]
@@ -308,28 +173,30 @@ def sessions_panel(access: Access) -> None:
             revoke = gr.Button("Revoke", scale=1, elem_id="owner-sessions-revoke")
         note = gr.Markdown(elem_id="owner-sessions-note")
 
+    def mine(request: gr.Request) -> str | None:
+        return access.session_of(dict(request.cookies))
+
     def listing(request: gr.Request):
-        mine = access.session_of(_cookies(request))
-        rows = [[s["id"], when(s["created"]), when(s["last_seen"]), when(s["expires"]), s["client"], s["agent"][:60],
-                 "✓" if s["id"] == mine else ""] for s in access.sessions.active()]
-        return rows
+        this = mine(request)
+        return [[s["id"], when(s["created"]), when(s["last_seen"]), when(s["expires"]), s["client"], s["agent"][:60],
+                 "✓" if s["id"] == this else ""] for s in access.sessions.active()]
 
     def on_show(request: gr.Request):
         rows = listing(request)
         return rows, f"{len(rows)} signed-in browser(s)."
 
     def on_revoke(sid, request: gr.Request):
-        sid = (sid or "").strip()
+        sid = (sid or "").strip() if isinstance(sid, str) else ""
         if not sid:
             return listing(request), "⚠️ Type a session id from the first column."
-        if sid == access.session_of(_cookies(request)):
+        if sid == mine(request):
             return listing(request), "⚠️ That is this browser: use **Sign out** instead."
         done = access.sessions.revoke(sid)
         return listing(request), (f"Revoked session {sid}: that browser must sign in again." if done
                                   else f"⚠️ No live session {sid!r}.")
 
     def on_others(request: gr.Request):
-        count = access.sessions.revoke_all(keep=access.session_of(_cookies(request)))
+        count = access.sessions.revoke_all(keep=mine(request))
         return listing(request), f"Signed out {count} other browser(s)."
 
     show.click(on_show, None, [table, note], api_name="owner_sessions")
@@ -337,124 +204,132 @@ def sessions_panel(access: Access) -> None:
     others.click(on_others, None, [table, note], api_name="owner_revoke_others")
 
 
-# --- the gate in front of Gradio ------------------------------------------------------
-JSON_CAP = 16 * 1024 * 1024  # a queue/join body the gate reads to see which handler it calls (files go to /upload)
-# Gradio's POST routes the page uses; any other POST under /gradio_api is refused (process_recording
-# would take a stranger's upload, and the app records nothing)
-POST_ROUTES = ("/queue/join", "/upload", "/cancel", "/reset", "/run/", "/api/", "/call/")
-QUIET_PER_MINUTE = 600  # a stranger's page events answered without the queue, per address
-QUIET_PENDING = 64  # completions waiting for one session to read its stream
-DIRECT_CAP = 64 * 1024  # a body for a handler the gate runs itself (scores, a choice and a comment)
-DIRECT_PER_MINUTE = 600  # such calls per address (a rater sends ~2 a pair; a class behind one address, ~300)
+# --- the owner's sign-in: plain routes ---------------------------------------------------
+SIGN_IN_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Tuner: sign in</title>
+<style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem;line-height:1.5}
+input,button{font-size:1rem;padding:.5rem;margin:.25rem 0}input{width:100%%;box-sizing:border-box}
+#message{min-height:1.5rem}</style></head>
+<body><h1>Tuner</h1>
+<p>🔒 <strong>Owner only.</strong> This studio changes data and training. %(how)s</p>
+%(password_form)s
+%(hf_link)s
+<p>Raters: use the link the owner sent you (it ends in <a href="%(raters)s"><code>/rate</code></a>).</p>
+<script>
+const form = document.getElementById('sign-in');
+if (form) form.addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const message = document.getElementById('message');
+  const answer = await fetch(location.origin + '%(sign_in)s', {method: 'POST', credentials: 'same-origin',
+    headers: {'Content-Type': 'application/json'},
+    body: JSON.stringify({password: document.getElementById('password').value})});
+  let body = {};
+  try { body = await answer.json(); } catch (err) {}
+  if (answer.ok && !document.cookie.includes('%(csrf)s=')) {
+    message.textContent = '⚠️ The password is right, but this browser keeps no sign-in cookie inside a page of ' +
+      'another site. Open this app at its own address (' + location.origin + ') and sign in there.';
+  } else if (answer.ok) { message.textContent = 'Signed in; opening the studio…'; location.href = location.origin + '/'; }
+  else { message.textContent = '⚠️ ' + (body.error || ('Sign-in failed (HTTP ' + answer.status + ')')); }
+});
+</script></body></html>
+"""
 
 
-UPLOADS = "uploads"  # sub-folder of the data root: Tuner's own upload folder
+def sign_in_page(access: Access) -> str:
+    form = ("<form id='sign-in'><label for='password'>Owner password</label>"
+            "<input id='password' type='password' autocomplete='current-password' autofocus>"
+            "<button type='submit' id='sign-in-button'>Sign in as owner</button>"
+            "<div id='message' role='status'></div></form>") if access.password else ""
+    hf = ""
+    if access.owner:
+        hf = (f"<p><a href='{HF_ROUTES}login'>Sign in with Hugging Face</a> as {access.owner}.</p>"
+              if sign_in_available() else
+              f"<p>Hugging Face sign-in as {access.owner} is not available here: it needs "
+              "<code>hf_oauth: true</code> on a Space.</p>")
+    how = " or ".join(filter(None, ["Enter the owner password" if access.password else "",
+                                    "sign in with Hugging Face" if access.owner else ""]))
+    return SIGN_IN_HTML % {"how": f"{how} to use it." if how else "", "password_form": form, "hf_link": hf,
+                           "raters": RATERS_APP + "/", "sign_in": SIGN_IN_PATH, "csrf": CSRF_COOKIE}
 
 
-def use_upload_folder(root: Path, older_than: float | None = None) -> Path:
-    """Make `root`/uploads Gradio's upload folder (GRADIO_TEMP_DIR) and return it.
-
-    Gradio's default, /tmp/gradio, is shared by every Gradio app on the machine, and
-    also holds the copies of files handed out for download: a cap over it refused the
-    owner's uploads after one large export. Gradio reads the variable when a Blocks and
-    its server are made, so this runs before the app is built (one app per process:
-    the last one built names the folder). Files left there by an earlier process,
-    older than `older_than` seconds, are removed (Gradio forgets them at a restart)."""
-    folder = Path(root) / UPLOADS
-    folder.mkdir(parents=True, exist_ok=True)
-    os.environ["GRADIO_TEMP_DIR"] = str(folder)
-    if older_than is not None:
-        cutoff = time.time() - older_than
-        for path in sorted(folder.rglob("*"), reverse=True):  # files before their folders
-            try:
-                if path.is_symlink() or path.is_file():
-                    if path.lstat().st_mtime < cutoff:
-                        path.unlink()
-                elif path.is_dir() and not any(path.iterdir()):
-                    path.rmdir()
-            except OSError:
-                pass
-    return folder
+def _cookie_lines(access: Access, request: Request, token: str | None) -> list[str]:
+    secure = "; Secure" if request.url.scheme == "https" else ""
+    if token is None:
+        return [f"{name}=; Path=/; Max-Age=0; SameSite=Strict{secure}" for name in (COOKIE, CSRF_COOKIE)]
+    age = int(access.sessions.days * 86400)
+    return [f"{COOKIE}={token}; Path=/; Max-Age={age}; HttpOnly; SameSite=Strict{secure}",
+            f"{CSRF_COOKIE}={access.csrf_token(token)}; Path=/; Max-Age={age}; SameSite=Strict{secure}"]
 
 
-def upload_total_cap(env: dict | None = None) -> int:
-    """Bytes the owner's uploads may hold in all: TUNER_UPLOAD_TOTAL, else 10 × the per-file limit."""
-    env = os.environ if env is None else env
-    text = env.get("TUNER_UPLOAD_TOTAL")
-    try:
-        return upload_bytes(text) if text else 10 * upload_bytes(max_upload(env))
-    except ValueError as exc:
-        raise ValueError(f"TUNER_UPLOAD_TOTAL: {exc}") from None
+def _with_cookies(response, lines: list[str]):
+    for line in lines:
+        response.headers.append("set-cookie", line)
+    return response
 
 
-def forget_upload(path) -> None:
-    """Delete an upload once its handler has read it (only files in Gradio's upload folder)."""
-    if not path:
-        return
-    try:
-        from gradio.utils import get_upload_folder  # where gradio keeps uploads (GRADIO_TEMP_DIR)
+def owner_routes(api, access: Access) -> None:
+    """The sign-in page, sign-in and sign-out on the FastAPI app (`api`)."""
+    from fastapi.responses import HTMLResponse
 
-        cache = Path(get_upload_folder())
-        target = Path(path).resolve()
-        if target.is_file() and target.is_relative_to(cache.resolve()):
-            target.unlink()
-            if target.parent != cache.resolve() and not any(target.parent.iterdir()):
-                target.parent.rmdir()
-    except OSError:
-        pass
+    @api.get(SIGN_IN_PAGE, include_in_schema=False)
+    def sign_in_form(request: Request):
+        if is_owner(request):
+            return RedirectResponse("/", status_code=303)
+        return HTMLResponse(sign_in_page(access), headers={"Cache-Control": "no-store"})
 
+    @api.post(SIGN_IN_PATH, include_in_schema=False)
+    async def sign_in(request: Request):
+        try:
+            password = (await request.json()).get("password")
+        except (ValueError, AttributeError):
+            password = None
+        if not isinstance(password, str):
+            return JSONResponse({"error": 'Send {"password": "..."} as JSON.'}, status_code=400)
+        try:
+            token = access.sign_in(password, request_address(request), request.headers.get("user-agent", ""))
+        except PermissionError as exc:
+            code = 429 if "Too many" in str(exc) else 401 if "not the owner" in str(exc) else 403
+            return JSONResponse({"error": str(exc)}, status_code=code)
+        return _with_cookies(JSONResponse({"ok": True}), _cookie_lines(access, request, token))
 
-def client_address(scope) -> str:
-    """Who is asking, for rate limits: on a Hugging Face Space every request comes from its
-    proxy, which appends the real address to X-Forwarded-For (the right-most entry; the ones
-    before it are whatever the sender wrote); elsewhere the connection's address."""
-    forwarded = _header(scope, b"x-forwarded-for") if os.environ.get("SPACE_ID") else None
-    if forwarded and forwarded.split(",")[-1].strip():
-        return forwarded.split(",")[-1].strip()[:64]
-    return (scope.get("client") or ("unknown",))[0] or "unknown"
-
-
-def request_address(request) -> str:
-    """client_address for a gr.Request (a handler's view of the same request)."""
-    inner = getattr(request, "request", None)
-    scope = getattr(inner, "scope", None)
-    if scope is not None:
-        return client_address(scope)
-    headers = getattr(request, "headers", None) or {}
-    host = getattr(getattr(request, "client", None), "host", None) or "unknown"
-    return client_address({"client": (host, 0), "headers": [
-        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in dict(headers).items()]})
+    @api.post(SIGN_OUT_PATH, include_in_schema=False)
+    def sign_out(request: Request):
+        access.sessions.revoke_token(request.cookies.get(COOKIE))
+        return _with_cookies(JSONResponse({"ok": True}), _cookie_lines(access, request, None))
 
 
-def _header(scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers") or []:
-        if key == name:
-            return value.decode("latin-1")
-    return None
+# --- the door ------------------------------------------------------------------------------
+class BodyTooLarge(Exception):
+    pass
 
 
-class OwnerGate:
-    """ASGI middleware: see the module's docstring."""
+class Gate:
+    """ASGI middleware in front of the FastAPI app: see the module's docstring.
 
-    def __init__(self, app, demo: gr.Blocks, access: Access, upload_cap: int | None = None):
-        self.app, self.demo, self.access = app, demo, access
+    `studio_fns`: a function giving the studio's handler ids (the keys of its Blocks' `fns`)."""
+
+    def __init__(self, app, access: Access, studio_fns=None, upload_cap: int | None = None,
+                 trusted: tuple | None = None):
+        self.app, self.access = app, access
+        self.studio_fns = studio_fns or (lambda: None)
         self.upload_cap = upload_total_cap() if upload_cap is None else upload_cap
         self.max_upload = upload_bytes(max_upload())
+        self.trusted = trusted_proxies() if trusted is None else trusted
         # the files /upload wrote: the cap counts these, not the folder's other files
-        # (copies of downloads, another app's)
         self.uploads: set[str] = set()
-        self.quiet = RateLimiter(capacity=QUIET_PER_MINUTE, per_seconds=60)
-        self.direct_calls = RateLimiter(capacity=DIRECT_PER_MINUTE, per_seconds=60)
+        self.public_posts = RateLimiter(capacity=PUBLIC_POSTS_PER_MINUTE, per_seconds=60)
+        self.public_gets = RateLimiter(capacity=PUBLIC_GETS_PER_MINUTE, per_seconds=60)
 
     # -- who is asking
-    def _foreign(self, scope) -> bool:
-        """True when the request says it comes from a page of another origin
-        (scheme, host and port; behind a proxy, its X-Forwarded-Host and -Proto)."""
-        # Host only (and, on a Space, its own address): X-Forwarded-Host is whatever the sender
-        # says, and a page of another site may send it (Gradio's CORS answers any preflight)
-        hosts = {h.lower() for h in (_header(scope, b"host"), os.environ.get("SPACE_HOST")) if h}
-        schemes = {s.lower() for s in (scope.get("scheme"), _header(scope, b"x-forwarded-proto")) if s}
-        if (_header(scope, b"sec-fetch-site") or "same-origin").lower() not in ("same-origin", "none"):
+    def _foreign(self, request: Request) -> bool:
+        """True when the request says it comes from a page of another origin (scheme, host and port)."""
+        from urllib.parse import urlsplit
+
+        # Host only (and, on a Space, its own address): X-Forwarded-Host is whatever the sender says
+        hosts = {h.lower() for h in (request.headers.get("host"), os.environ.get("SPACE_HOST")) if h}
+        schemes = {s.lower() for s in (request.url.scheme, request.headers.get("x-forwarded-proto")) if s}
+        if request.headers.get("sec-fetch-site", "same-origin").lower() not in ("same-origin", "none"):
             return True  # the browser itself says the request comes from another origin
 
         def ours(url: str) -> bool:
@@ -464,287 +339,137 @@ class OwnerGate:
                 return False
             return parts.scheme.lower() in schemes and parts.netloc.lower() in hosts
 
-        origin = _header(scope, b"origin")
+        origin = request.headers.get("origin")
         if origin is not None:
             return not ours(origin)
-        referer = _header(scope, b"referer")
+        referer = request.headers.get("referer")
         return referer is not None and not ours(referer)
 
-    @staticmethod
-    def _cookies(scope) -> dict:
-        jar = SimpleCookie()
-        try:
-            jar.load(_header(scope, b"cookie") or "")
-        except Exception:  # a malformed cookie header: no cookies
-            return {}
-        return {k: m.value for k, m in jar.items()}
-
-    @staticmethod
-    def _drop_owner_cookie(scope) -> None:
-        kept = []
-        for key, value in scope.get("headers") or []:
-            if key == b"cookie":
-                parts = [p for p in value.decode("latin-1").split(";")
-                         if p.strip().split("=", 1)[0] not in (COOKIE, CSRF_COOKIE)]
-                if not parts:
-                    continue
-                value = ";".join(parts).strip().encode("latin-1")
-            kept.append((key, value))
-        scope["headers"] = kept
-
-    def _is_owner(self, scope) -> bool:
-        session = scope.get("session") or {}
-        try:
-            hf_user = session["oauth_info"]["userinfo"]["preferred_username"]
-        except (KeyError, TypeError):
-            hf_user = None
-        return self.access.is_owner(self._cookies(scope), hf_user)
+    def _owner(self, request: Request, foreign: bool) -> bool:
+        cookies = request.cookies
+        if COOKIE in cookies and (foreign or (request.method not in ("GET", "HEAD", "OPTIONS") and not self.access.csrf_ok(
+                cookies.get(COOKIE), request.headers.get(CSRF_HEADER)))):
+            cookies = {}  # another page's request, or one without the page's token: not the owner's
+        hf_user = _hf_user(request)
+        return self.access.is_owner(cookies, hf_user)
 
     # -- answers
     @staticmethod
-    async def _answer(send, status: int, body: dict, cookies: list[str] = ()) -> None:
-        data = json.dumps(body).encode("utf-8")
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-        headers += [(b"set-cookie", c.encode("latin-1")) for c in cookies]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": data})
+    async def _refuse(scope, receive, send, status: int, why: str, headers: dict | None = None) -> None:
+        await JSONResponse({"detail": why, "error": why}, status_code=status, headers=headers)(scope, receive, send)
 
     @staticmethod
-    async def _read(receive, cap: int) -> bytes | None:
-        chunks, size = [], 0
-        while True:
+    def _capped(receive, cap: int):
+        """`receive`, raising BodyTooLarge once the body passes `cap` bytes (a chunked body says no length)."""
+        size = 0
+
+        async def capped():
+            nonlocal size
             message = await receive()
-            chunk = message.get("body", b"")
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > cap:
-                return None
-            if not message.get("more_body"):
-                return b"".join(chunks)
+            if message.get("type") == "http.request":
+                size += len(message.get("body", b""))
+                if size > cap:
+                    raise BodyTooLarge
+            return message
 
-    @staticmethod
-    def _replay(body: bytes, original):
-        sent = False
-
-        async def receive():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await original()  # after the body: the connection's own messages (a disconnect)
-        return receive
-
-    def _client(self, scope) -> str:
-        return client_address(scope)
-
-    # -- the owner's sign-in and sign-out
-    def _cookie_lines(self, scope, token: str | None) -> list[str]:
-        https = scope.get("scheme") == "https" or (_header(scope, b"x-forwarded-proto") or "").lower() == "https"
-        secure = "; Secure" if https else ""
-        if token is None:
-            return [f"{name}=; Path=/; Max-Age=0; SameSite=Strict{secure}" for name in (COOKIE, CSRF_COOKIE)]
-        age = int(self.access.sessions.days * 86400)
-        return [f"{COOKIE}={token}; Path=/; Max-Age={age}; HttpOnly; SameSite=Strict{secure}",
-                f"{CSRF_COOKIE}={self.access.csrf_token(token)}; Path=/; Max-Age={age}; SameSite=Strict{secure}"]
-
-    async def _sign_in(self, scope, receive, send) -> None:
-        body = await self._read(receive, 4096)
-        try:
-            password = json.loads(body or b"{}").get("password")
-        except (ValueError, AttributeError):
-            password = None
-        if not isinstance(password, str):
-            return await self._answer(send, 400, {"error": 'Send {"password": "..."} as JSON.'})
-        try:
-            token = self.access.sign_in(password, self._client(scope), _header(scope, b"user-agent") or "")
-        except PermissionError as exc:
-            code = 429 if "Too many" in str(exc) else 401 if "not the owner" in str(exc) else 403
-            return await self._answer(send, code, {"error": str(exc)})
-        await self._answer(send, 200, {"ok": True}, self._cookie_lines(scope, token))
-
-    async def _sign_out(self, scope, receive, send) -> None:
-        await self._read(receive, 4096)
-        self.access.sessions.revoke_token(self._cookies(scope).get(COOKIE))
-        await self._answer(send, 200, {"ok": True}, self._cookie_lines(scope, None))
-
-    # -- the handlers behind Gradio's routes
-    def _owner_only(self, block_fn) -> bool:
-        if block_fn is None:
-            return False
-        if block_fn.renderable is not None:
-            return getattr(block_fn.renderable.fn, "_tuner_guarded", False)
-        return getattr(block_fn.fn, "_tuner_guarded", False)
-
-    def _by_api_name(self, name: str):
-        return next((f for f in self.demo.fns.values() if f.api_name == name), None)
-
-    async def _quiet(self, scope, send, block_fn, session_hash) -> None:
-        """Complete a stranger's page event at once, with no change, without the queue
-        (as Gradio's own /cancel completes an event)."""
-        from gradio.server_messages import ProcessCompletedMessage
-
-        allowed, wait = self.quiet.allow(self._client(scope))
-        if not allowed or not isinstance(session_hash, str) or not 0 < len(session_hash) <= 64:
-            return await self._answer(send, 429, {"detail": "Too many requests from this address.",
-                                                  "error": "Too many requests from this address."})
-        queue = self.demo._queue
-        if len(queue.pending_event_ids_session.get(session_hash, ())) >= QUIET_PENDING:
-            return await self._answer(send, 429, {"detail": "Too many unanswered requests.",
-                                                  "error": "Too many unanswered requests."})
-        event_id = uuid.uuid4().hex
-        async with queue.pending_message_lock:
-            if session_hash not in queue.pending_messages_per_session:
-                queue.pending_messages_per_session[session_hash] = asyncio.Queue()
-            queue.pending_event_ids_session.setdefault(session_hash, set()).add(event_id)
-        outputs = [{"__type__": "update"} for _ in block_fn.outputs]
-        queue.pending_messages_per_session[session_hash].put_nowait(
-            ProcessCompletedMessage(output={"data": outputs}, success=True, event_id=event_id))
-        await self._answer(send, 200, {"event_id": event_id})
+        return capped
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        method, path = scope["method"], scope["path"].rstrip("/")
-        foreign = self._foreign(scope)
+        request = Request(scope)
+        path = scope["path"]
+        client = client_address(scope, self.trusted)
+        foreign = self._foreign(request)
+        owner = self._owner(request, foreign)
+        scope[SCOPE_CLIENT], scope[SCOPE_OWNER], scope[SCOPE_HF_USER] = client, owner, _hf_user(request)
+        raters_app = path == RATERS_APP or path.startswith(RATERS_APP + "/")
+        public = raters_app or path.startswith(PUBLIC_ROUTES)
+        if scope["type"] == "websocket":  # Tuner's pages use none
+            if owner and not public:
+                return await self.app(scope, receive, send)
+            return await send({"type": "websocket.close", "code": 1008})
+        method = scope["method"]
         if method == "POST" and foreign:
-            return await self._answer(send, 403, {"detail": "Refused: this request comes from a page of another "
-                                                  "site.", "error": "Refused: a cross-origin request."})
-        cookies = self._cookies(scope)
-        if path.endswith(SIGN_IN_PATH) and method == "POST":
-            return await self._sign_in(scope, receive, send)
-        if COOKIE in cookies and (foreign or (method not in ("GET", "HEAD", "OPTIONS") and not self.access.csrf_ok(
-                cookies.get(COOKIE), _header(scope, CSRF_HEADER.encode())))):
-            self._drop_owner_cookie(scope)  # another page's request, or one without the page's token
-        if path.endswith(SIGN_OUT_PATH) and method == "POST":
-            return await self._sign_out(scope, receive, send)
-        if method != "POST" or "/gradio_api/" not in path + "/":
-            return await self.app(scope, receive, send)
-        tail = path.split("/gradio_api", 1)[1]
-        if not any(tail == r or (r.endswith("/") and tail.startswith(r)) for r in POST_ROUTES):
-            return await self._answer(send, 403, {"detail": "Refused: not a route this app takes.",
-                                                  "error": "Refused."})
-        if tail == "/upload":
-            return await self._upload(scope, receive, send)
-        if tail in ("/cancel", "/reset"):
-            return await self.app(scope, receive, send)
-        length = _header(scope, b"content-length")
-        named = self._by_api_name(tail[len("/run/"):].split("/", 1)[0]) if tail.startswith("/run/") else None
-        if self._runs_direct(named) and length is not None and length.isdigit() and int(length) > DIRECT_CAP:
-            # (refused before it is read; a body whose fn_index names it is checked again once read)
-            return await self._answer(send, 413, {"detail": "Request too large.", "error": "Request too large."})
-        if length is not None and length.isdigit() and int(length) > JSON_CAP:
-            return await self._answer(send, 413, {"detail": "Request too large.", "error": "Request too large."})
-        body = await self._read(receive, JSON_CAP)
-        if body is None:
-            return await self._answer(send, 413, {"detail": "Request too large.", "error": "Request too large."})
+            return await self._refuse(scope, receive, send, 403, "Refused: this request comes from a page of "
+                                      "another site.")
+        if not public and not owner:
+            if method in ("GET", "HEAD") and "text/html" in request.headers.get("accept", ""):
+                return await RedirectResponse(SIGN_IN_PAGE, status_code=303)(scope, receive, send)
+            return await self._refuse(scope, receive, send, 401, OWNER_ONLY)
+        if not owner:
+            limiter = self.public_gets if method in ("GET", "HEAD", "OPTIONS") else self.public_posts
+            allowed, wait = limiter.allow(client)
+            if not allowed:
+                return await self._refuse(scope, receive, send, 429, f"Too many requests from this address; "
+                                          f"try again in {wait:.0f} s.", {"Retry-After": str(max(1, round(wait)))})
+        if raters_app and method not in ("GET", "HEAD", "OPTIONS"):
+            # the raters' page runs nothing through Gradio: its buttons call the plain routes
+            return await self._refuse(scope, receive, send, 405, "The raters' page takes no calls here; "
+                                      f"its actions are under {RATER_API}.")
+        upload = not public and path.rstrip("/").endswith("/gradio_api/upload")
+        cap = self.max_upload + 64 * 1024 if upload else STUDIO_BODY if owner and not public else PUBLIC_BODY
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > cap):
+            return await self._refuse(scope, receive, send, 413, f"Request too large (the limit here is {cap:,} "
+                                      "bytes).")
+        if upload:
+            if length is None:
+                return await self._refuse(scope, receive, send, 411, "An upload needs a Content-Length.")
+            if self.held_uploads() + int(length) > self.upload_cap:
+                return await self._refuse(scope, receive, send, 507, "The upload folder is full: finish or remove "
+                                          "earlier uploads (they are deleted once read).")
+            send = self._noting_uploads(send)
+        receive = self._capped(receive, cap)
+        if method == "POST" and not public and "/gradio_api/" in path:
+            body = await self._body(receive, scope, send)
+            if body is None:
+                return
+            why = self._unknown_handler(body)
+            if why:
+                return await self._refuse(scope, receive, send, 422, why)
+            receive = _replay(body, receive)
+        started = False
+
+        async def sending(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            parsed = json.loads(body) if body else {}
-            parsed = parsed if isinstance(parsed, dict) else {}
+            await self.app(scope, receive, sending)
+        except BodyTooLarge:
+            if not started:
+                await self._refuse(scope, receive, send, 413, f"Request too large (the limit here is {cap:,} bytes).")
+
+    async def _body(self, receive, scope, send) -> bytes | None:
+        chunks = []
+        try:
+            while True:
+                message = await receive()
+                if message.get("type") != "http.request":
+                    return b"".join(chunks)
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    return b"".join(chunks)
+        except BodyTooLarge:
+            await self._refuse(scope, receive, send, 413, "Request too large.")
+            return None
+
+    def _unknown_handler(self, body: bytes) -> str | None:
+        """Why a studio call's `fn_index` cannot be run (Gradio answers an unknown one with a 500), or None."""
+        try:
+            parsed = json.loads(body) if body else None
         except ValueError:
-            parsed = {}
-        index = parsed.get("fn_index")
-        if index is not None and (isinstance(index, bool) or not isinstance(index, int)):
-            return await self._answer(send, 422, {"detail": "fn_index must be a whole number.",
-                                                  "error": "fn_index must be a whole number."})
-        # the function Gradio will run: the body's fn_index wins over a name in the path
-        name = next((tail[len(p):].split("/", 1)[0] for p in ("/run/", "/api/", "/call/v2/", "/call/")
-                     if tail.startswith(p)), None)
-        block_fn = self.demo.fns.get(index) if index is not None else self._by_api_name(name) if name else None
-        if self._owner_only(block_fn) and not self._is_owner(scope):
-            events = {event for _block, event in (block_fn.targets or [])}
-            if tail != "/queue/join" or events & ACTIONS:
-                return await self._answer(send, 403, {"detail": OWNER_ONLY, "error": OWNER_ONLY})
-            return await self._quiet(scope, send, block_fn, parsed.get("session_hash"))
-        if tail.startswith("/run/") and self._runs_direct(block_fn):
-            return await self._direct(scope, send, block_fn, parsed, len(body))
-        return await self.app(scope, self._replay(body, receive), send)
-
-    def _runs_direct(self, block_fn) -> bool:
-        """A handler `_direct` runs: marked `direct`, on an event with no queue and no pre- or
-        postprocessing (whose values it passes as they are), and not an owner's (guarded: its
-        guard reads Gradio's request, which only Gradio's route makes). Else Gradio runs it."""
-        return (block_fn is not None and getattr(block_fn.fn, "_tuner_direct", False)
-                and block_fn.queue is False and block_fn.preprocess is False and block_fn.postprocess is False
-                and not self._owner_only(block_fn))
-
-    async def _direct(self, scope, send, block_fn, parsed: dict, size: int) -> None:
-        """Run a `direct` handler here, as Gradio's /run route would, for a fraction of its
-        cost: a rating is ~1 ms of SQLite, and Gradio's route around it (its middlewares,
-        FastAPI's routing and body model, the event's bookkeeping) cost ~4 ms of server CPU
-        more, which 25 raters pressing Submit together queue for. The same semantics: the
-        session's gr.State values are the inputs' and take the outputs' (Gradio's
-        SessionState), other inputs come from the body, and the answer has Gradio's shape.
-        A session the server does not know is not created here (a new one costs ~65 ms):
-        its states are their defaults, as for a new session, and nothing is kept."""
-        import anyio
-
-        def refuse(status: int, why: str):
-            return self._answer(send, status, {"detail": why, "error": why})
-
-        session_hash, data = parsed.get("session_hash"), parsed.get("data")
-        allowed, wait = self.direct_calls.allow(self._client(scope))
-        if not allowed:
-            return await refuse(429, f"Too many requests from this address; try again in {wait:.0f} s.")
-        if size > DIRECT_CAP:
-            return await refuse(413, "Request too large.")
-        if not isinstance(session_hash, str) or not 0 < len(session_hash) <= 64:
-            return await refuse(422, "session_hash must be a short string.")
-        if not isinstance(data, list) or len(data) != len(block_fn.inputs):
-            return await refuse(422, f"data must be a list of {len(block_fn.inputs)} values.")
-        sessions = self.demo.server_app.state_holder
-        state = sessions[session_hash] if session_hash in sessions else None
-        inputs = [(state[block._id] if state is not None else _default(block)) if block.stateful else value
-                  for block, value in zip(block_fn.inputs, data)]
-        start = time.perf_counter()
-        outputs = block_fn.outputs
-        try:
-            result = await anyio.to_thread.run_sync(block_fn.fn, *inputs, limiter=self.demo.limiter)
-            if isinstance(result, dict) and result and all(isinstance(k, gr.blocks.Block) for k in result):
-                result = [result.get(block, {"__type__": "update"}) for block in outputs]
-            elif len(outputs) == 1:
-                result = [result]
-            if not isinstance(result, (list, tuple)) or len(result) != len(outputs):
-                raise ValueError(f"{block_fn.name} returned {len(result) if isinstance(result, (list, tuple)) else 1}"
-                                 f" values for {len(outputs)} outputs")
-        except Exception as exc:  # as Gradio answers a handler's error: logged, and the message if shown
-            from gradio.utils import error_payload
-
-            if not isinstance(exc, gr.Error) or exc.print_exception:
-                logging.getLogger(__name__).exception("%s failed", block_fn.name)
-            return await self._answer(send, 500, error_payload(exc, self.demo.show_error))
-        answer = []
-        for block, value in zip(outputs, result):
-            if block.stateful:
-                if isinstance(value, dict) and value.get("__type__") == "update":  # as Gradio: no value, no change
-                    if "value" not in value:
-                        answer.append(None)
-                        continue
-                    value = value["value"]
-                if state is None and value != _default(block):
-                    state = sessions[session_hash]  # a value to keep: the session is made now
-                if state is not None:
-                    state[block._id] = value
-                answer.append(None)
-            else:
-                answer.append(value)
-        took = time.perf_counter() - start
-        await self._answer(send, 200, {"data": answer, "is_generating": False, "duration": took,
-                                       "average_duration": took, "render_config": None,
-                                       "changed_state_ids": []})
-
-    async def _upload(self, scope, receive, send):
-        if not self._is_owner(scope):
-            return await self._answer(send, 403, {"detail": "Uploads are for the owner only.",
-                                                  "error": "Uploads are for the owner only."})
-        length = _header(scope, b"content-length")
-        if length is None or not length.isdigit():
-            return await self._answer(send, 411, {"detail": "An upload needs a Content-Length."})
-        if int(length) > self.max_upload + 64 * 1024:
-            return await self._answer(send, 413, {"detail": f"Uploads are limited to {max_upload()} a request."})
-        if self.held_uploads() + int(length) > self.upload_cap:
-            return await self._answer(send, 507, {"detail": "The upload folder is full: finish or remove earlier "
-                                                            "uploads (they are deleted once read)."})
-        return await self.app(scope, receive, self._noting_uploads(send))
+            return None  # Gradio answers a body it cannot read with its own 422
+        if not isinstance(parsed, dict) or "fn_index" not in parsed or parsed["fn_index"] is None:
+            return None
+        index, known = parsed["fn_index"], self.studio_fns()
+        if isinstance(index, bool) or not isinstance(index, int):
+            return f"fn_index must be a whole number (got {str(index)[:40]!r})."
+        if known is not None and index not in known:
+            return f"There is no handler {index} in this app."
+        return None
 
     def held_uploads(self) -> int:
         """Bytes of the uploads still on disk (those read and deleted no longer count)."""
@@ -778,29 +503,118 @@ class OwnerGate:
         return noting
 
 
-def _default(block):
-    """A gr.State's value in a new session (Gradio's SessionState: a copy of its default)."""
-    import copy
-
-    value = getattr(block, "value", None)
-    return copy.deepcopy(value() if callable(value) else value)
+OWNER_ONLY = f"Owner only: sign in as the owner at {SIGN_IN_PAGE} to use the studio."
 
 
-def install(demo: gr.Blocks, access: Access, head: str = "", css: str = "") -> None:
-    """Put `OwnerGate` in front of the app Gradio builds when `demo` launches, and give
-    launch() the page's `head` (Gradio 6 takes it there, not in the Blocks constructor)."""
-    from starlette.middleware import Middleware
+def _hf_user(request: Request) -> str | None:
+    """The Hugging Face user in the signed session cookie Tuner's sign-in routes set (on a Space)."""
+    session = request.scope.get("session")
+    user = session.get("hf_user") if isinstance(session, dict) else None
+    return user if isinstance(user, str) and user else None
 
-    original = demo.launch
 
-    @functools.wraps(original)
-    def launch(*args, app_kwargs: dict | None = None, **kwargs):
-        app_kwargs = dict(app_kwargs or {})
-        app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(OwnerGate, demo=demo, access=access)]
-        if head:
-            kwargs["head"] = head + (kwargs.get("head") or "")
-        if css:
-            kwargs["css"] = css + (kwargs.get("css") or "")
-        return original(*args, app_kwargs=app_kwargs, **kwargs)
+def _replay(body: bytes, original):
+    sent = False
 
-    demo.launch = launch
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await original()  # after the body: the connection's own messages (a disconnect)
+
+    return receive
+
+
+def hf_routes(api, access: Access, secret: str) -> None:
+    """Sign in with Hugging Face (on a Space with `hf_oauth: true`): plain routes on authlib's
+    Starlette client. The user name goes into Starlette's signed session cookie; the Space
+    owner (TUNER_OWNER) is then the owner, anyone else a rater with that name."""
+    if not sign_in_available():
+        return
+    import hashlib
+
+    from authlib.integrations.starlette_client import OAuth
+    from starlette.middleware.sessions import SessionMiddleware
+
+    oauth = OAuth()
+    oauth.register(name="huggingface", client_id=os.environ["OAUTH_CLIENT_ID"],
+                   client_secret=os.environ["OAUTH_CLIENT_SECRET"],
+                   client_kwargs={"scope": os.environ.get("OAUTH_SCOPES", "openid profile")},
+                   server_metadata_url=os.environ.get("OPENID_PROVIDER_URL", "https://huggingface.co")
+                   + "/.well-known/openid-configuration")
+
+    def back(request: Request) -> str:
+        target = request.query_params.get("next", "/")
+        return target if target.startswith("/") and not target.startswith("//") else "/"
+
+    @api.get(HF_ROUTES + "login", include_in_schema=False)
+    async def login(request: Request):
+        request.session["next"] = back(request)
+        host = os.environ.get("SPACE_HOST")
+        redirect = f"https://{host}{HF_ROUTES}callback" if host else str(request.url_for("hf_callback"))
+        return await oauth.huggingface.authorize_redirect(request, redirect)
+
+    @api.get(HF_ROUTES + "callback", include_in_schema=False, name="hf_callback")
+    async def callback(request: Request):
+        token = await oauth.huggingface.authorize_access_token(request)
+        user = (token.get("userinfo") or {}).get("preferred_username")
+        request.session["hf_user"] = user if isinstance(user, str) else None
+        return RedirectResponse(request.session.pop("next", "/"), status_code=303)
+
+    @api.get(HF_ROUTES + "logout", include_in_schema=False)
+    def logout(request: Request):
+        request.session.pop("hf_user", None)
+        return RedirectResponse(back(request), status_code=303)
+
+    api.add_middleware(SessionMiddleware, secret_key=hashlib.sha256(f"session:{secret}".encode()).hexdigest(),
+                       same_site="lax", https_only=True, session_cookie="tuner_hf")
+
+
+def use_upload_folder(root: Path, older_than: float | None = None) -> Path:
+    """Make `root`/uploads Gradio's upload folder (GRADIO_TEMP_DIR, its documented setting) and
+    return it. Gradio's default, /tmp/gradio, is shared by every Gradio app on the machine, and
+    also holds the copies of files handed out for download. Gradio reads the variable when a
+    Blocks and its server are made, so this runs before the app is built. Files left there by
+    an earlier process, older than `older_than` seconds, are removed."""
+    folder = Path(root) / UPLOADS
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    if older_than is not None:
+        cutoff = time.time() - older_than
+        for path in sorted(folder.rglob("*"), reverse=True):  # files before their folders
+            try:
+                if path.is_symlink() or path.is_file():
+                    if path.lstat().st_mtime < cutoff:
+                        path.unlink()
+                elif path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+            except OSError:
+                pass
+    return folder
+
+
+def upload_total_cap(env: dict | None = None) -> int:
+    """Bytes the owner's uploads may hold in all: TUNER_UPLOAD_TOTAL, else 10 × the per-file limit."""
+    env = os.environ if env is None else env
+    text = env.get("TUNER_UPLOAD_TOTAL")
+    try:
+        return upload_bytes(text) if text else 10 * upload_bytes(max_upload(env))
+    except ValueError as exc:
+        raise ValueError(f"TUNER_UPLOAD_TOTAL: {exc}") from None
+
+
+def forget_upload(path) -> None:
+    """Delete an upload once its handler has read it (only files in the upload folder)."""
+    folder = os.environ.get("GRADIO_TEMP_DIR")
+    if not path or not folder:
+        return
+    try:
+        cache = Path(folder).resolve()
+        target = Path(path).resolve()
+        if target.is_file() and target.is_relative_to(cache):
+            target.unlink()
+            if target.parent != cache and not any(target.parent.iterdir()):
+                target.parent.rmdir()
+    except OSError:
+        pass

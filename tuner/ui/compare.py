@@ -4,7 +4,6 @@ see the automatic checks, then rate it blind like a rater.
 
 from __future__ import annotations
 
-import random
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from ratings.store import Store
 from tuner.generate import BASE, GenSettings, Generator
 from tuner.runs import RunManager
 from tuner.ui.access import forget_upload
-from tuner.ui.rate import REVEAL_CHOICES, RaterLimits, eval_choices, rating_panel
+from tuner.ui.rate import REVEAL_CHOICES, eval_choices, rating_panel
 from tuner.ui.train import finished_runs
 
 
@@ -55,8 +54,7 @@ class _Gate:
         return [self.group, self.note, self.regenerate, self.pending]
 
 
-def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: random.Random,
-                secret: str | None = None, limits: RaterLimits | None = None):
+def compare_tab(trainer: RunManager, generator: Generator, store: Store):
     gr.Markdown("### 1. Build an evaluation\nGenerate every reply now, with fixed settings, so raters never wait.")
     name, runs, refresh = _title_row()
     source, typed, upload, upload_note = _prompt_sources()
@@ -77,7 +75,7 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store, rng: ra
 
     gr.Markdown("### 2. Rate blind\nShare the raters' page (**/rate** on this app's address) with friends, "
                 "or rate here yourself.")
-    rate_eval = rating_panel(store, rng, "rate", public=False, secret=secret, limits=limits)
+    rate_eval = rating_panel("rate", public=False)
     coverage = gr.Markdown(elem_id="rate-coverage")  # the owner's view: a model raters have hardly seen
     rate_eval.change(_coverage(store), rate_eval, coverage, show_progress="hidden")
     # friends rate on /rate meanwhile: the note follows their scores, not only a change of evaluation

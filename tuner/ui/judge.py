@@ -22,7 +22,9 @@ INTRO = ("A model scores every reply with the raters' 1–5 rubric and picks the
          "alone. **Judge**: a local model folder, `smollm2-135m-instruct`, a Hugging Face Hub id (where the Hub "
          "is reachable), or an OpenAI-compatible endpoint URL (`http://localhost:11434/v1` for Ollama, a vLLM "
          "server…) with its model name and, if it needs a key, the *name* of the environment variable that "
-         "holds the key (never the key itself).")
+         "holds the key (never the key itself). An endpoint on this machine or a private network (localhost, "
+         "10.…, 192.168.…) is refused unless the server sets `TUNER_JUDGE_ALLOW_PRIVATE=1`; redirects are never "
+         "followed.")
 
 
 def judge_section(store: Store, trainer, eval_pick: gr.Dropdown, threshold: gr.Radio) -> tuple[dict, Callable]:
@@ -102,7 +104,8 @@ def _runner(store: Store, models_dir: Path, generator: Generator, view: _View, n
             return {note: "⚠️ Choose an evaluation first."}
         progress_bar(0, desc="preparing the judge (a local model loads first)")
         try:
-            judge = rjudge.make_judge(source, models_dir, endpoint_model, key_env, generator=generator)
+            judge = rjudge.make_judge(source, models_dir, endpoint_model, key_env, generator=generator,
+                                      allow_private=rjudge.private_allowed_by_env())
         except rjudge.JudgeError as exc:
             return {note: f"⚠️ {exc}"}
 

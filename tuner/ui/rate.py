@@ -9,15 +9,18 @@ after `Store.rate_pair` has committed.
 from __future__ import annotations
 
 import random
+import secrets
 from dataclasses import dataclass
 
 import gradio as gr
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from ratings.scale import RUBRIC, SCORES
 from ratings.store import ASPECTS, RatingError, Store
 from tuner.access import RateLimiter
 from tuner.paths import StorageError
-from tuner.ui.access import direct, hf_username, request_address, sign_in_available
+from tuner.ui.access import HF_ROUTES, RATER_API, hf_username, is_owner, request_address, sign_in_available
 
 
 
@@ -69,8 +72,8 @@ def eval_choices(store: Store, open_only: bool = False) -> list[tuple[str, int]]
 
 @dataclass
 class _Panel:
-    """The components the panel's handlers share: what serving a pair fills, and the
-    rater's server-side state."""
+    """The components the panel's buttons fill. The rater's name and pair live on the
+    server (tuner/ui/rate.py `rater_api`); the page holds only the opaque id of the pair shown."""
     progress: gr.Markdown
     prompt: gr.Markdown
     replies: list[gr.Textbox]  # A, B
@@ -79,38 +82,74 @@ class _Panel:
     preference: gr.Radio
     comment: gr.Textbox
     reveal: gr.Markdown
-    rater: gr.State  # server-side: set by join, never taken from the browser afterwards
-    chosen: gr.State  # the evaluation joined
-    assignment: gr.State  # server-side: the browser never sees the mapping
+    assignment: gr.Textbox  # hidden: the id of the pair shown (the server checks it is this rater's)
 
     def answers(self) -> list:
         """The rater's own inputs, cleared with each pair served."""
         return [*self.scores, *self.aspects[0], *self.aspects[1], self.preference, self.comment]
 
     def served(self) -> list:
-        """What serving a pair fills (Start's and Next's outputs)."""
+        """What serving a pair fills (Start's and Next's outputs), in RATE_JS's order."""
         return [self.progress, self.assignment, self.prompt, *self.replies, *self.answers(), self.reveal]
 
-    def shown(self, note: str, pair: dict | None = None) -> dict:
-        """`note` above `pair`; without one, an empty pair (nothing to submit)."""
-        texts = [pair["reply_a"], pair["reply_b"]] if pair else ["", ""]
-        return {self.progress: note, self.assignment: pair["assignment_id"] if pair else None,
-                self.prompt: _heading(pair) if pair else "", **dict(zip(self.replies, texts)),
-                **dict.fromkeys(self.answers()), self.reveal: ""}
+
+# In each page's <head>: the panel's buttons call the raters' plain routes (`rater_api`), not
+# Gradio's queue. Each answers with what the panel shows; an error is shown, never thrown.
+RATE_JS = """
+<script>
+window.tunerRate = (() => {
+  const call = async (action, payload) => {
+    try {
+      const answer = await fetch(location.origin + '%(api)s' + action, {method: 'POST', credentials: 'same-origin',
+        headers: {'Content-Type': 'application/json'}, body: JSON.stringify(payload)});
+      let body = {};
+      try { body = await answer.json(); } catch (e) {}
+      if (!answer.ok) return {error: body.error || body.detail || ('HTTP ' + answer.status)};
+      return body;
+    } catch (e) { return {error: 'The app cannot be reached (' + e + '); try again.'}; }
+  };
+  const served = (body) => {
+    if (body.error) return ['⚠️ ' + body.error, '', '', '', '', null, null, null, null, null, null, null, null,
+                            null, '', ''];
+    return [body.progress || '', body.assignment == null ? '' : String(body.assignment), body.prompt || '',
+            body.a || '', body.b || '', null, null, null, null, null, null, null, null, null, '', ''];
+  };
+  return {
+    evaluations: async () => {
+      try {
+        const answer = await fetch(location.origin + '%(api)sevaluations', {credentials: 'same-origin'});
+        const body = await answer.json();
+        const choices = body.choices || [];
+        return {__type__: 'update', choices: choices, value: choices.length ? choices[0][1] : null};
+      } catch (e) { return {__type__: 'update', choices: []}; }
+    },
+    join: async (panel, evaluation, name, code) => served(await call('join', {panel, evaluation, name, code})),
+    next: async (evaluation) => served(await call('next', {evaluation})),
+    submit: async (evaluation, assignment, a, b, preference, comment, ...aspects) => {
+      const body = await call('submit', {evaluation, assignment, a, b, preference, comment,
+                                         aspects_a: aspects.slice(0, 3), aspects_b: aspects.slice(3, 6)});
+      return body.error ? '⚠️ ' + body.error : body.reveal;
+    },
+    change: async (evaluation, assignment, a, b) => {
+      const body = await call('change', {evaluation, assignment, a, b});
+      return body.error ? '⚠️ ' + body.error : body.reveal;
+    },
+  };
+})();
+</script>
+""" % {"api": RATER_API}
 
 
-def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool, secret: str | None = None,
-                 limits: RaterLimits | None = None):
+def rating_panel(prefix: str, public: bool):
     """Join (name, invite code) → pairs one at a time → scores → commit → reveal.
 
-    The same panel serves the owner's Compare tab and the raters' page. Its
-    handlers only read this rater's next pair and write this rater's ratings.
-    Identity: a Hugging Face sign-in, else the typed name, which belongs to the
-    browser that first used it (its key is kept in that browser's storage);
-    the name then lives in server-side state, never taken from the browser.
-    Returns the evaluation dropdown, so the page can refresh its choices.
+    The same panel serves the owner's Compare tab and the raters' page. Its buttons run in
+    the page (RATE_JS) and call the raters' plain routes, which read this rater's next pair
+    and write this rater's ratings. Identity: a Hugging Face sign-in, else the typed name,
+    claimed per evaluation by the browser that first used it (its key is in that browser's
+    HttpOnly cookie); the server finds the name from the cookie, never from the page.
+    Returns the evaluation dropdown, so the page can fill its choices.
     """
-    limits = limits or RaterLimits()
     with gr.Column(elem_classes=["rating-panel"]):
         evaluation, name, code, join = _join_row(prefix, public)
         gr.Markdown(RUBRIC)
@@ -120,31 +159,15 @@ def rating_panel(store: Store, rng: random.Random, prefix: str, public: bool, se
         preference, comment, submit, change = _answer_row(prefix)
         reveal = gr.Markdown(elem_id=f"{prefix}-reveal")
         next_pair = gr.Button("Next pair", elem_id=f"{prefix}-next")
-    rater = gr.State(None)
-    # this browser's proof of the names it has used; encrypted with the app's secret
-    keys = gr.BrowserState({}, storage_key="tuner-rater-keys", secret=secret)
-    panel = _Panel(progress, prompt, replies, scores, aspects, preference, comment, reveal,
-                   rater=rater, chosen=gr.State(None), assignment=gr.State(None))
-    serve = _server(store, rng, panel)
-    # Raters' events skip Gradio's queue (the page POSTs them straight to /gradio_api/run/…):
-    # each is a few ms of SQLite, the queue's bookkeeping and event stream cost more than
-    # that, and its default of 4 at a time would make 25 friends pressing Submit together
-    # wait their turn. Simultaneous submissions still share one commit (Store.grouped).
-    fast = {"queue": False}
-    # ...and Gradio's per-component pre- and postprocessing (each a hop to a worker thread: 15
-    # for a submission and its Next pair): these inputs are scores, a choice and a comment,
-    # checked here on the server (ratings.store.check_score), the outputs text
-    raw = {**fast, "preprocess": False, "postprocess": False}
-    # ...and Submit, Next and Change (`direct`) are run by the gate in front of Gradio itself,
-    # with the same session state (tuner.ui.access.OwnerGate._direct): server CPU per
-    # submission with its Next pair 7.7 -> 4.6 ms, p95 under 25 raters 69 -> 25 ms (2-core Xeon)
-    join.click(_joiner(store, limits, public, panel, keys, serve), [evaluation, name, code, keys],
-               [panel.rater, panel.chosen, keys, *panel.served()], api_name=f"{prefix}_join", **fast)
-    mine = [panel.assignment, panel.rater, panel.chosen]
-    submit.click(direct(_submitter(store, limits, panel)), [*mine, *scores, preference, comment, *aspects[0], *aspects[1]],
-                 [reveal, panel.assignment], api_name=f"{prefix}_submit", **raw)
-    next_pair.click(direct(serve), [panel.chosen, panel.rater], panel.served(), api_name=f"{prefix}_next", **raw)
-    change.click(direct(_changer(store)), [*mine, *scores], reveal, api_name=f"{prefix}_change", **raw)
+        assignment = gr.Textbox(visible="hidden", elem_id=f"{prefix}-assignment")
+    panel = _Panel(progress, prompt, replies, scores, aspects, preference, comment, reveal, assignment)
+    kind = "rater" if public else "owner"
+    join.click(None, [evaluation, name, code], panel.served(),
+               js=f"(e, n, c) => window.tunerRate.join('{kind}', e, n, c)")
+    submit.click(None, [evaluation, assignment, *scores, preference, comment, *aspects[0], *aspects[1]], reveal,
+                 js="(...v) => window.tunerRate.submit(...v)")
+    next_pair.click(None, [evaluation], panel.served(), js="(e) => window.tunerRate.next(e)")
+    change.click(None, [evaluation, assignment, *scores], reveal, js="(...v) => window.tunerRate.change(...v)")
     return evaluation
 
 
@@ -205,71 +228,6 @@ def names_a_task(pair: dict) -> bool:
     return not (task.endswith("…") and prompt.startswith(task[:-1].rstrip()))
 
 
-def _server(store: Store, rng: random.Random, panel: _Panel):
-    def serve(eval_id, who):
-        if eval_id is None or who is None:
-            return panel.shown("⚠️ Choose an evaluation, enter your name and press Start rating.")
-        try:
-            pair = store.next_pair(int(eval_id), who, rng)
-        except (RatingError, StorageError) as exc:
-            return panel.shown(f"⚠️ {exc}")
-        if pair is None:
-            done, total = store.progress(int(eval_id), who)
-            return panel.shown(f"✅ {who}, you have rated all {total} pairs of this evaluation. Thank you!")
-        return panel.shown(f"{who} · pair {pair['done'] + 1} of {pair['total']}", pair)
-
-    return serve
-
-
-def _joiner(store: Store, limits: RaterLimits, public: bool, panel: _Panel, keys: gr.BrowserState, serve):
-    def on_join(eval_id, typed_name, invite, known_keys, request: gr.Request):
-        known_keys = known_keys if isinstance(known_keys, dict) else {}
-        try:
-            who, eval_id, key = _admit(store, limits, public, eval_id, typed_name, invite, known_keys, request)
-        except RatingError as exc:
-            return {panel.rater: None, panel.chosen: None, **panel.shown(f"⚠️ {exc}")}
-        if key:
-            known_keys = {**known_keys, who: key}
-        served = serve(eval_id, who)
-        if served[panel.assignment] is not None:  # a pair to rate: say when the models are revealed
-            served[panel.progress] += "\n\n" + REVEAL_PROMISES[store.reveal_of(eval_id)]
-        return {panel.rater: who, panel.chosen: eval_id, keys: known_keys, **served}
-
-    return on_join
-
-
-def _admit(store: Store, limits: RaterLimits, public: bool, eval_id, typed_name, invite, known_keys: dict,
-           request: gr.Request) -> tuple[str, int, str | None]:
-    """(rater, evaluation, a new key for this browser or None), or RatingError saying why not."""
-    # a Hugging Face sign-in (on a Space with hf_oauth) names the rater; else the typed name
-    signed_in = hf_username(request)
-    client = request_address(request)  # on a Space: the proxy's X-Forwarded-For entry
-    allowed, wait = limits.joins.allow(client)
-    if not allowed:
-        raise RatingError(f"Too many sign-ins from this address; try again in {wait:.0f} s.")
-    if eval_id is None:
-        raise RatingError("Choose an evaluation first.")
-    try:  # the list is filled by the page; a script may send anything
-        eval_id = int(eval_id)
-    except (TypeError, ValueError):
-        raise RatingError("Choose an evaluation from the list.") from None
-    if not store.is_open(eval_id):
-        raise RatingError("That evaluation is not open for rating: choose one from the list.")
-    if public:  # the owner's own panel (Compare, owner-only) needs no invite code
-        store.check_invite(eval_id, invite)
-    who, key = store.claim_rater(signed_in or typed_name, known_keys, signed_in=bool(signed_in))
-    store.join(eval_id, who, client)
-    return who, eval_id, key
-
-
-def _submitter(store: Store, limits: RaterLimits, panel: _Panel):
-    def on_submit(assignment_id, who, eval_id, a, b, pref, text, *aspect_values):
-        return {panel.reveal: _submitted(store, limits, assignment_id, who, eval_id, (a, b), pref, text,
-                                         aspect_values)}
-
-    return on_submit
-
-
 def _submitted(store: Store, limits: RaterLimits, assignment_id, who, eval_id, scores, pref, text,
                aspect_values) -> str:
     """What the rater is told after Submit: saved (with the reveal it has earned), or why not."""
@@ -299,20 +257,6 @@ def _submitted(store: Store, limits: RaterLimits, assignment_id, who, eval_id, s
     return "Saved: that was your last pair. Thank you!\n\n" + reveal_text(store.rater_reveal(int(eval_id), who))
 
 
-def _changer(store: Store):
-    def on_change(assignment_id, who, eval_id, a, b):
-        if assignment_id is None or who is None:
-            return "⚠️ Rate a pair first; then you can change its scores."
-        try:
-            changed = store.change_scores(assignment_id, who, a, b)
-        except (RatingError, StorageError) as exc:
-            return f"⚠️ {exc}"
-        return (f"Changed your scores for this pair: Reply A {changed['old_a']} → {changed['score_a']}, "
-                f"Reply B {changed['old_b']} → {changed['score_b']} (the change is recorded).")
-
-    return on_change
-
-
 def reveal_text(pairs: list[dict]) -> str:
     """A rater's own pairs, revealed: which model wrote Reply A and Reply B, and the scores given."""
     lines = ["**Which model wrote which:**"]
@@ -322,17 +266,172 @@ def reveal_text(pairs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def raters_page(store: Store, rng: random.Random, secret: str | None = None, limits: RaterLimits | None = None):
-    """The page friends get: rating only."""
+def raters_page() -> None:
+    """The page friends get (its own Blocks): rating only, no Python handler at all."""
     # the evaluation, picked below, decides when the models are revealed: the rater is told on joining
     gr.Markdown("# Rate replies\nTwo assistants answered the same prompt. Rate each reply. Which model wrote "
                 "which is shown only once your scores are saved, after each pair or after your last pair, as "
                 "the evaluation was set up: you are told which when you start.")
     if sign_in_available():
-        gr.LoginButton()
-    evaluation = rating_panel(store, rng, "rater", public=True, secret=secret, limits=limits)
-    def rater_evaluations():
-        evals = eval_choices(store, open_only=True)
-        return gr.update(choices=evals, value=evals[0][1] if evals else None)
+        gr.Markdown(f"[Sign in with Hugging Face]({HF_ROUTES}login?next=/rate/) to rate under your Hugging Face "
+                    "name.")
+    evaluation = rating_panel("rater", public=True)
+    return evaluation
 
-    return rater_evaluations, evaluation
+
+EVALUATIONS_JS = "() => window.tunerRate.evaluations()"
+
+
+# --- the raters' plain routes ---------------------------------------------------------------
+RATER_COOKIE = "tuner_rater"  # HttpOnly: this browser's key to the names it rates under
+RATER_COOKIE_DAYS = 365
+
+
+class _Refused(Exception):
+    """A request the routes answer with `status` and a message that says why."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def rater_api(api, store: Store, rng: random.Random, limits: RaterLimits | None = None) -> None:
+    """The raters' actions as plain JSON routes on the FastAPI app (`api`), under RATER_API:
+    evaluations (GET), join, next, submit and change (POST). Each is a few ms of SQLite; the
+    name comes from this browser's cookie (or its Hugging Face sign-in), never from the body.
+    The gate in front (tuner/ui/access.py) has already capped the body, refused other sites
+    and limited the address."""
+    limits = limits or RaterLimits()
+
+    async def body_of(request: Request) -> dict:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise _Refused("Send the request as a JSON object.") from None
+        if not isinstance(body, dict):
+            raise _Refused("Send the request as a JSON object.")
+        return body
+
+    def evaluation_of(body: dict) -> int:
+        value = body.get("evaluation")
+        if value is None or value == "":
+            raise _Refused("Choose an evaluation first.")
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit() \
+                or len(str(value).strip()) > 12:
+            raise _Refused("Choose an evaluation from the list.")
+        eval_id = int(value)
+        if not store.is_open(eval_id):
+            raise _Refused("That evaluation is not open for rating: choose one from the list.")
+        return eval_id
+
+    def assignment_of(body: dict, eval_id: int) -> int | None:
+        value = body.get("assignment")
+        if value in (None, ""):
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit() \
+                or len(str(value).strip()) > 12 or store.evaluation_of_assignment(int(value)) != eval_id:
+            raise _Refused("That pair was not served to you in this evaluation; press Next pair.")
+        return int(value)
+
+    def rater(request: Request, eval_id: int) -> str:
+        who = store.rater_of(eval_id, request.cookies.get(RATER_COOKIE), hf_username(request))
+        if who is None:
+            raise _Refused("Press Start rating first (with your name) to get a pair.")
+        return who
+
+    def answer(handler):
+        async def route(request: Request):
+            try:
+                return await handler(request)
+            except _Refused as exc:
+                return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            except (RatingError, StorageError) as exc:
+                return JSONResponse({"error": str(exc)}, status_code=409)
+        return route
+
+    def pair_answer(note: str, pair: dict | None = None) -> dict:
+        return {"progress": note, "assignment": pair["assignment_id"] if pair else None,
+                "prompt": _heading(pair) if pair else "", "a": pair["reply_a"] if pair else "",
+                "b": pair["reply_b"] if pair else ""}
+
+    def serve(eval_id: int, who: str) -> dict:
+        pair = store.next_pair(eval_id, who, rng)
+        if pair is None:
+            done, total = store.progress(eval_id, who)
+            return pair_answer(f"✅ {who}, you have rated all {total} pairs of this evaluation. Thank you!")
+        return pair_answer(f"{who} · pair {pair['done'] + 1} of {pair['total']}", pair)
+
+    @api.get(RATER_API + "evaluations", include_in_schema=False)
+    def evaluations():
+        return {"choices": eval_choices(store, open_only=True)}
+
+    async def join(request: Request):
+        body = await body_of(request)
+        allowed, wait = limits.joins.allow(request_address(request))
+        if not allowed:
+            raise _Refused(f"Too many sign-ins from this address; try again in {wait:.0f} s.", 429)
+        eval_id = evaluation_of(body)
+        owner_panel = body.get("panel") == "owner" and is_owner(request)
+        if not owner_panel:  # the owner's own panel (Compare) needs no invite code
+            code = body.get("code")
+            store.check_invite(eval_id, code if isinstance(code, str) else None)
+        signed_in = hf_username(request)
+        typed = body.get("name")
+        if not signed_in and not isinstance(typed, str):
+            raise _Refused("Type your name (text).")
+        key = request.cookies.get(RATER_COOKIE)
+        new_key = None
+        if not isinstance(key, str) or not 20 <= len(key) <= 100:
+            key = new_key = secrets.token_urlsafe(32)
+        who = store.admit(eval_id, signed_in or typed, key, request_address(request), signed_in=bool(signed_in))
+        served = serve(eval_id, who)
+        if served["assignment"] is not None:  # a pair to rate: say when the models are revealed
+            served["progress"] += "\n\n" + REVEAL_PROMISES[store.reveal_of(eval_id)]
+        response = JSONResponse(served)
+        if new_key:
+            https = request.url.scheme == "https"
+            # inside the Space's page (another site's frame) only a partitioned SameSite=None cookie is kept;
+            # other sites' requests are refused by the gate's origin check
+            same_site = "SameSite=None; Secure; Partitioned" if https else "SameSite=Strict"
+            response.headers.append("set-cookie", f"{RATER_COOKIE}={new_key}; Path=/; "
+                                    f"Max-Age={RATER_COOKIE_DAYS * 86400}; HttpOnly; {same_site}")
+        return response
+
+    async def next_pair(request: Request):
+        body = await body_of(request)
+        eval_id = evaluation_of(body)
+        return JSONResponse(serve(eval_id, rater(request, eval_id)))
+
+    async def submit(request: Request):
+        body = await body_of(request)
+        eval_id = evaluation_of(body)
+        who = rater(request, eval_id)
+        aspects = [*_listed(body.get("aspects_a")), *_listed(body.get("aspects_b"))]
+        text = _submitted(store, limits, assignment_of(body, eval_id), who, eval_id, (body.get("a"), body.get("b")),
+                          body.get("preference"), body.get("comment"), aspects)
+        return JSONResponse({"reveal": text})
+
+    async def change(request: Request):
+        body = await body_of(request)
+        eval_id = evaluation_of(body)
+        who = rater(request, eval_id)
+        assignment_id = assignment_of(body, eval_id)
+        if assignment_id is None:
+            return JSONResponse({"reveal": "⚠️ Rate a pair first; then you can change its scores."})
+        try:
+            changed = store.change_scores(assignment_id, who, body.get("a"), body.get("b"))
+        except (RatingError, StorageError) as exc:
+            return JSONResponse({"reveal": f"⚠️ {exc}"})
+        return JSONResponse({"reveal": f"Changed your scores for this pair: Reply A {changed['old_a']} → "
+                                       f"{changed['score_a']}, Reply B {changed['old_b']} → {changed['score_b']} "
+                                       "(the change is recorded)."})
+
+    for name, handler in (("join", join), ("next", next_pair), ("submit", submit), ("change", change)):
+        api.add_api_route(RATER_API + name, answer(handler), methods=["POST"], include_in_schema=False,
+                          name=f"rater_{name}")
+
+
+def _listed(value) -> list:
+    """Three aspect scores from a body (anything else: none given)."""
+    return list(value)[:len(ASPECTS)] + [None] * (len(ASPECTS) - len(value)) if isinstance(value, list) \
+        else [None] * len(ASPECTS)
