@@ -337,10 +337,21 @@ def many_values_parquet(path):
     pq.write_table(pa.table({"question": ["Q1", "Q2", "Q3"], "answer": ["A1", "A2", "A3"], "counts": nulls}), path)
 
 
+def delta_string_parquet(path):
+    # the same string, prefix-encoded (DELTA_BYTE_ARRAY): each row stores "as the last one", read as itself
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = 120
+    pq.write_table(pa.table({"question": ["q" * 2**20] * rows, "answer": ["A"] * rows}), path,
+                   use_dictionary=False, column_encoding={"question": "DELTA_BYTE_ARRAY"})
+
+
 @pytest.mark.parametrize("make, message", [
     (long_string_parquet, r"1,000 rows decode to 1000\.\d MB"),
+    (delta_string_parquet, r"120 rows decode to more than \d+\.\d MB"),  # counting stops there
     (many_values_parquet, r"3 rows hold 21,000,006 values, which decode to at least 320\.\d MB"),
-], ids=["one-long-string-repeated", "millions-of-values"])
+], ids=["one-long-string-repeated", "one-long-string-prefix-encoded", "millions-of-values"])
 def test_a_small_parquet_file_that_decodes_huge_is_refused_before_it_is_read(tmp_path, make, message):
     path = tmp_path / "big.parquet"
     make(path)
@@ -365,6 +376,19 @@ def test_a_parquet_file_is_read_only_as_far_as_the_row_limit(tmp_path, monkeypat
     table = imp.read_file(path)
     assert table.records == rows[:5] and table.numbers == [1, 2, 3, 4, 5]
     assert table.notes == ["only the first 5 of the 12 rows of chat.parquet were read (the import limit)"]
+
+
+def test_prefix_encoded_strings_inside_a_list_are_refused_by_column(tmp_path):
+    # their decoded size is known only by decoding them, and a list may hold any number of them
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "spark.parquet"
+    pq.write_table(pa.Table.from_pylist([chat("Q", "A")] * 3), path, use_dictionary=False,
+                   column_encoding={"messages.list.element.content": "DELTA_BYTE_ARRAY"})
+    with pytest.raises(ImportProblem, match=r"spark.parquet: the column messages.list.element.content is a list "
+                                            r"of DELTA_BYTE_ARRAY-encoded strings"):
+        imp.import_file(path)
 
 
 DIGITS = "7" * 5000  # past Python's 4,300-digit limit on reading an integer

@@ -59,15 +59,20 @@ def test_no_function_in_the_engine_or_the_ui_is_longer_than_about_80_lines():
     assert not long, long
 
 
-def test_the_served_queue_polls_less_often_when_idle():
-    import gradio as gr
+def test_the_web_layer_uses_only_gradios_public_api():
+    """app.py and tuner/ui import `gradio` itself only (no gradio.<submodule>: its internals change
+    between releases) and read no private attribute of anything but their own objects (self)."""
+    import ast
 
-    from app import quiet_queue
-
-    with gr.Blocks() as demo:
-        gr.Markdown("x")
-    assert quiet_queue(demo) is demo  # no queue yet: nothing to change, no error
-    quiet_queue(demo.queue(default_concurrency_limit=4))
-    assert demo._queue.sleep_when_free == 0.02 and demo._queue.progress_update_sleep_when_free == 0.1
-    demo._queue.sleep_when_free = 0.5  # a slower setting is kept, never made faster
-    assert quiet_queue(demo)._queue.sleep_when_free == 0.5
+    found = []
+    for path in [ROOT / "app.py", *sorted((ROOT / "tuner" / "ui").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Import):
+                found += [f"{where} import {a.name}" for a in node.names if a.name.startswith("gradio.")]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gradio."):
+                found.append(f"{where} from {node.module} import …")
+            elif (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                  and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+                found.append(f"{where} {ast.unparse(node)}")
+    assert not found, found

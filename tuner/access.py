@@ -168,12 +168,16 @@ class Access:
 class RateLimiter:
     """At most `capacity` events per `per_seconds` for each key (a sliding window)."""
 
+    MAX_KEYS = 10_000  # keys kept before those with no event in the window are dropped
+
     def __init__(self, capacity: int, per_seconds: float, clock=time.monotonic):
         self.capacity, self.per_seconds, self.clock = capacity, per_seconds, clock
         self._events: dict[str, deque] = {}
         self._lock = threading.Lock()
 
     def _window(self, key: str, now: float) -> deque:
+        if len(self._events) > self.MAX_KEYS and key not in self._events:  # many addresses: forget the idle
+            self._events = {k: e for k, e in self._events.items() if e and now - e[-1] < self.per_seconds}
         events = self._events.setdefault(key, deque())
         while events and now - events[0] >= self.per_seconds:
             events.popleft()

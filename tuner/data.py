@@ -79,7 +79,7 @@ class NumberTooLong(ValueError):
     def __init__(self, digits: int):
         self.digits = digits
         super().__init__(f"a number {digits:,} digits long is too long to read "
-                         f"(at most {getattr(sys, 'get_int_max_str_digits', lambda: 4300)():,} digits)")
+                         f"(at most {sys.get_int_max_str_digits():,} digits)")
 
 
 class LongNumber:

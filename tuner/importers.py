@@ -205,19 +205,24 @@ def _read_parquet(path: Path, max_bytes: int) -> Table:
     except ValueError as exc:
         raise ImportProblem(str(exc)) from None
     try:
-        plan = _parquet_plan(pq.ParquetFile(path).metadata, path.name, max_bytes)
+        with pq.ParquetFile(path) as parquet:  # the footer only: no row is read
+            plan = _parquet_plan(parquet.metadata, path.name, max_bytes)
         if plan is None:
             raise ImportProblem(f"{path.name}: the file has no rows")
         # strings as dictionaries: what the rows decode to is counted without decoding them …
-        counted = pq.ParquetFile(path, read_dictionary=plan.dictionary or None)
-        decoded = sum(_decoded_bytes(column) for batch in _parquet_batches(counted, plan, max_bytes)
-                      for column in batch.columns)
+        decoded = 0
+        with pq.ParquetFile(path, read_dictionary=plan.dictionary or None) as parquet:
+            for batch in _parquet_batches(parquet, plan, max_bytes):
+                decoded += sum(_decoded_bytes(column) for column in batch.columns)
+                if decoded > max_bytes and plan.delta:  # those strings are decoded to be counted: stop here
+                    raise ImportProblem(f"{path.name}: {plan.rows_said} decode to more than "
+                                        f"{tdata._size(decoded)}, {plan.over(max_bytes)}")
         if decoded > max_bytes:
             raise ImportProblem(f"{path.name}: {plan.rows_said} decode to {tdata._size(decoded)}, "
                                 f"{plan.over(max_bytes)}")
         # … and, within the limit, they are read plainly (faster than through dictionaries)
-        records = [r for batch in _parquet_batches(pq.ParquetFile(path), plan, max_bytes)
-                   for r in batch.to_pylist()]
+        with pq.ParquetFile(path) as parquet:
+            records = [r for batch in _parquet_batches(parquet, plan, max_bytes) for r in batch.to_pylist()]
     except ImportProblem:
         raise
     except Exception as exc:  # pyarrow raises several types for a damaged file
@@ -243,9 +248,10 @@ class _ParquetPlan:
     total: int  # rows in the file
     rows: int  # rows to read: the first MAX_ROWS
     groups: list[int]  # the row groups that hold them
-    dictionary: list[str]  # string columns read as dictionaries (each value once, however often used)
-    batch_rows: int  # rows decoded at a time
     name: str
+    dictionary: list[str] = field(default_factory=list)  # string columns read as dictionaries (each value once)
+    delta: list[str] = field(default_factory=list)  # DELTA_BYTE_ARRAY string columns (not readable as dictionaries)
+    batch_rows: int = PARQUET_BATCH_ROWS  # rows decoded at a time
 
     @property
     def rows_said(self) -> str:
@@ -291,19 +297,20 @@ def _parquet_plan(meta, name: str, max_bytes: int) -> _ParquetPlan | None:
                         "decoded size cannot be checked before reading them; write the file again with the "
                         "default encodings of pandas or pyarrow (dictionary or plain)")
                 delta[column.path] = max(delta.get(column.path, 0), chunk.total_uncompressed_size)
-    rows_said = f"{rows:,} rows" if rows == total else f"the first {rows:,} rows"
-    over = _ParquetPlan.over(max_bytes)
+    plan = _ParquetPlan(total, rows, groups, name)
     if encoded > max_bytes:
-        raise ImportProblem(f"{name}: {rows_said} hold {tdata._size(encoded)} uncompressed, {over}")
+        raise ImportProblem(f"{name}: {plan.rows_said} hold {tdata._size(encoded)} uncompressed, "
+                            f"{plan.over(max_bytes)}")
     if values * VALUE_BYTES + fixed > max_bytes:
-        raise ImportProblem(f"{name}: {rows_said} hold {values:,} values, which decode to at least "
-                            f"{tdata._size(values * VALUE_BYTES + fixed)}, {over}")
+        raise ImportProblem(f"{name}: {plan.rows_said} hold {values:,} values, which decode to at least "
+                            f"{tdata._size(values * VALUE_BYTES + fixed)}, {plan.over(max_bytes)}")
     # a DELTA_BYTE_ARRAY value is at most its chunk long: decode few enough rows at a time that
     # a batch of the longest stays within the limit (other strings are read as dictionaries)
-    batch_rows = max(1, min(PARQUET_BATCH_ROWS, max_bytes // max(1, sum(delta.values()))))
-    dictionary = [schema.column(j).path for j in range(len(schema))
-                  if schema.column(j).physical_type == "BYTE_ARRAY" and schema.column(j).path not in delta]
-    return _ParquetPlan(total, rows, groups, dictionary, batch_rows, name)
+    plan.batch_rows = max(1, min(PARQUET_BATCH_ROWS, max_bytes // max(1, sum(delta.values()))))
+    plan.delta = list(delta)
+    plan.dictionary = [schema.column(j).path for j in range(len(schema))
+                       if schema.column(j).physical_type == "BYTE_ARRAY" and schema.column(j).path not in delta]
+    return plan
 
 
 def _parquet_batches(parquet, plan: _ParquetPlan, max_bytes: int):

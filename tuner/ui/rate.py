@@ -301,45 +301,19 @@ def rater_api(api, store: Store, rng: random.Random, limits: RaterLimits | None 
     name comes from this browser's cookie (or its Hugging Face sign-in), never from the body.
     The gate in front (tuner/ui/access.py) has already capped the body, refused other sites
     and limited the address."""
-    limits = limits or RaterLimits()
+    routes = _RaterRoutes(store, rng, limits or RaterLimits())
+    api.add_api_route(RATER_API + "evaluations", routes.evaluations, methods=["GET"], include_in_schema=False)
+    for name in ("join", "next", "submit", "change"):
+        api.add_api_route(RATER_API + name, routes.answered(getattr(routes, name)), methods=["POST"],
+                          include_in_schema=False, name=f"rater_{name}")
 
-    async def body_of(request: Request) -> dict:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise _Refused("Send the request as a JSON object.") from None
-        if not isinstance(body, dict):
-            raise _Refused("Send the request as a JSON object.")
-        return body
 
-    def evaluation_of(body: dict) -> int:
-        value = body.get("evaluation")
-        if value is None or value == "":
-            raise _Refused("Choose an evaluation first.")
-        if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit() \
-                or len(str(value).strip()) > 12:
-            raise _Refused("Choose an evaluation from the list.")
-        eval_id = int(value)
-        if not store.is_open(eval_id):
-            raise _Refused("That evaluation is not open for rating: choose one from the list.")
-        return eval_id
+class _RaterRoutes:
+    def __init__(self, store: Store, rng: random.Random, limits: RaterLimits):
+        self.store, self.rng, self.limits = store, rng, limits
 
-    def assignment_of(body: dict, eval_id: int) -> int | None:
-        value = body.get("assignment")
-        if value in (None, ""):
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit() \
-                or len(str(value).strip()) > 12 or store.evaluation_of_assignment(int(value)) != eval_id:
-            raise _Refused("That pair was not served to you in this evaluation; press Next pair.")
-        return int(value)
-
-    def rater(request: Request, eval_id: int) -> str:
-        who = store.rater_of(eval_id, request.cookies.get(RATER_COOKIE), hf_username(request))
-        if who is None:
-            raise _Refused("Press Start rating first (with your name) to get a pair.")
-        return who
-
-    def answer(handler):
+    @staticmethod
+    def answered(handler):
         async def route(request: Request):
             try:
                 return await handler(request)
@@ -349,86 +323,122 @@ def rater_api(api, store: Store, rng: random.Random, limits: RaterLimits | None 
                 return JSONResponse({"error": str(exc)}, status_code=409)
         return route
 
-    def pair_answer(note: str, pair: dict | None = None) -> dict:
-        return {"progress": note, "assignment": pair["assignment_id"] if pair else None,
-                "prompt": _heading(pair) if pair else "", "a": pair["reply_a"] if pair else "",
-                "b": pair["reply_b"] if pair else ""}
+    # -- reading a request
+    @staticmethod
+    async def body_of(request: Request) -> dict:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise _Refused("Send the request as a JSON object.") from None
+        if not isinstance(body, dict):
+            raise _Refused("Send the request as a JSON object.")
+        return body
 
-    def serve(eval_id: int, who: str) -> dict:
-        pair = store.next_pair(eval_id, who, rng)
+    def evaluation_of(self, body: dict) -> int:
+        value = body.get("evaluation")
+        if value is None or value == "":
+            raise _Refused("Choose an evaluation first.")
+        if not _whole(value):
+            raise _Refused("Choose an evaluation from the list.")
+        eval_id = int(value)
+        if not self.store.is_open(eval_id):
+            raise _Refused("That evaluation is not open for rating: choose one from the list.")
+        return eval_id
+
+    def assignment_of(self, body: dict, eval_id: int) -> int | None:
+        value = body.get("assignment")
+        if value in (None, ""):
+            return None
+        if not _whole(value) or self.store.evaluation_of_assignment(int(value)) != eval_id:
+            raise _Refused("That pair was not served to you in this evaluation; press Next pair.")
+        return int(value)
+
+    def rater(self, request: Request, eval_id: int) -> str:
+        who = self.store.rater_of(eval_id, request.cookies.get(RATER_COOKIE), hf_username(request))
+        if who is None:
+            raise _Refused("Press Start rating first (with your name) to get a pair.")
+        return who
+
+    # -- answers
+    def serve(self, eval_id: int, who: str) -> dict:
+        pair = self.store.next_pair(eval_id, who, self.rng)
         if pair is None:
-            done, total = store.progress(eval_id, who)
-            return pair_answer(f"✅ {who}, you have rated all {total} pairs of this evaluation. Thank you!")
-        return pair_answer(f"{who} · pair {pair['done'] + 1} of {pair['total']}", pair)
+            done, total = self.store.progress(eval_id, who)
+            return _pair_answer(f"✅ {who}, you have rated all {total} pairs of this evaluation. Thank you!")
+        return _pair_answer(f"{who} · pair {pair['done'] + 1} of {pair['total']}", pair)
 
-    @api.get(RATER_API + "evaluations", include_in_schema=False)
-    def evaluations():
-        return {"choices": eval_choices(store, open_only=True)}
+    async def evaluations(self):
+        return {"choices": eval_choices(self.store, open_only=True)}
 
-    async def join(request: Request):
-        body = await body_of(request)
-        allowed, wait = limits.joins.allow(request_address(request))
+    async def join(self, request: Request):
+        body = await self.body_of(request)
+        allowed, wait = self.limits.joins.allow(request_address(request))
         if not allowed:
             raise _Refused(f"Too many sign-ins from this address; try again in {wait:.0f} s.", 429)
-        eval_id = evaluation_of(body)
-        owner_panel = body.get("panel") == "owner" and is_owner(request)
-        if not owner_panel:  # the owner's own panel (Compare) needs no invite code
+        eval_id = self.evaluation_of(body)
+        if not (body.get("panel") == "owner" and is_owner(request)):  # the owner's own panel needs no code
             code = body.get("code")
-            store.check_invite(eval_id, code if isinstance(code, str) else None)
-        signed_in = hf_username(request)
-        typed = body.get("name")
+            self.store.check_invite(eval_id, code if isinstance(code, str) else None)
+        signed_in, typed = hf_username(request), body.get("name")
         if not signed_in and not isinstance(typed, str):
             raise _Refused("Type your name (text).")
-        key = request.cookies.get(RATER_COOKIE)
-        new_key = None
+        key, new_key = request.cookies.get(RATER_COOKIE), None
         if not isinstance(key, str) or not 20 <= len(key) <= 100:
             key = new_key = secrets.token_urlsafe(32)
-        who = store.admit(eval_id, signed_in or typed, key, request_address(request), signed_in=bool(signed_in))
-        served = serve(eval_id, who)
+        who = self.store.admit(eval_id, signed_in or typed, key, request_address(request), signed_in=bool(signed_in))
+        served = self.serve(eval_id, who)
         if served["assignment"] is not None:  # a pair to rate: say when the models are revealed
-            served["progress"] += "\n\n" + REVEAL_PROMISES[store.reveal_of(eval_id)]
+            served["progress"] += "\n\n" + REVEAL_PROMISES[self.store.reveal_of(eval_id)]
         response = JSONResponse(served)
         if new_key:
-            https = request.url.scheme == "https"
-            # inside the Space's page (another site's frame) only a partitioned SameSite=None cookie is kept;
-            # other sites' requests are refused by the gate's origin check
-            same_site = "SameSite=None; Secure; Partitioned" if https else "SameSite=Strict"
+            # inside the Space's page (another site's frame) only a partitioned SameSite=None cookie is
+            # kept; other sites' requests are refused by the gate's origin check
+            same_site = "SameSite=None; Secure; Partitioned" if request.url.scheme == "https" else "SameSite=Strict"
             response.headers.append("set-cookie", f"{RATER_COOKIE}={new_key}; Path=/; "
                                     f"Max-Age={RATER_COOKIE_DAYS * 86400}; HttpOnly; {same_site}")
         return response
 
-    async def next_pair(request: Request):
-        body = await body_of(request)
-        eval_id = evaluation_of(body)
-        return JSONResponse(serve(eval_id, rater(request, eval_id)))
+    async def next(self, request: Request):
+        eval_id = self.evaluation_of(await self.body_of(request))
+        return JSONResponse(self.serve(eval_id, self.rater(request, eval_id)))
 
-    async def submit(request: Request):
-        body = await body_of(request)
-        eval_id = evaluation_of(body)
-        who = rater(request, eval_id)
+    async def submit(self, request: Request):
+        body = await self.body_of(request)
+        eval_id = self.evaluation_of(body)
+        who = self.rater(request, eval_id)
         aspects = [*_listed(body.get("aspects_a")), *_listed(body.get("aspects_b"))]
-        text = _submitted(store, limits, assignment_of(body, eval_id), who, eval_id, (body.get("a"), body.get("b")),
-                          body.get("preference"), body.get("comment"), aspects)
+        text = _submitted(self.store, self.limits, self.assignment_of(body, eval_id), who, eval_id,
+                          (body.get("a"), body.get("b")), body.get("preference"), body.get("comment"), aspects)
         return JSONResponse({"reveal": text})
 
-    async def change(request: Request):
-        body = await body_of(request)
-        eval_id = evaluation_of(body)
-        who = rater(request, eval_id)
-        assignment_id = assignment_of(body, eval_id)
+    async def change(self, request: Request):
+        body = await self.body_of(request)
+        eval_id = self.evaluation_of(body)
+        who = self.rater(request, eval_id)
+        assignment_id = self.assignment_of(body, eval_id)
         if assignment_id is None:
             return JSONResponse({"reveal": "⚠️ Rate a pair first; then you can change its scores."})
         try:
-            changed = store.change_scores(assignment_id, who, body.get("a"), body.get("b"))
+            changed = self.store.change_scores(assignment_id, who, body.get("a"), body.get("b"))
         except (RatingError, StorageError) as exc:
             return JSONResponse({"reveal": f"⚠️ {exc}"})
         return JSONResponse({"reveal": f"Changed your scores for this pair: Reply A {changed['old_a']} → "
                                        f"{changed['score_a']}, Reply B {changed['old_b']} → {changed['score_b']} "
                                        "(the change is recorded)."})
 
-    for name, handler in (("join", join), ("next", next_pair), ("submit", submit), ("change", change)):
-        api.add_api_route(RATER_API + name, answer(handler), methods=["POST"], include_in_schema=False,
-                          name=f"rater_{name}")
+
+def _whole(value) -> bool:
+    """A whole number as a script might send it (an int or its digits), within reason."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return False
+    text = str(value).strip()
+    return text.isascii() and text.isdigit() and len(text) <= 12
+
+
+def _pair_answer(note: str, pair: dict | None = None) -> dict:
+    return {"progress": note, "assignment": pair["assignment_id"] if pair else None,
+            "prompt": _heading(pair) if pair else "", "a": pair["reply_a"] if pair else "",
+            "b": pair["reply_b"] if pair else ""}
 
 
 def _listed(value) -> list:
