@@ -104,7 +104,6 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
     api = FastAPI(title="Tuner", docs_url=None, redoc_url=None, openapi_url=None)
     ui_access.owner_routes(api, access)
     rate.rater_api(api, store, rng)
-    ui_access.hf_routes(api, access, secret)
 
     @api.get(ui_access.RATERS_APP, include_in_schema=False)
     def raters_page():  # the link friends get ends in /rate
@@ -125,6 +124,8 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
     # the gate wraps everything above, outermost (added last)
     tuner = Tuner(api, studio, raters)
     api.add_middleware(_GateFactory(tuner, access, lambda: studio.fns))
+    # Hugging Face sign-in (on a Space): its session middleware goes outside the gate, which reads it
+    ui_access.hf_routes(api, access, secret)
     return tuner
 
 

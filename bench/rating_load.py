@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(ROOT / "tests"))
 
-from gradio_http import call, call_as_page, config, default_inputs, sign_in  # noqa: E402
+from gradio_http import call, default_inputs, page_headers, sign_in  # noqa: E402
 
 from ratings.store import Store  # noqa: E402
 from tuner import models, tiny  # noqa: E402
@@ -80,7 +80,7 @@ def wait_for(url: str, proc: subprocess.Popen, limit: float = 120.0) -> None:
         if proc.poll() is not None:
             raise SystemExit(f"the app exited early with code {proc.returncode}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            if httpx.get(url + "/tuner/sign-in", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -128,10 +128,19 @@ def start_training(url: str, cfg: dict, model: Path) -> str:
 
 
 def stop_training(url: str, cfg: dict) -> None:
-    call(url, by_api(cfg, "on_stop"), [], cookies=sign_in(url, PASSWORD))
+    owner = sign_in(url, PASSWORD)
+    call(url, by_api(cfg, "on_stop"), [], cookies=owner)
 
 
-def rater(url: str, cfg: dict, eval_id: int, name: str, pairs: int, think: float, out, barrier) -> None:
+def studio_config(url: str) -> dict:
+    """The studio's config, which only the owner may read."""
+    import httpx
+
+    owner = sign_in(url, PASSWORD)
+    return httpx.get(f"{url}/config", cookies=owner, headers=page_headers(owner), timeout=30).json()
+
+
+def rater(url: str, eval_id: int, name: str, pairs: int, think: float, out, barrier) -> None:
     """One rater, in a process of its own (25 raters are 25 browsers: threads of one
     Python process would queue their HTTP work behind its one GIL). Puts what it
     measured on `out`: ("latency", k, s), ("cpu", s), ("ack", …) and ("error", text).
@@ -141,20 +150,18 @@ def rater(url: str, cfg: dict, eval_id: int, name: str, pairs: int, think: float
 
     os.nice(19)
 
-    session = f"rater-{name}"
-    # one connection kept open for the whole visit, as a browser keeps its own
+    # one connection kept open for the whole visit, as a browser keeps its own (and its rater cookie)
     # each rater from their own address, as a Space's proxy reports it (SPACE_ID is set below)
     address = f"10.0.{int(name[-2:]) // 200}.{int(name[-2:]) % 200 + 1}"
     with httpx.Client(base_url=url, timeout=60, headers={"X-Forwarded-For": address}) as client:
-        call_as_page(cfg, url, by_api(cfg, "rater_refresh"), [], session_hash=session, client=client)
-        joined = call_as_page(cfg, url, by_api(cfg, "rater_join"), [eval_id, name, "", {}], session_hash=session,
-                              client=client)
-        if not joined["success"] or "pair 1 of" not in str(joined["data"]):
-            out.put(("error", f"{name}: join: {joined}"))
+        client.get("/tuner/rate/evaluations")
+        joined = client.post("/tuner/rate/join", json={"evaluation": eval_id, "name": name, "code": ""})
+        if joined.status_code != 200 or "pair 1 of" not in joined.text:
+            out.put(("error", f"{name}: join: {joined.status_code} {joined.text[:200]}"))
             barrier.abort()
             return
+        pair = joined.json()["assignment"]
         out.put(("joined",))
-        submit, next_pair = by_api(cfg, "rater_submit"), by_api(cfg, "rater_next")
         rng = random.Random(name)
         barrier.wait()  # everyone submits their first rating at the same instant
         for k in range(pairs):
@@ -162,15 +169,32 @@ def rater(url: str, cfg: dict, eval_id: int, name: str, pairs: int, think: float
                 time.sleep(rng.uniform(0.5, 1.5) * think)
             a, b = rng.randint(1, 5), rng.randint(1, 5)
             began, cpu = time.perf_counter(), time.thread_time()
-            result = call_as_page(cfg, url, submit, [None, None, None, a, b, None, "", None, None, None, None, None,
-                                                     None], session_hash=session, client=client)
+            result = client.post("/tuner/rate/submit", json={"evaluation": eval_id, "assignment": pair, "a": a, "b": b,
+                                                             "preference": None, "comment": ""})
             out.put(("latency", k, time.perf_counter() - began))
             out.put(("cpu", time.thread_time() - cpu))
-            if result["success"] and str(result["data"][0]).startswith("Saved"):
+            if result.status_code == 200 and result.json()["reveal"].startswith("Saved"):
                 out.put(("ack", name, a, b))
             else:
-                out.put(("error", f"{name}: submit: {result}"))
-            call_as_page(cfg, url, next_pair, [None, None], session_hash=session, client=client)
+                out.put(("error", f"{name}: submit: {result.status_code} {result.text[:200]}"))
+            pair = client.post("/tuner/rate/next", json={"evaluation": eval_id}).json().get("assignment")
+
+
+def join_cpu(url: str, eval_id: int, pid: int, n: int = 25) -> float:
+    """Server CPU (all its threads) per rater joining: the raters' page and its list of
+    evaluations, then Start rating, for `n` new raters one after another, before training starts."""
+    import httpx
+
+    before = cpu_seconds(pid)
+    for i in range(n):
+        with httpx.Client(base_url=url, timeout=60, headers={"X-Forwarded-For": f"10.9.0.{i + 1}"}) as client:
+            client.get("/rate/").raise_for_status()
+            client.get("/rate/config").raise_for_status()
+            client.get("/tuner/rate/evaluations").raise_for_status()
+            answer = client.post("/tuner/rate/join", json={"evaluation": eval_id, "name": f"joiner{i:02d}", "code": ""})
+            if answer.status_code != 200:
+                raise SystemExit(f"join failed: {answer.status_code} {answer.text[:300]}")
+    return 1000 * (cpu_seconds(pid) - before) / n
 
 
 def main() -> None:
@@ -193,6 +217,7 @@ def main() -> None:
             trained = models.resolve(models.BUNDLED, Layout(data_root()).models).location
         home = tmp / "home"
         eval_id = seed_evaluation(home, model, args.pairs)
+        join_eval = seed_evaluation(home, model, args.pairs)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "TUNER_HOME": str(home), "TUNER_MODEL": str(model), "GRADIO_SERVER_PORT": str(port),
@@ -206,7 +231,8 @@ def main() -> None:
                                 stderr=subprocess.STDOUT)
         try:
             wait_for(url, proc)
-            cfg = config(url)
+            cfg = studio_config(url)
+            join_ms = join_cpu(url, join_eval, proc.pid)
             training = "no"
             if not args.no_training:
                 print(start_training(url, cfg, trained), flush=True)
@@ -217,7 +243,7 @@ def main() -> None:
             steps_before = logged_steps(home)
             ctx = multiprocessing.get_context("fork")  # cheap: the raters use no torch
             out, barrier = ctx.Queue(), ctx.Barrier(args.raters)
-            procs = [ctx.Process(target=rater, args=(url, cfg, eval_id, f"rater{i:02d}", args.pairs, args.think,
+            procs = [ctx.Process(target=rater, args=(url, eval_id, f"rater{i:02d}", args.pairs, args.think,
                                                      out, barrier)) for i in range(args.raters)]
             server_cpu = cpu_seconds(proc.pid)
             began = time.perf_counter()
@@ -267,6 +293,7 @@ def main() -> None:
           f" the server, all its threads: {server_cpu:.1f} s in all, {rating_cpu:.1f} s once all had joined ="
           f" {1000 * rating_cpu / max(1, len(acks)):.1f} ms a submission with its Next pair"
           + (" (the training's share included)" if training == "yes" else ""))
+    print(f"a rater joining (the raters' page, its config, the list, Start rating): {join_ms:.1f} ms of server CPU")
     print(f"acknowledged {len(acks)} · stored {stored} (ratings rows {rows}, 2 a pair) · integrity {check}"
           f" · errors {len(errors)}")
     for line in errors[:5]:
@@ -279,7 +306,8 @@ def main() -> None:
         "max_ms": round(ms[-1], 1) if ms else None, "acknowledged": len(acks), "stored": stored,
         "ratings_rows": rows, "integrity": check, "errors": len(errors), "wall_s": round(wall, 1),
         "client_cpu_ms": round(1000 * sum(client_cpu) / max(1, len(client_cpu)), 2),
-        "server_cpu_s": round(server_cpu, 2), "server_cpu_rating_ms": round(1000 * rating_cpu / max(1, len(acks)), 2)}))
+        "server_cpu_s": round(server_cpu, 2), "server_cpu_rating_ms": round(1000 * rating_cpu / max(1, len(acks)), 2),
+        "join_server_cpu_ms": round(join_ms, 1)}))
 
 
 if __name__ == "__main__":

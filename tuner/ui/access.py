@@ -403,6 +403,10 @@ class Gate:
             if not allowed:
                 return await self._refuse(scope, receive, send, 429, f"Too many requests from this address; "
                                           f"try again in {wait:.0f} s.", {"Retry-After": str(max(1, round(wait)))})
+        if raters_app and path.startswith(RATERS_APP + "/gradio_api/file"):
+            # the raters' page shows no file, and its Gradio app would serve the studio's: the
+            # two share one upload folder and Gradio's static paths (the exports' downloads)
+            return await self._refuse(scope, receive, send, 404, "The raters' page serves no files.")
         if raters_app and method not in ("GET", "HEAD", "OPTIONS"):
             # the raters' page runs nothing through Gradio: its buttons call the plain routes
             return await self._refuse(scope, receive, send, 405, "The raters' page takes no calls here; "
