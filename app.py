@@ -104,6 +104,7 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
     api = FastAPI(title="Tuner", docs_url=None, redoc_url=None, openapi_url=None)
     ui_access.owner_routes(api, access)
     rate.rater_api(api, store, rng)
+    ui_access.hf_routes(api, access)  # Hugging Face sign-in, on a Space
 
     @api.get(ui_access.RATERS_APP, include_in_schema=False)
     def raters_page():  # the link friends get ends in /rate
@@ -121,11 +122,15 @@ def build_app(home: Path, default_model: str = models.BUNDLED, rng: random.Rando
     gr.mount_gradio_app(api, studio, path="/", auth_dependency=ui_access.owner_user(access),
                         head=head + ui_access.CSRF_JS, css=results.CSS + leaderboard.CSS, show_error=True,
                         max_file_size=upload_limit, enable_monitoring=False, mcp_server=False, ssr_mode=False)
+    # Gradio checks that a file an event names (a FileData path) was uploaded only once a Blocks
+    # "has launched", which launch() sets and mount_gradio_app does not: without this, a call
+    # naming any file on the server (a dataset, the ratings database) is taken as an upload
+    studio.has_launched = raters.has_launched = True
     # the gate wraps everything above, outermost (added last)
     tuner = Tuner(api, studio, raters)
     api.add_middleware(_GateFactory(tuner, access, lambda: studio.fns))
     # Hugging Face sign-in (on a Space): its session middleware goes outside the gate, which reads it
-    ui_access.hf_routes(api, access, secret)
+    ui_access.hf_session(api, secret)
     return tuner
 
 

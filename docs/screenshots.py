@@ -5,7 +5,9 @@
 A fresh data root; the polite_assistant starter trained with its recommended settings
 (LoRA r16, 8 epochs); Compare on the run's held-out prompts; two scripted raters, one
 on the Compare tab (reveal after each pair) and one on /rate; then the Compare tab
-(docs/screenshot.png) and the Results tab (docs/results.png). The scripted raters
+(docs/screenshot.png) and the Results tab (docs/results.png). The app is built and served
+as app.py serves it (build_app, then uvicorn in a thread); with TUNER_OWNER_PASSWORD set,
+the owner signs in on its sign-in page first. The scripted raters
 score a reply 4 when it is short (60 words at most) and never says "As an AI", else 2: the
 figures in the screenshots are real replies, not real people's judgements.
 """
@@ -58,8 +60,9 @@ def _rate_all(page, prefix: str, shot: Path | None = None) -> None:
 def main() -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    from app import build_app, queued
+    from app import build_app
     from tuner import models
+    from tuner.access import Access
 
     t0 = time.time()
 
@@ -67,10 +70,9 @@ def main() -> None:
         print(f"[{time.time() - t0:6.1f}s] {label}", flush=True)
 
     home = Path(tempfile.mkdtemp(prefix="tuner-shots-"))
-    demo = build_app(home, default_model=models.BUNDLED, rng=random.Random(3))
-    port = free_port()
-    queued(demo).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    url = f"http://127.0.0.1:{port}"
+    access = Access.from_env()  # as app.py: open mode unless TUNER_OWNER_PASSWORD / TUNER_OWNER is set
+    tuner = build_app(home, default_model=models.BUNDLED, rng=random.Random(3), access=access)
+    url = tuner.start("127.0.0.1", free_port())
     expect.set_options(timeout=60_000)
     try:
         with sync_playwright() as p:
@@ -78,6 +80,15 @@ def main() -> None:
             page = browser.new_page(viewport={"width": 1280, "height": 1400})
             page.set_default_timeout(60_000)
             page.goto(url)
+            if access.password:  # a stranger's browser lands on the sign-in page: sign in as the owner
+                expect(page).to_have_url(f"{url}/tuner/sign-in")
+                page.locator("#password").fill(access.password)
+                page.locator("#sign-in-button").click()
+                expect(page).to_have_url(f"{url}/")
+                expect(page.locator("#owner-status")).to_contain_text("Signed in as the owner")
+            elif not access.open:
+                raise SystemExit("TUNER_OWNER (Hugging Face sign-in) needs a Space: unset it, or set "
+                                 "TUNER_OWNER_PASSWORD, to make the screenshots.")
             expect(page.locator("#dataset-message")).to_contain_text("26 rows")
             page.get_by_role("tab", name="Train").click()
             page.locator("#train-recipe-use").click()
@@ -108,7 +119,8 @@ def main() -> None:
 
             friend = browser.new_page(viewport={"width": 1280, "height": 1300})
             friend.set_default_timeout(60_000)
-            friend.goto(f"{url}/rate")
+            friend.goto(f"{url}/rate")  # the raters' link: redirected to the raters' page at /rate/
+            expect(friend).to_have_url(f"{url}/rate/")
             friend.locator("#rater-eval input").click()
             friend.get_by_role("option", name=re.compile("polite, held out")).click()
             friend.locator("#rater-name input, #rater-name textarea").first.fill("Ben")
@@ -129,7 +141,7 @@ def main() -> None:
             mark("done")
             browser.close()
     finally:
-        demo.close()
+        tuner.close()
 
 
 if __name__ == "__main__":

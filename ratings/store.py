@@ -277,7 +277,7 @@ class Store(Database):
             db.execute("INSERT INTO rater_joins VALUES (?, ?, ?, ?)", [evaluation_id, rater, client_hash, _now()])
 
     def admit(self, evaluation_id: int, name: str, browser_key: str, client: str, signed_in: bool = False,
-              cap: int = NAMES_PER_ADDRESS) -> str:
+              cap: int = NAMES_PER_ADDRESS, owner: bool = False) -> str:
         """Admit a rater to one evaluation; returns the cleaned name, or raises RatingError saying why not.
 
         Replaces claim_rater + join. A name is claimed per evaluation, and only here, in the
@@ -288,7 +288,9 @@ class Store(Database):
         by a Hugging Face sign-in (`signed_in`). A new name must pass, in order: the address
         cap (`cap` names per address per evaluation), one name per browser per evaluation,
         and no reveal yet to anyone from this address in this evaluation (a second name of
-        someone who has seen which model wrote which reply would rate unblinded)."""
+        someone who has seen which model wrote which reply would rate unblinded). `owner`: the
+        owner's own panel, which friends may use in turn at the owner's computer: none of those
+        three checks (the owner is trusted); each name is still claimed by this browser."""
         name = clean_rater(name)
         if not isinstance(browser_key, str) or len(browser_key) < BROWSER_KEY_MIN:
             raise RatingError(f"This browser's rater key is missing or shorter than {BROWSER_KEY_MIN} characters; "
@@ -310,21 +312,8 @@ class Store(Database):
                     return name
                 raise RatingError(f"Someone already rates as {name!r} from another browser. Go on in that "
                                   "browser, or pick another name.")
-            used = db.execute("SELECT COUNT(*) FROM rater_joins WHERE evaluation_id = ? AND client_hash = ?",
-                              [evaluation_id, client_hash]).fetchone()[0]
-            if used >= cap:
-                raise RatingError(f"This address already rates this evaluation under {used} names; go on under "
-                                  "one of them (each person rates once).")
-            held = db.execute("SELECT rater FROM rater_claims WHERE evaluation_id = ? AND key_hash = ? "
-                              "ORDER BY created_at LIMIT 1", [evaluation_id, key_hash]).fetchone()
-            if held is not None:
-                raise RatingError(f"This browser already rates this evaluation as {held[0]!r}; go on as {held[0]}.")
-            neighbours = [r for (r,) in db.execute(
-                "SELECT rater FROM rater_joins WHERE evaluation_id = ? AND client_hash = ?",
-                [evaluation_id, client_hash])]
-            if any(self._revealed(db, evaluation_id, rater) for rater in neighbours):
-                raise RatingError("Someone at this address has already seen which model wrote which reply in this "
-                                  "evaluation; a new name from here would rate unblinded.")
+            if not owner:
+                self._may_add_name(db, evaluation_id, key_hash, client_hash, cap)
             now = _now()
             db.execute("INSERT INTO rater_claims (evaluation_id, rater, kind, key_hash, client_hash, created_at) "
                        "VALUES (?, ?, ?, ?, ?, ?)",
@@ -334,9 +323,30 @@ class Store(Database):
                        [evaluation_id, name, client_hash, now])
         return name
 
-    def rater_of(self, evaluation_id: int, browser_key, hf_user: str | None = None) -> str | None:
+    def _may_add_name(self, db, evaluation_id: int, key_hash: str, client_hash: str, cap: int) -> None:
+        """Refuse a new name (RatingError): over the address cap, a second name of this browser,
+        or from an address where someone has been shown which model wrote which reply."""
+        used = db.execute("SELECT COUNT(*) FROM rater_joins WHERE evaluation_id = ? AND client_hash = ?",
+                          [evaluation_id, client_hash]).fetchone()[0]
+        if used >= cap:
+            raise RatingError(f"This address already rates this evaluation under {used} names; go on under "
+                              "one of them (each person rates once).")
+        held = db.execute("SELECT rater FROM rater_claims WHERE evaluation_id = ? AND key_hash = ? "
+                          "ORDER BY created_at LIMIT 1", [evaluation_id, key_hash]).fetchone()
+        if held is not None:
+            raise RatingError(f"This browser already rates this evaluation as {held[0]!r}; go on as {held[0]}.")
+        neighbours = [r for (r,) in db.execute(
+            "SELECT rater FROM rater_joins WHERE evaluation_id = ? AND client_hash = ?", [evaluation_id, client_hash])]
+        if any(self._revealed(db, evaluation_id, rater) for rater in neighbours):
+            raise RatingError("Someone at this address has already seen which model wrote which reply in this "
+                              "evaluation; a new name from here would rate unblinded.")
+
+    def rater_of(self, evaluation_id: int, browser_key, hf_user: str | None = None,
+                 name: str | None = None) -> str | None:
         """The name this browser (its key) or this Hugging Face sign-in rates under in an
-        evaluation, once admitted; else None. The web layer's only source of a rater's name."""
+        evaluation, once admitted; else None. The web layer's only source of a rater's name.
+        `name`: the name the page shows, which must be one this browser holds (the owner's
+        panel may hold several); without it, the browser's first."""
         with self.db() as db:
             if hf_user:
                 row = db.execute("SELECT rater FROM rater_claims WHERE evaluation_id = ? AND rater = ? AND kind = 'hf'",
@@ -345,8 +355,16 @@ class Store(Database):
                     return row[0]
             if not isinstance(browser_key, str) or len(browser_key) < BROWSER_KEY_MIN:
                 return None
-            row = db.execute("SELECT rater FROM rater_claims WHERE evaluation_id = ? AND key_hash = ? "
-                             "ORDER BY created_at LIMIT 1", [evaluation_id, _hash_key(browser_key)]).fetchone()
+            named = ""
+            if isinstance(name, str) and name.strip():
+                try:
+                    named, args = "AND rater = ? ", [evaluation_id, _hash_key(browser_key), clean_rater(name)]
+                except RatingError:
+                    return None
+            else:
+                args = [evaluation_id, _hash_key(browser_key)]
+            row = db.execute(f"SELECT rater FROM rater_claims WHERE evaluation_id = ? AND key_hash = ? {named}"
+                             "ORDER BY created_at LIMIT 1", args).fetchone()
         return row[0] if row else None
 
     def evaluation_of_assignment(self, assignment_id: int) -> int | None:

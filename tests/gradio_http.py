@@ -1,11 +1,14 @@
 """Call a running Gradio app's event handlers over HTTP, as any script could:
-no browser, no gradio_client conveniences, any fn_index, any cookie."""
+no browser, no gradio_client conveniences, any fn_index, any cookie, any path
+(`raw` sends a request line exactly as written), from any loopback address."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import uuid
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -60,6 +63,32 @@ def _call(client: httpx.Client, fn_index: int, data: list, session_hash: str, ev
     return {"success": False, "data": None, "error": "the stream ended without a result"}
 
 
+def call_named(url: str, api_name: str, data: list, cookies: dict | None = None, lane: str = "call",
+               timeout: float = 60.0, client: httpx.Client | None = None) -> dict:
+    """Run a handler by its api_name as a script would: POST /gradio_api/call/<name> and read
+    its stream (lane "call"), or one POST to /gradio_api/run/<name> (lane "run").
+    Returns {"success", "data", "error", "status"} like `call` (status: the POST's)."""
+    with _client(url, cookies, timeout, client) as http:
+        posted = http.post(f"/gradio_api/{lane}/{api_name}", json={"data": data})
+        if posted.status_code != 200:
+            return {"success": False, "data": None, "error": f"HTTP {posted.status_code}: {posted.text[:300]}",
+                    "status": posted.status_code}
+        if lane == "run":
+            return {"success": True, "data": posted.json().get("data"), "error": None, "status": 200}
+        event = posted.json()["event_id"]
+        with http.stream("GET", f"/gradio_api/call/{api_name}/{event}") as stream:
+            kind = None
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:") and kind in ("complete", "error"):
+                    payload = line[5:].strip()
+                    data = json.loads(payload) if kind == "complete" else None
+                    return {"success": kind == "complete", "data": data,
+                            "error": None if kind == "complete" else payload, "status": 200}
+    return {"success": False, "data": None, "error": "the stream ended without a result", "status": 200}
+
+
 def call_as_page(cfg: dict, url: str, fn_index: int, data: list, cookies: dict | None = None,
                  session_hash: str | None = None, timeout: float = 60.0,
                  client: httpx.Client | None = None) -> dict:
@@ -77,15 +106,47 @@ def call_as_page(cfg: dict, url: str, fn_index: int, data: list, cookies: dict |
     return {"success": True, "data": answer.json().get("data"), "error": None}
 
 
-def config(url: str) -> dict:
-    return httpx.get(f"{url}/config", timeout=30).json()
+def config(url: str, cookies: dict | None = None) -> dict:
+    """The page's config; the studio's is the owner's alone (pass the owner's cookies)."""
+    answer = httpx.get(f"{url}/config", cookies=cookies or {}, timeout=30)
+    assert answer.status_code == 200, (answer.status_code, answer.text[:300])
+    return answer.json()
 
 
 def default_inputs(cfg: dict, fn_index: int) -> list:
     """The values the page itself would send: each input component's initial value."""
     values = {c["id"]: c.get("props", {}).get("value") for c in cfg["components"]}
-    dependency = cfg["dependencies"][fn_index]
+    dependency = next(d for d in cfg["dependencies"] if d["id"] == fn_index)
     return [values.get(i) for i in dependency["inputs"]]
+
+
+def owner_client(url: str, cookies: dict, timeout: float = 60.0, **options) -> httpx.Client:
+    """A connection as the owner's page makes its requests: the cookies and the anti-forgery header."""
+    return httpx.Client(base_url=url, cookies=cookies, headers=page_headers(cookies), timeout=timeout, **options)
+
+
+def from_address(url: str, address: str, cookies: dict | None = None, timeout: float = 60.0,
+                 **options) -> httpx.Client:
+    """A connection whose source is another loopback address (127.0.0.2, …): to the server,
+    another machine, so rate limits and the raters' names cap count it apart."""
+    return httpx.Client(base_url=url, cookies=cookies or {}, headers=page_headers(cookies), timeout=timeout,
+                        transport=httpx.HTTPTransport(local_address=address), **options)
+
+
+def raw(url: str, method: str, target: str, body: bytes = b"", headers: dict | None = None,
+        timeout: float = 30.0) -> tuple[int, bytes]:
+    """Send one HTTP/1.1 request with the request line exactly as given (httpx would tidy
+    /rate/../x into /x); returns (status, body). The connection is closed after it."""
+    parts = urlsplit(url)
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}", f"Content-Length: {len(body)}",
+             "Connection: close", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), rest
 
 
 def is_skip(data: list | None, cfg: dict | None = None, fn_index: int | None = None) -> bool:

@@ -1,10 +1,14 @@
 """What the running app serves and accepts as files, over real HTTP.
 
-The app is started as app.py starts it (build_app + launch with the upload
-limit), on a free port, with its data root inside the working directory (as
-the default `.tuner/` is). Gradio's /gradio_api/file= route must serve only
-files the app itself returned, never /etc/passwd, the ratings database or a
-dataset, however the path is written; an upload over the limit is refused.
+The app is built and served as app.py serves it (build_app, then uvicorn), on a free
+port, with its data root inside the working directory (as the default `.tuner/` is)
+and an owner password. The studio's routes are the owner's: to a stranger every one
+of them, /gradio_api/file= and /gradio_api/upload included, is refused (401; a browser
+is sent to the sign-in page) whatever the path. To the owner, Gradio's file route
+serves only files the app itself returned, never /etc/passwd, the ratings database or
+a dataset, however the path is written; an upload over the limit is refused. The
+raters' app at /rate/ (its own Gradio app, open to anyone) serves no file at all: it
+shares the studio's upload folder and Gradio's static paths.
 """
 
 from __future__ import annotations
@@ -13,38 +17,66 @@ import http.client
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from browser import serve as launch
+from gradio_http import page_headers, sign_in
 from tuner.paths import REPO_ROOT, max_upload, upload_bytes
 
 SECRET = "canary-3f1b: must never be served"
+PASSWORD = "file-access owner words"
+SIGN_IN_PAGE = "/tuner/sign-in"
 
 
-def serve(home: Path, max_file_size: str | None = None):
-    """The real app on a free port, launched with the upload limit app.py uses;
-    returns (demo, base url)."""
-    return launch(home, "smollm2-135m-instruct", seed=0, max_file_size=max_file_size or max_upload())
+@dataclass
+class Served:
+    """The running app: its base url, the owner's signed-in client (the cookies and the
+    page's anti-forgery header, as the studio's page sends them) and a stranger's."""
+    tuner: object
+    url: str
+    owner: httpx.Client
+    stranger: httpx.Client
+    cookies: dict
+
+    def close(self) -> None:
+        self.owner.close()
+        self.stranger.close()
+        self.tuner.close()
 
 
-def endpoint(url: str, *labels: str) -> str:
+def serve(home: Path, password: str | None = PASSWORD) -> Served:
+    """The real app on a free port (the upload limit is app.py's: TUNER_MAX_UPLOAD, else
+    50mb), with `password` as the owner's, signed in; `password` None: open mode, where
+    everyone is the owner (the "stranger" too)."""
+    from tuner.access import Access
+
+    tuner, url = launch(home, "smollm2-135m-instruct", access=Access(password=password), seed=0)
+    cookies = sign_in(url, password) if password else {}
+    owner = httpx.Client(base_url=url, cookies=cookies, headers=page_headers(cookies), timeout=120)
+    return Served(tuner, url, owner, httpx.Client(base_url=url, timeout=120), cookies)
+
+
+def endpoint(client: httpx.Client, *labels: str) -> str:
     """The API name of the event whose inputs carry these labels (names like
     /on_export_1 depend on the order events were wired)."""
-    info = httpx.get(f"{url}/gradio_api/info", timeout=30).json()["named_endpoints"]
+    answer = client.get("/gradio_api/info", timeout=30)
+    assert answer.status_code == 200, answer.text
+    info = answer.json()["named_endpoints"]
     found = [name for name, spec in info.items() if [p.get("label") for p in spec["parameters"]] == list(labels)]
     assert found, f"no endpoint with inputs {labels}"
     return found[0]
 
 
-def call(url: str, api: str, data: list) -> tuple[str, object]:
+def call(client: httpx.Client, api: str, data: list) -> tuple[str, object]:
     """Call an event over the HTTP API, as any script could: (last event, its data)."""
     api = api.lstrip("/")
-    started = httpx.post(f"{url}/gradio_api/call/{api}", json={"data": data}, timeout=30)
+    started = client.post(f"/gradio_api/call/{api}", json={"data": data}, timeout=30)
     started.raise_for_status()
-    stream = httpx.get(f"{url}/gradio_api/call/{api}/{started.json()['event_id']}", timeout=300).text
+    stream = client.get(f"/gradio_api/call/{api}/{started.json()['event_id']}", timeout=300).text
     event, payload = None, None
     for line in stream.splitlines():
         if line.startswith("event:"):
@@ -54,21 +86,48 @@ def call(url: str, api: str, data: list) -> tuple[str, object]:
     return event, payload
 
 
-def upload(url: str, name: str, content: bytes) -> httpx.Response:
-    return httpx.post(f"{url}/gradio_api/upload", files={"files": (name, content)}, timeout=120)
+def upload(client: httpx.Client, name: str, content: bytes) -> httpx.Response:
+    return client.post("/gradio_api/upload", files={"files": (name, content)}, timeout=120)
 
 
-def raw_get(url: str, path: str) -> tuple[int, bytes]:
-    """GET with the path sent exactly as written (httpx would remove ../ segments)."""
+def raw_get(url: str, path: str, cookies: dict | None = None, method: str = "GET",
+            headers: dict | None = None) -> tuple[int, bytes]:
+    """A request with the path sent exactly as written (httpx would remove ../ segments);
+    `cookies`: the owner's, as the browser sends them (a GET needs no anti-forgery header)."""
+    status, body, _ = raw_request(url, path, cookies, method, headers)
+    return status, body
+
+
+def raw_request(url: str, path: str, cookies: dict | None = None, method: str = "GET",
+                headers: dict | None = None) -> tuple[int, bytes, dict]:
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
-        conn.putrequest("GET", path, skip_accept_encoding=True)
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for name, value in (headers or {}).items():
+            conn.putheader(name, value)
+        if cookies:
+            conn.putheader("Cookie", "; ".join(f"{k}={v}" for k, v in cookies.items()))
         conn.endheaders()
         response = conn.getresponse()
-        return response.status, response.read()
+        return response.status, response.read(), {k.lower(): v for k, v in response.getheaders()}
     finally:
         conn.close()
+
+
+def leaks(body: bytes, *also: bytes) -> bool:
+    return (b"root:" in body or SECRET.encode() in body or body.startswith(b"SQLite format 3")
+            or any(a and a in body for a in also))
+
+
+def assert_refused_to_a_stranger(url: str, path: str, *secrets: bytes) -> None:
+    """A stranger asking for a studio route gets 401 and nothing of the file; a browser
+    (asking for a page) is sent to the sign-in page instead."""
+    status, body = raw_get(url, path)
+    assert status == 401 and b"Owner only" in body and not leaks(body, *secrets), (path, status, body[:120])
+    status, body, headers = raw_request(url, path, headers={"Accept": "text/html"})
+    assert status == 303 and headers.get("location") == SIGN_IN_PAGE and not leaks(body, *secrets), \
+        (path, status, body[:120])
 
 
 @pytest.fixture
@@ -85,30 +144,50 @@ def app(tmp_path, monkeypatch):
     saved = tdata.save_version([{"messages": [{"role": "user", "content": "Q"},
                                               {"role": "assistant", "content": SECRET}]}],
                                "private", Layout(home).datasets)
-    demo, url = serve(home)
+    served = serve(home)
     assert Layout(home).ratings_db.is_file()
-    yield url, home, saved
-    demo.close()
+    yield served, home, saved
+    served.close()
 
 
 # --- the upload limit ---------------------------------------------------------------
-def test_an_upload_over_the_limit_is_refused_and_one_within_it_accepted(tmp_path):
+@pytest.mark.parametrize("password", [PASSWORD, None], ids=["owner", "open-mode"])
+def test_an_upload_over_the_limit_is_refused_and_one_within_it_accepted(tmp_path, monkeypatch, password):
+    monkeypatch.delenv("TUNER_MAX_UPLOAD", raising=False)
     limit = upload_bytes(max_upload())
     assert max_upload({}) == "50mb" and limit == 50 * 1024 * 1024
-    demo, url = serve(tmp_path / "home")  # with the default limit, as app.py launches
+    home = tmp_path / "home"
+    served = serve(home, password)  # with the default limit, as app.py serves
     try:
-        too_big = upload(url, "big.jsonl", b"x" * (limit + 1))
+        too_big = upload(served.owner, "big.jsonl", b"x" * (limit + 1))
         assert too_big.status_code == 413, too_big.text
         assert "exceeded maximum allowed size" in too_big.text
-        fine = upload(url, "fine.jsonl", b'{"a": 1}\n' * 1000)
+        fine = upload(served.owner, "fine.jsonl", b'{"a": 1}\n' * 1000)
         assert fine.status_code == 200, fine.text
         (stored,) = fine.json()
         assert Path(stored).read_bytes() == b'{"a": 1}\n' * 1000
+        if password is None:
+            return
+        # a stranger's upload is refused before Gradio reads it: nothing is written, nothing counted
+        before = sorted(p for p in (home / "uploads").rglob("*") if p.is_file())
+        held = served.tuner.gate.held_uploads()
+        for body in (b'{"a": 1}\n', b"x" * (limit + 1)):
+            refused = upload(served.stranger, "stranger.jsonl", body)
+            assert refused.status_code == 401 and "Owner only" in refused.text, refused.text
+        # the raters' app, open to anyone, takes no upload either
+        assert served.stranger.post("/rate/gradio_api/upload", files={"files": ("r.jsonl", b"x")}).status_code == 405
+        assert sorted(p for p in (home / "uploads").rglob("*") if p.is_file()) == before
+        assert served.tuner.gate.held_uploads() == held
+        # nor can a stranger read back what the owner uploaded, from the studio or from the raters' app
+        assert_refused_to_a_stranger(served.url, f"/gradio_api/file={stored}", b'{"a": 1}')
+        status, body = raw_get(served.url, f"/rate/gradio_api/file={stored}")
+        assert status == 404 and b'{"a": 1}' not in body, (status, body[:120])
+        assert raw_get(served.url, f"/gradio_api/file={stored}", served.cookies) == (200, b'{"a": 1}\n' * 1000)
     finally:
-        demo.close()
+        served.close()
 
 
-def test_the_limit_is_set_in_one_place_and_tuner_max_upload_overrides_it(tmp_path):
+def test_the_limit_is_set_in_one_place_and_tuner_max_upload_overrides_it(tmp_path, monkeypatch):
     assert max_upload({"TUNER_MAX_UPLOAD": "64 KB"}) == "64kb"
     with pytest.raises(ValueError, match="TUNER_MAX_UPLOAD: upload limit 'lots' is not a size like 50mb"):
         max_upload({"TUNER_MAX_UPLOAD": "lots"})
@@ -117,12 +196,14 @@ def test_the_limit_is_set_in_one_place_and_tuner_max_upload_overrides_it(tmp_pat
     env = {"PATH": "/usr/bin:/bin", "TUNER_MAX_UPLOAD": "64kb"}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert out.stdout.strip() == str(64 * 1024), out.stderr
-    demo, url = serve(tmp_path / "home", max_upload({"TUNER_MAX_UPLOAD": "64kb"}))
+    monkeypatch.setenv("TUNER_MAX_UPLOAD", "64kb")  # app.py reads it when the app is built
+    served = serve(tmp_path / "home")
     try:
-        assert upload(url, "over.csv", b"q,a\n" + b"x" * (64 * 1024)).status_code == 413
-        assert upload(url, "at.csv", b"x" * (64 * 1024)).status_code == 200  # the limit itself is allowed
+        assert upload(served.owner, "over.csv", b"q,a\n" + b"x" * (64 * 1024)).status_code == 413
+        assert upload(served.owner, "at.csv", b"x" * (64 * 1024)).status_code == 200  # the limit itself is allowed
+        assert upload(served.stranger, "at.csv", b"x" * (64 * 1024)).status_code == 401
     finally:
-        demo.close()
+        served.close()
 
 
 # --- the file route -------------------------------------------------------------------
@@ -145,10 +226,16 @@ ESCAPES = [
     "/gradio_api/file=http://127.0.0.1:1/",
     "/gradio_api/file=http://169.254.169.254/latest/meta-data/",
 ]
+# public prefixes (the raters' app, the plain routes) in front of a studio route: the gate
+# and the router see the same literal path, so none of these reaches the studio's file route
+DETOURS = ["/rate/..{route}", "/rate/gradio_api/..{route}", "/rate/../..{route}", "/tuner/rate/../..{route}",
+           "/tuner/sign-in/..{route}", "/tuner/owner/sign-in/../../..{route}", "/rate%2F..{route}",
+           "/rate/%2e%2e{route}", "/rate{route}", "/rate/{route}"]
 
 
 def test_the_file_route_refuses_paths_the_app_never_returned(app, tmp_path):
-    url, home, saved = app
+    served, home, saved = app
+    url = served.url
     ratings_db = home / "ratings.db"
     attempts = ESCAPES + [
         f"/gradio_api/file={tmp_path / 'outside' / 'secret.txt'}",
@@ -159,39 +246,80 @@ def test_the_file_route_refuses_paths_the_app_never_returned(app, tmp_path):
         "/gradio_api/file=home/datasets/private.jsonl",
         f"/gradio_api/file/{ratings_db}",
     ]
-    served = []
+    served_to_owner = []
     for path in attempts:
-        status, body = raw_get(url, path)
-        leaked = b"root:" in body or SECRET.encode() in body or body.startswith(b"SQLite format 3")
-        if status not in (400, 403, 404) or leaked:
-            served.append((path, status, body[:80]))
-    assert not served, f"served what the app never returned: {served}"
+        status, body = raw_get(url, path, served.cookies)
+        if status not in (400, 403, 404) or leaks(body):
+            served_to_owner.append((path, status, body[:80]))
+    assert not served_to_owner, f"served what the app never returned: {served_to_owner}"
+    # a stranger gets none of the studio's file routes, whatever the path names
+    for path in attempts + ["/gradio_api/file=", "/gradio_api/file=anything.txt", "/gradio_api/file/x"]:
+        assert_refused_to_a_stranger(url, path)
+        status, body = raw_get(url, path, method="HEAD")
+        assert status == 401 and not body, (path, status)
+    # nor through the raters' app, or a public route's prefix
+    for path in attempts:
+        for detour in DETOURS:
+            tricked = detour.format(route=path)
+            status, body = raw_get(url, tricked)
+            assert status in (400, 401, 403, 404, 405) and not leaks(body), (tricked, status, body[:120])
 
 
 def test_a_file_the_app_returned_from_an_export_is_served(app):
-    url, home, saved = app
-    export = endpoint(url, "Dataset (version)", "Part of the chosen version", "Format")
-    event, (file, message) = call(url, export, ["saved: private", "all", "JSONL"])
+    served, home, saved = app
+    url = served.url
+    export = endpoint(served.owner, "Dataset (version)", "Part of the chosen version", "Format")
+    event, (file, message) = call(served.owner, export, ["saved: private", "all", "JSONL"])
     assert event == "complete" and "is ready" in message, message
-    status, body = raw_get(url, httpx.URL(file["url"]).raw_path.decode())
+    route = httpx.URL(file["url"]).raw_path.decode()
+    status, body = raw_get(url, route, served.cookies)
     assert status == 200 and body == saved.read_bytes()
     # the app wrote it under a temp folder and returned a copy in gradio's cache:
     # only the copy is served, and the same dataset by its own path still is not
-    assert raw_get(url, f"/gradio_api/file={saved}")[0] in (403, 404)
+    assert raw_get(url, f"/gradio_api/file={saved}", served.cookies)[0] in (403, 404)
+
+    # the owner's own link, to a stranger: refused (GET, HEAD, a range, the older route)
+    secret = SECRET.encode()
+    assert_refused_to_a_stranger(url, route, secret)
+    assert raw_get(url, route, method="HEAD") == (401, b"")
+    assert raw_get(url, route, headers={"Range": "bytes=0-20"})[0] == 401
+    assert_refused_to_a_stranger(url, f"/gradio_api/file/{file['path']}", secret)
+    # the same file by the raters' app (one upload folder for both): refused to anyone
+    for cookies in (None, served.cookies):
+        for path in (f"/rate/gradio_api/file={file['path']}", f"/rate/gradio_api/file/{file['path']}"):
+            status, body = raw_get(url, path, cookies)
+            assert status == 404 and secret not in body, (path, status, body[:120])
+    for detour in DETOURS:
+        status, body = raw_get(url, detour.format(route=route))
+        assert status in (400, 401, 403, 404, 405) and secret not in body, (detour, status, body[:120])
+    # the owner's cookie sent by a page of another site is a stranger's
+    for foreign in ({"Origin": "http://evil.example"}, {"Referer": "http://evil.example/page"},
+                    {"Sec-Fetch-Site": "cross-site"}):
+        status, body = raw_get(url, route, served.cookies, headers=foreign)
+        assert status == 401 and secret not in body, (foreign, status)
+    # signed out, the same cookies fetch nothing
+    assert served.owner.post("/tuner/owner/sign-out").status_code == 200
+    status, body = raw_get(url, route, served.cookies)
+    assert status == 401 and secret not in body
 
 
 def test_file_inputs_cannot_name_files_on_the_server(app, tmp_path):
     """A script can send any path as an upload's value: gradio takes only files
     that were uploaded to it, so the importer never reads /etc/passwd or the data root."""
-    url, home, saved = app
+    served, home, saved = app
     datasets = home / "datasets"
     before = sorted(p.name for p in datasets.iterdir())
-    importer = endpoint(url, "Import a file: JSONL, JSON, CSV or Parquet")
+    importer = endpoint(served.owner, "Import a file: JSONL, JSON, CSV or Parquet")
     for path in ["/etc/passwd", str(saved), str(home / "ratings.db"), str(tmp_path / "outside" / "secret.txt"),
                  "/tmp/gradio/../../etc/passwd", "home/datasets/private.jsonl"]:
-        event, payload = call(url, importer, [{"path": path, "meta": {"_type": "gradio.FileData"}}])
+        event, payload = call(served.owner, importer, [{"path": path, "meta": {"_type": "gradio.FileData"}}])
         assert event == "error", (path, payload)
         assert SECRET not in json.dumps(payload)
+        # a stranger cannot even ask
+        refused = served.stranger.post(f"/gradio_api/call/{importer.lstrip('/')}",
+                                       json={"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}]})
+        assert refused.status_code == 401 and SECRET not in refused.text, refused.text
+    assert served.stranger.get("/gradio_api/info").status_code == 401
     assert sorted(p.name for p in datasets.iterdir()) == before
 
 
@@ -202,6 +330,8 @@ def test_a_large_export_never_blocks_the_next_upload(trained_run, tmp_path, monk
     files in the machine's shared temp folder, and copies of other downloads never count."""
     import shutil
 
+    from tuner import export as texport
+
     shared = tmp_path / "shared-gradio"  # the machine's /tmp/gradio, which every Gradio app uses
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(shared))
     monkeypatch.setenv("TUNER_UPLOAD_TOTAL", "512kb")
@@ -211,32 +341,49 @@ def test_a_large_export_never_blocks_the_next_upload(trained_run, tmp_path, monk
     home = tmp_path / "home"
     run_id = trained_run.parent.name
     shutil.copytree(trained_run.parent, home / "runs" / run_id)
-    demo, url = serve(home)
+    served = serve(home)
+    url = served.url
     try:
-        event, (status, file) = call(url, "export_adapter", [run_id])
+        event, (status, file) = call(served.owner, "export_adapter", [run_id])
         assert event == "complete" and "packed" in status, status
         exported = home / "exports" / f"{run_id}-adapter.zip"
         assert exported.stat().st_size > 512 * 1024  # larger than the whole upload allowance
-        answer = httpx.get(f"{url}{httpx.URL(file['url']).raw_path.decode()}", timeout=60)
+        # handed out from the exports' downloads folder (a link in a folder of random name), as is
+        downloads = texport.downloads_dir(home)
+        assert downloads == home / "exports" / ".downloads"
+        handed = Path(file["path"])
+        assert handed.resolve().parent.parent == downloads.resolve() and handed.name == exported.name
+        route = httpx.URL(file["url"]).raw_path.decode()
+        answer = served.owner.get(route, timeout=60)
         assert answer.status_code == 200 and answer.content == exported.read_bytes()
         uploads = home / "uploads"  # Tuner's own upload folder
         assert not any(p.stat().st_ino == exported.stat().st_ino for p in uploads.rglob("*") if p.is_file())
+        # the download link is the owner's: not a stranger's, from the studio or the raters' app
+        head = exported.read_bytes()[:64]
+        assert_refused_to_a_stranger(url, route, head)
+        for path in (f"/rate/gradio_api/file={handed}", f"/rate/gradio_api/file={exported}"):
+            status_code, body = raw_get(url, path)
+            assert status_code == 404 and head not in body, (path, status_code)
+        # the exports folder itself is not served, even to the owner (only the links in .downloads)
+        assert raw_get(url, f"/gradio_api/file={exported}", served.cookies)[0] in (403, 404)
 
         dataset = b'{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}\n'
-        sent = upload(url, "after-export.jsonl", dataset * 4)
+        sent = upload(served.owner, "after-export.jsonl", dataset * 4)
         assert sent.status_code == 200, sent.text
         (stored,) = sent.json()
         assert Path(stored).resolve().is_relative_to(uploads.resolve())  # Tuner's own folder, in the data root
-        importer = endpoint(url, "Import a file: JSONL, JSON, CSV or Parquet")
-        event, payload = call(url, importer, [{"path": stored, "meta": {"_type": "gradio.FileData"}}])
+        importer = endpoint(served.owner, "Import a file: JSONL, JSON, CSV or Parquet")
+        event, payload = call(served.owner, importer, [{"path": stored, "meta": {"_type": "gradio.FileData"}}])
         assert event == "complete" and "4 rows imported" in json.dumps(payload), payload
         # a copy of some other download in Tuner's own upload folder does not count either
         (uploads / "a-download").mkdir(parents=True)
         with open(uploads / "a-download" / "results.zip", "wb") as copy:
             copy.truncate(2 * 1024**3)
-        assert upload(url, "again.jsonl", dataset).status_code == 200
+        assert upload(served.owner, "again.jsonl", dataset).status_code == 200
+        # a stranger's attempts are refused before the cap is even counted
+        assert upload(served.stranger, "stranger.jsonl", dataset * 100).status_code == 401
         # the uploads themselves are still capped
-        big = upload(url, "big.jsonl", dataset * (512 * 1024 // len(dataset) + 1))
+        big = upload(served.owner, "big.jsonl", dataset * (512 * 1024 // len(dataset) + 1))
         assert big.status_code == 507 and "upload folder is full" in big.text
     finally:
-        demo.close()
+        served.close()

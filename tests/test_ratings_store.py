@@ -532,7 +532,7 @@ def test_results_and_compare_say_which_model_is_not_rated_yet(tmp_path):
     with gr.Blocks() as demo:
         show, inputs, outputs = results.results_tab(store, None)
         compare.compare_tab(RunManager(tmp_path / "runs", tmp_path / "models"), Generator(tmp_path / "models"),
-                            store, random.Random(0))
+                            store)
     by_id = {getattr(c, "elem_id", None): c for c in outputs}
     summary = show(eval_id, 4, False, None)[by_id["results-summary"]]
     note = "prompt_tuning: run-2: 0 of 9 replies rated — not compared yet."

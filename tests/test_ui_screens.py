@@ -47,6 +47,9 @@ def _open_evaluation(store: Store, name: str, prompts: list[dict], reveal: str =
 
 # --- /rate ---------------------------------------------------------------------------------------
 def test_a_rater_is_told_when_the_models_are_revealed_as_the_evaluation_says(tmp_path):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
     from tuner.ui import rate
 
     store = Store(tmp_path / "r.db")
@@ -54,22 +57,23 @@ def test_a_rater_is_told_when_the_models_are_revealed_as_the_evaluation_says(tmp
     at_end = _open_evaluation(store, "at the end", prompts, reveal="end")
     each = _open_evaluation(store, "after each", prompts, reveal="each")
     with gr.Blocks() as demo:
-        rate.raters_page(store, random.Random(0))
+        rate.raters_page()
     # the page's own text promises no moment: the evaluation, picked on the page, decides
     intro = " ".join(str(b.value) for b in demo.blocks.values() if isinstance(b, gr.Markdown) and b.value)
     assert "after you submit" not in intro
     assert "after each pair or after your last pair" in intro
-    join = _fn(demo, "rater_join")
-    request = gr.Request(headers={}, client=None)
-    told = _by_id(join(at_end, "ana", "", {}, request))["rater-progress"]
-    assert "pair 1 of 3" in told and "after your last pair" in told and "after each pair" not in told
-    told = _by_id(join(each, "bo", "", {}, request))["rater-progress"]
-    assert "pair 1 of 3" in told and "after each pair you submit" in told and "last pair" not in told
-    # and what Submit says holds to it: nothing revealed before the last pair of an 'end' evaluation
-    submit = _fn(demo, "rater_submit")
-    pair = store.next_pair(at_end, "ana", random.Random(0))
-    said = submit(pair["assignment_id"], "ana", at_end, 4, 2, None, "", *[None] * 6)
-    assert "shown after your last pair" in next(iter(said.values()))
+    api = FastAPI()
+    rate.rater_api(api, store, random.Random(0))
+    with TestClient(api) as ana, TestClient(api) as bo:
+        told = ana.post("/tuner/rate/join", json={"evaluation": at_end, "name": "ana", "code": ""}).json()["progress"]
+        assert "pair 1 of 3" in told and "after your last pair" in told and "after each pair" not in told
+        told = bo.post("/tuner/rate/join", json={"evaluation": each, "name": "bo", "code": ""}).json()["progress"]
+        assert "pair 1 of 3" in told and "after each pair you submit" in told and "last pair" not in told
+        # and what Submit says holds to it: nothing revealed before the last pair of an 'end' evaluation
+        pair = store.next_pair(at_end, "ana", random.Random(0))
+        said = ana.post("/tuner/rate/submit", json={"evaluation": at_end, "assignment": pair["assignment_id"],
+                                                    "a": 4, "b": 2, "comment": ""}).json()["reveal"]
+        assert "shown after your last pair" in said
 
 
 def test_a_prompt_without_a_task_is_shown_once(tmp_path):

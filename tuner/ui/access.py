@@ -253,8 +253,15 @@ def sign_in_page(access: Access) -> str:
                            "raters": RATERS_APP + "/", "sign_in": SIGN_IN_PATH, "csrf": CSRF_COOKIE}
 
 
+def is_https(request) -> bool:
+    """Whether the browser reached the app over https: the connection's scheme, or the TLS proxy's
+    X-Forwarded-Proto (a Space's: uvicorn believes no proxy header here). A sender who lies only
+    gets cookies for itself that plain http does not send back."""
+    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "").lower() == "https"
+
+
 def _cookie_lines(access: Access, request: Request, token: str | None) -> list[str]:
-    secure = "; Secure" if request.url.scheme == "https" else ""
+    secure = "; Secure" if is_https(request) else ""
     if token is None:
         return [f"{name}=; Path=/; Max-Age=0; SameSite=Strict{secure}" for name in (COOKIE, CSRF_COOKIE)]
     age = int(access.sessions.days * 86400)
@@ -327,7 +334,8 @@ class Gate:
         from urllib.parse import urlsplit
 
         # Host only (and, on a Space, its own address): X-Forwarded-Host is whatever the sender says
-        hosts = {h.lower() for h in (request.headers.get("host"), os.environ.get("SPACE_HOST")) if h}
+        space_hosts = (os.environ.get("SPACE_HOST") or "").split(",")  # may name several: "a.hf.space,my.domain"
+        hosts = {h.strip().lower() for h in (request.headers.get("host"), *space_hosts) if h and h.strip()}
         schemes = {s.lower() for s in (request.url.scheme, request.headers.get("x-forwarded-proto")) if s}
         if request.headers.get("sec-fetch-site", "same-origin").lower() not in ("same-origin", "none"):
             return True  # the browser itself says the request comes from another origin
@@ -347,10 +355,11 @@ class Gate:
 
     def _owner(self, request: Request, foreign: bool) -> bool:
         cookies = request.cookies
-        if COOKIE in cookies and (foreign or (request.method not in ("GET", "HEAD", "OPTIONS") and not self.access.csrf_ok(
+        if COOKIE in cookies and (foreign or (request.scope.get("method", "GET") not in ("GET", "HEAD", "OPTIONS")
+                                              and not self.access.csrf_ok(
                 cookies.get(COOKIE), request.headers.get(CSRF_HEADER)))):
             cookies = {}  # another page's request, or one without the page's token: not the owner's
-        hf_user = _hf_user(request)
+        hf_user = None if foreign else _hf_user(request)  # another site's request carries no sign-in
         return self.access.is_owner(cookies, hf_user)
 
     # -- answers
@@ -382,7 +391,8 @@ class Gate:
         client = client_address(scope, self.trusted)
         foreign = self._foreign(request)
         owner = self._owner(request, foreign)
-        scope[SCOPE_CLIENT], scope[SCOPE_OWNER], scope[SCOPE_HF_USER] = client, owner, _hf_user(request)
+        scope[SCOPE_CLIENT], scope[SCOPE_OWNER] = client, owner
+        scope[SCOPE_HF_USER] = None if foreign else _hf_user(request)
         raters_app = path == RATERS_APP or path.startswith(RATERS_APP + "/")
         public = raters_app or path.startswith(PUBLIC_ROUTES)
         if scope["type"] == "websocket":  # Tuner's pages use none
@@ -429,7 +439,7 @@ class Gate:
             body = await self._body(receive, scope, send)
             if body is None:
                 return
-            why = self._unknown_handler(body)
+            why = self._unknown_handler(body, path)
             if why:
                 return await self._refuse(scope, receive, send, 422, why)
             receive = _replay(body, receive)
@@ -460,15 +470,24 @@ class Gate:
             await self._refuse(scope, receive, send, 413, "Request too large.")
             return None
 
-    def _unknown_handler(self, body: bytes) -> str | None:
-        """Why a studio call's `fn_index` cannot be run (Gradio answers an unknown one with a 500), or None."""
+    def _unknown_handler(self, body: bytes, path: str = "") -> str | None:
+        """Why a studio call cannot be run (Gradio answers each of these with a 500), or None: an
+        `fn_index` or an endpoint name in the path (/run/<name>, /call/<name>…) that is not one of
+        the studio's handlers, or a number JSON cannot carry (1e999, Infinity, NaN)."""
         try:
-            parsed = json.loads(body) if body else None
+            parsed = json.loads(body, parse_constant=_not_finite, parse_float=_finite) if body else None
+        except _NotFinite:
+            return "Numbers in the request must be finite."
         except ValueError:
             return None  # Gradio answers a body it cannot read with its own 422
+        known = self.studio_fns()
+        name = _endpoint(path)
+        if name is not None and isinstance(known, dict) and name not in {getattr(f, "api_name", None)
+                                                                          for f in known.values()}:
+            return f"There is no endpoint {name[:40]!r} in this app."
         if not isinstance(parsed, dict) or "fn_index" not in parsed or parsed["fn_index"] is None:
             return None
-        index, known = parsed["fn_index"], self.studio_fns()
+        index = parsed["fn_index"]
         if isinstance(index, bool) or not isinstance(index, int):
             return f"fn_index must be a whole number (got {str(index)[:40]!r})."
         if known is not None and index not in known:
@@ -507,6 +526,29 @@ class Gate:
         return noting
 
 
+class _NotFinite(Exception):
+    pass
+
+
+def _not_finite(text):
+    raise _NotFinite(text)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _NotFinite(text)
+    return value
+
+
+def _endpoint(path: str) -> str | None:
+    """The handler name a studio call puts in its path (/gradio_api/run/<name>, api/, call/, call/v2/), or None."""
+    parts = path.split("/gradio_api/", 1)[-1].strip("/").split("/") if "/gradio_api/" in path else []
+    if len(parts) >= 2 and parts[0] in ("run", "api", "call"):
+        return parts[2] if parts[0] == "call" and parts[1] == "v2" and len(parts) >= 3 else parts[1]
+    return None
+
+
 OWNER_ONLY = f"Owner only: sign in as the owner at {SIGN_IN_PAGE} to use the studio."
 
 
@@ -530,46 +572,104 @@ def _replay(body: bytes, original):
     return receive
 
 
-def hf_routes(api, access: Access, secret: str) -> None:
+def hf_routes(api, access: Access) -> None:
     """Sign in with Hugging Face (on a Space with `hf_oauth: true`): plain routes on authlib's
     Starlette client. The user name goes into Starlette's signed session cookie; the Space
-    owner (TUNER_OWNER) is then the owner, anyone else a rater with that name."""
+    owner (TUNER_OWNER) is then the owner, anyone else a rater with that name. A sign-in that
+    fails (refused, stale state, the provider unreachable) answers a page saying why (400)."""
     if not sign_in_available():
         return
-    import hashlib
+    import html
+    import logging
 
+    from authlib.integrations.base_client import MismatchingStateError, OAuthError
     from authlib.integrations.starlette_client import OAuth
-    from starlette.middleware.sessions import SessionMiddleware
+    from fastapi.responses import HTMLResponse
 
+    provider = (os.environ.get("OPENID_PROVIDER_URL") or "https://huggingface.co").rstrip("/")
     oauth = OAuth()
     oauth.register(name="huggingface", client_id=os.environ["OAUTH_CLIENT_ID"],
                    client_secret=os.environ["OAUTH_CLIENT_SECRET"],
-                   client_kwargs={"scope": os.environ.get("OAUTH_SCOPES", "openid profile")},
-                   server_metadata_url=os.environ.get("OPENID_PROVIDER_URL", "https://huggingface.co")
-                   + "/.well-known/openid-configuration")
+                   client_kwargs={"scope": os.environ.get("OAUTH_SCOPES") or "openid profile"},
+                   server_metadata_url=provider + "/.well-known/openid-configuration")
+    # SPACE_HOST may name several hosts ("a.hf.space,custom.domain"): the first is the Space's own
+    host = (os.environ.get("SPACE_HOST") or "").split(",")[0].strip().rstrip("/")
 
     def back(request: Request) -> str:
         target = request.query_params.get("next", "/")
-        return target if target.startswith("/") and not target.startswith("//") else "/"
+        return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
+
+    def forget_states(request: Request) -> None:
+        # authlib keeps one entry per login started; a cookie over 4 KB is dropped by the browser
+        for key in [k for k in request.session if k.startswith("_state_huggingface_")]:
+            request.session.pop(key, None)
+
+    def failed(why: str):
+        again = f"{HF_ROUTES}login?next=/"
+        page = ("<!doctype html><html><head><meta charset='utf-8'><title>Tuner: sign-in failed</title></head>"
+                f"<body><p>Hugging Face sign-in failed: {html.escape(why)}</p>"
+                f"<p><a href='{again}'>Try again</a> · <a href='{SIGN_IN_PAGE}'>Sign-in page</a> · "
+                f"<a href='{RATERS_APP}/'>Raters' page</a></p></body></html>")
+        return HTMLResponse(page, status_code=400, headers={"Cache-Control": "no-store"})
+
+    # authlib talks to the provider through httpx2 where it is installed, else httpx: their errors
+    # (and a discovery document or an id_token that does not check out) are caught as Exception
+    unreachable = ("Hugging Face could not be reached, or its answer did not check out ({}); try again in a "
+                   "moment.")
 
     @api.get(HF_ROUTES + "login", include_in_schema=False)
     async def login(request: Request):
+        forget_states(request)
         request.session["next"] = back(request)
-        host = os.environ.get("SPACE_HOST")
         redirect = f"https://{host}{HF_ROUTES}callback" if host else str(request.url_for("hf_callback"))
-        return await oauth.huggingface.authorize_redirect(request, redirect)
+        try:
+            return await oauth.huggingface.authorize_redirect(request, redirect)
+        except Exception as exc:  # the provider's discovery document: unreachable or unreadable
+            logging.getLogger(__name__).warning("Hugging Face sign-in: %r", exc)
+            return failed(unreachable.format(type(exc).__name__))
 
     @api.get(HF_ROUTES + "callback", include_in_schema=False, name="hf_callback")
     async def callback(request: Request):
-        token = await oauth.huggingface.authorize_access_token(request)
-        user = (token.get("userinfo") or {}).get("preferred_username")
-        request.session["hf_user"] = user if isinstance(user, str) else None
-        return RedirectResponse(request.session.pop("next", "/"), status_code=303)
+        try:
+            token = await oauth.huggingface.authorize_access_token(request)
+            info = token.get("userinfo")
+            if not info:  # no id_token: ask the provider's userinfo endpoint
+                info = await oauth.huggingface.userinfo(token=token)
+        except MismatchingStateError:
+            forget_states(request)
+            where = f" at https://{host}" if host else ""
+            return failed("this browser did not bring back the sign-in it started (its cookie is missing or "
+                          f"stale). Open this app at its own address{where}, not inside another page, and "
+                          "sign in again.")
+        except OAuthError as exc:
+            text = ": ".join(filter(None, [exc.error, exc.description]))
+            return failed(f"Hugging Face refused it ({text[:200]}).")
+        except Exception as exc:  # the provider down, or an answer (an id_token) that does not check out
+            logging.getLogger(__name__).warning("Hugging Face sign-in: %r", exc)
+            return failed(unreachable.format(type(exc).__name__))
+        user = info.get("preferred_username") if isinstance(info, dict) else None
+        if not isinstance(user, str) or not user.strip():
+            return failed("Hugging Face did not say who you are (no user name).")
+        request.session["hf_user"] = user.strip()
+        target = request.session.pop("next", "/")
+        return RedirectResponse(target if isinstance(target, str) and target.startswith("/") else "/",
+                                status_code=303)
 
     @api.get(HF_ROUTES + "logout", include_in_schema=False)
     def logout(request: Request):
         request.session.pop("hf_user", None)
         return RedirectResponse(back(request), status_code=303)
+
+
+
+def hf_session(api, secret: str) -> None:
+    """Starlette's signed session cookie for the Hugging Face sign-in (when it is available),
+    added after the gate so that it runs before it: the gate reads the signed-in user."""
+    if not sign_in_available():
+        return
+    import hashlib
+
+    from starlette.middleware.sessions import SessionMiddleware
 
     api.add_middleware(SessionMiddleware, secret_key=hashlib.sha256(f"session:{secret}".encode()).hexdigest(),
                        same_site="lax", https_only=True, session_cookie="tuner_hf")

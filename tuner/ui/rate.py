@@ -20,7 +20,7 @@ from ratings.scale import RUBRIC, SCORES
 from ratings.store import ASPECTS, RatingError, Store
 from tuner.access import RateLimiter
 from tuner.paths import StorageError
-from tuner.ui.access import HF_ROUTES, RATER_API, hf_username, is_owner, request_address, sign_in_available
+from tuner.ui.access import HF_ROUTES, RATER_API, hf_username, is_https, is_owner, request_address, sign_in_available
 
 
 
@@ -124,14 +124,14 @@ window.tunerRate = (() => {
       } catch (e) { return {__type__: 'update', choices: []}; }
     },
     join: async (panel, evaluation, name, code) => served(await call('join', {panel, evaluation, name, code})),
-    next: async (evaluation) => served(await call('next', {evaluation})),
-    submit: async (evaluation, assignment, a, b, preference, comment, ...aspects) => {
-      const body = await call('submit', {evaluation, assignment, a, b, preference, comment,
+    next: async (evaluation, name) => served(await call('next', {evaluation, name})),
+    submit: async (evaluation, name, assignment, a, b, preference, comment, ...aspects) => {
+      const body = await call('submit', {evaluation, name, assignment, a, b, preference, comment,
                                          aspects_a: aspects.slice(0, 3), aspects_b: aspects.slice(3, 6)});
       return body.error ? '⚠️ ' + body.error : body.reveal;
     },
-    change: async (evaluation, assignment, a, b) => {
-      const body = await call('change', {evaluation, assignment, a, b});
+    change: async (evaluation, name, assignment, a, b) => {
+      const body = await call('change', {evaluation, name, assignment, a, b});
       return body.error ? '⚠️ ' + body.error : body.reveal;
     },
   };
@@ -164,10 +164,11 @@ def rating_panel(prefix: str, public: bool):
     kind = "rater" if public else "owner"
     join.click(None, [evaluation, name, code], panel.served(),
                js=f"(e, n, c) => window.tunerRate.join('{kind}', e, n, c)")
-    submit.click(None, [evaluation, assignment, *scores, preference, comment, *aspects[0], *aspects[1]], reveal,
-                 js="(...v) => window.tunerRate.submit(...v)")
-    next_pair.click(None, [evaluation], panel.served(), js="(e) => window.tunerRate.next(e)")
-    change.click(None, [evaluation, assignment, *scores], reveal, js="(...v) => window.tunerRate.change(...v)")
+    # the name shown goes along: the server takes it only if this browser holds it (its cookie)
+    submit.click(None, [evaluation, name, assignment, *scores, preference, comment, *aspects[0], *aspects[1]],
+                 reveal, js="(...v) => window.tunerRate.submit(...v)")
+    next_pair.click(None, [evaluation, name], panel.served(), js="(e, n) => window.tunerRate.next(e, n)")
+    change.click(None, [evaluation, name, assignment, *scores], reveal, js="(...v) => window.tunerRate.change(...v)")
     return evaluation
 
 
@@ -353,8 +354,10 @@ class _RaterRoutes:
             raise _Refused("That pair was not served to you in this evaluation; press Next pair.")
         return int(value)
 
-    def rater(self, request: Request, eval_id: int) -> str:
-        who = self.store.rater_of(eval_id, request.cookies.get(RATER_COOKIE), hf_username(request))
+    def rater(self, request: Request, eval_id: int, body: dict) -> str:
+        name = body.get("name")
+        who = self.store.rater_of(eval_id, request.cookies.get(RATER_COOKIE), hf_username(request),
+                                  name if isinstance(name, str) else None)
         if who is None:
             raise _Refused("Press Start rating first (with your name) to get a pair.")
         return who
@@ -376,7 +379,8 @@ class _RaterRoutes:
         if not allowed:
             raise _Refused(f"Too many sign-ins from this address; try again in {wait:.0f} s.", 429)
         eval_id = self.evaluation_of(body)
-        if not (body.get("panel") == "owner" and is_owner(request)):  # the owner's own panel needs no code
+        owner_panel = body.get("panel") == "owner" and is_owner(request)
+        if not owner_panel:  # the owner's own panel needs no code
             code = body.get("code")
             self.store.check_invite(eval_id, code if isinstance(code, str) else None)
         signed_in, typed = hf_username(request), body.get("name")
@@ -385,7 +389,8 @@ class _RaterRoutes:
         key, new_key = request.cookies.get(RATER_COOKIE), None
         if not isinstance(key, str) or not 20 <= len(key) <= 100:
             key = new_key = secrets.token_urlsafe(32)
-        who = self.store.admit(eval_id, signed_in or typed, key, request_address(request), signed_in=bool(signed_in))
+        who = self.store.admit(eval_id, signed_in or typed, key, request_address(request), signed_in=bool(signed_in),
+                               owner=owner_panel)
         served = self.serve(eval_id, who)
         if served["assignment"] is not None:  # a pair to rate: say when the models are revealed
             served["progress"] += "\n\n" + REVEAL_PROMISES[self.store.reveal_of(eval_id)]
@@ -393,19 +398,20 @@ class _RaterRoutes:
         if new_key:
             # inside the Space's page (another site's frame) only a partitioned SameSite=None cookie is
             # kept; other sites' requests are refused by the gate's origin check
-            same_site = "SameSite=None; Secure; Partitioned" if request.url.scheme == "https" else "SameSite=Strict"
+            same_site = "SameSite=None; Secure; Partitioned" if is_https(request) else "SameSite=Strict"
             response.headers.append("set-cookie", f"{RATER_COOKIE}={new_key}; Path=/; "
                                     f"Max-Age={RATER_COOKIE_DAYS * 86400}; HttpOnly; {same_site}")
         return response
 
     async def next(self, request: Request):
-        eval_id = self.evaluation_of(await self.body_of(request))
-        return JSONResponse(self.serve(eval_id, self.rater(request, eval_id)))
+        body = await self.body_of(request)
+        eval_id = self.evaluation_of(body)
+        return JSONResponse(self.serve(eval_id, self.rater(request, eval_id, body)))
 
     async def submit(self, request: Request):
         body = await self.body_of(request)
         eval_id = self.evaluation_of(body)
-        who = self.rater(request, eval_id)
+        who = self.rater(request, eval_id, body)
         aspects = [*_listed(body.get("aspects_a")), *_listed(body.get("aspects_b"))]
         text = _submitted(self.store, self.limits, self.assignment_of(body, eval_id), who, eval_id,
                           (body.get("a"), body.get("b")), body.get("preference"), body.get("comment"), aspects)
@@ -414,7 +420,7 @@ class _RaterRoutes:
     async def change(self, request: Request):
         body = await self.body_of(request)
         eval_id = self.evaluation_of(body)
-        who = self.rater(request, eval_id)
+        who = self.rater(request, eval_id, body)
         assignment_id = self.assignment_of(body, eval_id)
         if assignment_id is None:
             return JSONResponse({"reveal": "⚠️ Rate a pair first; then you can change its scores."})
