@@ -126,11 +126,11 @@ def owner_client(url: str, cookies: dict, timeout: float = 60.0, **options) -> h
 
 
 def from_address(url: str, address: str, cookies: dict | None = None, timeout: float = 60.0,
-                 **options) -> httpx.Client:
+                 headers: dict | None = None, **options) -> httpx.Client:
     """A connection whose source is another loopback address (127.0.0.2, …): to the server,
     another machine, so rate limits and the raters' names cap count it apart."""
-    return httpx.Client(base_url=url, cookies=cookies or {}, headers=page_headers(cookies), timeout=timeout,
-                        transport=httpx.HTTPTransport(local_address=address), **options)
+    return httpx.Client(base_url=url, cookies=cookies or {}, headers={**page_headers(cookies), **(headers or {})},
+                        timeout=timeout, transport=httpx.HTTPTransport(local_address=address), **options)
 
 
 def raw(url: str, method: str, target: str, body: bytes = b"", headers: dict | None = None,

@@ -399,6 +399,13 @@ def test_raters_page_works_without_owner_rights(locked):
                                                 "a": 5, "b": 4, "preference": "A", "comment": ""})
         assert saved.status_code == 200 and "Saved (1 of 3 done)" in saved.json()["reveal"]
     assert len(store.ratings_frame(eval_id)) == 2
+    # the rater's key is an HttpOnly cookie: SameSite=Strict over http; behind a TLS proxy (a Space,
+    # whose page frames the app) a partitioned SameSite=None one, the only kind kept in a frame
+    for proto, same_site in (("http", "SameSite=Strict"), ("https", "SameSite=None; Secure; Partitioned")):
+        with from_address(url, "127.0.0.11", headers={"X-Forwarded-Proto": proto}) as rater:
+            joined = rater.post(f"{RATE}join", json={"evaluation": eval_id, "name": f"Rater-{proto}", "code": ""})
+            line = next(c for c in joined.headers.get_list("set-cookie") if c.startswith("tuner_rater="))
+            assert "HttpOnly" in line and same_site in line, line
 
 
 def test_the_raters_gradio_app_runs_nothing_and_takes_no_post(locked, monkeypatch):
@@ -451,9 +458,10 @@ def test_the_raters_gradio_app_runs_nothing_and_takes_no_post(locked, monkeypatc
         # whatever a script puts where the page sends scores, a choice and a comment: refused by the handler
         bo.post(f"{RATE}next", json={"evaluation": eval_id})
         third = bo.post(f"{RATE}next", json={"evaluation": eval_id}).json()["assignment"]
-        for a, b, preference, comment in ([{"x": 1}, 3, None, ""], [[3], 3, None, ""], ["3; DROP TABLE ratings", 3, None, ""],
-                                          [3.5, 3, None, ""], [True, 3, None, ""], [7, 3, None, ""],
-                                          [4, 3, None, {"not": "text"}], [4, 3, ["A"], ""], [None, 3, None, ""]):
+        for a, b, preference, comment in ([{"x": 1}, 3, None, ""], [[3], 3, None, ""],
+                                          ["3; DROP TABLE ratings", 3, None, ""], [3.5, 3, None, ""],
+                                          [True, 3, None, ""], [7, 3, None, ""], [4, 3, None, {"not": "text"}],
+                                          [4, 3, ["A"], ""], [None, 3, None, ""]):
             odd = bo.post(f"{RATE}submit", json={"evaluation": eval_id, "assignment": third, "a": a, "b": b,
                                                  "preference": preference, "comment": comment})
             assert odd.status_code == 200 and "⚠️" in odd.json()["reveal"], (a, b, preference, comment, odd.text)

@@ -413,14 +413,9 @@ class Gate:
             if not allowed:
                 return await self._refuse(scope, receive, send, 429, f"Too many requests from this address; "
                                           f"try again in {wait:.0f} s.", {"Retry-After": str(max(1, round(wait)))})
-        if raters_app and path.startswith(RATERS_APP + "/gradio_api/file"):
-            # the raters' page shows no file, and its Gradio app would serve the studio's: the
-            # two share one upload folder and Gradio's static paths (the exports' downloads)
-            return await self._refuse(scope, receive, send, 404, "The raters' page serves no files.")
-        if raters_app and method not in ("GET", "HEAD", "OPTIONS"):
-            # the raters' page runs nothing through Gradio: its buttons call the plain routes
-            return await self._refuse(scope, receive, send, 405, "The raters' page takes no calls here; "
-                                      f"its actions are under {RATER_API}.")
+        refused = _raters_refusal(path, method) if raters_app else _studio_refusal(path, method)
+        if refused:
+            return await self._refuse(scope, receive, send, *refused)
         upload = not public and path.rstrip("/").endswith("/gradio_api/upload")
         cap = self.max_upload + 64 * 1024 if upload else STUDIO_BODY if owner and not public else PUBLIC_BODY
         length = request.headers.get("content-length")
@@ -435,7 +430,7 @@ class Gate:
                                           "earlier uploads (they are deleted once read).")
             send = self._noting_uploads(send)
         receive = self._capped(receive, cap)
-        if method == "POST" and not public and "/gradio_api/" in path:
+        if method == "POST" and not public and not upload and "/gradio_api/" in path:
             body = await self._body(receive, scope, send)
             if body is None:
                 return
@@ -549,6 +544,36 @@ def _endpoint(path: str) -> str | None:
     return None
 
 
+# What the raters' page loads from its Gradio app (its page, theme and files): nothing else of it
+# is served. Its buttons call the plain routes; its Gradio app runs nothing, serves no file (it
+# would serve the studio's: the two share one upload folder and Gradio's static paths) and has no API.
+RATERS_PATHS = ("/", "/theme.css", "/config", "/favicon.ico", "/manifest.json")
+RATERS_PREFIXES = ("/assets/", "/static/", "/svelte/", "/gradio_api/heartbeat/")
+# The POST routes the studio's page uses; any other POST under /gradio_api is refused (Gradio's
+# /call/v2 answers a 500 to some bodies, /process_recording would take an upload)
+STUDIO_POSTS = ("/gradio_api/queue/join", "/gradio_api/upload", "/gradio_api/cancel", "/gradio_api/reset",
+                "/gradio_api/run/", "/gradio_api/call/", "/gradio_api/api/")
+
+
+def _raters_refusal(path: str, method: str) -> tuple[int, str] | None:
+    if method not in ("GET", "HEAD", "OPTIONS"):
+        return 405, f"The raters' page takes no calls here; its actions are under {RATER_API}."
+    tail = path[len(RATERS_APP):] or "/"
+    if tail not in RATERS_PATHS and not tail.startswith(RATERS_PREFIXES):
+        return 404, "Not a page of the raters' app."
+    return None
+
+
+def _studio_refusal(path: str, method: str) -> tuple[int, str] | None:
+    if method != "POST" or "/gradio_api/" not in path + "/" or path.startswith(PUBLIC_ROUTES):
+        return None
+    tail = path.rstrip("/")
+    if tail.startswith("/gradio_api/call/v2/") or not any(
+            tail == r or (r.endswith("/") and tail.startswith(r)) for r in STUDIO_POSTS):
+        return 404, "Not a route this app takes."
+    return None
+
+
 OWNER_ONLY = f"Owner only: sign in as the owner at {SIGN_IN_PAGE} to use the studio."
 
 
@@ -572,6 +597,36 @@ def _replay(body: bytes, original):
     return receive
 
 
+# authlib talks to the provider through httpx2 where it is installed, else httpx: their errors (and
+# a discovery document or an id_token that does not check out) are caught as Exception
+HF_UNREACHABLE = "Hugging Face could not be reached, or its answer did not check out ({}); try again in a moment."
+
+
+def _hf_next(request: Request) -> str:
+    """Where to go after signing in or out: a path of this app, never another site."""
+    target = request.query_params.get("next", "/")
+    return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
+
+
+def _hf_forget_states(request: Request) -> None:
+    # authlib keeps one entry per login started; a cookie over 4 KB is dropped by the browser
+    for key in [k for k in request.session if k.startswith("_state_huggingface_")]:
+        request.session.pop(key, None)
+
+
+def _hf_failed(why: str):
+    import html
+
+    from fastapi.responses import HTMLResponse
+
+    again = f"{HF_ROUTES}login?next=/"
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>Tuner: sign-in failed</title></head>"
+            f"<body><p>Hugging Face sign-in failed: {html.escape(why)}</p>"
+            f"<p><a href='{again}'>Try again</a> · <a href='{SIGN_IN_PAGE}'>Sign-in page</a> · "
+            f"<a href='{RATERS_APP}/'>Raters' page</a></p></body></html>")
+    return HTMLResponse(page, status_code=400, headers={"Cache-Control": "no-store"})
+
+
 def hf_routes(api, access: Access) -> None:
     """Sign in with Hugging Face (on a Space with `hf_oauth: true`): plain routes on authlib's
     Starlette client. The user name goes into Starlette's signed session cookie; the Space
@@ -579,13 +634,10 @@ def hf_routes(api, access: Access) -> None:
     fails (refused, stale state, the provider unreachable) answers a page saying why (400)."""
     if not sign_in_available():
         return
-    import html
     import logging
 
     from authlib.integrations.base_client import MismatchingStateError, OAuthError
     from authlib.integrations.starlette_client import OAuth
-    from fastapi.responses import HTMLResponse
-
     provider = (os.environ.get("OPENID_PROVIDER_URL") or "https://huggingface.co").rstrip("/")
     oauth = OAuth()
     oauth.register(name="huggingface", client_id=os.environ["OAUTH_CLIENT_ID"],
@@ -595,27 +647,7 @@ def hf_routes(api, access: Access) -> None:
     # SPACE_HOST may name several hosts ("a.hf.space,custom.domain"): the first is the Space's own
     host = (os.environ.get("SPACE_HOST") or "").split(",")[0].strip().rstrip("/")
 
-    def back(request: Request) -> str:
-        target = request.query_params.get("next", "/")
-        return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
-
-    def forget_states(request: Request) -> None:
-        # authlib keeps one entry per login started; a cookie over 4 KB is dropped by the browser
-        for key in [k for k in request.session if k.startswith("_state_huggingface_")]:
-            request.session.pop(key, None)
-
-    def failed(why: str):
-        again = f"{HF_ROUTES}login?next=/"
-        page = ("<!doctype html><html><head><meta charset='utf-8'><title>Tuner: sign-in failed</title></head>"
-                f"<body><p>Hugging Face sign-in failed: {html.escape(why)}</p>"
-                f"<p><a href='{again}'>Try again</a> · <a href='{SIGN_IN_PAGE}'>Sign-in page</a> · "
-                f"<a href='{RATERS_APP}/'>Raters' page</a></p></body></html>")
-        return HTMLResponse(page, status_code=400, headers={"Cache-Control": "no-store"})
-
-    # authlib talks to the provider through httpx2 where it is installed, else httpx: their errors
-    # (and a discovery document or an id_token that does not check out) are caught as Exception
-    unreachable = ("Hugging Face could not be reached, or its answer did not check out ({}); try again in a "
-                   "moment.")
+    back, forget_states, failed = _hf_next, _hf_forget_states, _hf_failed
 
     @api.get(HF_ROUTES + "login", include_in_schema=False)
     async def login(request: Request):
@@ -626,7 +658,7 @@ def hf_routes(api, access: Access) -> None:
             return await oauth.huggingface.authorize_redirect(request, redirect)
         except Exception as exc:  # the provider's discovery document: unreachable or unreadable
             logging.getLogger(__name__).warning("Hugging Face sign-in: %r", exc)
-            return failed(unreachable.format(type(exc).__name__))
+            return failed(HF_UNREACHABLE.format(type(exc).__name__))
 
     @api.get(HF_ROUTES + "callback", include_in_schema=False, name="hf_callback")
     async def callback(request: Request):
@@ -646,7 +678,7 @@ def hf_routes(api, access: Access) -> None:
             return failed(f"Hugging Face refused it ({text[:200]}).")
         except Exception as exc:  # the provider down, or an answer (an id_token) that does not check out
             logging.getLogger(__name__).warning("Hugging Face sign-in: %r", exc)
-            return failed(unreachable.format(type(exc).__name__))
+            return failed(HF_UNREACHABLE.format(type(exc).__name__))
         user = info.get("preferred_username") if isinstance(info, dict) else None
         if not isinstance(user, str) or not user.strip():
             return failed("Hugging Face did not say who you are (no user name).")
