@@ -1,4 +1,5 @@
-"""Blind ratings: SQLite store, pairing, statistics, and their tabs.
+"""Blind ratings: SQLite store, pairing, statistics, preference data, a judge and a leaderboard.
 
-Nothing here imports gradio: the rating views are in `tuner/ui/` (rate, compare, results).
+Nothing here imports gradio: the tabs that show them are in `tuner/ui/` (rate, compare,
+results, judge, corrections, preference, leaderboard).
 """

@@ -378,7 +378,7 @@ class Database:
         threads of this process are writing at the same moment, and return its
         result once that transaction is committed (group commit).
 
-        With `synchronous=FULL` each commit waits for the disk (~10 ms here); 25
+        With `synchronous=FULL` each commit waits for the disk (measured: see docs/performance.md); 25
         raters pressing Submit together would queue behind 25 of those. Grouped,
         they share one or two. Each piece of work runs in its own savepoint, so a
         refused rating does not undo its neighbours; if the commit itself fails,

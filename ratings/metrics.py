@@ -28,7 +28,7 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 @functools.cache
 def _rouge():
-    """ROUGE-L scorer, built on first use: rouge-score imports nltk (~1 s), off the start-up path."""
+    """ROUGE-L scorer, built on first use: rouge-score imports nltk (slow: see docs/performance.md), off the start-up path."""
     from rouge_score import rouge_scorer
 
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)

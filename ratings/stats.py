@@ -27,7 +27,7 @@ from ratings.scale import HIGHEST, LOWEST, SCORES, SUCCESS_AT
 
 @functools.cache
 def _scipy_stats():
-    """scipy.stats, imported on first use: it costs ~1 s, off the app's start-up path."""
+    """scipy.stats, imported on first use: it is slow to import (see docs/performance.md), off the app's start-up path."""
     from scipy import stats
 
     return stats

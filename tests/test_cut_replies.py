@@ -108,7 +108,7 @@ def test_a_reload_offers_the_gate_only_for_an_evaluation_with_every_reply(tmp_pa
     store.add_reply(store.prompts(half)[0]["id"], store.variants(half)[0]["id"], "a b c d", settings, 0.1, 4)
     with gr.Blocks():
         _refresh, load_all, outputs = compare.compare_tab(RunManager(tmp_path / "runs", tmp_path / "models"),
-                                                          Generator(tmp_path / "models"), store, random.Random(0))
+                                                          Generator(tmp_path / "models"), store)
     note = next(c for c in outputs if getattr(c, "elem_id", None) == "cut-note")
     shown = load_all()
     assert f"Evaluation #{whole}" in shown[note] and "2 of 2 replies were cut at the 4-token cap" in shown[note]

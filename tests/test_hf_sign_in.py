@@ -155,11 +155,14 @@ def _session(response: httpx.Response) -> str | None:
     return None
 
 
-def _call(url: str, method: str, path: str, cookie: str | None = None, **kwargs) -> httpx.Response:
-    """One request with no cookie jar: the session cookie goes as a Cookie header, as a browser on https sends it."""
+def _call(url: str, method: str, path: str, cookie: str | None = None, owner: str | None = None,
+          **kwargs) -> httpx.Response:
+    """One request with no cookie jar: the session cookie (and the owner's session `owner`, if
+    given) go as a Cookie header, as a browser on https sends them."""
     headers = dict(kwargs.pop("headers", {}))
-    if cookie:
-        headers["Cookie"] = f"{SESSION}={cookie}"
+    jar = ([f"{SESSION}={cookie}"] if cookie else []) + ([f"tuner_owner={owner}"] if owner else [])
+    if jar:
+        headers["Cookie"] = "; ".join(jar)
     return httpx.request(method, url + path, headers=headers, follow_redirects=False, timeout=30, **kwargs)
 
 
@@ -181,15 +184,27 @@ def _start(url: str, port: int, provider: FakeProvider, next_page: str = "/") ->
     return query["state"], cookie
 
 
-def _sign_in(url: str, port: int, provider: FakeProvider, user: str, next_page: str = "/") -> str:
-    """The whole sign-in as `user`; the session cookie that now carries the sign-in."""
+def _owner_token(response: httpx.Response) -> str | None:
+    """The owner's server-side session token a response sets, or None."""
+    for line in response.headers.get_list("set-cookie"):
+        if line.startswith("tuner_owner="):
+            return line.split(";", 1)[0].split("=", 1)[1] or None
+    return None
+
+
+def _sign_in(url: str, port: int, provider: FakeProvider, user: str, next_page: str = "/",
+             with_owner: bool = False):
+    """The whole sign-in as `user`; the session cookie that now carries the sign-in (and, with
+    `with_owner`, the owner's session token the callback set, or None)."""
     state, cookie = _start(url, port, provider, next_page)
     back = _call(url, "GET", "/tuner/hf/callback", cookie, params={"code": user, "state": state})
-    assert back.status_code == 303, back.text
-    assert back.headers["location"] == next_page
+    # a page of this site that opens `next_page` itself: a redirect straight from the provider's
+    # chain is marked cross-site by the browser (Sec-Fetch-Site), and the gate ignores sign-ins on those
+    assert back.status_code == 200, back.text
+    assert f"location.replace({json.dumps(next_page)})" in back.text
     signed = _session(back)
     assert signed, "the callback must set the signed-in session cookie"
-    return signed
+    return (signed, _owner_token(back)) if with_owner else signed
 
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}
@@ -203,28 +218,32 @@ def test_the_owner_signs_in_with_hugging_face_and_opens_the_studio(space, provid
     page = _call(url, "GET", "/tuner/sign-in", headers=HTML)
     assert "Sign in with Hugging Face" in page.text and "/tuner/hf/login" in page.text
 
-    cookie = _sign_in(url, port, provider, OWNER)
+    cookie, token = _sign_in(url, port, provider, OWNER, with_owner=True)
+    assert token, "the owner's sign-in makes a server-side owner session"
     # the provider was asked for the token with the code, then for the user (no id_token)
     token_call = next(r for r in provider.requests if r[:2] == ("POST", "/token"))
     assert token_call[2]["code"] == OWNER and token_call[2]["grant_type"] == "authorization_code"
     assert token_call[2]["redirect_uri"] == f"https://127.0.0.1:{port}/tuner/hf/callback"
     assert any(r[:2] == ("GET", "/userinfo") for r in provider.requests)
 
-    studio = _call(url, "GET", "/", cookie, headers=HTML)
+    studio = _call(url, "GET", "/", cookie, token, headers=HTML)
     assert studio.status_code == 200, (studio.status_code, studio.headers.get("location"))
     assert "<title>Tuner</title>" in studio.text or "gradio" in studio.text.lower()
-    config = _call(url, "GET", "/config", cookie)  # a studio route a script would call
+    config = _call(url, "GET", "/config", cookie, token)  # a studio route a script would call
     assert config.status_code == 200, config.text[:300]
     # the sign-in page sends the owner on to the studio
-    assert _call(url, "GET", "/tuner/sign-in", cookie, headers=HTML).headers.get("location") == "/"
+    assert _call(url, "GET", "/tuner/sign-in", cookie, token, headers=HTML).headers.get("location") == "/"
+    # the signed session cookie alone (which cannot be revoked) is a rater's sign-in, not the owner's
+    assert _call(url, "GET", "/", cookie, headers=HTML).status_code == 303
 
-    # sign out: the cookie the browser then holds opens nothing
-    out = _call(url, "GET", "/tuner/hf/logout", cookie, params={"next": "/rate/"})
+    # sign out: the owner's session is revoked on the server, so a copy of both cookies opens nothing
+    out = _call(url, "GET", "/tuner/hf/logout", cookie, token, params={"next": "/rate/"})
     assert out.status_code == 303 and out.headers["location"] == "/rate/"
     after = _session(out)
     assert after is not None and after != cookie
-    again = _call(url, "GET", "/", after or None, headers=HTML)
-    assert again.status_code == 303 and again.headers["location"] == "/tuner/sign-in"
+    for replay in ((after or None, None), (cookie, token)):
+        again = _call(url, "GET", "/", *replay, headers=HTML)
+        assert again.status_code == 303 and again.headers["location"] == "/tuner/sign-in"
 
 
 def test_another_hugging_face_user_is_not_the_owner(space, provider):
@@ -296,7 +315,7 @@ def test_a_failed_sign_in_says_why_and_signs_no_one_in(space, provider):
     # a state is good once: replaying a finished callback signs no one in
     state, cookie = _start(url, port, provider)
     ok = _call(url, "GET", "/tuner/hf/callback", cookie, params={"code": "ana", "state": state})
-    assert ok.status_code == 303
+    assert ok.status_code == 200 and "Signed in with Hugging Face as ana" in ok.text
     refused(_call(url, "GET", "/tuner/hf/callback", _session(ok), params={"code": OWNER, "state": state}),
             "did not bring back the sign-in")
 

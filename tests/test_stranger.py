@@ -388,7 +388,7 @@ def test_client_address_and_trusted_proxies():
     assert client_address(scope("10.1.2.3", "10.5.5.5, 10.6.6.6"), listed) == "10.1.2.3"  # all proxies
     assert client_address(scope("10.1.2.3"), listed) == "10.1.2.3"  # no header
     assert client_address(scope("192.0.2.1", "203.0.113.9"), listed) == "192.0.2.1"  # not a proxy of ours
-    assert client_address(scope("::1", "2001:db8::5"), listed) == "2001:db8::5"
+    assert client_address(scope("::1", "2001:db8::5"), listed) == "2001:db8::/64"  # an IPv6 home: its /64
     headers = {"client": ("10.1.2.3", 1), "headers": [(b"x-forwarded-for", b"6.6.6.6"),
                                                       (b"x-forwarded-for", b"203.0.113.7")]}
     assert client_address(headers, listed) == "203.0.113.7"  # a repeated header: its entries in order
@@ -500,3 +500,100 @@ def test_look_alike_paths_never_reach_the_studio_for_a_stranger(site, monkeypatc
     with owner_client(url, owner) as page:
         assert page.get(f"/gradio_api/file={upload}").content == b"payroll-upload-secret"
         assert page.get("/config").status_code == 200
+
+
+# --- what a fresh-eyes review of the new design found ----------------------------------------------
+def test_deeply_nested_json_is_refused_never_a_500(site):
+    url, owner = site["url"], site["owner"]
+    deep = b"[" * 5000 + b"]" * 5000
+    headers = {"content-type": "application/json"}
+    for target in ("/tuner/owner/sign-in", f"{RATE}join", f"{RATE}submit"):
+        answer = httpx.post(url + target, content=deep, headers=headers, timeout=30)
+        assert 400 <= answer.status_code < 500, (target, answer.status_code, answer.text[:200])
+    with owner_client(url, owner) as http:
+        answer = http.post("/gradio_api/queue/join", content=b'{"fn_index": ' + deep + b"}", headers=headers)
+        assert 400 <= answer.status_code < 500, answer.text[:200]
+
+
+def test_the_raters_app_holds_no_stream_open_for_a_stranger(site):
+    """Gradio's heartbeat never ends: thousands held open would exhaust the server. The raters'
+    page holds no Gradio state, so its app serves none."""
+    url = site["url"]
+    with from_address(url, "127.0.0.71") as http:
+        for session in ("x", uuid.uuid4().hex):
+            assert http.get(f"/rate/gradio_api/heartbeat/{session}").status_code == 404
+        assert http.get("/rate/gradio_api/queue/data", params={"session_hash": "x"}).status_code == 404
+
+
+def test_a_slow_rating_does_not_hold_up_the_rest_of_the_server(site):
+    """The raters' routes run SQLite in a worker thread: while one waits on a locked database,
+    the sign-in page (and the owner's studio) still answer."""
+    import sqlite3
+
+    url, store, home = site["url"], site["store"], site["home"]
+    eval_id = _evaluation(store, site["model"], "slow round")
+    with from_address(url, "127.0.0.72") as rater:
+        assert rater.post(f"{RATE}join", json={"evaluation": eval_id, "name": "Slow", "code": ""}).status_code == 200
+        lock = sqlite3.connect(home / "ratings.db", timeout=1)
+        lock.execute("BEGIN EXCLUSIVE")
+        done = threading.Event()
+        answers = []
+
+        def rate():
+            answers.append(rater.post(f"{RATE}next", json={"evaluation": eval_id}))
+            done.set()
+
+        worker = threading.Thread(target=rate)
+        try:
+            worker.start()
+            time.sleep(0.5)  # the rating is now waiting on the database
+            page = httpx.get(url + "/tuner/sign-in", timeout=60)
+            still_waiting = not done.is_set()
+        finally:
+            lock.rollback()
+            lock.close()
+        worker.join(60)
+    assert page.status_code == 200 and still_waiting, "the sign-in page waited for the rating"
+    assert answers and answers[0].status_code in (200, 409)
+
+
+def test_the_owners_own_panel_does_not_use_up_the_names_of_the_owners_address(site):
+    """Friends may rate in turn at the owner's computer (Compare's panel): those names are not
+    counted against the address, so raters sharing the owner's network still get in."""
+    url, store, owner = site["url"], site["store"], site["owner"]
+    eval_id = _evaluation(store, site["model"], "owner's panel round")
+    with owner_client(url, owner) as http:
+        for name in ("Ann", "Bea", "Cid", "Dot"):
+            joined = http.post(f"{RATE}join", json={"evaluation": eval_id, "name": name, "panel": "owner"})
+            assert joined.status_code == 200, joined.text
+        # the name shown picks which of this browser's names rates
+        assert http.post(f"{RATE}next", json={"evaluation": eval_id, "name": "Cid"}).json()["progress"].startswith("Cid")
+    with from_address(url, "127.0.0.1") as neighbour:  # the owner's own address
+        assert neighbour.post(f"{RATE}join", json={"evaluation": eval_id, "name": "Eve", "code": ""}).status_code == 200
+    # a stranger cannot claim the owner's panel
+    with from_address(url, "127.0.0.73") as stranger:
+        joined = stranger.post(f"{RATE}join", json={"evaluation": eval_id, "name": "Fay", "panel": "owner"})
+        assert joined.status_code == 200  # as a rater, through the invite check (none set here)
+        second = stranger.post(f"{RATE}join", json={"evaluation": eval_id, "name": "Gus", "panel": "owner"})
+        assert second.status_code == 409 and "already rates this evaluation as 'Fay'" in second.json()["error"]
+
+
+def test_a_browser_that_keeps_no_cookie_is_told_what_to_do(site):
+    url, store = site["url"], site["store"]
+    eval_id = _evaluation(store, site["model"], "cookieless round")
+    joined = httpx.post(url + f"{RATE}join", json={"evaluation": eval_id, "name": "Hal", "code": ""}, timeout=30)
+    assert joined.status_code == 200
+    lost = httpx.post(url + f"{RATE}next", json={"evaluation": eval_id, "name": "Hal"}, timeout=30)  # no cookie back
+    assert lost.status_code == 400 and "sent no rater cookie" in lost.json()["error"]
+    assert "Open the raters' link on its own" in lost.json()["error"]
+
+
+def test_an_ipv6_home_counts_as_one_address():
+    from tuner.access import client_address
+
+    def key(host):
+        return client_address({"client": (host, 1), "headers": []})
+
+    assert key("2001:db8:1:2::1") == key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert key("2001:db8:1:3::1") != key("2001:db8:1:2::1")
+    assert key("::ffff:192.0.2.7") == "192.0.2.7" and key("192.0.2.7") == "192.0.2.7"

@@ -131,7 +131,7 @@ class Access:
                 and hmac.compare_digest(offered.encode("utf-8"), self.csrf_token(token).encode("utf-8")))
 
     def session_of(self, cookies: dict | None) -> str | None:
-        return self.sessions.check((cookies or {}).get(COOKIE)) if self.password else None
+        return self.sessions.check((cookies or {}).get(COOKIE)) if not self.open else None
 
     def is_owner(self, cookies: dict | None, hf_user: str | None) -> bool:
         if self.open:
@@ -265,9 +265,26 @@ def client_address(scope: dict, trusted: tuple = ()) -> str:
     (a proxy appends the address it saw; the entries before it are whatever the sender wrote)."""
     peer = (scope.get("client") or ("unknown",))[0] or "unknown"
     if not trusted or not (SPACE_PROXY in trusted or _trusted(peer, trusted)):
-        return peer[:64]
+        return _one_person(peer)
     forwarded = ",".join(v.decode("latin-1") for k, v in scope.get("headers") or [] if k == b"x-forwarded-for")
     for entry in reversed([e.strip() for e in forwarded.split(",")]):
         if entry and not _trusted(entry, trusted):
-            return entry[:64]
-    return peer[:64]
+            return _one_person(entry)
+    return _one_person(peer)
+
+
+def _one_person(address: str) -> str:
+    """An address as one person's: an IPv6 address by its /64 (one home or phone gets a whole /64,
+    so its single addresses would make limits per address free to get around)."""
+    import ipaddress
+
+    address = address.strip()[:64]
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return str(parsed)

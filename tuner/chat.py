@@ -99,7 +99,7 @@ class PackCollator:
     the positions kept for the output head are rounded up the same way (the extra
     ones have no target). Matrix shapes then repeat from batch to batch, and the
     CPU's matmul kernels (oneDNN builds one per shape) are reused instead of being
-    built anew at every step: measured ~11% of a bf16 step on SmolLM2-135M.
+    built anew at every step (measured on SmolLM2-135M in bf16: see docs/performance.md).
 
     `tokens` counts the useful tokens served, for tokens-per-second figures.
     """

@@ -57,12 +57,13 @@ class TrainConfig:
     # 2 × r is the usual choice
     lora_alpha: int = setting(16, "LoRA alpha (lora_alpha)", "the update is scaled by lora_alpha / r", "slider",
                               at_least=1, reach=(1, 128, 1))
-    # 0: dropout's random masks (one per adapted layer and step) took ~40% of a CPU training
-    # step of SmolLM2-135M, with the same final and held-out loss (bench/train_speed.py);
+    # 0: dropout's random masks (one per adapted layer and step) took a large share of a CPU
+    # training step of SmolLM2-135M (bench/train_speed.py; measured: see docs/performance.md),
+    # and 0 gave the same final and held-out loss;
     # raise it (0.05-0.1) for many epochs over a few rows
     lora_dropout: float = setting(0.0, "LoRA dropout", "above 0 regularises, but on a CPU costs ~40% more time a "
                                   "step", "slider", at_least=0, below=1, reach=(0.0, 0.5, 0.01))
-    # off: a little better, but ~2× slower
+    # off: a little better, but slower (measured: see docs/performance.md)
     use_dora: bool = setting(False, "DoRA (use_dora)", "DoRA: the update split into magnitude and direction",
                              "checkbox")
     # off: it pays only for large r

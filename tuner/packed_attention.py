@@ -8,22 +8,22 @@ on its own, with `is_causal=True` and no mask (the fast kernel path), from the
 example boundaries the collator passes as `cu_seq_lens_q` (the name
 flash-attention's variable-length kernels use, so the same batches also suit
 `flash_attention_2` on a GPU). Profiled on SmolLM2-135M (2 CPU cores, bf16):
-attention went from 28% to 19% of a training step's CPU time, ~20% off the whole
-step, with the same loss (CPU flash attention has a high fixed cost per call, so
+attention's share of a training step's CPU time fell, and the whole step with it
+(measured: see docs/performance.md), with the same loss (CPU flash attention has a high fixed cost per call, so
 four short sequences cost less than one long one, but not four times less).
 
 Each example's attention is then one of two kernels, whichever measured faster on
 this machine for the model's shapes (`kernel`: one probe per process and shape,
-0.25 s in fp32 to 1.6 s in bf16, most of it the kernels' first-call set-up):
+most of its time the kernels' first-call set-up):
 torch's SDPA (flash attention on a CPU) or `explicit_causal`, two matmuls and an
 fp32 softmax per example, with grouped-query heads multiplied without copying the
 key/value heads. CPU flash attention's backward is slow: on a 2-core Xeon with
 AMX, SmolLM2-135M's shapes (9 heads, 3 key/value heads, 5 examples of ~200
-tokens, bf16) took 18.9 ms forward + backward a layer with SDPA and 11.2 ms
-explicit, the same values to bf16's rounding. On a GPU, SDPA's kernels are used.
+tokens, bf16) ran forward + backward faster explicit than with SDPA (measured: see
+docs/performance.md), the same values to bf16's rounding. On a GPU, SDPA's kernels are used.
 
 It is registered without a mask function, so transformers builds no mask for it
-(a total × total mask per forward cost ~5% of a step): it therefore only serves
+(a total × total mask per forward cost a share of every step: docs/performance.md): it therefore only serves
 packed rows with boundaries and refuses anything else (padded batches, generation)
 rather than attend across padding; train() switches the model back to SDPA at the
 end. Models whose attention is more than plain causal SDPA (sliding windows, logit
@@ -134,7 +134,7 @@ def _probe(heads: int, kv_heads: int, dim: int, dtype) -> str:
     """Forward + backward of both kernels on four 200-token examples of these shapes:
     one call each to warm up (a shape's first calls pay for allocations), then three
     interleaved rounds of three calls, best round; the faster one's name. (Single
-    calls measured too noisily: they picked SDPA where a warm loop measured it 1.5×
+    calls measured too noisily: they picked SDPA where a warm loop measured it clearly
     slower.)"""
     from transformers.integrations.sdpa_attention import repeat_kv
 

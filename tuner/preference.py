@@ -354,7 +354,7 @@ def make_trainer(config, run_dir: Path, setup, control, resume: bool):
     kwargs = ttrain.training_kwargs(config, run_dir, setup.precision, has_eval, packing=True)
     kwargs.update(beta=config.beta, max_length=config.max_seq_length, neftune_noise_alpha=None,
                   # TRL turns it on by default; a LoRA run of a small model has the memory, and recomputing
-                  # every layer's forward in the backward pass cost ~30% of a CPU step (measured with py-spy)
+                  # every layer's forward in the backward pass cost much of a CPU step (py-spy: docs/performance.md)
                   gradient_checkpointing=False)
     if config.method == "kto":
         # the KL estimate pairs each prompt with the next row's reply: rows in order (TRL requires it)

@@ -193,7 +193,7 @@ def suggest(rows: list[dict], architecture_modules: list[str] | None = None, met
     validation, test, stratify = (0.1 if n >= 30 else 0.0), (0.2 if n >= 30 else 0.15), _stratify_column(rows)
     if train_rows is None:
         train_rows = len(tdata.splits(rows, validation, test, TrainConfig().seed, stratify)["train"])
-    # what the starter sets' sweeps found (bench/recipes.py, README "Does it work?"): LoRA on every
+    # what the starter sets' sweeps found (bench/recipes.py, docs/does-it-work.md): LoRA on every
     # linear layer at lr 1e-3 in batches of 4; a format or style is picked up in ~50 optimiser
     # steps (formal_email: every check passed after 18), facts need more passes (company_faq:
     # ~170 steps, the validation loss flat after ~2 epochs), and a tiny set needs many epochs

@@ -83,9 +83,9 @@ def cpu_bf16_speedup() -> float:
     measured once per process (~0.2 s) on a matmul of a small model's shape.
 
     CPU flags do not answer it: on a 2-core AVX-512-BF16 Xeon (no AMX) oneDNN's
-    bf16 matmuls ran at ~0.5× MKL's fp32 ones and SmolLM2 LoRA steps with a bf16
-    base at ~0.25× fp32's speed, while the AMD EPYC of the design notes measured bf16
-    matmuls at ~2.9× fp32. Without native bf16 instructions torch emulates bf16:
+    bf16 matmuls ran slower than MKL's fp32 ones and SmolLM2 LoRA steps with a bf16
+    base slower still, while an AMD EPYC with the same flags measured bf16 matmuls
+    several times faster than fp32 (figures: docs/performance.md). Without native bf16 instructions torch emulates bf16:
     no faster than fp32."""
     import torch
 
@@ -416,7 +416,7 @@ def skip_adapter_input_casts(model) -> None:
 
     Autocast already gives each matmul its dtype; peft's own cast of every LoRA input to
     the fp32 adapter weights' dtype would only add copies, undone by autocast (measured:
-    ~25% of a CPU step). The adapters' weights and their optimizer state stay fp32.
+    see docs/performance.md). The adapters' weights and their optimizer state stay fp32.
     Not for DoRA (its weight norm would be taken in bf16 and stop matching the fp32
     magnitude it started from) nor QLoRA (4-bit layers need their casts)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -458,7 +458,7 @@ def training_kwargs(config: TrainConfig, run_dir: Path, precision: str, has_eval
         seed=config.seed,
         neftune_noise_alpha=config.neftune_noise_alpha or None,
         # autocast: the adapters' matmuls in bf16/fp16 too (the base weights already are), the
-        # loss in fp32. On a CPU with AMX (oneDNN bf16 matmuls ~6x fp32's) this is the fast path;
+        # loss in fp32. On a CPU with AMX (oneDNN bf16 matmuls several times fp32's) this is the fast path;
         # where bf16 is not faster, auto precision picks fp32 and there is no autocast
         bf16=precision == "bf16",
         fp16=precision == "fp16",

@@ -147,8 +147,7 @@ def owner_bar(access: Access) -> None:
         gr.Markdown("✅ Signed in as the owner. Raters use the link that ends in `/rate`.", elem_id="owner-status")
         sign_out = gr.Button("Sign out", scale=0, elem_id="owner-sign-out", size="sm")
     sign_out.click(None, None, None, js=SIGN_OUT_JS)
-    if access.password:
-        sessions_panel(access)
+    sessions_panel(access)  # password or Hugging Face sign-in: both make server-side sessions
 
 
 SESSION_COLUMNS = ["session", "signed in", "last seen", "expires", "address", "browser", "this browser"]
@@ -289,7 +288,7 @@ def owner_routes(api, access: Access) -> None:
     async def sign_in(request: Request):
         try:
             password = (await request.json()).get("password")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             password = None
         if not isinstance(password, str):
             return JSONResponse({"error": 'Send {"password": "..."} as JSON.'}, status_code=400)
@@ -303,6 +302,8 @@ def owner_routes(api, access: Access) -> None:
     @api.post(SIGN_OUT_PATH, include_in_schema=False)
     def sign_out(request: Request):
         access.sessions.revoke_token(request.cookies.get(COOKIE))
+        if "session" in request.scope:  # a Hugging Face sign-in ends too
+            request.session.pop("hf_user", None)
         return _with_cookies(JSONResponse({"ok": True}), _cookie_lines(access, request, None))
 
 
@@ -359,8 +360,9 @@ class Gate:
                                               and not self.access.csrf_ok(
                 cookies.get(COOKIE), request.headers.get(CSRF_HEADER)))):
             cookies = {}  # another page's request, or one without the page's token: not the owner's
-        hf_user = None if foreign else _hf_user(request)  # another site's request carries no sign-in
-        return self.access.is_owner(cookies, hf_user)
+        # the owner's Hugging Face sign-in made a server-side session (hf_routes): the signed session
+        # cookie alone names a rater, never the owner (it could not be revoked)
+        return self.access.is_owner(cookies, None)
 
     # -- answers
     @staticmethod
@@ -473,6 +475,8 @@ class Gate:
             parsed = json.loads(body, parse_constant=_not_finite, parse_float=_finite) if body else None
         except _NotFinite:
             return "Numbers in the request must be finite."
+        except RecursionError:
+            return "The request is nested too deeply."
         except ValueError:
             return None  # Gradio answers a body it cannot read with its own 422
         known = self.studio_fns()
@@ -548,7 +552,7 @@ def _endpoint(path: str) -> str | None:
 # is served. Its buttons call the plain routes; its Gradio app runs nothing, serves no file (it
 # would serve the studio's: the two share one upload folder and Gradio's static paths) and has no API.
 RATERS_PATHS = ("/", "/theme.css", "/config", "/favicon.ico", "/manifest.json")
-RATERS_PREFIXES = ("/assets/", "/static/", "/svelte/", "/gradio_api/heartbeat/")
+RATERS_PREFIXES = ("/assets/", "/static/", "/svelte/")  # (no heartbeat: the page holds no Gradio state)
 # The POST routes the studio's page uses; any other POST under /gradio_api is refused (Gradio's
 # /call/v2 answers a 500 to some bodies, /process_recording would take an upload)
 STUDIO_POSTS = ("/gradio_api/queue/join", "/gradio_api/upload", "/gradio_api/cancel", "/gradio_api/reset",
@@ -627,6 +631,22 @@ def _hf_failed(why: str):
     return HTMLResponse(page, status_code=400, headers={"Cache-Control": "no-store"})
 
 
+def _hf_continue(user: str, target: str):
+    """The page the sign-in comes back to: it opens `target` itself, so that request is this
+    site's own (a redirect straight from the provider's chain is marked cross-site, and the gate
+    would not count the sign-in)."""
+    import html
+
+    from fastapi.responses import HTMLResponse
+
+    script_target = json.dumps(target).replace("<", "\\u003c")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>Tuner: signed in</title></head><body>"
+            f"<p>Signed in with Hugging Face as {html.escape(user)}; opening "
+            f"<a id='continue' href='{html.escape(target, quote=True)}'>the app</a>…</p>"
+            f"<script>location.replace({script_target});</script></body></html>")
+    return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+
+
 def hf_routes(api, access: Access) -> None:
     """Sign in with Hugging Face (on a Space with `hf_oauth: true`): plain routes on authlib's
     Starlette client. The user name goes into Starlette's signed session cookie; the Space
@@ -682,14 +702,22 @@ def hf_routes(api, access: Access) -> None:
         user = info.get("preferred_username") if isinstance(info, dict) else None
         if not isinstance(user, str) or not user.strip():
             return failed("Hugging Face did not say who you are (no user name).")
-        request.session["hf_user"] = user.strip()
+        user = user.strip()
+        request.session["hf_user"] = user
         target = request.session.pop("next", "/")
-        return RedirectResponse(target if isinstance(target, str) and target.startswith("/") else "/",
-                                status_code=303)
+        target = target if isinstance(target, str) and target.startswith("/") and not target.startswith("//") else "/"
+        cookies = []
+        if access.owner and user.casefold() == access.owner.casefold():
+            # the owner gets a server-side session, as a password sign-in does: listed, revocable,
+            # ended by Sign out (the signed session cookie alone could not be revoked)
+            token = access.sessions.create(request_address(request), request.headers.get("user-agent", ""))[0]
+            cookies = _cookie_lines(access, request, token)
+        return _with_cookies(_hf_continue(user, target), cookies)
 
     @api.get(HF_ROUTES + "logout", include_in_schema=False)
     def logout(request: Request):
         request.session.pop("hf_user", None)
+        access.sessions.revoke_token(request.cookies.get(COOKIE))
         return RedirectResponse(back(request), status_code=303)
 
 

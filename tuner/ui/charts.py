@@ -43,7 +43,8 @@ VEGA_LITE = "https://vega.github.io/schema/vega-lite/v5.json"  # names the versi
 
 def vega_plot(spec: dict):
     """What gr.Plot takes for a Vega-Lite chart (its public `data_model`, as it sends an Altair
-    chart: building an altair.Chart of the same spec costs ~65 ms, this nothing), drawn as SVG
+    chart: building an altair.Chart of the same spec costs time at every draw (measured: see
+    docs/performance.md), this nothing), drawn as SVG
     so its titles and labels are text in the page."""
     import json
 

@@ -313,11 +313,15 @@ class _RaterRoutes:
     def __init__(self, store: Store, rng: random.Random, limits: RaterLimits):
         self.store, self.rng, self.limits = store, rng, limits
 
-    @staticmethod
-    def answered(handler):
+    def answered(self, handler):
+        """A route: the body read here, then `handler(request, body)` in a worker thread (SQLite
+        blocks; the server's event loop must not), its refusals answered with their message."""
+        from starlette.concurrency import run_in_threadpool
+
         async def route(request: Request):
             try:
-                return await handler(request)
+                body = await self.body_of(request)
+                return await run_in_threadpool(handler, request, body)
             except _Refused as exc:
                 return JSONResponse({"error": str(exc)}, status_code=exc.status)
             except (RatingError, StorageError) as exc:
@@ -329,8 +333,8 @@ class _RaterRoutes:
     async def body_of(request: Request) -> dict:
         try:
             body = await request.json()
-        except ValueError:
-            raise _Refused("Send the request as a JSON object.") from None
+        except (ValueError, RecursionError):
+            raise _Refused("Send the request as a JSON object (not nested deeply).") from None
         if not isinstance(body, dict):
             raise _Refused("Send the request as a JSON object.")
         return body
@@ -358,6 +362,10 @@ class _RaterRoutes:
         name = body.get("name")
         who = self.store.rater_of(eval_id, request.cookies.get(RATER_COOKIE), hf_username(request),
                                   name if isinstance(name, str) else None)
+        if who is None and RATER_COOKIE not in request.cookies and not hf_username(request):
+            raise _Refused("This browser sent no rater cookie: it may refuse cookies inside another site's page "
+                           "(the Space's page on huggingface.co). Open the raters' link on its own, in a tab of "
+                           "its own, and Press Start rating there.")
         if who is None:
             raise _Refused("Press Start rating first (with your name) to get a pair.")
         return who
@@ -370,11 +378,10 @@ class _RaterRoutes:
             return _pair_answer(f"✅ {who}, you have rated all {total} pairs of this evaluation. Thank you!")
         return _pair_answer(f"{who} · pair {pair['done'] + 1} of {pair['total']}", pair)
 
-    async def evaluations(self):
+    def evaluations(self):
         return {"choices": eval_choices(self.store, open_only=True)}
 
-    async def join(self, request: Request):
-        body = await self.body_of(request)
+    def join(self, request: Request, body: dict):
         allowed, wait = self.limits.joins.allow(request_address(request))
         if not allowed:
             raise _Refused(f"Too many sign-ins from this address; try again in {wait:.0f} s.", 429)
@@ -389,8 +396,9 @@ class _RaterRoutes:
         key, new_key = request.cookies.get(RATER_COOKIE), None
         if not isinstance(key, str) or not 20 <= len(key) <= 100:
             key = new_key = secrets.token_urlsafe(32)
-        who = self.store.admit(eval_id, signed_in or typed, key, request_address(request), signed_in=bool(signed_in),
-                               owner=owner_panel)
+        # the owner's panel is not counted against the owner's address (raters may share it)
+        client = "owner's panel" if owner_panel else request_address(request)
+        who = self.store.admit(eval_id, signed_in or typed, key, client, signed_in=bool(signed_in), owner=owner_panel)
         served = self.serve(eval_id, who)
         if served["assignment"] is not None:  # a pair to rate: say when the models are revealed
             served["progress"] += "\n\n" + REVEAL_PROMISES[self.store.reveal_of(eval_id)]
@@ -403,13 +411,11 @@ class _RaterRoutes:
                                     f"Max-Age={RATER_COOKIE_DAYS * 86400}; HttpOnly; {same_site}")
         return response
 
-    async def next(self, request: Request):
-        body = await self.body_of(request)
+    def next(self, request: Request, body: dict):
         eval_id = self.evaluation_of(body)
         return JSONResponse(self.serve(eval_id, self.rater(request, eval_id, body)))
 
-    async def submit(self, request: Request):
-        body = await self.body_of(request)
+    def submit(self, request: Request, body: dict):
         eval_id = self.evaluation_of(body)
         who = self.rater(request, eval_id, body)
         aspects = [*_listed(body.get("aspects_a")), *_listed(body.get("aspects_b"))]
@@ -417,8 +423,7 @@ class _RaterRoutes:
                           (body.get("a"), body.get("b")), body.get("preference"), body.get("comment"), aspects)
         return JSONResponse({"reveal": text})
 
-    async def change(self, request: Request):
-        body = await self.body_of(request)
+    def change(self, request: Request, body: dict):
         eval_id = self.evaluation_of(body)
         who = self.rater(request, eval_id, body)
         assignment_id = self.assignment_of(body, eval_id)
