@@ -265,22 +265,23 @@ def test_a_malformed_upload_through_the_running_app_says_why_and_saves_nothing(t
     home = tmp_path / "home"
     tdata.save_version([chat("Q", "A")], "faq", home / "datasets")
     before = {p.name: p.read_bytes() for p in (home / "datasets").iterdir()}
-    demo, url = serve(home)
+    served = serve(home)  # the owner, signed in
+    owner = served.owner
     try:
-        importer = endpoint(url, "Import a file: JSONL, JSON, CSV or Parquet")
+        importer = endpoint(owner, "Import a file: JSONL, JSON, CSV or Parquet")
         for name, content, message in [
             ("photo.jsonl", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "photo.jsonl: a binary file, not text"),
             ("table.jsonl", b"question,answer\nQ,A\n", "looks like CSV, not JSONL"),
             ("empty.csv", b"", "empty.csv: the file is empty"),
         ]:
-            (stored,) = upload(url, name, content).json()
-            event, outputs = call(url, importer, [{"path": stored, "meta": {"_type": "gradio.FileData"}}])
+            (stored,) = upload(owner, name, content).json()
+            event, outputs = call(owner, importer, [{"path": stored, "meta": {"_type": "gradio.FileData"}}])
             text = json.dumps(outputs, ensure_ascii=False)
             assert event == "complete" and message in text and "Nothing was saved" in text, text
         # a type the upload box does not take is refused by gradio before the importer runs
-        (stored,) = upload(url, "notes.txt", b"question,answer\nQ,A\n").json()
-        event, _ = call(url, importer, [{"path": stored, "meta": {"_type": "gradio.FileData"}}])
+        (stored,) = upload(owner, "notes.txt", b"question,answer\nQ,A\n").json()
+        event, _ = call(owner, importer, [{"path": stored, "meta": {"_type": "gradio.FileData"}}])
         assert event == "error"
     finally:
-        demo.close()
+        served.close()
     assert {p.name: p.read_bytes() for p in (home / "datasets").iterdir()} == before
