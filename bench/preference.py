@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 
 from ratings import checks as rc  # noqa: E402
+from ratings import stats  # noqa: E402
 from ratings import preferences  # noqa: E402
 from ratings.stats import wilson_interval  # noqa: E402
 from ratings.store import Store  # noqa: E402
@@ -146,7 +147,7 @@ def pass_table(replies: pd.DataFrame, checks, max_new_tokens: int) -> tuple[pd.D
             if run in pivot and "SFT" in pivot:
                 better = int((pivot[run] & ~pivot["SFT"]).sum())
                 worse = int((~pivot[run] & pivot["SFT"]).sum())
-                p = float(rc._scipy_stats().binomtest(better, better + worse).pvalue) if better + worse else 1.0
+                p = float(stats.scipy_stats().binomtest(better, better + worse).pvalue) if better + worse else 1.0
                 tests[(decoding, run)] = (better, worse, p)
     return pd.DataFrame(rows, columns=["decoding", "model", "passed", "n", "rate", "low", "high"]), tests
 

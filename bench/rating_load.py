@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from gradio_http import call, default_inputs, page_headers, sign_in  # noqa: E402
+from helpers import open_evaluation  # noqa: E402
 
 from ratings.store import Store  # noqa: E402
 from tuner import models, tiny  # noqa: E402
@@ -60,16 +61,11 @@ def free_port() -> int:
 
 
 def seed_evaluation(home: Path, model: Path, n_prompts: int) -> int:
-    store = Store(Layout(home).ratings_db)
+    """An evaluation of `n_prompts` pairs open for rating in `home` (the tests' open_evaluation)."""
     prompts = [{"text": f"Write a polite note number {i}.", "task": ""} for i in range(n_prompts)]
     variants = [{"name": "base", "label": "Base", "kind": "base"}, {"name": "lora", "label": "LoRA", "kind": "lora"}]
-    eval_id = store.create_evaluation("load test", str(model), prompts, variants)
-    ids = [v["id"] for v in store.variants(eval_id)]
-    for p in store.prompts(eval_id):
-        for vid in ids:
-            store.add_reply(p["id"], vid, f"Reply {vid} to prompt {p['position']}: " + "words " * 40, {})
-    store.open_for_rating(eval_id)
-    return eval_id
+    return open_evaluation(Store(Layout(home).ratings_db), "load test", model, prompts, variants,
+                           reply="Reply {variant} to prompt {position}: " + "words " * 40, reply_settings={})
 
 
 def wait_for(url: str, proc: subprocess.Popen, limit: float = 120.0) -> None:

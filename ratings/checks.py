@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ratings import metrics
-from ratings.stats import _scipy_stats, format_p, wilson_interval
+from ratings.stats import format_p, mean_interval, p_text, scipy_stats, wilson_interval
 
 KINDS = ("starts with", "contains", "contains any", "contains all", "not contains", "regex", "min words",
          "max words")
@@ -277,15 +277,10 @@ def _holm(pvalues: list[float]) -> list[float]:
 def _summary(measure: str, values: pd.Series) -> list:
     n = len(values)
     if measure in GRADED or measure == "words":
-        mean = float(values.astype(float).mean())
+        # F1 and ROUGE-L lie in 0–1; no reply has fewer than no words
+        mean, low, high = mean_interval(values, (0.0, 1.0) if measure in GRADED else (0.0, math.inf))
         if n < 3:  # a t interval of two values spans far beyond anything possible: none is more honest
             return [n, None, mean, math.nan, math.nan]
-        half = float(_scipy_stats().t.ppf(0.975, n - 1)) * float(values.astype(float).std(ddof=1)) / math.sqrt(n)
-        low, high = mean - half, mean + half
-        if measure in GRADED:
-            low, high = max(0.0, low), min(1.0, high)
-        else:
-            low = max(0.0, low)  # no reply has fewer than no words
         return [n, None, mean, low, high]
     passed = int(values.astype(bool).sum())
     low, high = wilson_interval(passed, n)
@@ -306,7 +301,7 @@ def _paired(per: pd.DataFrame, measure: str, model: str, base: str) -> list | No
     # binomial test of the prompts where the two differ: McNemar's exact test for pass/fail
     # measures, the sign test for graded ones
     test = "sign test" if measure in GRADED else "McNemar exact"
-    p = float(_scipy_stats().binomtest(better, better + worse).pvalue) if better + worse else 1.0
+    p = float(scipy_stats().binomtest(better, better + worse).pvalue) if better + worse else 1.0
     return [measure, model, base, len(both), better, worse, p, test]
 
 
@@ -333,18 +328,13 @@ def _name(measure: str) -> str:
     return measure if measure in BINARY + GRADED or measure == "all checks" else f"'{measure}'"
 
 
-def _p_text(p: float) -> str:
-    text = format_p(p)
-    return f"p {text}" if text.startswith("<") else f"p = {text}"
-
-
 def _statement(rep: CheckReport, r: pd.Series, finding: str, family: int) -> str:
     """One measure of one model against the base: both figures, what they show, the test."""
     measure, label = r["measure"], r["model"]
     unit = " (0–100, mean)" if measure in GRADED else " prompts"
-    holm = f"; Holm-adjusted {_p_text(r['p adjusted'])}" if family > 1 else ""
+    holm = f"; Holm-adjusted {p_text(r['p adjusted'])}" if family > 1 else ""
     return (f"{_verb(measure)} {_figure(rep.table, measure, label)}{unit}, base "
-            f"{_figure(rep.table, measure, rep.base)}: {finding} ({r['test']} {_p_text(r['p'])}, better on "
+            f"{_figure(rep.table, measure, rep.base)}: {finding} ({r['test']} {p_text(r['p'])}, better on "
             f"{r['better']}, worse on {r['worse']} of {r['prompts']}{holm})")
 
 
@@ -469,7 +459,7 @@ def agreement(rep: CheckReport, scores: pd.DataFrame) -> dict:
     n = len(both)
     if n < 3 or both.iloc[:, 0].nunique() < 2 or both.iloc[:, 1].nunique() < 2:
         return {"n": n, "rho": math.nan, "p": math.nan, "measure": measure}
-    result = _scipy_stats().spearmanr(both.iloc[:, 0], both.iloc[:, 1])
+    result = scipy_stats().spearmanr(both.iloc[:, 0], both.iloc[:, 1])
     return {"n": n, "rho": float(result.statistic), "p": float(result.pvalue), "measure": measure}
 
 

@@ -26,14 +26,14 @@ from ratings.scale import HIGHEST, LOWEST, SCORES, SUCCESS_AT
 
 
 @functools.cache
-def _scipy_stats():
-    """scipy.stats, imported on first use: it is slow to import (see docs/performance.md), off the app's start-up path."""
+def scipy_stats():
+    """scipy.stats, imported on first use: it is slow to import (see docs/performance.md), off the app's
+    start-up path. Every module of `ratings` that needs scipy.stats gets it here."""
     from scipy import stats
 
     return stats
 
 
-Z95 = 1.959963984540054  # the normal quantile for a two-sided 95% interval
 FEW_ITEMS = 10  # below this many items rated twice, an agreement figure is rough
 
 
@@ -42,21 +42,19 @@ def models(scores: pd.DataFrame) -> list[str]:
 
 
 # --- intervals ----------------------------------------------------------------------------
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval for a proportion: unlike p ± z·se it stays
-    inside [0, 1] and is not zero-width at 0/n or n/n."""
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval for a proportion (scipy's binomtest(...).proportion_ci): unlike
+    p ± z·se it stays inside [0, 1] and is not zero-width at 0/n or n/n; (nan, nan) for 0/0."""
     if n == 0:
         return math.nan, math.nan
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    ci = scipy_stats().binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def mean_interval(values, bounds: tuple[float, float] = (LOWEST, HIGHEST)) -> tuple[float, float, float]:
-    """The mean and its 95% t interval, clipped to the scale's bounds (a t
-    interval over a handful of 1–5 scores can reach past them); (mean, nan,
-    nan) for a single value."""
+    """The mean and its 95% t interval, clipped to `bounds` (by default the scale's: a t interval
+    over a handful of 1–5 scores can reach past them); (mean, nan, nan) for a single value. The one
+    t interval of `ratings` (ratings.checks clips it to 0–1 for F1 and ROUGE-L, to 0+ for words)."""
     values = pd.Series(values, dtype=float).dropna()
     n = len(values)
     if n == 0:
@@ -64,7 +62,7 @@ def mean_interval(values, bounds: tuple[float, float] = (LOWEST, HIGHEST)) -> tu
     mean = float(values.mean())
     if n == 1:
         return mean, math.nan, math.nan
-    half = float(_scipy_stats().t.ppf(0.975, n - 1)) * float(values.std(ddof=1)) / math.sqrt(n)
+    half = float(scipy_stats().t.ppf(0.975, n - 1)) * float(values.std(ddof=1)) / math.sqrt(n)
     return mean, max(bounds[0], mean - half), min(bounds[1], mean + half)
 
 
@@ -84,7 +82,7 @@ def success_table(scores: pd.DataFrame, threshold: int = SUCCESS_AT) -> pd.DataF
         mean, mean_low, mean_high = mean_interval(s)
         rows.append([label, n, k, f"{k}/{n}", k / n, low, high, mean, mean_low, mean_high])
     table = pd.DataFrame(rows, columns=SUCCESS_COLUMNS)
-    return _rounded(table, 3)
+    return rounded(table, 3)
 
 
 def breakdown_table(scores: pd.DataFrame, by: str, threshold: int = SUCCESS_AT) -> pd.DataFrame:
@@ -173,8 +171,8 @@ def paired_tests(scores: pd.DataFrame) -> pd.DataFrame:
         diff = both[model] - both[reference]
         n, better, worse = len(diff), int((diff > 0).sum()), int((diff < 0).sum())
         tied = n - better - worse
-        wilcoxon = float(_scipy_stats().wilcoxon(diff[diff != 0]).pvalue) if better + worse else math.nan
-        sign = float(_scipy_stats().binomtest(better, better + worse).pvalue) if better + worse else math.nan
+        wilcoxon = float(scipy_stats().wilcoxon(diff[diff != 0]).pvalue) if better + worse else math.nan
+        sign = float(scipy_stats().binomtest(better, better + worse).pvalue) if better + worse else math.nan
         rows.append([model, reference, n, better, worse, tied, round(float(diff.mean()), 3) if n else math.nan,
                      wilcoxon, sign, paired_sentence(model, reference, n, better, worse, wilcoxon)])
     return pd.DataFrame(rows, columns=columns)
@@ -203,6 +201,12 @@ def format_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.2g}"
 
 
+def p_text(p: float) -> str:
+    """"p = 0.039" or "p < 0.001", for a sentence."""
+    text = format_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def preference_table(judgements: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
     """Per model, over the pairs it was in where the rater stated a preference:
     won, lost, tie, the win rate (wins / stated) with its Wilson interval, and
@@ -221,7 +225,7 @@ def preference_table(judgements: pd.DataFrame, scores: pd.DataFrame) -> pd.DataF
         low, high = wilson_interval(won, stated)
         rows.append([label, stated, won, lost, tie, won / stated if stated else math.nan, low, high,
                      len(mine) - stated])
-    return _rounded(pd.DataFrame(rows, columns=columns), 3)
+    return rounded(pd.DataFrame(rows, columns=columns), 3)
 
 
 # --- agreement ---------------------------------------------------------------------------------
@@ -295,7 +299,7 @@ def position_bias(judgements: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFram
     right = _lookup(score_of, judgements, "right_variant")
     rows.append(_bias_row("scores", len(judgements), int((left > right).sum()), int((left < right).sum()),
                           int((left == right).sum())))
-    return _rounded(pd.DataFrame(rows, columns=columns), 3)
+    return rounded(pd.DataFrame(rows, columns=columns), 3)
 
 
 def _lookup(score_of: pd.Series, judgements: pd.DataFrame, side: str) -> np.ndarray:
@@ -306,7 +310,7 @@ def _lookup(score_of: pd.Series, judgements: pd.DataFrame, side: str) -> np.ndar
 def _bias_row(by: str, pairs: int, left: int, right: int, tie: int) -> list:
     decided = left + right
     low, high = wilson_interval(left, decided)
-    p = float(_scipy_stats().binomtest(left, decided).pvalue) if decided else math.nan
+    p = float(scipy_stats().binomtest(left, decided).pvalue) if decided else math.nan
     return [by, pairs, left, right, tie, left / decided if decided else math.nan, low, high, p]
 
 
@@ -318,10 +322,10 @@ def length_correlation(scores: pd.DataFrame) -> pd.DataFrame:
     for label, part in [("all models", scores)] + [(m, scores[scores["label"] == m]) for m in models(scores)]:
         rho, p = math.nan, math.nan
         if len(part) >= 3 and part["score"].nunique() > 1 and part["reply_chars"].nunique() > 1:
-            result = _scipy_stats().spearmanr(part["score"], part["reply_chars"])
+            result = scipy_stats().spearmanr(part["score"], part["reply_chars"])
             rho, p = float(result.statistic), float(result.pvalue)
         rows.append([label, len(part), rho, p])
-    return _rounded(pd.DataFrame(rows, columns=columns), 3)
+    return rounded(pd.DataFrame(rows, columns=columns), 3)
 
 
 def bias_sentences(bias: pd.DataFrame, lengths: pd.DataFrame) -> list[str]:
@@ -363,7 +367,8 @@ def plural(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
-def _rounded(table: pd.DataFrame, digits: int) -> pd.DataFrame:
+def rounded(table: pd.DataFrame, digits: int) -> pd.DataFrame:
+    """The table with its float columns rounded to `digits` (in place, and returned)."""
     numeric = table.select_dtypes("float").columns
     table[numeric] = table[numeric].round(digits)
     return table

@@ -1,6 +1,7 @@
 """What the browser tests share: the real app on a free loopback port, a Chromium
-page driven by Playwright (a test fails on any uncaught error in its pages), a
-dropdown picker, and a check that a chart is really drawn.
+page driven by Playwright (a test fails on any uncaught error in its pages), the
+Dataset tab opened, a dropdown picker, and a check that a chart is really drawn.
+No test launches Chromium itself: each takes `page` or `chromium`.
 
 Playwright is imported only inside the fixtures, so the unit tests collect and
 run where it is not installed; conftest.py exposes the fixtures to every test file.
@@ -15,6 +16,8 @@ import socket
 from pathlib import Path
 
 import pytest
+
+from helpers import mark_users
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -60,6 +63,16 @@ def home_with_runs(tmp_path: Path, model, names: list[str], max_steps: int = 3) 
     return home
 
 
+def opened(page, app_url: str):
+    """The page at `app_url`, once the Dataset tab shows the default starter set; its message line."""
+    from playwright.sync_api import expect
+
+    page.goto(app_url)
+    message = page.locator("#dataset-message")
+    expect(message).to_contain_text("26 rows")
+    return message
+
+
 def pick(page, elem_id: str, option: str) -> None:
     """Open the dropdown `elem_id` and click its first option whose name contains `option`."""
     page.locator(f"#{elem_id} input").click()
@@ -82,6 +95,7 @@ def patient_expect():
 
 
 @pytest.fixture
+@mark_users("browser", "server")
 def app_url(tiny_llama, tmp_path):
     """The app over a fresh data root, on the tiny random Llama."""
     demo, url = serve(tmp_path / "home", tiny_llama)
@@ -131,6 +145,7 @@ class Chromium:
 
 
 @pytest.fixture
+@mark_users("browser")
 def chromium(patient_expect):
     """A Chromium for the test's pages (Chromium.new_page), closed after the test; the
     test fails at teardown if any page had an uncaught error."""
@@ -153,7 +168,7 @@ def page(chromium):
 
 
 # Vega draws a chart's data as groups of class "role-mark" in an svg (or onto a canvas);
-# what is measured is the box those marks span, for the issue's blank chart had its
+# what is measured is the box those marks span, for a blank chart once had its
 # legend and every point in the page, all squeezed into a plot of zero width.
 _MEASURE_CHART = """el => {
     const box = el.getBoundingClientRect();

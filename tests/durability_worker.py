@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from helpers import open_evaluation  # noqa: E402 (tests/, this file's folder, is on sys.path)
 from ratings.store import Store  # noqa: E402
 from tuner.paths import Layout, StorageError  # noqa: E402
 
@@ -51,14 +52,9 @@ def evaluation(store: Store, prompts: int = 20) -> int:
     found = store.evaluations()
     if found:
         return found[-1]["id"]
-    eval_id = store.create_evaluation("durability", "tiny", [{"text": f"Prompt {i}"} for i in range(prompts)],
-                                      VARIANTS)
-    ids = [v["id"] for v in store.variants(eval_id)]
-    for p in store.prompts(eval_id):
-        for k, vid in enumerate(ids):
-            store.add_reply(p["id"], vid, f"reply {k} to prompt {p['position']}", {"t": 0}, 0.1, 5)
-    store.open_for_rating(eval_id)
-    return eval_id
+    return open_evaluation(store, "durability", "tiny", [f"Prompt {i}" for i in range(prompts)], VARIANTS,
+                           reply="reply {k} to prompt {position}", reply_settings={"t": 0}, latency_s=0.1,
+                           new_tokens=5)
 
 
 def rate_one(store: Store, eval_id: int, rater: str, rng: random.Random) -> tuple[int, int, int] | None:

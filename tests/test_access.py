@@ -1,6 +1,6 @@
 """Owner-only studio, rater identity and rate limits, called directly over HTTP against
 the real server (app.build_app: the studio at /, the raters' page at /rate/, the plain
-routes under /tuner/, the gate in front of all), as a stranger's script would (issue 8)."""
+routes under /tuner/, the gate in front of all), as a stranger's script would."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 from browser import serve
 from gradio_http import (call, call_named, config, default_inputs, from_address, is_skip, owner_client,
                          page_headers, sign_in)
+from helpers import count_pushes, mark_users, open_evaluation
 
 PASSWORD = "correct horse battery staple"
 VARIANTS = [{"name": "base", "label": "Base model", "kind": "base"},
@@ -35,24 +36,13 @@ def _snapshot(home):
     return files, counts
 
 
-def _evaluation(store, model, name: str, n_prompts: int = 3) -> int:
-    """A new evaluation open for rating, with both variants' replies (each test rates its own)."""
-    prompts = [{"text": f"Write a short note number {i}.", "task": f"note {i}"} for i in range(1, n_prompts + 1)]
-    eval_id = store.create_evaluation(name, str(model), prompts, VARIANTS)
-    ids = [v["id"] for v in store.variants(eval_id)]
-    for p in store.prompts(eval_id):
-        for k, vid in enumerate(ids):
-            store.add_reply(p["id"], vid, f"Reply {'xy'[k]} to note {p['position']}.", {"max_new_tokens": 16})
-    store.open_for_rating(eval_id)
-    return eval_id
-
-
 def _seed(home, model):
+    """The ratings store of `home` with "friends' round" open for rating (each test rates its own)."""
     from ratings.store import Store
     from tuner.paths import Layout
 
     store = Store(Layout(home).ratings_db)
-    return store, _evaluation(store, model, "friends' round")
+    return store, open_evaluation(store, "friends' round", model, 3, VARIANTS)
 
 
 @dataclass
@@ -78,6 +68,7 @@ class Locked:
 
 
 @pytest.fixture(scope="module")
+@mark_users("server")
 def server(tiny_llama, tmp_path_factory):
     """One locked server for the module (password sign-in): each test makes its own
     evaluations and, where it counts per address, its own loopback address."""
@@ -108,19 +99,6 @@ def locked(server, monkeypatch):
     return server
 
 
-def _count_pushes(blocks, monkeypatch) -> list:
-    """Every event that enters `blocks`' queue: (fn_index, whether the gate found the owner)."""
-    seen = []
-    original = blocks._queue.push
-
-    async def push(body, request, username):
-        seen.append((body.fn_index, bool(request.scope.get("tuner.owner"))))
-        return await original(body=body, request=request, username=username)
-
-    monkeypatch.setattr(blocks._queue, "push", push)
-    return seen
-
-
 def _join_body(fn_index: int, data: list, event_data=None) -> dict:
     return {"data": data, "fn_index": fn_index, "session_hash": uuid.uuid4().hex[:11], "event_data": event_data,
             "trigger_id": None}
@@ -143,7 +121,7 @@ def test_every_owner_handler_refuses_a_stranger_and_changes_nothing(locked, monk
     assert uploaded.status_code == 200, uploaded.text
     upload_path = uploaded.json()[0]
     before = _snapshot(locked.home)
-    queued = _count_pushes(locked.tuner.studio, monkeypatch)
+    queued = count_pushes(locked.tuner.studio, monkeypatch)
     refused = set()
     with httpx.Client(base_url=locked.url, timeout=30) as stranger:
         for fn_index, block_fn in fns.items():
@@ -157,7 +135,7 @@ def test_every_owner_handler_refuses_a_stranger_and_changes_nothing(locked, monk
                                                  json={"data": inputs, "fn_index": fn_index}))
             assert all(_refused(a) for a in answers), (block_fn.name, [(a.status_code, a.text[:80]) for a in answers])
             refused.add(block_fn.name)
-        # the actions the issue names are among the refused ones
+        # the owner's main actions are among the refused ones
         for name in ("on_start", "on_stop", "on_resume", "on_generate", "on_import", "on_save_split", "on_send",
                      "on_export", "on_propose", "on_exclude_rater", "on_show", "on_revoke"):
             assert name in refused, name
@@ -242,7 +220,7 @@ def test_sign_in_sets_a_random_httponly_strict_cookie_only_for_the_password_and_
 
 
 def test_another_site_cannot_use_the_owners_cookie(locked):
-    """Issue 14.1: a page on another origin, same site or not, in the owner's browser."""
+    """A page on another origin, same site or not, in the owner's browser."""
     url = locked.url
     owner = sign_in(url, PASSWORD)
     cfg = config(url, owner)
@@ -279,7 +257,7 @@ def test_another_site_cannot_use_the_owners_cookie(locked):
 
 
 def test_owner_sessions_are_server_side_listed_revocable_and_end_at_sign_out(locked):
-    """Issue 14.2: a random token per sign-in, kept hashed, with an expiry; Sign out revokes it."""
+    """A random token per sign-in, kept hashed, with an expiry; Sign out revokes it."""
     url, access = locked.url, locked.access
     access.sessions.revoke_all()  # (the module's earlier sign-ins)
     laptop = sign_in(url, PASSWORD, **{"User-Agent": "laptop browser"})
@@ -325,13 +303,13 @@ def test_sessions_expire_and_keep_only_hashes(tmp_path):
 
 
 def test_a_flood_of_refused_calls_never_enters_the_queue(locked, monkeypatch):
-    """Issue 14.4: refused before the queue, so the owner's calls are not delayed."""
+    """Refused before the queue, so the owner's calls are not delayed."""
     import concurrent.futures
 
     url = locked.url
     owner = sign_in(url, PASSWORD)
     cfg = config(url, owner)
-    queued = _count_pushes(locked.tuner.studio, monkeypatch)
+    queued = count_pushes(locked.tuner.studio, monkeypatch)
     stop, tick = locked.fn("on_stop"), locked.fn("on_tick")
 
     def flood(k):
@@ -356,7 +334,7 @@ def test_a_flood_of_refused_calls_never_enters_the_queue(locked, monkeypatch):
 
 
 def test_strangers_cannot_upload_and_the_owner_is_capped(locked, monkeypatch):
-    """Issue 14.3: raters never upload; the owner's uploads are capped per request and in total."""
+    """Raters never upload; the owner's uploads are capped per request and in total."""
     url = locked.url
     owner = sign_in(url, PASSWORD)
     cache = locked.home / "uploads"
@@ -385,7 +363,7 @@ def test_strangers_cannot_upload_and_the_owner_is_capped(locked, monkeypatch):
 def test_raters_page_works_without_owner_rights(locked):
     """The raters' page and its routes need no owner: the page, the open evaluations, join, submit."""
     url, store = locked.url, locked.store
-    eval_id = _evaluation(store, locked.model, "page round")
+    eval_id = open_evaluation(store, "page round", locked.model)
     page = httpx.get(f"{url}/rate", follow_redirects=True)
     assert page.status_code == 200 and "Rate replies" in page.text
     assert httpx.get(f"{url}/rate/config").status_code == 200
@@ -415,7 +393,7 @@ def test_the_raters_gradio_app_runs_nothing_and_takes_no_post(locked, monkeypatc
     url, store = locked.url, locked.store
     raters = locked.tuner.raters
     assert raters.fns and all(f.fn is None for f in raters.fns.values())
-    queued = _count_pushes(raters, monkeypatch)
+    queued = count_pushes(raters, monkeypatch)
     owner = sign_in(url, PASSWORD)
     for path in ("/rate/gradio_api/queue/join", "/rate/gradio_api/run/js_fn", "/rate/gradio_api/call/js_fn",
                  "/rate/gradio_api/api/js_fn", "/rate/gradio_api/upload", "/rate/gradio_api/cancel",
@@ -427,7 +405,7 @@ def test_the_raters_gradio_app_runs_nothing_and_takes_no_post(locked, monkeypatc
             assert answer.status_code == 405 and RATE in answer.json()["error"], (path, answer.text)
     assert queued == []
 
-    eval_id = _evaluation(store, locked.model, "lane round")
+    eval_id = open_evaluation(store, "lane round", locked.model)
     with from_address(url, "127.0.0.12") as bo:
         joined = bo.post(f"{RATE}join", json={"evaluation": eval_id, "name": "Bo", "code": ""}).json()
         assert "pair 1 of 3" in joined["progress"] and set(joined) == {"progress", "assignment", "prompt", "a", "b"}
@@ -476,12 +454,8 @@ def test_the_raters_gradio_app_runs_nothing_and_takes_no_post(locked, monkeypatc
         last = flooder.post(f"{RATE}submit", json=scores)
         assert "Too many requests from this address" in last.json()["error"] and "retry-after" in last.headers
     # the owner is not limited, and the owner's own panel (Compare) needs no invite code
-    coded = store.create_evaluation("coded round", str(locked.model), [{"text": "Hi", "task": ""}], VARIANTS,
-                                    invite_code="tea")
-    for p in store.prompts(coded):
-        for vid in [v["id"] for v in store.variants(coded)]:
-            store.add_reply(p["id"], vid, f"Reply {vid}", {})
-    store.open_for_rating(coded)
+    coded = open_evaluation(store, "coded round", locked.model, [{"text": "Hi", "task": ""}], invite_code="tea",
+                            reply="Reply {letter}", reply_settings={})
     with owner_client(url, owner) as page:
         for _ in range(4):
             assert page.post(f"{RATE}next", json={"evaluation": eval_id}).status_code == 400  # never 429
@@ -502,7 +476,7 @@ def test_the_raters_routes_answer_a_failing_store_with_its_message(locked, monke
     from tuner.paths import StorageError
 
     url, store = locked.url, locked.store
-    eval_id = _evaluation(store, locked.model, "failing round")
+    eval_id = open_evaluation(store, "failing round", locked.model)
     with from_address(url, "127.0.0.15") as cy:
         pair = cy.post(f"{RATE}join", json={"evaluation": eval_id, "name": "Cy", "code": ""}).json()["assignment"]
 
@@ -531,7 +505,7 @@ def test_the_raters_routes_answer_a_failing_store_with_its_message(locked, monke
 
 def test_a_rater_cannot_rate_as_someone_else(locked):
     url, store = locked.url, locked.store
-    eval_id = _evaluation(store, locked.model, "identity round")
+    eval_id = open_evaluation(store, "identity round", locked.model)
     with from_address(url, "127.0.0.16") as ann:
         first = ann.post(f"{RATE}join", json={"evaluation": eval_id, "name": "Ann", "code": ""})
         key = ann.cookies["tuner_rater"]  # what Ann's browser keeps (HttpOnly)
@@ -564,12 +538,7 @@ def test_a_rater_cannot_rate_as_someone_else(locked):
 def test_a_script_flooding_ratings_is_slowed_down(locked):
     url, store = locked.url, locked.store
     prompts = [{"text": f"Prompt {i}", "task": ""} for i in range(14)]
-    big = store.create_evaluation("big round", str(locked.model), prompts, VARIANTS)
-    ids = [v["id"] for v in store.variants(big)]
-    for p in store.prompts(big):
-        for vid in ids:
-            store.add_reply(p["id"], vid, f"Reply {vid}", {})
-    store.open_for_rating(big)
+    big = open_evaluation(store, "big round", locked.model, prompts, reply="Reply {letter}", reply_settings={})
     answers = []
     with from_address(url, "127.0.0.18") as bot:
         assert bot.get(f"{RATE}evaluations").status_code == 200  # the page load: current evaluations
@@ -586,10 +555,10 @@ def test_a_script_flooding_ratings_is_slowed_down(locked):
 
 
 def test_one_address_cannot_stuff_the_ballot_and_the_reveal_waits(locked):
-    """Issue 14.5: throwaway names from one address are refused after three, and no rater
+    """Throwaway names from one address are refused after three, and no rater
     learns which model wrote which until their last pair."""
     url, store = locked.url, locked.store
-    eval_id = _evaluation(store, locked.model, "ballot round")
+    eval_id = open_evaluation(store, "ballot round", locked.model)
     browsers = [from_address(url, "127.0.0.19") for _ in range(6)]  # six browsers, one address
     try:
         answers = [b.post(f"{RATE}join", json={"evaluation": eval_id, "name": f"throwaway{i}", "code": ""})
@@ -623,6 +592,7 @@ def test_one_address_cannot_stuff_the_ballot_and_the_reveal_waits(locked):
 
 
 # --- modes, errors, what pages carry -----------------------------------------------------------
+@pytest.mark.server
 def test_open_mode_says_so_and_lets_everyone_in(tiny_llama, tmp_path):
     from tuner.access import Access
 
@@ -655,8 +625,9 @@ def test_access_from_env_and_the_owner_check():
     assert Access(password="pw").sessions.check(token) is None  # another server's sessions
 
 
+@pytest.mark.server
 def test_the_page_config_and_html_carry_no_owner_data(tiny_llama, trained_run, tmp_path):
-    """Issue 14.6: after a restart, what a stranger can fetch (/config, /, /rate and their API
+    """After a restart, what a stranger can fetch (/config, /, /rate and their API
     descriptions, the sign-in page) shows nothing of the owner's data."""
     import shutil
 
@@ -670,7 +641,7 @@ def test_the_page_config_and_html_carry_no_owner_data(tiny_llama, trained_run, t
     from tuner.paths import Layout
 
     store = Store(Layout(home).ratings_db)
-    _evaluation(store, tiny_llama, "friends' round")
+    open_evaluation(store, "friends' round", tiny_llama)
     closed = store.create_evaluation("closed payroll round", str(tiny_llama), [{"text": "Hi", "task": ""}], VARIANTS)
     run_dir = trained_run.parent
     shutil.copytree(run_dir, home / "runs" / run_dir.name)
@@ -695,7 +666,7 @@ def test_the_page_config_and_html_carry_no_owner_data(tiny_llama, trained_run, t
 
 
 def test_expected_errors_leave_no_traceback_in_the_server_log(locked, capfd):
-    """Issue 14: bad input is answered with a message, and the server log stays clean."""
+    """Bad input is answered with a message, and the server log stays clean."""
     url = locked.url
     owner = sign_in(url, PASSWORD)
     cfg = config(url, owner)
@@ -716,13 +687,13 @@ def test_expected_errors_leave_no_traceback_in_the_server_log(locked, capfd):
     assert "Traceback" not in out + err, (out + err)[-2000:]
 
 
-def test_the_gate_holds_against_the_review_findings(locked, monkeypatch):
-    """A security review of the gate (issue 14): forged forwarding headers, the browser's own
-    Sec-Fetch-Site, routes that take uploads, fn_index tricks, unanswered completions."""
+def test_the_gate_refuses_forged_headers_cross_site_fetches_upload_routes_and_fn_index_tricks(locked, monkeypatch):
+    """The gate against forged forwarding headers, the browser's own Sec-Fetch-Site, routes
+    that take uploads, fn_index tricks, unanswered completions and bodies over the cap."""
     url = locked.url
     owner = sign_in(url, PASSWORD)
     cfg = config(url, owner)
-    queued = _count_pushes(locked.tuner.studio, monkeypatch)
+    queued = count_pushes(locked.tuner.studio, monkeypatch)
     refresh = locked.fn("refresh_all")
     export = locked.api("export_adapter")
     join = {"data": [], "fn_index": refresh, "session_hash": "evil1"}
@@ -781,6 +752,7 @@ def test_rate_limits_key_on_the_space_proxys_address_and_hf_sign_in_needs_a_spac
     assert not sign_in_available()  # off a Space anyone could claim to be anyone
 
 
+@pytest.mark.server
 def test_on_a_space_each_rater_is_counted_by_their_own_address(tiny_llama, tmp_path, monkeypatch):
     """Every request reaches a Space from its proxy: keyed on the connection, the cap of 3
     names per address would stop the 4th friend. The proxy's X-Forwarded-For entry counts."""

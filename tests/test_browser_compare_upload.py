@@ -1,6 +1,6 @@
-"""Compare's prompt upload says what it read before Generate (issue 14: no preview, no count);
-replies cut at the cap wait for the owner's choice before rating opens, and the form follows
-the chosen run's recipe (issue 25.3)."""
+"""Compare's prompt upload says what it read before Generate (how many prompts, and a
+preview); replies cut at the cap wait for the owner's choice before rating opens, and the
+form follows the chosen run's recipe."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 from browser import ARTIFACTS, pick, serve
+from helpers import mark_users
 
 
 def test_an_uploaded_prompt_file_is_counted_and_previewed(app_url, page, tmp_path):
@@ -34,11 +35,12 @@ def test_an_uploaded_prompt_file_is_counted_and_previewed(app_url, page, tmp_pat
     expect(note).to_contain_text("bad.csv")
 
 
-# --- cut replies and the run's recipe (issue 25.3) --------------------------------------------------
+# --- cut replies and the run's recipe -----------------------------------------------------------
 EMAIL_RUN, FAQ_RUN = "20260101-000001-email-0001", "20260101-000002-faq-0002"
 
 
 @pytest.fixture
+@mark_users("server")
 def app_with_recipe_runs(tiny_llama, trained_run, tmp_path):
     """The app over a data root with two finished runs of the tiny Llama, one on each of two
     starter sets with a recipe (formal_email: five checks, 240 tokens; company_faq: none, 48)."""

@@ -12,7 +12,7 @@ import random
 import re
 from collections import Counter
 
-from browser import ARTIFACTS, assert_chart_drawn, pick
+from browser import ARTIFACTS, assert_chart_drawn, opened, pick
 
 from tuner import data as tdata
 
@@ -33,16 +33,6 @@ def dolly_file(path):
     lines.insert(8, json.dumps({"instruction": "No answer", "context": "", "response": "", "category": "open_qa"}))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def opened(page, app_url):
-    """The page, once the Dataset tab shows the default starter set; its message line."""
-    from playwright.sync_api import expect
-
-    page.goto(app_url)
-    message = page.locator("#dataset-message")
-    expect(message).to_contain_text("26 rows")
-    return message
 
 
 def test_import_filter_split_edit_export_in_the_browser(app_url, page, tmp_path):

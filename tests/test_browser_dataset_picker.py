@@ -1,4 +1,4 @@
-"""The Dataset tab as a person sees it across a reload and a fresh start (issue 25.6):
+"""The Dataset tab as a person sees it across a reload and a fresh start:
 the picker keeps the version chosen, and a new, empty dataset starts with an empty
 row editor, not the previous dataset's row marked Ready."""
 
@@ -6,16 +6,7 @@ from __future__ import annotations
 
 import re
 
-from browser import pick
-
-
-def opened(page, app_url):
-    from playwright.sync_api import expect
-
-    page.goto(app_url)
-    message = page.locator("#dataset-message")
-    expect(message).to_contain_text("26 rows")
-    return message
+from browser import opened, pick
 
 
 def test_the_picked_dataset_is_still_picked_after_a_reload(app_url, page):

@@ -1,12 +1,15 @@
-"""The Train tab's overlay of chosen runs, in a real browser (issue 14: it drew only the
-first run picked, and its legend showed two identical, cut labels; issue 25: it was a
-blank box, its legend and points squeezed into a plot of zero width)."""
+"""The Train tab's overlay of chosen runs, in a real browser: it draws every run picked
+(not only the first), with legend labels that differ and are not cut, in a plot of real
+width (not a blank box with its legend and points squeezed into a plot of zero width)."""
 
 from __future__ import annotations
+
+import pytest
 
 from browser import assert_chart_drawn, home_with_runs, pick as _pick, serve
 
 
+@pytest.mark.server
 def test_the_overlay_draws_every_chosen_run_with_labels_that_differ(tiny_llama, tmp_path, page):
     from playwright.sync_api import expect
 
@@ -34,7 +37,7 @@ def test_the_overlay_draws_every_chosen_run_with_labels_that_differ(tiny_llama, 
 
 
 def test_the_live_charts_are_drawn_and_throw_nothing_across_runs_and_tabs(app_url, page):
-    """Issue 25: a LinePlot hidden and shown again (another tab) kept a resize observer
+    """A LinePlot hidden and shown again (another tab) kept a resize observer
     for each time, and once emptied for the next run they threw "Cannot read properties
     of null (reading 'offsetWidth')"; the page fixture fails the test on such an error."""
     from playwright.sync_api import expect

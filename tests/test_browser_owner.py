@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from browser import ARTIFACTS, free_port, serve
+from helpers import mark_users
 
 PASSWORD = "s3cret owner words"
 TABS = ["Dataset", "Train", "Compare", "Playground", "Results", "Leaderboard", "Export"]
@@ -15,6 +16,7 @@ SIGN_IN = "/tuner/sign-in"
 
 
 @pytest.fixture
+@mark_users("server")
 def locked_url(tiny_llama, tmp_path):
     from tuner.access import Access
 

@@ -1,9 +1,11 @@
-"""The Playground in a real browser (issue 25: it waited for both whole replies and
-showed them at once): each reply is streamed, its text growing word by word."""
+"""The Playground in a real browser: each reply is streamed, its text growing word by
+word (not both whole replies shown at once, after waiting for both)."""
 
 from __future__ import annotations
 
 import re
+
+import pytest
 
 from browser import home_with_runs, serve
 
@@ -22,6 +24,7 @@ WATCH_REPLY = """() => {
 }"""
 
 
+@pytest.mark.server
 def test_the_playground_streams_each_reply_as_it_is_written(tiny_llama, tmp_path, page):
     from playwright.sync_api import expect
 

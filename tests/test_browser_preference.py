@@ -11,11 +11,13 @@ import shutil
 import pytest
 
 from browser import ARTIFACTS, assert_chart_drawn, pick, serve
+from helpers import mark_users, open_evaluation
 
 PROMPTS = [f"Greet guest number {i}." for i in range(1, 11)]
 
 
 @pytest.fixture
+@mark_users("server")
 def rated(tiny_llama, trained_run, tmp_path, patient_expect):
     """A data root holding the SFT run and an evaluation of it against the base on ten prompts,
     rated by three raters who prefer the SFT replies."""
@@ -28,12 +30,9 @@ def rated(tiny_llama, trained_run, tmp_path, patient_expect):
     store = Store(layout.ratings_db)
     variants = [{"name": "base", "label": "base (tiny)", "kind": "base"},
                 {"name": sft.name, "label": f"lora: {sft.name}", "kind": "lora"}]
-    eval_id = store.create_evaluation("greetings, round 1", str(tiny_llama), [{"text": p} for p in PROMPTS], variants)
-    ids = {v["name"]: v["id"] for v in store.variants(eval_id)}
-    for p in store.prompts(eval_id):
-        store.add_reply(p["id"], ids["base"], f"meh {p['position']}", {})
-        store.add_reply(p["id"], ids[sft.name], "Hello there, friend!", {})
-    store.open_for_rating(eval_id)
+    eval_id = open_evaluation(store, "greetings, round 1", tiny_llama, PROMPTS, variants, reply_settings={},
+                              reply=lambda p, variant, k: f"meh {p['position']}" if variant == "base"
+                              else "Hello there, friend!")
     import random
 
     rng = random.Random(2)
@@ -70,7 +69,7 @@ def test_ratings_become_a_preference_run_that_is_compared_and_ranked(rated, page
     expect(page.locator("#pref-counts")).to_contain_text("This evaluation gives 11 preference pairs")
     expect(page.locator("#pref-init input")).to_have_value(re.compile(re.escape(sft_id)))
     # what the run will do: the SFT adapter goes on as it was trained (LoRA's settings hidden, its own
-    # said), no supervised recipe or suggestion, and how long it takes (issue 25.5)
+    # said), no supervised recipe or suggestion, and how long it takes
     expect(page.locator("#pref-adapter")).to_contain_text(f"Continues the adapter of {sft_id}")
     expect(page.locator("#pref-adapter")).to_contain_text("rank 8")
     for hidden in ("#train-targets", "#train-recipe", "#train-recipe-use", "#train-suggest"):

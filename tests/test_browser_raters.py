@@ -13,27 +13,22 @@ import re
 import pytest
 
 from browser import ARTIFACTS, serve
+from helpers import mark_users, open_evaluation
 
 VARIANTS = [{"name": "base", "label": "base (tiny)", "kind": "base"},
             {"name": "run-xyz", "label": "lora: run-xyz", "kind": "lora"}]
 
 
 @pytest.fixture
+@mark_users("server")
 def served(tiny_llama, tmp_path, patient_expect):
     from ratings.store import Store
     from tuner.paths import Layout
 
     home = tmp_path / "home"
     store = Store(Layout(home).ratings_db)
-    prompts = [{"text": f"Write a short note number {i}.", "task": f"note {i}"} for i in range(1, 4)]
-    eval_id = store.create_evaluation("friends' round", str(tiny_llama), prompts, VARIANTS)
-    coded = store.create_evaluation("coded round", str(tiny_llama), prompts[:1], VARIANTS, invite_code="tea")
-    for evaluation in (eval_id, coded):
-        ids = [v["id"] for v in store.variants(evaluation)]
-        for p in store.prompts(evaluation):
-            for k, vid in enumerate(ids):
-                store.add_reply(p["id"], vid, f"Reply {'xy'[k]} to note {p['position']}.", {"max_new_tokens": 16})
-        store.open_for_rating(evaluation)
+    eval_id = open_evaluation(store, "friends' round", tiny_llama, 3, VARIANTS)
+    open_evaluation(store, "coded round", tiny_llama, 1, VARIANTS, invite_code="tea")
     demo, url = serve(home, tiny_llama, seed=5)
     yield url, store, eval_id, demo
     demo.close()

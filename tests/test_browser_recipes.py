@@ -43,7 +43,8 @@ def test_recommended_settings_are_offered_then_applied_on_request_and_suggest_ex
 
 
 def test_the_train_tab_has_its_own_dataset_picker_beside_start(app_url, page, tmp_path):
-    """Issue 14: Start trained whatever the Dataset tab showed, with no picker of its own."""
+    """Start trains the dataset picked beside it (it once trained whatever the Dataset tab
+    showed, with no picker of its own)."""
     from playwright.sync_api import expect
 
     page.goto(app_url)

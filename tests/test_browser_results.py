@@ -8,7 +8,7 @@ import json
 import pytest
 
 from browser import ARTIFACTS, assert_chart_drawn, serve
-from test_tables import filled_store
+from helpers import filled_store, mark_users
 
 ADAPTER_BYTES = 250_000
 
@@ -31,6 +31,7 @@ def _write_run(runs_dir, run_id: str) -> None:
 
 
 @pytest.fixture
+@mark_users("server")
 def served(tiny_llama, tmp_path, patient_expect):
     from tuner.paths import Layout
 

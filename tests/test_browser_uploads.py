@@ -1,4 +1,4 @@
-"""The owner's uploads are removed after use (issue 14.3), in a real browser: a Compare
+"""The owner's uploads are removed after use, in a real browser: a Compare
 prompt file is read once and deleted, yet Generate still uses its prompts; a dataset
 upload stays only while it can be imported again, and goes when the next one comes or
 it is cleared."""
@@ -10,8 +10,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from browser import pick as _pick, serve
-from test_browser_dataset import opened
+from browser import opened, pick as _pick, serve
+from helpers import mark_users
 
 
 def in_upload_folder(name: str) -> list[Path]:
@@ -21,6 +21,7 @@ def in_upload_folder(name: str) -> list[Path]:
 
 
 @pytest.fixture
+@mark_users("server")
 def app_with_run(tiny_llama, trained_run, tmp_path):
     """The app over a data root that already holds a finished run of the tiny Llama."""
     home = tmp_path / "home"

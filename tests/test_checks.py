@@ -268,7 +268,7 @@ SUPPORT_ANSWERS = [f"Your refund for order {1000 + i} is on its way within {i + 
 
 
 def test_support_set_with_checks_reports_the_answers_found_not_only_all_checks():
-    """The support set of issue 25: three variants, references and custom checks that every
+    """A customer-support round: three variants, references and custom checks that every
     reply passes; LoRA has the reference answer in all 11 replies, the base in none."""
     base = "Thanks for contacting us. We will look into your refund as soon as possible."
     rows = [("support", answer, base, answer, base) for answer in SUPPORT_ANSWERS]
@@ -294,7 +294,7 @@ def test_support_set_with_checks_reports_the_answers_found_not_only_all_checks()
 
 
 def test_formal_email_worse_on_single_checks_is_said_first_though_all_checks_show_nothing():
-    """The formal-email scenario of issue 25: the base never starts with 'Subject:', so every
+    """A formal-email round: the base never starts with 'Subject:', so every
     check together is 0/10 for both, while the tuned model breaks 'max words: 150' on 9 of 10
     prompts (p = 0.0039) and the sign-off on 6 (p = 0.031)."""
     body = "I would like to ask for an extension of the deadline. " * 8  # 88 words

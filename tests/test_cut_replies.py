@@ -1,4 +1,4 @@
-"""Raters never score cut text unknowingly (issue 25.3): an evaluation whose replies hit
+"""Raters never score cut text unknowingly: an evaluation whose replies hit
 the token cap is stored but not opened; the owner regenerates the cut prompts' replies
 with a larger cap, or opens it anyway. Real SQLite, the tiny random Llama."""
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from conftest import POLITE, chat, write_jsonl
+from helpers import POLITE, chat, write_jsonl
 from tuner import data as tdata
 
 
@@ -179,7 +179,7 @@ def test_add_replace_delete_keep_a_stored_split_whole():
         editing.delete_row(rows, 2)
 
 
-# --- owner-only bombs (security review): a save past the size limit, a number too long ----------
+# --- owner-only bombs: a save past the size limit, a number too long ----------
 def test_a_save_over_the_size_limit_is_refused_by_name_and_keeps_what_was_saved(tmp_path, monkeypatch):
     from tuner import importers as imp
 

@@ -1,4 +1,4 @@
-"""Rough edges of the Dataset tab found in real use (issue 14), in a real browser
+"""Rough edges of the Dataset tab found in real use, in a real browser
 (Playwright driving Debian's Chromium) on the tiny random Llama: a CSV of
 unknown columns gets a first guess of its mapping; Expand says why it made
 fewer proposals, flags off-topic ones, adds a batch once, never paraphrases a
@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import re
 
-from browser import pick
-from test_browser_dataset import opened
+from browser import opened, pick
 
 from tuner import data as tdata
 

@@ -1,4 +1,4 @@
-"""Nothing lost (issue 8): real SQLite files, real processes, real failures.
+"""Nothing lost: real SQLite files, real processes, real failures.
 
 The writers run in a separate process (tests/durability_worker.py) that prints
 a line for each save only after it returns, so "acknowledged" means what a

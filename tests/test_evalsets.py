@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from conftest import POLITE
+from helpers import POLITE
 from ratings import evalsets
 
 
@@ -62,7 +62,7 @@ def test_keyword_rules_flag_by_priority_and_tag_the_model_prompt():
         evalsets.parse_rules("no colon here")
 
 
-# --- the form's defaults (issue 25.3) -------------------------------------------------------------
+# --- the form's defaults ----------------------------------------------------------------------
 def _run(tmp_path, dataset, held_out=()):
     folder = tmp_path / "runs" / "r1"
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import chat, write_jsonl
+from helpers import chat, write_jsonl
 from tuner import export
 from tuner.config import TrainConfig
 from tuner.export import ExportError

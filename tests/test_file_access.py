@@ -2,9 +2,11 @@
 
 The app is built and served as app.py serves it (build_app, then uvicorn), on a free
 port, with its data root inside the working directory (as the default `.tuner/` is)
-and an owner password. The studio's routes are the owner's: to a stranger every one
-of them, /gradio_api/file= and /gradio_api/upload included, is refused (401; a browser
-is sent to the sign-in page) whatever the path. To the owner, Gradio's file route
+and an owner password; the file-route tests share one server (each signs the owner in
+anew), the upload-limit tests start their own with the limit they need. The studio's
+routes are the owner's: to a stranger every one of them, /gradio_api/file= and
+/gradio_api/upload included, is refused (401; a browser is sent to the sign-in page)
+whatever the path. To the owner, Gradio's file route
 serves only files the app itself returned, never /etc/passwd, the ratings database or
 a dataset, however the path is written; an upload over the limit is refused. The
 raters' app at /rate/ (its own Gradio app, open to anyone) serves no file at all: it
@@ -17,14 +19,13 @@ import http.client
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from browser import serve as launch
-from gradio_http import page_headers, sign_in
+from gradio_http import owner_client, sign_in
+from helpers import Served, call_api, endpoint, mark_users, serve_signed_in, upload
 from tuner.paths import REPO_ROOT, max_upload, upload_bytes
 
 SECRET = "canary-3f1b: must never be served"
@@ -32,62 +33,10 @@ PASSWORD = "file-access owner words"
 SIGN_IN_PAGE = "/tuner/sign-in"
 
 
-@dataclass
-class Served:
-    """The running app: its base url, the owner's signed-in client (the cookies and the
-    page's anti-forgery header, as the studio's page sends them) and a stranger's."""
-    tuner: object
-    url: str
-    owner: httpx.Client
-    stranger: httpx.Client
-    cookies: dict
-
-    def close(self) -> None:
-        self.owner.close()
-        self.stranger.close()
-        self.tuner.close()
-
-
 def serve(home: Path, password: str | None = PASSWORD) -> Served:
-    """The real app on a free port (the upload limit is app.py's: TUNER_MAX_UPLOAD, else
-    50mb), with `password` as the owner's, signed in; `password` None: open mode, where
-    everyone is the owner (the "stranger" too)."""
-    from tuner.access import Access
-
-    tuner, url = launch(home, "smollm2-135m-instruct", access=Access(password=password), seed=0)
-    cookies = sign_in(url, password) if password else {}
-    owner = httpx.Client(base_url=url, cookies=cookies, headers=page_headers(cookies), timeout=120)
-    return Served(tuner, url, owner, httpx.Client(base_url=url, timeout=120), cookies)
-
-
-def endpoint(client: httpx.Client, *labels: str) -> str:
-    """The API name of the event whose inputs carry these labels (names like
-    /on_export_1 depend on the order events were wired)."""
-    answer = client.get("/gradio_api/info", timeout=30)
-    assert answer.status_code == 200, answer.text
-    info = answer.json()["named_endpoints"]
-    found = [name for name, spec in info.items() if [p.get("label") for p in spec["parameters"]] == list(labels)]
-    assert found, f"no endpoint with inputs {labels}"
-    return found[0]
-
-
-def call(client: httpx.Client, api: str, data: list) -> tuple[str, object]:
-    """Call an event over the HTTP API, as any script could: (last event, its data)."""
-    api = api.lstrip("/")
-    started = client.post(f"/gradio_api/call/{api}", json={"data": data}, timeout=30)
-    started.raise_for_status()
-    stream = client.get(f"/gradio_api/call/{api}/{started.json()['event_id']}", timeout=300).text
-    event, payload = None, None
-    for line in stream.splitlines():
-        if line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            payload = json.loads(line[5:].strip())
-    return event, payload
-
-
-def upload(client: httpx.Client, name: str, content: bytes) -> httpx.Response:
-    return client.post("/gradio_api/upload", files={"files": (name, content)}, timeout=120)
+    """The real app over `home` on a free port, the owner (`password`) signed in
+    (helpers.serve_signed_in); `password` None: open mode."""
+    return serve_signed_in(home, password)
 
 
 def raw_get(url: str, path: str, cookies: dict | None = None, method: str = "GET",
@@ -130,27 +79,45 @@ def assert_refused_to_a_stranger(url: str, path: str, *secrets: bytes) -> None:
         (path, status, body[:120])
 
 
-@pytest.fixture
-def app(tmp_path, monkeypatch):
-    """The app with its data root at ./home of the working directory, a saved
-    dataset and a ratings database in it, and a secret file outside it."""
-    monkeypatch.chdir(tmp_path)
-    home = tmp_path / "home"
-    (tmp_path / "outside").mkdir()
-    (tmp_path / "outside" / "secret.txt").write_text(SECRET, encoding="utf-8")
+@pytest.fixture(scope="module")
+@mark_users("server")
+def served_app(tmp_path_factory):
+    """One app for the module's file-route tests, with its data root at ./home of the working
+    directory (the module's tests run there from the first that uses it), a saved dataset and a
+    ratings database in it, and a secret file outside it: (the app, the folder, home, the dataset)."""
     from tuner import data as tdata
     from tuner.paths import Layout
 
-    saved = tdata.save_version([{"messages": [{"role": "user", "content": "Q"},
-                                              {"role": "assistant", "content": SECRET}]}],
-                               "private", Layout(home).datasets)
-    served = serve(home)
-    assert Layout(home).ratings_db.is_file()
-    yield served, home, saved
-    served.close()
+    folder = tmp_path_factory.mktemp("file-access")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        home = folder / "home"
+        (folder / "outside").mkdir()
+        (folder / "outside" / "secret.txt").write_text(SECRET, encoding="utf-8")
+        saved = tdata.save_version([{"messages": [{"role": "user", "content": "Q"},
+                                                  {"role": "assistant", "content": SECRET}]}],
+                                   "private", Layout(home).datasets)
+        served = serve(home)
+        assert Layout(home).ratings_db.is_file()
+        yield served, folder, home, saved
+        served.close()
+
+
+@pytest.fixture
+def app(served_app):
+    """The module's app with the owner signed in anew for this test (a test may sign out):
+    (the app, the folder holding ./home and ./outside, home, the saved dataset)."""
+    served, folder, home, saved = served_app
+    cookies = sign_in(served.url, PASSWORD)
+    fresh = Served(served.tuner, served.url, owner_client(served.url, cookies, timeout=120),
+                   httpx.Client(base_url=served.url, timeout=120), cookies)
+    yield fresh, folder, home, saved
+    fresh.owner.close()
+    fresh.stranger.close()
 
 
 # --- the upload limit ---------------------------------------------------------------
+@pytest.mark.server
 @pytest.mark.parametrize("password", [PASSWORD, None], ids=["owner", "open-mode"])
 def test_an_upload_over_the_limit_is_refused_and_one_within_it_accepted(tmp_path, monkeypatch, password):
     monkeypatch.delenv("TUNER_MAX_UPLOAD", raising=False)
@@ -187,6 +154,7 @@ def test_an_upload_over_the_limit_is_refused_and_one_within_it_accepted(tmp_path
         served.close()
 
 
+@pytest.mark.server
 def test_the_limit_is_set_in_one_place_and_tuner_max_upload_overrides_it(tmp_path, monkeypatch):
     assert max_upload({"TUNER_MAX_UPLOAD": "64 KB"}) == "64kb"
     with pytest.raises(ValueError, match="TUNER_MAX_UPLOAD: upload limit 'lots' is not a size like 50mb"):
@@ -233,12 +201,12 @@ DETOURS = ["/rate/..{route}", "/rate/gradio_api/..{route}", "/rate/../..{route}"
            "/rate/%2e%2e{route}", "/rate{route}", "/rate/{route}"]
 
 
-def test_the_file_route_refuses_paths_the_app_never_returned(app, tmp_path):
-    served, home, saved = app
+def test_the_file_route_refuses_paths_the_app_never_returned(app):
+    served, folder, home, saved = app
     url = served.url
     ratings_db = home / "ratings.db"
     attempts = ESCAPES + [
-        f"/gradio_api/file={tmp_path / 'outside' / 'secret.txt'}",
+        f"/gradio_api/file={folder / 'outside' / 'secret.txt'}",
         f"/gradio_api/file={ratings_db}",  # inside the data root, never returned by the app
         "/gradio_api/file=home/ratings.db",  # the same, relative to the working directory
         "/gradio_api/file=./home/ratings.db",
@@ -266,10 +234,10 @@ def test_the_file_route_refuses_paths_the_app_never_returned(app, tmp_path):
 
 
 def test_a_file_the_app_returned_from_an_export_is_served(app):
-    served, home, saved = app
+    served, _, home, saved = app
     url = served.url
     export = endpoint(served.owner, "Dataset (version)", "Part of the chosen version", "Format")
-    event, (file, message) = call(served.owner, export, ["saved: private", "all", "JSONL"])
+    event, (file, message) = call_api(served.owner, export, ["saved: private", "all", "JSONL"])
     assert event == "complete" and "is ready" in message, message
     route = httpx.URL(file["url"]).raw_path.decode()
     status, body = raw_get(url, route, served.cookies)
@@ -303,16 +271,16 @@ def test_a_file_the_app_returned_from_an_export_is_served(app):
     assert status == 401 and secret not in body
 
 
-def test_file_inputs_cannot_name_files_on_the_server(app, tmp_path):
+def test_file_inputs_cannot_name_files_on_the_server(app):
     """A script can send any path as an upload's value: gradio takes only files
     that were uploaded to it, so the importer never reads /etc/passwd or the data root."""
-    served, home, saved = app
+    served, folder, home, saved = app
     datasets = home / "datasets"
     before = sorted(p.name for p in datasets.iterdir())
     importer = endpoint(served.owner, "Import a file: JSONL, JSON, CSV or Parquet")
-    for path in ["/etc/passwd", str(saved), str(home / "ratings.db"), str(tmp_path / "outside" / "secret.txt"),
+    for path in ["/etc/passwd", str(saved), str(home / "ratings.db"), str(folder / "outside" / "secret.txt"),
                  "/tmp/gradio/../../etc/passwd", "home/datasets/private.jsonl"]:
-        event, payload = call(served.owner, importer, [{"path": path, "meta": {"_type": "gradio.FileData"}}])
+        event, payload = call_api(served.owner, importer, [{"path": path, "meta": {"_type": "gradio.FileData"}}])
         assert event == "error", (path, payload)
         assert SECRET not in json.dumps(payload)
         # a stranger cannot even ask
@@ -323,7 +291,8 @@ def test_file_inputs_cannot_name_files_on_the_server(app, tmp_path):
     assert sorted(p.name for p in datasets.iterdir()) == before
 
 
-# --- exports and the upload allowance (issue 25.4) ----------------------------------------
+# --- exports and the upload allowance -------------------------------------------------
+@pytest.mark.server
 def test_a_large_export_never_blocks_the_next_upload(trained_run, tmp_path, monkeypatch):
     """The owner's uploads are capped in total (TUNER_UPLOAD_TOTAL, small here so that an
     adapter zip is large beside it); an export handed out for download, another Gradio app's
@@ -344,7 +313,7 @@ def test_a_large_export_never_blocks_the_next_upload(trained_run, tmp_path, monk
     served = serve(home)
     url = served.url
     try:
-        event, (status, file) = call(served.owner, "export_adapter", [run_id])
+        event, (status, file) = call_api(served.owner, "export_adapter", [run_id])
         assert event == "complete" and "packed" in status, status
         exported = home / "exports" / f"{run_id}-adapter.zip"
         assert exported.stat().st_size > 512 * 1024  # larger than the whole upload allowance
@@ -373,7 +342,7 @@ def test_a_large_export_never_blocks_the_next_upload(trained_run, tmp_path, monk
         (stored,) = sent.json()
         assert Path(stored).resolve().is_relative_to(uploads.resolve())  # Tuner's own folder, in the data root
         importer = endpoint(served.owner, "Import a file: JSONL, JSON, CSV or Parquet")
-        event, payload = call(served.owner, importer, [{"path": stored, "meta": {"_type": "gradio.FileData"}}])
+        event, payload = call_api(served.owner, importer, [{"path": stored, "meta": {"_type": "gradio.FileData"}}])
         assert event == "complete" and "4 rows imported" in json.dumps(payload), payload
         # a copy of some other download in Tuner's own upload folder does not count either
         (uploads / "a-download").mkdir(parents=True)

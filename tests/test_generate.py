@@ -4,7 +4,7 @@ import torch
 from tuner.generate import BASE, GenSettings, Generator, balanced_batches
 from tuner.config import TrainConfig
 from tuner.runs import RunManager as Trainer
-from conftest import chat, write_jsonl
+from helpers import chat, write_jsonl
 
 
 def test_base_reply_comes_from_the_same_model_with_adapter_disabled(tiny_llama, trained_run, tmp_path):
@@ -165,7 +165,8 @@ def test_a_lean_bf16_load_has_the_same_weights_as_from_pretrained(tiny_llama, mo
 
 
 def test_progress_moves_token_by_token_within_one_batch(tiny_llama, trained_run, tmp_path):
-    """Issue 14: 5 prompts × 2 variants in one batch showed 0% until the very end."""
+    """Progress moves within one batch (5 prompts × 2 variants in one batch once showed 0% until
+    the very end)."""
     prompts = [[{"role": "user", "content": f"Say hi {i}"}] for i in range(5)]
     seen = []
     gen = Generator(tmp_path)

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from browser import free_port
+from helpers import mark_users, open_evaluation
 
 VARIANTS = [{"name": "base", "label": "base (tiny)", "kind": "base"},
             {"name": "run-xyz", "label": "lora: run-xyz", "kind": "lora"}]
@@ -113,33 +114,21 @@ def _space_env(monkeypatch, provider_url: str, app_port: int) -> None:
     monkeypatch.setenv("OPENID_PROVIDER_URL", provider_url)
 
 
-def _seed_evaluation(home) -> tuple:
-    """An evaluation of two pairs, open for rating, in `home`'s ratings store."""
-    from ratings.store import Store
-    from tuner.paths import Layout
-
-    store = Store(Layout(home).ratings_db)
-    prompts = [{"text": f"Write a short note number {i}.", "task": f"note {i}"} for i in (1, 2)]
-    eval_id = store.create_evaluation("friends' round", "tiny", prompts, VARIANTS)
-    ids = [v["id"] for v in store.variants(eval_id)]
-    for p in store.prompts(eval_id):
-        for k, vid in enumerate(ids):
-            store.add_reply(p["id"], vid, f"Reply {'xy'[k]} to note {p['position']}.", {"max_new_tokens": 16})
-    store.open_for_rating(eval_id)
-    return store, eval_id
-
-
 @pytest.fixture
+@mark_users("server")
 def space(tiny_llama, tmp_path, provider, monkeypatch):
     """The app as a Space with `hf_oauth: true` serves it (TUNER_OWNER=OwnerUser), signing in
     through the fake provider; an open evaluation to rate."""
     from app import build_app
+    from ratings.store import Store
     from tuner.access import Access
+    from tuner.paths import Layout
 
     port = free_port()
     _space_env(monkeypatch, provider.url, port)
     home = tmp_path / "home"
-    store, eval_id = _seed_evaluation(home)
+    store = Store(Layout(home).ratings_db)
+    eval_id = open_evaluation(store, "friends' round", "tiny", 2, VARIANTS)  # two pairs
     tuner = build_app(home, default_model=str(tiny_llama), rng=random.Random(5), access=Access(owner=OWNER))
     url = tuner.start("127.0.0.1", port)
     yield url.rstrip("/"), port, store, eval_id
@@ -320,6 +309,7 @@ def test_a_failed_sign_in_says_why_and_signs_no_one_in(space, provider):
             "did not bring back the sign-in")
 
 
+@pytest.mark.server
 def test_sign_in_with_the_provider_unreachable_says_so(tiny_llama, tmp_path, monkeypatch):
     from app import build_app
     from tuner.access import Access
@@ -336,6 +326,7 @@ def test_sign_in_with_the_provider_unreachable_says_so(tiny_llama, tmp_path, mon
         tuner.close()
 
 
+@pytest.mark.server
 def test_without_a_space_there_is_no_hugging_face_sign_in(tiny_llama, tmp_path, monkeypatch):
     from app import build_app
     from tuner.access import Access

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import chat, write_jsonl
+from helpers import chat, write_jsonl
 from tuner import data as tdata
 from tuner import importers as imp
 from tuner.importers import ImportProblem, Mapping
@@ -260,7 +260,7 @@ def test_a_failed_import_leaves_saved_datasets_untouched(tmp_path):
     assert "imported: 1 rows imported from faq.jsonl" in tdata.note_of(again)
 
 
-# --- a first guess for columns no shape knows (issue 14) -----------------------------
+# --- a first guess for columns no shape knows --------------------------------------
 @pytest.mark.parametrize("columns, user, assistant, system", [
     (["text", "response"], "text", "response", None),
     (["id", "Text", "Response", "label"], "Text", "Response", None),
@@ -287,7 +287,7 @@ def test_a_text_response_csv_imports_with_the_guessed_mapping(tmp_path):
     assert imp.suggest_mapping(["a", "b"]) is None  # nothing to guess from: the pickers stay empty
 
 
-# --- owner-only bombs: a small file that decodes huge, a number too long (security review) ---------
+# --- owner-only bombs: a small file that decodes huge, a number too long ------------------------
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 IMPORT_IN_A_CHILD = """
 import pathlib, resource, sys

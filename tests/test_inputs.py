@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from conftest import chat, write_jsonl
+from helpers import call_api, chat, endpoint, serve_signed_in, upload, write_jsonl
 from tuner import data as tdata
 from tuner import importers as imp
 from tuner.paths import NAME_MAX, inside, safe_name
@@ -258,14 +258,13 @@ def test_bad_rows_are_named_by_line_and_field_and_the_good_ones_kept(root, tmp_p
     assert tdata.load_jsonl(folder / "faq.jsonl").rows == [chat("Q", "A")]  # the earlier dataset is intact
 
 
+@pytest.mark.server
 def test_a_malformed_upload_through_the_running_app_says_why_and_saves_nothing(tmp_path):
     """The real app: upload a binary file, then the Dataset tab's import event."""
-    from test_file_access import call, endpoint, serve, upload
-
     home = tmp_path / "home"
     tdata.save_version([chat("Q", "A")], "faq", home / "datasets")
     before = {p.name: p.read_bytes() for p in (home / "datasets").iterdir()}
-    served = serve(home)  # the owner, signed in
+    served = serve_signed_in(home, "inputs owner words")  # the owner, signed in
     owner = served.owner
     try:
         importer = endpoint(owner, "Import a file: JSONL, JSON, CSV or Parquet")
@@ -275,12 +274,12 @@ def test_a_malformed_upload_through_the_running_app_says_why_and_saves_nothing(t
             ("empty.csv", b"", "empty.csv: the file is empty"),
         ]:
             (stored,) = upload(owner, name, content).json()
-            event, outputs = call(owner, importer, [{"path": stored, "meta": {"_type": "gradio.FileData"}}])
+            event, outputs = call_api(owner, importer, [{"path": stored, "meta": {"_type": "gradio.FileData"}}])
             text = json.dumps(outputs, ensure_ascii=False)
             assert event == "complete" and message in text and "Nothing was saved" in text, text
         # a type the upload box does not take is refused by gradio before the importer runs
         (stored,) = upload(owner, "notes.txt", b"question,answer\nQ,A\n").json()
-        event, _ = call(owner, importer, [{"path": stored, "meta": {"_type": "gradio.FileData"}}])
+        event, _ = call_api(owner, importer, [{"path": stored, "meta": {"_type": "gradio.FileData"}}])
         assert event == "error"
     finally:
         served.close()

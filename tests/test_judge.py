@@ -3,18 +3,22 @@ real tiny model, a real HTTP server speaking the chat-completions protocol on 12
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
 import socket
 import sqlite3
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pandas as pd
 import pytest
 
+from ratings import agreement as ragree
 from ratings import judge as rj
+from ratings import judge_http
 from ratings import stats
 from ratings.store import Store
 
@@ -98,6 +102,14 @@ class _Endpoint:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def quick_backoff(monkeypatch):
+    """Back-off of hundredths of a second between tries (the default waits seconds): the same tries,
+    and a Retry-After is still waited as the server says."""
+    monkeypatch.setattr(judge_http, "RETRY", dataclasses.replace(judge_http.RETRY, first_wait=0.01,
+                                                                 longest_wait=0.05))
 
 
 @pytest.fixture
@@ -350,7 +362,7 @@ def test_a_redirect_is_never_followed_and_the_key_never_leaves(tmp_path, endpoin
 def test_a_relative_redirect_is_named_as_the_address_it_points_to(endpoint):
     server = endpoint(lambda body: (302, b"", {"Location": "/elsewhere/chat/completions"}))
     with pytest.raises(rj.JudgeError, match=re.escape(f"redirecting to {server.url.removesuffix('/v1')}/elsewhere/")):
-        rj.chat_completion(server.url, "m", [{"role": "user", "content": "hi"}], allow_private=True)
+        judge_http.chat_completion(server.url, "m", [{"role": "user", "content": "hi"}], allow_private=True)
     assert len(server.requests) == 1
 
 
@@ -359,12 +371,12 @@ def test_a_relative_redirect_is_named_as_the_address_it_points_to(endpoint):
     "169.254.1.1", "fc00::1", "fd00:ec2::254", "fe80::1", "fe80::1%2", "0.0.0.0", "::", "::ffff:127.0.0.1",
     "::ffff:169.254.169.254", "100.100.100.200"])
 def test_loopback_private_and_link_local_addresses_are_private(address):
-    assert rj.private_address(address)
+    assert judge_http.private_address(address)
 
 
 @pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "172.32.0.1", "2606:4700:4700::1111"])
 def test_public_addresses_are_not_private(address):
-    assert not rj.private_address(address)
+    assert not judge_http.private_address(address)
 
 
 def test_a_private_endpoint_is_refused_by_default_and_allowed_by_the_owner(tmp_path, endpoint, monkeypatch):
@@ -406,7 +418,7 @@ def test_a_name_that_resolves_to_a_private_address_is_refused(monkeypatch):
     for host, ip in (("metadata.judge.test", "169.254.169.254"), ("mixed.judge.test", "10.0.0.7")):
         with pytest.raises(rj.JudgeError, match=rf"{re.escape(host)} resolves to {re.escape(ip)}.*"
                                                 r"TUNER_JUDGE_ALLOW_PRIVATE=1"):
-            rj.chat_completion(f"http://{host}/v1", "m", [{"role": "user", "content": "hi"}], key="sk-x")
+            judge_http.chat_completion(f"http://{host}/v1", "m", [{"role": "user", "content": "hi"}], key="sk-x")
 
 
 def test_a_name_that_changes_to_a_private_address_after_the_check_is_refused(endpoint, monkeypatch):
@@ -424,9 +436,149 @@ def test_a_name_that_changes_to_a_private_address_after_the_check_is_refused(end
 
     _resolving(monkeypatch, answers)
     with pytest.raises(rj.JudgeError, match=r"private or local address .*127\.0\.0\.1.*TUNER_JUDGE_ALLOW_PRIVATE"):
-        rj.chat_completion(f"http://rebind.judge.test:{port}/v1", "m", [{"role": "user", "content": "hi"}],
+        judge_http.chat_completion(f"http://rebind.judge.test:{port}/v1", "m", [{"role": "user", "content": "hi"}],
                            key="sk-x")
     assert len(calls) >= 2 and server.requests == []
+
+
+def test_the_peer_is_checked_before_the_tls_handshake(endpoint, monkeypatch):
+    """https: the connected address is refused before a byte of TLS is sent (the server here speaks
+    plain HTTP, so a handshake would have failed with a TLS error instead)."""
+    server = endpoint(lambda body: (200, OK_ANSWER))
+    port = server.server.server_address[1]
+    calls = []
+
+    def answers(host):
+        if host != "rebind.judge.test":
+            return None
+        calls.append(host)
+        return ["93.184.216.34"] if len(calls) == 1 else ["127.0.0.1"]
+
+    _resolving(monkeypatch, answers)
+    with pytest.raises(rj.JudgeError, match=r"private or local address .*127\.0\.0\.1"):
+        judge_http.chat_completion(f"https://rebind.judge.test:{port}/v1", "m", [{"role": "user", "content": "hi"}],
+                                   key="sk-x")
+    assert server.requests == []
+
+
+def test_the_environments_proxy_is_used_as_before(endpoint, monkeypatch):
+    """HTTP_PROXY is honoured as urllib honoured it: the request goes to the proxy, naming the endpoint;
+    the endpoint's own address is still checked first (the proxy's peer is the proxy)."""
+    proxy = endpoint(lambda body: (200, OK_ANSWER))
+    for name in ("HTTP_PROXY", "NO_PROXY", "no_proxy", "REQUEST_METHOD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", proxy.url.removesuffix("/v1"))
+    _resolving(monkeypatch, lambda host: {"judge.example.test": ["93.184.216.34"],
+                                          "private.example.test": ["10.0.0.7"]}.get(host))
+    said = judge_http.chat_completion("http://judge.example.test/v1", "m", [{"role": "user", "content": "hi"}])
+    assert said == "4" and [r["path"] for r in proxy.requests] == ["http://judge.example.test/v1/chat/completions"]
+    with pytest.raises(rj.JudgeError, match=r"private.example.test resolves to 10\.0\.0\.7"):
+        judge_http.chat_completion("http://private.example.test/v1", "m", [{"role": "user", "content": "hi"}])
+    assert len(proxy.requests) == 1
+
+
+# --- a busy server is asked again ---------------------------------------------------------------------
+def _busy_then_ok(first_status: int, busy_times: int, headers: dict | None = None):
+    """An endpoint answer: `first_status` (with `headers`) to the first `busy_times` requests, then "4";
+    the time of every request is kept in `.seen`."""
+    def answer(body):
+        answer.seen.append(time.monotonic())
+        if len(answer.seen) <= busy_times:
+            return first_status, b'{"error": "busy"}', headers or {}
+        return 200, OK_ANSWER
+
+    answer.seen = []
+    return answer
+
+
+def test_a_429_with_retry_after_is_waited_out_and_asked_again(endpoint):
+    answer = _busy_then_ok(429, 1, {"Retry-After": "1"})
+    server = endpoint(answer)
+    said = judge_http.chat_completion(server.url, "m", [{"role": "user", "content": "hi"}], allow_private=True)
+    assert said == "4" and len(server.requests) == 2
+    assert answer.seen[1] - answer.seen[0] >= 0.95  # the second try came after the second Retry-After asked for
+    assert server.requests[0]["body"] == server.requests[1]["body"]
+
+
+def test_a_judge_run_survives_a_rate_limit_and_stores_every_answer(tmp_path, endpoint):
+    store = Store(tmp_path / "ratings.db")
+    eval_id = _evaluation(store, PROMPTS[:1])
+    server = endpoint(_busy_then_ok(429, 1, {"Retry-After": "1"}))
+    judge = rj.make_judge(server.url, tmp_path, endpoint_model="m", allow_private=True)
+    counts = rj.run_judge(store, eval_id, judge)
+    assert counts == {"replies": 2, "scored": 2, "pairs": 1, "verdicts": 2, "decided": 0}  # "4" names no reply
+    assert len(server.requests) == 5 and [r["score"] for r in _rows(store, "judge_scores")] == [4, 4]
+
+
+def test_a_server_that_stays_unavailable_gives_a_clear_error_after_the_last_try(endpoint):
+    server = endpoint(_busy_then_ok(503, 10 ** 6))
+    policy = judge_http.RetryPolicy(attempts=3, first_wait=0.01, longest_wait=0.02)
+    with pytest.raises(rj.JudgeError) as err:
+        judge_http.chat_completion(server.url, "m", [{"role": "user", "content": "hi"}], allow_private=True,
+                                   retry=policy)
+    said = str(err.value)
+    assert said.startswith(f"The judge endpoint {server.url}/chat/completions answered HTTP 503 Service Unavailable")
+    assert "the same after 3 tries" in said and "try again later" in said
+    assert len(server.requests) == 3
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_bad_gateway_or_a_gateway_timeout_is_asked_again(endpoint, status):
+    server = endpoint(_busy_then_ok(status, 2))
+    assert judge_http.chat_completion(server.url, "m", [{"role": "user", "content": "hi"}], allow_private=True) == "4"
+    assert len(server.requests) == 3
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 500])
+def test_an_error_that_asking_again_would_not_mend_is_tried_once(endpoint, status):
+    server = endpoint(_busy_then_ok(status, 1))
+    with pytest.raises(rj.JudgeError, match=f"answered HTTP {status}"):
+        judge_http.chat_completion(server.url, "m", [{"role": "user", "content": "hi"}], allow_private=True)
+    assert len(server.requests) == 1
+
+
+def test_a_retry_after_longer_than_tuner_waits_ends_the_tries_at_once(endpoint):
+    server = endpoint(_busy_then_ok(429, 10 ** 6, {"Retry-After": "3600"}))
+    with pytest.raises(rj.JudgeError, match=r"answered HTTP 429 Too Many Requests.*asks to wait 3600 s"):
+        judge_http.chat_completion(server.url, "m", [{"role": "user", "content": "hi"}], allow_private=True)
+    assert len(server.requests) == 1
+
+
+def test_a_refused_connection_is_tried_again_then_named():
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    policy = judge_http.RetryPolicy(attempts=3, first_wait=0.01, longest_wait=0.02)
+    with pytest.raises(rj.JudgeError, match=rf"{re.escape(url)}/chat/completions could not be reached .*after 3 tries"):
+        judge_http.chat_completion(url, "m", [{"role": "user", "content": "hi"}], allow_private=True, retry=policy)
+
+
+def test_a_failed_run_does_not_wait_for_the_requests_still_waiting_to_retry(tmp_path, endpoint):
+    """Scores are rate-limited for 20 s, pair questions fail at once: the run fails at once."""
+    store = Store(tmp_path / "ratings.db")
+    eval_id = _evaluation(store, PROMPTS[:1])
+    server = endpoint(lambda body: (500, b"broken") if "Reply A" in body["messages"][-1]["content"]
+                      else (429, b"", {"Retry-After": "20"}))
+    started = time.monotonic()
+    with pytest.raises(rj.JudgeError, match="answered HTTP 500"):
+        rj.run_judge(store, eval_id, rj.make_judge(server.url, tmp_path, endpoint_model="m", allow_private=True))
+    assert time.monotonic() - started < 10 and _rows(store, "judge_scores") == []
+
+
+def test_retry_after_is_read_as_seconds_or_as_a_date():
+    import httpx
+    from datetime import datetime, timezone
+
+    def said(value):
+        return judge_http.retry_after(httpx.Response(429, headers={"Retry-After": value} if value else {}),
+                                      now=datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc))
+
+    assert said("7") == 7.0 and said("0") == 0.0 and said(None) is None and said("soon") is None
+    assert said("Thu, 01 Jan 2026 12:00:30 GMT") == 30.0 and said("Thu, 01 Jan 2026 11:00:00 GMT") == 0.0
+
+
+def test_the_default_retry_policy():
+    policy = judge_http.RetryPolicy()
+    assert (policy.attempts, policy.first_wait, policy.longest_wait, policy.longest_retry_after) == (5, 1.0, 30.0, 60.0)
+    assert judge_http.RETRY_STATUSES == {429, 502, 503, 504}
 
 
 def test_a_hub_judge_that_cannot_be_fetched_says_so(tmp_path):
@@ -488,20 +640,20 @@ def test_a_judge_equal_to_the_raters_mean_ranks_like_them():
     human = _frame([(1, "x", 1), (2, "x", 2), (3, "x", 4), (4, "x", 5),
                     (1, "y", 1), (2, "y", 3), (3, "y", 4), (4, "y", 5)])  # means 1, 2.5, 4, 5
     judge = _frame([(1, "j", 1), (2, "j", 2), (3, "j", 4), (4, "j", 5)])
-    a = rj.agreement(human, judge)
+    a = ragree.agreement(human, judge)
     assert a["n"] == 4 and a["spearman"] == pytest.approx(1.0) and a["kendall"] == pytest.approx(1.0)
-    reverse = rj.agreement(human, _frame([(1, "j", 5), (2, "j", 4), (3, "j", 2), (4, "j", 1)]))
+    reverse = ragree.agreement(human, _frame([(1, "j", 5), (2, "j", 4), (3, "j", 2), (4, "j", 1)]))
     assert reverse["spearman"] == pytest.approx(-1.0) and reverse["kendall"] == pytest.approx(-1.0)
 
 
 def test_spearman_and_kendall_by_hand():
     human = _frame([(1, "x", 1), (2, "x", 2), (3, "x", 3), (4, "x", 4)])
     judge = _frame([(1, "j", 1), (2, "j", 3), (3, "j", 2), (4, "j", 4)])  # one swap
-    a = rj.agreement(human, judge)
+    a = ragree.agreement(human, judge)
     assert a["spearman"] == pytest.approx(1 - 6 * 2 / (4 * 15))  # 0.8: sum of squared rank differences 2
     assert a["kendall"] == pytest.approx((5 - 1) / 6)  # 5 concordant, 1 discordant of 6 pairs
     assert 0 < a["spearman p"] <= 1 and 0 < a["kendall p"] <= 1
-    assert "Spearman's ρ = 0.80" in rj.agreement_sentence(a)
+    assert "Spearman's ρ = 0.80" in ragree.agreement_sentence(a)
 
 
 def test_krippendorff_alpha_of_the_raters_alone_and_with_the_judge_by_hand():
@@ -511,10 +663,10 @@ def test_krippendorff_alpha_of_the_raters_alone_and_with_the_judge_by_hand():
     # with the judge as a third rater [1, 1, 1], [2, 2, 2], [1, 2, 1]: o11 = 4, o22 = 3, o12 = o21 = 1,
     # n1 = 5, n2 = 4, delta12 = 4.5^2: alpha = 1 - 2 * 20.25 / (2 * 5 * 4 * 20.25 / 8) = 0.6
     judge = _frame([(1, "j", 1), (2, "j", 2), (3, "j", 1)])
-    a = rj.agreement(human, judge)
+    a = ragree.agreement(human, judge)
     assert a["alpha raters"] == pytest.approx(4 / 9) and a["alpha with judge"] == pytest.approx(0.6)
     assert a["alpha raters items"] == 3 and a["alpha with judge items"] == 3
-    table = rj.agreement_table(a).set_index("measure")
+    table = ragree.agreement_table(a).set_index("measure")
     assert table.loc["Krippendorff's alpha, raters + judge", "value"] == 0.6
 
 
@@ -522,14 +674,14 @@ def test_the_trust_rule_needs_ten_replies_a_rank_correlation_and_no_loss_of_alph
     values = [1, 2, 3, 4, 5, 1, 2, 3, 4, 5]
     human = _frame([(p, r, v) for r in ("x", "y") for p, v in enumerate(values, start=1)])
     same = _frame([(p, "j", v) for p, v in enumerate(values, start=1)])
-    trusted = rj.agreement(human, same)
+    trusted = ragree.agreement(human, same)
     assert trusted["trusted"] and trusted["trust"].startswith("The judge can be trusted on this task")
-    few = rj.agreement(human[human["position"] <= 9], same[same["position"] <= 9])
+    few = ragree.agreement(human[human["position"] <= 9], same[same["position"] <= 9])
     assert not few["trusted"] and "Too few replies" in few["trust"] and "(9; 10 are needed)" in few["trust"]
-    backwards = rj.agreement(human, _frame([(p, "j", 6 - v) for p, v in enumerate(values, start=1)]))
+    backwards = ragree.agreement(human, _frame([(p, "j", 6 - v) for p, v in enumerate(values, start=1)]))
     assert not backwards["trusted"] and "Do not trust the judge" in backwards["trust"]
     assert "Spearman's ρ is -1.00" in backwards["trust"] and "lowers Krippendorff's alpha" in backwards["trust"]
-    one_rater = rj.agreement(human[human["rater"] == "x"], same)  # alpha of the raters alone: undefined
+    one_rater = ragree.agreement(human[human["rater"] == "x"], same)  # alpha of the raters alone: undefined
     assert math_isnan(one_rater["alpha raters"]) and one_rater["alpha with judge"] == pytest.approx(1.0)
     assert one_rater["trusted"]
 
@@ -550,17 +702,17 @@ def test_position_bias_and_consistency_by_hand():
         + rows(2, (20, 21, "first"), (21, 20, "first"))  # whoever is shown first wins: inconsistent
         + rows(3, (30, 31, "tie"), (31, 30, "tie"))
         + rows(4, (40, 41, "first"), (41, 40, None)))  # one answer unreadable
-    pairs = rj.pair_table(verdicts)
+    pairs = ragree.pair_table(verdicts)
     assert list(pairs["verdict"]) == ["base", "inconsistent", "tie", "unreadable"]
     assert list(pairs["model 1 shown first"]) == ["base", "base", "tie", "base"]
     assert list(pairs["model 2 shown first"]) == ["base", "lora", "tie", "unreadable"]
-    bias = rj.position_bias(verdicts)
+    bias = ragree.position_bias(verdicts)
     assert (bias["pairs"], bias["readable"], bias["inconsistent"]) == (4, 3, 1)
     assert bias["inconsistent share"] == pytest.approx(1 / 3)
     assert (bias["decided"], bias["first won"]) == (5, 4) and bias["first share"] == pytest.approx(0.8)
     assert (bias["first share low"], bias["first share high"]) == pytest.approx(stats.wilson_interval(4, 5))
     assert bias["p"] == pytest.approx(12 / 32)  # 4 or more of 5, either way: (1 + 5 + 5 + 1) / 32
-    table = rj.verdict_table(pairs).set_index("model")
+    table = ragree.verdict_table(pairs).set_index("model")
     assert table.loc["base"].tolist() == [4, 1, 0, 1, 1, 1]
     assert table.loc["lora"].tolist() == [4, 0, 1, 1, 1, 1]
 
@@ -569,7 +721,7 @@ def test_success_rates_are_shown_beside_the_raters_never_pooled():
     human = pd.concat([_frame([(1, "x", 5), (2, "x", 2)]),
                        _frame([(1, "x", 4)]).assign(variant="w", label="other")], ignore_index=True)
     judged = _frame([(1, "judge:j", 3), (2, "judge:j", 4)])
-    table = rj.success_beside(human, judged, judge="judge:j")
+    table = ragree.success_beside(human, judged, judge="judge:j")
     assert list(zip(table["model"], table["scored by"])) == [("model", "raters"), ("model", "judge:j"),
                                                              ("other", "raters")]
     raters = stats.success_table(human).set_index("model")

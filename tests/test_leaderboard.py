@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import open_evaluation
 from ratings import leaderboard as lb
 from ratings.store import Store
 
@@ -79,13 +80,8 @@ def build(store: Store, names: list[str], prompts: list[str], reply=None, base_m
           name: str = "e") -> int:
     """An evaluation open for rating; `reply(variant, k, prompt)` gives each reply's text."""
     reply = reply or (lambda v, k, p: f"{v} answers {p}")
-    eval_id = store.create_evaluation(name, base_model, [{"text": p} for p in prompts], [variant(n) for n in names])
-    ids = {v["name"]: v["id"] for v in store.variants(eval_id)}
-    for k, p in enumerate(store.prompts(eval_id)):
-        for v, vid in ids.items():
-            store.add_reply(p["id"], vid, reply(v, k, p["text"]), {"t": 0}, 0.1, 5)
-    store.open_for_rating(eval_id)
-    return eval_id
+    return open_evaluation(store, name, base_model, prompts, [variant(n) for n in names], reply_settings={"t": 0},
+                           reply=lambda p, v, _: reply(v, p["position"] - 1, p["text"]), latency_s=0.1, new_tokens=5)
 
 
 def rate_all(store: Store, eval_id: int, raters: list[str], decide, seed: int = 0) -> int:

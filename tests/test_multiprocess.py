@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import chat, write_jsonl
+from helpers import chat, write_jsonl
 from tuner import records
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_jsonl
+from helpers import write_jsonl
 from ratings import evalsets, preferences
 from ratings.store import RatingError, Store
 from tuner import preference as tpref
@@ -291,7 +291,7 @@ def test_a_stopped_dpo_run_resumes_from_its_checkpoint_with_its_step_count(tiny_
     assert not (records.adapter_dir(run_dir) / "ref").exists()
 
 
-# --- the Train tab before Start (issue 25.5) -------------------------------------------------------
+# --- the Train tab before Start ----------------------------------------------------------------
 def train_tab_handlers(tmp_path: Path, store: Store):
     """The Train tab as the app builds it, over `store`; its handlers by name, and its run manager."""
     import gradio as gr

@@ -35,7 +35,7 @@ def test_evaluation_replies_are_generated_stored_and_opened(tiny_llama, trained_
     assert evaluation["settings"]["repetition_penalty"] == 1.2
     assert evaluation["rules"] == [{"flag": "escalate", "keywords": ["cancel", "angry", "lawsuit"], "priority": 1}]
     assert store.progress(eval_id, "ana") == (0, 3)
-    served = []  # raters get the prompts in a random order (issue 25)
+    served = []  # raters get the prompts in a random order
     while (pair := store.next_pair(eval_id, "ana", random.Random(0))) is not None:
         served.append(pair)
         store.rate_pair(pair["assignment_id"], "ana", 3, 3)

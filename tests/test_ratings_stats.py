@@ -43,6 +43,21 @@ def test_wilson_interval_by_hand():
     assert all(math.isnan(x) for x in stats.wilson_interval(0, 0))
 
 
+def _wilson_by_formula(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The closed form ratings.stats used before it called scipy: the values it must still give."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def test_wilson_interval_gives_the_closed_forms_values():
+    for n in list(range(1, 61)) + [99, 250, 1000, 12345]:
+        for k in sorted({0, 1, n // 3, n // 2, n - 1, n} | set(range(0, n + 1, max(1, n // 25)))):
+            assert stats.wilson_interval(k, n) == pytest.approx(_wilson_by_formula(k, n), abs=1e-9, rel=0), (k, n)
+    assert stats.wilson_interval(np.int64(3), np.int64(4)) == pytest.approx(_wilson_by_formula(3, 4), abs=1e-9)
+
+
 def test_mean_interval_matches_scipy_t_interval():
     values = [2, 4, 3, 5, 1, 4]
     mean, low, high = stats.mean_interval(values)
@@ -56,6 +71,43 @@ def test_mean_interval_single_value_equal_values_and_clipping():
     assert stats.mean_interval([3, 3, 3]) == (3, 3, 3)  # no spread, no width
     _, low, high = stats.mean_interval([1, 5])  # the raw t interval is 3 ± 25.4
     assert (low, high) == (1, 5)
+
+
+def test_the_mean_interval_is_the_one_t_interval_and_the_checks_clip_it_to_their_measures():
+    from ratings import checks as rc
+
+    replies = pd.DataFrame([{"position": i, "prompt": f"p{i}", "reference": "a b c d e f g h i j", "category": None,
+                             "variant": "base", "label": "base", "reply": reply, "new_tokens": 3}
+                            for i, reply in enumerate(["a", "a b", "a b c d e f g h i j k l m n o p q"], start=1)])
+    rep = rc.report(replies, [], max_new_tokens=100)
+    table = rep.table.set_index("measure")
+    for measure, bounds in (("words", (0.0, math.inf)), ("token F1", (0.0, 1.0)), ("ROUGE-L", (0.0, 1.0))):
+        values = rep.replies[measure].astype(float)
+        row = table.loc[measure]
+        assert (row["rate"], row["low"], row["high"]) == stats.mean_interval(values, bounds)
+    assert table.loc["words", "low"] == 0.0  # 1, 2 and 17 words: the raw t interval reaches below no words
+
+
+def test_no_module_of_ratings_uses_another_modules_private_names():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ours = {".".join(p.relative_to(root).with_suffix("").parts) for p in (root / "ratings").glob("*.py")}
+    found = []
+    for path in sorted((root / "ratings").glob("*.py")) + [root / "tuner" / "ui" / "judge.py"]:
+        tree, aliases = ast.parse(path.read_text(encoding="utf-8")), {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in ours | {"ratings"}:
+                for alias in node.names:
+                    if f"{node.module}.{alias.name}" in ours:
+                        aliases[alias.asname or alias.name] = alias.name
+                    elif alias.name.startswith("_"):
+                        found.append(f"{path.name}: from {node.module} import {alias.name}")
+        found += [f"{path.name}:{node.lineno} {ast.unparse(node)}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                  and node.value.id in aliases and node.attr.startswith("_") and not node.attr.startswith("__")]
+    assert not found, found
 
 
 # --- success rate ------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import threading
 
 import pytest
 
+from helpers import open_evaluation
 from ratings.store import RatingError, Store
 
 VARIANTS = [{"name": "base", "label": "base (m)", "kind": "base"},
@@ -12,14 +13,10 @@ VARIANTS = [{"name": "base", "label": "base (m)", "kind": "base"},
 
 
 def _evaluation(store, n=3, variants=VARIANTS, code=None, reveal="end"):
-    eval_id = store.create_evaluation("e", "base-model", [{"text": f"Prompt {i}"} for i in range(n)],
-                                      variants, invite_code=code, reveal=reveal)
-    ids = {v["name"]: v["id"] for v in store.variants(eval_id)}
-    for p in store.prompts(eval_id):
-        for k, vid in enumerate(ids.values()):
-            store.add_reply(p["id"], vid, f"reply {k} to prompt {p['position']}", {"t": 0}, 0.5, 7)
-    store.open_for_rating(eval_id)
-    return eval_id
+    """helpers.open_evaluation with this file's names: n prompts "Prompt i", "reply k to prompt p"."""
+    return open_evaluation(store, "e", "base-model", [f"Prompt {i}" for i in range(n)], variants,
+                           reply="reply {k} to prompt {position}", reply_settings={"t": 0}, latency_s=0.5,
+                           new_tokens=7, invite_code=code, reveal=reveal)
 
 
 def test_schema_is_named_migrations_in_wal_mode(tmp_path):
@@ -88,7 +85,7 @@ THREE = VARIANTS + [{"name": "run-2", "label": "prompt_tuning: run-2", "kind": "
 
 
 def test_three_variants_never_show_a_rater_the_same_reply_twice(tmp_path):
-    """Issue 14: with k variants each reply is in k-1 pairs; a rater gets k // 2 disjoint
+    """With k variants each reply is in k-1 pairs; a rater gets k // 2 disjoint
     pairs per prompt, so no score is ever silently replaced, and the raters together cover
     every pair."""
     store = Store(tmp_path / "r.db")
@@ -391,7 +388,7 @@ def test_the_commit_thread_ends_when_idle_and_the_next_write_starts_another(tmp_
     assert sorted(results) == list(range(20))  # none lost to a writer that was ending
 
 
-# --- issue 25: every variant gets its share of the scores ---------------------------------------------
+# --- every variant gets its share of the scores ------------------------------------------------------
 FOUR = THREE + [{"name": "run-3", "label": "lora: run-3", "kind": "lora"}]
 
 
@@ -411,7 +408,7 @@ def _rate_interleaved(store, eval_id, raters, rng):
 @pytest.mark.parametrize("variants, raters", [(THREE, ("ana", "ben")), (FOUR, ("ana", "ben", "cy"))],
                          ids=["3 variants, 2 raters", "4 variants, 3 raters"])
 def test_raters_rating_together_give_every_variant_its_share_at_every_moment(tmp_path, variants, raters):
-    """Issue 25: two raters served before either submitted both got base-vs-LoRA on every
+    """Two raters served before either submitted once both got base-vs-LoRA on every
     prompt, and the third variant was never shown. A variant's fair share after a round is
     (scores given so far) / (number of variants); each variant must have at least 60% of it
     after every round, not only once everyone is done."""
@@ -480,7 +477,7 @@ def test_ties_are_broken_by_the_rng_passed_in(tmp_path):
     assert len({first_pair(seed, f"s{seed}") for seed in range(6)}) >= 3
 
 
-# --- issue 25: Results and Compare name a model with no or few scores -----------------------------------
+# --- Results and Compare name a model with no or few scores --------------------------------------------
 def _rate_only(store, eval_id, names, raters):
     """Ratings as the old schedule left them: every rater rated only the `names` pairs."""
     with sqlite3.connect(store.path) as conn:
@@ -626,7 +623,7 @@ def _finish(store, eval_id, rater, pairs=None):
 
 
 def test_names_refused_at_the_address_cap_are_not_claimed_anywhere(tmp_path):
-    """Finding (a): one address claimed 10 names before the cap refused it, and those names then
+    """One address once claimed 10 names before the cap refused it, and those names then
     blocked real raters everywhere. A refused admission writes nothing."""
     from ratings.store import NAMES_PER_ADDRESS
 
@@ -684,7 +681,7 @@ def test_a_name_is_claimed_per_evaluation_and_a_sign_in_is_its_own_proof(tmp_pat
 
 @pytest.mark.parametrize("reveal", ["end", "each"])
 def test_after_a_reveal_the_address_brings_no_new_name(tmp_path, reveal):
-    """Finding (b): a rater who had seen which model wrote which reply came back under a second
+    """A rater who had seen which model wrote which reply once came back under a second
     name and rated unblinded. Before any reveal a second name from the address is allowed (a
     household, an office) up to the cap; after it, none."""
     store = Store(tmp_path / "r.db")
@@ -716,7 +713,7 @@ def test_after_a_reveal_the_address_brings_no_new_name(tmp_path, reveal):
 
 @pytest.mark.parametrize("reveal", ["end", "each"])
 def test_scores_are_final_once_revealed(tmp_path, reveal):
-    """Finding (c): scores were changed after the reveal (20 changes, 40 audit rows)."""
+    """Scores once were changed after the reveal (20 changes, 40 audit rows): no more."""
     store = Store(tmp_path / "r.db")
     eval_id = _evaluation(store, 2, reveal=reveal)
     first = store.next_pair(eval_id, "ana", random.Random(0))

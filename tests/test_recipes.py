@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import chat
+from helpers import chat
 from ratings.checks import parse_checks
 from tuner import data as tdata
 from tuner import recipes
@@ -32,7 +32,7 @@ def test_every_starter_recipe_parses_into_a_train_config(name):
     GenSettings(**recipe.generate)
 
 
-def test_the_splits_the_issue_asks_for():
+def test_the_faq_and_support_recipes_split_by_difficulty_and_by_brand():
     faq = recipes.load(STARTER_DATASETS / "company_faq.recipe.json").train
     assert (faq["validation_fraction"], faq["test_fraction"], faq["stratify_by"]) == (0.2, 0.1, "difficulty")
     support = recipes.load(STARTER_DATASETS / "customer_support.recipe.json").train
@@ -156,7 +156,7 @@ def test_the_engine_never_imports_the_ratings_layer():
 
 
 def test_suggest_keeps_prompt_tuning_with_its_own_learning_rate():
-    """Issue 25: Suggest switched prompt tuning to LoRA without a word."""
+    """Suggest keeps prompt tuning (it once switched it to LoRA without a word)."""
     from tuner.config import default_learning_rate
 
     rows = _style(40)

@@ -191,7 +191,8 @@ def test_held_out_rows_are_kept_as_split(tmp_path):
 
 
 def test_a_killed_segment_is_closed_at_its_last_write_and_counted_with_the_next(tmp_path):
-    """Issue 25: a resumed run reported only its last segment's time, and no tokens."""
+    """A resumed run counts every segment's time and tokens (it once reported only its last
+    segment's time, and no tokens)."""
     from datetime import UTC, datetime
 
     started = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from helpers import filled_store
 from ratings import reports, tables
-from test_tables import filled_store, results  # noqa: F401 (results: the fixture the tests below take)
 
 
 def test_markdown_report_reads_on_its_own(results):

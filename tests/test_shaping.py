@@ -6,8 +6,9 @@ from collections import Counter
 
 import pytest
 
-from conftest import chat
+from helpers import chat
 from tuner import data as tdata
+from tuner import paraphrase as para
 from tuner import shaping as sh
 from tuner.shaping import FilterSpec, Keywords, SplitSpec
 
@@ -189,13 +190,13 @@ def test_split_settings_are_checked(shares, message):
 
 # --- paraphrases -------------------------------------------------------------------
 def test_paraphrase_cleaning_and_adding():
-    assert sh.clean_paraphrase('Rewritten request: "Could you tell me the time?"', "What time is it?") == \
+    assert para.clean_paraphrase('Rewritten request: "Could you tell me the time?"', "What time is it?") == \
         "Could you tell me the time?"
-    assert sh.clean_paraphrase("what time is it?", "What time is it?") == ""
+    assert para.clean_paraphrase("what time is it?", "What time is it?") == ""
     rows = [chat("What time is it?", "Noon.", split="test"),
             {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
                           {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "See you"}]}]
-    out = sh.with_paraphrases(rows, [(0, "Tell me the time, please."), (1, "Farewell"), (0, "  ")])
+    out = para.with_paraphrases(rows, [(0, "Tell me the time, please."), (1, "Farewell"), (0, "  ")])
     assert len(out) == 4 and out[:2] == rows
     assert users(out[2:]) == ["Tell me the time, please.", "Farewell"]
     assert out[2]["split"] == "test" and out[2]["origin"] == "paraphrase"  # stays with its source's split
@@ -206,15 +207,15 @@ def test_paraphrase_proposals_come_from_the_loaded_model(tiny_llama, tmp_path):
     from tuner.generate import GenSettings, Generator
 
     rows = [chat(f"Question number {i}?", "Answer.") for i in range(6)]
-    proposals = sh.propose_paraphrases(Generator(tmp_path), str(tiny_llama), rows, n=3, seed=0,
-                                       settings=GenSettings(max_new_tokens=8))
-    assert [p["row"] for p in proposals] == sh.pick_rows(6, 3, 0) and len(proposals) == 3
+    proposals = para.propose_paraphrases(Generator(tmp_path), str(tiny_llama), rows, n=3, seed=0,
+                                         settings=GenSettings(max_new_tokens=8))
+    assert [p["row"] for p in proposals] == para.pick_rows(6, 3, 0) and len(proposals) == 3
     assert all(p["original"] == users(rows)[p["row"]] and isinstance(p["paraphrase"], str) for p in proposals)
-    requests = sh.paraphrase_requests(rows, [1])
+    requests = para.paraphrase_requests(rows, [1])
     assert "Question number 1?" in requests[0][0]["content"]
 
 
-# --- the issue's real cases on the starter sets --------------------------------------
+# --- real cases on the starter sets --------------------------------------------
 def test_support_csv_top_brands_downsampled_and_split_80_10_10():
     from tuner import importers as imp
 
@@ -252,47 +253,47 @@ def test_formal_email_set_keyword_filter():
     assert all(re.search(r"\b(professor|supervisor)\b", tdata.last_user_text(r), re.I) for r in kept.rows)
 
 
-# --- paraphrases: drift, duplicates, sources (issue 14) ------------------------------
+# --- paraphrases: drift, duplicates, sources ---------------------------------------
 def test_similarity_tells_a_rewording_from_an_off_topic_proposal():
     original = "How do I reset my password?"
-    assert sh.similarity(original, "What is the way to reset my password?") > 0.5
-    assert sh.similarity(original, "Passwords: how can I reset mine?") >= sh.DRIFT_BELOW
-    assert sh.similarity(original, "The weather in Paris is lovely in spring.") < sh.DRIFT_BELOW
-    assert sh.similarity(original, "") == 0.0
-    assert sh.similarity("Hi", "Hello") == 1.0  # too short to tell: not flagged
+    assert para.similarity(original, "What is the way to reset my password?") > 0.5
+    assert para.similarity(original, "Passwords: how can I reset mine?") >= para.DRIFT_BELOW
+    assert para.similarity(original, "The weather in Paris is lovely in spring.") < para.DRIFT_BELOW
+    assert para.similarity(original, "") == 0.0
+    assert para.similarity("Hi", "Hello") == 1.0  # too short to tell: not flagged
     known = {"how do i reset my password?"}
-    assert sh.proposal_flag("What is the way to reset my password?", 0.8, known) == ""
-    assert sh.proposal_flag("The weather is lovely.", 0.0, known) == "drift"
-    assert sh.proposal_flag("How do I reset my password?", 1.0, known) == "known"
-    assert sh.proposal_flag("", 0.0, known) == "empty"
+    assert para.proposal_flag("What is the way to reset my password?", 0.8, known) == ""
+    assert para.proposal_flag("The weather is lovely.", 0.0, known) == "drift"
+    assert para.proposal_flag("How do I reset my password?", 1.0, known) == "known"
+    assert para.proposal_flag("", 0.0, known) == "empty"
 
 
 def test_a_paraphrase_already_added_is_not_added_again():
     rows = [chat("What time is it?", "Noon."), chat("Where are you?", "Here.")]
     ticked = [(0, "Tell me the time, please."), (1, "Where are you now?")]
-    once = sh.with_paraphrases(rows, ticked)
+    once = para.with_paraphrases(rows, ticked)
     assert len(once) == 4
-    assert sh.with_paraphrases(once, ticked) == once  # a second click adds nothing
-    rows_, added = sh.add_paraphrases(once, [*ticked, (0, "What is the time?")])
+    assert para.with_paraphrases(once, ticked) == once  # a second click adds nothing
+    rows_, added = para.add_paraphrases(once, [*ticked, (0, "What is the time?")])
     assert added == 1 and users(rows_)[-1] == "What is the time?"
-    assert sh.add_paraphrases(rows, [(0, "Same"), (0, "Same")])[1] == 1  # ticked twice in one batch
+    assert para.add_paraphrases(rows, [(0, "Same"), (0, "Same")])[1] == 1  # ticked twice in one batch
 
 
 def test_only_original_rows_are_paraphrased_and_proposals_are_measured(tiny_llama, tmp_path):
     from tuner.generate import GenSettings, Generator
 
     rows = [chat(f"Question number {i} about gardens?", "Answer.") for i in range(3)]
-    rows = sh.with_paraphrases(rows, [(0, "A reworded first question"), (1, "A reworded second question")])
-    assert sh.source_rows(rows) == [0, 1, 2]
-    assert set(sh.pick_sources(rows, 10, seed=1)) == {0, 1, 2}
-    proposals = sh.propose_paraphrases(Generator(tmp_path), str(tiny_llama), rows, n=16, seed=0,
-                                       settings=GenSettings(max_new_tokens=8))
+    rows = para.with_paraphrases(rows, [(0, "A reworded first question"), (1, "A reworded second question")])
+    assert para.source_rows(rows) == [0, 1, 2]
+    assert set(para.pick_sources(rows, 10, seed=1)) == {0, 1, 2}
+    proposals = para.propose_paraphrases(Generator(tmp_path), str(tiny_llama), rows, n=16, seed=0,
+                                         settings=GenSettings(max_new_tokens=8))
     assert [p["row"] for p in proposals] == [0, 1, 2]  # never a paraphrase of a paraphrase
     for p in proposals:  # the tiny random model's words are no rewording: flagged, measured
-        assert p["flag"] in ("drift", "empty") and 0 <= p["similarity"] < sh.DRIFT_BELOW
+        assert p["flag"] in ("drift", "empty") and 0 <= p["similarity"] < para.DRIFT_BELOW
 
 
-# --- paraphrases: meta-text is no rewording (issue 25) ----------------------------------
+# --- paraphrases: meta-text is no rewording -------------------------------------------
 RESET = "How do I reset my password?"
 META_REPLIES = [
     "The requested rephrased version… Original Original:",  # as Expand ticked it
@@ -317,21 +318,21 @@ GOOD_REPLIES = [
 
 @pytest.mark.parametrize("reply", META_REPLIES)
 def test_a_reply_that_talks_about_the_rewording_is_not_ticked(reply):
-    text = sh.clean_paraphrase(reply, RESET)
-    assert sh.meta_text(text, RESET)
+    text = para.clean_paraphrase(reply, RESET)
+    assert para.meta_text(text, RESET)
     # however many words it shares with its source
-    assert sh.proposal_flag(text, 1.0, {RESET.casefold()}, RESET) == "meta"
+    assert para.proposal_flag(text, 1.0, {RESET.casefold()}, RESET) == "meta"
 
 
 @pytest.mark.parametrize(("original", "reply"), GOOD_REPLIES)
 def test_a_real_paraphrase_is_ticked(original, reply):
-    text = sh.clean_paraphrase(reply, original)
-    assert sh.meta_text(text, original) == ""
-    assert sh.proposal_flag(text, sh.similarity(original, text), {original.casefold()}, original) == ""
+    text = para.clean_paraphrase(reply, original)
+    assert para.meta_text(text, original) == ""
+    assert para.proposal_flag(text, para.similarity(original, text), {original.casefold()}, original) == ""
 
 
 class FixedReplies:
-    """A generator that answers with set texts: the meta-text a small model gave in the issue."""
+    """A generator that answers with set texts: the meta-text a small model once gave."""
 
     def __init__(self, texts):
         self.texts = texts
@@ -342,8 +343,8 @@ class FixedReplies:
         return [Reply(t, "base", 0.0, 1, {}) for t in self.texts[:len(conversations)]]
 
 
-def test_proposals_flag_the_meta_text_reply_of_the_issue():
+def test_proposals_flag_a_small_models_meta_text_reply():
     rows = [chat(RESET, "Use the link."), chat("Where is my order?", "On its way.")]
-    proposals = sh.propose_paraphrases(FixedReplies([META_REPLIES[1], "Where has my order got to?"]), "m", rows,
-                                       n=2, seed=0, settings=None)
+    proposals = para.propose_paraphrases(FixedReplies([META_REPLIES[1], "Where has my order got to?"]), "m", rows,
+                                         n=2, seed=0, settings=None)
     assert [p["flag"] for p in proposals] == ["meta", ""]

@@ -1,7 +1,6 @@
-"""A stranger's script against the real server: one test per fault of the security review of
-the old design (a gate that wrapped each Gradio handler of one Blocks), each of which that
-design failed, and look-alike paths. The server runs in this process (tests/browser.py
-`serve`), so its memory is this process's.
+"""A stranger's script against the real server: one test per attack that an older design
+(a gate that wrapped each Gradio handler of one Blocks) let through, and look-alike paths.
+The server runs in this process (tests/browser.py `serve`), so its memory is this process's.
 
 1. a queue flood (the studio's and the raters' queues, /call) delays no owner call;
    a flood of ratings from one address is cut off (429)
@@ -28,7 +27,7 @@ import pytest
 
 from browser import serve
 from gradio_http import call, config, default_inputs, from_address, owner_client, page_headers, raw, sign_in
-from test_access import _count_pushes, _evaluation
+from helpers import count_pushes, mark_users, open_evaluation
 
 PASSWORD = "tr0ub4dor&3 but longer"
 RATE = "/tuner/rate/"
@@ -36,6 +35,7 @@ OWNER_ONLY = "Owner only"
 
 
 @pytest.fixture(scope="module")
+@mark_users("server")
 def site(tiny_llama, tmp_path_factory):
     """One locked server for the module (an owner password, as TUNER_OWNER_PASSWORD gives)."""
     from ratings.store import Store
@@ -76,8 +76,8 @@ def test_a_strangers_queue_flood_never_enters_a_queue_and_the_owner_stops_a_run(
     studio_fns = tuner.studio.fns
     names = [f.api_name for f in studio_fns.values() if f.api_name]
     rater_ids = list(tuner.raters.fns)
-    studio_queue = _count_pushes(tuner.studio, monkeypatch)
-    raters_queue = _count_pushes(tuner.raters, monkeypatch)
+    studio_queue = count_pushes(tuner.studio, monkeypatch)
+    raters_queue = count_pushes(tuner.raters, monkeypatch)
     stop = _fn(site, "on_stop")
 
     def owner_calls(n: int, page: httpx.Client) -> tuple[list[float], list[dict]]:
@@ -148,7 +148,7 @@ def test_a_strangers_queue_flood_never_enters_a_queue_and_the_owner_stops_a_run(
 
 def test_a_flood_of_ratings_from_one_address_is_cut_off_and_the_owner_goes_on(site):
     url, owner = site["url"], site["owner"]
-    eval_id = _evaluation(site["store"], site["model"], "flooded round")
+    eval_id = open_evaluation(site["store"], "flooded round", site["model"])
     stop = _fn(site, "on_stop")
     with owner_client(url, owner) as page:
         quiet = []
@@ -257,7 +257,7 @@ def test_call_by_name_with_another_handlers_fn_index_is_refused(site, monkeypatc
     """In the old design the gate judged a call by the body's fn_index while Gradio's /call/<name>
     ran the handler the path names: a harmless fn_index let a stranger queue any handler."""
     tuner, url = site["tuner"], site["url"]
-    queued = _count_pushes(tuner.studio, monkeypatch)
+    queued = count_pushes(tuner.studio, monkeypatch)
     studio = tuner.studio.fns
     harmless = [i for i, f in studio.items() if f.fn is None][:2] + [_fn(site, "on_tick")]  # JS-only, a timer
     with httpx.Client(base_url=url, timeout=30) as stranger:
@@ -309,7 +309,7 @@ def test_x_forwarded_for_from_loopback_is_not_believed_without_trusted_proxies(s
                               headers={"X-Forwarded-For": f"198.51.100.{i}"}).status_code for i in range(10)]
     assert codes == [401] * 5 + [429] * 5, codes
     # the raters' names cap (3 per address) holds across changing headers and fresh cookies
-    eval_id = _evaluation(store, site["model"], "forwarded round")
+    eval_id = open_evaluation(store, "forwarded round", site["model"])
     answers = []
     for i in range(5):
         with from_address(url, "127.0.0.62", headers={"X-Forwarded-For": f"203.0.113.{i}"}) as browser:
@@ -323,6 +323,7 @@ def test_x_forwarded_for_from_loopback_is_not_believed_without_trusted_proxies(s
 
 
 @pytest.fixture
+@mark_users("server")
 def behind_a_proxy(tiny_llama, tmp_path, monkeypatch):
     """A server told to believe the proxy at 127.0.0.1 (TUNER_TRUSTED_PROXIES, read when it starts)."""
     from ratings.store import Store
@@ -356,7 +357,7 @@ def test_x_forwarded_for_from_a_trusted_proxy_names_the_client(behind_a_proxy):
         assert http.post("/tuner/owner/sign-in", json={"password": PASSWORD}).status_code == 200
     assert access.sessions.active()[0]["client"] == "203.0.113.10"
     # five friends behind the proxy: five addresses, all admitted
-    eval_id = _evaluation(store, model, "proxied round")
+    eval_id = open_evaluation(store, "proxied round", model)
     for i in range(5):
         with from_address(url, "127.0.0.1", headers={"X-Forwarded-For": f"203.0.113.{20 + i}"}) as friend:
             joined = friend.post(f"{RATE}join", json={"evaluation": eval_id, "name": f"friend{i}", "code": ""})
@@ -413,7 +414,7 @@ def _odd_bodies() -> list[bytes]:
 
 def test_odd_fn_index_and_bodies_are_never_a_500(site, capfd):
     url = site["url"]
-    eval_id = _evaluation(site["store"], site["model"], "odd round")
+    eval_id = open_evaluation(site["store"], "odd round", site["model"])
     studio = ["/gradio_api/queue/join", "/gradio_api/run/x", "/gradio_api/call/x", "/gradio_api/cancel",
               "/gradio_api/reset", "/gradio_api/run/owner_sessions", "/gradio_api/call/owner_sessions",
               "/gradio_api/api/owner_sessions", "/rate/gradio_api/queue/join", "/rate/gradio_api/call/x"]
@@ -459,7 +460,7 @@ STUDIO_MARKS = ("owner-sessions", "Start training", "export_adapter", "Signed in
 
 def test_look_alike_paths_never_reach_the_studio_for_a_stranger(site, monkeypatch):
     url, owner = site["url"], site["owner"]
-    queued = _count_pushes(site["tuner"].studio, monkeypatch)
+    queued = count_pushes(site["tuner"].studio, monkeypatch)
     with owner_client(url, owner) as page:  # an upload of the owner's, for the file routes
         uploaded = page.post("/gradio_api/upload", files=[("files", ("notes.txt", b"payroll-upload-secret",
                                                                     "text/plain"))])
@@ -502,7 +503,7 @@ def test_look_alike_paths_never_reach_the_studio_for_a_stranger(site, monkeypatc
         assert page.get("/config").status_code == 200
 
 
-# --- what a fresh-eyes review of the new design found ----------------------------------------------
+# --- deep JSON, held streams, slow ratings, the owner's panel, cookieless browsers ---------------
 def test_deeply_nested_json_is_refused_never_a_500(site):
     url, owner = site["url"], site["owner"]
     deep = b"[" * 5000 + b"]" * 5000
@@ -531,7 +532,7 @@ def test_a_slow_rating_does_not_hold_up_the_rest_of_the_server(site):
     import sqlite3
 
     url, store, home = site["url"], site["store"], site["home"]
-    eval_id = _evaluation(store, site["model"], "slow round")
+    eval_id = open_evaluation(store, "slow round", site["model"])
     with from_address(url, "127.0.0.72") as rater:
         assert rater.post(f"{RATE}join", json={"evaluation": eval_id, "name": "Slow", "code": ""}).status_code == 200
         lock = sqlite3.connect(home / "ratings.db", timeout=1)
@@ -561,7 +562,7 @@ def test_the_owners_own_panel_does_not_use_up_the_names_of_the_owners_address(si
     """Friends may rate in turn at the owner's computer (Compare's panel): those names are not
     counted against the address, so raters sharing the owner's network still get in."""
     url, store, owner = site["url"], site["store"], site["owner"]
-    eval_id = _evaluation(store, site["model"], "owner's panel round")
+    eval_id = open_evaluation(store, "owner's panel round", site["model"])
     with owner_client(url, owner) as http:
         for name in ("Ann", "Bea", "Cid", "Dot"):
             joined = http.post(f"{RATE}join", json={"evaluation": eval_id, "name": name, "panel": "owner"})
@@ -580,7 +581,7 @@ def test_the_owners_own_panel_does_not_use_up_the_names_of_the_owners_address(si
 
 def test_a_browser_that_keeps_no_cookie_is_told_what_to_do(site):
     url, store = site["url"], site["store"]
-    eval_id = _evaluation(store, site["model"], "cookieless round")
+    eval_id = open_evaluation(store, "cookieless round", site["model"])
     joined = httpx.post(url + f"{RATE}join", json={"evaluation": eval_id, "name": "Hal", "code": ""}, timeout=30)
     assert joined.status_code == 200
     lost = httpx.post(url + f"{RATE}next", json={"evaluation": eval_id, "name": "Hal"}, timeout=30)  # no cookie back

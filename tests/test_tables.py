@@ -1,79 +1,17 @@
-"""The gathered results tables (ratings.tables), over a real SQLite store filled through its own API.
-
-`filled_store` is shared with the report tests and the browser test of the Results tab.
+"""The gathered results tables (ratings.tables), over a real SQLite store filled through its own API
+(helpers.filled_store; the `results` fixture of conftest.py gathers its tables).
 """
 
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pandas as pd
-import pytest
 
+from helpers import ROUND_REPLIES as REPLIES
+from helpers import filled_store, open_evaluation
 from ratings import tables
 from ratings.store import Store
-
-VARIANTS = [{"name": "base", "label": "base (tiny)", "kind": "base"},
-            {"name": "run-xyz", "label": "lora: run-xyz", "kind": "lora"}]
-PROMPTS = [
-    {"text": "When was Brightwave founded?", "external_id": "q1", "task": "founding", "category": "easy",
-     "reference": "It was founded in 2014."},
-    {"text": "Where is Brightwave based?", "external_id": "q2", "task": "place", "category": "easy",
-     "reference": "Tampere, Finland."},
-    {"text": "Who runs Brightwave?", "external_id": "q3", "task": "people", "category": "hard",
-     "reference": "The CEO is Liisa Kortelainen."},
-    {"text": "Decline an invitation politely.", "external_id": "q4", "task": "etiquette"},
-]
-REPLIES = {  # (base, fine-tuned) per prompt
-    1: ("I think it was 1999.", "It was founded in 2014."),
-    2: ("Somewhere in Europe.", "Brightwave is based in Tampere, Finland."),
-    3: ("I do not know.", "The CEO is Liisa Kortelainen.\nShe | founded it"),
-    4: ("No.", "Thank you so much for the invitation; sadly I cannot come."),
-}
-# (rater, position) -> (base score, fine-tuned score, preference for the fine-tuned side or None, comment)
-SCORES = {("Ana", 1): (2, 4, "ft", "base guessed"), ("Ana", 2): (3, 5, "ft", None), ("Ana", 3): (3, 3, "tie", None),
-          ("Ana", 4): (4, 5, None, None),
-          ("Ben", 1): (3, 5, "ft", None), ("Ben", 2): (3, 4, "ft", None), ("Ben", 3): (2, 4, "base", "odd\nline"),
-          ("Ben", 4): (4, 5, "ft", None)}
-
-
-def filled_store(path: Path, rated: bool = True) -> tuple[Store, int]:
-    """An evaluation of 4 prompts × 2 variants, rated by Ana and Ben through the
-    store's own rating flow (sides drawn by the store, scores given per variant)."""
-    store = Store(path)
-    settings = {"max_new_tokens": 16, "temperature": 0.0, "variants": ["base", "run-xyz"]}
-    eval_id = store.create_evaluation("friends' round", "tiny", PROMPTS, VARIANTS, settings=settings)
-    ids = [v["id"] for v in store.variants(eval_id)]
-    for p in store.prompts(eval_id):
-        for k, vid in enumerate(ids):
-            store.add_reply(p["id"], vid, REPLIES[p["position"]][k], {"max_new_tokens": 16}, 0.5 + k, 8 + k)
-    store.open_for_rating(eval_id)
-    if rated:
-        rng = random.Random(7)
-        for rater in ("Ana", "Ben"):
-            while (pair := store.next_pair(eval_id, rater, rng)) is not None:
-                rate_as_planned(store, pair["assignment_id"], rater)
-    return store, eval_id
-
-
-def rate_as_planned(store: Store, assignment_id: int, rater: str) -> None:
-    with store.db() as db:
-        position, left = db.execute(
-            "SELECT p.position, v.name FROM assignments a JOIN replies r ON r.id = a.left_reply_id "
-            "JOIN prompts p ON p.id = r.prompt_id JOIN variants v ON v.id = r.variant_id WHERE a.id = ?",
-            [assignment_id]).fetchone()
-    base, tuned, preferred, comment = SCORES[(rater, position)]
-    left_is_base = left == "base"
-    pref = {None: None, "tie": "tie", "ft": "B" if left_is_base else "A", "base": "A" if left_is_base else "B"}
-    store.rate_pair(assignment_id, rater, base if left_is_base else tuned, tuned if left_is_base else base,
-                    preference=pref[preferred], comment=comment)
-
-
-@pytest.fixture
-def results(tmp_path):
-    store, eval_id = filled_store(tmp_path / "ratings.db")
-    return store, tables.gather(store, eval_id, 4)
 
 
 def test_gather_computes_every_table_from_the_store(results):
@@ -154,7 +92,7 @@ def test_display_merges_intervals_and_formats_numbers():
 
 
 def test_the_success_rate_breaks_down_by_keyword_flag(tmp_path):
-    """Issue 14: Results had no breakdown by the keyword rules' flags."""
+    """Results break the success rate down by the keyword rules' flags."""
     import random as _random
 
     from ratings import tables as rtables
@@ -162,13 +100,8 @@ def test_the_success_rate_breaks_down_by_keyword_flag(tmp_path):
 
     store = Store(tmp_path / "r.db")
     prompts = [{"text": "I want a refund now", "flags": ["escalate"]}, {"text": "What are your hours?"}]
-    eval_id = store.create_evaluation("flags", "m", prompts, [{"name": "base", "label": "base", "kind": "base"},
-                                                             {"name": "r1", "label": "lora", "kind": "lora"}])
-    ids = [v["id"] for v in store.variants(eval_id)]
-    for p in store.prompts(eval_id):
-        for vid in ids:
-            store.add_reply(p["id"], vid, f"reply {vid}", {})
-    store.open_for_rating(eval_id)
+    variants = [{"name": "base", "label": "base", "kind": "base"}, {"name": "r1", "label": "lora", "kind": "lora"}]
+    eval_id = open_evaluation(store, "flags", "m", prompts, variants, reply="reply {variant}", reply_settings={})
     while (pair := store.next_pair(eval_id, "ana", _random.Random(0))) is not None:
         store.rate_pair(pair["assignment_id"], "ana", 5, 2)
     r = rtables.gather(store, eval_id)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import POLITE, chat, write_jsonl
+from helpers import POLITE, chat, write_jsonl
 from tuner import records
 from tuner import train as ttrain
 from tuner.config import TrainConfig
@@ -342,11 +342,13 @@ def test_auto_precision_is_fp32_or_bf16_by_this_machine(monkeypatch):
     """auto on a CPU: bf16 only where bf16 matmuls measure at least twice fp32's speed."""
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    assert ttrain.resolve_precision("fp32") == "fp32" and ttrain.resolve_precision("bf16") == "bf16"
-    monkeypatch.setattr(ttrain, "cpu_bf16_speedup", lambda: 0.5)
-    assert ttrain.resolve_precision("auto") == "fp32"
-    monkeypatch.setattr(ttrain, "cpu_bf16_speedup", lambda: 2.9)
-    assert ttrain.resolve_precision("auto") == "bf16"
+    from tuner import phases
+
+    assert phases.resolve_precision("fp32") == "fp32" and phases.resolve_precision("bf16") == "bf16"
+    monkeypatch.setattr(phases, "cpu_bf16_speedup", lambda: 0.5)
+    assert phases.resolve_precision("auto") == "fp32"
+    monkeypatch.setattr(phases, "cpu_bf16_speedup", lambda: 2.9)
+    assert phases.resolve_precision("auto") == "bf16"
 
 
 def test_bf16_run_keeps_a_bf16_base_and_fp32_adapters(tiny_llama, tmp_path, monkeypatch):
@@ -656,3 +658,58 @@ def test_the_training_thread_takes_the_cpu_only_when_the_server_leaves_it():
     else:
         assert seen == {"train": os.SCHED_IDLE, "child": os.SCHED_IDLE}
     assert os.sched_getscheduler(threading.get_native_id()) != os.SCHED_IDLE  # the server's threads: untouched
+
+
+def test_the_chunked_loss_switched_off_trains_with_transformers_loss_and_run_json_says_so(
+        tiny_llama, tmp_path, monkeypatch):
+    """TUNER_CHUNKED_LOSS=0: a run on a CPU trains with transformers' own loss (tuner.cross_entropy's
+    is never called) and run.json's summary records it, as it records the attention kernel."""
+    from tuner import cross_entropy
+    from tuner.paths import STARTER_DATASETS
+
+    calls = []
+    chunked = cross_entropy.causal_lm_loss
+    monkeypatch.setattr(cross_entropy, "causal_lm_loss", lambda *a, **kw: calls.append(1) or chunked(*a, **kw))
+    monkeypatch.setenv("TUNER_CHUNKED_LOSS", "0")
+    manager = RunManager(tmp_path / "runs", tmp_path / "models")
+    manager.start(TrainConfig(base_model=str(tiny_llama), dataset=str(STARTER_DATASETS / "polite_assistant.jsonl"),
+                              max_steps=2, save_steps=100))
+    state = manager.wait(300)
+    assert state.status == "completed", state.message
+    record = json.loads((tmp_path / "runs" / state.run_id / "run.json").read_text())
+    assert record["summary"]["loss"] == "transformers" and math.isfinite(record["summary"]["final_loss"])
+    assert calls == []
+
+
+def test_the_loss_and_gradients_are_the_same_with_the_chunked_loss_on_or_off(tiny_llama, monkeypatch):
+    """One fixed batch through the tiny Llama on the CPU: the switch unset, the model gets
+    tuner.cross_entropy's loss; TUNER_CHUNKED_LOSS=0 (or false, no, off) leaves transformers'
+    own. Both give the same loss and the same gradients, to fp32 rounding."""
+    from transformers import AutoModelForCausalLM
+
+    from tuner import cross_entropy
+
+    gen = torch.Generator().manual_seed(3)
+    input_ids = torch.randint(0, 2000, (2, 48), generator=gen)
+    labels = input_ids.clone()
+    labels[0, :12] = -100  # a prompt's tokens, not trained on
+    labels[1, 40:] = -100
+
+    def run(switch):
+        monkeypatch.setenv("TUNER_CHUNKED_LOSS", switch)
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+        used = cross_entropy.use_for_training(model)
+        loss = model(input_ids=input_ids, labels=labels).loss
+        loss.backward()
+        return used, model.loss_function, loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+    on, on_loss_function, on_loss, on_grads = run("")
+    off, off_loss_function, off_loss, off_grads = run("0")
+    assert on and on_loss_function is cross_entropy.causal_lm_loss
+    assert not off and off_loss_function is not cross_entropy.causal_lm_loss
+    assert torch.allclose(on_loss, off_loss, rtol=1e-6, atol=1e-6), (on_loss, off_loss)
+    for name, grad in off_grads.items():
+        assert torch.allclose(on_grads[name], grad, rtol=1e-4, atol=1e-6), name
+    for switch, is_off in (("false", True), ("No", True), (" off ", True), ("1", False), ("on", False)):
+        monkeypatch.setenv("TUNER_CHUNKED_LOSS", switch)
+        assert cross_entropy.switched_off() is is_off, switch

@@ -1,4 +1,4 @@
-"""What the screens say, called through their own handlers (issue 25.6, the smaller items):
+"""What the screens say, called through their own handlers:
 when raters learn which model wrote which, a prompt shown once when it has no task, a
 saved version named once, the Export run list with names, the per-difficulty table
 headed "difficulty", the dataset picker's remembered choice and a new dataset's empty
@@ -13,7 +13,7 @@ import shutil
 
 import gradio as gr
 
-from conftest import chat, write_jsonl
+from helpers import chat, open_evaluation, write_jsonl
 from ratings import evalsets, preferences, reports, tables
 from ratings.generation import generate_evaluation, variants_for
 from ratings.store import Store
@@ -35,16 +35,6 @@ def _by_id(out: dict) -> dict:
     return {getattr(component, "elem_id", None): value for component, value in out.items()}
 
 
-def _open_evaluation(store: Store, name: str, prompts: list[dict], reveal: str = "end") -> int:
-    eval_id = store.create_evaluation(name, "m", prompts, VARIANTS, reveal=reveal)
-    ids = [v["id"] for v in store.variants(eval_id)]
-    for p in store.prompts(eval_id):
-        for k, vid in enumerate(ids):
-            store.add_reply(p["id"], vid, f"Reply {'xy'[k]} to {p['text']}", {"max_new_tokens": 16})
-    store.open_for_rating(eval_id)
-    return eval_id
-
-
 # --- /rate ---------------------------------------------------------------------------------------
 def test_a_rater_is_told_when_the_models_are_revealed_as_the_evaluation_says(tmp_path):
     from fastapi import FastAPI
@@ -54,8 +44,9 @@ def test_a_rater_is_told_when_the_models_are_revealed_as_the_evaluation_says(tmp
 
     store = Store(tmp_path / "r.db")
     prompts = [{"text": f"Write note {i}."} for i in range(3)]
-    at_end = _open_evaluation(store, "at the end", prompts, reveal="end")
-    each = _open_evaluation(store, "after each", prompts, reveal="each")
+    reply = "Reply {letter} to {text}"
+    at_end = open_evaluation(store, "at the end", "m", prompts, VARIANTS, reply=reply, reveal="end")
+    each = open_evaluation(store, "after each", "m", prompts, VARIANTS, reply=reply, reveal="each")
     with gr.Blocks() as demo:
         rate.raters_page()
     # the page's own text promises no moment: the evaluation, picked on the page, decides
@@ -83,7 +74,7 @@ def test_a_prompt_without_a_task_is_shown_once(tmp_path):
     long_prompt = "Write a short and polite note to my neighbour about the noise tonight."
     items = [prompt_item("Say hi to my friend.", 1), prompt_item(long_prompt, 2),
              prompt_item("I am angry, cancel my order.", 3, task="Refund")]
-    eval_id = _open_evaluation(store, "tasks", items)
+    eval_id = open_evaluation(store, "tasks", "m", items, VARIANTS, reply="Reply {letter} to {text}")
     shown = {}
     while (pair := store.next_pair(eval_id, "ana", random.Random(0))) is not None:
         shown[pair["prompt"]] = _heading(pair)
@@ -102,7 +93,7 @@ def test_corrections_saved_into_a_dataset_name_the_version_once(tmp_path):
     datasets.mkdir()
     write_jsonl(datasets / "mine.jsonl", [chat("Old", "Reply")])
     store = Store(tmp_path / "r.db")
-    eval_id = _open_evaluation(store, "e", [{"text": "Write to the professor."}])
+    eval_id = open_evaluation(store, "e", "m", ["Write to the professor."], VARIANTS, reply="Reply {letter} to {text}")
     pair = store.next_pair(eval_id, "ana", random.Random(0))
     store.rate_pair(pair["assignment_id"], "ana", 1, 2)
     low = store.replies(eval_id).iloc[0]

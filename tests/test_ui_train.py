@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import POLITE
+from helpers import POLITE
 from tuner.config import TrainConfig, default_learning_rate, optimizer_steps
 from tuner.estimate import describe, estimate
 from tuner.runs import RunState, explain
@@ -14,7 +14,7 @@ from tuner.ui.charts import curve_frame, short_label
 from tuner.ui.train import (FIELDS, config_from, small_split_warning, summary_text,
                              trainable_share, values_of)
 
-PROMPT_TUNING_RATE = 3e-2  # measured: prompt tuning's held-out loss at 2e-4, 3e-3 and 3e-2 (issue 25)
+PROMPT_TUNING_RATE = 3e-2  # measured: prompt tuning's held-out loss at 2e-4, 3e-3 and 3e-2
 
 
 def test_settings_round_trip_through_the_sliders():
@@ -54,7 +54,7 @@ def test_estimate_counts_trainable_parameters_like_peft(tiny_llama, tmp_path):
 
 
 def test_the_estimate_counts_the_whole_run_not_only_its_steps(tiny_llama):
-    """Issue 14: the estimate was half the real time (17 s vs 34 s): it divided the tokens by
+    """The estimate was once half the real time (17 s vs 34 s): it divided the tokens by
     the step rate, leaving out loading, validation passes and checkpoints."""
     config = TrainConfig(base_model=str(tiny_llama), dataset=str(POLITE), validation_fraction=0.2, eval_steps=2)
     step_only = [{"config": {"base_model": str(tiny_llama)}, "summary": {"tokens_per_second": 1000.0}}]
@@ -154,7 +154,7 @@ def test_a_named_run_carries_its_name_into_its_id_tables_and_evaluations(tiny_ll
 
 
 def test_the_tabs_inputs_are_the_configs_fields_and_their_ranges_its_checks():
-    """Issue 15: the tab restated the fields, their types and ranges by hand; its learning-rate
+    """The tab once restated the fields, their types and ranges by hand; its learning-rate
     box started at 0, which the config refuses. Now both read each field's metadata."""
     from dataclasses import fields
 
@@ -243,7 +243,7 @@ def test_use_recommended_offers_the_recipes_modules_before_the_models_layers_are
 
 
 def test_the_tab_refuses_a_learning_rate_of_0_naming_it(app_url, page):
-    """Issue 15: the learning-rate box went down to 0, which no run can train with."""
+    """The learning-rate box once went down to 0, which no run can train with."""
     from playwright.sync_api import expect
 
     page.goto(app_url)
@@ -259,10 +259,10 @@ def test_the_tab_refuses_a_learning_rate_of_0_naming_it(app_url, page):
     expect(page.locator("#runs-table")).not_to_contain_text("polite_assistant")
 
 
-# --- Suggest settings and the estimate: one step count (issue 25) --------------------------------
+# --- Suggest settings and the estimate: one step count -----------------------------------------
 def _long_prompts(folder):
     """Rows whose long request truncation leaves no reply room for: the run drops them."""
-    from conftest import chat, write_jsonl
+    from helpers import chat, write_jsonl
 
     rows = [chat(f"Question {i}: where is the nearest post office?", "Two streets down, on the left.")
             for i in range(40)]
@@ -303,7 +303,7 @@ def _suggest_and_estimate(tiny_llama, tmp_path):
                                                  ("starter: company_faq", "lora"),
                                                  ("long prompts", "lora"), ("long prompts", "prompt_tuning")])
 def test_suggest_settings_and_the_estimate_count_the_same_steps(tiny_llama, tmp_path, dataset, method):
-    """Issue 25: the message said 176 steps and the estimate 184 (the message guessed 70% of the
+    """The message once said 176 steps and the estimate 184 (the message guessed 70% of the
     rows; the run trains the split's rows that truncation leaves), and prompt tuning was switched
     to LoRA without a word."""
     if dataset == "long prompts":
@@ -322,7 +322,7 @@ def test_suggest_settings_and_the_estimate_count_the_same_steps(tiny_llama, tmp_
 
 def test_the_step_count_is_the_trainers(tiny_llama, tmp_path):
     """The estimate's steps are the steps the Trainer takes: short last batch and accumulation group."""
-    from conftest import chat, write_jsonl
+    from helpers import chat, write_jsonl
     from tuner.train import train
 
     dataset = write_jsonl(tmp_path / "d.jsonl", [chat(f"Q{i}?", f"A{i}.") for i in range(9)])

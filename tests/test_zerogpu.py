@@ -17,7 +17,7 @@ from tuner import zerogpu
 from tuner.config import TrainConfig
 from tuner.runs import RunManager
 
-from conftest import chat, write_jsonl
+from helpers import chat, write_jsonl
 
 
 def test_zerogpu_is_on_only_with_the_platform_flag_and_its_package():

@@ -11,10 +11,14 @@ into the gradient's own dtype: the same fp32 arithmetic, chunk-sized temporaries
 Measured on a 2-core Xeon with AMX (576 × 49,152 bf16 logits, forward + backward):
 faster than transformers' loss, a visible share off a SmolLM2 step (figures: see
 docs/performance.md); the loss equal to fp32 rounding, the gradient to bf16's. Used for training on a CPU
-(`use_for_training`); on a GPU transformers' fused kernels stay.
+(`use_for_training`); on a GPU transformers' fused kernels stay. `TUNER_CHUNKED_LOSS=0` turns it
+off on a CPU too (to compare, or to rule it out): transformers' loss then, as run.json's summary
+says (`loss`).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -68,9 +72,21 @@ def causal_lm_loss(logits, labels, vocab_size: int, num_items_in_batch=None, ign
     return total / (targets != ignore_index).sum()  # "mean" over the labelled rows (NaN when none, as there)
 
 
+OFF = ("0", "false", "no", "off")  # TUNER_CHUNKED_LOSS values that turn it off
+
+
+def switched_off() -> bool:
+    """Whether TUNER_CHUNKED_LOSS turns the chunked loss off (0, false, no or off); read at each
+    run's start, as TUNER_PACKED_KERNEL is at each forward pass."""
+    return os.environ.get("TUNER_CHUNKED_LOSS", "").strip().lower() in OFF
+
+
 def use_for_training(model) -> bool:
     """Give a causal LM on the CPU this loss (its own loss type must be the plain causal-LM
-    one); True when it did. The loss is the same function: the model serves as before."""
+    one) unless TUNER_CHUNKED_LOSS turns it off; True when it did. The loss is the same
+    function: the model serves as before."""
+    if switched_off():
+        return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(base, "loss_type", None) not in (None, "ForCausalLM"):
         return False

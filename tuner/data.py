@@ -170,7 +170,7 @@ def parse_jsonl(text: str, source: str = "") -> LoadResult:
     return result
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     if n >= 2**30:
         return f"{n / 2**30:.1f} GB"
     return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} KB" if n >= 2**10 else f"{n} bytes"
@@ -179,7 +179,7 @@ def _size(n: int) -> str:
 def check_size(path: Path, max_bytes: int = MAX_FILE_BYTES) -> None:
     size = Path(path).stat().st_size
     if size > max_bytes:
-        raise ValueError(f"{Path(path).name}: {_size(size)} is over the {_size(max_bytes)} limit; "
+        raise ValueError(f"{Path(path).name}: {size_text(size)} is over the {size_text(max_bytes)} limit; "
                          "split it or cut it down first")
     if size == 0:
         raise ValueError(f"{Path(path).name}: the file is empty")
@@ -273,7 +273,7 @@ def save_dataset(rows: list[dict], name: str, folder: Path, max_bytes: int | Non
     limit = MAX_FILE_BYTES if max_bytes is None else max_bytes
     size = len(text.encode("utf-8"))
     if size > limit:
-        raise DatasetTooBig(f'the dataset "{base}": {_size(size)} is over the {_size(limit)} limit for a dataset '
+        raise DatasetTooBig(f'the dataset "{base}": {size_text(size)} is over the {size_text(limit)} limit for a dataset '
                             "file; cut it down or split it into smaller datasets.")
     names = (f"{base}.jsonl" if version == 1 else f"{base}-v{version}.jsonl" for version in itertools.count(1))
     return write_new(Path(folder), text, names, f'the dataset "{base}"')
@@ -354,6 +354,72 @@ def versions(path: Path) -> list[Path]:
     return sorted(same, key=lambda p: version_of(p.stem)[1])
 
 
+# --- the seeded split ------------------------------------------------------------------
+NONE = "(none)"  # how a row without a value for a column is counted
+
+
+def value_of(row: dict, column: str) -> str:
+    """A row's value in a metadata column, as a split stratifies and a filter counts it."""
+    value = row.get(column)
+    return NONE if value is None or value == "" else str(value)
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Percentages of the rows for train/validation/test; `stratify` keeps a
+    metadata column's proportions the same in each part."""
+
+    train: int = 80
+    validation: int = 10
+    test: int = 10
+    seed: int = 0
+    stratify: str | None = None
+
+    def __post_init__(self):
+        parts = (self.train, self.validation, self.test)
+        if any(p < 0 or p > 100 for p in parts):
+            raise ValueError("each percentage must be between 0 and 100 "
+                             f"(got {self.train}/{self.validation}/{self.test})")
+        if sum(parts) != 100:
+            raise ValueError(f"train + validation + test must make 100% (got {sum(parts)}%)")
+        if self.train <= 0:
+            raise ValueError("the train part must be more than 0%")
+
+    def describe(self) -> str:
+        by = f", stratified by {self.stratify}" if self.stratify else ""
+        return f"split {self.train}/{self.validation}/{self.test}{by}, seed {self.seed}"
+
+
+def _allocate(n: int, shares: tuple[int, ...]) -> list[int]:
+    """n items in whole numbers as close to the shares as can be (largest remainder)."""
+    exact = [n * s / 100 for s in shares]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(shares)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in by_remainder[:n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def assign_splits(rows: list[dict], spec: SplitSpec) -> list[str]:
+    """One split name per row. The same rows and spec give the same answer; with
+    `stratify`, each value's rows are divided by the percentages on their own.
+    Each stratum is shuffled with its own seed, so adding rows of one value
+    does not move the rows of another."""
+    strata: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        strata.setdefault(value_of(row, spec.stratify) if spec.stratify else "", []).append(i)
+    labels = [""] * len(rows)
+    for value, indices in strata.items():
+        random.Random(f"{spec.seed}|{value}").shuffle(indices)
+        counts = _allocate(len(indices), (spec.train, spec.validation, spec.test))
+        start = 0
+        for name, count in zip(SPLITS, counts):
+            for i in indices[start:start + count]:
+                labels[i] = name
+            start += count
+    return labels
+
+
 def has_stored_split(rows: list[dict]) -> bool:
     return bool(rows) and all(row.get(SPLIT_FIELD) in SPLITS for row in rows)
 
@@ -374,9 +440,7 @@ def splits(rows: list[dict], validation_fraction: float = 0.1, test_fraction: fl
         # whatever the split was (e.g. stratified), training and Compare agree
         return {name: [r for r in rows if r[SPLIT_FIELD] == name] for name in SPLITS}
     if stratify:
-        # each value of the column divided by the fractions on its own (tuner.shaping's split)
-        from tuner.shaping import SplitSpec, assign_splits
-
+        # each value of the column divided by the fractions on its own (the Dataset tab's split)
         test, validation = round(100 * test_fraction), round(100 * validation_fraction)
         labels = assign_splits(rows, SplitSpec(100 - test - validation, validation, test, seed, stratify))
         return {name: [r for r, label in zip(rows, labels) if label == name] for name in SPLITS}

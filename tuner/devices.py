@@ -22,7 +22,7 @@ def plan(precision: str, gpus: int, gpu_bf16: bool, cpu_bf16_fast: bool) -> Plac
     precision: auto, bf16 or fp32 (as Generator takes it). On a GPU, auto is bf16 where the GPU
     supports it (Ampere and newer) and fp16 on older ones; several GPUs get accelerate's
     device_map="auto" (the layers spread over them). On a CPU, auto is bf16 only where bf16
-    matmuls measure at least twice as fast as fp32 (tuner.train.cpu_bf16_speedup), else fp32.
+    matmuls measure at least twice as fast as fp32 (tuner.phases.cpu_bf16_speedup), else fp32.
     """
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be auto, bf16 or fp32 (got {precision!r})")

@@ -8,7 +8,7 @@ from pathlib import Path
 from tuner import data as tdata
 from tuner import models, recipes
 from tuner.config import TrainConfig, optimizer_steps, steps_per_epoch
-from tuner.train import count_parameters, detect_target_modules, meta_model
+from tuner.phases import count_parameters, detect_target_modules, meta_model
 
 # Throughput guess when no past run of the model exists: LoRA training costs
 # about 4-6 × parameters FLOPs per token; these CPUs sustain ~100 GFLOP/s fp32.

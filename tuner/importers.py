@@ -216,9 +216,9 @@ def _read_parquet(path: Path, max_bytes: int) -> Table:
                 decoded += sum(_decoded_bytes(column) for column in batch.columns)
                 if decoded > max_bytes and plan.delta:  # those strings are decoded to be counted: stop here
                     raise ImportProblem(f"{path.name}: {plan.rows_said} decode to more than "
-                                        f"{tdata._size(decoded)}, {plan.over(max_bytes)}")
+                                        f"{tdata.size_text(decoded)}, {plan.over(max_bytes)}")
         if decoded > max_bytes:
-            raise ImportProblem(f"{path.name}: {plan.rows_said} decode to {tdata._size(decoded)}, "
+            raise ImportProblem(f"{path.name}: {plan.rows_said} decode to {tdata.size_text(decoded)}, "
                                 f"{plan.over(max_bytes)}")
         # … and, within the limit, they are read plainly (faster than through dictionaries)
         with pq.ParquetFile(path) as parquet:
@@ -259,7 +259,7 @@ class _ParquetPlan:
 
     @staticmethod
     def over(max_bytes: int) -> str:
-        return f"over the {tdata._size(max_bytes)} limit for a dataset file; cut it down or split it first"
+        return f"over the {tdata.size_text(max_bytes)} limit for a dataset file; cut it down or split it first"
 
 
 def _parquet_plan(meta, name: str, max_bytes: int) -> _ParquetPlan | None:
@@ -299,11 +299,11 @@ def _parquet_plan(meta, name: str, max_bytes: int) -> _ParquetPlan | None:
                 delta[column.path] = max(delta.get(column.path, 0), chunk.total_uncompressed_size)
     plan = _ParquetPlan(total, rows, groups, name)
     if encoded > max_bytes:
-        raise ImportProblem(f"{name}: {plan.rows_said} hold {tdata._size(encoded)} uncompressed, "
+        raise ImportProblem(f"{name}: {plan.rows_said} hold {tdata.size_text(encoded)} uncompressed, "
                             f"{plan.over(max_bytes)}")
     if values * VALUE_BYTES + fixed > max_bytes:
         raise ImportProblem(f"{name}: {plan.rows_said} hold {values:,} values, which decode to at least "
-                            f"{tdata._size(values * VALUE_BYTES + fixed)}, {plan.over(max_bytes)}")
+                            f"{tdata.size_text(values * VALUE_BYTES + fixed)}, {plan.over(max_bytes)}")
     # a DELTA_BYTE_ARRAY value is at most its chunk long: decode few enough rows at a time that
     # a batch of the longest stays within the limit (other strings are read as dictionaries)
     plan.batch_rows = max(1, min(PARQUET_BATCH_ROWS, max_bytes // max(1, sum(delta.values()))))
@@ -323,7 +323,7 @@ def _parquet_batches(parquet, plan: _ParquetPlan, max_bytes: int):
                 batch = batch.slice(0, left)
             if batch.get_total_buffer_size() > max_bytes:
                 raise ImportProblem(f"{plan.name}: {plan.rows_said} decode to more than "
-                                    f"{tdata._size(batch.get_total_buffer_size())}, {plan.over(max_bytes)}")
+                                    f"{tdata.size_text(batch.get_total_buffer_size())}, {plan.over(max_bytes)}")
             yield batch
             left -= batch.num_rows
             if left <= 0:

@@ -202,7 +202,7 @@ def estimate(config, rows: list[dict], models_dir: Path, past_runs: list[dict]) 
 
     from tuner import estimate as testimate
     from tuner import models
-    from tuner.train import count_parameters
+    from tuner.phases import count_parameters
 
     config = continued(config)
     source = models.resolve(config.base_model, models_dir)
@@ -303,15 +303,14 @@ def init_run_folder(init_adapter: str, base_model: str) -> Path:
     return run_dir
 
 
-# --- the run's phases: setup and trainer (tuner.train runs them, saves and summarises) ----------
+# --- the run's phases: setup and trainer, of tuner.phases' parts (tuner.train runs them) ----------
 def set_up(config, run_dir: Path, models_dir: Path, control):
     """The base model with the adapter it trains (a run's, to continue, or a new one), and the
     preference rows split by prompt, held out and written to the run folder."""
     from datasets import Dataset
     from peft import PeftModel, get_peft_model
 
-    from tuner import models
-    from tuner import train as ttrain
+    from tuner import models, phases
     from tuner.paths import atomic_write_text
 
     rows = load(Path(config.dataset), config.method)
@@ -321,8 +320,8 @@ def set_up(config, run_dir: Path, models_dir: Path, control):
     if problem:
         raise ValueError(f"{Path(config.dataset).name}: {problem}")
     source = models.resolve(config.base_model, models_dir)
-    precision = ttrain.resolve_precision(config.precision)
-    model, tokenizer = ttrain.load_base(config, source, precision)
+    precision = phases.resolve_precision(config.precision)
+    model, tokenizer = phases.load_base(config, source, precision)
     kept = held_out(parts, config.method, init_run)
     records.write_held_out(run_dir, kept)
     atomic_write_text(trained_file(run_dir), tdata.to_jsonl(parts["train"]))
@@ -331,8 +330,8 @@ def set_up(config, run_dir: Path, models_dir: Path, control):
         model = PeftModel.from_pretrained(model, str(records.adapter_dir(init_run)), is_trainable=True)
         targets = sorted(model.peft_config["default"].target_modules)
     else:
-        targets = config.target_modules or ttrain.detect_target_modules(model)[0]
-        model = get_peft_model(model, ttrain.peft_config(config, targets, source.location),
+        targets = config.target_modules or phases.detect_target_modules(model)[0]
+        model = get_peft_model(model, phases.peft_config(config, targets, source.location),
                                autocast_adapter_dtype=True)
     trainable, total = model.get_nb_trainable_parameters()
     start = f"from {init_run.name}'s adapter" if init_run else "from a new adapter"
@@ -340,7 +339,7 @@ def set_up(config, run_dir: Path, models_dir: Path, control):
     train_set = Dataset.from_list(training_rows(parts["train"], config.method))
     eval_set = Dataset.from_list(training_rows(parts["validation"], config.method))
     parts = {**parts, "test": kept["test"]}  # what the summary counts as held out for Compare
-    return ttrain.Setup(precision, model, tokenizer, parts, train_set, eval_set, 0, targets, trainable, total)
+    return phases.Setup(precision, model, tokenizer, parts, train_set, eval_set, 0, targets, trainable, total)
 
 
 def make_trainer(config, run_dir: Path, setup, control, resume: bool):
@@ -348,10 +347,10 @@ def make_trainer(config, run_dir: Path, setup, control, resume: bool):
     from transformers import PrinterCallback
     from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
-    from tuner import train as ttrain
+    from tuner import phases
 
     has_eval = len(setup.eval_set) > 0
-    kwargs = ttrain.training_kwargs(config, run_dir, setup.precision, has_eval, packing=True)
+    kwargs = phases.training_kwargs(config, run_dir, setup.precision, has_eval, packing=True)
     kwargs.update(beta=config.beta, max_length=config.max_seq_length, neftune_noise_alpha=None,
                   # TRL turns it on by default; a LoRA run of a small model has the memory, and recomputing
                   # every layer's forward in the backward pass cost much of a CPU step (py-spy: docs/performance.md)
@@ -363,10 +362,10 @@ def make_trainer(config, run_dir: Path, setup, control, resume: bool):
     else:
         args, trainer_class = DPOConfig(**kwargs), DPOTrainer
     if setup.precision in ("bf16", "fp16") and not config.use_dora:
-        ttrain.skip_adapter_input_casts(setup.model)
-    reporter = ttrain.reporting_callback(control, run_dir, None)
+        phases.skip_adapter_input_casts(setup.model)
+    reporter = phases.reporting_callback(control, run_dir, None)
     trainer = trainer_class(model=setup.model, args=args, train_dataset=setup.train_set,
                             eval_dataset=setup.eval_set if has_eval else None, processing_class=setup.tokenizer,
                             callbacks=[reporter])
     trainer.remove_callback(PrinterCallback)
-    return ttrain.Training(trainer, reporter, False, False, ttrain.resume_point(run_dir) if resume else None)
+    return phases.Training(trainer, reporter, False, False, phases.resume_point(run_dir) if resume else None)

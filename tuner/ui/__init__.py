@@ -4,6 +4,7 @@
     charts       loss / learning-rate frames and Vega-Lite specs (Train and Results)
     dataset      the Dataset tab: import, edit, filter, split, expand, inspect, export
     train        the Train tab: settings, Start/Stop, live progress, the runs table
+    train_settings  the Train tab's settings, shared by train and preference (from TrainConfig)
     preference   the Train tab's DPO / KTO part: which evaluation's scores a run learns from
     compare      the Compare tab: build an evaluation, automatic checks, rate it
     rate         the blind rating panel and the raters' page (/rate) with its JSON routes

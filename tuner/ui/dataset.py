@@ -4,7 +4,7 @@ The tab works on a draft: the chosen version's rows, held per browser session
 in a gr.State. The row editor and accepted paraphrases change the draft; every
 Save writes a new version (tdata.save_version), so nothing saved before is
 ever changed. The work itself is done by the engine modules (importers,
-editing, shaping); the handlers here translate between widgets and them.
+editing, shaping, paraphrase); the handlers here translate between widgets and them.
 
 Each part of the tab (import, the draft's view, edit, filter, split, expand,
 inspect and export) has its own builder, which lays it out and wires it; they
@@ -24,6 +24,7 @@ import pandas as pd
 from tuner import data as tdata
 from tuner import editing, models
 from tuner import importers as imp
+from tuner import paraphrase
 from tuner import shaping as sh
 from tuner.config import TrainConfig
 from tuner.generate import GenSettings, Generator
@@ -146,7 +147,7 @@ def proposals_summary(found: list[dict], asked: int, rows: list[dict], model_nam
     """How many proposals were made (and why fewer than asked), how many look usable, and why the rest not."""
     text = f"**{len(found)} proposal(s)** from `{model_name}`"
     if len(found) < asked:
-        sources = len(sh.source_rows(rows))
+        sources = len(paraphrase.source_rows(rows))
         text += f" (you asked for {asked}, but the draft has only {sources} original row(s), one proposal each"
         added = len(rows) - sources
         text += f"; its {added} added paraphrase(s) are not paraphrased again)" if added else ")"
@@ -856,7 +857,7 @@ def expand_section(tab: DatasetTab):
         """Proposals for random original rows; while they are made, Add is off
         (and refused, for a click already on its way) and the old batch is cleared."""
         model_name, (n, seed, temp, max_new_) = tab.picked(rest, models.BUNDLED)
-        sources = len(sh.source_rows(draft.rows))
+        sources = len(paraphrase.source_rows(draft.rows))
         if not sources:
             why = f" (all {len(draft.rows)} rows are added paraphrases)" if draft.rows else ""
             yield {expand_msg: f"⚠️ Pick a dataset with rows to paraphrase first{why}.", batch_state: None}
@@ -868,8 +869,8 @@ def expand_section(tab: DatasetTab):
                add_proposals: gr.update(interactive=False)}
         try:
             settings = GenSettings(max_new_tokens=int(max_new_), temperature=float(temp), seed=int(seed or 0))
-            found = sh.propose_paraphrases(tab.generator, model_name, draft.rows, int(n or 1), int(seed or 0),
-                                           settings)
+            found = paraphrase.propose_paraphrases(tab.generator, model_name, draft.rows, int(n or 1),
+                                                   int(seed or 0), settings)
         except Exception as exc:  # a bad setting or model, out of memory…: said, and Add works again
             known = isinstance(exc, (ValueError, models.ModelUnavailable))
             text = str(exc) if known else f"Proposing failed: {type(exc).__name__}: {exc}"
@@ -887,7 +888,7 @@ def expand_section(tab: DatasetTab):
         if foreign_proposals(draft, chosen):
             return tab.refused("These proposals belong to other rows (another version, or rows edited since): "
                                "propose again.")
-        rows, added = sh.add_paraphrases(draft.rows, [(i, text) for i, _, text in chosen])
+        rows, added = paraphrase.add_paraphrases(draft.rows, [(i, text) for i, _, text in chosen])
         if not added:
             return tab.refused(f"Nothing added: the {len(chosen)} ticked paraphrase(s) are already added to the "
                                "draft.")

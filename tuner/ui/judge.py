@@ -1,5 +1,6 @@
 """The Results tab's judge section: a model's 1–5 scores and pair verdicts of an evaluation,
-shown beside the raters' and never mixed into them (the engine is `ratings.judge`)."""
+shown beside the raters' and never mixed into them (the engine is `ratings.judge`; the figures
+against the raters `ratings.agreement`; the endpoint client `ratings.judge_http`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from ratings import agreement as ragree
 from ratings import judge as rjudge
-from ratings import tables
+from ratings import judge_http, tables
 from ratings.scale import SUCCESS_AT
 from ratings.store import Store
 from tuner.generate import Generator
@@ -48,7 +50,7 @@ def judge_section(store: Store, trainer, eval_pick: gr.Dropdown, threshold: gr.R
         summary = gr.Markdown(elem_id="judge-summary")
         success = gr.Dataframe(interactive=False, elem_id="judge-success")
         agreement = gr.Dataframe(interactive=False, elem_id="judge-agreement")
-        gr.Markdown(rjudge.TRUST_RULE)
+        gr.Markdown(ragree.TRUST_RULE)
         verdicts = gr.Dataframe(interactive=False, elem_id="judge-verdicts")
         pairs = gr.Dataframe(interactive=False, wrap=True, elem_id="judge-pairs")
     view = _View(store, picker, summary, success, agreement, verdicts, pairs)
@@ -93,7 +95,7 @@ class _View:
         return {self.picker: gr.update(choices=names, value=judge),
                 self.summary: "\n".join(f"- {line}" for line in r.sentences()),
                 self.success: tables.display(r.success),
-                self.agreement: tables.display(rjudge.agreement_table(r.agreement)),
+                self.agreement: tables.display(ragree.agreement_table(r.agreement)),
                 self.verdicts: r.verdicts,
                 self.pairs: r.pairs.drop(columns=["comparison_id"]).rename(columns={"position": "#"})}
 
@@ -105,8 +107,8 @@ def _runner(store: Store, models_dir: Path, generator: Generator, view: _View, n
         progress_bar(0, desc="preparing the judge (a local model loads first)")
         try:
             judge = rjudge.make_judge(source, models_dir, endpoint_model, key_env, generator=generator,
-                                      allow_private=rjudge.private_allowed_by_env())
-        except rjudge.JudgeError as exc:
+                                      allow_private=judge_http.private_allowed_by_env())
+        except judge_http.JudgeError as exc:
             return {note: f"⚠️ {exc}"}
 
         def tick(done, total):
@@ -114,7 +116,7 @@ def _runner(store: Store, models_dir: Path, generator: Generator, view: _View, n
 
         try:
             counts = rjudge.run_judge(store, _int(eval_id), judge, tick)
-        except (rjudge.JudgeError, StorageError) as exc:
+        except (judge_http.JudgeError, StorageError) as exc:
             return {note: f"⚠️ {exc}"}
         except Exception as exc:  # a bad model or server must not take the app down
             return {note: f"⚠️ The judge failed: {type(exc).__name__}: {exc}"}

@@ -18,6 +18,7 @@ from tuner.config import PREFERENCE_METHODS
 from tuner.paths import atomic_write_text
 from tuner.records import is_finished, run_label
 from tuner.ui.rate import eval_choices
+from tuner.ui.train_settings import FIELDS, config_from
 
 FROM_BASE = "(a new adapter over the base model)"
 CONTINUABLE = ("lora", "qlora", "dpo", "kto")  # runs whose LoRA adapter a preference run can go on from
@@ -148,7 +149,6 @@ def wire_counts(ui, picks: PreferencePicks, store: Store):
     """The counts line, once every setting's input exists: what the evaluation gives, what Start's
     split leaves to train on (or why it is too few), and how long the run takes."""
     from tuner.estimate import describe
-    from tuner.ui.train import FIELDS
 
     method = ui.inputs["method"]
     inputs = [method] + picks.inputs + ui.settings
@@ -198,8 +198,6 @@ def wire_counts(ui, picks: PreferencePicks, store: Store):
 def run_config(ui, store: Store, picks_values, method: str, values, run_name: str = "", dataset: str = ""):
     """The TrainConfig of a DPO or KTO run on the picked evaluation (its data's file aside), with
     the settings of the adapter it continues: what Start runs and run.json records."""
-    from tuner.ui.train import config_from
-
     evaluation, _source, init_run, *_ = picks_values
     base_model = store.evaluation(int(evaluation))["base_model"]
     init_dir = None

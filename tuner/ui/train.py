@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -23,16 +23,8 @@ from tuner.estimate import describe, estimate, module_choices, suggest as sugges
 from tuner.records import RESUMABLE, is_finished, read_metrics, run_label, stopped_at
 from tuner.runs import RunBusy, RunManager, RunState, clock, resume_hint
 from tuner.train import check_machine
-
-
-
-# TrainConfig's fields by name, and the ones the tab edits (those whose metadata names a
-# widget), in the order of its inputs: the config declares each setting once
-SPEC = {f.name: f for f in fields(TrainConfig)}
-FIELDS = [name for name, f in SPEC.items() if f.metadata.get("widget")]
-INTS = {name for name in FIELDS if SPEC[name].type == "int"}
-FLOATS = {name for name in FIELDS if SPEC[name].type in ("float", "float | None")}
-OPTIONAL_TEXT = {name for name in FIELDS if SPEC[name].type == "str | None"}  # an empty box is None
+from tuner.ui.preference import preference_config, preference_section
+from tuner.ui.train_settings import FIELDS, INTS, SPEC, config_from, values_of
 
 
 PRESETS = ("attention only", "all linear layers", "custom")
@@ -42,29 +34,6 @@ def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def config_from(model_name: str, dataset: str, values, run_name: str = "") -> TrainConfig:
-    settings = dict(zip(FIELDS, values))
-    settings["run_name"] = (run_name or "").strip()
-    for key in INTS:
-        settings[key] = int(settings[key]) if settings[key] is not None else None
-    for key in FLOATS:
-        settings[key] = float(settings[key] or 0)
-    for key in OPTIONAL_TEXT:
-        settings[key] = (settings[key] or "").strip() or None
-    settings["target_modules"] = list(settings["target_modules"] or []) or None
-    return TrainConfig(base_model=model_name, dataset=dataset, **settings)
-
-
-def values_of(config: dict) -> list:
-    defaults = TrainConfig().to_dict()
-    values = {name: config.get(name, defaults[name]) for name in FIELDS}
-    if config.get("learning_rate") is None:  # unset: the method's own
-        values["learning_rate"] = default_learning_rate(values["method"])
-    for name in OPTIONAL_TEXT:
-        values[name] = values[name] or ""
-    return [values[name] for name in FIELDS]
 
 
 def recipe_line(recipe: recipes.Recipe | None, minutes: float | None) -> str:
@@ -326,8 +295,6 @@ def preference_part(ui: TrainTab, tab: gr.Tab | None):
         with gr.Group(visible=False):
             ui.add("beta")
         return
-    from tuner.ui.preference import preference_section
-
     ui.preference = preference_section(ui, ui.store, ui.preferences_dir)
     if tab is not None:  # evaluations and runs made meanwhile are offered when the tab is opened
         tab.select(*ui.preference.refresh)
@@ -503,8 +470,6 @@ def wire_start(ui: TrainTab, start: gr.Button, run_name: gr.Textbox):
             if method in PREFERENCE_METHODS:
                 if ui.preference is None:
                     raise ValueError("Preference tuning needs the ratings database: it is not open here.")
-                from tuner.ui.preference import preference_config
-
                 config = preference_config(ui, ui.store, ui.preferences_dir, picked, method, values, run_name)
             else:
                 config = ui.build(model_name, dataset_label, values, run_name)
