@@ -56,8 +56,17 @@ def pytest_runtest_protocol(item, nextitem):
 
 def pytest_configure(config):
     """A server started by a test not marked `server` is refused: the app is served by
-    uvicorn (app.Tuner.start), so every uvicorn.Server made in a test is checked."""
+    uvicorn (app.Tuner.start), so every uvicorn.Server made in a test is checked.
+
+    The tests' small stand-in servers (the judge's chat endpoint, the sign-in provider) run
+    socketserver's serve_forever, which looks for shutdown() every poll_interval: 0.5 s by
+    default, waited at every such test's teardown; here 0.05 s."""
+    import socketserver
+
     import uvicorn
+
+    config._tuner_poll_interval = socketserver.BaseServer.serve_forever.__defaults__
+    socketserver.BaseServer.serve_forever.__defaults__ = (0.05,)
 
     made = uvicorn.Server.__init__
 
@@ -74,6 +83,10 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
+    import socketserver
+
+    if getattr(config, "_tuner_poll_interval", None) is not None:
+        socketserver.BaseServer.serve_forever.__defaults__ = config._tuner_poll_interval
     made = getattr(config, "_tuner_uvicorn_init", None)
     if made is not None:
         import uvicorn

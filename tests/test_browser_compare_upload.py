@@ -89,6 +89,7 @@ def test_cut_replies_wait_for_the_owners_choice_and_the_form_follows_the_runs_re
     cap.press("Enter")
     page.get_by_label("typed prompts").check()
     page.locator("#compare-prompts textarea").fill("Say hi 1\nSay hi 2")
+    expect(cap).to_have_value("16")  # what Generate will send
     page.locator("#generate").click()
     message, gate = page.locator("#generate-message"), page.locator("#cut-note")
     expect(message).to_contain_text("Generated 2 × 2 replies", timeout=120_000)

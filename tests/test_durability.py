@@ -105,6 +105,7 @@ def check_database(path: Path, acked, in_flight: int = 0) -> sqlite3.Connection:
 
 
 # --- 1. SIGKILL while ratings are being written ---------------------------------------------
+@pytest.mark.slow
 def test_sigkill_during_rating_writes_loses_no_acknowledged_rating(tmp_path):
     db = tmp_path / "ratings.db"
     acked, threads = [], 4
@@ -129,6 +130,7 @@ def test_sigkill_during_rating_writes_loses_no_acknowledged_rating(tmp_path):
 
 
 # --- 2. a restart, with a training run in flight ----------------------------------------------
+@pytest.mark.slow
 def test_restart_keeps_datasets_ratings_and_a_killed_run_resumes(tiny_llama, tmp_path):
     home = tmp_path / "home"
     layout = Layout(home)
@@ -204,6 +206,7 @@ def test_restart_keeps_datasets_ratings_and_a_killed_run_resumes(tiny_llama, tmp
 
 
 # --- 3. the disk fills up while saving ------------------------------------------------------------
+@pytest.mark.slow
 def test_a_full_disk_gives_a_message_and_leaves_nothing_half_written(tmp_path):
     home = tmp_path / "home"
     proc = Worker("diskfull", home)
@@ -249,6 +252,7 @@ def test_a_full_disk_gives_a_message_and_leaves_nothing_half_written(tmp_path):
 
 
 # --- 4. a backup while raters are writing -----------------------------------------------------------
+@pytest.mark.slow
 def test_backup_under_writes_is_a_consistent_snapshot(tmp_path):
     db = tmp_path / "ratings.db"
     proc = Worker("rate", db, "live", 3)
@@ -344,6 +348,7 @@ def test_double_submit_of_one_pair_makes_one_rating_per_reply(tmp_path):
     assert sorted(frame["score"]) == sorted(kept + [3] * 5)  # the acknowledged submit's scores
 
 
+@pytest.mark.slow
 def test_a_process_exiting_mid_run_stops_the_run_cleanly(tiny_llama, tmp_path):
     """Ctrl-C or a script's end while a run trains: the run stops at a step
     boundary and is saved as stopped (resumable), and the process exits 0

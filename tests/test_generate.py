@@ -61,6 +61,7 @@ def test_settings_are_checked():
         GenSettings(temperature=5)
 
 
+@pytest.mark.slow
 def test_prompt_tuning_trains_and_generates_beside_a_lora_adapter(tiny_llama, trained_run, tmp_path):
     rows = [chat(f"Say hi {i}", "Hello there, friend!") for i in range(8)]
     dataset = write_jsonl(tmp_path / "d.jsonl", rows)
@@ -87,6 +88,7 @@ def test_prompt_tuning_trains_and_generates_beside_a_lora_adapter(tiny_llama, tr
     assert lora[0].text != prompted[0].text
 
 
+@pytest.mark.slow
 def test_cli_generate_writes_base_and_tuned_replies(tiny_llama, trained_run, tmp_path):
     import json
     import os

@@ -10,13 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from helpers import chat, write_jsonl
 from tuner import records
+
+pytestmark = pytest.mark.slow  # two processes train, then one: ~30 s
 
 ROOT = Path(__file__).resolve().parents[1]
 # the two runs see the same rows in the same global batches; they differ in how each process
 # packs and averages its half of a batch, so the losses agree closely but not bit for bit
 LOSS_TOLERANCE = 0.03  # relative, at every step
+ACCELERATE = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
 def _train(launcher: list[str], config: dict, folder: Path, run_id: str | None) -> subprocess.CompletedProcess:
@@ -56,3 +62,35 @@ def test_two_processes_train_one_run_that_matches_one_process(tiny_llama, tmp_pa
     for together, alone in losses:
         assert abs(together - alone) <= LOSS_TOLERANCE * alone, losses
     assert [r["epoch"] for r in two_rows if "loss" in r] == [r["epoch"] for r in one_rows if "loss" in r]
+
+
+def test_two_processes_on_an_empty_data_root_convert_the_bundled_model_once(tmp_path):
+    """A fresh TUNER_HOME and the bundled model: the main process converts it first, the other
+    waits and finds it ready (converting it together, one process failed with no message)."""
+    rows = [chat(f"Question {i}?", f"Answer number {i}, kindly.") for i in range(8)]
+    dataset = write_jsonl(tmp_path / "d.jsonl", rows)
+    home = tmp_path / "home"
+    assert not home.exists()
+    config = {"base_model": "smollm2-135m-instruct", "dataset": str(dataset), "max_steps": 1, "validation_fraction": 0,
+              "test_fraction": 0, "save_steps": 100, "seed": 7, "precision": "fp32", "max_seq_length": 64,
+              "per_device_train_batch_size": 1, "output_dir": str(tmp_path / "runs")}
+    done = _train(ACCELERATE, config, tmp_path, None)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    record = records.read_record(run_dir)
+    assert record["status"] == "completed" and record["summary"]["world_size"] == 2
+    converted = home / "models" / "smollm2-135m-instruct"
+    assert (converted / "config.json").is_file()
+
+
+def test_a_failing_process_says_why(tmp_path):
+    """Every process that cannot go on prints its error (here: a model that does not exist)."""
+    dataset = write_jsonl(tmp_path / "d.jsonl", [chat("Q?", "A.")] * 4)
+    config = {"base_model": str(tmp_path / "no-such-model"), "dataset": str(dataset), "max_steps": 1,
+              "validation_fraction": 0, "test_fraction": 0, "per_device_train_batch_size": 1,
+              "output_dir": str(tmp_path / "runs")}
+    failed = _train(ACCELERATE, config, tmp_path, None)
+    assert failed.returncode != 0
+    for rank in (0, 1):
+        assert f"error (process {rank} of 2)" in failed.stderr, failed.stderr[-3000:]
+    assert "no-such-model" in failed.stderr

@@ -196,6 +196,7 @@ def reply_logp(model_dir: Path, adapter: Path, prompt: str, reply: str) -> float
     return float(logp[torch.arange(len(start) - 1, len(full) - 1), targets[len(start) - 1:]].sum())
 
 
+@pytest.mark.slow
 def test_dpo_from_an_sft_run_moves_it_towards_the_chosen_replies(tiny_llama, trained_run, tmp_path):
     sft_run = trained_run.parent  # taught to answer "Hello there, friend!"
     prefs = write_jsonl(tmp_path / "prefs.jsonl", [
@@ -225,6 +226,7 @@ def test_dpo_from_an_sft_run_moves_it_towards_the_chosen_replies(tiny_llama, tra
     assert tpref.trained_prompts(run_dir) and records.held_out_file(run_dir, "test").read_text() == ""
 
 
+@pytest.mark.slow
 def test_kto_from_the_base_completes_and_too_few_examples_are_refused(tiny_llama, tmp_path):
     rows = [{"prompt": f"Write note {i // 2}", "completion": "Subject: Note\nDear team," if i % 2 else "no",
              "label": bool(i % 2)} for i in range(16)]
@@ -257,6 +259,7 @@ def test_compare_leaves_out_the_prompts_a_preference_run_learned(tmp_path):
         evalsets.leave_out_trained(items[:1], [{"run_id": "r", "path": str(run_dir)}])
 
 
+@pytest.mark.slow
 def test_a_stopped_dpo_run_resumes_from_its_checkpoint_with_its_step_count(tiny_llama, trained_run, tmp_path):
     from tuner.runs import RunManager
 
@@ -371,6 +374,7 @@ def test_the_counts_line_applies_starts_split_and_start_makes_no_run_it_would_fa
     assert "after holding out the validation and test prompts, 6 preference pairs" in counts, counts
 
 
+@pytest.mark.slow
 def test_a_dpo_run_from_an_sft_run_records_the_adapter_it_trained(tiny_llama, tmp_path):
     """The form's rank, alpha and modules do not apply to a run that continues an adapter: they are
     hidden, and run.json records the adapter's own (the report had r 4, all linear layers, for an

@@ -429,6 +429,7 @@ def test_stop_ends_the_run_within_two_steps_and_keeps_a_checkpoint(tiny_llama, h
     assert records.last_complete_checkpoint(run_dir) is not None  # resumable
 
 
+@pytest.mark.slow
 def test_a_stopped_and_resumed_run_records_the_time_and_tokens_of_both_segments(tiny_llama, home, tmp_path):
     dataset = write_jsonl(tmp_path / "d.jsonl", [chat(f"Question {i}?", f"Answer {i}.") for i in range(8)])
     manager = RunManager(home.runs, home.models)
@@ -514,6 +515,7 @@ def test_failure_in_training_thread_is_reported_not_raised(home, tmp_path):
     assert [r["status"] for r in manager.runs()] == ["failed"]
 
 
+@pytest.mark.slow
 def test_cli_run_killed_mid_way_resumes_and_continues_its_step_count(tiny_llama, tmp_path):
     write_jsonl(tmp_path / "d.jsonl", [chat(f"Q{i}?", f"A{i}.") for i in range(10)])
     out = tmp_path / "runs"
@@ -558,6 +560,7 @@ def test_cli_run_killed_mid_way_resumes_and_continues_its_step_count(tiny_llama,
     assert record["summary"]["train_runtime"] == round(killed["train_runtime"] + resumed["train_runtime"], 2)
 
 
+@pytest.mark.slow
 def test_cli_writes_the_run_folder(tiny_llama, tmp_path):
     dataset = write_jsonl(tmp_path / "d.jsonl", _overfit_rows(6))
     config = {"base_model": str(tiny_llama), "dataset": str(dataset), "max_steps": 2,

@@ -61,6 +61,7 @@ def test_a_forked_call_returns_its_value_raises_its_error_and_is_cut_off_at_its_
     assert seen == []  # what the worker changes in memory stays there
 
 
+@pytest.mark.slow
 def test_a_run_in_a_worker_process_reports_its_rows_and_stops_through_its_folder(tiny_llama, home, tmp_path):
     dataset = write_jsonl(tmp_path / "d.jsonl", [chat(f"Question {i}?", f"Answer {i}.") for i in range(8)])
     manager = RunManager(home.runs, home.models, worker_runner=zerogpu.in_forked_process)
@@ -83,6 +84,7 @@ def test_a_run_in_a_worker_process_reports_its_rows_and_stops_through_its_folder
     assert json.loads((run_dir / "run.json").read_text())["status"] == "stopped"
 
 
+@pytest.mark.slow
 def test_a_worker_cut_off_at_its_duration_leaves_a_failed_run_that_says_why(tiny_llama, home, tmp_path):
     dataset = write_jsonl(tmp_path / "d.jsonl", [chat(f"Question {i}?", f"Answer {i}.") for i in range(8)])
     manager = RunManager(home.runs, home.models, worker_runner=zerogpu.in_forked_process)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 def _train(args) -> int:
-    from tuner import preference
+    from tuner import models, preference
     from tuner.config import TrainConfig
     from tuner.paths import Layout, data_root
     from tuner.records import FINISHED, new_run_id, start_record
@@ -66,6 +66,18 @@ def _train(args) -> int:
 
         run_id = broadcast_object_list([run_id])[0]
     run_dir = output_dir / run_id
+    # the model is prepared (the bundled GGUF converted, once) by the main process first; the
+    # others wait, then find it ready (converting it at the same time, one of them failed)
+    failure = None
+    with state.main_process_first():
+        try:
+            models.resolve(config.base_model, layout.models)
+        except Exception as exc:  # noqa: BLE001 - each process says why it cannot go on
+            failure = exc
+    if failure is not None:
+        print(f"error (process {state.process_index} of {state.num_processes}): {config.base_model}: {failure}",
+              file=sys.stderr, flush=True)
+        return 1
     if state.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         start_record(run_dir, run_id, config)
@@ -80,6 +92,9 @@ def _train(args) -> int:
         print(f"{record['status']}: {run_dir}")
         if record.get("message"):
             print(record["message"])
+    elif record["status"] not in FINISHED:  # a failing rank says why, not only the main one
+        print(f"error (process {state.process_index} of {state.num_processes}): {record['status']}: "
+              f"{record.get('message') or 'no message'}", file=sys.stderr, flush=True)
     return 0 if record["status"] in FINISHED else 1
 
 
