@@ -90,11 +90,15 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store):
     source.change(lambda kind: (gr.update(visible=kind == "typed prompts"), gr.update(visible=kind == "uploaded file"),
                                 gr.update(visible=kind == "uploaded file")),
                   source, [typed, upload, upload_note])
-    # `input` is the owner's own typing (a fill from a recipe is a `change` only)
-    checks_box.input(_mark("checks"), edited, edited, show_progress="hidden")
-    sampling[0].input(_mark("cap"), edited, edited, show_progress="hidden")
+    # `input` is the owner's own typing (a fill from a recipe is a `change` only). The marks and the
+    # fill run one at a time, in order (their states are read when each runs): two fills in flight
+    # together (the run list's change fires again when its choices are refreshed) both filled,
+    # and the later one put the recipe's cap back over the one typed meanwhile
+    one_at_a_time = {"concurrency_limit": 1, "concurrency_id": "compare-form"}
+    checks_box.input(_mark("checks"), edited, edited, show_progress="hidden", **one_at_a_time)
+    sampling[0].input(_mark("cap"), edited, edited, show_progress="hidden", **one_at_a_time)
     runs.change(_form_filler(trainer), [runs, checks_box, edited, filled_for],
-                [checks_box, sampling[0], recipe_note, filled_for])
+                [checks_box, sampling[0], recipe_note, filled_for], **one_at_a_time)
     generate.click(_generator(trainer, generator, store, generated),
                    [name, runs, source, typed, uploaded, *sampling, rules, tag, invite, checks_box, no_code,
                     reveal_choice], generated.outputs())
