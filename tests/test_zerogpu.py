@@ -97,33 +97,53 @@ def test_a_worker_cut_off_at_its_duration_leaves_a_failed_run_that_says_why(tiny
     assert not manager.busy()
 
 
+# Run in a fresh Python process: forking a process that has run a whole test suite (its server,
+# SQLite and thread-pool threads) can copy a lock some other thread held, and the child then
+# hangs; a ZeroGPU Space forks from its app's process as the script below does from its own.
+WORKER_SCRIPT = """
+import json, sys, threading
+from pathlib import Path
+from tuner import generate as tgen, zerogpu
+
+model, models = sys.argv[1], Path(sys.argv[2])
+settings = tgen.GenSettings(max_new_tokens=6)
+conversations = [[{"role": "user", "content": f"Say {w}."}] for w in ("hello", "thanks")]
+here = []
+# in-process replies from a thread of its own: the thread that forks the worker must have run no
+# torch work (a forked child hangs in the OpenMP pool of the thread it was forked from); on ZeroGPU
+# no torch work runs in the app's process at all
+local = threading.Thread(target=lambda: here.append(tgen.Generator(models, precision="fp32")
+                                                    .generate_all(model, conversations, settings, [None])))
+local.start()
+local.join()
+key = (str(models), "fp32")  # the app's Generator's settings: the worker makes its own
+step = zerogpu.in_forked_process(tgen._in_worker, tgen._worker_duration)
+there = []
+handler = threading.Thread(target=lambda: there.append(step(  # as a Gradio handler's thread calls it
+    key, "_generate_all", (model, conversations, settings, [None], None), len(conversations),
+    settings.max_new_tokens)))
+handler.start()
+handler.join()
+print(json.dumps({"here": [r.text for r in here[0][0]], "there": [r.text for r in there[0][0]],
+                  "loaded_here": key in tgen._WORKER_GENERATORS, "decorated": tgen._GPU_STEP is not tgen._in_worker}))
+"""
+
+
 def test_generation_in_a_worker_process_gives_the_replies_of_this_one(tiny_llama, tmp_path):
-    import threading
+    import os
+    import subprocess
+    import sys
 
     from tuner import generate as tgen
 
-    settings = tgen.GenSettings(max_new_tokens=6)
-    conversations = [[{"role": "user", "content": f"Say {w}."}] for w in ("hello", "thanks")]
-    here = []
-    # in-process replies from a thread of its own: the thread that forks the worker must have run
-    # no torch work (a forked child hangs in the OpenMP pool of the thread it was forked from); on
-    # ZeroGPU no torch work runs in the app's process at all
-    local = threading.Thread(target=lambda: here.append(tgen.Generator(tmp_path / "models", precision="fp32")
-                                                        .generate_all(str(tiny_llama), conversations, settings,
-                                                                      [None])))
-    local.start()
-    local.join()
-    key = (str(tmp_path / "models"), "fp32")  # the app's Generator's settings: the worker makes its own
-    step = zerogpu.in_forked_process(tgen._in_worker, tgen._worker_duration)
-    there = []
-    handler = threading.Thread(target=lambda: there.append(step(  # as a Gradio handler's thread calls it
-        key, "_generate_all", (str(tiny_llama), conversations, settings, [None], None),
-        len(conversations), settings.max_new_tokens)))
-    handler.start()
-    handler.join()
-    assert [r.text for r in there[0][0]] == [r.text for r in here[0][0]]
-    assert key not in tgen._WORKER_GENERATORS  # the model was loaded in the worker, not here
-    assert tgen._GPU_STEP is tgen._in_worker  # off ZeroGPU nothing is decorated
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", WORKER_SCRIPT, str(tiny_llama), str(tmp_path / "models")], cwd=root,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["there"] == seen["here"] and len(seen["here"]) == 2
+    assert not seen["loaded_here"]  # the model was loaded in the worker, not in the process that asked
+    assert not seen["decorated"]  # off ZeroGPU nothing is decorated
     assert tgen._worker_duration(0, "", (), 2, 6) == zerogpu.duration_for(zerogpu.generation_seconds(2, 6))
 
 
