@@ -88,7 +88,7 @@ def test_cut_replies_wait_for_the_owners_choice_and_the_form_follows_the_runs_re
     page.get_by_text("Generation settings, keyword rules, invite code").click()
     expect(cap).to_have_value("240")
     # by hand, last before Generate: a cap far too small for an email (typed before the prompt
-    # source was switched, the box showed the recipe's 240 again in some full-suite runs: see the docs)
+    # source was switched, the box showed the recipe's 240 again in some full-suite runs, cause unknown)
     cap.fill("16")
     cap.press("Tab")
     expect(cap).to_have_value("16")  # what Generate will send
