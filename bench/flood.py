@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from gradio_http import call, page_headers, sign_in  # noqa: E402
 
-from rating_load import free_port, percentile, seed_evaluation, wait_for  # noqa: E402
+from rating_load import free_port, percentile, seed_evaluation, stop_app, wait_for  # noqa: E402
 from tuner import tiny  # noqa: E402
 
 PASSWORD = "bench-owner-password"
@@ -147,12 +147,7 @@ def main() -> None:
                                  "flood_answers": {str(k): v for k, v in answers.most_common()}}
             alive = proc.poll() is None
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
+            stop_app(proc, log)
     base = results["none"]["p50_ms"]
     for kind, r in results.items():
         flood = "" if kind == "none" else (f" · flood {r['flood_per_s']}/s answered {r['flood_answers']} · "

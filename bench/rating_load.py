@@ -90,6 +90,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def stop_app(proc: subprocess.Popen, log) -> None:
+    """End the app started for a benchmark (and close its log)."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile of sorted values."""
     if not values:
@@ -264,12 +274,7 @@ def main() -> None:
                 steps = logged_steps(home) - steps_before
                 stop_training(url, cfg)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
+            stop_app(proc, log)
         with sqlite3.connect(home / "ratings.db") as conn:
             stored = conn.execute("SELECT COUNT(*) FROM assignments WHERE rater LIKE 'rater%' "
                                   "AND rated_at IS NOT NULL").fetchone()[0]

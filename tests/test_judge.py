@@ -421,11 +421,9 @@ def test_a_name_that_resolves_to_a_private_address_is_refused(monkeypatch):
             judge_http.chat_completion(f"http://{host}/v1", "m", [{"role": "user", "content": "hi"}], key="sk-x")
 
 
-def test_a_name_that_changes_to_a_private_address_after_the_check_is_refused(endpoint, monkeypatch):
-    """DNS rebinding: the name resolves to a public address when checked, then to 127.0.0.1 when connecting;
-    the address actually connected to is checked too, before anything is sent."""
-    server = endpoint(lambda body: (200, OK_ANSWER))
-    port = server.server.server_address[1]
+def _rebinding(monkeypatch) -> list:
+    """rebind.judge.test resolves to a public address when first asked, then to 127.0.0.1 (DNS
+    rebinding); the lookups made are listed in the list returned."""
     calls = []
 
     def answers(host):
@@ -435,6 +433,15 @@ def test_a_name_that_changes_to_a_private_address_after_the_check_is_refused(end
         return ["93.184.216.34"] if len(calls) == 1 else ["127.0.0.1"]
 
     _resolving(monkeypatch, answers)
+    return calls
+
+
+def test_a_name_that_changes_to_a_private_address_after_the_check_is_refused(endpoint, monkeypatch):
+    """DNS rebinding: the name resolves to a public address when checked, then to 127.0.0.1 when connecting;
+    the address actually connected to is checked too, before anything is sent."""
+    server = endpoint(lambda body: (200, OK_ANSWER))
+    port = server.server.server_address[1]
+    calls = _rebinding(monkeypatch)
     with pytest.raises(rj.JudgeError, match=r"private or local address .*127\.0\.0\.1.*TUNER_JUDGE_ALLOW_PRIVATE"):
         judge_http.chat_completion(f"http://rebind.judge.test:{port}/v1", "m", [{"role": "user", "content": "hi"}],
                            key="sk-x")
@@ -446,15 +453,7 @@ def test_the_peer_is_checked_before_the_tls_handshake(endpoint, monkeypatch):
     plain HTTP, so a handshake would have failed with a TLS error instead)."""
     server = endpoint(lambda body: (200, OK_ANSWER))
     port = server.server.server_address[1]
-    calls = []
-
-    def answers(host):
-        if host != "rebind.judge.test":
-            return None
-        calls.append(host)
-        return ["93.184.216.34"] if len(calls) == 1 else ["127.0.0.1"]
-
-    _resolving(monkeypatch, answers)
+    _rebinding(monkeypatch)
     with pytest.raises(rj.JudgeError, match=r"private or local address .*127\.0\.0\.1"):
         judge_http.chat_completion(f"https://rebind.judge.test:{port}/v1", "m", [{"role": "user", "content": "hi"}],
                                    key="sk-x")
