@@ -683,6 +683,25 @@ class Store(Database):
         frame["flag"] = [", ".join(json.loads(f)) if f and f != "[]" else "" for f in frame["flags"]]
         return frame.drop(columns=["flags"])
 
+    def rating_sequence(self, evaluation_id: int, with_excluded: bool = False) -> pd.DataFrame:
+        """One row per rated pair, in the order the pairs were rated: the prompt, the rater and
+        each side's model label and score (what ratings.sequential decides on). Raters the owner
+        excluded are left out unless `with_excluded`, as in every table."""
+        with self.db() as db:
+            rows = list(db.query("""
+                SELECT a.id AS assignment, p.id AS prompt_id, a.rater, a.rated_at,
+                       vl.label AS label_a, tl.score AS score_a, vr.label AS label_b, tr.score AS score_b
+                FROM assignments a JOIN comparisons c ON c.id = a.comparison_id JOIN prompts p ON p.id = c.prompt_id
+                JOIN replies rl ON rl.id = a.left_reply_id JOIN variants vl ON vl.id = rl.variant_id
+                JOIN replies rr ON rr.id = a.right_reply_id JOIN variants vr ON vr.id = rr.variant_id
+                JOIN ratings tl ON tl.reply_id = a.left_reply_id AND tl.rater = a.rater
+                JOIN ratings tr ON tr.reply_id = a.right_reply_id AND tr.rater = a.rater
+                WHERE p.evaluation_id = ? AND a.rated_at IS NOT NULL AND (? OR a.rater NOT IN (
+                    SELECT rater FROM excluded_raters WHERE evaluation_id = p.evaluation_id))
+                ORDER BY a.rated_at, a.id""", [evaluation_id, with_excluded]))
+        columns = ["assignment", "prompt_id", "rater", "rated_at", "label_a", "score_a", "label_b", "score_b"]
+        return pd.DataFrame(rows, columns=columns)
+
     def judgements_frame(self, evaluation_id: int, with_excluded: bool = False) -> pd.DataFrame:
         """One row per rated pair: who was left and right, the preference, the comment
         (raters the owner excluded are left out unless `with_excluded`)."""
