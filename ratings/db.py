@@ -248,6 +248,15 @@ def _rater_claims(db: sqlite_utils.Database) -> None:
         FROM rater_joins j JOIN rater_keys k ON k.rater = j.rater;
     """)
 
+
+@migrations(name="0008_closed_rating")
+def _closed_rating(db: sqlite_utils.Database) -> None:
+    # when the owner closed rating of an evaluation (NULL: raters may rate it while it has pairs);
+    # the ratings given before it closed stay. And the audit rows that replaced a score, indexed on
+    # their own: the scheduler reads the latest one to know whether the decisions it keeps still hold
+    db.execute("ALTER TABLE evaluations ADD COLUMN closed_at TEXT")
+    db.execute("CREATE INDEX audit_changes ON audit(id) WHERE old_score IS NOT NULL")
+
 # SQLite's result codes for a disk that fails under it, in a person's words
 SQLITE_DISK_PROBLEMS = {
     "SQLITE_FULL": "the disk is full",

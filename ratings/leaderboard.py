@@ -29,6 +29,17 @@ of the two replies' characters, scaled to unit root-mean-square over the board's
 centred: x changes sign with the sides, and a centred x would not). γ > 0 means the longer
 reply is preferred beyond what the players' strengths explain; the length-controlled β are
 the players' strengths at equal length.
+
+Next battles (`next_battles`): which two players more battles would teach the board most,
+Chatbot Arena's active sampling at this app's scale. Arena (Chiang et al., 2024, Sec. 5)
+samples a pair in proportion to how much one more battle would shrink the uncertainty of that
+pair's comparison, sqrt(Σ/n) − sqrt(Σ/(n + 1)). Here the variance v of β_a − β_b is the
+bootstrap's (so a pair that never met but is linked through others has a finite v), and one
+more battle adds its Fisher information w = p(1 − p), p the fitted P(a beats b), along
+x = e_a − e_b, so v becomes v / (1 + w·v) (Sherman–Morrison); with only direct battles this is
+Arena's rule exactly. Because the owner asks which comparisons would change the *order*, that
+shrinkage is weighted by how undecided the order is: 2·min(q, 1 − q), q the share of resamples
+in which a is ahead (1 at 50/50, 0 when every resample agrees).
 """
 
 from __future__ import annotations
@@ -319,6 +330,8 @@ class Board:
     rounds: int = ROUNDS
     seed: int = SEED
     virtual_ties: float = VIRTUAL_TIES
+    battles: pd.DataFrame | None = None  # the ranked players' battles, as fitted
+    draws: pd.DataFrame | None = None  # the bootstrap's β of each player, one row per round
 
     def sentences(self) -> list[str]:
         """What the board is, in words: coverage, method, the length effect, the unranked."""
@@ -425,6 +438,100 @@ def rank_battles(battles: pd.DataFrame, base_model: str = "", source: str = HUMA
                "ties", "losses", "win_rate", "raw_rating"]
     board.table = table.sort_values(["rank", "label"])[columns].reset_index(drop=True)
     board.reference = point.reference
+    board.battles, board.draws = battles, draws
     if covariate:
         board.gamma = (point.gamma, float(draws["gamma"].quantile(0.025)), float(draws["gamma"].quantile(0.975)))
     return board
+
+
+# --- which battles next ------------------------------------------------------------------------
+SETTLED = 0.975  # a pair's order is clear when one side is ahead in this share of resamples
+NEXT_COLUMNS = ["a", "a_label", "b", "b_label", "battles", "p_ahead", "narrows", "teaches", "share", "reason"]
+
+
+def next_battles(board: Board, top: int | None = None) -> pd.DataFrame:
+    """The pairs of ranked players, the ones more battles would teach the board most first.
+
+    Columns: a, b (players; a is the one ahead in more bootstrap resamples) with their labels,
+    battles (between the two so far, over every evaluation of the board), p_ahead (the share of
+    the board's bootstrap resamples in which a's β exceeds b's, a tie counting half), narrows,
+    teaches, share (teaches as a share of all pairs' teaches: the part of the next battles
+    Arena's proportional sampling would give the pair), and reason (in words).
+
+    The rule: v = the bootstrap variance of β_a − β_b, w = p(1 − p) with p = logistic(β_a − β_b)
+    from the board's fit; one more a-vs-b battle would take v to v / (1 + w·v), so
+    narrows = 400/ln 10 × (sqrt(v) − sqrt(v / (1 + w·v))), the rating points by which it would
+    shrink the standard error of the pair's difference (Chatbot Arena's sampling weight,
+    sqrt(Σ/n) − sqrt(Σ/(n + 1)), when all the information is direct), and
+    teaches = narrows × 2·min(q, 1 − q), q = p_ahead: a pair whose order no resample doubts
+    teaches the ranking nothing, a 50/50 pair the most. Few battles and no indirect links mean
+    a large v, so such pairs come first. Sorted by teaches, then narrows (so when every order
+    is settled the pairs whose intervals would narrow most still come first). It reuses the
+    board's bootstrap (`board.draws`), refitting nothing. Fewer than two ranked players: an
+    empty frame (`next_battles_sentence` says why)."""
+    table = board.table
+    if len(table) < 2:
+        return pd.DataFrame(columns=NEXT_COLUMNS)
+    players = list(table["player"])
+    labels = dict(zip(table["player"], table["label"]))
+    beta = dict(zip(table["player"], (table["rating"].to_numpy(float) - ELO_BASE) / ELO_SCALE))
+    draws = board.draws
+    if draws is None:  # a board made by hand: resample its battles once
+        draws = bootstrap(board.battles, reference=board.reference, virtual_ties=board.virtual_ties,
+                          rounds=board.rounds, seed=board.seed)
+    samples = draws[players].to_numpy(float)
+    rounds = len(samples)
+    met = pd.Series([tuple(sorted(pair)) for pair in zip(board.battles["a"], board.battles["b"])],
+                    dtype=object).value_counts().to_dict() if board.battles is not None else {}
+    rows = []
+    for i, j in itertools.combinations(range(len(players)), 2):
+        d = samples[:, i] - samples[:, j]
+        q = float((d > 0).mean() + 0.5 * (d == 0).mean())
+        a, b = players[i], players[j]
+        if q < 0.5:
+            a, b, d, q = b, a, -d, 1.0 - q
+        v = float(d.var(ddof=1)) if rounds > 1 else 0.0
+        p = 1.0 / (1.0 + math.exp(beta[b] - beta[a]))
+        after = v / (1.0 + p * (1.0 - p) * v)
+        narrows = ELO_SCALE * (math.sqrt(v) - math.sqrt(after))
+        n = int(met.get(tuple(sorted((a, b))), 0))
+        rows.append({"a": a, "a_label": labels[a], "b": b, "b_label": labels[b], "battles": n, "p_ahead": q,
+                     "narrows": narrows, "teaches": narrows * 2.0 * (1.0 - q), "share": 0.0,
+                     "reason": _reason(labels[a], q, int(round(q * rounds)), rounds, n)})
+    out = pd.DataFrame(rows, columns=NEXT_COLUMNS)
+    weight = out["teaches"] if out["teaches"].sum() > 0 else out["narrows"]  # every order clear: by narrows
+    out["share"] = weight / weight.sum() if weight.sum() > 0 else 1.0 / len(out)
+    out = out.sort_values(
+        ["teaches", "narrows", "a_label", "b_label"], ascending=[False, False, True, True]).reset_index(drop=True)
+    return out if top is None else out.head(int(top))
+
+
+def _reason(a_label: str, q: float, ahead: int, rounds: int, battles: int) -> str:
+    if q >= 1:
+        share = f"all {rounds} resamples"
+    elif q >= 0.995:  # "100%" would say every resample agrees
+        share = f"{ahead} of {rounds} resamples"
+    else:
+        share = f"{q:.0%} of resamples"
+    met = (f"{battles} battle{'s' if battles != 1 else ''}" if battles else
+           "never met (linked only through other models)")
+    if q >= SETTLED:
+        return f"order clear: {a_label} ahead in {share}, {met}"
+    return f"ranks uncertain: {a_label} ahead in {share}, {met}"
+
+
+def next_battles_sentence(board: Board, pairs: pd.DataFrame) -> str:
+    """One plain line about `next_battles`' answer: why there is none, that every order is
+    already clear, or which pair would teach the board most and why."""
+    if board.table.empty:
+        return ("No battles yet, so no comparison to suggest: once two models' replies to the same prompts "
+                "have been rated, this says which pairs more battles would sharpen most.")
+    if len(board.table) < 2 or pairs.empty:
+        return (f"Only one model ({board.table['label'].iloc[0]}) is ranked: a comparison needs battles "
+                "between two models.")
+    top = pairs.iloc[0]
+    if top["p_ahead"] >= SETTLED:
+        return (f"Every pair's order is clear (one side ahead in at least {SETTLED:.1%} of the resamples): more "
+                "battles would narrow the intervals but not change the ranking. The pairs below would narrow "
+                "them most.")
+    return f"{top['a_label']} vs {top['b_label']} would teach the board most: {top['reason']}."

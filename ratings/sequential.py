@@ -118,14 +118,18 @@ class Decision:
     def mean(self) -> float:
         return float(np.mean([e.value for e in self.entries])) if self.entries else math.nan
 
+    @property
+    def _counted(self) -> str:
+        return ("the first rating of each prompt's pair" if self.quota == 1
+                else f"the first {self.quota} ratings of each prompt's pair")
+
     def sentence(self) -> str:
         name, base = self.model, self.versus
         if self.decided:
             return (f"Decided after {self.decided_at} ratings: {name} {self.decided} than {base} "
-                    f"(anytime-valid {100 - round(ALPHA * 100)}%; {self.decided_prompts} prompts with "
-                    f"{self.quota} ratings of each reply).")
-        text = (f"{name} against {base}: not decided yet ({self.prompts} prompts with {self.quota} ratings of "
-                f"each reply so far")
+                    f"(anytime-valid {100 - round(ALPHA * 100)}%; {self.decided_prompts} prompts, "
+                    f"{self._counted}).")
+        text = f"{name} against {base}: not decided yet ({self.prompts} prompts in the test so far, {self._counted}"
         if self.prompts:
             text += f"; success rate difference so far {self.mean * 100:+.0f} points"
         if self.more_ratings is not None:

@@ -19,10 +19,12 @@ import itertools
 import json
 import random
 import secrets
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
+from ratings import sequential
 from ratings.db import Database
 from ratings.scale import HIGHEST, LOWEST
 
@@ -35,6 +37,9 @@ RATER_MAX = 60  # characters in a rater's name
 # a pair served and not rated within this time is taken as abandoned: it no longer
 # keeps other raters off that pair (its rater still gets it back first)
 SERVED_EXPIRY = timedelta(minutes=10)
+# what a rater is told once the owner has closed rating (Store.close_rating)
+CLOSED = ("The owner closed rating of this evaluation: no more pairs are served or rated here. "
+          "The ratings already given are kept.")
 
 
 def _now() -> str:
@@ -90,6 +95,12 @@ class Store(Database):
     """The domain on top of the database: every read and write of evaluations,
     pairs, raters and ratings."""
 
+    def __init__(self, path):
+        # per evaluation: (what the decisions were computed from, base variant id, undecided variant ids)
+        self._undecided: dict[int, tuple] = {}
+        self._undecided_lock = threading.Lock()
+        super().__init__(path)
+
     # --- evaluations, variants, prompts, replies -------------------------------------
     def create_evaluation(self, name: str, base_model: str, prompts: list[dict], variants: list[dict],
                           settings: dict | None = None, rules: list | None = None,
@@ -140,7 +151,8 @@ class Store(Database):
                        (SELECT COUNT(*) FROM prompts p WHERE p.evaluation_id = e.id) AS n_prompts,
                        (SELECT COUNT(*) FROM variants v WHERE v.evaluation_id = e.id) AS n_variants,
                        EXISTS (SELECT 1 FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
-                               WHERE p.evaluation_id = e.id) AS open_for_rating
+                               WHERE p.evaluation_id = e.id) AS open_for_rating,
+                       e.closed_at IS NOT NULL AS closed
                 FROM evaluations e ORDER BY e.id DESC"""))
 
     def is_open(self, evaluation_id: int) -> bool:
@@ -148,6 +160,37 @@ class Store(Database):
         with self.db() as db:
             return db.execute("SELECT EXISTS (SELECT 1 FROM comparisons c JOIN prompts p ON p.id = c.prompt_id "
                               "WHERE p.evaluation_id = ?)", [int(evaluation_id)]).fetchone()[0] == 1
+
+    def close_rating(self, evaluation_id: int) -> str:
+        """The owner closes rating: from now on no new rater is admitted and no pair is served or
+        rated (a rater may still change the scores of a pair already rated, until revealed, as
+        before). Every rating given so far stays. Closing a closed evaluation changes nothing;
+        returns when it was closed (UTC)."""
+        with self.write() as db:
+            if db.execute("SELECT 1 FROM evaluations WHERE id = ?", [evaluation_id]).fetchone() is None:
+                raise RatingError("This evaluation does not exist (any more).")
+            db.execute("UPDATE evaluations SET closed_at = ? WHERE id = ? AND closed_at IS NULL",
+                       [_now(), evaluation_id])
+            return db.execute("SELECT closed_at FROM evaluations WHERE id = ?", [evaluation_id]).fetchone()[0]
+
+    def reopen_rating(self, evaluation_id: int) -> None:
+        """Undo close_rating: raters may join, be served and rate again."""
+        with self.write() as db:
+            if db.execute("SELECT 1 FROM evaluations WHERE id = ?", [evaluation_id]).fetchone() is None:
+                raise RatingError("This evaluation does not exist (any more).")
+            db.execute("UPDATE evaluations SET closed_at = NULL WHERE id = ?", [evaluation_id])
+
+    def is_closed(self, evaluation_id: int) -> bool:
+        """True when the owner has closed rating of this evaluation (is_open still says whether it has pairs)."""
+        with self.db() as db:
+            row = db.execute("SELECT closed_at FROM evaluations WHERE id = ?", [evaluation_id]).fetchone()
+        return bool(row and row[0])
+
+    @staticmethod
+    def _refuse_if_closed(db, evaluation_id: int) -> None:
+        row = db.execute("SELECT closed_at FROM evaluations WHERE id = ?", [evaluation_id]).fetchone()
+        if row and row[0]:
+            raise RatingError(CLOSED)
 
     def variants(self, evaluation_id: int) -> list[dict]:
         with self.db() as db:
@@ -262,13 +305,15 @@ class Store(Database):
     def join(self, evaluation_id: int, rater: str, client: str, cap: int = NAMES_PER_ADDRESS) -> None:
         """Record that `rater` rates this evaluation from `client` (an address); refuse a
         new name when that address already brought `cap` names to this evaluation
-        (throwaway names are how one person would stuff the ballot). Superseded by `admit`."""
+        (throwaway names are how one person would stuff the ballot), and any new name once the
+        owner has closed rating. Superseded by `admit`."""
         rater = clean_rater(rater)
         client_hash = _client_hash(client)
         with self.write() as db:
             if db.execute("SELECT 1 FROM rater_joins WHERE evaluation_id = ? AND rater = ?",
                           [evaluation_id, rater]).fetchone():
                 return
+            self._refuse_if_closed(db, evaluation_id)
             used = db.execute("SELECT COUNT(*) FROM rater_joins WHERE evaluation_id = ? AND client_hash = ?",
                               [evaluation_id, client_hash]).fetchone()[0]
             if used >= cap:
@@ -290,7 +335,9 @@ class Store(Database):
         and no reveal yet to anyone from this address in this evaluation (a second name of
         someone who has seen which model wrote which reply would rate unblinded). `owner`: the
         owner's own panel, which friends may use in turn at the owner's computer: none of those
-        three checks (the owner is trusted); each name is still claimed by this browser."""
+        three checks (the owner is trusted); each name is still claimed by this browser. Once the
+        owner has closed rating (close_rating), no new name, not even on the owner's panel; a name
+        already admitted is admitted again (to see which model wrote what, to change a score)."""
         name = clean_rater(name)
         if not isinstance(browser_key, str) or len(browser_key) < BROWSER_KEY_MIN:
             raise RatingError(f"This browser's rater key is missing or shorter than {BROWSER_KEY_MIN} characters; "
@@ -312,6 +359,7 @@ class Store(Database):
                     return name
                 raise RatingError(f"Someone already rates as {name!r} from another browser. Go on in that "
                                   "browser, or pick another name.")
+            self._refuse_if_closed(db, evaluation_id)  # (a name already admitted comes back: its reveal, its scores)
             if not owner:
                 self._may_add_name(db, evaluation_id, key_hash, client_hash, cap)
             now = _now()
@@ -415,56 +463,14 @@ class Store(Database):
         """The next comparison this rater has not rated, with its two replies in
         this rater's own random order. Returns only what the rater may see plus
         the assignment id; which variant is which stays here. `now` (UTC) is when
-        the pair is served: what counts as abandoned is measured from it."""
+        the pair is served: what counts as abandoned is measured from it. Refused
+        (RatingError) once the owner has closed rating."""
         rater = clean_rater(rater)
         now = now or datetime.now(timezone.utc)
-        # Never a reply this rater has scored: with three or more variants each reply is in
-        # several pairs, and a second score of the same text would replace the first. So a
-        # rater gets k // 2 disjoint pairs per prompt. A pair already served to this rater
-        # comes back first; then the pair fewest raters have (so raters rating together
-        # spread over all pairs), of those the pair whose two variants have the fewest
-        # scores (so every variant has its share of the scores at any moment, not only
-        # once everyone is done), then a prompt other raters have least (so a rater's
-        # second pair on a prompt is rarely one another rater holds). A pair served and not
-        # yet rated counts as covered until it is abandoned: counting only finished ratings
-        # served two raters rating together the same pairs.
         with self.db() as db:
-            best = list(db.query("""
-                WITH live AS MATERIALIZED (
-                    SELECT a.comparison_id, a.rater, c.prompt_id, c.reply1_id, c.reply2_id
-                    FROM assignments a JOIN comparisons c ON c.id = a.comparison_id
-                    JOIN prompts p ON p.id = c.prompt_id
-                    WHERE p.evaluation_id = :evaluation AND (a.rated_at IS NOT NULL OR a.created_at >= :fresh)),
-                pair_load AS (SELECT comparison_id, COUNT(*) AS n FROM live GROUP BY comparison_id),
-                prompt_load AS (SELECT prompt_id, COUNT(*) AS n FROM live WHERE rater != :rater GROUP BY prompt_id),
-                variant_load AS (
-                    SELECT variant_id, COUNT(*) AS n FROM (
-                        SELECT r.variant_id FROM live l JOIN replies r ON r.id = l.reply1_id UNION ALL
-                        SELECT r.variant_id FROM live l JOIN replies r ON r.id = l.reply2_id) GROUP BY variant_id),
-                ranked AS (
-                    SELECT c.id, p.text, p.task, p.flags, RANK() OVER (ORDER BY
-                        EXISTS (SELECT 1 FROM assignments s WHERE s.comparison_id = c.id AND s.rater = :rater) DESC,
-                        COALESCE(pl.n, 0), COALESCE(v1.n, 0) + COALESCE(v2.n, 0), COALESCE(ql.n, 0)) AS place
-                    FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
-                    JOIN replies r1 ON r1.id = c.reply1_id JOIN replies r2 ON r2.id = c.reply2_id
-                    LEFT JOIN variant_load v1 ON v1.variant_id = r1.variant_id
-                    LEFT JOIN variant_load v2 ON v2.variant_id = r2.variant_id
-                    LEFT JOIN pair_load pl ON pl.comparison_id = c.id
-                    LEFT JOIN prompt_load ql ON ql.prompt_id = c.prompt_id
-                    WHERE p.evaluation_id = :evaluation AND NOT EXISTS (
-                        SELECT 1 FROM assignments a WHERE a.comparison_id = c.id AND a.rater = :rater
-                        AND a.rated_at IS NOT NULL)
-                      AND NOT EXISTS (SELECT 1 FROM ratings t WHERE t.rater = :rater
-                                      AND t.reply_id IN (c.reply1_id, c.reply2_id))
-                      AND NOT EXISTS (
-                        SELECT 1 FROM assignments o JOIN comparisons oc ON oc.id = o.comparison_id
-                        WHERE o.rater = :rater AND o.comparison_id != c.id AND o.rated_at IS NULL
-                          AND oc.prompt_id = c.prompt_id
-                          AND (oc.reply1_id IN (c.reply1_id, c.reply2_id)
-                               OR oc.reply2_id IN (c.reply1_id, c.reply2_id))))
-                SELECT id, text, task, flags FROM ranked WHERE place = 1 ORDER BY id""",
-                                 {"evaluation": evaluation_id, "rater": rater,
-                                  "fresh": _stamp(now - SERVED_EXPIRY)}))
+            self._refuse_if_closed(db, evaluation_id)
+        base, undecided = self.undecided_variants(evaluation_id)
+        best = self._best_pairs(evaluation_id, rater, base, undecided, _stamp(now - SERVED_EXPIRY))
         if not best:
             return None
         comparison = rng.choice(best)  # ties at random: by id, every rater started on the same pair
@@ -487,6 +493,106 @@ class Store(Database):
             "done": done,
             "total": total,
         }
+
+    def _best_pairs(self, evaluation_id: int, rater: str, base: int | None, undecided: list[int],
+                    fresh: str) -> list[dict]:
+        """The comparisons this rater may be served, those ranked first (ties: several).
+
+        Never a reply this rater has scored: with three or more variants each reply is in
+        several pairs, and a second score of the same text would replace the first. So a
+        rater gets k // 2 disjoint pairs per prompt. A pair already served to this rater
+        comes back first. Then a pair that teaches an undecided decision (active sampling,
+        as Chatbot Arena's): the base reply against a variant whose anytime-valid decision
+        (ratings.sequential) is still open, on a prompt where nobody has rated that pair or
+        is rating it, since exactly these ratings enter the test (a prompt enters at its first
+        rating of the pair); a decided variant's pairs wait. Once no such pair is left, as
+        before: the pair fewest raters have (so raters rating together spread over all
+        pairs and every prompt keeps being rated for the per-prompt tables), of those the
+        pair whose two variants have the fewest scores (so every variant has its share of
+        the scores at any moment, not only once everyone is done), then a prompt other
+        raters have least (so a rater's second pair on a prompt is rarely one another rater
+        holds). A pair served and not yet rated counts as covered until it is abandoned:
+        counting only finished ratings served two raters rating together the same pairs.
+        With two variants the teaching pairs are the unrated ones, first in that order anyway.
+        """
+        with self.db() as db:
+            return list(db.query("""
+                WITH live AS MATERIALIZED (
+                    SELECT a.comparison_id, a.rater, c.prompt_id, c.reply1_id, c.reply2_id
+                    FROM assignments a JOIN comparisons c ON c.id = a.comparison_id
+                    JOIN prompts p ON p.id = c.prompt_id
+                    WHERE p.evaluation_id = :evaluation AND (a.rated_at IS NOT NULL OR a.created_at >= :fresh)),
+                pair_load AS (SELECT comparison_id, COUNT(*) AS n FROM live GROUP BY comparison_id),
+                prompt_load AS (SELECT prompt_id, COUNT(*) AS n FROM live WHERE rater != :rater GROUP BY prompt_id),
+                variant_load AS (
+                    SELECT variant_id, COUNT(*) AS n FROM (
+                        SELECT r.variant_id FROM live l JOIN replies r ON r.id = l.reply1_id UNION ALL
+                        SELECT r.variant_id FROM live l JOIN replies r ON r.id = l.reply2_id) GROUP BY variant_id),
+                entered AS (SELECT DISTINCT comparison_id FROM live WHERE rater NOT IN (
+                    SELECT rater FROM excluded_raters WHERE evaluation_id = :evaluation)),
+                open_decision AS (SELECT value AS variant_id FROM json_each(:undecided)),
+                ranked AS (
+                    SELECT c.id, p.text, p.task, p.flags, RANK() OVER (ORDER BY
+                        EXISTS (SELECT 1 FROM assignments s WHERE s.comparison_id = c.id AND s.rater = :rater) DESC,
+                        ((r1.variant_id = :base AND r2.variant_id IN open_decision
+                          OR r2.variant_id = :base AND r1.variant_id IN open_decision)
+                         AND c.id NOT IN entered) DESC,
+                        COALESCE(pl.n, 0), COALESCE(v1.n, 0) + COALESCE(v2.n, 0), COALESCE(ql.n, 0)) AS place
+                    FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
+                    JOIN replies r1 ON r1.id = c.reply1_id JOIN replies r2 ON r2.id = c.reply2_id
+                    LEFT JOIN variant_load v1 ON v1.variant_id = r1.variant_id
+                    LEFT JOIN variant_load v2 ON v2.variant_id = r2.variant_id
+                    LEFT JOIN pair_load pl ON pl.comparison_id = c.id
+                    LEFT JOIN prompt_load ql ON ql.prompt_id = c.prompt_id
+                    WHERE p.evaluation_id = :evaluation AND NOT EXISTS (
+                        SELECT 1 FROM assignments a WHERE a.comparison_id = c.id AND a.rater = :rater
+                        AND a.rated_at IS NOT NULL)
+                      AND NOT EXISTS (SELECT 1 FROM ratings t WHERE t.rater = :rater
+                                      AND t.reply_id IN (c.reply1_id, c.reply2_id))
+                      AND NOT EXISTS (
+                        SELECT 1 FROM assignments o JOIN comparisons oc ON oc.id = o.comparison_id
+                        WHERE o.rater = :rater AND o.comparison_id != c.id AND o.rated_at IS NULL
+                          AND oc.prompt_id = c.prompt_id
+                          AND (oc.reply1_id IN (c.reply1_id, c.reply2_id)
+                               OR oc.reply2_id IN (c.reply1_id, c.reply2_id))))
+                SELECT id, text, task, flags FROM ranked WHERE place = 1 ORDER BY id""",
+                                 {"evaluation": evaluation_id, "rater": rater, "fresh": fresh, "base": base,
+                                  "undecided": json.dumps(undecided)}))
+
+    def undecided_variants(self, evaluation_id: int) -> tuple[int | None, list[int]]:
+        """(the base variant's id, the ids of the fine-tuned variants whose anytime-valid decision
+        against it, ratings.sequential's, is still open): what the scheduler teaches first.
+
+        Computing the decisions reads every rated pair and runs the betting test, several times
+        what serving a pair costs; they are kept per evaluation with what they were computed
+        from, and computed again only when that changes: a (base, variant) pair rated for the
+        first time on a prompt (a prompt entering a test), a score replaced (an audit row with an
+        old score), a rater excluded or let back in. Other ratings change no decision."""
+        with self.db() as db:
+            row = db.execute("""
+                WITH base AS (SELECT MIN(id) AS id FROM variants WHERE evaluation_id = :e)
+                SELECT (SELECT id FROM base),
+                       (SELECT COUNT(DISTINCT a.comparison_id) FROM assignments a
+                        JOIN comparisons c ON c.id = a.comparison_id JOIN prompts p ON p.id = c.prompt_id
+                        JOIN replies r1 ON r1.id = c.reply1_id JOIN replies r2 ON r2.id = c.reply2_id
+                        WHERE p.evaluation_id = :e AND a.rated_at IS NOT NULL
+                          AND (SELECT id FROM base) IN (r1.variant_id, r2.variant_id)
+                          AND a.rater NOT IN (SELECT rater FROM excluded_raters WHERE evaluation_id = :e)),
+                       (SELECT MAX(id) FROM audit WHERE old_score IS NOT NULL),
+                       (SELECT group_concat(rater, char(10)) FROM (
+                           SELECT rater FROM excluded_raters WHERE evaluation_id = :e ORDER BY rater))""",
+                             {"e": evaluation_id}).fetchone()
+        base, key = row[0], tuple(row[1:])
+        with self._undecided_lock:
+            kept = self._undecided.get(evaluation_id)
+        if kept is not None and kept[0] == key:
+            return kept[1], list(kept[2])
+        variants = self.variants(evaluation_id)
+        found = sequential.for_evaluation(self, evaluation_id)  # one per variant after the base, in order
+        undecided = [v["id"] for v, d in zip(variants[1:], found) if d.decided is None]
+        with self._undecided_lock:
+            self._undecided[evaluation_id] = (key, base, tuple(undecided))
+        return base, undecided
 
     def _assign(self, comparison_id: int, rater: str, rng: random.Random, at: str) -> dict:
         return self.grouped(lambda db: self._assign_in(db, comparison_id, rater, rng, at))
@@ -521,7 +627,8 @@ class Store(Database):
     def rate_pair(self, assignment_id: int, rater: str, score_a, score_b, aspects_a: dict | None = None,
                   aspects_b: dict | None = None, preference: str | None = None, comment: str | None = None) -> dict:
         """Commit a rater's judgement of one pair in one transaction, then (and only
-        then) return which variant each side was."""
+        then) return which variant each side was. Refused once the owner has closed rating,
+        even for a pair served before (the check and the save are one transaction)."""
         rater = clean_rater(rater)
         a, b = check_score(score_a, "Reply A"), check_score(score_b, "Reply B")
         extra_a = {k: check_score((aspects_a or {}).get(k), f"Reply A {k}", required=False) for k in ASPECTS}
@@ -535,6 +642,9 @@ class Store(Database):
             if not found or found[0]["rater"] != rater:
                 raise RatingError("This pair was not served to you; load the next pair again.")
             assignment = found[0]
+            self._refuse_if_closed(db, db.execute(
+                "SELECT p.evaluation_id FROM comparisons c JOIN prompts p ON p.id = c.prompt_id WHERE c.id = ?",
+                [assignment["comparison_id"]]).fetchone()[0])
             pair = (assignment["left_reply_id"], assignment["right_reply_id"])
             if assignment["rated_at"] is not None:
                 raise RatingError("You already rated this pair; your scores are saved. Press Next pair "
@@ -559,7 +669,8 @@ class Store(Database):
         """The explicit way to replace a rater's scores of a pair they rated: audited
         (old and new score), never done by a second submit, and only until the rater has
         been shown which model wrote which reply (reveal 'each': every submit shows its pair,
-        so never; 'end': until their last pair is rated). Refused, it writes nothing."""
+        so never; 'end': until their last pair is rated). Refused, it writes nothing. Allowed
+        after the owner closed rating: it corrects a rating already given and adds none."""
         rater = clean_rater(rater)
         a, b = check_score(score_a, "Reply A"), check_score(score_b, "Reply B")
 

@@ -221,3 +221,20 @@ def count_pushes(blocks, monkeypatch) -> list:
 
     monkeypatch.setattr(blocks._queue, "push", push)
     return seen
+
+
+def database_before(path, migration: str):
+    """A sqlite_utils database at `path` with every migration of ratings.db applied up to, not
+    including, the one named `migration`: a file as an older Tuner left it."""
+    import sqlite_utils
+    from sqlite_utils.migrations import Migrations
+
+    from ratings.db import migrations
+
+    names = [m.name for m in migrations._migrations]
+    older = Migrations(migrations.name)
+    for m in migrations._migrations[:names.index(migration)]:
+        older(name=m.name)(m.fn)
+    db = sqlite_utils.Database(path)
+    older.apply(db)
+    return db

@@ -261,3 +261,159 @@ def test_an_empty_board_says_so(tmp_path):
     board = lb.leaderboard(store, BASE_MODEL)
     assert board.table.empty and board.sentences() == ["No battles yet."]
     assert lb.leaderboard(store, "other/model").table.empty
+
+
+# --- which battles next (Arena's active sampling across evaluations) -------------------------
+def outcomes_for(player: str, results: str):
+    """Scores in which `player` wins (W), loses (L) or ties (T) its battles in `results`' order,
+    whichever side it is served on."""
+    points = iter(results)
+
+    def decide(va, vb, a, b, rng):
+        mine, theirs = {"W": (4, 2), "L": (2, 4), "T": (3, 3)}[next(points)]
+        return (mine, theirs) if va == player else (theirs, mine)
+    return decide
+
+
+def pair_row(pairs: pd.DataFrame, x: str, y: str) -> pd.Series:
+    """The row of the pair {x, y} with its place in the order (`place`, 0 = first)."""
+    places = [k for k, (a, b) in enumerate(zip(pairs["a"], pairs["b"])) if {a, b} == {x, y}]
+    assert len(places) == 1, (x, y)
+    return pairs.iloc[places[0]].copy().rename(None).to_frame().T.assign(place=places[0]).iloc[0]
+
+
+def two_strong_runs_that_met_a_little(store: Store):
+    """run-a and run-b each beat the base in all 60 of their battles (20 prompts × 3 raters),
+    and met each other in one small evaluation: 3 wins each of 6 battles."""
+    for run in ("run-a", "run-b"):
+        eval_id = build(store, ["base", run], [f"Q{i}" for i in range(20)], name=f"{run} vs base")
+        assert rate_all(store, eval_id, ["ana", "ben", "cy"], outcomes_for(run, "W" * 60)) == 60
+    small = build(store, ["run-a", "run-b"], PROMPTS[:3], name="a vs b")
+    assert rate_all(store, small, ["ana", "ben"], outcomes_for("run-a", "WLWLWL")) == 6
+
+
+def test_a_close_pair_with_few_battles_comes_before_a_clear_pair_with_many(tmp_path):
+    store = Store(tmp_path / "r.db")
+    two_strong_runs_that_met_a_little(store)
+    board = lb.leaderboard(store, BASE_MODEL, rounds=200)
+    pairs = lb.next_battles(board)
+    assert len(pairs) == 3 and list(pairs.columns) == lb.NEXT_COLUMNS
+    close = pair_row(pairs, "run-a", "run-b")
+    assert close["place"] == 0 and close["battles"] == 6
+    assert 0.5 <= close["p_ahead"] < lb.SETTLED and close["teaches"] > 0
+    assert close["reason"].startswith("ranks uncertain: ") and close["reason"].endswith(", 6 battles")
+    assert f"ahead in {close['p_ahead']:.0%} of resamples" in close["reason"]
+    for run in ("run-a", "run-b"):
+        clear = pair_row(pairs, run, "base")
+        assert clear["place"] > 0 and clear["battles"] == 60 and clear["a"] == run
+        assert clear["p_ahead"] == 1.0 and clear["teaches"] == 0 and clear["narrows"] > 0
+        assert clear["reason"] == f"order clear: lora: {run} ahead in all 200 resamples, 60 battles"
+    assert pairs["share"].sum() == pytest.approx(1.0) and pairs["share"].iloc[0] == pytest.approx(1.0)
+    sentence = lb.next_battles_sentence(board, pairs)
+    assert sentence.startswith(f"{close['a_label']} vs {close['b_label']} would teach the board most: ranks uncertain")
+    assert len(lb.next_battles(board, top=2)) == 2
+
+
+def test_fewer_battles_teach_more_and_a_pair_that_never_met_is_weighed_through_its_links(tmp_path):
+    """Two even runs against the base: run-a over 60 battles, run-b over 6; they never met."""
+    store = Store(tmp_path / "r.db")
+    many = build(store, ["base", "run-a"], [f"Q{i}" for i in range(30)], name="many")
+    rate_all(store, many, ["ana", "ben"], outcomes_for("run-a", "WL" * 30))
+    few = build(store, ["base", "run-b"], PROMPTS[:3], name="few")
+    rate_all(store, few, ["ana", "ben"], outcomes_for("run-b", "WL" * 3))
+    board = lb.leaderboard(store, BASE_MODEL, rounds=200)
+    pairs = lb.next_battles(board)
+    few_pair, many_pair = pair_row(pairs, "run-b", "base"), pair_row(pairs, "run-a", "base")
+    assert few_pair["battles"] == 6 and many_pair["battles"] == 60
+    assert few_pair["place"] < many_pair["place"]
+    assert few_pair["narrows"] > 3 * many_pair["narrows"] and few_pair["teaches"] > many_pair["teaches"]
+    apart = pair_row(pairs, "run-a", "run-b")
+    assert apart["battles"] == 0 and "never met (linked only through other models)" in apart["reason"]
+    assert 0.5 <= apart["p_ahead"] <= 1 and np.isfinite([apart["narrows"], apart["teaches"]]).all()
+    # its difference is uncertain through both links: at least as uncertain as the weaker link
+    assert apart["narrows"] >= few_pair["narrows"] * 0.9
+
+
+def test_with_direct_battles_only_the_rule_is_arenas():
+    """Two players, n battles: Arena's weight sqrt(Σ/n) − sqrt(Σ/(n + 1)) with Σ/n the variance
+    of their difference, which asymptotically is 1/(n·p(1 − p))."""
+    rng = np.random.default_rng(1)
+    n = 200
+    battles = pd.DataFrame({"evaluation_id": 1, "evaluation": "e", "prompt": [f"q{k}" for k in range(n)],
+                            "rater": "r", "a": "run-1", "a_label": "run 1", "b": "base", "b_label": "base",
+                            "outcome": (rng.random(n) < 0.6).astype(float), "len_a": 10, "len_b": 10})
+    board = lb.rank_battles(battles, rounds=1000)
+    pair = lb.next_battles(board).iloc[0]
+    v = float((board.draws["run-1"] - board.draws["base"]).var())
+    arena = lb.ELO_SCALE * (math.sqrt(v) - math.sqrt(v * n / (n + 1)))
+    assert pair["narrows"] == pytest.approx(arena, rel=0.15)
+    p = board.table.set_index("player")["win_rate"]["run-1"]
+    assert v == pytest.approx(1 / (n * p * (1 - p)), rel=0.15)
+
+
+def test_no_battles_or_one_player_gives_a_plain_message(tmp_path):
+    from tuner.ui import leaderboard as ui
+
+    store = Store(tmp_path / "r.db")
+    note, table = ui.which_battles_next(store, None, None, ui.RAW)
+    assert note == "No evaluation yet: build one on the Compare tab and have it rated." and table.empty
+    eval_id = build(store, ["base", "run-1"], PROMPTS[:2])  # never rated
+    board = lb.leaderboard(store, BASE_MODEL)
+    pairs = lb.next_battles(board)
+    assert pairs.empty and list(pairs.columns) == lb.NEXT_COLUMNS
+    assert lb.next_battles_sentence(board, pairs).startswith("No battles yet, so no comparison to suggest")
+    note, table = ui.which_battles_next(store, BASE_MODEL, lb.HUMAN, ui.RAW)
+    assert note.startswith("No battles yet, so no comparison to suggest") and table.empty
+    # a board of one ranked model (the table cut to its first row)
+    rate_all(store, eval_id, ["ana"], prefer(["run-1", "base"]))
+    board = lb.leaderboard(store, BASE_MODEL, rounds=20)
+    board.table = board.table.head(1)
+    assert lb.next_battles(board).empty
+    assert lb.next_battles_sentence(board, lb.next_battles(board)) == (
+        "Only one model (lora: run-1) is ranked: a comparison needs battles between two models.")
+
+
+def test_the_tab_names_the_pair_and_the_runs_to_compare_and_reuses_the_board(tmp_path):
+    import gradio as gr
+
+    from tuner.ui import leaderboard as ui
+
+    store = Store(tmp_path / "r.db")
+    two_strong_runs_that_met_a_little(store)
+    with gr.Blocks() as demo:
+        show, inputs, outputs = ui.leaderboard_tab(store, rounds=100)
+    on_next = next(f for f in demo.fns.values() if f.name == "on_next")
+    assert demo.blocks[on_next.targets[0][0]].elem_id == "leaderboard-next-battles"
+    by_id = {c.elem_id: c for c in outputs}
+    note_box, table_box, board_table = (by_id[k] for k in ("leaderboard-next-note", "leaderboard-next-table",
+                                                           "leaderboard-table"))
+    shown_board = on_next.outputs[-1]  # the board the page shows, kept for the page
+    opened = show(BASE_MODEL, lb.HUMAN, ui.RAW)  # opening the tab: the board, no suggestions yet
+    assert opened[note_box] == "" and opened[table_box]["visible"] is False
+    board = opened[shown_board]
+    assert list(board.table["player"]) == list(lb.leaderboard(store, BASE_MODEL, rounds=100).table["player"])
+    answer = on_next.fn(BASE_MODEL, lb.HUMAN, ui.RAW, board)
+    assert board_table not in answer  # the board on screen is current: only the suggestions are drawn
+    note, table = answer[note_box], answer[table_box]
+    assert "lora: run-" in note and "would teach the board most: ranks uncertain" in note
+    assert ("on the **Compare** tab, build an evaluation with the runs `run-a` and `run-b`" in note
+            or "with the runs `run-b` and `run-a`" in note) and "have it rated" in note
+    shown = table["value"]
+    assert table["visible"] and len(shown) == 3
+    assert {shown["Model A"].iloc[0], shown["Model B"].iloc[0]} == {"lora: run-a", "lora: run-b"}
+    assert shown["Battles so far"].iloc[0] == 6 and shown["Teaches"].iloc[0] == "100%"
+    assert list(shown["A ahead in"].iloc[1:]) == ["100%", "100%"]
+    alone_note, alone_table = ui.which_battles_next(store, BASE_MODEL, lb.HUMAN, ui.RAW, rounds=100)
+    assert alone_note == note  # the same board (same battles, same seed) without the page
+    pd.testing.assert_frame_equal(alone_table, shown)
+    # a page that shows no board (or an older one) gets the board redrawn with the suggestions
+    fresh = on_next.fn(BASE_MODEL, lb.HUMAN, ui.RAW, None)
+    assert fresh[shown_board] is board and fresh[note_box] == note and board_table in fresh
+    # the board is drawn once while its battles stand, and again once they change
+    cache = ui.BoardCache()
+    first = cache.board(store, BASE_MODEL, lb.HUMAN, False, 50)
+    assert cache.board(store, BASE_MODEL, lb.HUMAN, False, 50) is first
+    extra = build(store, ["run-a", "run-b"], ["One more"], name="one more")
+    rate_all(store, extra, ["dee"], outcomes_for("run-b", "W"))
+    redrawn = cache.board(store, BASE_MODEL, lb.HUMAN, False, 50)
+    assert redrawn is not first and pair_row(lb.next_battles(redrawn), "run-a", "run-b")["battles"] == 7

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from helpers import open_evaluation
+from helpers import database_before, open_evaluation
 from ratings.store import RatingError, Store
 
 VARIANTS = [{"name": "base", "label": "base (m)", "kind": "base"},
@@ -26,7 +26,7 @@ def test_schema_is_named_migrations_in_wal_mode(tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")] == [
         "0001_initial", "0002_rater_keys", "0003_checks", "0004_rating_integrity", "0005_corrections",
-        "0006_judge", "0007_rater_claims"]
+        "0006_judge", "0007_rater_claims", "0008_closed_rating"]
     assert store.evaluations() == []
 
 
@@ -735,17 +735,9 @@ def test_scores_are_final_once_revealed(tmp_path, reveal):
 def test_claims_made_before_the_upgrade_keep_their_names(tmp_path):
     """An evaluation rated under the old global claims: the migration carries each joined name's
     claim into that evaluation, so no one else takes a name that already has ratings."""
-    import sqlite_utils
-    from sqlite_utils.migrations import Migrations
-
-    from ratings.db import migrations
     from ratings.store import _hash_key
 
-    older = Migrations(migrations.name)
-    for m in migrations._migrations[:6]:
-        older(name=m.name)(m.fn)
-    db = sqlite_utils.Database(tmp_path / "old.db")
-    older.apply(db)
+    db = database_before(tmp_path / "old.db", "0007_rater_claims")
     db["evaluations"].insert({"id": 1, "name": "before", "base_model": "m", "created_at": "x"})
     db.execute("INSERT INTO rater_keys VALUES ('ana', 'key', ?, 't'), ('ben', 'hf', NULL, 't')",
                [_hash_key(_key("old-ana"))])

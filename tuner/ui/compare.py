@@ -4,6 +4,7 @@ see the automatic checks, then rate it blind like a rater.
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 
 from ratings import checks as rchecks
-from ratings import evalsets, tables
+from ratings import evalsets, planning, sequential, tables
 from ratings.generation import cut_replies, generate_evaluation, open_unless_cut, regenerate_cut, variants_for
 from ratings.store import Store
 from tuner.generate import BASE, GenSettings, Generator
@@ -34,10 +35,12 @@ class _Generated:
     check_paired: gr.Dataframe
     gate: "_Gate"
     edited: gr.State  # the form's fields the owner changed by hand since the last fill (evalsets.FORM_FIELDS)
+    plan: gr.Markdown  # what the evaluation shown can detect with the raters the owner will invite
+    shown: gr.State  # the evaluation the message is about
 
     def outputs(self) -> list:
         return [self.message, self.preview, self.rate_eval, self.check_group, self.check_table, self.check_paired,
-                *self.gate.outputs(), self.edited]
+                *self.gate.outputs(), self.edited, self.plan, self.shown]
 
 
 @dataclass
@@ -67,8 +70,13 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store):
                     "[refusal] max words: 80\nregex: ^Dear \\w+")
     recipe_note = gr.Markdown(elem_id="eval-recipe-note")
     edited, filled_for = gr.State([]), gr.State(None)
+    with gr.Row():
+        raters = gr.Number(value=DEFAULT_RATERS, minimum=1, maximum=MAX_RATERS, precision=0, step=1, scale=0,
+                           min_width=320, label="Raters you will invite", elem_id="eval-raters",
+                           info="For the plan: what this evaluation can detect with that many raters")
     generate = gr.Button("Generate replies", variant="primary", elem_id="generate")
     message = gr.Markdown(elem_id="generate-message")
+    plan, shown_eval = gr.Markdown(elem_id="eval-plan"), gr.State(None)
     gate = _cut_gate()
     check_group, check_table, check_paired = _check_section()
     preview = gr.Dataframe(interactive=False, wrap=True, elem_id="eval-replies", max_height=360, visible=False)
@@ -77,10 +85,15 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store):
                 "or rate here yourself.")
     rate_eval = rating_panel("rate", public=False)
     coverage = gr.Markdown(elem_id="rate-coverage")  # the owner's view: a model raters have hardly seen
+    decided = gr.Markdown(elem_id="rate-decisions")  # and each fine-tuned model's anytime-valid result so far
     rate_eval.change(_coverage(store), rate_eval, coverage, show_progress="hidden")
-    # friends rate on /rate meanwhile: the note follows their scores, not only a change of evaluation
-    gr.Timer(COVERAGE_EVERY_S).tick(_coverage(store), rate_eval, coverage, show_progress="hidden")
-    generated = _Generated(message, preview, rate_eval, check_group, check_table, check_paired, gate, edited)
+    rate_eval.change(_decisions(store), rate_eval, decided, show_progress="hidden")
+    # friends rate on /rate meanwhile: the notes follow their scores, not only a change of evaluation
+    timer = gr.Timer(COVERAGE_EVERY_S)
+    timer.tick(_coverage(store), rate_eval, coverage, show_progress="hidden")
+    timer.tick(_decisions(store), rate_eval, decided, show_progress="hidden")
+    generated = _Generated(message, preview, rate_eval, check_group, check_table, check_paired, gate, edited,
+                           plan, shown_eval)
 
     def on_refresh():
         return gr.update(choices=finished_runs(trainer))
@@ -101,9 +114,11 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store):
                 [checks_box, sampling[0], recipe_note, filled_for], **one_at_a_time)
     generate.click(_generator(trainer, generator, store, generated),
                    [name, runs, source, typed, uploaded, *sampling, rules, tag, invite, checks_box, no_code,
-                    reveal_choice], generated.outputs())
-    gate.regenerate.click(_regenerator(trainer, generator, store, generated), gate.pending, generated.outputs())
-    gate.open_anyway.click(_opener(store, generated), gate.pending, generated.outputs())
+                    reveal_choice, raters], generated.outputs())
+    gate.regenerate.click(_regenerator(trainer, generator, store, generated), [gate.pending, raters],
+                          generated.outputs())
+    gate.open_anyway.click(_opener(store, generated), [gate.pending, raters], generated.outputs())
+    raters.change(_planner(store), [raters, shown_eval, gate.pending, rate_eval], plan, show_progress="hidden")
 
     def refresh_all(first: bool = False):
         """The runs and evaluations as they are now (the page is built with neither);
@@ -192,21 +207,72 @@ def _check_section():
 
 
 COVERAGE_EVERY_S = 15  # seconds between refreshes of the owner's note on models with few scores
+DEFAULT_RATERS, MAX_RATERS = 3, 50  # the raters the owner says they will invite, for the plan
+
+
+def _picked(store: Store, eval_id) -> int | None:
+    """The picked evaluation's id, or None when nothing (or nothing that exists) is picked."""
+    try:
+        eval_id = int(eval_id)
+    except (TypeError, ValueError):
+        return None
+    return eval_id if store.evaluation(eval_id) is not None else None
 
 
 def _coverage(store: Store):
     def on_coverage(eval_id):
         """Each model of the picked evaluation with no or few scores yet (ratings.tables.coverage_notes)."""
-        try:
-            eval_id = int(eval_id)
-        except (TypeError, ValueError):
-            return ""
-        if store.evaluation(eval_id) is None:
+        eval_id = _picked(store, eval_id)
+        if eval_id is None:
             return ""
         notes = tables.coverage_notes(store.variants(eval_id), store.replies(eval_id), store.ratings_frame(eval_id))
         return "\n".join(f"- ⚠️ {note}" for note in notes)
 
     return on_coverage
+
+
+def _decisions(store: Store):
+    def on_decisions(eval_id):
+        """Each fine-tuned model of the picked evaluation against the base: decided (anytime-valid)
+        or not yet, after every rating so far (ratings.sequential)."""
+        eval_id = _picked(store, eval_id)
+        if eval_id is None:
+            return ""
+        return "\n".join(f"- {d.sentence()}" for d in sequential.for_evaluation(store, eval_id))
+
+    return on_decisions
+
+
+def _raters(value) -> int:
+    """The number of raters typed, within 1–MAX_RATERS (the default when it is no number)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return DEFAULT_RATERS
+    return DEFAULT_RATERS if math.isnan(number) else int(min(MAX_RATERS, max(1, round(number))))
+
+
+def plan_line(store: Store, eval_id, raters) -> str:
+    """What the evaluation can detect with `raters` raters (ratings.planning), for the owner
+    before inviting them; "" when there is no such evaluation."""
+    try:
+        eval_id = int(eval_id)
+    except (TypeError, ValueError):
+        return ""
+    plan = planning.for_evaluation(store, eval_id, _raters(raters))
+    return "" if plan is None else f"**Plan for evaluation #{eval_id}:** {plan.sentence()}"
+
+
+def _planner(store: Store):
+    def on_plan(raters, shown, pending, picked):
+        """The plan again for the number of raters typed: for the evaluation the message shows,
+        else the one waiting to open, else the one picked for rating."""
+        for eval_id in (shown, pending, picked):
+            if (line := plan_line(store, eval_id, raters)):
+                return line
+        return ""
+
+    return on_plan
 
 
 def _mark(field: str):
@@ -238,7 +304,8 @@ def _form_filler(trainer: RunManager):
 
 def _generator(trainer: RunManager, generator: Generator, store: Store, generated: _Generated):
     def on_generate(title, chosen_runs, kind, text, uploaded_items, max_new_tokens, temp, p, rep, seed_, batch_size,
-                    rules_text, tag_, code, checks_text, no_code_=False, reveal_=None, progress_bar=gr.Progress()):
+                    rules_text, tag_, code, checks_text, no_code_=False, reveal_=None, raters_=DEFAULT_RATERS,
+                    progress_bar=gr.Progress()):
         try:
             picked = [r for r in (trainer.get(r) for r in (chosen_runs or [])) if r]
             base_model, variants = variants_for(picked)
@@ -271,7 +338,7 @@ def _generator(trainer: RunManager, generator: Generator, store: Store, generate
             return {generated.message: f"⚠️ Generation failed: {type(exc).__name__}: {exc}"}
         seconds = store.replies(eval_id)["latency_s"].sum()
         shown = _shown(store, generated, eval_id, f"Generated {len(items)} × {len(variants)} replies in "
-                       f"{seconds:.1f} s (evaluation #{eval_id}, up to {tokens} new tokens: {whence}).")
+                       f"{seconds:.1f} s (evaluation #{eval_id}, up to {tokens} new tokens: {whence}).", raters_)
         # hand edits served this evaluation: the next run chosen fills the form afresh
         return shown | {generated.message: left_out + shown[generated.message], generated.edited: []}
 
@@ -279,7 +346,7 @@ def _generator(trainer: RunManager, generator: Generator, store: Store, generate
 
 
 def _regenerator(trainer: RunManager, generator: Generator, store: Store, generated: _Generated):
-    def on_regenerate(eval_id, progress_bar=gr.Progress()):
+    def on_regenerate(eval_id, raters_=DEFAULT_RATERS, progress_bar=gr.Progress()):
         """The cut prompts' replies again with twice the cap; rating opens once none is cut."""
         try:
             if eval_id is None or store.evaluation(int(eval_id)) is None:
@@ -304,20 +371,21 @@ def _regenerator(trainer: RunManager, generator: Generator, store: Store, genera
         return _shown(store, generated, eval_id, (
             f"Generated {n} replies again, on the {len(before.positions)} prompt(s) with a cut reply, with a cap of "
             f"{before.larger_cap} new tokens (evaluation #{eval_id}; before: {before.sentence()}; now: "
-            f"{cut_replies(store, eval_id).cut} cut)."))
+            f"{cut_replies(store, eval_id).cut} cut)."), raters_)
 
     return on_regenerate
 
 
 def _opener(store: Store, generated: _Generated):
-    def on_open(eval_id):
+    def on_open(eval_id, raters_=DEFAULT_RATERS):
         if eval_id is None or store.evaluation(int(eval_id)) is None:
             return {generated.message: "⚠️ No evaluation is waiting: generate one first."}
         eval_id = int(eval_id)
         cut = cut_replies(store, eval_id)
         store.open_for_rating(eval_id)
         return _shown(store, generated, eval_id, f"Evaluation #{eval_id} opened for rating as it is"
-                      + (f" ({cut.sentence()}; they are marked ✂ below, never for raters)." if cut.cut else "."))
+                      + (f" ({cut.sentence()}; they are marked ✂ below, never for raters)." if cut.cut else "."),
+                      raters_)
 
     return on_open
 
@@ -342,9 +410,10 @@ def _items_for(trainer: RunManager, kind, chosen_runs, text, uploaded_items):
     return uploaded_items
 
 
-def _shown(store: Store, generated: _Generated, eval_id: int, header: str) -> dict:
+def _shown(store: Store, generated: _Generated, eval_id: int, header: str, raters=DEFAULT_RATERS) -> dict:
     """The evaluation's replies and automatic check, for the owner; the invite code only
-    once rating is open, else the choice cut replies call for."""
+    once rating is open, else the choice cut replies call for; and the plan: what it can
+    detect with the raters the owner will invite."""
     replies = store.replies(eval_id)
     evaluation = store.evaluation(eval_id)
     check = rchecks.of_evaluation(evaluation, replies)
@@ -364,7 +433,9 @@ def _shown(store: Store, generated: _Generated, eval_id: int, header: str) -> di
             else gr.update(choices=eval_choices(store, open_only=True)),
             generated.check_group: gr.update(visible=True),
             generated.check_table: rchecks.display(check.table),
-            generated.check_paired: rchecks.display_paired(check.paired)} | _gate_shown(store, generated, eval_id)
+            generated.check_paired: rchecks.display_paired(check.paired),
+            generated.plan: plan_line(store, eval_id, raters),
+            generated.shown: eval_id} | _gate_shown(store, generated, eval_id)
 
 
 def _gate_shown(store: Store, generated: _Generated, eval_id: int) -> dict:

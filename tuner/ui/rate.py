@@ -16,6 +16,7 @@ import gradio as gr
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from ratings import sequential
 from ratings.scale import RUBRIC, SCORES
 from ratings.store import ASPECTS, RatingError, Store
 from tuner.access import RateLimiter
@@ -57,6 +58,10 @@ class RaterLimits:
         self.joins = RateLimiter(*joins)
 
 
+# what a rater is told once every fine-tuned model of the evaluation is decided (ratings.sequential)
+DECIDED_NOTE = ("The owner has an answer for every model; you may stop here, or go on: your ratings still count "
+                "in the tables.")
+
 REVEAL_CHOICES = {"after their last pair": "end", "after each pair": "each"}
 # what a rater is told on joining, by the evaluation's reveal setting (ratings.store.REVEALS)
 REVEAL_PROMISES = {"end": "You will see which model wrote which reply after your last pair.",
@@ -66,7 +71,8 @@ REVEAL_PROMISES = {"end": "You will see which model wrote which reply after your
 def eval_choices(store: Store, open_only: bool = False) -> list[tuple[str, int]]:
     """(label, id) of every evaluation, newest first; `open_only`: those open for rating
     (what the raters' page may show a stranger)."""
-    return [(f"#{e['id']} {e['name']} ({e['n_prompts']} prompts × {e['n_variants']} variants)", e["id"])
+    return [(f"#{e['id']} {e['name']} ({e['n_prompts']} prompts × {e['n_variants']} variants)"
+             + (" — rating closed" if e.get("closed") else ""), e["id"])
             for e in store.evaluations() if e["open_for_rating"] or not open_only]
 
 
@@ -230,32 +236,34 @@ def names_a_task(pair: dict) -> bool:
 
 
 def _submitted(store: Store, limits: RaterLimits, assignment_id, who, eval_id, scores, pref, text,
-               aspect_values) -> str:
-    """What the rater is told after Submit: saved (with the reveal it has earned), or why not."""
+               aspect_values) -> tuple[str, bool, bool]:
+    """What the rater is told after Submit: saved (with the reveal it has earned), or why not;
+    whether the ratings were saved; whether the rater has pairs left."""
     if assignment_id is None or who is None:
-        return "⚠️ Press Start rating to get a pair first."
+        return "⚠️ Press Start rating to get a pair first.", False, False
     if not isinstance(text, (str, type(None))) or not isinstance(pref, (str, type(None))):
-        return "⚠️ The comment and the preference must be text."  # (sent by a script, not the page)
+        return "⚠️ The comment and the preference must be text.", False, False  # (a script's, not the page's)
     allowed, wait = limits.submits.allow(who)
     if not allowed:
-        return f"⚠️ Too many ratings too fast; wait {wait:.0f} s and submit again."
+        return f"⚠️ Too many ratings too fast; wait {wait:.0f} s and submit again.", False, False
     n = len(ASPECTS)
     try:
         result = store.rate_pair(assignment_id, who, *scores, dict(zip(ASPECTS, aspect_values[:n])),
                                  dict(zip(ASPECTS, aspect_values[n:])), pref or None, text)
     except (RatingError, StorageError) as exc:  # nothing was saved: the pair stays to submit again
-        return f"⚠️ {exc}"
+        return f"⚠️ {exc}", False, False
     done, total = store.progress(int(eval_id), who)
     # committed: now, and only now, say which reply was which (after each pair, or
     # by default only after the rater's last pair, so no one learns a model's style)
     if store.reveal_of(int(eval_id)) == "each":
         return (f"Saved ({done} of {total} done). **Reply A** was **{result['a_label']}** (you gave "
                 f"{result['score_a']}); **Reply B** was **{result['b_label']}** (you gave {result['score_b']}). "
-                "Press **Next pair** to go on.")
+                "Press **Next pair** to go on."), True, done < total
     if done < total:
         return (f"Saved ({done} of {total} done). Which model wrote each reply is shown after your last pair. "
-                "Press **Next pair** to go on.")
-    return "Saved: that was your last pair. Thank you!\n\n" + reveal_text(store.rater_reveal(int(eval_id), who))
+                "Press **Next pair** to go on."), True, True
+    return ("Saved: that was your last pair. Thank you!\n\n" + reveal_text(store.rater_reveal(int(eval_id), who)),
+            True, False)
 
 
 def reveal_text(pairs: list[dict]) -> str:
@@ -312,6 +320,19 @@ def rater_api(api, store: Store, rng: random.Random, limits: RaterLimits | None 
 class _RaterRoutes:
     def __init__(self, store: Store, rng: random.Random, limits: RaterLimits):
         self.store, self.rng, self.limits = store, rng, limits
+        # per evaluation: whether every fine-tuned model was decided at the last rating saved here
+        # (ratings.sequential); worked out once per submission, so serving a pair costs no more
+        self.decided: dict[int, bool] = {}
+
+    def all_decided(self, eval_id: int, fresh: bool = False) -> bool:
+        """Whether every fine-tuned model of the evaluation is decided (at the default success
+        threshold): worked out afresh when `fresh` (after a rating is saved) or when not known
+        (since the app started, or since a rater changed scores), else as it was at the last
+        rating saved. The owner's leaving a rater out shows here from the next rating saved."""
+        if fresh or eval_id not in self.decided:
+            found = sequential.for_evaluation(self.store, eval_id)
+            self.decided[eval_id] = bool(found) and all(d.decided for d in found)
+        return self.decided[eval_id]
 
     def answered(self, handler):
         """A route: the body read here, then `handler(request, body)` in a worker thread (SQLite
@@ -371,12 +392,18 @@ class _RaterRoutes:
         return who
 
     # -- answers
-    def serve(self, eval_id: int, who: str) -> dict:
+    def serve(self, eval_id: int, who: str, joining: bool = False) -> dict:
+        """The rater's next pair; `joining`: also say when the models are revealed."""
         pair = self.store.next_pair(eval_id, who, self.rng)
         if pair is None:
             done, total = self.store.progress(eval_id, who)
             return _pair_answer(f"✅ {who}, you have rated all {total} pairs of this evaluation. Thank you!")
-        return _pair_answer(f"{who} · pair {pair['done'] + 1} of {pair['total']}", pair)
+        lines = [f"{who} · pair {pair['done'] + 1} of {pair['total']}"]
+        if joining:
+            lines.append(REVEAL_PROMISES[self.store.reveal_of(eval_id)])
+        if self.all_decided(eval_id):
+            lines.append(DECIDED_NOTE)
+        return _pair_answer("\n\n".join(lines), pair)
 
     def evaluations(self):
         return {"choices": eval_choices(self.store, open_only=True)}
@@ -399,10 +426,7 @@ class _RaterRoutes:
         # the owner's panel is not counted against the owner's address (raters may share it)
         client = "owner's panel" if owner_panel else request_address(request)
         who = self.store.admit(eval_id, signed_in or typed, key, client, signed_in=bool(signed_in), owner=owner_panel)
-        served = self.serve(eval_id, who)
-        if served["assignment"] is not None:  # a pair to rate: say when the models are revealed
-            served["progress"] += "\n\n" + REVEAL_PROMISES[self.store.reveal_of(eval_id)]
-        response = JSONResponse(served)
+        response = JSONResponse(self.serve(eval_id, who, joining=True))
         if new_key:
             # inside the Space's page (another site's frame) only a partitioned SameSite=None cookie is
             # kept; other sites' requests are refused by the gate's origin check
@@ -419,8 +443,11 @@ class _RaterRoutes:
         eval_id = self.evaluation_of(body)
         who = self.rater(request, eval_id, body)
         aspects = [*_listed(body.get("aspects_a")), *_listed(body.get("aspects_b"))]
-        text = _submitted(self.store, self.limits, self.assignment_of(body, eval_id), who, eval_id,
-                          (body.get("a"), body.get("b")), body.get("preference"), body.get("comment"), aspects)
+        text, saved, more = _submitted(self.store, self.limits, self.assignment_of(body, eval_id), who, eval_id,
+                                       (body.get("a"), body.get("b")), body.get("preference"),
+                                       body.get("comment"), aspects)
+        if saved and self.all_decided(eval_id, fresh=True) and more:  # (after the last pair: nothing to stop)
+            text += "\n\n" + DECIDED_NOTE
         return JSONResponse({"reveal": text})
 
     def change(self, request: Request, body: dict):
@@ -433,6 +460,7 @@ class _RaterRoutes:
             changed = self.store.change_scores(assignment_id, who, body.get("a"), body.get("b"))
         except (RatingError, StorageError) as exc:
             return JSONResponse({"reveal": f"⚠️ {exc}"})
+        self.decided.pop(eval_id, None)  # a changed score may change the decision: worked out at the next pair
         return JSONResponse({"reveal": f"Changed your scores for this pair: Reply A {changed['old_a']} → "
                                        f"{changed['score_a']}, Reply B {changed['old_b']} → {changed['score_b']} "
                                        "(the change is recorded)."})

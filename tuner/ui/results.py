@@ -15,7 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from ratings import checks as rchecks
-from ratings import reports, stats, tables
+from ratings import reports, sequential, stats, tables
 from ratings.scale import SCORES, SUCCESS_AT
 from ratings.store import RatingError, Store, clean_rater
 from tuner.paths import StorageError
@@ -63,7 +63,7 @@ def results_tab(store: Store, trainer: RunManager | None = None, datasets_dir: P
         refresh = gr.Button("↻ Refresh", elem_id="results-refresh", scale=0)
     summary = gr.Markdown(elem_id="results-summary")
     # collapsible sections: the page was one 4,400-pixel column
-    sections = [_success_section(store, trainer)]
+    sections = [_decision_section(store, eval_pick, threshold), _success_section(store, trainer)]
     raters, per_prompt = _per_prompt_section()
     by, breakdown = _breakdown_section()
     sections += [per_prompt, breakdown, _paired_section(), _bias_section(), _metrics_section(), _checks_section()]
@@ -122,6 +122,72 @@ def results_tab(store: Store, trainer: RunManager | None = None, datasets_dir: P
 
 def _gathered(store: Store, trainer: RunManager | None, eval_id, cutoff):
     return tables.gather(store, int(eval_id), int(cutoff or SUCCESS_AT), _runs_of(store, trainer, eval_id))
+
+
+DECISION_MEANING = (
+    f"Each line is valid however often you look, after every rating if you like (anytime-valid at 95%: if a "
+    "fine-tuned model were no different from the base, the chance that its line ever says \"Decided\" is at "
+    "most 5%). The unit is the prompt: a prompt counts once, with the first rating of its pair of the two models' "
+    "replies (success = scored {SUCCESS_AT} or more, fixed before rating: the threshold above moves the tables, "
+    "not this line, since a threshold picked after seeing the scores would void the guarantee); later ratings of that pair count in the tables "
+    "below, which are fixed-sample tests and stay as they are.")
+
+
+def _decision_section(store: Store, eval_pick: gr.Dropdown, threshold: gr.Radio) -> _Section:
+    """When to stop: the anytime-valid decision of each fine-tuned model against the base
+    (ratings.sequential), and closing rating in one click once every one is decided."""
+    with gr.Accordion("When to stop: anytime-valid decision", open=True, elem_id="results-section-decision"):
+        decision = gr.Markdown(elem_id="results-decision")
+        with gr.Row():
+            close = gr.Button("Close rating", variant="primary", visible=False, scale=0,
+                              elem_id="results-close-rating")
+            reopen = gr.Button("Reopen rating", visible=False, scale=0, elem_id="results-reopen-rating")
+        note = gr.Markdown(elem_id="results-close-note")
+
+    def view(eval_id: int, cutoff: int, said: str = "") -> dict:
+        decisions = sequential.for_evaluation(store, eval_id)  # success at SUCCESS_AT, whatever `cutoff` shows
+        closed = store.is_closed(eval_id)
+        lines = [f"- {d.sentence()}" for d in decisions]
+        if not decisions:
+            lines = ["- This evaluation has no fine-tuned model to set against the base."]
+        done = bool(decisions) and all(d.decided for d in decisions)
+        if closed:
+            state = ("**Rating is closed**: raters who open a pair or submit one are told so; every rating "
+                     "saved is kept and counts here and below. Reopen rating lets them go on.")
+        elif done:
+            state = ("**Every fine-tuned model is decided**: you may stop rating here. Close rating tells the "
+                     "raters so and keeps every rating saved; until then, their further ratings still count "
+                     "in the tables below.")
+        else:
+            state = ""
+        text = "\n".join(lines) + (f"\n\n{state}" if state else "") + f"\n\n{DECISION_MEANING}"
+        return {decision: text, close: gr.update(visible=done and not closed), reopen: gr.update(visible=closed),
+                note: said}
+
+    def switch(closing: bool):
+        def handler(eval_id, cutoff):
+            try:
+                eval_id = int(eval_id)
+            except (TypeError, ValueError):
+                eval_id = None
+            if eval_id is None or store.evaluation(eval_id) is None:
+                return {decision: "", close: gr.update(visible=False), reopen: gr.update(visible=False),
+                        note: "⚠️ Choose an evaluation first."}
+            try:
+                (store.close_rating if closing else store.reopen_rating)(eval_id)
+            except (RatingError, StorageError) as exc:
+                return view(eval_id, int(cutoff or SUCCESS_AT), f"⚠️ {exc}")
+            said = ("Rating is closed: raters are told so at their next pair or submission; their saved "
+                    "ratings are kept." if closing else "Rating is open again: raters can go on.")
+            return view(eval_id, int(cutoff or SUCCESS_AT), said)
+        handler.__name__ = "on_close_rating" if closing else "on_reopen_rating"
+        return handler
+
+    outputs = [decision, close, reopen, note]
+    close.click(switch(True), [eval_pick, threshold], outputs, api_name="close_rating")
+    reopen.click(switch(False), [eval_pick, threshold], outputs, api_name="reopen_rating")
+    blank = {decision: "", close: gr.update(visible=False), reopen: gr.update(visible=False), note: ""}
+    return _Section(blank, lambda r, asked: view(asked.eval_id, asked.cutoff))
 
 
 def _success_section(store: Store, trainer: RunManager | None) -> _Section:
