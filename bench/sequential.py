@@ -22,7 +22,7 @@ These spreads are stated, not fitted: this project's ratings.db files are test f
 with scripted scores, not people. With them the base succeeds on ~40% of ratings and
 raters agree on a reply's success ~70% of the time.
 
-Each simulated evaluation: PROMPTS prompts, base and one fine-tuned model, RATERS raters
+Each simulated evaluation: PROMPTS prompts (GAIN_PROMPTS with a gain), base and one fine-tuned model, RATERS raters
 taking turns at random, each rating every pair the scheduler serves them, looked at after
 every rating until the statistic decides or every prompt is in the test (from then on
 further ratings feed the tables but cannot change the decision, so stopping there is
@@ -68,7 +68,7 @@ from ratings import sequential, stats  # noqa: E402
 from ratings.store import Store  # noqa: E402
 
 CENTER, DIFFICULTY_SD, REPLY_SD, BIAS_SD, NOISE_SD = 3.2, 1.0, 0.6, 0.5, (0.5, 1.1)
-PROMPTS, RATERS = 120, 3
+PROMPTS, RATERS, GAIN_PROMPTS = 120, 3, 250
 TARGET_GAIN = 0.20
 VARIANTS = [{"name": "base", "label": "base", "kind": "base"}, {"name": "ft", "label": "fine-tuned", "kind": "lora"},
             {"name": "ft2", "label": "fine-tuned 2", "kind": "lora"}]
@@ -171,9 +171,10 @@ def worker(job: tuple[list[int], float, int, int, int]) -> list[dict]:
         return results
 
 
-def simulate(count: int, gain: float, workers: int, first_seed: int, models: int = 2) -> list[dict]:
+def simulate(count: int, gain: float, workers: int, first_seed: int, models: int = 2,
+             prompts: int | None = None) -> list[dict]:
     seeds = list(range(first_seed, first_seed + count))
-    jobs = [(seeds[i::workers], gain, PROMPTS, RATERS, models) for i in range(workers)]
+    jobs = [(seeds[i::workers], gain, prompts or PROMPTS, RATERS, models) for i in range(workers)]
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         return [r for part in pool.map(worker, jobs) for r in part]
 
@@ -220,7 +221,10 @@ def main() -> None:
     parser.add_argument("--gain", type=int, default=300)
     parser.add_argument("--three", type=int, default=200, help="null evaluations of base and two fine-tuned models")
     parser.add_argument("--workers", type=int, default=max(1, min(2, os.cpu_count() or 1)))
-    parser.add_argument("--prompts", type=int, default=PROMPTS)
+    parser.add_argument("--prompts", type=int, default=PROMPTS, help="prompts per evaluation without a difference")
+    parser.add_argument("--gain-prompts", type=int, default=GAIN_PROMPTS,
+                        help="prompts per evaluation with a gain: enough that running out is rare, so the "
+                             "median measures the test, not the evaluation's size")
     args = parser.parse_args()
     if args.quick:
         args.null, args.gain, args.three = 100, 60, 30
@@ -237,7 +241,7 @@ def main() -> None:
     three_wrong = sum(r["models_decided"] for r in three)
     three_low, three_high = stats.wilson_interval(three_wrong, 2 * len(three))
 
-    gained = simulate(args.gain, gain, args.workers, first_seed=100_000)
+    gained = simulate(args.gain, gain, args.workers, first_seed=100_000, prompts=args.gain_prompts)
     right = [r for r in gained if r["decided"] == "better"]
     to_decision = [r["at"] for r in right]
     # a missed decision counts as never: the median over all runs, not only the lucky ones
@@ -266,7 +270,7 @@ def main() -> None:
         "ratio_to_fixed": round(median / fixed_success, 3) if math.isfinite(median) else None,
         "fixed_design_ratings_on_mean_scores": fixed_score,
         "ratio_to_fixed_on_mean_scores": round(median / fixed_score, 3) if math.isfinite(median) else None,
-        "prompts_per_evaluation": PROMPTS, "raters_per_evaluation": RATERS,
+        "prompts_per_evaluation": PROMPTS, "prompts_per_evaluation_with_gain": args.gain_prompts, "raters_per_evaluation": RATERS,
         "spreads": {"difficulty": DIFFICULTY_SD, "reply": REPLY_SD, "rater_bias": BIAS_SD, "rater_noise": NOISE_SD},
         "workers": args.workers, "total_s": round(time.perf_counter() - started, 1),
     }

@@ -8,11 +8,12 @@ dataset's test split, from typed lines, or from an uploaded CSV/JSONL file.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuner import data as tdata
 from tuner import recipes, records
+from tuner.generate import GenSettings
 from tuner.prompts import from_row, prompt_item, read_prompts
 
 FIELDS = ("id", "task", "prompt", "reference", "category")
@@ -126,17 +127,22 @@ def training_replies(run: dict) -> list[str]:
             if isinstance(r, dict) and r.get("messages") and isinstance(r["messages"][-1], dict)]
 
 
-FORM_FIELDS = ("checks", "cap")
+# the recipe's generation settings Compare's form takes besides the cap, with their words
+SETTINGS = {"temperature": "temperature", "repetition_penalty": "repetition penalty", "batch_size": "batch size"}
+FORM_FIELDS = ("checks", "cap", *SETTINGS)
 
 
 @dataclass(frozen=True)
 class FormFill:
-    """What choosing a run puts in Compare's form: the checks (lines) and the cap (0:
-    from the references' lengths, else the training replies'); None leaves the owner's own."""
+    """What choosing a run puts in Compare's form: the checks (lines), the cap (0: from the
+    references' lengths, else the training replies') and the other generation settings the
+    recipe was measured with (temperature, repetition penalty, batch size); None (or a
+    setting left out of `settings`) leaves the owner's own."""
     checks: str | None
     max_new_tokens: int | None
     note: str
     recipe: str | None = None  # the recipe's name, if one was found
+    settings: dict = field(default_factory=dict)
 
 
 def recipe_fill(run: dict | None, kept=()) -> FormFill:
@@ -157,22 +163,45 @@ def recipe_fill(run: dict | None, kept=()) -> FormFill:
         recipe, problem = None, f"⚠️ {exc}; "
     checks = None if "checks" in kept else "\n".join(recipe.checks) if recipe else ""
     cap = None if "cap" in kept else int((recipe.generate if recipe else {}).get("max_new_tokens") or 0)
-    filled = [f for f in FORM_FIELDS if f not in kept]
+    # the settings the recipe was measured with; without a recipe, the engine's defaults (nothing of
+    # an earlier run's recipe stays behind unseen)
+    defaults = GenSettings()
+    settings = {key: (recipe.generate[key] if recipe and key in recipe.generate else getattr(defaults, key))
+                for key in SETTINGS if key not in kept and (not recipe or key in recipe.generate)}
+    filled = [f for f in FORM_FIELDS if f not in kept and (f in ("checks", "cap") or f in settings)]
     if recipe:
-        what = " and ".join({"checks": "Checks", "cap": "cap"}[f] for f in filled).capitalize()
+        words = {"checks": "checks", "cap": "cap", **SETTINGS}
+        named = [words[f] for f in filled]
+        what = _and(named).capitalize()
         values = ([f"{len(recipe.checks)} check{'s' if len(recipe.checks) != 1 else ''}" if recipe.checks
                    else "no checks"] if "checks" in filled else []) + (
             [f"up to {cap} new tokens" if cap else "the cap from the references' lengths"] if "cap" in filled else [])
+        values += [_setting_words(key, settings[key]) for key in SETTINGS if key in settings]
         note = (f"{what} from the {recipe.name} recipe ({', '.join(values)})" if filled
                 else f"The {recipe.name} recipe was not applied")
     else:
         name = Path(dataset).name if dataset else "this run's dataset"
         values = (["no checks"] if "checks" in filled else []) + (
             ["the cap from the references' lengths, else the training replies'"] if "cap" in filled else [])
+        values += ["the default " + _and([SETTINGS[k] for k in settings])] if settings else []
         note = f"{problem}No recipe for {name}" + (f": {', '.join(values)}" if values else "")
     if kept:
-        note += f"; your {' and '.join(f for f in FORM_FIELDS if f in kept)} kept (edited by hand)"
-    return FormFill(checks, cap, note + ".", recipe.name if recipe else None)
+        words = {"checks": "checks", "cap": "cap", **SETTINGS}
+        note += f"; your {' and '.join(words[f] for f in FORM_FIELDS if f in kept)} kept (edited by hand)"
+    return FormFill(checks, cap, note + ".", recipe.name if recipe else None, settings)
+
+
+def _and(words: list[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else "".join(words)
+
+
+def _setting_words(key: str, value) -> str:
+    if key == "temperature":
+        return "greedy" if not value else f"temperature {value:g}"
+    if key == "repetition_penalty":
+        return f"repetition penalty {value:g}"
+    return f"{int(value)} rows a batch"
 
 
 # --- keyword rules -------------------------------------------------------------------------

@@ -251,4 +251,22 @@ def test_a_database_from_before_closing_gains_the_column_open(tmp_path):
     store.close_rating(1)
     assert store.is_closed(1)
     with sqlite3.connect(tmp_path / "old.db") as conn:
-        assert [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")][-1] == "0008_closed_rating"
+        assert "0008_closed_rating" in [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")]
+
+
+def test_one_evaluations_pairs_are_found_without_reading_every_other_evaluations(tmp_path):
+    """The scheduler and the decision read one evaluation's assignments through its prompts
+    (migration 0009): without the index SQLite scanned every assignment in the file, and each
+    rating got slower with every evaluation kept (bench/sequential.py measured it)."""
+    import sqlite3
+
+    store = Store(tmp_path / "ratings.db")
+    eval_id = open_evaluation(store, prompts=4)
+    with sqlite3.connect(tmp_path / "ratings.db") as conn:
+        plan = " | ".join(row[3] for row in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT a.id FROM assignments a JOIN comparisons c ON c.id = a.comparison_id "
+            "JOIN prompts p ON p.id = c.prompt_id WHERE p.evaluation_id = ? AND a.rated_at IS NOT NULL", [eval_id]))
+        unrated = " | ".join(row[3] for row in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT 1 FROM assignments o WHERE o.rater = ? AND o.rated_at IS NULL", ["ana"]))
+    assert "comparisons_prompt" in plan and "SCAN a" not in plan, plan
+    assert "assignments_unrated" in unrated, unrated

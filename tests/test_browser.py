@@ -124,7 +124,7 @@ def test_whole_loop_in_the_browser(app_url, page):
     page.wait_for_timeout(500)  # a person's pause: the edit is noted before the next click
     _pick(page, "compare-run", "stopped")
     page.keyboard.press("Escape")
-    expect(page.locator("#eval-recipe-note")).to_contain_text("Checks from the polite_assistant recipe (3 checks)")
+    expect(page.locator("#eval-recipe-note")).to_contain_text("Checks, temperature, repetition penalty and batch size from the polite_assistant recipe (3 checks")
     expect(cap).to_have_value("16")
     # this round shows raters which model wrote which after each pair (the default: after the last)
     page.locator("#eval-reveal").get_by_label("after each pair").check()

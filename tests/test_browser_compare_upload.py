@@ -81,7 +81,8 @@ def test_cut_replies_wait_for_the_owners_choice_and_the_form_follows_the_runs_re
     cap = page.get_by_label("number input for Max new tokens")
     pick(page, "compare-run", "email run")
     page.keyboard.press("Escape")
-    expect(note).to_contain_text("Checks and cap from the formal_email recipe (5 checks, up to 240 new tokens)")
+    expect(note).to_contain_text("Checks, cap, temperature, repetition penalty and batch size from the formal_email "
+                                 "recipe (5 checks, up to 240 new tokens, greedy, repetition penalty 1.05, 32 rows")
     expect(checks).to_have_value(re.compile("^starts with: Subject:"))
     page.get_by_label("typed prompts").check()
     page.locator("#compare-prompts textarea").fill("Say hi 1\nSay hi 2")
@@ -130,7 +131,8 @@ def test_cut_replies_wait_for_the_owners_choice_and_the_form_follows_the_runs_re
     page.keyboard.press("Escape")
     # the next evaluation: the FAQ run's recipe replaces the email one's checks and the cap typed for it
     _only_run(page, "faq run")
-    expect(note).to_contain_text("Checks and cap from the company_faq recipe (no checks, up to 48 new tokens)")
+    expect(note).to_contain_text("from the company_faq recipe (no checks, up to 48 new tokens, greedy, "
+                                 "repetition penalty 1, 32 rows a batch)")
     expect(checks).to_have_value("")
     page.get_by_text("Generation settings, keyword rules, invite code").click()
     expect(cap).to_have_value("48")

@@ -96,29 +96,37 @@ def test_the_default_cap_of_typed_and_uploaded_prompts_is_room_for_references_el
     assert evalsets.default_max_new_tokens(typed, [])[0] is None  # the engine's default then
 
 
-def test_choosing_a_run_fills_the_checks_and_cap_from_its_recipe_unless_edited_by_hand(tmp_path):
+def test_choosing_a_run_fills_the_checks_cap_and_settings_from_its_recipe_unless_edited_by_hand(tmp_path):
     from tuner.paths import STARTER_DATASETS
 
     email = {"run_id": "e", "config": {"dataset": str(STARTER_DATASETS / "formal_email.jsonl")}}
     faq = {"run_id": "f", "config": {"dataset": str(tmp_path / "company_faq-v2.jsonl")}}  # a saved version
     fill = evalsets.recipe_fill(email)
     assert fill.checks.splitlines()[0] == "starts with: Subject:" and fill.max_new_tokens == 240
-    assert fill.note == "Checks and cap from the formal_email recipe (5 checks, up to 240 new tokens)."
+    assert fill.note == ("Checks, cap, temperature, repetition penalty and batch size from the formal_email recipe "
+                         "(5 checks, up to 240 new tokens, greedy, repetition penalty 1.05, 32 rows a batch).")
+    # the settings the recipe was measured with, not the engine's defaults (1.1, 20 rows)
+    assert fill.settings == {"temperature": 0.0, "repetition_penalty": 1.05, "batch_size": 32}
     # the FAQ run after the email one: the email checks go, the FAQ's own cap comes
     fill = evalsets.recipe_fill(faq)
     assert (fill.checks, fill.max_new_tokens, fill.recipe) == ("", 48, "company_faq")
-    assert fill.note.startswith("Checks and cap from the company_faq recipe")
+    assert fill.note.startswith("Checks, cap, temperature, repetition penalty and batch size from the company_faq recipe")
+    assert fill.settings["repetition_penalty"] == 1.0
     # what the owner changed by hand stays, and the line says so
-    fill = evalsets.recipe_fill(faq, kept={"cap"})
-    assert (fill.checks, fill.max_new_tokens) == ("", None)
-    assert fill.note == "Checks from the company_faq recipe (no checks); your cap kept (edited by hand)."
-    fill = evalsets.recipe_fill(email, kept={"checks", "cap"})
+    fill = evalsets.recipe_fill(faq, kept={"cap", "repetition_penalty"})
+    assert (fill.checks, fill.max_new_tokens) == ("", None) and "repetition_penalty" not in fill.settings
+    assert fill.note == ("Checks, temperature and batch size from the company_faq recipe (no checks, greedy, "
+                         "32 rows a batch); your cap and repetition penalty kept (edited by hand).")
+    fill = evalsets.recipe_fill(email, kept=set(evalsets.FORM_FIELDS))
     assert (fill.checks, fill.max_new_tokens) == (None, None) and "not applied" in fill.note
     # no recipe: no checks, and the cap from the references (0 in the form)
     other = {"run_id": "o", "config": {"dataset": str(tmp_path / "mine.jsonl")}}
     fill = evalsets.recipe_fill(other)
     assert (fill.checks, fill.max_new_tokens, fill.recipe) == ("", 0, None)
     assert fill.note.startswith("No recipe for mine.jsonl: no checks")
+    # and the engine's default settings: nothing of the last run's recipe stays behind unseen
+    assert fill.settings == {"temperature": 0.0, "repetition_penalty": 1.1, "batch_size": 20}
+    assert "the default temperature, repetition penalty and batch size" in fill.note
     bad = tmp_path / "broken.recipe.json"
     bad.write_text("{not json")
     fill = evalsets.recipe_fill({"run_id": "b", "config": {"dataset": str(tmp_path / "broken.jsonl")}})

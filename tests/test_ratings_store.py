@@ -26,7 +26,7 @@ def test_schema_is_named_migrations_in_wal_mode(tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations")] == [
         "0001_initial", "0002_rater_keys", "0003_checks", "0004_rating_integrity", "0005_corrections",
-        "0006_judge", "0007_rater_claims", "0008_closed_rating"]
+        "0006_judge", "0007_rater_claims", "0008_closed_rating", "0009_comparisons_by_prompt"]
     assert store.evaluations() == []
 
 

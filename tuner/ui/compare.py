@@ -110,8 +110,11 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store):
     one_at_a_time = {"concurrency_limit": 1, "concurrency_id": "compare-form"}
     checks_box.input(_mark("checks"), edited, edited, show_progress="hidden", **one_at_a_time)
     sampling[0].input(_mark("cap"), edited, edited, show_progress="hidden", **one_at_a_time)
+    for index, key in FILLED_SETTINGS.items():  # the recipe's settings, unless typed over
+        sampling[index].input(_mark(key), edited, edited, show_progress="hidden", **one_at_a_time)
     runs.change(_form_filler(trainer), [runs, checks_box, edited, filled_for],
-                [checks_box, sampling[0], recipe_note, filled_for], **one_at_a_time)
+                [checks_box, sampling[0], *(sampling[i] for i in FILLED_SETTINGS), recipe_note, filled_for],
+                **one_at_a_time)
     generate.click(_generator(trainer, generator, store, generated),
                    [name, runs, source, typed, uploaded, *sampling, rules, tag, invite, checks_box, no_code,
                     reveal_choice, raters], generated.outputs())
@@ -282,21 +285,28 @@ def _mark(field: str):
     return on_input
 
 
+# the generation settings a recipe fills besides the cap: their place in `sampling` (see _settings)
+FILLED_SETTINGS = {1: "temperature", 3: "repetition_penalty", 5: "batch_size"}
+
+
 def _form_filler(trainer: RunManager):
     def on_runs(chosen_runs, current_checks, edited, filled_for):
-        """A new first run fills the checks and the cap from its dataset's recipe (evalsets.recipe_fill),
-        except what the owner changed by hand; adding a second run changes nothing."""
+        """A new first run fills the checks, the cap and the generation settings the recipe was
+        measured with from its dataset's recipe (evalsets.recipe_fill), except what the owner
+        changed by hand; adding a second run changes nothing."""
         first = (chosen_runs or [None])[0]
         try:
             run = trainer.get(first) if first else None
         except ValueError:  # not a run id at all (the list takes typed values)
             run = None
         if run is None or first == filled_for:
-            return gr.update(), gr.update(), gr.update(), filled_for
+            return (gr.update(), gr.update(), *(gr.update() for _ in FILLED_SETTINGS), gr.update(), filled_for)
         kept = set(edited or []) - ({"checks"} if not (current_checks or "").strip() else set())
         fill = evalsets.recipe_fill(run, kept)
         return (gr.update() if fill.checks is None else gr.update(value=fill.checks),
                 gr.update() if fill.max_new_tokens is None else gr.update(value=fill.max_new_tokens),
+                *(gr.update(value=fill.settings[key]) if key in fill.settings else gr.update()
+                  for key in FILLED_SETTINGS.values()),
                 fill.note, first)
 
     return on_runs
