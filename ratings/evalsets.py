@@ -167,8 +167,9 @@ def recipe_fill(run: dict | None, kept=()) -> FormFill:
     # an earlier run's recipe stays behind unseen)
     defaults = GenSettings()
     settings = {key: (recipe.generate[key] if recipe and key in recipe.generate else getattr(defaults, key))
-                for key in SETTINGS if key not in kept and (not recipe or key in recipe.generate)}
-    filled = [f for f in FORM_FIELDS if f not in kept and (f in ("checks", "cap") or f in settings)]
+                for key in SETTINGS if key not in kept}
+    from_recipe = [key for key in settings if recipe and key in recipe.generate]
+    filled = [f for f in FORM_FIELDS if f not in kept and (f in ("checks", "cap") or f in from_recipe)]
     if recipe:
         words = {"checks": "checks", "cap": "cap", **SETTINGS}
         named = [words[f] for f in filled]
@@ -176,9 +177,12 @@ def recipe_fill(run: dict | None, kept=()) -> FormFill:
         values = ([f"{len(recipe.checks)} check{'s' if len(recipe.checks) != 1 else ''}" if recipe.checks
                    else "no checks"] if "checks" in filled else []) + (
             [f"up to {cap} new tokens" if cap else "the cap from the references' lengths"] if "cap" in filled else [])
-        values += [_setting_words(key, settings[key]) for key in SETTINGS if key in settings]
+        values += [_setting_words(key, settings[key]) for key in from_recipe]
+        defaulted = [SETTINGS[key] for key in settings if key not in from_recipe]
         note = (f"{what} from the {recipe.name} recipe ({', '.join(values)})" if filled
                 else f"The {recipe.name} recipe was not applied")
+        if defaulted:  # the recipe says nothing of them: the engine's defaults, not the last run's values
+            note += f"; the default {_and(defaulted)}"
     else:
         name = Path(dataset).name if dataset else "this run's dataset"
         values = (["no checks"] if "checks" in filled else []) + (

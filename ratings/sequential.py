@@ -109,6 +109,9 @@ class Decision:
     decided_at: int | None = None  # the rating (rated pairs so far) at which it was decided
     decided_prompts: int | None = None
     more_ratings: int | None = None  # at the present rate, about how many more ratings to a decision
+    more_prompts: int | None = None  # ... and how many more prompts that is
+    available: int | None = None  # prompts with this pair in the evaluation (None: not known)
+    models: int = 1  # fine-tuned models sharing the evaluation's 5%
 
     @property
     def prompts(self) -> int:
@@ -123,27 +126,40 @@ class Decision:
         return ("the first rating of each prompt's pair" if self.quota == 1
                 else f"the first {self.quota} ratings of each prompt's pair")
 
+    @property
+    def left(self) -> int | None:
+        """Prompts of the evaluation not in the test yet (None: not known)."""
+        return None if self.available is None else max(0, self.available - self.prompts)
+
     def sentence(self) -> str:
         name, base = self.model, self.versus
+        level = f"anytime-valid {100 - round(ALPHA * 100)}%" + (
+            f" for {'both' if self.models == 2 else f'all {self.models}'} fine-tuned models together"
+            if self.models > 1 else "")
         if self.decided:
             return (f"Decided after {self.decided_at} ratings: {name} {self.decided} than {base} "
-                    f"(anytime-valid {100 - round(ALPHA * 100)}%; {self.decided_prompts} prompts, "
-                    f"{self._counted}).")
+                    f"({level}; {self.decided_prompts} prompts, {self._counted}).")
         text = f"{name} against {base}: not decided yet ({self.prompts} prompts in the test so far, {self._counted}"
         if self.prompts:
             text += f"; success rate difference so far {self.mean * 100:+.0f} points"
+        if self.left == 0 and self.prompts:
+            return text + ("). Every prompt of this evaluation is in the test, so more ratings cannot decide it: "
+                           "a new evaluation with more prompts can.")
         if self.more_ratings is not None:
+            if self.left is not None and self.more_prompts > self.left:
+                return text + (f"). At this rate it needs about {self.more_prompts} more prompts and this "
+                               f"evaluation has {self.left} left: a new evaluation with more prompts can decide it.")
             return text + f"). At this rate about {self.more_ratings} more ratings."
         if self.prompts >= 3:
             return text + "). No lean either way yet: more prompts may not settle it."
         return text + ")."
 
 
-def _project(decision: Decision, values: np.ndarray, rate: float, alpha: float) -> int | None:
-    """About how many more rated pairs until the leading side reaches 1/alpha, if the prompts
-    still to come are like those so far: the log-capital still missing over the expected
-    growth per prompt at the present bet, times the ratings one prompt has taken."""
-    if len(values) < 3 or not rate:
+def _project(decision: Decision, values: np.ndarray) -> float | None:
+    """About how many more prompts until the leading side reaches 1/alpha, if the prompts still
+    to come are like those so far: the log-capital still missing over the expected growth per
+    prompt at the present bet."""
+    if len(values) < 3:
         return None
     y = (values + 1) / 2
     lean, variance = float(y.mean()) - 0.5, float(y.var())
@@ -156,9 +172,7 @@ def _project(decision: Decision, values: np.ndarray, rate: float, alpha: float) 
     have = decision.better if lean > 0 else decision.worse
     missing = -math.log(max(have, 1e-300))
     prompts = max(missing, 0.0) / growth
-    if prompts > 10_000:
-        return None
-    return max(1, math.ceil(prompts * rate))
+    return None if prompts > 10_000 else prompts
 
 
 def entries(sequence: pd.DataFrame, model: str, versus: str, quota: int,
@@ -186,11 +200,14 @@ def entries(sequence: pd.DataFrame, model: str, versus: str, quota: int,
 
 
 def decide(sequence: pd.DataFrame, model: str, versus: str, quota: int = DEFAULT_QUOTA,
-           threshold: int = SUCCESS_AT, alpha: float = ALPHA) -> Decision:
-    """The anytime-valid result of `model` against `versus` after every rating so far."""
+           threshold: int = SUCCESS_AT, alpha: float = ALPHA, available: int | None = None,
+           models: int = 1) -> Decision:
+    """The anytime-valid result of `model` against `versus` after every rating so far, at level
+    `alpha` (this model's share of the evaluation's); `available`: the prompts that have this
+    pair (what the projection may count on)."""
     quota = max(1, int(quota))
     found, pairs = entries(sequence, model, versus, quota, threshold)
-    decision = Decision(model, versus, quota, found, pairs)
+    decision = Decision(model, versus, quota, found, pairs, available=available, models=models)
     if not found:
         return decision
     values = np.array([e.value for e in found])
@@ -202,17 +219,23 @@ def decide(sequence: pd.DataFrame, model: str, versus: str, quota: int = DEFAULT
             decision.decided_at, decision.decided_prompts = found[i].at_rating, i + 1
             break
     if decision.decided is None:
-        rate = pairs / len(found)  # rated pairs per prompt entered, so far
-        decision.more_ratings = _project(decision, values, rate, alpha)
+        more = _project(decision, values)
+        if more is not None:
+            rate = pairs / len(found)  # rated pairs per prompt entered, so far
+            decision.more_prompts = max(1, math.ceil(more))
+            decision.more_ratings = max(1, math.ceil(more * rate))
     return decision
 
 
 def decisions(sequence: pd.DataFrame, labels: list[str], quota: int = DEFAULT_QUOTA,
-              threshold: int = SUCCESS_AT, alpha: float = ALPHA) -> list[Decision]:
-    """Each model after the first (the base) against the first, in `labels` order."""
+              threshold: int = SUCCESS_AT, alpha: float = ALPHA, available: int | None = None) -> list[Decision]:
+    """Each model after the first (the base) against the first, in `labels` order. The models
+    share `alpha` equally (Bonferroni): with k fine-tuned models each is decided at alpha / k,
+    so the chance that any of them is ever wrongly decided stays at most alpha."""
     if len(labels) < 2:
         return []
-    return [decide(sequence, model, labels[0], quota, threshold, alpha) for model in labels[1:]]
+    k = len(labels) - 1
+    return [decide(sequence, model, labels[0], quota, threshold, alpha / k, available, k) for model in labels[1:]]
 
 
 def for_evaluation(store, evaluation_id: int, threshold: int = SUCCESS_AT, quota: int = DEFAULT_QUOTA,
@@ -220,4 +243,5 @@ def for_evaluation(store, evaluation_id: int, threshold: int = SUCCESS_AT, quota
     """Each fine-tuned model of the evaluation against its base (the first variant), after
     every rating so far (`store` is a ratings.store.Store)."""
     labels = [v["label"] for v in store.variants(evaluation_id)]
-    return decisions(store.rating_sequence(evaluation_id), labels, quota, threshold, alpha)
+    available = len(store.prompts(evaluation_id))
+    return decisions(store.rating_sequence(evaluation_id), labels, quota, threshold, alpha, available)

@@ -359,7 +359,7 @@ class Store(Database):
                     return name
                 raise RatingError(f"Someone already rates as {name!r} from another browser. Go on in that "
                                   "browser, or pick another name.")
-            self._refuse_if_closed(db, evaluation_id)  # (a name already admitted comes back: its reveal, its scores)
+            self._refuse_if_closed(db, evaluation_id)  # (a name already admitted may come back: to change the scores of a pair it rated)
             if not owner:
                 self._may_add_name(db, evaluation_id, key_hash, client_hash, cap)
             now = _now()
@@ -595,7 +595,16 @@ class Store(Database):
         return base, undecided
 
     def _assign(self, comparison_id: int, rater: str, rng: random.Random, at: str) -> dict:
-        return self.grouped(lambda db: self._assign_in(db, comparison_id, rater, rng, at))
+        def assign(db):
+            # checked again in the write itself: a pair picked just before the owner closed rating
+            # is refused here, not served and then refused at submission
+            evaluation = db.execute("SELECT p.evaluation_id FROM comparisons c JOIN prompts p ON p.id = c.prompt_id "
+                                    "WHERE c.id = ?", [comparison_id]).fetchone()
+            if evaluation:
+                self._refuse_if_closed(db, evaluation[0])
+            return self._assign_in(db, comparison_id, rater, rng, at)
+
+        return self.grouped(assign)
 
     @staticmethod
     def _assign_in(db, comparison_id: int, rater: str, rng: random.Random, at: str) -> dict:

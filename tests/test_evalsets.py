@@ -131,3 +131,19 @@ def test_choosing_a_run_fills_the_checks_cap_and_settings_from_its_recipe_unless
     bad.write_text("{not json")
     fill = evalsets.recipe_fill({"run_id": "b", "config": {"dataset": str(tmp_path / "broken.jsonl")}})
     assert fill.note.startswith("⚠️ broken.recipe.json: not valid JSON") and fill.checks == ""
+
+
+def test_a_recipe_silent_on_a_setting_gives_the_engines_default_not_the_last_runs(tmp_path):
+    """A recipe that names only a cap: the temperature, repetition penalty and batch size go back to
+    the engine's defaults (the form may still hold the last run's recipe's), and the line says so."""
+    import json
+
+    from tuner.paths import STARTER_DATASETS
+
+    recipe = json.loads((STARTER_DATASETS / "company_faq.recipe.json").read_text())
+    recipe["generate"] = {"max_new_tokens": 50}
+    (tmp_path / "short.recipe.json").write_text(json.dumps(recipe))
+    fill = evalsets.recipe_fill({"run_id": "s", "config": {"dataset": str(tmp_path / "short.jsonl")}})
+    assert fill.max_new_tokens == 50
+    assert fill.settings == {"temperature": 0.0, "repetition_penalty": 1.1, "batch_size": 20}
+    assert fill.note.endswith("the default temperature, repetition penalty and batch size.")

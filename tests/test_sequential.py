@@ -180,7 +180,8 @@ def test_for_evaluation_decides_each_fine_tuned_model_over_a_real_store(tmp_path
     sequence = store.rating_sequence(eval_id)
     assert len(sequence) == 12
     good, same = sequential.for_evaluation(store, eval_id)
-    # every prompt's first rating of (base, good) counts +1; a decision needs 11 of them
+    # every prompt's first rating of (base, good) counts +1; a decision needs 12 of them (two fine-tuned
+    # models share the 5%: each is decided at 2.5%, where one alone would need 11)
     pairs_good = sequence[sequence.apply(lambda r: {r.label_a, r.label_b} == {"lora: good", "base (m)"}, axis=1)]
     assert good.prompts == pairs_good["prompt_id"].nunique() and good.decided is None
     assert same.decided is None and same.mean == 0  # both fail on every prompt: no lean
@@ -188,15 +189,45 @@ def test_for_evaluation_decides_each_fine_tuned_model_over_a_real_store(tmp_path
     _rate_by_reading(store, eval_id, ["ana", "ben", "cem"], rng)  # everyone rates every pair served
     sequence = store.rating_sequence(eval_id)
     good, same = sequential.for_evaluation(store, eval_id)
-    assert good.decided == "better" and good.decided_prompts == 11 and good.prompts == 14
+    assert good.decided == "better" and good.decided_prompts == 12 and good.prompts == 14
     # decided at the rated pair where the 11th prompt entered: counted over every pair of the evaluation
     firsts = sequence[sequence.apply(lambda r: {r.label_a, r.label_b} == {"lora: good", "base (m)"}, axis=1)]
     firsts = firsts.drop_duplicates("prompt_id")
-    assert good.decided_at == list(sequence["assignment"]).index(firsts["assignment"].iloc[10]) + 1
-    assert good.sentence().startswith(f"Decided after {good.decided_at} ratings: lora: good better than base (m)")
+    assert good.decided_at == list(sequence["assignment"]).index(firsts["assignment"].iloc[11]) + 1
+    assert good.sentence().startswith(f"Decided after {good.decided_at} ratings: lora: good better than base (m) "
+                                      "(anytime-valid 95% for both fine-tuned models together")
     assert same.decided is None and same.prompts == 14 and same.sentence().startswith("lora: same against base (m)")
     # the threshold is the Results tab's: at 1 every reply succeeds and nothing is decided
     assert [d.decided for d in sequential.for_evaluation(store, eval_id, threshold=1)] == [None, None]
     # a rater the owner leaves out leaves the test too
     store.set_excluded(eval_id, "ana", True, "test")
     assert len(store.rating_sequence(eval_id)) < len(sequence)
+
+
+def test_the_sentence_never_promises_what_the_prompts_left_cannot_give():
+    """Ten prompts, the fine-tuned model better on every one: a decision needs eleven, so the line
+    says that this evaluation cannot decide, never "about 1 more rating"."""
+    wins = _sequence([(p, "r", "lora: x", 5, "base (m)", 2) for p in range(1, 11)])
+    done = sequential.decide(wins, "lora: x", "base (m)", available=10)
+    assert done.decided is None and done.left == 0
+    assert done.sentence().endswith("Every prompt of this evaluation is in the test, so more ratings cannot "
+                                    "decide it: a new evaluation with more prompts can.")
+    # five of twelve in, one more needed at this rate... but only if the prompts are there
+    early = sequential.decide(wins.head(5), "lora: x", "base (m)", available=12)
+    assert early.more_prompts is not None and early.more_prompts <= early.left
+    assert early.sentence().endswith(f"At this rate about {early.more_ratings} more ratings.")
+    short = sequential.decide(wins.head(5), "lora: x", "base (m)", available=7)
+    assert short.more_prompts > short.left == 2
+    assert short.sentence().endswith(f"At this rate it needs about {short.more_prompts} more prompts and this "
+                                     "evaluation has 2 left: a new evaluation with more prompts can decide it.")
+
+
+def test_several_fine_tuned_models_share_the_five_percent():
+    """Three fine-tuned models: each is decided at 5% / 3, so the chance that any of them is ever
+    wrongly decided stays at most 5%; a clean sweep needs more prompts than for one model alone."""
+    rows = [(p, "r", m, 5, "base (m)", 2) for p in range(1, 16) for m in ("a", "b", "c")]
+    three = sequential.decisions(_sequence(rows), ["base (m)", "a", "b", "c"])
+    one = sequential.decide(_sequence([r for r in rows if r[2] == "a"]), "a", "base (m)")
+    assert [d.models for d in three] == [3, 3, 3] and one.models == 1
+    assert one.decided_prompts == 11 and all(d.decided_prompts == 13 for d in three)
+    assert "for all 3 fine-tuned models together" in three[0].sentence()

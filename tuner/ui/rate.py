@@ -320,19 +320,12 @@ def rater_api(api, store: Store, rng: random.Random, limits: RaterLimits | None 
 class _RaterRoutes:
     def __init__(self, store: Store, rng: random.Random, limits: RaterLimits):
         self.store, self.rng, self.limits = store, rng, limits
-        # per evaluation: whether every fine-tuned model was decided at the last rating saved here
-        # (ratings.sequential); worked out once per submission, so serving a pair costs no more
-        self.decided: dict[int, bool] = {}
 
-    def all_decided(self, eval_id: int, fresh: bool = False) -> bool:
-        """Whether every fine-tuned model of the evaluation is decided (at the default success
-        threshold): worked out afresh when `fresh` (after a rating is saved) or when not known
-        (since the app started, or since a rater changed scores), else as it was at the last
-        rating saved. The owner's leaving a rater out shows here from the next rating saved."""
-        if fresh or eval_id not in self.decided:
-            found = sequential.for_evaluation(self.store, eval_id)
-            self.decided[eval_id] = bool(found) and all(d.decided for d in found)
-        return self.decided[eval_id]
+    def all_decided(self, eval_id: int) -> bool:
+        """Whether every fine-tuned model of the evaluation is decided: the store's answer, which it
+        keeps and works out again only when a decision can have changed (Store.undecided_variants)."""
+        base, undecided = self.store.undecided_variants(eval_id)
+        return base is not None and len(self.store.variants(eval_id)) > 1 and not undecided
 
     def answered(self, handler):
         """A route: the body read here, then `handler(request, body)` in a worker thread (SQLite
@@ -446,7 +439,7 @@ class _RaterRoutes:
         text, saved, more = _submitted(self.store, self.limits, self.assignment_of(body, eval_id), who, eval_id,
                                        (body.get("a"), body.get("b")), body.get("preference"),
                                        body.get("comment"), aspects)
-        if saved and self.all_decided(eval_id, fresh=True) and more:  # (after the last pair: nothing to stop)
+        if saved and self.all_decided(eval_id) and more:  # (after the last pair: nothing to stop)
             text += "\n\n" + DECIDED_NOTE
         return JSONResponse({"reveal": text})
 
@@ -460,7 +453,6 @@ class _RaterRoutes:
             changed = self.store.change_scores(assignment_id, who, body.get("a"), body.get("b"))
         except (RatingError, StorageError) as exc:
             return JSONResponse({"reveal": f"⚠️ {exc}"})
-        self.decided.pop(eval_id, None)  # a changed score may change the decision: worked out at the next pair
         return JSONResponse({"reveal": f"Changed your scores for this pair: Reply A {changed['old_a']} → "
                                        f"{changed['score_a']}, Reply B {changed['old_b']} → {changed['score_b']} "
                                        "(the change is recorded)."})

@@ -125,11 +125,13 @@ def _gathered(store: Store, trainer: RunManager | None, eval_id, cutoff):
 
 
 DECISION_MEANING = (
-    f"Each line is valid however often you look, after every rating if you like (anytime-valid at 95%: if a "
-    "fine-tuned model were no different from the base, the chance that its line ever says \"Decided\" is at "
-    "most 5%). The unit is the prompt: a prompt counts once, with the first rating of its pair of the two models' "
-    "replies (success = scored {SUCCESS_AT} or more, fixed before rating: the threshold above moves the tables, "
-    "not this line, since a threshold picked after seeing the scores would void the guarantee); later ratings of that pair count in the tables "
+    "Each line is valid however often you look, after every rating if you like (anytime-valid at 95%: if no "
+    "fine-tuned model were different from the base, the chance that any line ever says \"Decided\" is at most "
+    "5%; with several fine-tuned models they share it). The unit is the prompt: a prompt counts once, with the "
+    f"first rating of its pair of the two models' replies (success = scored {SUCCESS_AT} or more, fixed before "
+    "rating: the threshold above moves the tables, not this line, since a threshold picked after seeing the "
+    "scores would void the guarantee). Excluding a rater or changing scores works the decision out again from "
+    "the ratings left: decide whom to exclude before you read it. Later ratings of a pair count in the tables "
     "below, which are fixed-sample tests and stay as they are.")
 
 
