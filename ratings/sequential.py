@@ -5,8 +5,9 @@ The unit is the prompt, as in the Results tab's paired test. Ratings of one prom
 not independent (every rater reads the same two replies; a reply that happens to suit
 one model shows in every rating of it), so single ratings cannot be the unit: a test
 that counts each rating as independent evidence treats a lucky prompt rated by six
-raters as six pieces of evidence, and under "no difference on average" it decides
-wrongly far more often than it says (bench/sequential.py measures both).
+raters as six pieces of evidence, and its guarantee does not hold under "no difference
+on average" (how far it errs depends on how much replies differ from prompt to prompt;
+bench/sequential.py reports it beside this test's own rate).
 
 Each prompt enters the test once, when the pair of exactly these two models' replies
 on it has been rated `quota` times (1: its first rating). Its value is the mean over
