@@ -140,6 +140,10 @@ def test_cut_replies_wait_for_the_owners_choice_and_the_form_follows_the_runs_re
     cap.fill("64")
     cap.press("Enter")
     _only_run(page, "email run")
-    expect(note).to_contain_text("Checks from the formal_email recipe (5 checks); your cap kept")
+    expect(note).to_contain_text("Checks, temperature, repetition penalty and batch size from the formal_email "
+                                 "recipe (5 checks, greedy, repetition penalty 1.05, 32 rows a batch); your cap kept")
     expect(checks).to_have_value(re.compile("^starts with: Subject:"))
     expect(cap).to_have_value("64")
+    # the settings the recipe was measured with, in the form Generate sends (not the engine's 1.1 and 20)
+    expect(page.get_by_label("number input for Repetition penalty")).to_have_value("1.05")
+    expect(page.get_by_label("number input for Batch size (rows)")).to_have_value("32")
