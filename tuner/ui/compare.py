@@ -109,8 +109,7 @@ def compare_tab(trainer: RunManager, generator: Generator, store: Store):
     # and the later one put the recipe's cap back over the one typed meanwhile
     one_at_a_time = {"concurrency_limit": 1, "concurrency_id": "compare-form"}
     checks_box.input(_mark("checks"), edited, edited, show_progress="hidden", **one_at_a_time)
-    sampling[0].input(_mark("cap"), edited, edited, show_progress="hidden", **one_at_a_time)
-    for index, key in FILLED_SETTINGS.items():  # the recipe's settings, unless typed over
+    for index, key in {0: "cap", **FILLED_SETTINGS}.items():  # the recipe's cap and settings, unless typed over
         sampling[index].input(_mark(key), edited, edited, show_progress="hidden", **one_at_a_time)
     runs.change(_form_filler(trainer), [runs, checks_box, edited, filled_for],
                 [checks_box, sampling[0], *(sampling[i] for i in FILLED_SETTINGS), recipe_note, filled_for],
