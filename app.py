@@ -181,7 +181,7 @@ def _studio(layout: Layout, trainer: RunManager, generator: Generator, store: St
         demo.load(*export_runs)
         compare_page.select(refresh_compare, None, compare_outputs)
         playground_page.select(refresh_playground, None, playground_outputs)
-        results_page.select(show_results, results_eval, results_outputs)
+        results_page.select(show_results, results_eval, results_outputs, **results.IN_ORDER)
         leaderboard_page.select(show_board, board_inputs, board_outputs)
     return demo
 

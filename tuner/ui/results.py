@@ -50,6 +50,11 @@ class _Asked:
     by: str | None
 
 
+# the tab's refreshes and Close/Reopen run one at a time, in the order they were asked: a refresh
+# still in flight when Reopen was clicked answered after it and blanked its "Rating is open again"
+IN_ORDER = {"concurrency_limit": 1, "concurrency_id": "results-show"}
+
+
 def results_tab(store: Store, trainer: RunManager | None = None, datasets_dir: Path | None = None):
     """Every table of `ratings.tables.gather` for one evaluation, the plots and the exports.
 
@@ -109,9 +114,9 @@ def results_tab(store: Store, trainer: RunManager | None = None, datasets_dir: P
     inputs = [eval_pick, threshold, raters, by]
     outputs = [eval_pick, summary, *(c for s in sections for c in s.blank)]
     rater_rows, set_rater = _rater_handlers(store, rater_table, rater_note)
-    refresh.click(show, inputs, outputs).then(rater_rows, eval_pick, rater_table)
+    refresh.click(show, inputs, outputs, **IN_ORDER).then(rater_rows, eval_pick, rater_table)
     for control in inputs:
-        control.input(show, inputs, outputs).then(rater_rows, eval_pick, rater_table)
+        control.input(show, inputs, outputs, **IN_ORDER).then(rater_rows, eval_pick, rater_table)
     eval_pick.change(rater_rows, eval_pick, rater_table)
     for button, excluded in ((exclude, True), (include, False)):
         button.click(set_rater(excluded), [eval_pick, rater_name, reason], [rater_table, rater_note],
@@ -186,8 +191,8 @@ def _decision_section(store: Store, eval_pick: gr.Dropdown, threshold: gr.Radio)
         return handler
 
     outputs = [decision, close, reopen, note]
-    close.click(switch(True), [eval_pick, threshold], outputs, api_name="close_rating")
-    reopen.click(switch(False), [eval_pick, threshold], outputs, api_name="reopen_rating")
+    close.click(switch(True), [eval_pick, threshold], outputs, api_name="close_rating", **IN_ORDER)
+    reopen.click(switch(False), [eval_pick, threshold], outputs, api_name="reopen_rating", **IN_ORDER)
     blank = {decision: "", close: gr.update(visible=False), reopen: gr.update(visible=False), note: ""}
     return _Section(blank, lambda r, asked: view(asked.eval_id, asked.cutoff))
 
