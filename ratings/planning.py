@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ratings.scale import SUCCESS_AT
+from ratings.sequential import pair_differences
 
 ALPHA = 0.05  # two-sided, as the Results tab's paired test
 POWER = 0.8  # "found 8 times in 10"
@@ -141,11 +142,8 @@ def _groups(store, evaluation_id: int, threshold: int) -> list[list[list[float]]
     base, groups = labels[0], []
     for model in labels[1:]:
         cells: dict[int, list[float]] = {}
-        for row in sequence.itertuples(index=False):
-            if {row.label_a, row.label_b} != {model, base}:
-                continue
-            mine, theirs = (row.score_a, row.score_b) if row.label_a == model else (row.score_b, row.score_a)
-            cells.setdefault(int(row.prompt_id), []).append(float(int(mine >= threshold) - int(theirs >= threshold)))
+        for _, prompt_id, difference in pair_differences(sequence, model, base, threshold):
+            cells.setdefault(prompt_id, []).append(float(difference))
         if cells:
             groups.append(list(cells.values()))
     return groups

@@ -176,27 +176,34 @@ def _project(decision: Decision, values: np.ndarray) -> float | None:
     return None if prompts > 10_000 else prompts
 
 
+def pair_differences(sequence: pd.DataFrame, model: str, versus: str, threshold: int = SUCCESS_AT):
+    """(rated pairs so far, prompt id, success(model) - success(versus)) for each rated pair of
+    exactly these two models, in rating order. `sequence` is Store.rating_sequence's shape. One
+    rater scored both replies of a pair, so that rater's strictness leaves the difference alone."""
+    for pairs, row in enumerate(sequence.itertuples(index=False), start=1):
+        if {row.label_a, row.label_b} != {model, versus}:
+            continue
+        mine, theirs = (row.score_a, row.score_b) if row.label_a == model else (row.score_b, row.score_a)
+        yield pairs, int(row.prompt_id), int(mine >= threshold) - int(theirs >= threshold)
+
+
 def entries(sequence: pd.DataFrame, model: str, versus: str, quota: int,
             threshold: int = SUCCESS_AT) -> tuple[list[Entry], int]:
     """The prompts in the order they entered the test, and the rated pairs in all.
     `sequence` is Store.rating_sequence's shape: one row per rated pair, in the order
     they were rated, with prompt_id and each side's label and score. Only pairs of
-    exactly these two models count: each such pair was scored by one rater, so that
-    rater's strictness falls on both replies and leaves the difference alone."""
+    exactly these two models count (pair_differences)."""
     if sequence.empty:
         return [], 0
     seen: dict[int, list[int]] = {}
     out: list[Entry] = []
-    for pairs, row in enumerate(sequence.itertuples(index=False), start=1):
-        if {row.label_a, row.label_b} != {model, versus}:
-            continue
-        mine, theirs = (row.score_a, row.score_b) if row.label_a == model else (row.score_b, row.score_a)
-        got = seen.setdefault(int(row.prompt_id), [])
+    for pairs, prompt_id, difference in pair_differences(sequence, model, versus, threshold):
+        got = seen.setdefault(prompt_id, [])
         if len(got) >= quota:
             continue  # the prompt is in already: later ratings feed the tables, not the test
-        got.append(int(mine >= threshold) - int(theirs >= threshold))
+        got.append(difference)
         if len(got) == quota:
-            out.append(Entry(int(row.prompt_id), sum(got) / quota, pairs))
+            out.append(Entry(prompt_id, sum(got) / quota, pairs))
     return out, len(sequence)
 
 

@@ -18,7 +18,7 @@ from ratings.store import Store
 from tuner.generate import BASE, GenSettings, Generator
 from tuner.runs import RunManager
 from tuner.ui.access import forget_upload
-from tuner.ui.rate import REVEAL_CHOICES, eval_choices, rating_panel
+from tuner.ui.rate import REVEAL_CHOICES, eval_choices, picked_evaluation, rating_panel
 from tuner.ui.train import finished_runs
 
 
@@ -212,19 +212,10 @@ COVERAGE_EVERY_S = 15  # seconds between refreshes of the owner's note on models
 DEFAULT_RATERS, MAX_RATERS = 3, 50  # the raters the owner says they will invite, for the plan
 
 
-def _picked(store: Store, eval_id) -> int | None:
-    """The picked evaluation's id, or None when nothing (or nothing that exists) is picked."""
-    try:
-        eval_id = int(eval_id)
-    except (TypeError, ValueError):
-        return None
-    return eval_id if store.evaluation(eval_id) is not None else None
-
-
 def _coverage(store: Store):
     def on_coverage(eval_id):
         """Each model of the picked evaluation with no or few scores yet (ratings.tables.coverage_notes)."""
-        eval_id = _picked(store, eval_id)
+        eval_id = picked_evaluation(store, eval_id)
         if eval_id is None:
             return ""
         notes = tables.coverage_notes(store.variants(eval_id), store.replies(eval_id), store.ratings_frame(eval_id))
@@ -237,7 +228,7 @@ def _decisions(store: Store):
     def on_decisions(eval_id):
         """Each fine-tuned model of the picked evaluation against the base: decided (anytime-valid)
         or not yet, after every rating so far (ratings.sequential)."""
-        eval_id = _picked(store, eval_id)
+        eval_id = picked_evaluation(store, eval_id)
         if eval_id is None:
             return ""
         return "\n".join(f"- {d.sentence()}" for d in sequential.for_evaluation(store, eval_id))
@@ -257,9 +248,8 @@ def _raters(value) -> int:
 def plan_line(store: Store, eval_id, raters) -> str:
     """What the evaluation can detect with `raters` raters (ratings.planning), for the owner
     before inviting them; "" when there is no such evaluation."""
-    try:
-        eval_id = int(eval_id)
-    except (TypeError, ValueError):
+    eval_id = picked_evaluation(store, eval_id)
+    if eval_id is None:
         return ""
     plan = planning.for_evaluation(store, eval_id, _raters(raters))
     return "" if plan is None else f"**Plan for evaluation #{eval_id}:** {plan.sentence()}"

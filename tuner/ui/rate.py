@@ -16,7 +16,6 @@ import gradio as gr
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ratings import sequential
 from ratings.scale import RUBRIC, SCORES
 from ratings.store import ASPECTS, RatingError, Store
 from tuner.access import RateLimiter
@@ -74,6 +73,16 @@ def eval_choices(store: Store, open_only: bool = False) -> list[tuple[str, int]]
     return [(f"#{e['id']} {e['name']} ({e['n_prompts']} prompts × {e['n_variants']} variants)"
              + (" — rating closed" if e.get("closed") else ""), e["id"])
             for e in store.evaluations() if e["open_for_rating"] or not open_only]
+
+
+def picked_evaluation(store: Store, value) -> int | None:
+    """The id of the evaluation a dropdown holds, or None when it holds nothing, or nothing that
+    exists (a script may send anything)."""
+    try:
+        eval_id = int(value)
+    except (TypeError, ValueError):
+        return None
+    return eval_id if store.evaluation(eval_id) is not None else None
 
 
 @dataclass

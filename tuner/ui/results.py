@@ -22,7 +22,7 @@ from tuner.paths import StorageError
 from tuner.records import read_metrics, run_label
 from tuner.runs import RunManager
 from tuner.ui.charts import VEGA_LITE, curve_frame, loss_spec, short_label, vega_plot
-from tuner.ui.rate import eval_choices
+from tuner.ui.rate import eval_choices, picked_evaluation
 from tuner.ui.judge import judge_section
 
 
@@ -173,11 +173,8 @@ def _decision_section(store: Store, eval_pick: gr.Dropdown, threshold: gr.Radio)
 
     def switch(closing: bool):
         def handler(eval_id, cutoff):
-            try:
-                eval_id = int(eval_id)
-            except (TypeError, ValueError):
-                eval_id = None
-            if eval_id is None or store.evaluation(eval_id) is None:
+            eval_id = picked_evaluation(store, eval_id)
+            if eval_id is None:
                 return {decision: "", close: gr.update(visible=False), reopen: gr.update(visible=False),
                         note: "⚠️ Choose an evaluation first."}
             try:
