@@ -231,3 +231,13 @@ def test_several_fine_tuned_models_share_the_five_percent():
     assert [d.models for d in three] == [3, 3, 3] and one.models == 1
     assert one.decided_prompts == 11 and all(d.decided_prompts == 13 for d in three)
     assert "for all 3 fine-tuned models together" in three[0].sentence()
+
+
+def test_no_model_is_decided_with_fewer_prompts_than_the_bound_the_scheduler_relies_on():
+    """Store.undecided_variants skips the computation below fewest_prompts_to_decide: the bound
+    must never be above the first decision of a clean sweep, the fastest any sequence can go."""
+    for models in (1, 2, 3, 5):
+        fewest = sequential.fewest_prompts_to_decide(models)
+        up, _ = sequential.betting_paths([1] * 40, sequential.ALPHA / models)
+        assert int(np.argmax(up >= 1)) + 1 == fewest
+    assert [sequential.fewest_prompts_to_decide(k) for k in (1, 2, 3)] == [11, 12, 13]
