@@ -196,3 +196,52 @@ def test_a_streamed_reply_grows_word_by_word_to_the_generated_reply(tiny_llama, 
     first = next(stream)
     stream.close()
     assert first and gen.generate(str(tiny_llama), [conversation], settings)[0].text.startswith(first)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 50, 0.95), (0.7, 50, 1.0), (1.3, 0, 0.9), (1.0, 5, 0.5)])
+def test_the_top_k_sampler_draws_from_transformers_sampling_distribution(temperature, top_k, top_p):
+    """The draw among the top-k candidates against transformers' own warpers (temperature, top-k,
+    top-p) and softmax: the same tokens can come out, in the same proportions."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    from tuner.generate import _top_sample
+
+    torch.manual_seed(0)
+    scores = torch.randn(1, 400) * 3
+    reference = scores.clone()
+    for warper in [TemperatureLogitsWarper(temperature)] + ([TopKLogitsWarper(top_k)] if top_k else []) + \
+            [TopPLogitsWarper(top_p)]:
+        reference = warper(None, reference)
+    expected = reference.softmax(-1)[0]
+    rows = 20000
+    out = _top_sample(temperature, top_k, top_p)[0](None, scores.expand(rows, -1).contiguous())
+    assert torch.isfinite(out).sum(-1).eq(1).all()  # one token left per row: the greedy pick takes it
+    drawn = torch.bincount(out.argmax(-1), minlength=400).float() / rows
+    assert set(drawn.nonzero().flatten().tolist()) <= set(expected.nonzero().flatten().tolist())
+    assert 0.5 * (drawn - expected).abs().sum() < 0.03  # total variation; a wrong temperature gives ~0.1+
+
+
+def test_sampled_replies_are_reproducible_by_seed_and_drawn_among_the_top_k(tiny_llama, tmp_path):
+    """Generation's sampled replies: the same seed gives the same replies, another seed others, and
+    every first token is one of the model's 50 most likely (transformers' default top-k)."""
+    from transformers import AutoModelForCausalLM
+
+    from tuner.chat import encode_prompt
+
+    prompts = [[{"role": "user", "content": f"Tell me something {i}"}] for i in range(4)] * 8
+    gen = Generator(tmp_path, precision="fp32")
+    settings = GenSettings(max_new_tokens=3, temperature=1.0, top_p=0.95, batch_size=32, seed=3)
+    first = gen.generate(str(tiny_llama), prompts, settings)
+    again = gen.generate(str(tiny_llama), prompts, settings)
+    other = gen.generate(str(tiny_llama), prompts, GenSettings(**{**settings.__dict__, "seed": 4}))
+    assert [r.text for r in first] == [r.text for r in again]
+    assert [r.text for r in first] != [r.text for r in other]
+    one = gen.generate(str(tiny_llama), prompts, GenSettings(**{**settings.__dict__, "max_new_tokens": 1}))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
+    outside = 0
+    for prompt, reply in zip(prompts, one):
+        with torch.no_grad():
+            logits = model(torch.tensor([encode_prompt(prompt, gen.tokenizer)])).logits[0, -1]
+        top = {gen.tokenizer.decode([t], skip_special_tokens=True).strip() for t in logits.topk(50).indices.tolist()}
+        outside += reply.text not in top
+    assert outside == 0

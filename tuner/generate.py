@@ -333,7 +333,12 @@ class Generator:
                       repetition_penalty=settings.repetition_penalty,
                       pad_token_id=self.tokenizer.pad_token_id, **extra)
         if settings.temperature > 0:
-            kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
+            # transformers' sampling, drawn among the top-k candidates only (_top_sample); the
+            # greedy pick after it takes the drawn token
+            top_k = getattr(model.generation_config, "top_k", None)
+            top_k = TRANSFORMERS_TOP_K if top_k is None else top_k
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
+                          logits_processor=_top_sample(settings.temperature, top_k, settings.top_p))
             torch.manual_seed(settings.seed)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -356,6 +361,41 @@ class Generator:
                                  new_tokens=len(tokens),
                                  settings=asdict(settings) | {"dtype": self.dtype, "device": self.device}))
         return replies
+
+
+# the top-k transformers' sampling applies when the model's generation config sets none
+TRANSFORMERS_TOP_K = 50
+
+
+def _top_sample(temperature: float, top_k: int, top_p: float):
+    """A LogitsProcessorList that samples the next token as transformers' sampling does
+    (temperature, then top-k, then top-p, then a draw from what is left) and leaves only that
+    token's score finite, so greedy decoding picks it.
+
+    transformers sorts the whole vocabulary for top-p and draws with torch.multinomial over
+    all of it, although top-k (50 by default) has already left only k tokens: on 2 CPU cores,
+    48 rows of SmolLM2's 49,152 tokens, the draw's exponential_ and the sort took ~80 ms of a
+    ~330 ms decoding step (torch.profiler, docs/performance.md). Here top-p and the draw run
+    on the k candidates. The distribution is the same but for ties at the k-th score, which
+    transformers keeps and this drops. top_k 0 means the whole vocabulary."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class TopSample(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            k = scores.shape[-1] if top_k <= 0 else min(top_k, scores.shape[-1])
+            values, indices = scores.topk(k, dim=-1)  # descending
+            probs = (values / temperature).softmax(dim=-1)
+            if top_p < 1.0:
+                # TopPLogitsWarper's rule, on the ascending order: drop the tokens whose cumulative
+                # probability from the bottom is at most 1 - top_p, never the most likely one
+                drop = probs.flip(-1).cumsum(dim=-1).flip(-1) <= (1 - top_p)
+                drop[..., 0] = False
+                probs = probs.masked_fill(drop, 0.0)
+            choice = indices.gather(-1, torch.multinomial(probs, num_samples=1))
+            return torch.full_like(scores, -float("inf")).scatter_(-1, choice, 0.0)
+
+    return LogitsProcessorList([TopSample()])
 
 
 def _step_reporter(on_token, prompt_width: int):
