@@ -1,21 +1,26 @@
 """From ratings to a better model: SFT, scores, then DPO and KTO, measured on held-out prompts.
 
-    python bench/preference.py              # the formal-email set, as below (~10 min on 2 cores)
+    python bench/preference.py              # the formal-email set, as below (~13 min on 2 cores)
     python bench/preference.py --quick      # a smoke run: a few steps and prompts
 
 1. SFT: the formal-email recipe (datasets/formal_email.recipe.json) trained with
    `python -m tuner train`, as bench/recipes.py does.
 2. Scores: the SFT model answers its own training prompts several times (sampled, one
-   variant per seed) beside the base model; the replies go into a real ratings database
+   variant per sample; the base is left out); the replies go into a real ratings database
    as one evaluation, and 30 synthetic raters score the pairs the app serves them from
    the automatic checks (every check passed → 5, else 1).
 3. Preference runs: ratings.preferences turns the scores into DPO pairs and KTO examples
    (the app's rules: means a score apart; desirable ≥ 4, undesirable ≤ 2), and
    `python -m tuner train` trains each from the SFT run's adapter (method dpo, kto).
 4. Held-out: base, SFT, SFT+DPO and SFT+KTO answer the SFT run's test prompts, greedy
-   (the recipe's settings) and sampled (the same temperature as step 2, several seeds):
+   (the recipe's settings) and sampled (the same temperature as step 2, several samples):
    check pass rates with Wilson 95% intervals, and each preference run against its SFT
-   start paired on the same prompt and seed (McNemar's exact test).
+   start paired on the same prompt and sample (McNemar's exact test).
+
+Each phase's samples come from one generate_all call (samples): every prompt asked several
+times, BATCH rows a batch. A held-out reply ends once it fails a check whatever it writes next
+(past the word limit, a wrong start): its pass or fail is then known (--full-replies: to the
+end). The scored replies are written whole: they are what DPO and KTO train on.
 
 Prints the tables and the training times, then one JSON line. Target: a preference run
 beats its SFT start on the checks with paired p < 0.05, all of it within 10 minutes here.
@@ -78,7 +83,7 @@ def sampled(settings, temperature: float, seed: int):
                           "batch_size": BATCH})
 
 
-def samples(generator, items: list[dict], variants: list, settings, count: int) -> list[list[list]]:
+def samples(generator, items: list[dict], variants: list, settings, count: int, stop_when=None) -> list[list[list]]:
     """`count` sampled replies of each variant to each item, from one generate_all call: every
     item is asked `count` times, so the samples share batches (one call of 96 rows at BATCH
     rows a batch, not two calls of 48); result[v][k][i] is variant v's k-th sample for item i.
@@ -86,13 +91,13 @@ def samples(generator, items: list[dict], variants: list, settings, count: int) 
     The copies of an item sit side by side: every batch starts from the same seed, so copies at
     the same row of two batches would draw the same random numbers and come out identical."""
     conversations = [i["messages"] for i in items for _ in range(count)]
-    answers = generator.generate_all(BUNDLED, conversations, settings, variants)
+    answers = generator.generate_all(BUNDLED, conversations, settings, variants, stop_when=stop_when)
     return [[replies[k::count] for k in range(count)] for replies in answers]
 
 
 def rated_evaluation(store: Store, generator, items: list[dict], sft: Path, settings, seeds: list[int],
                      checks: list, rng: random.Random) -> tuple[int, float]:
-    """The SFT model's sampled replies to its training prompts (one variant per seed: on-policy
+    """The SFT model's sampled replies to its training prompts (one variant per sample: on-policy
     pairs), as one evaluation rated by RATERS synthetic raters from the checks; (its id, seconds
     spent generating). The base is left out: it fails the format ~98% of the time, so its
     replies would add generation time and only SFT-vs-base pairs SFT already learnt."""
@@ -101,7 +106,7 @@ def rated_evaluation(store: Store, generator, items: list[dict], sft: Path, sett
     adapter = [(sft.name, records.adapter_dir(sft))]
     drawn = samples(generator, items, adapter, sampled(settings, TEMP, seeds[0]), len(seeds))[0]
     for seed, answers in zip(seeds, drawn):
-        name = f"sft-seed{seed}"
+        name = f"sft-sample{seed}"
         variants.append({"name": name, "label": f"SFT sample {seed}", "kind": "lora"})
         replies[name] = answers
     spent = time.perf_counter() - start
@@ -125,16 +130,18 @@ def rated_evaluation(store: Store, generator, items: list[dict], sft: Path, sett
 
 def held_out_replies(generator, items, variants: dict[str, Path | None], settings, seeds) -> pd.DataFrame:
     """Every variant's replies to the held-out prompts greedy (seed None), and the fine-tuned ones'
-    sampled per seed (the base's sampled replies are left out: ~0% pass, and generation is the
-    bench's largest cost); `position` numbers each (prompt, seed) so the paired test pairs the same
-    prompt and seed."""
+    sampled, one reply per entry of `seeds` (the base's sampled replies are left out: ~0% pass, and
+    generation is the bench's largest cost); `position` numbers each (prompt, sample) so the paired
+    test pairs the same prompt and sample."""
     rows = []
     conversations = [i["messages"] for i in items]
     names = list(variants)
     adapters = [None if path is None else (name, records.adapter_dir(path)) for name, path in variants.items()]
-    greedy = generator.generate_all(BUNDLED, conversations, replace(settings, batch_size=BATCH), adapters)
+    greedy = generator.generate_all(BUNDLED, conversations, replace(settings, batch_size=BATCH), adapters,
+                                    stop_when=STOP_WHEN)
     tuned = [k for k, path in enumerate(variants.values()) if path is not None]
-    drawn = samples(generator, items, [adapters[k] for k in tuned], sampled(settings, TEMP, seeds[0]), len(seeds))
+    drawn = samples(generator, items, [adapters[k] for k in tuned], sampled(settings, TEMP, seeds[0]), len(seeds),
+                    STOP_WHEN)
     runs = [(None, names[k], replies) for k, replies in enumerate(greedy)]
     runs += [(seed, names[k], per_seed[j]) for k, per_seed in zip(tuned, drawn) for j, seed in enumerate(seeds)]
     for seed, name, replies in runs:
@@ -149,7 +156,7 @@ def held_out_replies(generator, items, variants: dict[str, Path | None], setting
 
 def pass_table(replies: pd.DataFrame, checks, max_new_tokens: int) -> tuple[pd.DataFrame, dict]:
     """Pass rates ("all checks") with Wilson intervals per decoding and variant, and McNemar's
-    exact test of each preference run against SFT (paired on prompt and seed)."""
+    exact test of each preference run against SFT (paired on prompt and sample)."""
     rows, tests = [], {}
     for decoding in ("greedy", "sampled", "all"):
         part = replies if decoding == "all" else replies[replies["decoding"] == decoding]
@@ -172,6 +179,7 @@ TEMP = 1.0  # sampled decoding: where an SFT model of this size still slips on t
 # rows a generation batch: larger batches share each decoding step's weight reads (2 cores, SmolLM2-135M,
 # sampled, 96 rows: 24 → 48 rows a batch 1.09×, → 96 1.2×; docs/performance.md), at the memory of their KV cache
 BATCH = 48
+STOP_WHEN = None  # main() sets it: a reply ends once it fails a check whatever follows (--full-replies: never)
 
 
 def main() -> int:
@@ -183,6 +191,8 @@ def main() -> int:
     parser.add_argument("--test-seeds", type=int, default=3, help="sampled replies per held-out prompt (default 3)")
     parser.add_argument("--dpo", action="append", default=[], metavar="KEY=VALUE", help="a DPO setting")
     parser.add_argument("--kto", action="append", default=[], metavar="KEY=VALUE", help="a KTO setting")
+    parser.add_argument("--full-replies", action="store_true",
+                        help="write every reply to the end, not only as long as the checks need")
     args = parser.parse_args()
 
     from tuner.generate import GenSettings, Generator
@@ -194,8 +204,14 @@ def main() -> int:
     recipe = recipes.load(tdata.STARTER_DATASETS / f"{SET}{recipes.SUFFIX}", rc.parse_checks)
     checks = rc.parse_checks(recipe.checks)
     settings = GenSettings(**recipe.generate)
+    global STOP_WHEN
+    # replies only as long as the checks need: one past the word limit fails it whatever it
+    # writes next (the set's checks hold for every category)
+    STOP_WHEN = None if args.full_replies else (
+        lambda text: any(c.fails_whatever_follows(text) for c in checks if not c.categories))
     dataset = tdata.STARTER_DATASETS / f"{SET}.jsonl"
-    line = {"quick": args.quick, "seeds": args.seeds, "temperature": TEMP, "raters": RATERS}
+    line = {"quick": args.quick, "seeds": args.seeds, "temperature": TEMP, "raters": RATERS,
+            "full_replies": args.full_replies}
     quick = dict(max_steps=3, eval_steps=100, save_steps=100) if args.quick else {}
 
     t0 = time.perf_counter()

@@ -85,6 +85,21 @@ class Check:
         return count >= int(self.argument) if self.kind == "min words" else count <= int(self.argument)
 
 
+    def fails_whatever_follows(self, reply: str) -> bool:
+        """Whether `reply` fails this check however it goes on (a reply being written): past a
+        word limit, a start that is not the required one, a forbidden word already there. For
+        the other kinds more text can still pass, so False."""
+        reply = reply or ""
+        if self.kind == "max words":
+            return word_count(reply) > int(self.argument)
+        if self.kind == "starts with":
+            start = reply.lower().lstrip()
+            return len(start) >= len(self.argument) and not self.passes(reply)
+        if self.kind == "not contains":
+            return not self.passes(reply)
+        return False
+
+
 def _items(argument: str) -> list[str]:
     return [w.strip() for w in argument.split(",") if w.strip()]
 

@@ -362,3 +362,26 @@ def test_a_check_given_twice_is_measured_once_and_the_verdict_still_speaks():
                                                                  ("lora", "Dear friend"))])
     text = rc.verdict(rc.report(replies, rc.parse_checks(["max words: 5", "max words: 5"]), 16))
     assert "**lora** passes every check on 3/3 prompts, base 0/3" in text  # one check, said once
+
+
+def test_a_reply_that_fails_whatever_follows_never_passes_once_finished():
+    """fails_whatever_follows on every prefix of finished replies: where it says a prefix has
+    failed for good, the finished reply fails too; and it does say so for a word limit passed, a
+    wrong start and a forbidden word."""
+    from ratings.checks import parse_checks
+
+    checks = parse_checks(["max words: 5", "starts with: Subject:", "not contains: lol, omg", "min words: 2",
+                           "contains any: regards", "regex: ^Dear"])
+    replies = ["Subject: hi there friend", "Subject: one two three four five six", "Hello Subject: x",
+               "Subject: omg this", "Sub", "  Subject: fine regards", "Dear all, lol", "a b c d e f g h"]
+    for check in checks:
+        for reply in replies:
+            for end in range(len(reply) + 1):
+                if check.fails_whatever_follows(reply[:end]):
+                    assert not check.passes(reply), (check.text, reply[:end], reply)
+    limit, start, banned = checks[0], checks[1], checks[2]
+    assert limit.fails_whatever_follows("one two three four five six")
+    assert not limit.fails_whatever_follows("one two three four five")
+    assert start.fails_whatever_follows("Hello there") and not start.fails_whatever_follows("Subj")
+    assert banned.fails_whatever_follows("well OMG") and not banned.fails_whatever_follows("well o")
+    assert not any(c.fails_whatever_follows("x y z w v u t s") for c in checks[3:])

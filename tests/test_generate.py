@@ -230,7 +230,9 @@ def test_sampled_replies_are_reproducible_by_seed_and_drawn_among_the_top_k(tiny
 
     prompts = [[{"role": "user", "content": f"Tell me something {i}"}] for i in range(4)] * 8
     gen = Generator(tmp_path, precision="fp32")
-    settings = GenSettings(max_new_tokens=3, temperature=1.0, top_p=0.95, batch_size=32, seed=3)
+    # no repetition penalty: the check below compares with the model's own top 50
+    settings = GenSettings(max_new_tokens=3, temperature=1.0, top_p=0.95, repetition_penalty=1.0, batch_size=32,
+                           seed=3)
     first = gen.generate(str(tiny_llama), prompts, settings)
     again = gen.generate(str(tiny_llama), prompts, settings)
     other = gen.generate(str(tiny_llama), prompts, GenSettings(**{**settings.__dict__, "seed": 4}))
@@ -245,3 +247,43 @@ def test_sampled_replies_are_reproducible_by_seed_and_drawn_among_the_top_k(tiny
         top = {gen.tokenizer.decode([t], skip_special_tokens=True).strip() for t in logits.topk(50).indices.tolist()}
         outside += reply.text not in top
     assert outside == 0
+
+
+def test_stop_when_ends_each_row_once_its_reply_decides_it(tiny_llama, trained_run, tmp_path):
+    """A row ends once stop_when(reply so far) is true: its reply is a prefix of the reply without
+    it, and a batch whose every row has stopped ends before max_new_tokens; rows that never meet
+    it are unchanged. Base and LoRA rows of one batch alike."""
+    from tuner.generate import STOP_EVERY
+
+    prompts = [[{"role": "user", "content": f"Write about topic {i}"}] for i in range(6)]
+    gen = Generator(tmp_path, precision="fp32")
+    settings = GenSettings(max_new_tokens=40, batch_size=12)
+    adapters = [None, ("run", trained_run)]
+    full = gen.generate_all(str(tiny_llama), prompts, settings, adapters)
+    words = 3
+    cut = gen.generate_all(str(tiny_llama), prompts, settings, adapters,
+                           stop_when=lambda text: len(text.split()) >= words)
+    stopped = 0
+    for whole, short in zip(sum(full, []), sum(cut, [])):
+        assert whole.text.startswith(short.text)
+        if short.new_tokens < whole.new_tokens:
+            stopped += 1
+            assert len(short.text.split()) >= words and short.new_tokens % STOP_EVERY == 0
+        else:
+            assert short.text == whole.text
+    assert stopped > 0
+    never = gen.generate_all(str(tiny_llama), prompts, settings, adapters, stop_when=lambda text: False)
+    assert [[r.text for r in v] for v in never] == [[r.text for r in v] for v in full]
+
+
+def test_a_model_asking_for_other_warpers_keeps_transformers_own_sampling():
+    """The top-k sampler stands in for temperature, top-k and top-p only: a generation config
+    that sets min_p, typical_p or a cut-off is sampled by transformers itself."""
+    from transformers import GenerationConfig
+
+    from tuner.generate import _only_top_k_and_p
+
+    assert _only_top_k_and_p(GenerationConfig())
+    assert _only_top_k_and_p(GenerationConfig(top_k=20, top_p=0.9, temperature=0.7))
+    for other in ({"min_p": 0.05}, {"typical_p": 0.9}, {"epsilon_cutoff": 3e-4}, {"eta_cutoff": 3e-4}):
+        assert not _only_top_k_and_p(GenerationConfig(**other)), other

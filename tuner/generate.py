@@ -183,7 +183,7 @@ class Generator:
         with self._lock:
             return self._generate_one(model_name, conversations, settings, adapter, progress)
 
-    def _generate_one(self, model_name, conversations, settings, adapter, progress) -> list[Reply]:
+    def _generate_one(self, model_name, conversations, settings, adapter, progress, stop_when=None) -> list[Reply]:
         """One variant's replies; the caller holds the lock."""
         self._ensure_base(model_name)
         if adapter is None:
@@ -197,7 +197,8 @@ class Generator:
         replies = []
         with context:
             for batch in balanced_batches(len(conversations), settings.batch_size):
-                replies += self._batch(target, [conversations[i] for i in batch], settings, variant)
+                replies += self._batch(target, [conversations[i] for i in batch], settings, variant,
+                                       stop_when=stop_when)
                 if progress:
                     progress(len(replies), len(conversations))
         return replies
@@ -259,7 +260,7 @@ class Generator:
             yield final
 
     def generate_all(self, model_name: str, conversations: list[list[dict]], settings: GenSettings,
-                     adapters: list[tuple[str, Path] | None], progress=None) -> list[list[Reply]]:
+                     adapters: list[tuple[str, Path] | None], progress=None, stop_when=None) -> list[list[Reply]]:
         """Every variant's replies to every conversation: one list per entry of
         `adapters` (None: the base model).
 
@@ -267,14 +268,21 @@ class Generator:
         (peft's mixed-adapter batches, "__base__" for the base), so 10 prompts × 2
         variants go through as one batch of 20 rows instead of two of 10 (a decoding
         step of 20 rows costs little more than one of 10: the weights are read once).
-        Prompt-tuning and DoRA adapters, which peft cannot mix, go variant by variant."""
+        Prompt-tuning and DoRA adapters, which peft cannot mix, go variant by variant.
+
+        `stop_when(text)`, where given, ends a row once its reply so far makes it true (checked
+        every STOP_EVERY steps): for replies that only need to be as long as a check needs (a
+        reply past a word limit fails it whatever follows). A batch ends when its last row does,
+        so a runaway row no longer holds every other row's batch to max_new_tokens. Not on
+        ZeroGPU (a function cannot cross to the worker process)."""
         if zerogpu.enabled():  # in the lent GPU's worker process (tuner.zerogpu)
             return _on_zerogpu(self, "_generate_all", (model_name, conversations, settings, adapters, None),
                                len(conversations) * len(adapters), settings)
         with self._lock:
-            return self._generate_all(model_name, conversations, settings, adapters, progress)
+            return self._generate_all(model_name, conversations, settings, adapters, progress, stop_when)
 
-    def _generate_all(self, model_name, conversations, settings, adapters, progress) -> list[list[Reply]]:
+    def _generate_all(self, model_name, conversations, settings, adapters, progress,
+                      stop_when=None) -> list[list[Reply]]:
         """generate_all's work; the caller holds the lock (or is the ZeroGPU worker)."""
         self._ensure_base(model_name)
         for adapter in adapters:
@@ -297,7 +305,7 @@ class Generator:
                         progress(before + n * step / max(1, settings.max_new_tokens), total_rows)) \
                 if progress else None
             out = self._batch(self.model, [conversations[c] for _i, c in picked], settings, labels,
-                              on_token=on_token, **extra)
+                              on_token=on_token, stop_when=stop_when, **extra)
             replies.update(zip(picked, out))
             done_rows += len(picked)
             if progress:
@@ -308,7 +316,7 @@ class Generator:
             if results[i] is None:
                 offset = done_rows
                 results[i] = self._generate_one(model_name, conversations, settings, adapter, (
-                    (lambda n, _t, o=offset: progress(o + n, total_rows)) if progress else None))
+                    (lambda n, _t, o=offset: progress(o + n, total_rows)) if progress else None), stop_when)
                 done_rows += len(conversations)
         return results
 
@@ -319,7 +327,7 @@ class Generator:
         return config is not None and not getattr(config, "use_dora", False)
 
     def _batch(self, model, batch, settings: GenSettings, variant: str | list[str], on_token=None,
-               streamer=None, stop: threading.Event | None = None, **extra) -> list[Reply]:
+               streamer=None, stop: threading.Event | None = None, stop_when=None, **extra) -> list[Reply]:
         """One batch's replies; `on_token(step)` is called after each decoding step. A
         one-row batch can also feed a transformers streamer, and end early once `stop` is set."""
         import torch
@@ -335,10 +343,13 @@ class Generator:
         if settings.temperature > 0:
             # transformers' sampling, drawn among the top-k candidates only (_top_sample); the
             # greedy pick after it takes the drawn token
-            top_k = getattr(model.generation_config, "top_k", None)
-            top_k = TRANSFORMERS_TOP_K if top_k is None else top_k
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
-                          logits_processor=_top_sample(settings.temperature, top_k, settings.top_p))
+            config = model.generation_config
+            if _only_top_k_and_p(config):
+                top_k = TRANSFORMERS_TOP_K if config.top_k is None else config.top_k
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
+                              logits_processor=_top_sample(settings.temperature, top_k, settings.top_p))
+            else:  # a model whose config asks for other warpers (min_p, typical_p, …): transformers' own
+                kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
             torch.manual_seed(settings.seed)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -348,6 +359,9 @@ class Generator:
             kwargs["streamer"] = streamer
         if stop is not None:
             kwargs["stopping_criteria"] = _stopper(stop, kwargs.get("stopping_criteria"))
+        if stop_when is not None:
+            kwargs["stopping_criteria"] = _text_stopper(stop_when, self.tokenizer, enc["input_ids"].shape[1],
+                                                        kwargs.get("stopping_criteria"))
         start = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(**enc, **kwargs)
@@ -367,6 +381,14 @@ class Generator:
 TRANSFORMERS_TOP_K = 50
 
 
+def _only_top_k_and_p(config) -> bool:
+    """Whether transformers' sampling for this generation config is temperature, top-k and top-p
+    alone (no min_p, typical_p, epsilon, eta or top-h warper), which _top_sample reproduces."""
+    unset = {"min_p": (None,), "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0),
+             "eta_cutoff": (None, 0.0), "top_h": (None,)}
+    return all(getattr(config, name, None) in values for name, values in unset.items())
+
+
 def _top_sample(temperature: float, top_k: int, top_p: float):
     """A LogitsProcessorList that samples the next token as transformers' sampling does
     (temperature, then top-k, then top-p, then a draw from what is left) and leaves only that
@@ -374,8 +396,8 @@ def _top_sample(temperature: float, top_k: int, top_p: float):
 
     transformers sorts the whole vocabulary for top-p and draws with torch.multinomial over
     all of it, although top-k (50 by default) has already left only k tokens: on 2 CPU cores,
-    48 rows of SmolLM2's 49,152 tokens, the draw's exponential_ and the sort took ~80 ms of a
-    ~330 ms decoding step (torch.profiler, docs/performance.md). Here top-p and the draw run
+    48 rows of SmolLM2's 49,152 tokens, the draw's exponential_, the sort and its cumsum took
+    ~80 ms of a ~330 ms decoding step (torch.profiler, docs/performance.md). Here top-p and the draw run
     on the k candidates. The distribution is the same but for ties at the k-th score, which
     transformers keeps and this drops. top_k 0 means the whole vocabulary."""
     import torch
@@ -396,6 +418,26 @@ def _top_sample(temperature: float, top_k: int, top_p: float):
             return torch.full_like(scores, -float("inf")).scatter_(-1, choice, 0.0)
 
     return LogitsProcessorList([TopSample()])
+
+
+STOP_EVERY = 8  # decoding steps between stop_when's looks at the replies (each look decodes every row)
+
+
+def _text_stopper(stop_when, tokenizer, prompt_width: int, criteria=None):
+    """`criteria` (a StoppingCriteriaList or None) and one that ends each row whose reply so far
+    makes `stop_when(text)` true, looking every STOP_EVERY steps."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhen(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            if (input_ids.shape[1] - prompt_width) % STOP_EVERY:
+                return done
+            texts = tokenizer.batch_decode(input_ids[:, prompt_width:], skip_special_tokens=True)
+            return done | torch.tensor([bool(stop_when(t.strip())) for t in texts], device=input_ids.device)
+
+    return StoppingCriteriaList([*(criteria or []), StopWhen()])
 
 
 def _step_reporter(on_token, prompt_width: int):
