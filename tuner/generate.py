@@ -379,6 +379,7 @@ class Generator:
 
 # the top-k transformers' sampling applies when the model's generation config sets none
 TRANSFORMERS_TOP_K = 50
+TIES = 64  # candidates past the k-th looked at for scores tied with it
 
 
 def _only_top_k_and_p(config) -> bool:
@@ -387,6 +388,30 @@ def _only_top_k_and_p(config) -> bool:
     unset = {"min_p": (None,), "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0),
              "eta_cutoff": (None, 0.0), "top_h": (None,)}
     return all(getattr(config, name, None) in values for name, values in unset.items())
+
+
+def candidates(scores, temperature: float, top_k: int, top_p: float):
+    """(probabilities, token ids) of the tokens transformers' sampling can draw from `scores`
+    ([rows, vocab]): temperature, top-k (with the ties at the k-th score), top-p; the
+    probabilities of the others are 0. See _top_sample."""
+    vocab = scores.shape[-1]
+    k = vocab if top_k <= 0 else min(top_k, vocab)
+    # TopKLogitsWarper keeps every token tied with the k-th score (common with bf16 logits:
+    # dropping them moved ~0.2% of each step's probability on SmolLM2): take TIES more
+    # candidates and keep those at or above the k-th; the whole vocabulary if ties run past them
+    wide = min(vocab, k + TIES)
+    values, indices = scores.topk(wide, dim=-1)  # descending
+    if wide < vocab and bool((values[:, -1] >= values[:, k - 1]).any()):
+        values, indices = scores.topk(vocab, dim=-1)
+    values = values.masked_fill(values < values[:, k - 1:k], -float("inf"))
+    probs = (values / temperature).softmax(dim=-1)
+    if top_p < 1.0:
+        # TopPLogitsWarper's rule, on the ascending order: drop the tokens whose cumulative
+        # probability from the bottom is at most 1 - top_p, never the most likely one
+        drop = probs.flip(-1).cumsum(dim=-1).flip(-1) <= (1 - top_p)
+        drop[..., 0] = False
+        probs = probs.masked_fill(drop, 0.0)
+    return probs, indices
 
 
 def _top_sample(temperature: float, top_k: int, top_p: float):
@@ -398,22 +423,15 @@ def _top_sample(temperature: float, top_k: int, top_p: float):
     all of it, although top-k (50 by default) has already left only k tokens: on 2 CPU cores,
     48 rows of SmolLM2's 49,152 tokens, the draw's exponential_, the sort and its cumsum took
     ~80 ms of a ~330 ms decoding step (torch.profiler, docs/performance.md). Here top-p and the draw run
-    on the k candidates. The distribution is the same but for ties at the k-th score, which
-    transformers keeps and this drops. top_k 0 means the whole vocabulary."""
+    on the k candidates (and any tied with the k-th, as transformers keeps them). The distribution
+    is transformers'; among tokens tied at top-p's edge, which ones are kept can differ, not how
+    many. top_k 0 means the whole vocabulary."""
     import torch
     from transformers import LogitsProcessor, LogitsProcessorList
 
     class TopSample(LogitsProcessor):
         def __call__(self, input_ids, scores):
-            k = scores.shape[-1] if top_k <= 0 else min(top_k, scores.shape[-1])
-            values, indices = scores.topk(k, dim=-1)  # descending
-            probs = (values / temperature).softmax(dim=-1)
-            if top_p < 1.0:
-                # TopPLogitsWarper's rule, on the ascending order: drop the tokens whose cumulative
-                # probability from the bottom is at most 1 - top_p, never the most likely one
-                drop = probs.flip(-1).cumsum(dim=-1).flip(-1) <= (1 - top_p)
-                drop[..., 0] = False
-                probs = probs.masked_fill(drop, 0.0)
+            probs, indices = candidates(scores, temperature, top_k, top_p)
             choice = indices.gather(-1, torch.multinomial(probs, num_samples=1))
             return torch.full_like(scores, -float("inf")).scatter_(-1, choice, 0.0)
 
