@@ -287,3 +287,27 @@ def test_a_model_asking_for_other_warpers_keeps_transformers_own_sampling():
     assert _only_top_k_and_p(GenerationConfig(top_k=20, top_p=0.9, temperature=0.7))
     for other in ({"min_p": 0.05}, {"typical_p": 0.9}, {"epsilon_cutoff": 3e-4}, {"eta_cutoff": 3e-4}):
         assert not _only_top_k_and_p(GenerationConfig(**other)), other
+
+
+def test_the_sampler_keeps_the_tokens_tied_with_the_k_th_score():
+    """bf16 logits often tie at the k-th score (SmolLM2: most decoding steps); transformers'
+    top-k keeps every tied token, and so does the sampler: the same support and, tokens of equal
+    score pooled, the same probabilities."""
+    from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+    from tuner.generate import candidates
+
+    torch.manual_seed(1)
+    scores = (torch.randn(3, 2000) * 2).to(torch.bfloat16).float()  # coarse values: many ties
+    scores[1, :300] = scores[1].topk(50).values[-1]  # ties running past the extra candidates looked at
+    for top_p in (1.0, 0.95):
+        probs, indices = candidates(scores, 1.0, 50, top_p)
+        reference = TopPLogitsWarper(top_p)(None, TopKLogitsWarper(50)(None, scores.clone())).softmax(-1)
+        for row in range(3):
+            mine = torch.zeros(2000).index_add_(0, indices[row], probs[row] / probs[row].sum())
+            assert int((mine > 0).sum()) == int((reference[row] > 0).sum())
+            pooled = {}
+            for token in range(2000):
+                key = float(scores[row, token])
+                pooled[key] = pooled.get(key, 0.0) + float(mine[token]) - float(reference[row, token])
+            assert max(abs(v) for v in pooled.values()) < 1e-5
