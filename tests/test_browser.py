@@ -119,9 +119,11 @@ def test_whole_loop_in_the_browser(app_url, page):
     # a cap typed by hand first: the run's recipe fills the rest of the form and keeps it
     page.get_by_text("Generation settings, keyword rules, invite code").click()
     cap = page.get_by_label("number input for Max new tokens")
+    expect(cap).to_have_value("0")  # drawn with its default before the owner types over it
     cap.fill("16")
     cap.press("Enter")
-    page.wait_for_timeout(500)  # a person's pause: the edit is noted before the next click
+    expect(cap).to_have_value("16")
+    page.wait_for_timeout(1000)  # a person's pause: the edit is noted before the next click
     _pick(page, "compare-run", "stopped")
     page.keyboard.press("Escape")
     expect(page.locator("#eval-recipe-note")).to_contain_text("Checks, temperature, repetition penalty and batch size from the polite_assistant recipe (3 checks")

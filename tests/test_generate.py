@@ -311,3 +311,34 @@ def test_the_sampler_keeps_the_tokens_tied_with_the_k_th_score():
                 key = float(scores[row, token])
                 pooled[key] = pooled.get(key, 0.0) + float(mine[token]) - float(reference[row, token])
             assert max(abs(v) for v in pooled.values()) < 1e-5
+
+
+def test_rows_that_have_ended_leave_the_batch_and_the_others_write_on_unchanged(tiny_llama, trained_run, tmp_path,
+                                                                               monkeypatch):
+    """Once a quarter of a batch's rows have ended, decoding goes on without them (from the
+    others' own KV cache): later decoding steps run fewer rows, and every reply is the one the
+    whole batch wrote (fp32: exact), base and LoRA rows of one batch alike."""
+    import tuner.generate as generate
+
+    prompts = [[{"role": "user", "content": f"Write about topic {i}"}] for i in range(6)]
+    gen = Generator(tmp_path, precision="fp32")
+    settings = GenSettings(max_new_tokens=40, batch_size=12)
+    adapters = [None, ("run", trained_run)]
+    # rows end at different lengths: each once its reply has a number of words of its own
+    words = {}
+
+    def ended(text):
+        return len(text.split()) >= words.setdefault(text.split()[0] if text else "", 2 + len(words) % 5)
+
+    rows_seen = []
+    gen.generate_all(str(tiny_llama), prompts[:1], GenSettings(max_new_tokens=2), [None])  # loaded
+    hook = gen.base.register_forward_pre_hook(lambda _m, args, kwargs: rows_seen.append(
+        (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).shape[0]), with_kwargs=True)
+    compact = gen.generate_all(str(tiny_llama), prompts, settings, adapters, stop_when=ended)
+    hook.remove()
+    monkeypatch.setattr(generate, "COMPACT_AT", 2.0)  # never: the whole batch to the end
+    whole = gen.generate_all(str(tiny_llama), prompts, settings, adapters, stop_when=ended)
+    assert rows_seen[0] == 12 and min(rows_seen) < 12 and rows_seen == sorted(rows_seen, reverse=True)
+    assert [[r.text for r in v] for v in compact] == [[r.text for r in v] for v in whole]
+    assert [[r.new_tokens for r in v] for v in compact] == [[r.new_tokens for r in v] for v in whole]
+    assert len({r.new_tokens for r in sum(whole, [])}) > 1

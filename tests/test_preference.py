@@ -73,6 +73,33 @@ def test_the_split_keeps_every_example_of_a_prompt_in_one_part():
     assert len(keys["validation"]) == 2 and len(keys["test"]) == 2
 
 
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_training_rows_come_in_batches_of_similar_length_in_a_seeded_order(method):
+    """Each batch is padded to its longest row: the rows are sorted into batches of similar
+    length, every row once, the batches in an order that the seed sets (not longest last)."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(43):
+        words = " ".join(["word"] * rng.randint(1, 200))
+        extra = {"chosen": words, "rejected": "no"} if method == "dpo" else {"completion": words, "label": i % 2 == 0}
+        rows.append(tpref.normalise({"prompt": f"Prompt {i:02d}", **extra}, method))
+    ordered = tpref.length_grouped(rows, method, 8, seed=1)
+    assert sorted(map(id, ordered)) == sorted(map(id, rows))  # every row once
+    reply = "chosen" if method == "dpo" else "completion"
+    lengths = [len(r[reply][-1]["content"]) for r in ordered]
+    batches = [lengths[i:i + 8] for i in range(0, 43, 8)]
+    spans = sorted((min(b), max(b)) for b in batches)
+    assert all(hi <= next_lo for (_, hi), (next_lo, _) in zip(spans, spans[1:]))  # batches do not overlap
+    padding = sum(max(b) * len(b) - sum(b) for b in batches)
+    rng_order = rows[:]
+    random.Random(1).shuffle(rng_order)
+    shuffled = [len(r[reply][-1]["content"]) for r in rng_order]
+    assert padding < sum(max(b) * len(b) - sum(b) for b in (shuffled[i:i + 8] for i in range(0, 43, 8))) / 3
+    assert ordered == tpref.length_grouped(rows, method, 8, seed=1)
+    assert [max(b) for b in batches] != sorted(max(b) for b in batches) or \
+        tpref.length_grouped(rows, method, 8, seed=2) != ordered
+
+
 def test_too_few_says_how_many_are_needed():
     pairs = [tpref.normalise({"prompt": f"P{i}", "chosen": "a", "rejected": "b"}, "dpo") for i in range(3)]
     assert "DPO needs at least 8" in tpref.too_few("dpo", pairs)

@@ -286,6 +286,31 @@ def training_rows(rows: list[dict], method: str) -> list[dict]:
     return [{k: r[k] for k in SHAPES[method]} for r in rows]
 
 
+def length_grouped(rows: list[dict], method: str, batch_size: int, seed: int) -> list[dict]:
+    """The training rows in batches of similar length, the batches in a seeded random order (what
+    transformers' group_by_length sampler does, here for rows TRL reads in order).
+
+    A batch is padded to its longest row, and TRL scores every position of it on a CPU (its
+    completion-only LM head is for Triton devices): in random order, a 240-token reply in a batch
+    of 8 made the others' padding cost as much as their words (docs/performance.md). KTO needs its
+    rows in a fixed order (its KL estimate pairs each prompt with the next row's reply), so the
+    order is made here, once, for both methods."""
+    rng = random.Random(seed)
+    order = list(rows)
+    rng.shuffle(order)  # rows of one length in a random order, not the file's
+
+    def length(row: dict) -> int:
+        replies = [row[k] for k in SHAPES[method][1:] if k != "label"]
+        return len(json.dumps(row["prompt"])) + max(len(json.dumps(r)) for r in replies)
+
+    order.sort(key=length)
+    size = max(1, batch_size)
+    whole = len(order) - len(order) % size
+    batches = [order[i:i + size] for i in range(0, whole, size)]
+    rng.shuffle(batches)  # a short last batch stays last: the trainer cuts batches from the start
+    return [row for batch in batches for row in batch] + order[whole:]
+
+
 def init_run_folder(init_adapter: str, base_model: str) -> Path:
     """The finished run an adapter continues from, checked: it exists, has an adapter, is a
     LoRA-family run of the same base model."""
@@ -336,7 +361,8 @@ def set_up(config, run_dir: Path, models_dir: Path, control):
     trainable, total = model.get_nb_trainable_parameters()
     start = f"from {init_run.name}'s adapter" if init_run else "from a new adapter"
     control.update(message=f"{config.method.upper()} {start}: training {trainable:,} of {total:,} parameters")
-    train_set = Dataset.from_list(training_rows(parts["train"], config.method))
+    train_set = Dataset.from_list(training_rows(
+        length_grouped(parts["train"], config.method, config.per_device_train_batch_size, config.seed), config.method))
     eval_set = Dataset.from_list(training_rows(parts["validation"], config.method))
     parts = {**parts, "test": kept["test"]}  # what the summary counts as held out for Compare
     return phases.Setup(precision, model, tokenizer, parts, train_set, eval_set, 0, targets, trainable, total)
@@ -355,9 +381,10 @@ def make_trainer(config, run_dir: Path, setup, control, resume: bool):
                   # TRL turns it on by default; a LoRA run of a small model has the memory, and recomputing
                   # every layer's forward in the backward pass cost much of a CPU step (py-spy: docs/performance.md)
                   gradient_checkpointing=False)
+    # the rows in the order set_up made (length_grouped): batches of similar length; KTO's KL
+    # estimate pairs each prompt with the next row's reply, so TRL requires them in order anyway
+    kwargs["train_sampling_strategy"] = "sequential"
     if config.method == "kto":
-        # the KL estimate pairs each prompt with the next row's reply: rows in order (TRL requires it)
-        kwargs["train_sampling_strategy"] = "sequential"
         args, trainer_class = KTOConfig(**kwargs), KTOTrainer
     else:
         args, trainer_class = DPOConfig(**kwargs), DPOTrainer
