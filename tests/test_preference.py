@@ -100,6 +100,35 @@ def test_training_rows_come_in_batches_of_similar_length_in_a_seeded_order(metho
         tpref.length_grouped(rows, method, 8, seed=2) != ordered
 
 
+def test_trl_scores_only_the_completion_positions_on_a_cpu_with_the_same_log_probabilities(tiny_llama, monkeypatch):
+    """DPO's and KTO's log-probabilities come from TRL's fused LM head; on a CPU it scores
+    only the positions with a label (not the prompt, not the padding), and each is the
+    log-softmax of the model's own logits there."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer import utils as trl_utils
+
+    assert tpref.score_completions_only_on_cpu()
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    trl_utils.add_fused_lm_head(model)
+    ids = torch.randint(10, 1000, (3, 24), generator=torch.Generator().manual_seed(0))
+    attention = torch.ones_like(ids)
+    attention[1, :7] = 0  # a left-padded row
+    labels = ids.masked_fill(attention == 0, -100)
+    labels[:, :10] = -100  # the prompt
+    scored = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
+                        lambda hidden, *rest: scored.append(hidden.shape[0]) or apply(hidden, *rest))
+    with torch.no_grad():
+        fused = model(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True).log_probs
+        logits = model(input_ids=ids, attention_mask=attention).logits
+    assert scored == [int((labels[:, 1:] != -100).sum())]  # 3 × 23 positions without it
+    expected = logits[:, :-1].log_softmax(-1).gather(-1, labels[:, 1:].clamp(min=0)[..., None])[..., 0]
+    expected = expected.masked_fill(labels[:, 1:] == -100, 0)
+    assert torch.allclose(fused, expected, atol=1e-5)
+
+
 def test_too_few_says_how_many_are_needed():
     pairs = [tpref.normalise({"prompt": f"P{i}", "chosen": "a", "rejected": "b"}, "dpo") for i in range(3)]
     assert "DPO needs at least 8" in tpref.too_few("dpo", pairs)

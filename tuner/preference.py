@@ -368,6 +368,36 @@ def set_up(config, run_dir: Path, models_dir: Path, control):
     return phases.Setup(precision, model, tokenizer, parts, train_set, eval_set, 0, targets, trainable, total)
 
 
+def score_completions_only_on_cpu() -> bool:
+    """TRL's fused LM head (trl.trainer.utils.add_fused_lm_head, which DPO and KTO use for
+    their log-probabilities) scores only the completion positions on Triton devices; on
+    others it scores every position, prompt and padding included, because on Neuron a number
+    of valid positions that changes from batch to batch recompiles the tile shapes. A CPU has
+    no such compilation, so here it takes the completion-only path too: the same
+    log-probabilities (the same losses to the last digit: tests/test_preference.py) from
+    fewer rows. KTO on the bench's 96 examples: 281.5 -> 218.5 s (docs/performance.md).
+
+    TRL decides this with `_use_triton(device)`, looked up in trl.trainer.utils on each
+    forward: that name, for the CPU only, is what changes (TRL is pinned in requirements.txt;
+    False when a TRL without it is installed, and the test says so)."""
+    try:
+        from trl.trainer import utils as trl_utils
+    except ImportError:
+        return False
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None or not callable(original):
+        return False
+    if getattr(original, "tuner_cpu_compact", False):
+        return True
+
+    def compact_on_cpu_too(device) -> bool:
+        return device.type == "cpu" or original(device)
+
+    compact_on_cpu_too.tuner_cpu_compact = True
+    trl_utils._use_triton = compact_on_cpu_too
+    return True
+
+
 def make_trainer(config, run_dir: Path, setup, control, resume: bool):
     """TRL's DPOTrainer or KTOTrainer over the set-up model, with the run's arguments."""
     from transformers import PrinterCallback
@@ -390,6 +420,7 @@ def make_trainer(config, run_dir: Path, setup, control, resume: bool):
         args, trainer_class = DPOConfig(**kwargs), DPOTrainer
     if setup.precision in ("bf16", "fp16") and not config.use_dora:
         phases.skip_adapter_input_casts(setup.model)
+    score_completions_only_on_cpu()
     reporter = phases.reporting_callback(control, run_dir, None)
     trainer = trainer_class(model=setup.model, args=args, train_dataset=setup.train_set,
                             eval_dataset=setup.eval_set if has_eval else None, processing_class=setup.tokenizer,
