@@ -178,7 +178,9 @@ def pass_table(replies: pd.DataFrame, checks, max_new_tokens: int) -> tuple[pd.D
 TEMP = 1.0  # sampled decoding: where an SFT model of this size still slips on the format
 # rows a generation batch: larger batches share each decoding step's weight reads (2 cores, SmolLM2-135M,
 # sampled, 96 rows: 24 → 48 rows a batch 1.09×, → 96 1.2×; docs/performance.md), at the memory of their KV cache
-BATCH = 48
+# (~1.3 GB for 96 rows of ~300 tokens). With finished rows leaving the batch, a long reply no longer holds
+# the others: the 208 held-out replies 192.5 s at 48 rows, 171.8 s at 96 (one process, 2026-12-07, AMD)
+BATCH = 96
 STOP_WHEN = None  # main() sets it: a reply ends once it fails a check whatever follows (--full-replies: never)
 
 
