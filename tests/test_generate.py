@@ -342,3 +342,46 @@ def test_rows_that_have_ended_leave_the_batch_and_the_others_write_on_unchanged(
     assert [[r.text for r in v] for v in compact] == [[r.text for r in v] for v in whole]
     assert [[r.new_tokens for r in v] for v in compact] == [[r.new_tokens for r in v] for v in whole]
     assert len({r.new_tokens for r in sum(whole, [])}) > 1
+
+
+def test_rows_ending_on_an_end_token_at_any_step_leave_the_batch_with_the_replies_of_plain_generate(
+        tiny_llama, tmp_path, monkeypatch):
+    """Rows that end on the model's end token, each at its own step, leave the batch; the
+    replies are those of transformers' generate over the whole batch (fp32: exact)."""
+    import tuner.generate as generate
+
+    prompts = [[{"role": "user", "content": f"Tell me about thing number {i}"}] for i in range(8)]
+    gen = Generator(tmp_path, precision="fp32")
+    settings = GenSettings(max_new_tokens=30, batch_size=8)
+    monkeypatch.setattr(generate, "COMPACT_AT", 2.0)  # plain generate: the whole batch to the end
+    gen.generate(str(tiny_llama), prompts[:1], GenSettings(max_new_tokens=2))  # loaded
+    # the random model's most frequent token ends a row wherever it first appears
+    from tuner.chat import encode_prompt
+
+    enc = gen.tokenizer.pad({"input_ids": [encode_prompt(p, gen.tokenizer) for p in prompts]}, return_tensors="pt")
+    with torch.inference_mode():
+        out = gen.base.generate(**enc, max_new_tokens=30, do_sample=False, repetition_penalty=1.1,
+                                pad_token_id=gen.tokenizer.pad_token_id)
+    first_at: dict[int, set] = {}  # each token: the steps at which it first appears in a row
+    for row in out[:, enc["input_ids"].shape[1]:].tolist():
+        for step, token in enumerate(row):
+            if step and token not in row[:step]:
+                first_at.setdefault(token, set()).add(step)
+    gen.base.generation_config.eos_token_id = max(first_at, key=lambda t: len(first_at[t]))
+    plain = gen.generate(str(tiny_llama), prompts, settings)
+    monkeypatch.setattr(generate, "COMPACT_AT", 0.25)
+    rows_seen = []
+    hook = gen.base.register_forward_pre_hook(lambda _m, args, kwargs: rows_seen.append(
+        (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).shape[0]), with_kwargs=True)
+    compact = gen.generate(str(tiny_llama), prompts, settings)
+    hook.remove()
+    lengths = [r.new_tokens for r in plain]
+    assert len(set(lengths)) > 2 and min(lengths) < 30  # rows end at different steps
+    assert rows_seen[0] == 8 and min(rows_seen) < 8
+    assert [r.text for r in compact] == [r.text for r in plain]
+    assert [r.new_tokens for r in compact] == lengths
+    # a model whose generation config asks for another cache (Gemma's "hybrid" is a static one)
+    # keeps transformers' generate: a static cache cannot drop rows
+    assert generate._droppable_cache(gen.base) is not None
+    gen.base.generation_config.cache_implementation = "static"
+    assert generate._droppable_cache(gen.base) is None

@@ -96,6 +96,13 @@ def test_training_rows_come_in_batches_of_similar_length_in_a_seeded_order(metho
     shuffled = [len(r[reply][-1]["content"]) for r in rng_order]
     assert padding < sum(max(b) * len(b) - sum(b) for b in (shuffled[i:i + 8] for i in range(0, 43, 8))) / 3
     assert ordered == tpref.length_grouped(rows, method, 8, seed=1)
+    # two samples of each prompt, of one length: never neighbours in a batch (KTO's KL pairs
+    # each prompt with the previous row's reply, the first with the last's)
+    twice = [dict(r) for r in rows[:16] for _ in range(2)]
+    grouped = tpref.length_grouped(twice, method, 8, seed=3)
+    for start in range(0, 32, 8):
+        keys = [tpref.prompt_key(r) for r in grouped[start:start + 8]]
+        assert all(keys[i] != keys[i - 1] for i in range(8)), keys
     assert [max(b) for b in batches] != sorted(max(b) for b in batches) or \
         tpref.length_grouped(rows, method, 8, seed=2) != ordered
 

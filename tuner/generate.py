@@ -364,8 +364,9 @@ class Generator:
                                                         kwargs.get("stopping_criteria"))
         start = time.perf_counter()
         with torch.inference_mode():
-            if streamer is None and len(batch) > 1 and not _prompt_learning(model):
-                rows = _generate_compacting(model, enc, kwargs, _eos_ids(model, self.tokenizer))
+            cache = _droppable_cache(model) if streamer is None and len(batch) > 1 else None
+            if cache is not None:
+                rows = _generate_compacting(model, enc, kwargs, _eos_ids(model), cache)
             else:
                 rows = list(model.generate(**enc, **kwargs))
         elapsed = time.perf_counter() - start
@@ -392,13 +393,34 @@ def _prompt_learning(model) -> bool:
     return bool(getattr(config, "is_prompt_learning", False))
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def _droppable_cache(model):
+    """An empty KV cache for `model` whose rows can be dropped mid-generation, or None where
+    finished rows must stay (plain model.generate then): COMPACT_AT off, peft prompt tuning,
+    a generation config that asks for another cache (Gemma's "hybrid" is a static one), or
+    layers that hold more than keys and values (convolution or linear-attention state)."""
+    if COMPACT_AT > 1 or _prompt_learning(model):
+        return None
+    if getattr(model.generation_config, "cache_implementation", None) not in (None, "dynamic"):
+        return None
+    from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
+    try:
+        cache = DynamicCache(config=model.config)
+    except Exception:  # a config the cache cannot read: generate makes its own
+        return None
+    plain = (DynamicLayer, DynamicSlidingWindowLayer)
+    if not all(type(layer) in plain for layer in getattr(cache, "layers", [])):
+        return None
+    return cache
+
+
+def _eos_ids(model) -> list[int]:
+    """The end tokens generate itself stops a row at (the model's generation config)."""
     eos = model.generation_config.eos_token_id
-    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-    return eos or ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
 
-def _generate_compacting(model, enc, kwargs: dict, eos_ids: list[int]) -> list:
+def _generate_compacting(model, enc, kwargs: dict, eos_ids: list[int], cache) -> list:
     """model.generate(**enc, **kwargs), each row's sequence (prompt and reply, as generate
     returns them), but a row that has ended stops costing a decoding step.
 
@@ -407,7 +429,8 @@ def _generate_compacting(model, enc, kwargs: dict, eos_ids: list[int]) -> list:
     finished (docs/performance.md). Here, once COMPACT_AT of the rows have ended (an end token,
     or a stopping criterion such as stop_when), decoding pauses; the ended rows are kept, and
     the others resume from their own KV cache (Cache.batch_select_indices), with their
-    adapter names and the same logits processors and criteria. Greedy rows get the replies
+    adapter names and the same logits processors and criteria (`cache`: _droppable_cache's, the
+    first call's). Greedy rows get the replies
     they would get in the full batch (up to a smaller batch's rounding); sampled ones are
     drawn from the same distribution."""
     import torch
@@ -420,7 +443,6 @@ def _generate_compacting(model, enc, kwargs: dict, eos_ids: list[int]) -> list:
     names = kwargs.get("adapter_names")
     place = list(range(ids.shape[0]))  # each row of the running batch: its index in the caller's batch
     results: list = [None] * ids.shape[0]
-    cache = None
 
     class Pause(StoppingCriteria):
         """The caller's criteria, and a pause of every row once enough of them have ended."""
@@ -451,8 +473,6 @@ def _generate_compacting(model, enc, kwargs: dict, eos_ids: list[int]) -> list:
         if sequences.shape[1] - width >= limit or not going or not new:
             going = []
         cache = out.past_key_values
-        if going and not hasattr(cache, "batch_select_indices"):
-            going = []  # a cache that cannot drop rows: end here (not reached with DynamicCache)
         for j in range(len(place)):
             if j not in going:
                 results[place[j]] = sequences[j]

@@ -308,7 +308,23 @@ def length_grouped(rows: list[dict], method: str, batch_size: int, seed: int) ->
     whole = len(order) - len(order) % size
     batches = [order[i:i + size] for i in range(0, whole, size)]
     rng.shuffle(batches)  # a short last batch stays last: the trainer cuts batches from the start
-    return [row for batch in batches for row in batch] + order[whole:]
+    return [row for batch in batches + [order[whole:]] for row in _apart(batch)]
+
+
+def _apart(batch: list[dict]) -> list[dict]:
+    """The batch with the rows of one prompt not next to each other where it can be: KTO's KL
+    estimate pairs each row's prompt with the previous row's reply (the first with the last's),
+    and sorting by length brings the samples of one prompt together; a prompt paired with its
+    own sample would not be a mismatched pair. The largest groups go to every other place."""
+    groups: dict[str, list[dict]] = {}
+    for row in batch:
+        groups.setdefault(prompt_key(row), []).append(row)
+    ordered = [row for group in sorted(groups.values(), key=len, reverse=True) for row in group]
+    places = list(range(0, len(batch), 2)) + list(range(1, len(batch), 2))
+    out: list[dict] = [None] * len(batch)
+    for place, row in zip(places, ordered):
+        out[place] = row
+    return out
 
 
 def init_run_folder(init_adapter: str, base_model: str) -> Path:
