@@ -430,9 +430,8 @@ def _generate_compacting(model, enc, kwargs: dict, eos_ids: list[int], cache) ->
     or a stopping criterion such as stop_when), decoding pauses; the ended rows are kept, and
     the others resume from their own KV cache (Cache.batch_select_indices), with their
     adapter names and the same logits processors and criteria (`cache`: _droppable_cache's, the
-    first call's). Greedy rows get the replies
-    they would get in the full batch (up to a smaller batch's rounding); sampled ones are
-    drawn from the same distribution."""
+    first call's). Greedy rows get the replies they would get in the full batch (up to a smaller
+    batch's rounding); sampled ones are drawn from the same distribution."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -473,9 +472,8 @@ def _generate_compacting(model, enc, kwargs: dict, eos_ids: list[int], cache) ->
         if sequences.shape[1] - width >= limit or not going or not new:
             going = []
         cache = out.past_key_values
-        for j in range(len(place)):
-            if j not in going:
-                results[place[j]] = sequences[j]
+        for j in set(range(len(place))) - set(going):
+            results[place[j]] = sequences[j]
         if not going:
             # rows that ran on to the cap in this call keep what they wrote
             return results
