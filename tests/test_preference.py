@@ -5,6 +5,7 @@ tiny Llama through `python -m tuner train` that move the model the way the prefe
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -136,6 +137,52 @@ def test_trl_scores_only_the_completion_positions_on_a_cpu_with_the_same_log_pro
     assert torch.allclose(fused, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_log_probabilities_in_row_chunks_equal_trls_fused_head(dtype, monkeypatch):
+    """On a CPU, TRL's fused LM head goes to tuner.cross_entropy's row chunks: the same
+    log-probabilities, entropies, mean logits and top-1 flags as TRL's own tiles, and the same
+    gradient (log-probabilities and entropy both in the loss) to the compute dtype's rounding;
+    what it does not do (a bias, WPO's log_sum_sq_probs, too many logits) stays with TRL's."""
+    import torch
+    from trl.trainer import utils as trl_utils
+
+    trl_function = getattr(trl_utils._ChunkedLogProbFunction, "trl_function", trl_utils._ChunkedLogProbFunction)
+    assert tpref.log_probs_in_row_chunks_on_cpu()
+    ours = trl_utils._ChunkedLogProbFunction
+    assert ours is not trl_function and tpref.log_probs_in_row_chunks_on_cpu()  # once
+    gen = torch.Generator().manual_seed(4)
+    n, width, vocab = 45, 32, 40_000  # more than one of TRL's 32,768-entry tiles, rows not a multiple of 16
+    weight = torch.randn(vocab, width, generator=gen).to(getattr(torch, dtype))
+    hidden = torch.randn(n, width, generator=gen).to(getattr(torch, dtype))
+    targets = torch.randint(0, vocab, (n,), generator=gen)
+    targets[3] = weight.float().matmul(hidden[3].float()).argmax()  # one top-1 at least
+    outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
+    results = {}
+    for name, function in (("ours", ours), ("trl", trl_function)):
+        x = hidden.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            got = function.apply(x, weight, None, targets, 1.0, 32_768, None, 1.0, outputs)
+        (got[0].sum() + 0.3 * got[1].sum()).backward()
+        results[name] = (got, x.grad)
+    (lp, ent, _, mean, top1), grad = results["ours"]
+    (want_lp, want_ent, _, want_mean, want_top1), want_grad = results["trl"]
+    assert torch.allclose(lp, want_lp, atol=1e-4) and torch.allclose(ent, want_ent, atol=1e-4)
+    assert torch.allclose(mean, want_mean, atol=1e-5) and torch.equal(top1, want_top1) and top1[3]
+    assert grad.dtype == want_grad.dtype == getattr(torch, dtype)
+    tolerance = 1e-4 if dtype == "float32" else 0.05  # bf16: ours rounds the logits' gradient to bf16
+    assert torch.allclose(grad.float(), want_grad.float(), atol=tolerance, rtol=0.02), \
+        (grad - want_grad).abs().max()
+    # not ours to do: TRL's own function answers, with its log_sum_sq_probs
+    calls = []
+    monkeypatch.setattr(trl_function, "apply", lambda *a: calls.append(a[8]) or ("trl",) * 5)
+    with torch.no_grad():
+        ours.apply(hidden, weight, torch.zeros(vocab), targets, 1.0, 32_768, None, 1.0, outputs)
+        ours.apply(hidden, weight, None, targets, 1.0, 32_768, None, 1.0, ("log_probs", "log_sum_sq_probs"))
+        monkeypatch.setattr(tpref, "LOGITS_BUDGET", n * vocab - 1)
+        ours.apply(hidden, weight, None, targets, 1.0, 32_768, None, 1.0, ("log_probs",))
+    assert len(calls) == 3
+
+
 def test_too_few_says_how_many_are_needed():
     pairs = [tpref.normalise({"prompt": f"P{i}", "chosen": "a", "rejected": "b"}, "dpo") for i in range(3)]
     assert "DPO needs at least 8" in tpref.too_few("dpo", pairs)
@@ -232,10 +279,10 @@ def test_judge_scores_are_a_separate_source(tmp_path):
 
 
 # --- runs -------------------------------------------------------------------------------------------
-def cli_train(config: dict, folder: Path, run_id: str) -> subprocess.CompletedProcess:
+def cli_train(config: dict, folder: Path, run_id: str, env: dict | None = None) -> subprocess.CompletedProcess:
     path = folder / f"{run_id}.json"
     path.write_text(json.dumps(config), encoding="utf-8")
-    env = {**os.environ, "TUNER_HOME": str(folder / "home")}
+    env = {**os.environ, "TUNER_HOME": str(folder / "home"), **(env or {})}
     return subprocess.run([sys.executable, "-m", "tuner", "train", str(path), "--run-id", run_id], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
 
@@ -273,6 +320,7 @@ def test_dpo_from_an_sft_run_moves_it_towards_the_chosen_replies(tiny_llama, tra
     run_dir = tmp_path / "runs" / "dpo-run"
     record = records.read_record(run_dir)
     assert record["status"] == "completed" and record["summary"]["method"] == "dpo"
+    assert record["summary"]["loss"] == "chunked"  # TRL's log-probabilities in tuner.cross_entropy's row chunks
     sft_adapter = records.adapter_config(sft_run)
     assert (record["config"]["r"], record["config"]["lora_alpha"]) == (sft_adapter["r"], sft_adapter["lora_alpha"]) != (4, 4)
     rows = records.read_metrics(run_dir)
@@ -301,6 +349,14 @@ def test_kto_from_the_base_completes_and_too_few_examples_are_refused(tiny_llama
     run_dir = tmp_path / "runs" / "kto-run"
     summary = records.read_record(run_dir)["summary"]
     assert summary["method"] == "kto" and summary["global_step"] == 3 and summary["train_tokens"] > 0
+    assert summary["loss"] == "chunked"
+    tiles = cli_train({**config, "output_dir": str(tmp_path / "tiles")}, tmp_path, "kto-tiles",
+                      env={"TUNER_CHUNKED_LOSS": "0"})  # TRL's own tiles: the same run, to rounding
+    assert tiles.returncode == 0, tiles.stderr[-3000:]
+    trl_summary = records.read_record(tmp_path / "tiles" / "kto-tiles")["summary"]
+    assert trl_summary["loss"] == "trl"
+    assert math.isclose(trl_summary["final_loss"], summary["final_loss"], rel_tol=0.02, abs_tol=1e-3), \
+        (trl_summary["final_loss"], summary["final_loss"])
     test_rows = [json.loads(line) for line in records.held_out_file(run_dir, "test").read_text().splitlines()]
     assert test_rows and all(r["messages"][-1]["content"].startswith("Subject") for r in test_rows)  # desirable only
     few = write_jsonl(tmp_path / "few.jsonl", rows[:6])

@@ -25,35 +25,67 @@ import torch
 CHUNK = 16  # rows a chunk: 16 × 49,152 fp32 = 3 MB, about a core's L2 cache
 
 
-class ChunkedCrossEntropy(torch.autograd.Function):
-    """Sum over rows of −log softmax(logits)[label], rows whose label is `ignore_index` left out."""
+class ChunkedLogProbs(torch.autograd.Function):
+    """log softmax(logits)[target] of each row (fp32), in chunks of CHUNK rows: each chunk is
+    cast, reduced to its log-sum-exp and target logit, and in the backward pass turned into
+    one-hot − softmax straight into the gradient's own dtype.
+
+    With `stats`, also each row's entropy (differentiable), mean logit and whether the target is
+    the first largest logit (neither differentiable): the per-token fields TRL's fused LM head
+    returns beside the log-probabilities (tuner.preference.log_probs_in_row_chunks_on_cpu)."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, ignore_index: int):
-        valid = labels != ignore_index
-        safe = torch.where(valid, labels, torch.zeros_like(labels))
-        lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
-        total = torch.zeros((), dtype=torch.float32, device=logits.device)
-        for a in range(0, logits.shape[0], CHUNK):
-            rows = logits[a:a + CHUNK].float()
-            lse[a:a + CHUNK] = torch.logsumexp(rows, dim=-1)
-            picked = rows.gather(1, safe[a:a + CHUNK, None])[:, 0]
-            total += ((lse[a:a + CHUNK] - picked) * valid[a:a + CHUNK]).sum()
-        ctx.save_for_backward(logits, safe, valid, lse)
-        return total
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, stats: bool = False):
+        ctx.set_materialize_grads(False)
+        n = logits.shape[0]
+        lse = torch.empty(n, dtype=torch.float32, device=logits.device)
+        picked = torch.empty_like(lse)
+        if stats:
+            entropy, mean, top1 = torch.empty_like(lse), torch.empty_like(lse), torch.empty_like(lse, dtype=torch.bool)
+        for a in range(0, n, CHUNK):
+            part = slice(a, a + CHUNK)
+            rows = logits[part].float()
+            lse[part] = torch.logsumexp(rows, dim=-1)
+            picked[part] = rows.gather(1, targets[part, None])[:, 0]
+            if stats:
+                mean[part] = rows.mean(-1)
+                top1[part] = rows.argmax(-1) == targets[part]  # argmax: the first of equal largest
+                entropy[part] = lse[part] - (rows - lse[part, None]).exp_().mul_(rows).sum(-1)
+        ctx.save_for_backward(logits, targets, lse, entropy if stats else lse)
+        if not stats:
+            return picked - lse
+        ctx.mark_non_differentiable(mean, top1)
+        return picked - lse, entropy, mean, top1
 
     @staticmethod
-    def backward(ctx, grad_total):
-        logits, safe, valid, lse = ctx.saved_tensors
+    def backward(ctx, grad_rows, grad_entropy=None, *_):
+        logits, targets, lse, entropy = ctx.saved_tensors
+        if grad_rows is None and grad_entropy is None:
+            return None, None, None
         grad = torch.empty_like(logits)
-        # (where, not a product: with no labelled row the loss is 0/0 and its gradient inf,
-        # and the ignored rows must still get 0, as transformers' loss gives them)
-        scale = torch.where(valid, grad_total, torch.zeros_like(grad_total))
         for a in range(0, logits.shape[0], CHUNK):
-            probs = (logits[a:a + CHUNK].float() - lse[a:a + CHUNK, None]).exp_()
-            probs[torch.arange(probs.shape[0], device=probs.device), safe[a:a + CHUNK]] -= 1
-            grad[a:a + CHUNK] = probs.mul_(scale[a:a + CHUNK, None])
+            part = slice(a, a + CHUNK)
+            log_p = logits[part].float() - lse[part, None]
+            # d entropy / dz_j = −p_j (log p_j + entropy)
+            from_entropy = None if grad_entropy is None else \
+                log_p.exp() * (log_p + entropy[part, None]) * grad_entropy[part, None]
+            probs = log_p.exp_()
+            if grad_rows is None:
+                probs.zero_()
+            else:  # d log p_t / dz_j = 1[j = t] − p_j
+                probs.mul_(-grad_rows[part, None])
+                probs[torch.arange(probs.shape[0], device=probs.device), targets[part]] += grad_rows[part]
+            grad[part] = probs if from_entropy is None else probs.sub_(from_entropy)
         return grad, None, None
+
+
+def nll_sum(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Sum over rows of −log softmax(logits)[label], rows whose label is `ignore_index` left out
+    (masked, not multiplied: with no labelled row the loss is 0/0 and its gradient inf, and the
+    ignored rows must still get 0, as transformers' loss gives them)."""
+    valid = labels != ignore_index
+    log_probs = ChunkedLogProbs.apply(logits, torch.where(valid, labels, torch.zeros_like(labels)))
+    return -log_probs.masked_fill(~valid, 0).sum()
 
 
 def causal_lm_loss(logits, labels, vocab_size: int, num_items_in_batch=None, ignore_index: int = -100,
@@ -64,7 +96,7 @@ def causal_lm_loss(logits, labels, vocab_size: int, num_items_in_batch=None, ign
         shift_labels = labels[..., 1:].contiguous()
     flat = logits.reshape(-1, vocab_size)
     targets = shift_labels.reshape(-1).to(flat.device)
-    total = ChunkedCrossEntropy.apply(flat, targets, ignore_index)
+    total = nll_sum(flat, targets, ignore_index)
     if num_items_in_batch is not None:
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(total.device)

@@ -413,6 +413,75 @@ def score_completions_only_on_cpu() -> bool:
     return True
 
 
+# the most logits (rows × vocabulary) log_probs_in_row_chunks_on_cpu keeps for the backward
+# pass: 2**28 bf16 entries are 512 MB (SmolLM2: 5,461 scored positions); more goes to TRL's tiles
+LOGITS_BUDGET = 2 ** 28
+# the per-token fields of TRL's fused head it computes too (DPO asks for all four, KTO for the first
+# three: the entropy and the mean logit are logged, is_top1 gives DPO's token accuracy)
+ROW_CHUNK_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
+
+
+def log_probs_in_row_chunks_on_cpu() -> bool:
+    """On a CPU, TRL's fused LM head (its _ChunkedLogProbFunction) projects the scored positions
+    onto the vocabulary in tiles of 32,768 entries and folds each tile into an online
+    log-sum-exp with fp32 torch ops: for 1,200 positions a tile is 150 MB of fp32 that a dozen
+    element-wise passes read and write, and the backward pass projects every tile again. Here,
+    for the plain case (no bias, softcap, temperature or logit scale; not WPO's log_sum_sq_probs),
+    the logits are one matmul (bf16 under autocast, as TRL's tiles) and their log-softmax, with
+    the entropy, mean logit and top-1 flag TRL also returns, is taken 16 rows at a time
+    (tuner.cross_entropy.ChunkedLogProbs, the SFT loss's kernel); the logits stay for the
+    backward pass. SmolLM2's head over 1,200 positions: forward 0.58 ->
+    0.25 s, backward 1.48 -> 0.27 s (docs/performance.md); the same log-probabilities, the
+    gradient to bf16's rounding (TRL accumulates it in fp32): tests/test_preference.py.
+
+    Anything else (another device, other outputs, more logits than LOGITS_BUDGET) goes to TRL's
+    function, and so does everything while TUNER_CHUNKED_LOSS=0 (read at each call, as the SFT
+    loss reads it at each run's start: to compare, or to rule it out). Like score_completions_only_on_cpu, this replaces a name TRL looks up on each
+    forward (pinned in requirements.txt); False when a TRL without it is installed."""
+    try:
+        from trl.trainer import utils as trl_utils
+    except ImportError:
+        return False
+    original = getattr(trl_utils, "_ChunkedLogProbFunction", None)
+    if original is None or not callable(getattr(original, "apply", None)):
+        return False
+    if getattr(original, "tuner_row_chunks", False):
+        return True
+
+    class RowChunksOnCpu:
+        tuner_row_chunks = True
+        trl_function = original
+
+        @staticmethod
+        def apply(hidden, weight, bias, targets, temperature, chunk_size, softcap=None, logit_scale=1.0,
+                  outputs=("log_probs",)):
+            from tuner import cross_entropy
+
+            plain = (hidden.device.type == "cpu" and bias is None and softcap is None and temperature == 1
+                     and logit_scale == 1 and set(outputs) <= set(ROW_CHUNK_OUTPUTS)
+                     and hidden.shape[0] * weight.shape[0] <= LOGITS_BUDGET and not cross_entropy.switched_off())
+            if not plain:
+                return original.apply(hidden, weight, bias, targets, temperature, chunk_size, softcap,
+                                      logit_scale, outputs)
+            import torch
+
+            logits = torch.nn.functional.linear(hidden, weight)
+            if set(outputs) == {"log_probs"}:
+                return cross_entropy.ChunkedLogProbs.apply(logits, targets), None, None, None, None
+            log_probs, entropy, mean_logits, is_top1 = cross_entropy.ChunkedLogProbs.apply(logits, targets, True)
+            return (log_probs, entropy if "entropy" in outputs else None, None,
+                    mean_logits if "mean_logits" in outputs else None, is_top1 if "is_top1" in outputs else None)
+
+    trl_utils._ChunkedLogProbFunction = RowChunksOnCpu
+    return True
+
+
+def cross_entropy_switched_off() -> bool:
+    from tuner import cross_entropy
+
+    return cross_entropy.switched_off()
+
+
 def make_trainer(config, run_dir: Path, setup, control, resume: bool):
     """TRL's DPOTrainer or KTOTrainer over the set-up model, with the run's arguments."""
     from transformers import PrinterCallback
@@ -436,9 +505,13 @@ def make_trainer(config, run_dir: Path, setup, control, resume: bool):
     if setup.precision in ("bf16", "fp16") and not config.use_dora:
         phases.skip_adapter_input_casts(setup.model)
     score_completions_only_on_cpu()
+    # run.json's "loss": TRL's log-probabilities in tuner.cross_entropy's row chunks, or TRL's tiles
+    chunked = (log_probs_in_row_chunks_on_cpu() and next(setup.model.parameters()).device.type == "cpu"
+               and not cross_entropy_switched_off())
     reporter = phases.reporting_callback(control, run_dir, None)
     trainer = trainer_class(model=setup.model, args=args, train_dataset=setup.train_set,
                             eval_dataset=setup.eval_set if has_eval else None, processing_class=setup.tokenizer,
                             callbacks=[reporter])
     trainer.remove_callback(PrinterCallback)
-    return phases.Training(trainer, reporter, False, False, phases.resume_point(run_dir) if resume else None)
+    return phases.Training(trainer, reporter, False, False, phases.resume_point(run_dir) if resume else None,
+                           chunked)

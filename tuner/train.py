@@ -259,8 +259,9 @@ def summarize(config: TrainConfig, run_dir: Path, setup: Setup, training: Traini
         "attention": (f"per example ({', '.join(sorted(packed_attention.kernels_used)) or 'no forward pass'})"
                       if training.per_example
                       else getattr(setup.model.get_base_model().config, "_attn_implementation", None)),
-        # the causal-LM loss: in row chunks (tuner.cross_entropy) or transformers' own
-        "loss": "chunked" if training.chunked_loss else "transformers",
+        # the causal-LM loss (DPO and KTO: TRL's log-probabilities): in row chunks (tuner.cross_entropy),
+        # or transformers' own (TRL's fused LM head)
+        "loss": "chunked" if training.chunked_loss else "trl" if config.method in ("dpo", "kto") else "transformers",
         "method": config.method,
         "target_modules": list(setup.targets) if config.method != "prompt_tuning" else [],
         "train_examples": len(setup.train_set),
