@@ -1,6 +1,6 @@
 """From ratings to a better model: SFT, scores, then DPO and KTO, measured on held-out prompts.
 
-    python bench/preference.py              # the formal-email set, as below (~11 min on 2 cores)
+    python bench/preference.py              # the formal-email set, as below (~9 min on 2 cores)
     python bench/preference.py --quick      # a smoke run: a few steps and prompts
 
 1. SFT: the formal-email recipe (datasets/formal_email.recipe.json) trained with

@@ -138,18 +138,22 @@ def test_trl_scores_only_the_completion_positions_on_a_cpu_with_the_same_log_pro
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_the_log_probabilities_in_row_chunks_equal_trls_fused_head(dtype, monkeypatch):
-    """On a CPU, TRL's fused LM head goes to tuner.cross_entropy's row chunks: the same
-    log-probabilities, entropies, mean logits and top-1 flags as TRL's own tiles, and the same
-    gradient (log-probabilities and entropy both in the loss) to the compute dtype's rounding;
-    what it does not do (a bias, WPO's log_sum_sq_probs, too many logits) stays with TRL's."""
+@pytest.mark.parametrize("weights", [(1.0, 0.0), (0.0, 1.0), (1.0, 0.3)], ids=["log-probs", "entropy", "both"])
+def test_the_log_probabilities_in_row_chunks_equal_trls_fused_head(dtype, weights, monkeypatch):
+    """On a CPU, TRL's fused LM head goes to tuner.cross_entropy's row chunks: the log-softmax of
+    the same logits, and TRL's own log-probabilities, entropies, mean logits and top-1 flags, with
+    the same gradient (of the log-probabilities, the entropy, or both) to the compute dtype's
+    rounding; what it does not do (a bias, WPO's log_sum_sq_probs, too many logits, mixed dtypes
+    without autocast, TUNER_CHUNKED_LOSS=0) stays with TRL's."""
     import torch
     from trl.trainer import utils as trl_utils
 
     trl_function = getattr(trl_utils._ChunkedLogProbFunction, "trl_function", trl_utils._ChunkedLogProbFunction)
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", trl_function)  # TRL's again after the test
+    monkeypatch.delenv("TUNER_CHUNKED_LOSS", raising=False)
     assert tpref.log_probs_in_row_chunks_on_cpu()
     ours = trl_utils._ChunkedLogProbFunction
-    assert ours is not trl_function and tpref.log_probs_in_row_chunks_on_cpu()  # once
+    assert ours is not trl_function and tpref.log_probs_in_row_chunks_on_cpu() and trl_utils._ChunkedLogProbFunction is ours
     gen = torch.Generator().manual_seed(4)
     n, width, vocab = 45, 32, 40_000  # more than one of TRL's 32,768-entry tiles, rows not a multiple of 16
     weight = torch.randn(vocab, width, generator=gen).to(getattr(torch, dtype))
@@ -157,30 +161,44 @@ def test_the_log_probabilities_in_row_chunks_equal_trls_fused_head(dtype, monkey
     targets = torch.randint(0, vocab, (n,), generator=gen)
     targets[3] = weight.float().matmul(hidden[3].float()).argmax()  # one top-1 at least
     outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
     results = {}
     for name, function in (("ours", ours), ("trl", trl_function)):
         x = hidden.clone().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+        with bf16:
             got = function.apply(x, weight, None, targets, 1.0, 32_768, None, 1.0, outputs)
-        (got[0].sum() + 0.3 * got[1].sum()).backward()
+        (weights[0] * got[0].sum() + weights[1] * got[1].sum()).backward()
         results[name] = (got, x.grad)
     (lp, ent, _, mean, top1), grad = results["ours"]
+    assert type(lp.grad_fn).__name__ == "ChunkedLogProbsBackward"  # ours ran, not TRL's
+    logits = torch.nn.functional.linear(hidden, weight).float()  # the same logits, the textbook formulas
+    log_softmax = logits.log_softmax(-1)
+    assert torch.allclose(lp, log_softmax.gather(1, targets[:, None])[:, 0], atol=1e-4)
+    assert torch.allclose(ent, -(log_softmax.exp() * log_softmax).sum(-1), atol=1e-4)
     (want_lp, want_ent, _, want_mean, want_top1), want_grad = results["trl"]
-    assert torch.allclose(lp, want_lp, atol=1e-4) and torch.allclose(ent, want_ent, atol=1e-4)
+    ulp = 1e-4 if dtype == "float32" else 0.1  # a bf16 logit of ~10 either side of a rounding step
+    assert torch.allclose(lp, want_lp, atol=ulp) and torch.allclose(ent, want_ent, atol=ulp)
     assert torch.allclose(mean, want_mean, atol=1e-5) and torch.equal(top1, want_top1) and top1[3]
     assert grad.dtype == want_grad.dtype == getattr(torch, dtype)
-    tolerance = 1e-4 if dtype == "float32" else 0.05  # bf16: ours rounds the logits' gradient to bf16
-    assert torch.allclose(grad.float(), want_grad.float(), atol=tolerance, rtol=0.02), \
-        (grad - want_grad).abs().max()
-    # not ours to do: TRL's own function answers, with its log_sum_sq_probs
+    # bf16: TRL accumulates the logits' gradient times the weights in fp32, ours is a bf16 matmul's output
+    tolerance = 1e-4 if dtype == "float32" else 0.05
+    assert torch.allclose(grad.float(), want_grad.float(), atol=tolerance, rtol=0.02), (grad - want_grad).abs().max()
+    with bf16:  # KTO asks for three outputs: is_top1 is not computed
+        kto = ours.apply(hidden, weight, None, targets, 1.0, 32_768, None, 1.0, outputs[:3])
+    assert kto[2] is None and kto[4] is None and torch.equal(kto[3], mean)
+    # not ours to do: TRL's own function answers
     calls = []
     monkeypatch.setattr(trl_function, "apply", lambda *a: calls.append(a[8]) or ("trl",) * 5)
     with torch.no_grad():
         ours.apply(hidden, weight, torch.zeros(vocab), targets, 1.0, 32_768, None, 1.0, outputs)
         ours.apply(hidden, weight, None, targets, 1.0, 32_768, None, 1.0, ("log_probs", "log_sum_sq_probs"))
-        monkeypatch.setattr(tpref, "LOGITS_BUDGET", n * vocab - 1)
+        ours.apply(hidden.float(), weight.to(torch.float16), None, targets, 1.0, 32_768, None, 1.0, outputs)
+        monkeypatch.setenv("TUNER_CHUNKED_LOSS", "0")
+        ours.apply(hidden, weight, None, targets, 1.0, 32_768, None, 1.0, outputs)
+        monkeypatch.delenv("TUNER_CHUNKED_LOSS")
+        monkeypatch.setattr(tpref, "LOGITS_BUDGET", 2 * n * vocab * weight.element_size() - 1)
         ours.apply(hidden, weight, None, targets, 1.0, 32_768, None, 1.0, ("log_probs",))
-    assert len(calls) == 3
+    assert len(calls) == 5
 
 
 def test_too_few_says_how_many_are_needed():
@@ -320,7 +338,7 @@ def test_dpo_from_an_sft_run_moves_it_towards_the_chosen_replies(tiny_llama, tra
     run_dir = tmp_path / "runs" / "dpo-run"
     record = records.read_record(run_dir)
     assert record["status"] == "completed" and record["summary"]["method"] == "dpo"
-    assert record["summary"]["loss"] == "chunked"  # TRL's log-probabilities in tuner.cross_entropy's row chunks
+    assert record["summary"]["loss"] == "chunked"  # every log-probability from tuner.cross_entropy's row chunks
     sft_adapter = records.adapter_config(sft_run)
     assert (record["config"]["r"], record["config"]["lora_alpha"]) == (sft_adapter["r"], sft_adapter["lora_alpha"]) != (4, 4)
     rows = records.read_metrics(run_dir)

@@ -11,9 +11,11 @@ into the gradient's own dtype: the same fp32 arithmetic, chunk-sized temporaries
 Measured on a 2-core Xeon with AMX (576 × 49,152 bf16 logits, forward + backward):
 faster than transformers' loss, a visible share off a SmolLM2 step (figures: see
 docs/performance.md); the loss equal to fp32 rounding, the gradient to bf16's. Used for training on a CPU
-(`use_for_training`); on a GPU transformers' fused kernels stay. `TUNER_CHUNKED_LOSS=0` turns it
-off on a CPU too (to compare, or to rule it out): transformers' loss then, as run.json's summary
-says (`loss`).
+(`use_for_training`); on a GPU transformers' fused kernels stay. DPO and KTO take their
+log-probabilities (with the entropy and mean logit TRL logs) from the same kernel on a CPU, in
+place of TRL's fused LM head (tuner.preference.log_probs_in_row_chunks_on_cpu).
+`TUNER_CHUNKED_LOSS=0` turns both off on a CPU too (to compare, or to rule it out):
+transformers' loss, or TRL's head, then, as run.json's summary says (`loss`).
 """
 
 from __future__ import annotations
@@ -63,19 +65,21 @@ class ChunkedLogProbs(torch.autograd.Function):
         if grad_rows is None and grad_entropy is None:
             return None, None, None
         grad = torch.empty_like(logits)
+        # d log p_t / dz_j = 1[j = t] − p_j; d entropy / dz_j = −p_j (log p_j + entropy)
         for a in range(0, logits.shape[0], CHUNK):
             part = slice(a, a + CHUNK)
             log_p = logits[part].float() - lse[part, None]
-            # d entropy / dz_j = −p_j (log p_j + entropy)
-            from_entropy = None if grad_entropy is None else \
-                log_p.exp() * (log_p + entropy[part, None]) * grad_entropy[part, None]
-            probs = log_p.exp_()
-            if grad_rows is None:
-                probs.zero_()
-            else:  # d log p_t / dz_j = 1[j = t] − p_j
-                probs.mul_(-grad_rows[part, None])
-                probs[torch.arange(probs.shape[0], device=probs.device), targets[part]] += grad_rows[part]
-            grad[part] = probs if from_entropy is None else probs.sub_(from_entropy)
+            if grad_entropy is None:
+                out = log_p.exp_().mul_(-grad_rows[part, None])
+            else:
+                probs = log_p.exp()
+                factor = log_p.add_(entropy[part, None]).mul_(grad_entropy[part, None])
+                if grad_rows is not None:
+                    factor.add_(grad_rows[part, None])
+                out = probs.mul_(factor).neg_()
+            if grad_rows is not None:
+                out[torch.arange(out.shape[0], device=out.device), targets[part]] += grad_rows[part]
+            grad[part] = out
         return grad, None, None
 
 

@@ -413,9 +413,12 @@ def score_completions_only_on_cpu() -> bool:
     return True
 
 
-# the most logits (rows × vocabulary) log_probs_in_row_chunks_on_cpu keeps for the backward
-# pass: 2**28 bf16 entries are 512 MB (SmolLM2: 5,461 scored positions); more goes to TRL's tiles
-LOGITS_BUDGET = 2 ** 28
+# the most memory log_probs_in_row_chunks_on_cpu gives a batch's logits: they are kept for the
+# backward pass, which adds a gradient of their size (SmolLM2 in bf16: 5,461 scored positions);
+# more goes to TRL's tiles
+LOGITS_BUDGET = 2 ** 30
+# how many of TRL's fused-head calls each path took since make_trainer: run.json's "loss"
+SCORED_BY: dict[str, int] = {}
 # the per-token fields of TRL's fused head it computes too (DPO asks for all four, KTO for the first
 # three: the entropy and the mean logit are logged, is_top1 gives DPO's token accuracy)
 ROW_CHUNK_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
@@ -430,11 +433,13 @@ def log_probs_in_row_chunks_on_cpu() -> bool:
     the logits are one matmul (bf16 under autocast, as TRL's tiles) and their log-softmax, with
     the entropy, mean logit and top-1 flag TRL also returns, is taken 16 rows at a time
     (tuner.cross_entropy.ChunkedLogProbs, the SFT loss's kernel); the logits stay for the
-    backward pass. SmolLM2's head over 1,200 positions: forward 0.58 ->
-    0.25 s, backward 1.48 -> 0.27 s (docs/performance.md); the same log-probabilities, the
-    gradient to bf16's rounding (TRL accumulates it in fp32): tests/test_preference.py.
+    backward pass. SmolLM2's head over 1,200 positions with KTO's three outputs: forward 0.66 ->
+    0.29 s, backward 1.45 -> 0.26 s (docs/performance.md); the same log-probabilities, the
+    gradient to bf16's rounding (TRL accumulates the matmul of the logits' gradient in fp32, here
+    it is a bf16 matmul's output): tests/test_preference.py.
 
-    Anything else (another device, other outputs, more logits than LOGITS_BUDGET) goes to TRL's
+    Anything else (another device, other outputs, mixed dtypes without autocast, logits and their
+    gradient over LOGITS_BUDGET bytes) goes to TRL's
     function, and so does everything while TUNER_CHUNKED_LOSS=0 (read at each call, as the SFT
     loss reads it at each run's start: to compare, or to rule it out). Like score_completions_only_on_cpu, this replaces a name TRL looks up on each
     forward (pinned in requirements.txt); False when a TRL without it is installed."""
@@ -455,16 +460,21 @@ def log_probs_in_row_chunks_on_cpu() -> bool:
         @staticmethod
         def apply(hidden, weight, bias, targets, temperature, chunk_size, softcap=None, logit_scale=1.0,
                   outputs=("log_probs",)):
+            import torch
+
             from tuner import cross_entropy
 
+            autocast = torch.is_autocast_enabled("cpu")
+            size = torch.finfo(torch.get_autocast_dtype("cpu") if autocast else hidden.dtype).bits // 8
             plain = (hidden.device.type == "cpu" and bias is None and softcap is None and temperature == 1
                      and logit_scale == 1 and set(outputs) <= set(ROW_CHUNK_OUTPUTS)
-                     and hidden.shape[0] * weight.shape[0] <= LOGITS_BUDGET and not cross_entropy.switched_off())
+                     and (autocast or hidden.dtype == weight.dtype)  # TRL casts; F.linear would refuse
+                     and 2 * hidden.shape[0] * weight.shape[0] * size <= LOGITS_BUDGET
+                     and not cross_entropy.switched_off())
+            SCORED_BY["chunked" if plain else "trl"] = SCORED_BY.get("chunked" if plain else "trl", 0) + 1
             if not plain:
                 return original.apply(hidden, weight, bias, targets, temperature, chunk_size, softcap,
                                       logit_scale, outputs)
-            import torch
-
             logits = torch.nn.functional.linear(hidden, weight)
             if set(outputs) == {"log_probs"}:
                 return cross_entropy.ChunkedLogProbs.apply(logits, targets), None, None, None, None
@@ -476,10 +486,11 @@ def log_probs_in_row_chunks_on_cpu() -> bool:
     return True
 
 
-def cross_entropy_switched_off() -> bool:
-    from tuner import cross_entropy
-
-    return cross_entropy.switched_off()
+def scoring_paths() -> str:
+    """run.json's "loss" for a DPO or KTO run: which path scored its log-probabilities, "chunked"
+    (tuner.cross_entropy's row chunks), "trl" (TRL's fused head) or "chunked+trl", from the calls
+    counted since make_trainer (one run trains at a time in a process)."""
+    return "+".join(path for path in ("chunked", "trl") if SCORED_BY.get(path)) or "trl"
 
 
 def make_trainer(config, run_dir: Path, setup, control, resume: bool):
@@ -505,13 +516,11 @@ def make_trainer(config, run_dir: Path, setup, control, resume: bool):
     if setup.precision in ("bf16", "fp16") and not config.use_dora:
         phases.skip_adapter_input_casts(setup.model)
     score_completions_only_on_cpu()
-    # run.json's "loss": TRL's log-probabilities in tuner.cross_entropy's row chunks, or TRL's tiles
-    chunked = (log_probs_in_row_chunks_on_cpu() and next(setup.model.parameters()).device.type == "cpu"
-               and not cross_entropy_switched_off())
+    log_probs_in_row_chunks_on_cpu()
+    SCORED_BY.clear()  # run.json's "loss" counts this run's calls (scoring_paths)
     reporter = phases.reporting_callback(control, run_dir, None)
     trainer = trainer_class(model=setup.model, args=args, train_dataset=setup.train_set,
                             eval_dataset=setup.eval_set if has_eval else None, processing_class=setup.tokenizer,
                             callbacks=[reporter])
     trainer.remove_callback(PrinterCallback)
-    return phases.Training(trainer, reporter, False, False, phases.resume_point(run_dir) if resume else None,
-                           chunked)
+    return phases.Training(trainer, reporter, False, False, phases.resume_point(run_dir) if resume else None)

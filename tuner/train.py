@@ -261,7 +261,8 @@ def summarize(config: TrainConfig, run_dir: Path, setup: Setup, training: Traini
                       else getattr(setup.model.get_base_model().config, "_attn_implementation", None)),
         # the causal-LM loss (DPO and KTO: TRL's log-probabilities): in row chunks (tuner.cross_entropy),
         # or transformers' own (TRL's fused LM head)
-        "loss": "chunked" if training.chunked_loss else "trl" if config.method in ("dpo", "kto") else "transformers",
+        "loss": (preference.scoring_paths() if config.method in ("dpo", "kto")
+                 else "chunked" if training.chunked_loss else "transformers"),
         "method": config.method,
         "target_modules": list(setup.targets) if config.method != "prompt_tuning" else [],
         "train_examples": len(setup.train_set),
