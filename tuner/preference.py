@@ -439,10 +439,10 @@ def log_probs_in_row_chunks_on_cpu() -> bool:
     it is a bf16 matmul's output): tests/test_preference.py.
 
     Anything else (another device, other outputs, mixed dtypes without autocast, logits and their
-    gradient over LOGITS_BUDGET bytes) goes to TRL's
-    function, and so does everything while TUNER_CHUNKED_LOSS=0 (read at each call, as the SFT
-    loss reads it at each run's start: to compare, or to rule it out). Like score_completions_only_on_cpu, this replaces a name TRL looks up on each
-    forward (pinned in requirements.txt); False when a TRL without it is installed."""
+    gradient over LOGITS_BUDGET bytes) goes to TRL's function, and so does everything while
+    TUNER_CHUNKED_LOSS=0 (read at each call, as the SFT loss reads it at each run's start: to
+    compare, or to rule it out). Like score_completions_only_on_cpu, this replaces a name TRL
+    looks up on each forward (pinned in requirements.txt); False when a TRL without it is installed."""
     try:
         from trl.trainer import utils as trl_utils
     except ImportError:
@@ -471,7 +471,8 @@ def log_probs_in_row_chunks_on_cpu() -> bool:
                      and (autocast or hidden.dtype == weight.dtype)  # TRL casts; F.linear would refuse
                      and 2 * hidden.shape[0] * weight.shape[0] * size <= LOGITS_BUDGET
                      and not cross_entropy.switched_off())
-            SCORED_BY["chunked" if plain else "trl"] = SCORED_BY.get("chunked" if plain else "trl", 0) + 1
+            path = "chunked" if plain else "trl"
+            SCORED_BY[path] = SCORED_BY.get(path, 0) + 1
             if not plain:
                 return original.apply(hidden, weight, bias, targets, temperature, chunk_size, softcap,
                                       logit_scale, outputs)
