@@ -447,9 +447,10 @@ def train_tab_handlers(tmp_path: Path, store: Store):
     return {f.name: f for f in demo.fns.values()}, manager
 
 
-def pairs_store(path: Path, base_model: str, sft_name: str, prompts: int = 8) -> tuple[Store, int]:
-    """An evaluation of the base and an SFT run on `prompts` prompts, the SFT reply rated 5 and the
-    base's 2 by two raters: one DPO pair a prompt."""
+def pairs_store(path: Path, base_model: str, sft_name: str, prompts: int = 8,
+                base_reply=lambda position: f"meh {position}") -> tuple[Store, int]:
+    """An evaluation of the base and an SFT run on `prompts` prompts, the SFT reply ("Hello there,
+    friend!") rated 5 and the base's (`base_reply(position)`) 2 by two raters: one DPO pair a prompt."""
     store = Store(path)
     variants = [{"name": "base", "label": "base", "kind": "base"},
                 {"name": sft_name, "label": f"lora: {sft_name}", "kind": "lora"}]
@@ -457,7 +458,7 @@ def pairs_store(path: Path, base_model: str, sft_name: str, prompts: int = 8) ->
                                       variants)
     ids = {v["name"]: v["id"] for v in store.variants(eval_id)}
     for p in store.prompts(eval_id):
-        store.add_reply(p["id"], ids["base"], f"meh {p['position']}", {})
+        store.add_reply(p["id"], ids["base"], base_reply(p["position"]), {})
         store.add_reply(p["id"], ids[sft_name], "Hello there, friend!", {})
     store.open_for_rating(eval_id)
     rng = random.Random(0)
@@ -466,6 +467,26 @@ def pairs_store(path: Path, base_model: str, sft_name: str, prompts: int = 8) ->
             store.rate_pair(pair["assignment_id"], rater, 5 if pair["reply_a"].startswith("Hello") else 2,
                             5 if pair["reply_b"].startswith("Hello") else 2)
     return store, eval_id
+
+
+def test_pairs_that_differ_mostly_in_length_are_flagged_before_training(tmp_path):
+    """DPO learns a length that most pairs share as readily as what the raters liked: the formal-email
+    bench's pairs (every rejected reply over the word limit) taught lr-5e-4 DPO replies too short."""
+    def skew(name, prompts=6, base_reply=lambda position: f"meh {position}", method="dpo"):
+        store, eval_id = pairs_store(tmp_path / f"{name}.db", "m", "sft", prompts, base_reply)
+        return preferences.build(store, eval_id, method).length_skew()
+
+    long_rejected = skew("long", base_reply=lambda position: "meh " * 30)  # 30 words against 3
+    assert long_rejected.startswith("in 6 of 6 pairs the rejected reply is the longer by a quarter or more "
+                                    "(30 words against 3 on average): DPO may learn to write shorter"), long_rejected
+    assert "pairs where the longer reply wins" in long_rejected
+    long_chosen = skew("short")  # "Hello there, friend!" (3 words) against "meh N" (2)
+    assert "the chosen reply is the longer" in long_chosen and "write longer" in long_chosen, long_chosen
+    # half the pairs one way, half the other; equal lengths; too few pairs to say; KTO: no pairs
+    assert skew("mixed", base_reply=lambda position: "meh " * (30 if position % 2 else 1)) is None
+    assert skew("equal", base_reply=lambda position: "meh me too") is None
+    assert skew("few", prompts=4, base_reply=lambda position: "meh " * 30) is None
+    assert skew("kto", base_reply=lambda position: "meh " * 30, method="kto") is None
 
 
 def called(handler, **given):
@@ -506,6 +527,7 @@ def test_the_counts_line_applies_starts_split_and_start_makes_no_run_it_would_fa
     counts = called(handler["on_counts"], **picks, validation_fraction=0.0)
     assert "Start holds out 0 of its prompts" in counts and "8 preference pairs** to train on" in counts, counts
     assert "estimated time" in counts and "2 steps" in counts, counts
+    assert "⚠️ Length: in 8 of 8 pairs the chosen reply is the longer" in counts, counts
     # from the base, the test share is held out too
     counts = called(handler["on_counts"], **{**picks, "pref-init": FROM_BASE}, validation_fraction=0.0)
     assert "after holding out the validation and test prompts, 6 preference pairs" in counts, counts

@@ -182,6 +182,8 @@ def wire_counts(ui, picks: PreferencePicks, store: Store):
         text = (f"This evaluation gives **{data.describe()}**. Start holds out {held} of its prompts "
                 f"({'validation' if continues else 'validation and test'}): **{preferences.made(name, parts['train'])}"
                 f"** to train on.{judged}")
+        if skew := data.length_skew():
+            text += f"\n\n⚠️ Length: {skew}."
         try:
             config = run_config(ui, store, picked, name, settings)
             return text + "\n\n" + describe(tpref.estimate(config, data.rows, ui.manager.models_dir,
