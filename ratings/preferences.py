@@ -35,12 +35,13 @@ JUDGE_PREFIX = "judge:"
 MARGIN = 1.0
 DESIRABLE_AT, UNDESIRABLE_AT = 4, 2
 CORRECTION_MAX = 20_000  # characters in a corrected reply
-# DPO pairs that could teach length rather than quality: in this share or more of at least
-# LENGTH_SKEW_PAIRS pairs, one side (the rejected, or the chosen) longer by this ratio of words.
-# bench/preference.py's pairs on the formal-email set: the rejected reply over the 150-word limit
-# in every pair (~173 words against ~115 on average); DPO at lr 5e-4 then wrote greedy replies
-# under the 60-word minimum (10–11 of 16 held-out ones passing against SFT's 15–16)
-LENGTH_SKEW_SHARE, LENGTH_SKEW_PAIRS, LENGTH_SKEW_RATIO = 0.8, 5, 1.25
+# DPO pairs that could teach length rather than quality: one side (the rejected, or the chosen)
+# the longer in this share or more of at least LENGTH_SKEW_PAIRS pairs, and by this ratio of mean
+# words. bench/preference.py's pairs on the formal-email set (six runs): the rejected reply the
+# longer in 16–23 of 17–23 pairs, 1.37–1.56× the words (most ran past the 150-word limit); DPO at lr
+# 5e-4 then wrote greedy replies under the 60-word minimum (10–11 of 16 held-out ones passing
+# against SFT's 15–16)
+LENGTH_SKEW_SHARE, LENGTH_SKEW_PAIRS, LENGTH_SKEW_RATIO = 0.8, 5, 1.2
 
 
 @dataclass
@@ -69,14 +70,12 @@ class PreferenceData:
             return None
         words = [(len(r["chosen"][-1]["content"].split()), len(r["rejected"][-1]["content"].split()))
                  for r in self.rows]
-        for side, other, longer in (("rejected", "chosen", lambda c, r: r >= LENGTH_SKEW_RATIO * max(c, 1)),
-                                    ("chosen", "rejected", lambda c, r: c >= LENGTH_SKEW_RATIO * max(r, 1))):
-            count = sum(longer(c, r) for c, r in words)
-            if count >= LENGTH_SKEW_SHARE * len(words):
-                mean = {"chosen": sum(c for c, _ in words) / len(words),
-                        "rejected": sum(r for _, r in words) / len(words)}
-                return (f"in {count} of {len(words)} pairs the {side} reply is the longer by a quarter or more "
-                        f"({mean[side]:.0f} words against {mean[other]:.0f} on average): DPO may learn to write "
+        mean = {"chosen": sum(c for c, _ in words) / len(words), "rejected": sum(r for _, r in words) / len(words)}
+        for side, other in (("rejected", "chosen"), ("chosen", "rejected")):
+            count = sum((r > c) if side == "rejected" else (c > r) for c, r in words)
+            if count >= LENGTH_SKEW_SHARE * len(words) and mean[side] >= LENGTH_SKEW_RATIO * max(mean[other], 1):
+                return (f"in {count} of {len(words)} pairs the {side} reply is the longer ({mean[side]:.0f} words "
+                        f"against {mean[other]:.0f} on average): DPO may learn to write "
                         f"{'shorter' if side == 'rejected' else 'longer'} rather than better. Compare the run's "
                         f"greedy replies with its start's before trusting it, or rate pairs where the "
                         f"{'longer' if side == 'rejected' else 'shorter'} reply wins")

@@ -477,8 +477,8 @@ def test_pairs_that_differ_mostly_in_length_are_flagged_before_training(tmp_path
         return preferences.build(store, eval_id, method).length_skew()
 
     long_rejected = skew("long", base_reply=lambda position: "meh " * 30)  # 30 words against 3
-    assert long_rejected.startswith("in 6 of 6 pairs the rejected reply is the longer by a quarter or more "
-                                    "(30 words against 3 on average): DPO may learn to write shorter"), long_rejected
+    assert long_rejected.startswith("in 6 of 6 pairs the rejected reply is the longer (30 words against 3 on "
+                                    "average): DPO may learn to write shorter"), long_rejected
     assert "pairs where the longer reply wins" in long_rejected
     long_chosen = skew("short")  # "Hello there, friend!" (3 words) against "meh N" (2)
     assert "the chosen reply is the longer" in long_chosen and "write longer" in long_chosen, long_chosen
@@ -487,6 +487,14 @@ def test_pairs_that_differ_mostly_in_length_are_flagged_before_training(tmp_path
     assert skew("equal", base_reply=lambda position: "meh me too") is None
     assert skew("few", prompts=4, base_reply=lambda position: "meh " * 30) is None
     assert skew("kto", base_reply=lambda position: "meh " * 30, method="kto") is None
+
+    # the rejected reply longer in every pair, but by a tenth (11 words against 10): no warning; by a fifth, one
+    def pairs(rejected_words):
+        return preferences.PreferenceData("dpo", [{"chosen": [{"role": "assistant", "content": "w " * 10}],
+                                                   "rejected": [{"role": "assistant", "content": "w " * rejected_words}]}
+                                                  for _ in range(6)], "raters")
+    assert pairs(11).length_skew() is None
+    assert pairs(12).length_skew().startswith("in 6 of 6 pairs the rejected reply is the longer (12 words against 10")
 
 
 def called(handler, **given):
