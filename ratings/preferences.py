@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -36,9 +37,9 @@ MARGIN = 1.0
 DESIRABLE_AT, UNDESIRABLE_AT = 4, 2
 CORRECTION_MAX = 20_000  # characters in a corrected reply
 # DPO pairs that could teach length rather than quality: one side (the rejected, or the chosen)
-# the longer in this share or more of at least LENGTH_SKEW_PAIRS pairs, and by this ratio of mean
-# words. bench/preference.py's pairs on the formal-email set (seven runs): the rejected reply the
-# longer in 16–23 of 17–23 pairs, 1.37–1.56× the words (most ran past the 150-word limit); DPO at lr
+# the longer in this share or more of at least LENGTH_SKEW_PAIRS pairs, and the pairs' median ratio
+# of words this or more. bench/preference.py's pairs on the formal-email set (six runs): the rejected
+# reply the longer in 16–23 of 17–23 pairs, 1.37–1.56× the words (most ran past the 150-word limit); DPO at lr
 # 3e-4 or 5e-4 then wrote greedy replies under the 60-word minimum in 3 of 5 runs (10–11 of 16
 # held-out ones passing against SFT's 15–16)
 LENGTH_SKEW_SHARE, LENGTH_SKEW_PAIRS, LENGTH_SKEW_RATIO = 0.8, 5, 1.2
@@ -65,20 +66,23 @@ class PreferenceData:
 
     def length_skew(self) -> str | None:
         """DPO: a warning, in words, when most pairs differ in length one way (LENGTH_SKEW_*): DPO
-        then learns the length as readily as what the raters liked, past what the scores meant."""
+        then learns the length as readily as what the raters liked, past what the scores meant.
+        The ratio is the median of the pairs' own ratios, so that one long reply cannot set it off."""
         if self.method != "dpo" or len(self.rows) < LENGTH_SKEW_PAIRS:
             return None
         words = [(len(r["chosen"][-1]["content"].split()), len(r["rejected"][-1]["content"].split()))
                  for r in self.rows]
-        mean = {"chosen": sum(c for c, _ in words) / len(words), "rejected": sum(r for _, r in words) / len(words)}
         for side, other in (("rejected", "chosen"), ("chosen", "rejected")):
-            count = sum((r > c) if side == "rejected" else (c > r) for c, r in words)
-            if count >= LENGTH_SKEW_SHARE * len(words) and mean[side] >= LENGTH_SKEW_RATIO * max(mean[other], 1):
-                return (f"in {count} of {len(words)} pairs the {side} reply is the longer ({mean[side]:.0f} words "
-                        f"against {mean[other]:.0f} on average): DPO may learn to write "
-                        f"{'shorter' if side == 'rejected' else 'longer'} rather than better. Compare the run's "
-                        f"greedy replies with its start's before trusting it, or rate pairs where the "
-                        f"{'longer' if side == 'rejected' else 'shorter'} reply wins")
+            pairs = [(r, c) if side == "rejected" else (c, r) for c, r in words]  # (this side, the other)
+            count = sum(mine > theirs for mine, theirs in pairs)
+            ratio = statistics.median(mine / max(theirs, 1) for mine, theirs in pairs)
+            if count >= LENGTH_SKEW_SHARE * len(pairs) and ratio >= LENGTH_SKEW_RATIO:
+                mine, theirs = (statistics.median(p[k] for p in pairs) for k in (0, 1))
+                return (f"in {count} of {len(pairs)} pairs the {side} reply is the longer (a median of {mine:.0f} "
+                        f"words against {theirs:.0f}): DPO may learn to write "
+                        f"{'shorter' if side == 'rejected' else 'longer'} rather than better. Before trusting the "
+                        f"run, compare its greedy replies with those of the model it starts from, or rate pairs "
+                        f"where the {'longer' if side == 'rejected' else 'shorter'} reply wins")
         return None
 
 

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -477,8 +478,8 @@ def test_pairs_that_differ_mostly_in_length_are_flagged_before_training(tmp_path
         return preferences.build(store, eval_id, method).length_skew()
 
     long_rejected = skew("long", base_reply=lambda position: "meh " * 30)  # 30 words against 3
-    assert long_rejected.startswith("in 6 of 6 pairs the rejected reply is the longer (30 words against 3 on "
-                                    "average): DPO may learn to write shorter"), long_rejected
+    assert long_rejected.startswith("in 6 of 6 pairs the rejected reply is the longer (a median of 30 words "
+                                    "against 3): DPO may learn to write shorter"), long_rejected
     assert "pairs where the longer reply wins" in long_rejected
     long_chosen = skew("short")  # "Hello there, friend!" (3 words) against "meh N" (2)
     assert "the chosen reply is the longer" in long_chosen and "write longer" in long_chosen, long_chosen
@@ -488,13 +489,18 @@ def test_pairs_that_differ_mostly_in_length_are_flagged_before_training(tmp_path
     assert skew("few", prompts=4, base_reply=lambda position: "meh " * 30) is None
     assert skew("kto", base_reply=lambda position: "meh " * 30, method="kto") is None
 
-    # the rejected reply longer in every pair, but by a tenth (11 words against 10): no warning; by a fifth, one
-    def pairs(rejected_words):
+    # 10-word chosen replies against rejected ones of these lengths
+    def pairs(*rejected_words):
         return preferences.PreferenceData("dpo", [{"chosen": [{"role": "assistant", "content": "w " * 10}],
-                                                   "rejected": [{"role": "assistant", "content": "w " * rejected_words}]}
-                                                  for _ in range(6)], "raters")
-    assert pairs(11).length_skew() is None
-    assert pairs(12).length_skew().startswith("in 6 of 6 pairs the rejected reply is the longer (12 words against 10")
+                                                   "rejected": [{"role": "assistant", "content": "w " * n}]}
+                                                  for n in rejected_words], "raters")
+    assert pairs(*[11] * 6).length_skew() is None  # longer in every pair, but by a tenth
+    assert pairs(*[12] * 6).length_skew().startswith("in 6 of 6 pairs the rejected reply is the longer (a median "
+                                                     "of 12 words against 10")
+    assert pairs(11, 11, 11, 11, 500).length_skew() is None  # one long reply does not make the pairs lean
+    assert pairs(12, 12, 12, 12, 5).length_skew().startswith("in 4 of 5 pairs")  # 80%: warns
+    assert pairs(12, 12, 12, 5, 5, 12, 12, 12, 12, 12).length_skew().startswith("in 8 of 10 pairs")
+    assert pairs(12, 12, 12, 5, 5).length_skew() is None  # 60%
 
 
 def called(handler, **given):
@@ -535,10 +541,18 @@ def test_the_counts_line_applies_starts_split_and_start_makes_no_run_it_would_fa
     counts = called(handler["on_counts"], **picks, validation_fraction=0.0)
     assert "Start holds out 0 of its prompts" in counts and "8 preference pairs** to train on" in counts, counts
     assert "estimated time" in counts and "2 steps" in counts, counts
-    assert "⚠️ Length: in 8 of 8 pairs the chosen reply is the longer" in counts, counts
+    assert "⚠️ Length: in 8 of 8 pairs the chosen reply is the longer" in counts, counts  # all 8 train
     # from the base, the test share is held out too
     counts = called(handler["on_counts"], **{**picks, "pref-init": FROM_BASE}, validation_fraction=0.0)
     assert "after holding out the validation and test prompts, 6 preference pairs" in counts, counts
+    # the length warning counts the pairs that train, not all the evaluation's: 12 prompts, from the base
+    store, eval_id = pairs_store(tmp_path / "twelve.db", str(tiny_llama), sft.name, prompts=12)
+    handler, _ = train_tab_handlers(tmp_path / "twelve", store)
+    counts = called(handler["on_counts"], **{**picks, "pref-eval": str(eval_id), "pref-init": FROM_BASE},
+                    validation_fraction=0.0)
+    trained = int(re.search(r"\*\*(\d+) preference pairs\*\* to train on", counts).group(1))
+    assert "gives **12 preference pairs" in counts and trained < 12, counts
+    assert f"⚠️ Length: in {trained} of {trained} pairs the chosen reply is the longer" in counts, counts
 
 
 @pytest.mark.slow
