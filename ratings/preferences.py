@@ -65,25 +65,28 @@ class PreferenceData:
         return out + (f" (left out: {'; '.join(skipped)})" if skipped else "")
 
     def length_skew(self) -> str | None:
-        """DPO: a warning, in words, when most pairs differ in length one way (LENGTH_SKEW_*): DPO
-        then learns the length as readily as what the raters liked, past what the scores meant.
-        The ratio is the median of the pairs' own ratios, so that one long reply cannot set it off."""
-        if self.method != "dpo" or len(self.rows) < LENGTH_SKEW_PAIRS:
-            return None
-        words = [(len(r["chosen"][-1]["content"].split()), len(r["rejected"][-1]["content"].split()))
-                 for r in self.rows]
-        for side, other in (("rejected", "chosen"), ("chosen", "rejected")):
-            pairs = [(r, c) if side == "rejected" else (c, r) for c, r in words]  # (this side, the other)
-            count = sum(mine > theirs for mine, theirs in pairs)
-            ratio = statistics.median(mine / max(theirs, 1) for mine, theirs in pairs)
-            if count >= LENGTH_SKEW_SHARE * len(pairs) and ratio >= LENGTH_SKEW_RATIO:
-                mine, theirs = (statistics.median(p[k] for p in pairs) for k in (0, 1))
-                return (f"in {count} of {len(pairs)} pairs the {side} reply is the longer (a median of {mine:.0f} "
-                        f"words against {theirs:.0f}): DPO may learn to write "
-                        f"{'shorter' if side == 'rejected' else 'longer'} rather than better. Before trusting the "
-                        f"run, compare its greedy replies with those of the model it starts from, or rate pairs "
-                        f"where the {'longer' if side == 'rejected' else 'shorter'} reply wins")
+        return length_skew(self.method, self.rows)
+
+
+def length_skew(method: str, rows: list[dict]) -> str | None:
+    """DPO: a warning, in words, when most pairs differ in length one way (LENGTH_SKEW_*): DPO
+    then learns the length as readily as what the raters liked, past what the scores meant.
+    The ratio is the median of the pairs' own ratios, so that one long reply cannot set it off."""
+    if method != "dpo" or len(rows) < LENGTH_SKEW_PAIRS:
         return None
+    words = [(len(r["chosen"][-1]["content"].split()), len(r["rejected"][-1]["content"].split())) for r in rows]
+    for side, other in (("rejected", "chosen"), ("chosen", "rejected")):
+        pairs = [(r, c) if side == "rejected" else (c, r) for c, r in words]  # (this side, the other)
+        count = sum(mine > theirs for mine, theirs in pairs)
+        ratio = statistics.median(mine / max(theirs, 1) for mine, theirs in pairs)
+        if count >= LENGTH_SKEW_SHARE * len(pairs) and ratio >= LENGTH_SKEW_RATIO:
+            mine, theirs = (statistics.median(p[k] for p in pairs) for k in (0, 1))
+            return (f"in {count} of {len(pairs)} pairs the {side} reply is the longer (a median of {mine:.0f} "
+                    f"words against {theirs:.0f}): DPO may learn to write "
+                    f"{'shorter' if side == 'rejected' else 'longer'} rather than better. Before trusting the "
+                    f"run, compare its greedy replies with those of the model it starts from, or rate pairs "
+                    f"where the {'longer' if side == 'rejected' else 'shorter'} reply wins")
+    return None
 
 
 def made(method: str, rows: list[dict]) -> str:

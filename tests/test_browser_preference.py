@@ -76,6 +76,9 @@ def test_ratings_become_a_preference_run_that_is_compared_and_ranked(rated, page
         expect(page.locator(hidden)).to_be_hidden()
     expect(page.get_by_label("LoRA rank (r)").first).to_be_hidden()
     expect(page.locator("#pref-counts")).to_contain_text("estimated time")
+    # every chosen reply is longer than its rejected one ("Hello there, friend!" against "meh 3"): said
+    expect(page.locator("#pref-counts")).to_contain_text("⚠️ Length: in")
+    expect(page.locator("#pref-counts")).to_contain_text("the chosen reply is the longer")
     # a margin no pair reaches: refused before Start, saying how many are needed
     page.get_by_label("DPO: least difference of mean scores").fill("4")
     page.get_by_label("DPO: least difference of mean scores").press("Tab")

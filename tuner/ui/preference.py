@@ -182,7 +182,7 @@ def wire_counts(ui, picks: PreferencePicks, store: Store):
         text = (f"This evaluation gives **{data.describe()}**. Start holds out {held} of its prompts "
                 f"({'validation' if continues else 'validation and test'}): **{preferences.made(name, parts['train'])}"
                 f"** to train on.{judged}")
-        if skew := preferences.PreferenceData(name, parts["train"], data.source).length_skew():  # what trains
+        if skew := preferences.length_skew(name, parts["train"]):  # the pairs that train
             text += f"\n\n⚠️ Length: {skew}."
         try:
             config = run_config(ui, store, picked, name, settings)
