@@ -42,14 +42,14 @@ def rated(tiny_llama, trained_run, tmp_path, patient_expect):
             store.rate_pair(pair["assignment_id"], rater, score[pair["reply_a"].startswith("Hello")],
                             score[pair["reply_b"].startswith("Hello")])
     demo, url = serve(layout.root, tiny_llama)
-    yield url, sft.name
+    yield url, sft.name, layout
     demo.close()
 
 
 def test_ratings_become_a_preference_run_that_is_compared_and_ranked(rated, page):
     from playwright.sync_api import expect
 
-    url, sft_id = rated
+    url, sft_id, layout = rated
     ARTIFACTS.mkdir(exist_ok=True)
     page.goto(url)
 
@@ -88,6 +88,12 @@ def test_ratings_become_a_preference_run_that_is_compared_and_ranked(rated, page
     page.get_by_label("DPO: least difference of mean scores").fill("1")
     page.get_by_label("DPO: least difference of mean scores").press("Tab")
     expect(page.locator("#pref-counts")).to_contain_text("11 preference pairs")
+    # the advice the warning gives: an SFT term on the chosen replies, beside β
+    rpo = page.get_by_label("DPO: weight of an SFT term on the chosen replies (RPO)")
+    expect(rpo).to_be_visible()
+    expect(page.get_by_label("DPO: weight of the longer reply's extra tokens (ld_alpha)")).to_have_value("1")
+    rpo.fill("10")
+    rpo.press("Tab")
     page.get_by_label("Max steps (-1: use epochs)").fill("4")
     page.get_by_label("Max steps (-1: use epochs)").press("Tab")
     page.locator("#train-run-name input, #train-run-name textarea").first.fill("dpo round 1")
@@ -98,6 +104,10 @@ def test_ratings_become_a_preference_run_that_is_compared_and_ranked(rated, page
     for chart in ("#loss-chart", "#reward-chart"):
         assert_chart_drawn(page.locator(chart))
     expect(page.locator("#runs-table")).to_contain_text("dpo round 1")
+    from tuner import records
+    configs = [records.read_record(r)["config"] for r in layout.runs.iterdir() if records.record_file(r).exists()]
+    trained = [c for c in configs if c["method"] == "dpo"]
+    assert [(c["rpo_alpha"], c["ld_alpha"]) for c in trained] == [(10.0, 1.0)], trained
     page.screenshot(path=str(ARTIFACTS / "preference-train.png"), full_page=True)
 
     # Compare: base, SFT and DPO in one evaluation, on prompts neither run trained on

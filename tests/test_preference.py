@@ -217,6 +217,15 @@ def test_settings_refuse_what_preference_tuning_cannot_do():
         TrainConfig(method="kto", per_device_train_batch_size=1)
     with pytest.raises(ValueError, match="beta"):
         TrainConfig(method="dpo", beta=0)
+    for other in ("kto", "lora"):
+        with pytest.raises(ValueError, match="ld_alpha and rpo_alpha apply to DPO only"):
+            TrainConfig(method=other, ld_alpha=0.5)
+        with pytest.raises(ValueError, match="ld_alpha and rpo_alpha apply to DPO only"):
+            TrainConfig(method=other, rpo_alpha=1.0)
+    with pytest.raises(ValueError, match="ld_alpha"):
+        TrainConfig(method="dpo", ld_alpha=1.5)
+    with pytest.raises(ValueError, match="rpo_alpha"):
+        TrainConfig(method="dpo", rpo_alpha=-1)
 
 
 # --- from an evaluation's scores -----------------------------------------------------------------
@@ -357,6 +366,32 @@ def test_dpo_from_an_sft_run_moves_it_towards_the_chosen_replies(tiny_llama, tra
 
 
 @pytest.mark.slow
+def test_dpos_length_weight_and_sft_term_reach_trls_loss(tiny_llama, tmp_path):
+    # every rejected reply is its chosen reply and a long tail: at ld_alpha 0 the tail does not count,
+    # and the replies differ only where the chosen one ends, so DPO has little to learn (a small
+    # gradient, a small margin); standard DPO (1) learns the tail. rpo_alpha adds the chosen replies' SFT loss.
+    tail = " And then a good many more words that only the rejected reply has, on and on." * 2
+    rows = [{"prompt": f"Ask {i}", "chosen": "Yes, of course.", "rejected": "Yes, of course." + tail}
+            for i in range(12)]
+    config = {"base_model": str(tiny_llama), "dataset": str(write_jsonl(tmp_path / "p.jsonl", rows)),
+              "method": "dpo", "learning_rate": 1e-3, "max_steps": 2, "per_device_train_batch_size": 4,
+              "validation_fraction": 0.0, "seed": 1}
+    steps = {}
+    for name, over in {"standard": {}, "ld": {"ld_alpha": 0.0}, "rpo": {"rpo_alpha": 1.0}}.items():
+        done = cli_train({**config, **over, "output_dir": str(tmp_path / name)}, tmp_path, name)
+        assert done.returncode == 0, done.stderr[-3000:]
+        recorded = records.read_record(tmp_path / name / name)["config"]
+        assert all(recorded[key] == value for key, value in over.items()), recorded
+        steps[name] = [r for r in records.read_metrics(tmp_path / name / name) if "loss" in r]
+    standard, ld, rpo = steps["standard"], steps["ld"], steps["rpo"]
+    assert ld[0]["grad_norm"] < standard[0]["grad_norm"] / 2, (ld[0], standard[0])
+    assert 0 < ld[1]["rewards/margins"] < standard[1]["rewards/margins"] / 2, (ld[1], standard[1])
+    # the first step starts at the reference: DPO's loss is log 2 there; RPO's adds the chosen replies' NLL
+    assert math.isclose(standard[0]["loss"], math.log(2), abs_tol=0.01), standard[0]
+    assert rpo[0]["loss"] > math.log(2) + 1 and rpo[1]["rewards/margins"] > 0, rpo
+
+
+@pytest.mark.slow
 def test_kto_from_the_base_completes_and_too_few_examples_are_refused(tiny_llama, tmp_path):
     rows = [{"prompt": f"Write note {i // 2}", "completion": "Subject: Note\nDear team," if i % 2 else "no",
              "label": bool(i % 2)} for i in range(16)]
@@ -480,7 +515,7 @@ def test_pairs_that_differ_mostly_in_length_are_flagged_before_training(tmp_path
     long_rejected = skew("long", base_reply=lambda position: "meh " * 30)  # 30 words against 3
     assert long_rejected.startswith("in 6 of 6 pairs the rejected reply is the longer (a median of 30 words "
                                     "against 3): DPO may learn to write shorter"), long_rejected
-    assert "pairs where the longer reply wins" in long_rejected
+    assert "pairs where the longer reply wins" in long_rejected and "rpo_alpha 10" in long_rejected
     long_chosen = skew("short")  # "Hello there, friend!" (3 words) against "meh N" (2)
     assert "the chosen reply is the longer" in long_chosen and "write longer" in long_chosen, long_chosen
     # half the pairs one way, half the other; equal lengths; too few pairs to say; KTO: no pairs

@@ -85,6 +85,17 @@ class TrainConfig:
     # 0.1: TRL's default; higher keeps the run closer to its reference model
     beta: float = setting(0.1, "β (beta)", "how far from its start the preference run may move: higher keeps "
                           "it closer", "number", above=0, at_most=10)
+    # DPO against pairs that differ mostly in length (ratings.preferences.length_skew): 1 is standard
+    # DPO; below 1 the tokens past the shorter reply's length count that much (TRL's ld_alpha, LD-DPO),
+    # so the run learns less of "shorter" or "longer"
+    ld_alpha: float = setting(1.0, "DPO: weight of the longer reply's extra tokens (ld_alpha)",
+                              "1: standard DPO; lower it when the pairs differ mostly in length, so DPO learns "
+                              "less of \"shorter\"", "number", at_least=0, at_most=1)
+    # 0: standard DPO; > 0 adds the chosen replies' SFT loss at this weight (RPO: TRL's loss_type
+    # ["sigmoid", "sft"]), which keeps the run writing what the chosen replies write
+    rpo_alpha: float = setting(0.0, "DPO: weight of an SFT term on the chosen replies (RPO)",
+                               "0: standard DPO; 1 also trains on the chosen replies as written", "number",
+                               at_least=0, at_most=10)
     # optimisation
     # None: the method's own (default_learning_rate); 0.1 is far past any rate that trains
     learning_rate: float | None = setting(None, "Learning rate", "the optimizer's peak step size (prompt tuning "
@@ -163,6 +174,8 @@ class TrainConfig:
              "use_dora and use_rslora apply to LoRA only: turn them off for prompt tuning")
         need(self.init_adapter is None or self.method in PREFERENCE_METHODS,
              "init_adapter (continue from a run's adapter) applies to preference tuning (dpo, kto) only")
+        need(self.method == "dpo" or (self.ld_alpha == 1.0 and self.rpo_alpha == 0.0),
+             "ld_alpha and rpo_alpha apply to DPO only: leave them at 1 and 0 for other methods")
         need(self.method != "kto" or self.per_device_train_batch_size >= 2,
              "KTO needs a batch size of at least 2 (its KL estimate pairs each prompt with another row's reply)")
         need(self.max_steps > 0 or self.num_train_epochs > 0, "set num_train_epochs > 0 or max_steps > 0")

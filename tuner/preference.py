@@ -513,6 +513,10 @@ def make_trainer(config, run_dir: Path, setup, control, resume: bool):
     if config.method == "kto":
         args, trainer_class = KTOConfig(**kwargs), KTOTrainer
     else:
+        if config.ld_alpha != 1.0:
+            kwargs["ld_alpha"] = config.ld_alpha
+        if config.rpo_alpha > 0:
+            kwargs.update(loss_type=["sigmoid", "sft"], loss_weights=[1.0, config.rpo_alpha])
         args, trainer_class = DPOConfig(**kwargs), DPOTrainer
     if setup.precision in ("bf16", "fp16") and not config.use_dora:
         phases.skip_adapter_input_casts(setup.model)

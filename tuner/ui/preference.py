@@ -93,6 +93,9 @@ def preference_section(ui, store: Store, preferences_dir: Path) -> PreferencePic
             undesirable = gr.Number(preferences.UNDESIRABLE_AT, minimum=1, maximum=5,
                                     label="KTO: undesirable at a mean of at most", elem_id="pref-undesirable")
             ui.add("beta")
+        with gr.Row():
+            ui.add("ld_alpha")
+            ui.add("rpo_alpha")
         adapter = gr.Markdown(elem_id="pref-adapter")
         counts = gr.Markdown(elem_id="pref-counts")
     picks = PreferencePicks(group, evaluation, source, init_run, margin, desirable, undesirable, counts, adapter)

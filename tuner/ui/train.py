@@ -293,7 +293,8 @@ def preference_part(ui: TrainTab, tab: gr.Tab | None):
     """DPO and KTO's part (tuner.ui.preference) where there is a ratings store; β alone otherwise."""
     if ui.store is None or ui.preferences_dir is None:
         with gr.Group(visible=False):
-            ui.add("beta")
+            for name in ("beta", "ld_alpha", "rpo_alpha"):
+                ui.add(name)
         return
     ui.preference = preference_section(ui, ui.store, ui.preferences_dir)
     if tab is not None:  # evaluations and runs made meanwhile are offered when the tab is opened
