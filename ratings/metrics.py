@@ -130,6 +130,10 @@ def settings_text(config: dict) -> str:
         if config.get("target_modules"):
             parts.append("modules " + "/".join(config["target_modules"]))
     parts.append(f"lr {config.get('learning_rate')}")
+    if method in ("dpo", "kto"):
+        parts.append(f"β {config.get('beta', 0.1)}")
+        parts += [f"{key} {config[key]:g}" for key, standard in (("rpo_alpha", 0.0), ("ld_alpha", 1.0))
+                  if config.get(key, standard) != standard]
     steps = config.get("max_steps") or -1
     parts.append(f"{steps} steps" if steps > 0 else f"{config.get('num_train_epochs')} epochs")
     parts.append(f"batch {config.get('per_device_train_batch_size')}×{config.get('gradient_accumulation_steps', 1)}")

@@ -83,10 +83,11 @@ def length_skew(method: str, rows: list[dict]) -> str | None:
             mine, theirs = (statistics.median(p[k] for p in pairs) for k in (0, 1))
             return (f"in {count} of {len(pairs)} pairs the {side} reply is the longer (a median of {mine:.0f} "
                     f"words against {theirs:.0f}): DPO may learn to write "
-                    f"{'shorter' if side == 'rejected' else 'longer'} rather than better. An SFT term on the "
-                    f"chosen replies (RPO: rpo_alpha 10) keeps their length; before trusting the run, compare "
-                    f"its greedy replies with those of the model it starts from, or rate pairs where the "
-                    f"{'longer' if side == 'rejected' else 'shorter'} reply wins")
+                    f"{'shorter' if side == 'rejected' else 'longer'} rather than better. "
+                    + ("An SFT term on the chosen replies (rpo_alpha 10) keeps their length; b" if side == "rejected"
+                       else "B")
+                    + f"efore trusting the run, compare its greedy replies with those of the model it starts "
+                    f"from, or rate pairs where the {'longer' if side == 'rejected' else 'shorter'} reply wins")
     return None
 
 

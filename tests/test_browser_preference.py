@@ -89,7 +89,7 @@ def test_ratings_become_a_preference_run_that_is_compared_and_ranked(rated, page
     page.get_by_label("DPO: least difference of mean scores").press("Tab")
     expect(page.locator("#pref-counts")).to_contain_text("11 preference pairs")
     # the advice the warning gives: an SFT term on the chosen replies, beside β
-    rpo = page.get_by_label("DPO: weight of an SFT term on the chosen replies (RPO)")
+    rpo = page.get_by_label("DPO: weight of an SFT term on the chosen replies (rpo_alpha)")
     expect(rpo).to_be_visible()
     expect(page.get_by_label("DPO: weight of the longer reply's extra tokens (ld_alpha)")).to_have_value("1")
     rpo.fill("10")

@@ -115,3 +115,7 @@ def test_settings_text_for_prompt_tuning_and_max_steps():
     text = metrics.settings_text({"method": "prompt_tuning", "num_virtual_tokens": 20, "learning_rate": 0.003,
                                   "max_steps": 40, "per_device_train_batch_size": 2})
     assert text == "20 virtual tokens, lr 0.003, 40 steps, batch 2×1"
+    dpo = {"method": "dpo", "r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "learning_rate": 0.0005,
+           "num_train_epochs": 1, "per_device_train_batch_size": 4, "beta": 0.1}
+    assert metrics.settings_text(dpo) == "r 8, alpha 16, dropout 0.05, lr 0.0005, β 0.1, 1 epochs, batch 4×1"
+    assert ", β 0.1, rpo_alpha 10, ld_alpha 0.5," in metrics.settings_text({**dpo, "rpo_alpha": 10.0, "ld_alpha": 0.5})

@@ -375,9 +375,10 @@ def test_dpos_length_weight_and_sft_term_reach_trls_loss(tiny_llama, tmp_path):
             for i in range(12)]
     config = {"base_model": str(tiny_llama), "dataset": str(write_jsonl(tmp_path / "p.jsonl", rows)),
               "method": "dpo", "learning_rate": 1e-3, "max_steps": 2, "per_device_train_batch_size": 4,
-              "validation_fraction": 0.0, "seed": 1}
+              "validation_fraction": 0.0, "seed": 1, "precision": "fp32"}
     steps = {}
-    for name, over in {"standard": {}, "ld": {"ld_alpha": 0.0}, "rpo": {"rpo_alpha": 1.0}}.items():
+    variants = {"standard": {}, "ld": {"ld_alpha": 0.0}, "rpo": {"rpo_alpha": 1.0}, "rpo3": {"rpo_alpha": 3.0}}
+    for name, over in variants.items():
         done = cli_train({**config, **over, "output_dir": str(tmp_path / name)}, tmp_path, name)
         assert done.returncode == 0, done.stderr[-3000:]
         recorded = records.read_record(tmp_path / name / name)["config"]
@@ -389,6 +390,9 @@ def test_dpos_length_weight_and_sft_term_reach_trls_loss(tiny_llama, tmp_path):
     # the first step starts at the reference: DPO's loss is log 2 there; RPO's adds the chosen replies' NLL
     assert math.isclose(standard[0]["loss"], math.log(2), abs_tol=0.01), standard[0]
     assert rpo[0]["loss"] > math.log(2) + 1 and rpo[1]["rewards/margins"] > 0, rpo
+    # the weight reaches TRL: three times the NLL term at rpo_alpha 3
+    nll, nll3 = rpo[0]["loss"] - math.log(2), steps["rpo3"][0]["loss"] - math.log(2)
+    assert math.isclose(nll3, 3 * nll, rel_tol=0.01), (nll, nll3)
 
 
 @pytest.mark.slow
@@ -518,6 +522,7 @@ def test_pairs_that_differ_mostly_in_length_are_flagged_before_training(tmp_path
     assert "pairs where the longer reply wins" in long_rejected and "rpo_alpha 10" in long_rejected
     long_chosen = skew("short")  # "Hello there, friend!" (3 words) against "meh N" (2)
     assert "the chosen reply is the longer" in long_chosen and "write longer" in long_chosen, long_chosen
+    assert "rpo_alpha" not in long_chosen  # measured only against long rejected replies
     # half the pairs one way, half the other; equal lengths; too few pairs to say; KTO: no pairs
     assert skew("mixed", base_reply=lambda position: "meh " * (30 if position % 2 else 1)) is None
     assert skew("equal", base_reply=lambda position: "meh me too") is None

@@ -27,6 +27,18 @@ def test_settings_round_trip_through_the_sliders():
     assert again == config
     plain = TrainConfig(dataset=str(POLITE))  # no stratification: an empty box, and back to None
     assert config_from(plain.base_model, plain.dataset, values_of(plain.to_dict())) == plain
+    # DPO's own settings: a DPO run's loaded, then LoRA picked (they are hidden): LoRA starts, with DPO's defaults
+    dpo = TrainConfig(dataset=str(POLITE), method="dpo", rpo_alpha=10.0, ld_alpha=0.5)
+    values = dict(zip(FIELDS, values_of(dpo.to_dict())))
+    assert config_from(dpo.base_model, dpo.dataset, list(values.values())) == dpo
+    lora = config_from(dpo.base_model, dpo.dataset, list({**values, "method": "lora"}.values()))
+    assert (lora.method, lora.rpo_alpha, lora.ld_alpha) == ("lora", 0.0, 1.0)
+    # an emptied box is the setting's default (ld_alpha 0 would drop the longer reply's tail), the
+    # learning rate's (no default) 0, which is refused by name
+    emptied = config_from(dpo.base_model, dpo.dataset, list({**values, "ld_alpha": None, "beta": ""}.values()))
+    assert (emptied.ld_alpha, emptied.beta, emptied.rpo_alpha) == (1.0, 0.1, 10.0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        config_from(dpo.base_model, dpo.dataset, list({**values, "learning_rate": None}.values()))
 
 
 def test_the_recipe_line_offers_and_says_how_long():

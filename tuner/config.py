@@ -89,13 +89,14 @@ class TrainConfig:
     # DPO; below 1 the tokens past the shorter reply's length count that much (TRL's ld_alpha, LD-DPO),
     # so the run learns less of "shorter" or "longer"
     ld_alpha: float = setting(1.0, "DPO: weight of the longer reply's extra tokens (ld_alpha)",
-                              "1: standard DPO; lower it when the pairs differ mostly in length, so DPO learns "
-                              "less of \"shorter\"", "number", at_least=0, at_most=1)
+                              "1: standard DPO; below 1 the tokens past the shorter reply's length count less "
+                              "(LD-DPO)", "number", at_least=0, at_most=1)
     # 0: standard DPO; > 0 adds the chosen replies' SFT loss at this weight (RPO: TRL's loss_type
     # ["sigmoid", "sft"]), which keeps the run writing what the chosen replies write
-    rpo_alpha: float = setting(0.0, "DPO: weight of an SFT term on the chosen replies (RPO)",
-                               "0: standard DPO; 1 also trains on the chosen replies as written", "number",
-                               at_least=0, at_most=10)
+    rpo_alpha: float = setting(0.0, "DPO: weight of an SFT term on the chosen replies (rpo_alpha)",
+                               "0: standard DPO; > 0 also trains on the chosen replies as written (RPO): 10 "
+                               "kept the replies' length on the formal-email bench", "number",
+                               at_least=0, at_most=100)
     # optimisation
     # None: the method's own (default_learning_rate); 0.1 is far past any rate that trains
     learning_rate: float | None = setting(None, "Learning rate", "the optimizer's peak step size (prompt tuning "

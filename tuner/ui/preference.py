@@ -94,8 +94,8 @@ def preference_section(ui, store: Store, preferences_dir: Path) -> PreferencePic
                                     label="KTO: undesirable at a mean of at most", elem_id="pref-undesirable")
             ui.add("beta")
         with gr.Row():
-            ui.add("ld_alpha")
             ui.add("rpo_alpha")
+            ui.add("ld_alpha")
         adapter = gr.Markdown(elem_id="pref-adapter")
         counts = gr.Markdown(elem_id="pref-counts")
     picks = PreferencePicks(group, evaluation, source, init_run, margin, desirable, undesirable, counts, adapter)

@@ -130,7 +130,7 @@ def progress_html(state) -> str:
 
 
 # shown under the settings whose cost the label does not tell; the others' help stays in the config
-SHOWN_HELP = {"method", "lora_dropout"}
+SHOWN_HELP = {"method", "lora_dropout", "rpo_alpha", "ld_alpha"}
 # the tab's own look of some inputs: the ids the browser tests find them by, widths, examples
 LOOK = {"method": dict(elem_id="train-method", scale=2),
         "target_modules": dict(elem_id="train-targets", scale=3),

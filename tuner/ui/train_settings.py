@@ -23,8 +23,11 @@ def config_from(model_name: str, dataset: str, values, run_name: str = "") -> Tr
     settings["run_name"] = (run_name or "").strip()
     for key in INTS:
         settings[key] = int(settings[key]) if settings[key] is not None else None
-    for key in FLOATS:
-        settings[key] = float(settings[key] or 0)
+    for key in FLOATS:  # an emptied box: the setting's default (0 is a value of ld_alpha's); with none, 0
+        empty = settings[key] in (None, "")  # (the learning rate's: refused, named)
+        settings[key] = float(SPEC[key].default or 0) if empty else float(settings[key])
+    if settings["method"] != "dpo":  # DPO's own settings, hidden for the other methods: DPO's defaults
+        settings.update(ld_alpha=SPEC["ld_alpha"].default, rpo_alpha=SPEC["rpo_alpha"].default)
     for key in OPTIONAL_TEXT:
         settings[key] = (settings[key] or "").strip() or None
     settings["target_modules"] = list(settings["target_modules"] or []) or None
