@@ -81,13 +81,14 @@ def length_skew(method: str, rows: list[dict]) -> str | None:
         ratio = statistics.median(mine / max(theirs, 1) for mine, theirs in pairs)
         if count >= LENGTH_SKEW_SHARE * len(pairs) and ratio >= LENGTH_SKEW_RATIO:
             mine, theirs = (statistics.median(p[k] for p in pairs) for k in (0, 1))
+            # the SFT term was measured against long rejected replies only (docs/preference.md)
+            remedy = "An SFT term on the chosen replies (rpo_alpha 10) keeps their length. " \
+                if side == "rejected" else ""
             return (f"in {count} of {len(pairs)} pairs the {side} reply is the longer (a median of {mine:.0f} "
                     f"words against {theirs:.0f}): DPO may learn to write "
-                    f"{'shorter' if side == 'rejected' else 'longer'} rather than better. "
-                    + ("An SFT term on the chosen replies (rpo_alpha 10) keeps their length; b" if side == "rejected"
-                       else "B")
-                    + f"efore trusting the run, compare its greedy replies with those of the model it starts "
-                    f"from, or rate pairs where the {'longer' if side == 'rejected' else 'shorter'} reply wins")
+                    f"{'shorter' if side == 'rejected' else 'longer'} rather than better. {remedy}Before trusting "
+                    f"the run, compare its greedy replies with those of the model it starts from, or rate pairs "
+                    f"where the {'longer' if side == 'rejected' else 'shorter'} reply wins")
     return None
 
 
