@@ -235,9 +235,10 @@ def main() -> int:
 
     runs = {}
     for method, extra in (("dpo", args.dpo), ("kto", args.kto)):
+        given = {key: json.loads(value) for key, _, value in (item.partition("=") for item in extra)}
         data = preferences.build(store, eval_id, method)
         print(f"{method}: {data.describe()}", flush=True)
-        if skew := data.length_skew():
+        if skew := data.length_skew({**PREFERENCE_SETTINGS[method], **given}.get("rpo_alpha", 0.0)):
             print(f"{method}: ⚠️ {skew}", flush=True)
             line[f"{method}_length_skew"] = skew
         if data.problem():  # e.g. a --quick SFT that fails every check: every score ties
@@ -246,11 +247,8 @@ def main() -> int:
             continue
         file = work / f"{method}.jsonl"
         file.write_text(preferences.to_jsonl(data.rows), encoding="utf-8")
-        values = dict(PREFERENCE_SETTINGS[method], **quick, method=method, dataset=str(file), base_model=BUNDLED,
-                      init_adapter=str(sft), output_dir=str(work))
-        for item in extra:
-            key, _, value = item.partition("=")
-            values[key] = json.loads(value)
+        values = {**PREFERENCE_SETTINGS[method], **quick, "method": method, "dataset": str(file),
+                  "base_model": BUNDLED, "init_adapter": str(sft), "output_dir": str(work), **given}
         t0 = time.perf_counter()
         runs[method] = cli_train(values, work, f"{method}-{os.urandom(2).hex()}")
         line[f"{method}_train_s"] = round(time.perf_counter() - t0, 1)

@@ -43,6 +43,10 @@ CORRECTION_MAX = 20_000  # characters in a corrected reply
 # 3e-4 or 5e-4 then wrote greedy replies under the 60-word minimum in 3 of 5 runs (10–11 of 16
 # held-out ones passing against SFT's 15–16)
 LENGTH_SKEW_SHARE, LENGTH_SKEW_PAIRS, LENGTH_SKEW_RATIO = 0.8, 5, 1.2
+# the SFT term's weight (TRL's rpo_alpha) that kept DPO's replies at their length against long rejected
+# replies: at the bench's settings on three pair sets and at the app's DPO defaults on three
+# (docs/does-it-work.md, 2026-12-07/08, AMD); the Train tab offers it in one click
+RPO_REMEDY = 10.0
 
 
 @dataclass
@@ -64,32 +68,48 @@ class PreferenceData:
         skipped = [f"{n} {why}" for why, n in self.left_out.items() if n]
         return out + (f" (left out: {'; '.join(skipped)})" if skipped else "")
 
-    def length_skew(self) -> str | None:
-        return length_skew(self.method, self.rows)
+    def length_skew(self, rpo_alpha: float = 0.0) -> str | None:
+        return length_skew(self.method, self.rows, rpo_alpha)
 
 
-def length_skew(method: str, rows: list[dict]) -> str | None:
-    """DPO: a warning, in words, when most pairs differ in length one way (LENGTH_SKEW_*): DPO
-    then learns the length as readily as what the raters liked, past what the scores meant.
-    The ratio is the median of the pairs' own ratios, so that one long reply cannot set it off."""
+def longer_side(method: str, rows: list[dict]) -> tuple[str, int, float, float] | None:
+    """DPO: the side ("rejected" or "chosen") that is the longer in most pairs (LENGTH_SKEW_*), with
+    in how many pairs and the two sides' median words; None when the pairs do not lean. The ratio is
+    the median of the pairs' own ratios, so that one long reply cannot set it off."""
     if method != "dpo" or len(rows) < LENGTH_SKEW_PAIRS:
         return None
     words = [(len(r["chosen"][-1]["content"].split()), len(r["rejected"][-1]["content"].split())) for r in rows]
-    for side, other in (("rejected", "chosen"), ("chosen", "rejected")):
+    for side in ("rejected", "chosen"):
         pairs = [(r, c) if side == "rejected" else (c, r) for c, r in words]  # (this side, the other)
         count = sum(mine > theirs for mine, theirs in pairs)
         ratio = statistics.median(mine / max(theirs, 1) for mine, theirs in pairs)
         if count >= LENGTH_SKEW_SHARE * len(pairs) and ratio >= LENGTH_SKEW_RATIO:
-            mine, theirs = (statistics.median(p[k] for p in pairs) for k in (0, 1))
-            # the SFT term was measured against long rejected replies only (docs/preference.md)
-            remedy = "An SFT term on the chosen replies (rpo_alpha 10) keeps their length. " \
-                if side == "rejected" else ""
-            return (f"in {count} of {len(pairs)} pairs the {side} reply is the longer (a median of {mine:.0f} "
-                    f"words against {theirs:.0f}): DPO may learn to write "
-                    f"{'shorter' if side == 'rejected' else 'longer'} rather than better. {remedy}Before trusting "
-                    f"the run, compare its greedy replies with those of the model it starts from, or rate pairs "
-                    f"where the {'longer' if side == 'rejected' else 'shorter'} reply wins")
+            return side, count, *(statistics.median(p[k] for p in pairs) for k in (0, 1))
     return None
+
+
+def wants_rpo(method: str, rows: list[dict], rpo_alpha: float) -> bool:
+    """Whether the SFT term (RPO_REMEDY) is the advice for these pairs: the rejected replies the
+    longer, the one case measured, and the run's own weight below it."""
+    found = longer_side(method, rows)
+    return found is not None and found[0] == "rejected" and (rpo_alpha or 0.0) < RPO_REMEDY
+
+
+def length_skew(method: str, rows: list[dict], rpo_alpha: float = 0.0) -> str | None:
+    """DPO: a warning, in words, when most pairs differ in length one way (longer_side): DPO then
+    learns the length as readily as what the raters liked, past what the scores meant. It names the
+    SFT term where wants_rpo (a run that already has it is not told to add it)."""
+    found = longer_side(method, rows)
+    if found is None:
+        return None
+    side, count, mine, theirs = found
+    remedy = f"An SFT term on the chosen replies (rpo_alpha {RPO_REMEDY:g}) keeps their length. " \
+        if wants_rpo(method, rows, rpo_alpha) else ""
+    return (f"in {count} of {len(rows)} pairs the {side} reply is the longer (a median of {mine:.0f} "
+            f"words against {theirs:.0f}): DPO may learn to write "
+            f"{'shorter' if side == 'rejected' else 'longer'} rather than better. {remedy}Before trusting "
+            f"the run, compare its greedy replies with those of the model it starts from, or rate pairs "
+            f"where the {'longer' if side == 'rejected' else 'shorter'} reply wins")
 
 
 def made(method: str, rows: list[dict]) -> str:

@@ -31,7 +31,7 @@ def rated(tiny_llama, trained_run, tmp_path, patient_expect):
     variants = [{"name": "base", "label": "base (tiny)", "kind": "base"},
                 {"name": sft.name, "label": f"lora: {sft.name}", "kind": "lora"}]
     eval_id = open_evaluation(store, "greetings, round 1", tiny_llama, PROMPTS, variants, reply_settings={},
-                              reply=lambda p, variant, k: f"meh {p['position']}" if variant == "base"
+                              reply=lambda p, variant, k: f"meh {p['position']} " + "and so on " * 12 if variant == "base"
                               else "Hello there, friend!")
     import random
 
@@ -76,9 +76,11 @@ def test_ratings_become_a_preference_run_that_is_compared_and_ranked(rated, page
         expect(page.locator(hidden)).to_be_hidden()
     expect(page.get_by_label("LoRA rank (r)").first).to_be_hidden()
     expect(page.locator("#pref-counts")).to_contain_text("estimated time")
-    # every chosen reply is longer than its rejected one ("Hello there, friend!" against "meh 3"): said
+    # every rejected reply is longer than its chosen one ("meh 3 and so on…" against "Hello there,
+    # friend!"): said, with the SFT term as the advice, one click away
     expect(page.locator("#pref-counts")).to_contain_text("⚠️ Length: in")
-    expect(page.locator("#pref-counts")).to_contain_text("the chosen reply is the longer")
+    expect(page.locator("#pref-counts")).to_contain_text("the rejected reply is the longer")
+    expect(page.locator("#pref-counts")).to_contain_text("(rpo_alpha 10) keeps their length")
     # a margin no pair reaches: refused before Start, saying how many are needed
     page.get_by_label("DPO: least difference of mean scores").fill("4")
     page.get_by_label("DPO: least difference of mean scores").press("Tab")
@@ -88,12 +90,19 @@ def test_ratings_become_a_preference_run_that_is_compared_and_ranked(rated, page
     page.get_by_label("DPO: least difference of mean scores").fill("1")
     page.get_by_label("DPO: least difference of mean scores").press("Tab")
     expect(page.locator("#pref-counts")).to_contain_text("11 preference pairs")
-    # the advice the warning gives: an SFT term on the chosen replies, beside β
+    # the advice the warning gives: an SFT term on the chosen replies, beside β, set by its button,
+    # which then goes, and the advice with it (the warning stays)
     rpo = page.get_by_label("DPO: weight of an SFT term on the chosen replies (rpo_alpha)")
     expect(rpo).to_be_visible()
+    expect(rpo).to_have_value("0")
     expect(page.get_by_label("DPO: weight of the longer reply's extra tokens (ld_alpha)")).to_have_value("1")
-    rpo.fill("10")
-    rpo.press("Tab")
+    expect(page.locator("#pref-use-rpo")).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "preference-length-advice.png"), full_page=True)
+    page.locator("#pref-use-rpo").click()
+    expect(rpo).to_have_value("10")
+    expect(page.locator("#pref-use-rpo")).to_be_hidden()
+    expect(page.locator("#pref-counts")).not_to_contain_text("keeps their length")
+    expect(page.locator("#pref-counts")).to_contain_text("the rejected reply is the longer")
     page.get_by_label("Max steps (-1: use epochs)").fill("4")
     page.get_by_label("Max steps (-1: use epochs)").press("Tab")
     page.locator("#train-run-name input, #train-run-name textarea").first.fill("dpo round 1")

@@ -541,6 +541,32 @@ def test_pairs_that_differ_mostly_in_length_are_flagged_before_training(tmp_path
     assert pairs(12, 12, 12, 12, 5).length_skew().startswith("in 4 of 5 pairs")  # 80%: warns
     assert pairs(12, 12, 12, 5, 5, 12, 12, 12, 12, 12).length_skew().startswith("in 8 of 10 pairs")
     assert pairs(12, 12, 12, 5, 5).length_skew() is None  # 60%
+    # a run that already has the SFT term is warned, not told to add it; one with less is
+    leaning = pairs(*[12] * 6)
+    assert "rpo_alpha" not in leaning.length_skew(10.0) and "in 6 of 6 pairs" in leaning.length_skew(10.0)
+    assert "rpo_alpha 10" in leaning.length_skew(3.0)
+    assert [preferences.wants_rpo(m, leaning.rows, a) for m, a in (("dpo", 0), ("dpo", 3), ("dpo", 10), ("kto", 0))] \
+        == [True, True, False, False]
+    assert not preferences.wants_rpo("dpo", pairs(11, 11, 11, 11, 500).rows, 0)  # no lean, no advice
+
+
+def test_the_length_advice_is_one_click_on_the_train_tab(tiny_llama, tmp_path):
+    """Long rejected replies: the counts line names the SFT term and a button sets it; with the
+    weight set (by the button or by hand) the warning stays but the advice and the button go."""
+    store, eval_id = pairs_store(tmp_path / "r.db", str(tiny_llama), "sft", prompts=10,
+                                 base_reply=lambda position: f"meh {position} " + "and so on " * 20)
+    handler, _ = train_tab_handlers(tmp_path, store)
+    picks = {"pref-eval": str(eval_id), "method": "dpo", "validation_fraction": 0.0}
+    counts, advice = called(handler["on_counts"], **picks)
+    assert "the rejected reply is the longer" in counts and "(rpo_alpha 10) keeps their length" in counts, counts
+    assert advice["visible"] is True
+    assert handler["take_advice"].fn() == 10.0
+    for weight in (10.0, 25.0):
+        counts, advice = called(handler["on_counts"], **picks, rpo_alpha=weight)
+        assert "the rejected reply is the longer" in counts and "rpo_alpha" not in counts, counts
+        assert advice["visible"] is False
+    counts, advice = called(handler["on_counts"], **{**picks, "method": "kto"})
+    assert "Length" not in counts and advice["visible"] is False
 
 
 def called(handler, **given):
@@ -569,7 +595,8 @@ def test_the_counts_line_applies_starts_split_and_start_makes_no_run_it_would_fa
     shutil.copytree(sft, manager.runs_dir / sft.name)
     picks = {"pref-eval": str(eval_id), "pref-init": sft.name, "method": "dpo", "max_steps": 2}
 
-    counts = called(handler["on_counts"], **picks)
+    counts, advice = called(handler["on_counts"], **picks)
+    assert advice["visible"] is False  # too few: nothing to advise
     assert "Too few to train on" in counts and "8 preference pairs" in counts, counts
     assert "after holding out the validation and test prompts, 7 preference pairs: DPO needs at least 8" in counts
     assert "validation share" in counts  # what to change
@@ -578,18 +605,19 @@ def test_the_counts_line_applies_starts_split_and_start_makes_no_run_it_would_fa
     assert [r["run_id"] for r in manager.runs()] == [sft.name]  # no run was made
 
     # no validation share: all 8 train, and the line says how long the run takes
-    counts = called(handler["on_counts"], **picks, validation_fraction=0.0)
+    counts, advice = called(handler["on_counts"], **picks, validation_fraction=0.0)
     assert "Start holds out 0 of its prompts" in counts and "8 preference pairs** to train on" in counts, counts
     assert "estimated time" in counts and "2 steps" in counts, counts
     assert "⚠️ Length: in 8 of 8 pairs the chosen reply is the longer" in counts, counts  # all 8 train
+    assert advice["visible"] is False and "rpo_alpha" not in counts  # the SFT term: for long rejected replies
     # from the base, the test share is held out too
-    counts = called(handler["on_counts"], **{**picks, "pref-init": FROM_BASE}, validation_fraction=0.0)
+    counts, _ = called(handler["on_counts"], **{**picks, "pref-init": FROM_BASE}, validation_fraction=0.0)
     assert "after holding out the validation and test prompts, 6 preference pairs" in counts, counts
     # the length warning counts the pairs that train, not all the evaluation's: 12 prompts, from the base
     store, eval_id = pairs_store(tmp_path / "twelve.db", str(tiny_llama), sft.name, prompts=12)
     handler, _ = train_tab_handlers(tmp_path / "twelve", store)
-    counts = called(handler["on_counts"], **{**picks, "pref-eval": str(eval_id), "pref-init": FROM_BASE},
-                    validation_fraction=0.0)
+    counts, _ = called(handler["on_counts"], **{**picks, "pref-eval": str(eval_id), "pref-init": FROM_BASE},
+                       validation_fraction=0.0)
     trained = int(re.search(r"\*\*(\d+) preference pairs\*\* to train on", counts).group(1))
     assert "gives **12 preference pairs" in counts and trained < 12, counts
     assert f"⚠️ Length: in {trained} of {trained} pairs the chosen reply is the longer" in counts, counts

@@ -36,6 +36,7 @@ class PreferencePicks:
     desirable: gr.Number
     undesirable: gr.Number
     counts: gr.Markdown
+    use_rpo: gr.Button  # the length warning's advice (rpo_alpha 10) in one click
     adapter: gr.Markdown  # what a run that continues an adapter trains, in place of LoRA's settings
     refresh: tuple | None = None  # (handler, inputs, outputs): the choices anew, when the tab is opened
 
@@ -98,7 +99,10 @@ def preference_section(ui, store: Store, preferences_dir: Path) -> PreferencePic
             ui.add("ld_alpha")
         adapter = gr.Markdown(elem_id="pref-adapter")
         counts = gr.Markdown(elem_id="pref-counts")
-    picks = PreferencePicks(group, evaluation, source, init_run, margin, desirable, undesirable, counts, adapter)
+        use_rpo = gr.Button(f"Add the SFT term on the chosen replies (rpo_alpha {preferences.RPO_REMEDY:g})",
+                            visible=False, size="sm", variant="primary", elem_id="pref-use-rpo")
+    picks = PreferencePicks(group, evaluation, source, init_run, margin, desirable, undesirable, counts, use_rpo,
+                            adapter)
     method = ui.inputs["method"]
     # a run that continues an adapter trains it as it is: LoRA's settings do not apply, and are hidden
     lora_inputs = [ui.inputs[name] for name in tpref.ADAPTER_SETTINGS if name != "target_modules"]
@@ -150,26 +154,29 @@ def preference_section(ui, store: Store, preferences_dir: Path) -> PreferencePic
 
 def wire_counts(ui, picks: PreferencePicks, store: Store):
     """The counts line, once every setting's input exists: what the evaluation gives, what Start's
-    split leaves to train on (or why it is too few), and how long the run takes."""
+    split leaves to train on (or why it is too few), and how long the run takes; and the button
+    that takes the length warning's advice, shown while it applies."""
     from tuner.estimate import describe
 
     method = ui.inputs["method"]
     inputs = [method] + picks.inputs + ui.settings
 
     def on_counts(name, *values):
+        """(the counts line, the advice button's update)."""
+        hidden = gr.update(visible=False)
         if name not in PREFERENCE_METHODS:
-            return ""
+            return "", hidden
         picked, settings = values[:len(picks.inputs)], values[len(picks.inputs):]
         evaluation_, source_, run_, margin_, desirable_, undesirable_ = picked
         try:
             data = build_data(store, name, evaluation_, source_, margin_, desirable_, undesirable_)
         except ValueError as exc:
-            return f"⚠️ {exc}"
+            return f"⚠️ {exc}", hidden
         judged = " Judge scores are a model's, not the raters': the run is marked as such." \
             if str(source_).startswith(preferences.JUDGE_PREFIX) else ""
         problem = data.problem()
         if problem:
-            return f"⚠️ Too few to train on: {problem}{judged}"
+            return f"⚠️ Too few to train on: {problem}{judged}", hidden
         chosen = dict(zip(FIELDS, settings))
         continues = bool(run_) and run_ != FROM_BASE
         try:
@@ -177,27 +184,38 @@ def wire_counts(ui, picks: PreferencePicks, store: Store):
                                                  float(chosen["test_fraction"] or 0), int(chosen["seed"] or 0),
                                                  continues)
         except (TypeError, ValueError) as exc:
-            return f"⚠️ {exc}"
+            return f"⚠️ {exc}", hidden
         if problem:
             return (f"⚠️ Too few to train on: this evaluation gives {data.describe()}, but {problem} "
-                    "(or lower the validation share under *More settings*)." + judged)
+                    "(or lower the validation share under *More settings*)." + judged), hidden
         held = len({tpref.prompt_key(r) for name_ in ("validation", "test") for r in parts[name_]})
         text = (f"This evaluation gives **{data.describe()}**. Start holds out {held} of its prompts "
                 f"({'validation' if continues else 'validation and test'}): **{preferences.made(name, parts['train'])}"
                 f"** to train on.{judged}")
-        if skew := preferences.length_skew(name, parts["train"]):  # the pairs that train
-            text += f"\n\n⚠️ Length: {skew}."
         try:
             config = run_config(ui, store, picked, name, settings)
-            return text + "\n\n" + describe(tpref.estimate(config, data.rows, ui.manager.models_dir,
-                                                            ui.manager.runs()))
+            text += "\n\n" + describe(tpref.estimate(config, data.rows, ui.manager.models_dir, ui.manager.runs()))
         except (ValueError, TypeError) as exc:
-            return text + f"\n\n⚠️ {exc}"
+            text += f"\n\n⚠️ {exc}"
         except Exception as exc:  # an estimate must never break the tab
-            return text + f"\n\n⚠️ No estimate: {type(exc).__name__}: {exc}"
+            text += f"\n\n⚠️ No estimate: {type(exc).__name__}: {exc}"
+        try:
+            rpo_alpha = float(chosen["rpo_alpha"] or 0)
+        except (TypeError, ValueError):
+            rpo_alpha = 0.0  # the estimate above names the bad value
+        # last, right above its button: the pairs that train, not all the evaluation's
+        if skew := preferences.length_skew(name, parts["train"], rpo_alpha):
+            text += f"\n\n⚠️ Length: {skew}."
+        return text, gr.update(visible=preferences.wants_rpo(name, parts["train"], rpo_alpha))
 
     for component in inputs:
-        component.change(on_counts, inputs, picks.counts)
+        component.change(on_counts, inputs, [picks.counts, picks.use_rpo])
+
+    def take_advice():
+        """The SFT term's weight; its input's change event hides the button and the advice again."""
+        return preferences.RPO_REMEDY
+
+    picks.use_rpo.click(take_advice, None, ui.inputs["rpo_alpha"])
 
 
 def run_config(ui, store: Store, picks_values, method: str, values, run_name: str = "", dataset: str = ""):
