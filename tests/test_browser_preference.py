@@ -98,6 +98,7 @@ def test_ratings_become_a_preference_run_that_is_compared_and_ranked(rated, page
     expect(page.get_by_label("DPO: weight of the longer reply's extra tokens (ld_alpha)")).to_have_value("1")
     expect(page.locator("#pref-use-rpo")).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "preference-length-advice.png"), full_page=True)
+    expect(page.locator("#pref-use-rpo")).to_have_text("Set DPO's SFT term on the chosen replies to rpo_alpha 10")
     page.locator("#pref-use-rpo").click()
     expect(rpo).to_have_value("10")
     expect(page.locator("#pref-use-rpo")).to_be_hidden()

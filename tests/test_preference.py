@@ -560,13 +560,19 @@ def test_the_length_advice_is_one_click_on_the_train_tab(tiny_llama, tmp_path):
     counts, advice = called(handler["on_counts"], **picks)
     assert "the rejected reply is the longer" in counts and "(rpo_alpha 10) keeps their length" in counts, counts
     assert advice["visible"] is True
-    assert handler["take_advice"].fn() == 10.0
+    weight, button = handler["take_advice"].fn()
+    assert weight == 10.0 and button["visible"] is False
+    counts, advice = called(handler["on_counts"], **picks, rpo_alpha=None)  # an emptied box: the default, 0
+    assert "(rpo_alpha 10) keeps their length" in counts and advice["visible"] is True
+    counts, advice = called(handler["on_counts"], **picks, rpo_alpha=3.0)  # some SFT term, less than measured
+    assert "(rpo_alpha 10) keeps their length" in counts and advice["visible"] is True
     for weight in (10.0, 25.0):
         counts, advice = called(handler["on_counts"], **picks, rpo_alpha=weight)
         assert "the rejected reply is the longer" in counts and "rpo_alpha" not in counts, counts
         assert advice["visible"] is False
-    counts, advice = called(handler["on_counts"], **{**picks, "method": "kto"})
-    assert "Length" not in counts and advice["visible"] is False
+    for method in ("kto", "lora"):  # KTO has no pairs to lean; LoRA no counts line
+        counts, advice = called(handler["on_counts"], **{**picks, "method": method})
+        assert "Length" not in counts and advice["visible"] is False, method
 
 
 def called(handler, **given):

@@ -22,6 +22,7 @@ from tuner.ui.train_settings import FIELDS, config_from
 
 FROM_BASE = "(a new adapter over the base model)"
 CONTINUABLE = ("lora", "qlora", "dpo", "kto")  # runs whose LoRA adapter a preference run can go on from
+IN_ORDER = {"concurrency_limit": 1, "concurrency_id": "pref-counts"}  # the counts line and its button
 
 
 @dataclass
@@ -99,7 +100,7 @@ def preference_section(ui, store: Store, preferences_dir: Path) -> PreferencePic
             ui.add("ld_alpha")
         adapter = gr.Markdown(elem_id="pref-adapter")
         counts = gr.Markdown(elem_id="pref-counts")
-        use_rpo = gr.Button(f"Add the SFT term on the chosen replies (rpo_alpha {preferences.RPO_REMEDY:g})",
+        use_rpo = gr.Button(f"Set DPO's SFT term on the chosen replies to rpo_alpha {preferences.RPO_REMEDY:g}",
                             visible=False, size="sm", variant="primary", elem_id="pref-use-rpo")
     picks = PreferencePicks(group, evaluation, source, init_run, margin, desirable, undesirable, counts, use_rpo,
                             adapter)
@@ -208,14 +209,16 @@ def wire_counts(ui, picks: PreferencePicks, store: Store):
             text += f"\n\n⚠️ Length: {skew}."
         return text, gr.update(visible=preferences.wants_rpo(name, parts["train"], rpo_alpha))
 
+    # one at a time, in the order asked: a count still in flight when the button was clicked (asked with
+    # the old weight) would otherwise answer after the click's own and show the button again
     for component in inputs:
-        component.change(on_counts, inputs, [picks.counts, picks.use_rpo])
+        component.change(on_counts, inputs, [picks.counts, picks.use_rpo], **IN_ORDER)
 
     def take_advice():
-        """The SFT term's weight; its input's change event hides the button and the advice again."""
-        return preferences.RPO_REMEDY
+        """The SFT term's weight, and the button gone (the weight's change event then drops the advice)."""
+        return preferences.RPO_REMEDY, gr.update(visible=False)
 
-    picks.use_rpo.click(take_advice, None, ui.inputs["rpo_alpha"])
+    picks.use_rpo.click(take_advice, None, [ui.inputs["rpo_alpha"], picks.use_rpo], **IN_ORDER)
 
 
 def run_config(ui, store: Store, picks_values, method: str, values, run_name: str = "", dataset: str = ""):
