@@ -81,6 +81,24 @@ def test_ratings_become_a_preference_run_that_is_compared_and_ranked(rated, page
     expect(page.locator("#pref-counts")).to_contain_text("⚠️ Length: in")
     expect(page.locator("#pref-counts")).to_contain_text("the rejected reply is the longer")
     expect(page.locator("#pref-counts")).to_contain_text("(rpo_alpha 10) keeps their length")
+    # each method's own settings show under it alone: KTO's thresholds under KTO, DPO's under DPO
+    dpo_only = [page.get_by_label(label) for label in (
+        "DPO: least difference of mean scores", "DPO: weight of an SFT term on the chosen replies (rpo_alpha)",
+        "DPO: weight of the longer reply's extra tokens (ld_alpha)")]
+    kto_only = [page.get_by_label(label) for label in (
+        "KTO: desirable at a mean of at least", "KTO: undesirable at a mean of at most")]
+    for shown in dpo_only:
+        expect(shown).to_be_visible()
+    for hidden in kto_only:
+        expect(hidden).to_be_hidden()
+    page.locator("#train-method").get_by_label("kto").check()
+    for shown in kto_only:
+        expect(shown).to_be_visible()
+    for hidden in dpo_only + [page.locator("#pref-use-rpo")]:
+        expect(hidden).to_be_hidden()
+    expect(page.get_by_label("β (beta)")).to_be_visible()
+    page.locator("#train-method").get_by_label("dpo").check()
+    expect(page.locator("#pref-use-rpo")).to_be_visible()
     # a margin no pair reaches: refused before Start, saying how many are needed
     page.get_by_label("DPO: least difference of mean scores").fill("4")
     page.get_by_label("DPO: least difference of mean scores").press("Tab")

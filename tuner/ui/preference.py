@@ -109,6 +109,9 @@ def preference_section(ui, store: Store, preferences_dir: Path) -> PreferencePic
     lora_inputs = [ui.inputs[name] for name in tpref.ADAPTER_SETTINGS if name != "target_modules"]
     lora_inputs += [ui.preset, ui.inputs["target_modules"]]
 
+    # each method's own settings, shown only under it (labelled "DPO: …" and "KTO: …")
+    own = {"dpo": [margin, ui.inputs["rpo_alpha"], ui.inputs["ld_alpha"]], "kto": [desirable, undesirable]}
+
     def on_method(name, current_eval, current_run):
         shown = name in PREFERENCE_METHODS
         if not shown:
@@ -116,7 +119,8 @@ def preference_section(ui, store: Store, preferences_dir: Path) -> PreferencePic
         evals = eval_choices(store)
         ids = [i for _, i in evals]
         runs = continuable_runs(ui.manager)
-        return {group: gr.update(visible=True),
+        return {**{c: gr.update(visible=method_ == name) for method_, cs in own.items() for c in cs},
+                group: gr.update(visible=True),
                 evaluation: gr.update(choices=evals, value=current_eval if current_eval in ids else
                                       (ids[0] if ids else None)),
                 init_run: gr.update(choices=runs, value=current_run if current_run in [r for _, r in runs]
@@ -144,11 +148,12 @@ def preference_section(ui, store: Store, preferences_dir: Path) -> PreferencePic
                 note = f"⚠️ The adapter of {run_id} cannot be read: {exc}"
         return [note] + [gr.update(visible=run is None)] * len(lora_inputs)
 
-    method.change(on_method, [method, evaluation, init_run], [group, evaluation, init_run])
+    shown_outputs = [group, evaluation, init_run, *(c for cs in own.values() for c in cs)]
+    method.change(on_method, [method, evaluation, init_run], shown_outputs)
     evaluation.change(on_evaluation, [evaluation, source], source)
     for component in (method, init_run):
         component.change(on_adapter, [method, init_run], [adapter] + lora_inputs)
-    picks.refresh = (on_method, [method, evaluation, init_run], [group, evaluation, init_run])
+    picks.refresh = (on_method, [method, evaluation, init_run], shown_outputs)
     ui.later.append(lambda: wire_counts(ui, picks, store))
     return picks
 
