@@ -293,7 +293,8 @@ def main() -> int:
 #   7th round: SFT 40–43 / 33; standard DPO 2e-4 after a warmup step 45, 44; 5e-4 54–58 but greedy 28
 #   8th round, three pair sets, lr 5e-4: standard 56, 49 / 27, 28; ld_alpha 0.5 55 / 27; rpo_alpha 1
 #   58 / 28, 3 57 / 30, 5 55 / 31, 10 61, 55, 57 / 32, 33, 33 (SFT 33–42 / 33); rpo 10 at lr 8e-4 60 / 34
-#   whole runs on the test prompts: rpo 10 at 5e-4 p 0.115, 0.00015, 0.388, greedy 15 → 16, 16 → 14, 16 → 15; at 8e-4 p 0.115 and (96
+#   whole runs on the test prompts: rpo 10 at 5e-4 p 0.115, 0.00015, 0.388 (9th round: 0.332, 0.0213),
+#   greedy 15 → 16, 16 → 14, 16 → 15 (16 → 15, 15 → 15); at 8e-4 p 0.115 and (96
 #   sampled) 0.243, greedy 16 → 15 and 16 → 13 (every failure under 60 words): 8e-4 is past what holds
 PREFERENCE_SETTINGS = {
     "dpo": {"learning_rate": 5e-4, "num_train_epochs": 1, "per_device_train_batch_size": 4, "beta": 0.1,
