@@ -99,6 +99,10 @@ def test_ratings_become_a_preference_run_that_is_compared_and_ranked(rated, page
     expect(page.get_by_label("β (beta)")).to_be_visible()
     page.locator("#train-method").get_by_label("dpo").check()
     expect(page.locator("#pref-use-rpo")).to_be_visible()
+    for shown in dpo_only:
+        expect(shown).to_be_visible()
+    for hidden in kto_only:
+        expect(hidden).to_be_hidden()
     # a margin no pair reaches: refused before Start, saying how many are needed
     page.get_by_label("DPO: least difference of mean scores").fill("4")
     page.get_by_label("DPO: least difference of mean scores").press("Tab")

@@ -550,6 +550,41 @@ def test_pairs_that_differ_mostly_in_length_are_flagged_before_training(tmp_path
     assert not preferences.wants_rpo("dpo", pairs(11, 11, 11, 11, 500).rows, 0)  # no lean, no advice
 
 
+def test_each_methods_own_settings_show_under_it_alone(tmp_path):
+    """DPO's margin and weights under DPO, KTO's thresholds under KTO; a hidden one whose value is out
+    of its range goes back to its default (Gradio refuses every event that reads an out-of-range number,
+    and the owner could no longer see which), an in-range one is kept for when its method comes back."""
+    import gradio as gr
+
+    from tuner.runs import RunManager
+    from tuner.ui.preference import in_range
+    from tuner.ui.train import train_tab
+
+    store, eval_id = pairs_store(tmp_path / "r.db", "m", "sft")
+    manager = RunManager(tmp_path / "home" / "runs", tmp_path / "home" / "models")
+    with gr.Blocks() as demo:
+        train_tab(manager, tmp_path / "home" / "datasets", gr.Dropdown(["m"], value="m"),
+                  gr.Dropdown([], allow_custom_value=True), None, store, tmp_path / "home" / "prefs")
+    (handler,) = [f for f in demo.fns.values() if f.name == "on_method" and len(f.inputs) == 8]
+    names = [getattr(c, "elem_id", None) or c.label for c in handler.inputs[3:]]
+    assert names[0] == "pref-margin" and "rpo_alpha" in names[1] and "ld_alpha" in names[2], names
+    assert names[3:] == ["pref-desirable", "pref-undesirable"], names
+
+    def shown(method, *values):
+        out = handler.fn(method, str(eval_id), None, *values)
+        return [(out[c].get("visible"), out[c].get("value", "kept")) for c in handler.inputs[3:]]
+
+    # KTO: DPO's three hidden, the weight of -1 (below its minimum of 0) back to 0, the margin kept
+    assert shown("kto", 1.5, -1, 0.5, 4, 2) == [(False, "kept"), (False, 0.0), (False, "kept"),
+                                                (True, "kept"), (True, "kept")]
+    # DPO: KTO's two hidden, a desirable mean of 6 (above 5) back to 4; DPO's shown as they are
+    assert shown("dpo", 1.5, 10, 0.5, 6, 2) == [(True, "kept"), (True, "kept"), (True, "kept"),
+                                                (False, 4), (False, "kept")]
+    assert set(handler.fn("lora", str(eval_id), None, 1, 0, 1, 4, 2)) == {handler.outputs[0]}  # the group only
+    number = gr.Number(minimum=1, maximum=5)
+    assert [in_range(number, v) for v in (1, 5, 3.5, None, "", 0.5, 6, "x")] == [True] * 5 + [False] * 3
+
+
 def test_the_length_advice_is_one_click_on_the_train_tab(tiny_llama, tmp_path):
     """Long rejected replies: the counts line names the SFT term and a button sets it; with the
     weight set (by the button or by hand) the warning stays but the advice and the button go."""

@@ -61,6 +61,18 @@ def _eval_id(value) -> int | None:
         return -1
 
 
+def in_range(component, value) -> bool:
+    """Whether a number input's value is one its own minimum and maximum allow (empty is: the default)."""
+    if value in (None, ""):
+        return True
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return False
+    low, high = getattr(component, "minimum", None), getattr(component, "maximum", None)
+    return (low is None or number >= low) and (high is None or number <= high)
+
+
 def build_data(store: Store, method: str, evaluation, source, margin, desirable, undesirable):
     """The preference data an evaluation gives, or a ValueError saying what to pick or change."""
     eval_id = _eval_id(evaluation)
@@ -109,23 +121,6 @@ def preference_section(ui, store: Store, preferences_dir: Path) -> PreferencePic
     lora_inputs = [ui.inputs[name] for name in tpref.ADAPTER_SETTINGS if name != "target_modules"]
     lora_inputs += [ui.preset, ui.inputs["target_modules"]]
 
-    # each method's own settings, shown only under it (labelled "DPO: …" and "KTO: …")
-    own = {"dpo": [margin, ui.inputs["rpo_alpha"], ui.inputs["ld_alpha"]], "kto": [desirable, undesirable]}
-
-    def on_method(name, current_eval, current_run):
-        shown = name in PREFERENCE_METHODS
-        if not shown:
-            return {group: gr.update(visible=False)}
-        evals = eval_choices(store)
-        ids = [i for _, i in evals]
-        runs = continuable_runs(ui.manager)
-        return {**{c: gr.update(visible=method_ == name) for method_, cs in own.items() for c in cs},
-                group: gr.update(visible=True),
-                evaluation: gr.update(choices=evals, value=current_eval if current_eval in ids else
-                                      (ids[0] if ids else None)),
-                init_run: gr.update(choices=runs, value=current_run if current_run in [r for _, r in runs]
-                                    else (runs[1][1] if len(runs) > 1 else FROM_BASE))}  # the newest run
-
     def on_evaluation(value, current):
         eval_id = _eval_id(value)
         found = preferences.sources(store, eval_id) if eval_id and store.evaluation(eval_id) else [preferences.RATERS]
@@ -148,14 +143,45 @@ def preference_section(ui, store: Store, preferences_dir: Path) -> PreferencePic
                 note = f"⚠️ The adapter of {run_id} cannot be read: {exc}"
         return [note] + [gr.update(visible=run is None)] * len(lora_inputs)
 
-    shown_outputs = [group, evaluation, init_run, *(c for cs in own.values() for c in cs)]
-    method.change(on_method, [method, evaluation, init_run], shown_outputs)
+    picks.refresh = wire_method(ui, picks, store)
     evaluation.change(on_evaluation, [evaluation, source], source)
     for component in (method, init_run):
         component.change(on_adapter, [method, init_run], [adapter] + lora_inputs)
-    picks.refresh = (on_method, [method, evaluation, init_run], shown_outputs)
     ui.later.append(lambda: wire_counts(ui, picks, store))
     return picks
+
+
+def wire_method(ui, picks: PreferencePicks, store: Store) -> tuple:
+    """The section shown for DPO and KTO, with its choices anew and each method's own settings;
+    (handler, inputs, outputs), which the tab's select runs too."""
+    method, group, evaluation, init_run = ui.inputs["method"], picks.group, picks.evaluation, picks.init_run
+    # each method's own settings, shown only under it (labelled "DPO: …" and "KTO: …")
+    own = {"dpo": [picks.margin, ui.inputs["rpo_alpha"], ui.inputs["ld_alpha"]],
+           "kto": [picks.desirable, picks.undesirable]}
+    owned = [c for cs in own.values() for c in cs]
+
+    def on_method(name, current_eval, current_run, *values):
+        """The section shown or hidden, its choices anew, and each method's own settings shown under it
+        alone: a hidden one whose value is out of its range goes back to its default, since Gradio
+        refuses the value of every event that reads it, and the owner could no longer see why."""
+        shown = name in PREFERENCE_METHODS
+        if not shown:
+            return {group: gr.update(visible=False)}
+        evals = eval_choices(store)
+        ids = [i for _, i in evals]
+        runs = continuable_runs(ui.manager)
+        mine = own.get(name, [])
+        return {**{c: gr.update(visible=c in mine, **({} if c in mine or in_range(c, v) else {"value": c.value}))
+                   for c, v in zip(owned, values)},
+                group: gr.update(visible=True),
+                evaluation: gr.update(choices=evals, value=current_eval if current_eval in ids else
+                                      (ids[0] if ids else None)),
+                init_run: gr.update(choices=runs, value=current_run if current_run in [r for _, r in runs]
+                                    else (runs[1][1] if len(runs) > 1 else FROM_BASE))}  # the newest run
+
+    shown_inputs, shown_outputs = [method, evaluation, init_run, *owned], [group, evaluation, init_run, *owned]
+    method.change(on_method, shown_inputs, shown_outputs)
+    return on_method, shown_inputs, shown_outputs
 
 
 def wire_counts(ui, picks: PreferencePicks, store: Store):
@@ -260,9 +286,10 @@ def preference_config(ui, store: Store, preferences_dir: Path, picks_values, met
                                           config.seed, config.init_adapter is not None)
     if problem:
         raise ValueError(f"Too few to train on: {problem}")
+    rules = {"margin": float(margin or 0)} if method == "dpo" else \
+        {"desirable_at": float(desirable or 0), "undesirable_at": float(undesirable or 0)}  # its own only
     config = dataclasses.replace(config, extra={"preference": {
-        "evaluation": int(evaluation), "source": data.source, "examples": len(data.rows),
-        "margin": float(margin or 0), "desirable_at": float(desirable or 0),
-        "undesirable_at": float(undesirable or 0), "described": data.describe()}})
+        "evaluation": int(evaluation), "source": data.source, "examples": len(data.rows), **rules,
+        "described": data.describe()}})
     atomic_write_text(path, preferences.to_jsonl(data.rows))
     return config
