@@ -97,6 +97,7 @@ def test_ratings_become_a_preference_run_that_is_compared_and_ranked(rated, page
     for hidden in dpo_only + [page.locator("#pref-use-rpo")]:
         expect(hidden).to_be_hidden()
     expect(page.get_by_label("β (beta)")).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "preference-kto.png"), full_page=True)
     page.locator("#train-method").get_by_label("dpo").check()
     expect(page.locator("#pref-use-rpo")).to_be_visible()
     for shown in dpo_only:
