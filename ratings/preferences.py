@@ -91,7 +91,10 @@ def longer_side(method: str, rows: list[dict]) -> tuple[str, int, float, float] 
 def wants_rpo(method: str, rows: list[dict], rpo_alpha: float) -> bool:
     """Whether the SFT term (RPO_REMEDY) is the advice for these pairs: the rejected replies the
     longer, the one case measured, and the run's own weight below it."""
-    found = longer_side(method, rows)
+    return _advised(longer_side(method, rows), rpo_alpha)
+
+
+def _advised(found, rpo_alpha) -> bool:
     return found is not None and found[0] == "rejected" and (rpo_alpha or 0.0) < RPO_REMEDY
 
 
@@ -104,7 +107,7 @@ def length_skew(method: str, rows: list[dict], rpo_alpha: float = 0.0) -> str | 
         return None
     side, count, mine, theirs = found
     remedy = f"An SFT term on the chosen replies (rpo_alpha {RPO_REMEDY:g}) keeps their length. " \
-        if wants_rpo(method, rows, rpo_alpha) else ""
+        if _advised(found, rpo_alpha) else ""
     return (f"in {count} of {len(rows)} pairs the {side} reply is the longer (a median of {mine:.0f} "
             f"words against {theirs:.0f}): DPO may learn to write "
             f"{'shorter' if side == 'rejected' else 'longer'} rather than better. {remedy}Before trusting "
